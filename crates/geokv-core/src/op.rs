@@ -1,0 +1,452 @@
+//! Client operations and how each turns the current state of a key into a new one.
+//!
+//! [`apply`] is a pure function: the caller supplies the current record, an HLC stamp newer
+//! than it, and the wall-clock time for TTLs. The resulting record is a full CRDT state that
+//! any replica can merge.
+
+use crdts::CmRDT;
+
+use crate::record::assign;
+use crate::{CoreError, Kind, Limits, Record, Stamp};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set a register. Without a TTL, a previous TTL is removed (like Redis SET).
+    Put { value: Vec<u8>, ttl_ms: Option<u64> },
+    /// Append bytes to a register (creating it if absent). Keeps the TTL unless one is given.
+    Append { value: Vec<u8>, ttl_ms: Option<u64> },
+    /// Delete the key (a tombstone that wins over older concurrent writes).
+    Delete,
+    /// Add `delta` (may be negative) to a counter. Keeps the TTL unless one is given.
+    Increment { delta: i64, ttl_ms: Option<u64> },
+    /// Add members to a set. Keeps the TTL unless one is given.
+    SetAdd { members: Vec<Vec<u8>>, ttl_ms: Option<u64> },
+    /// Remove members from a set.
+    SetRemove { members: Vec<Vec<u8>> },
+}
+
+impl Op {
+    /// Name used in error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Put { .. } => "Put",
+            Op::Append { .. } => "Append",
+            Op::Delete => "Delete",
+            Op::Increment { .. } => "Increment",
+            Op::SetAdd { .. } => "SetAdd",
+            Op::SetRemove { .. } => "SetRemove",
+        }
+    }
+
+    /// The type of key this operation works on (`None` for Delete, which works on all).
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Op::Put { .. } | Op::Append { .. } => Some(Kind::Register),
+            Op::Increment { .. } => Some(Kind::Counter),
+            Op::SetAdd { .. } | Op::SetRemove { .. } => Some(Kind::Set),
+            Op::Delete => None,
+        }
+    }
+
+    fn ttl_ms(&self) -> Option<u64> {
+        match self {
+            Op::Put { ttl_ms, .. }
+            | Op::Append { ttl_ms, .. }
+            | Op::Increment { ttl_ms, .. }
+            | Op::SetAdd { ttl_ms, .. } => *ttl_ms,
+            Op::Delete | Op::SetRemove { .. } => None,
+        }
+    }
+
+    /// Checks sizes and ranges before anything is read or written.
+    pub fn validate(&self, limits: &Limits) -> Result<(), CoreError> {
+        limits.check_ttl(self.ttl_ms())?;
+        match self {
+            Op::Put { value, .. } => limits.check_value("value", value),
+            Op::Append { value, .. } => limits.check_value("appended value", value),
+            Op::SetAdd { members, .. } | Op::SetRemove { members } => limits.check_members(members),
+            Op::Delete | Op::Increment { .. } => Ok(()),
+        }
+    }
+}
+
+/// What an operation did, as the client is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpOutcome {
+    Put,
+    Deleted { existed: bool },
+    Appended { len: u64 },
+    Counter { value: i64 },
+    SetChanged { changed: u64, size: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub record: Record,
+    pub outcome: OpOutcome,
+}
+
+/// Applies `op` to the current state of a key.
+///
+/// `stamp` must be newer than `current.version()` (the node's HLC guarantees this once it has
+/// been updated with the stored version); `now_ms` is the wall clock used for TTLs. An expired
+/// key is treated as deleted: the operation starts a new lifetime.
+pub fn apply(
+    current: Option<&Record>,
+    op: &Op,
+    stamp: Stamp,
+    now_ms: u64,
+    limits: &Limits,
+) -> Result<Applied, CoreError> {
+    let mut rec = current.cloned().unwrap_or_default();
+    if current.is_some() && stamp <= rec.version() {
+        return Err(CoreError::StaleStamp { stamp, version: rec.version() });
+    }
+    let visible = rec.is_visible(now_ms);
+    if let Some(kind) = op.kind() {
+        if visible && rec.kind.val != kind {
+            return Err(CoreError::WrongType { op: op.name(), expected: kind, actual: rec.kind.val });
+        }
+    }
+    if !visible {
+        // Start from a clean slate: whatever an expired or deleted state still holds is gone.
+        rec.clear(stamp);
+        if let Some(kind) = op.kind() {
+            assign(&mut rec.kind, kind, stamp);
+        }
+    }
+    let node = stamp.node;
+    let outcome = match op {
+        Op::Delete => {
+            rec.clear(stamp);
+            return Ok(Applied { record: rec, outcome: OpOutcome::Deleted { existed: visible } });
+        }
+        Op::Put { value, .. } => {
+            assign(&mut rec.register, value.clone(), stamp);
+            OpOutcome::Put
+        }
+        Op::Append { value, .. } => {
+            let mut joined = rec.register.val.clone();
+            joined.extend_from_slice(value);
+            limits.check_value("value after append", &joined)?;
+            let len = joined.len() as u64;
+            assign(&mut rec.register, joined, stamp);
+            OpOutcome::Appended { len }
+        }
+        Op::Increment { delta, .. } => {
+            let current = rec.counter_value();
+            let next = current + i128::from(*delta);
+            if next < i128::from(i64::MIN) || next > i128::from(i64::MAX) {
+                return Err(CoreError::Overflow { current, delta: *delta });
+            }
+            let steps = delta.unsigned_abs();
+            if *delta > 0 {
+                let op = rec.counter.inc_many(node, steps);
+                rec.counter.apply(op);
+            } else if *delta < 0 {
+                let op = rec.counter.dec_many(node, steps);
+                rec.counter.apply(op);
+            }
+            OpOutcome::Counter { value: next as i64 }
+        }
+        Op::SetAdd { members, .. } => {
+            let changed = members.iter().filter(|m| rec.set.add(node, m.to_vec())).count();
+            OpOutcome::SetChanged { changed: changed as u64, size: rec.set.len() as u64 }
+        }
+        Op::SetRemove { members } => {
+            let changed = members.iter().filter(|m| rec.set.remove(m)).count();
+            OpOutcome::SetChanged { changed: changed as u64, size: rec.set.len() as u64 }
+        }
+    };
+    assign(&mut rec.live, true, stamp);
+    match (op, op.ttl_ms()) {
+        (_, Some(ttl)) => assign(&mut rec.expiry, Some(now_ms.saturating_add(ttl)), stamp),
+        // A plain Put replaces the value and its TTL, like Redis SET.
+        (Op::Put { .. }, None) => assign(&mut rec.expiry, None, stamp),
+        _ => {}
+    }
+    Ok(Applied { record: rec, outcome })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Crdt, View};
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    struct Replica {
+        node: u64,
+        time: u64,
+        rec: Option<Record>,
+    }
+
+    impl Replica {
+        fn new(node: u64) -> Self {
+            Replica { node, time: 0, rec: None }
+        }
+        fn stamp(&mut self) -> Stamp {
+            let v = self.rec.as_ref().map(|r| r.version().time).unwrap_or(0);
+            self.time = self.time.max(v) + 1;
+            Stamp::new(self.time, self.node)
+        }
+        fn run(&mut self, op: Op) -> Result<OpOutcome, CoreError> {
+            let s = self.stamp();
+            let a = apply(self.rec.as_ref(), &op, s, NOW, &Limits::default())?;
+            self.rec = Some(a.record);
+            Ok(a.outcome)
+        }
+        fn merge_from(&mut self, other: &Replica) {
+            if let Some(o) = &other.rec {
+                match &mut self.rec {
+                    Some(r) => r.merge(o),
+                    None => self.rec = Some(o.clone()),
+                }
+            }
+        }
+        fn view(&self) -> Option<View> {
+            self.rec.as_ref().and_then(|r| r.view(NOW))
+        }
+    }
+
+    fn put(v: &str) -> Op {
+        Op::Put { value: v.as_bytes().to_vec(), ttl_ms: None }
+    }
+
+    #[test]
+    fn wrong_type_names_both_types() {
+        let mut r = Replica::new(1);
+        r.run(put("a")).unwrap();
+        let err = r.run(Op::Increment { delta: 1, ttl_ms: None }).unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::WrongType { op: "Increment", expected: Kind::Counter, actual: Kind::Register }
+        );
+        assert!(err.to_string().contains("register") && err.to_string().contains("counter"));
+    }
+
+    #[test]
+    fn a_deleted_key_may_change_type() {
+        let mut r = Replica::new(1);
+        r.run(put("a")).unwrap();
+        r.run(Op::Delete).unwrap();
+        assert_eq!(r.run(Op::Increment { delta: 5, ttl_ms: None }).unwrap(), OpOutcome::Counter { value: 5 });
+        assert_eq!(r.view(), Some(View::Counter(5)));
+    }
+
+    #[test]
+    fn delete_wins_over_older_concurrent_put_and_loses_to_newer() {
+        let mut a = Replica::new(1);
+        let mut b = Replica::new(2);
+        a.run(put("old")).unwrap(); // time 1
+        b.time = 5;
+        b.run(Op::Delete).unwrap(); // time 6
+        let mut x = Replica::new(3);
+        x.merge_from(&b);
+        x.merge_from(&a);
+        assert_eq!(x.view(), None);
+        a.time = 10;
+        a.run(put("new")).unwrap();
+        x.merge_from(&a);
+        assert_eq!(x.view(), Some(View::Register(b"new".to_vec())));
+    }
+
+    #[test]
+    fn counter_delete_keeps_increments_it_did_not_observe() {
+        let mut a = Replica::new(1);
+        let mut b = Replica::new(2);
+        a.run(Op::Increment { delta: 10, ttl_ms: None }).unwrap();
+        b.merge_from(&a);
+        b.time = 100;
+        b.run(Op::Delete).unwrap();
+        a.time = 200; // a's increment is concurrent with the delete and newer
+        a.run(Op::Increment { delta: 3, ttl_ms: None }).unwrap();
+        a.merge_from(&b);
+        assert_eq!(a.view(), Some(View::Counter(3)));
+    }
+
+    #[test]
+    fn counter_overflow_is_refused_and_changes_nothing() {
+        let mut r = Replica::new(1);
+        r.run(Op::Increment { delta: i64::MAX, ttl_ms: None }).unwrap();
+        let before = r.rec.clone();
+        assert!(matches!(r.run(Op::Increment { delta: 1, ttl_ms: None }), Err(CoreError::Overflow { .. })));
+        assert_eq!(r.rec, before);
+        assert_eq!(
+            r.run(Op::Increment { delta: i64::MIN, ttl_ms: None }).unwrap(),
+            OpOutcome::Counter { value: -1 }
+        );
+    }
+
+    #[test]
+    fn expired_keys_read_absent_and_restart_on_write() {
+        let mut r = Replica::new(1);
+        let s = r.stamp();
+        let a =
+            apply(None, &Op::Increment { delta: 7, ttl_ms: Some(10) }, s, NOW, &Limits::default()).unwrap();
+        assert_eq!(a.record.view(NOW + 9), Some(View::Counter(7)));
+        assert_eq!(a.record.ttl_remaining_ms(NOW + 4), Some(6));
+        assert_eq!(a.record.view(NOW + 10), None);
+        let s2 = Stamp::new(s.time + 1, 1);
+        let b = apply(
+            Some(&a.record),
+            &Op::Increment { delta: 1, ttl_ms: None },
+            s2,
+            NOW + 10,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(b.outcome, OpOutcome::Counter { value: 1 });
+        assert_eq!(b.record.view(NOW + 1_000_000), Some(View::Counter(1)));
+    }
+
+    #[test]
+    fn put_without_ttl_clears_it_and_append_keeps_it() {
+        let mut r = Replica::new(1);
+        r.run(Op::Put { value: b"a".to_vec(), ttl_ms: Some(1000) }).unwrap();
+        r.run(Op::Append { value: b"b".to_vec(), ttl_ms: None }).unwrap();
+        assert_eq!(r.rec.as_ref().unwrap().ttl_remaining_ms(NOW), Some(1000));
+        assert_eq!(r.view(), Some(View::Register(b"ab".to_vec())));
+        r.run(put("c")).unwrap();
+        assert_eq!(r.rec.as_ref().unwrap().ttl_remaining_ms(NOW), None);
+    }
+
+    #[test]
+    fn append_past_the_value_limit_is_refused() {
+        let limits = Limits { max_value_bytes: 4, ..Limits::default() };
+        let a =
+            apply(None, &Op::Append { value: b"abc".to_vec(), ttl_ms: None }, Stamp::new(1, 1), NOW, &limits)
+                .unwrap();
+        let err = apply(
+            Some(&a.record),
+            &Op::Append { value: b"de".to_vec(), ttl_ms: None },
+            Stamp::new(2, 1),
+            NOW,
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CoreError::TooLarge { actual: 5, limit: 4, .. }), "{err}");
+    }
+
+    #[test]
+    fn stale_stamps_are_refused() {
+        let a = apply(None, &put("x"), Stamp::new(5, 1), NOW, &Limits::default()).unwrap();
+        assert!(matches!(
+            apply(Some(&a.record), &put("y"), Stamp::new(5, 1), NOW, &Limits::default()),
+            Err(CoreError::StaleStamp { .. })
+        ));
+    }
+
+    #[test]
+    fn set_add_remove_report_changes() {
+        let mut r = Replica::new(1);
+        let m = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            r.run(Op::SetAdd { members: vec![m("a"), m("b"), m("a")], ttl_ms: None }).unwrap(),
+            OpOutcome::SetChanged { changed: 2, size: 2 }
+        );
+        assert_eq!(
+            r.run(Op::SetRemove { members: vec![m("a"), m("z")] }).unwrap(),
+            OpOutcome::SetChanged { changed: 1, size: 1 }
+        );
+        assert_eq!(r.view(), Some(View::Set(vec![m("b")])));
+    }
+}
+
+#[cfg(test)]
+mod laws {
+    //! Property tests: the merge laws hold for states built by arbitrary operations, on
+    //! arbitrary replicas, with arbitrary partial merges in between (no causal delivery).
+    use super::*;
+    use crate::Crdt;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_000_000;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Do { replica: usize, op: Op, now_offset: u64 },
+        Merge { into: usize, from: usize },
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        let member = prop::collection::vec(0u8..4, 1..2);
+        prop_oneof![
+            (prop::collection::vec(any::<u8>(), 0..3), prop::option::of(1u64..50))
+                .prop_map(|(value, ttl_ms)| Op::Put { value, ttl_ms }),
+            (prop::collection::vec(any::<u8>(), 0..3), prop::option::of(1u64..50))
+                .prop_map(|(value, ttl_ms)| Op::Append { value, ttl_ms }),
+            Just(Op::Delete),
+            (-5i64..5, prop::option::of(1u64..50))
+                .prop_map(|(delta, ttl_ms)| Op::Increment { delta, ttl_ms }),
+            (prop::collection::vec(member.clone(), 1..3), prop::option::of(1u64..50))
+                .prop_map(|(members, ttl_ms)| Op::SetAdd { members, ttl_ms }),
+            prop::collection::vec(member, 1..3).prop_map(|members| Op::SetRemove { members }),
+        ]
+    }
+
+    fn step_strategy() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0usize..3, op_strategy(), 0u64..100)
+                .prop_map(|(replica, op, now_offset)| Step::Do { replica, op, now_offset }),
+            1 => (0usize..3, 0usize..3).prop_map(|(into, from)| Step::Merge { into, from }),
+        ]
+    }
+
+    /// Runs the steps on three replicas and returns their final states.
+    fn run(steps: &[Step]) -> Vec<Record> {
+        let mut recs: Vec<Record> = vec![Record::default(); 3];
+        let mut clock = 0u64;
+        for step in steps {
+            match step {
+                Step::Do { replica, op, now_offset } => {
+                    clock = clock.max(recs[*replica].version().time) + 1;
+                    let stamp = Stamp::new(clock, *replica as u64 + 1);
+                    let cur = Some(&recs[*replica]);
+                    // Refused operations (wrong type, overflow) leave the state as it was.
+                    if let Ok(a) = apply(cur, op, stamp, NOW + now_offset, &Limits::default()) {
+                        recs[*replica] = a.record;
+                    }
+                }
+                Step::Merge { into, from } => {
+                    let from = recs[*from].clone();
+                    recs[*into].merge(&from);
+                }
+            }
+        }
+        recs
+    }
+
+    fn merged(a: &Record, b: &Record) -> Record {
+        let mut m = a.clone();
+        m.merge(b);
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn merge_is_commutative_associative_idempotent(steps in prop::collection::vec(step_strategy(), 0..40)) {
+            let r = run(&steps);
+            let (a, b, c) = (&r[0], &r[1], &r[2]);
+            prop_assert_eq!(merged(a, b), merged(b, a));
+            prop_assert_eq!(merged(&merged(a, b), c), merged(a, &merged(b, c)));
+            prop_assert_eq!(merged(a, a), a.clone());
+            // Re-merging an older piece of knowledge changes nothing (duplicates are harmless).
+            let ab = merged(a, b);
+            prop_assert_eq!(merged(&ab, b), ab.clone());
+        }
+
+        #[test]
+        fn replicas_converge_after_full_exchange(steps in prop::collection::vec(step_strategy(), 0..40)) {
+            let r = run(&steps);
+            let all = merged(&merged(&r[0], &r[1]), &r[2]);
+            let other_order = merged(&merged(&r[2], &r[0]), &r[1]);
+            prop_assert_eq!(&all, &other_order);
+            for now in [NOW, NOW + 60, NOW + 1000] {
+                prop_assert_eq!(all.view(now), other_order.view(now));
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The replicated state of one key: a typed CRDT plus its liveness, type and TTL, each a
+//! lattice of its own, so the whole record is a lattice (a product of lattices).
+
+use crdts::{CvRDT, LWWReg, PNCounter};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::{Crdt, NodeId, OrSet, Stamp};
+
+/// The type a key holds. Fixed by the first write of a key's lifetime; once a key is deleted
+/// (or expired) the next write may give it another type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// Last-writer-wins register of bytes, ordered by HLC stamp (ties by node id).
+    #[default]
+    Register,
+    /// PN-counter (signed 64-bit as seen by clients).
+    Counter,
+    /// Add-wins observed-remove set of byte strings.
+    Set,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Register => "register",
+            Kind::Counter => "counter",
+            Kind::Set => "set",
+        })
+    }
+}
+
+/// What a client sees of a live key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum View {
+    Register(Vec<u8>),
+    Counter(i64),
+    Set(Vec<Vec<u8>>),
+}
+
+/// Full CRDT state of one key.
+///
+/// - `kind`: LWW register of the key's type; written when a lifetime starts.
+/// - `live`: LWW flag, `true` by every write, `false` by a delete. Decides whether a register
+///   or counter exists (a set exists while it has members).
+/// - `register`: LWW bytes; a delete overwrites them with nothing, so a tombstone holds no data.
+/// - `counter` / `counter_base`: the counter is `counter - counter_base`; a delete copies the
+///   observed counter into the base (an observed reset), so increments the deleter had not seen
+///   survive it. `counter_base <= counter` pointwise is kept by merging the base into both.
+/// - `set`: add-wins OR-set; a delete removes every observed member.
+/// - `expiry`: LWW deadline in Unix milliseconds, `None` for no TTL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: LWWReg<Kind, Stamp>,
+    pub live: LWWReg<bool, Stamp>,
+    pub register: LWWReg<Vec<u8>, Stamp>,
+    pub counter: PNCounter<NodeId>,
+    pub counter_base: PNCounter<NodeId>,
+    pub set: OrSet,
+    pub expiry: LWWReg<Option<u64>, Stamp>,
+}
+
+/// LWW join that is commutative even for equal markers (the larger value wins the tie; equal
+/// markers with different values only arise from corrupted input, never from real stamps).
+fn join_lww<V: Ord + Clone>(mine: &mut LWWReg<V, Stamp>, theirs: &LWWReg<V, Stamp>) {
+    if (&theirs.marker, &theirs.val) > (&mine.marker, &mine.val) {
+        mine.val = theirs.val.clone();
+        mine.marker = theirs.marker;
+    }
+}
+
+/// Overwrites an LWW register with a stamp known to be newer than all the record holds.
+pub(crate) fn assign<V>(reg: &mut LWWReg<V, Stamp>, val: V, stamp: Stamp) {
+    reg.val = val;
+    reg.marker = stamp;
+}
+
+impl Crdt for Record {
+    fn merge(&mut self, other: &Self) {
+        join_lww(&mut self.kind, &other.kind);
+        join_lww(&mut self.live, &other.live);
+        join_lww(&mut self.register, &other.register);
+        join_lww(&mut self.expiry, &other.expiry);
+        self.counter.merge(other.counter.clone());
+        self.counter_base.merge(other.counter_base.clone());
+        self.counter.merge(self.counter_base.clone());
+        self.set.merge(&other.set);
+    }
+}
+
+impl Record {
+    /// The record's version: the newest stamp any write to it carried.
+    pub fn version(&self) -> Stamp {
+        self.kind.marker.max(self.live.marker).max(self.register.marker).max(self.expiry.marker)
+    }
+
+    /// Whether the key exists, ignoring its TTL.
+    pub fn exists(&self) -> bool {
+        match self.kind.val {
+            Kind::Register | Kind::Counter => self.live.val,
+            Kind::Set => !self.set.is_empty(),
+        }
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expiry.val.is_some_and(|deadline| deadline <= now_ms)
+    }
+
+    /// Whether a client reading at `now_ms` sees the key.
+    pub fn is_visible(&self, now_ms: u64) -> bool {
+        self.exists() && !self.is_expired(now_ms)
+    }
+
+    /// Milliseconds until the TTL expires, if the key has one.
+    pub fn ttl_remaining_ms(&self, now_ms: u64) -> Option<u64> {
+        self.expiry.val.map(|deadline| deadline.saturating_sub(now_ms))
+    }
+
+    /// The counter's value (wide, so a merge of concurrent increments cannot overflow here).
+    pub fn counter_value(&self) -> i128 {
+        let total = self.counter.read() - self.counter_base.read();
+        i128::try_from(&total).unwrap_or(if total.sign() == num_bigint::Sign::Minus {
+            i128::MIN
+        } else {
+            i128::MAX
+        })
+    }
+
+    /// What a client sees at `now_ms`: `None` for an absent, deleted or expired key.
+    pub fn view(&self, now_ms: u64) -> Option<View> {
+        if !self.is_visible(now_ms) {
+            return None;
+        }
+        Some(match self.kind.val {
+            Kind::Register => View::Register(self.register.val.clone()),
+            Kind::Counter => {
+                View::Counter(self.counter_value().clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+            }
+            Kind::Set => View::Set(self.set.members().cloned().collect()),
+        })
+    }
+
+    /// Logically deletes everything this state has observed, at `stamp` (newer than the record).
+    pub(crate) fn clear(&mut self, stamp: Stamp) {
+        assign(&mut self.live, false, stamp);
+        assign(&mut self.register, Vec::new(), stamp);
+        assign(&mut self.expiry, None, stamp);
+        self.counter_base = self.counter.clone();
+        self.set.clear();
+    }
+}
