@@ -1,0 +1,371 @@
+//! The RocksDB engine of one node.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use geokv_core::{CoreError, NodeId, Record, Stamp};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::keys::{log_key, parse_ttl_key, ttl_key, DueEntry, TtlTag};
+use crate::{StorageConfig, StorageError};
+
+const CF_DATA: &str = "data";
+const CF_TTL: &str = "ttl";
+const CF_LOG: &str = "log";
+const CF_META: &str = "meta";
+const META_NODE_ID: &[u8] = b"node_id";
+const META_LAYOUT: &[u8] = b"layout_version";
+const LAYOUT_VERSION: u8 = 1;
+const LOCK_STRIPES: usize = 1024;
+
+/// What a read-modify-write decided: the new state to store (`None`: store nothing) and the
+/// answer for the caller.
+pub struct Update<T> {
+    pub record: Option<Record>,
+    pub out: T,
+}
+
+/// One change-log entry: the key that changed and the version it changed to. The entry does
+/// not hold the value: whoever tails the log reads the key's current state, which subsumes
+/// every earlier one (states merge).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub key: Vec<u8>,
+    pub version: Stamp,
+}
+
+/// A page of a scan: live entries in key order, and whether more keys follow.
+pub struct ScanPage {
+    pub items: Vec<(Vec<u8>, Record)>,
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub writes: u64,
+    pub corrupt_reads: u64,
+    pub last_seq: u64,
+    pub estimated_keys: u64,
+    pub live_data_bytes: u64,
+}
+
+/// Change-log sequence numbers: assigned before a batch commits, so they may commit out of
+/// order. `committed` is the highest number below which every batch has committed (or
+/// failed), which is how far a tailer may safely read.
+#[derive(Default)]
+struct Sequencer {
+    last: u64,
+    in_flight: BTreeSet<u64>,
+}
+
+pub struct Engine {
+    db: DB,
+    cfg: StorageConfig,
+    wopts: WriteOptions,
+    locks: Box<[Mutex<()>]>,
+    seq: Mutex<Sequencer>,
+    writes: AtomicU64,
+    corrupt_reads: AtomicU64,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory of node `node_id`.
+    pub fn open(path: &Path, node_id: NodeId, cfg: StorageConfig) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        let cfs = [CF_DATA, CF_TTL, CF_LOG, CF_META]
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let mut wopts = WriteOptions::default();
+        wopts.set_sync(cfg.sync);
+        let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        let engine = Engine {
+            db,
+            cfg,
+            wopts,
+            locks,
+            seq: Mutex::new(Sequencer::default()),
+            writes: AtomicU64::new(0),
+            corrupt_reads: AtomicU64::new(0),
+        };
+        engine.check_identity(path, node_id)?;
+        engine.seq.lock().expect("sequencer").last = engine.last_logged_seq()?;
+        Ok(engine)
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    fn check_identity(&self, path: &Path, node_id: NodeId) -> Result<(), StorageError> {
+        let meta = self.cf(CF_META);
+        let incompatible =
+            |reason: String| StorageError::Incompatible { path: path.display().to_string(), reason };
+        match self.db.get_cf(meta, META_LAYOUT)? {
+            None => {
+                let mut b = WriteBatch::default();
+                b.put_cf(meta, META_LAYOUT, [LAYOUT_VERSION]);
+                b.put_cf(meta, META_NODE_ID, node_id.to_be_bytes());
+                self.db.write_opt(b, &self.wopts)?;
+            }
+            Some(v) if v.as_slice() != [LAYOUT_VERSION] => {
+                return Err(incompatible(format!("layout version {v:?}, this build reads {LAYOUT_VERSION}")));
+            }
+            Some(_) => {
+                let stored = self.db.get_cf(meta, META_NODE_ID)?.unwrap_or_default();
+                if stored.as_slice() != node_id.to_be_bytes() {
+                    let stored = stored.try_into().map(u64::from_be_bytes).unwrap_or(0);
+                    return Err(incompatible(format!(
+                        "it belongs to node {stored}, not node {node_id}; point data_dir elsewhere or fix node_id"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn last_logged_seq(&self) -> Result<u64, StorageError> {
+        match self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.locks[(h.finish() as usize) % self.locks.len()]
+    }
+
+    fn decode(&self, key: &[u8], raw: &[u8]) -> Result<Record, StorageError> {
+        codec::decode(raw).map_err(|e| {
+            self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(key = %String::from_utf8_lossy(key), error = %e, "corrupt stored value");
+            StorageError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() }
+        })
+    }
+
+    /// The stored state of `key` (tombstones and expired states included).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(CF_DATA), key)? {
+            Some(raw) => self.decode(key, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the state of `key`, lets `f` decide the new state, and commits it in one batch
+    /// with its change-log entry and TTL-index changes. Writers of the same key are serialized.
+    pub fn update<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
+    ) -> Result<T, StorageError> {
+        let _guard = self.stripe(key).lock().expect("stripe lock");
+        let old = self.get(key)?;
+        let Update { record, out } = f(old.as_ref())?;
+        if let Some(new) = record {
+            self.commit(key, old.as_ref(), &new)?;
+        }
+        Ok(out)
+    }
+
+    fn index_entries(&self, rec: &Record) -> Vec<(u64, TtlTag)> {
+        let mut v = Vec::with_capacity(1);
+        if !rec.exists() {
+            let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
+            v.push((rec.version().unix_millis().saturating_add(grace), TtlTag::Purge));
+        } else if let Some(deadline) = rec.expiry.val {
+            v.push((deadline, TtlTag::Expire));
+        }
+        v
+    }
+
+    fn commit(&self, key: &[u8], old: Option<&Record>, new: &Record) -> Result<(), StorageError> {
+        let encoded = codec::encode(new, self.cfg.compression_threshold_bytes, self.cfg.compression_level);
+        if encoded.len() > self.cfg.max_record_bytes {
+            return Err(StorageError::RecordTooLarge {
+                actual: encoded.len(),
+                limit: self.cfg.max_record_bytes,
+            });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_DATA), key, &encoded);
+        let old_idx = old.map(|r| self.index_entries(r)).unwrap_or_default();
+        let new_idx = self.index_entries(new);
+        for (deadline, tag) in old_idx.iter().filter(|e| !new_idx.contains(e)) {
+            batch.delete_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key));
+        }
+        for (deadline, tag) in new_idx.iter().filter(|e| !old_idx.contains(e)) {
+            batch.put_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key), []);
+        }
+        let seq = {
+            let mut s = self.seq.lock().expect("sequencer");
+            s.last += 1;
+            let seq = s.last;
+            s.in_flight.insert(seq);
+            seq
+        };
+        let entry = LogEntry { seq, key: key.to_vec(), version: new.version() };
+        batch.put_cf(
+            self.cf(CF_LOG),
+            log_key(seq),
+            postcard::to_allocvec(&entry).expect("log entry serializes"),
+        );
+        let result = self.db.write_opt(batch, &self.wopts);
+        self.seq.lock().expect("sequencer").in_flight.remove(&seq);
+        result?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Live entries from `start` (inclusive) whose keys begin with `prefix`, at most `limit`,
+    /// skipping states `keep` rejects (tombstones, expired keys).
+    pub fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<ScanPage, StorageError> {
+        let from = if start < prefix { prefix } else { start };
+        let mut items = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::From(from, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let rec = self.decode(&k, &v)?;
+            if !keep(&rec) {
+                continue;
+            }
+            if items.len() == limit {
+                return Ok(ScanPage { items, more: true });
+            }
+            items.push((k.into_vec(), rec));
+        }
+        Ok(ScanPage { items, more: false })
+    }
+
+    /// TTL-index entries due at `now_ms`, oldest first, at most `max`.
+    pub fn due_ttl(&self, now_ms: u64, max: usize) -> Result<Vec<DueEntry>, StorageError> {
+        let mut due = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_TTL), IteratorMode::Start) {
+            let (k, _) = item?;
+            match parse_ttl_key(&k) {
+                Some(e) if e.deadline_ms <= now_ms => due.push(e),
+                Some(_) => break,
+                None => tracing::warn!(len = k.len(), "malformed TTL index key skipped"),
+            }
+            if due.len() >= max {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
+    /// Drops a TTL-index entry that needs no more work.
+    pub fn drop_ttl_entry(&self, entry: &DueEntry) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_TTL), ttl_key(entry.deadline_ms, entry.tag, &entry.key));
+        Ok(self.db.write_opt(b, &self.wopts)?)
+    }
+
+    /// Removes `key` for good if it is still a tombstone whose grace period ended by `now_ms`.
+    /// Returns whether it was purged.
+    pub fn purge_tombstone(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
+        let _guard = self.stripe(key).lock().expect("stripe lock");
+        let Some(rec) = self.get(key)? else { return Ok(false) };
+        let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
+        if rec.exists() || rec.version().unix_millis().saturating_add(grace) > now_ms {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_DATA), key);
+        for (deadline, tag) in self.index_entries(&rec) {
+            b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, tag, key));
+        }
+        self.db.write_opt(b, &self.wopts)?;
+        Ok(true)
+    }
+
+    /// Highest sequence number below which every change-log entry is committed.
+    pub fn committed_seq(&self) -> u64 {
+        let s = self.seq.lock().expect("sequencer");
+        s.in_flight.first().map(|first| first - 1).unwrap_or(s.last)
+    }
+
+    /// Change-log entries after `after` up to the committed sequence number, at most `max`.
+    pub fn log_since(&self, after: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
+        let upto = self.committed_seq();
+        let start = log_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward)) {
+            let (_, v) = item?;
+            let entry: LogEntry = postcard::from_bytes(&v)
+                .map_err(|e| StorageError::Corrupt { key: "<change log>".into(), reason: e.to_string() })?;
+            if entry.seq > upto || out.len() >= max {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Trims the change log to the configured number of newest entries. Returns how many
+    /// sequence numbers were cut.
+    pub fn trim_log(&self) -> Result<u64, StorageError> {
+        let last = self.committed_seq();
+        let keep = self.cfg.changelog_retention_entries;
+        if last <= keep {
+            return Ok(0);
+        }
+        let cut = last - keep;
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(self.cf(CF_LOG), log_key(0), log_key(cut + 1));
+        self.db.write_opt(b, &self.wopts)?;
+        Ok(cut)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let prop =
+            |name: &str| self.db.property_int_value_cf(self.cf(CF_DATA), name).ok().flatten().unwrap_or(0);
+        Stats {
+            writes: self.writes.load(Ordering::Relaxed),
+            corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
+            last_seq: self.committed_seq(),
+            estimated_keys: prop("rocksdb.estimate-num-keys"),
+            live_data_bytes: prop("rocksdb.estimate-live-data-size"),
+        }
+    }
+
+    /// Flushes memtables to SST files (the WAL already makes writes durable).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        for cf in [CF_DATA, CF_TTL, CF_LOG] {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites the raw stored bytes of a key. Only for tests of corruption handling.
+    #[doc(hidden)]
+    pub fn put_raw_for_test(&self, key: &[u8], raw: &[u8]) -> Result<(), StorageError> {
+        Ok(self.db.put_cf(self.cf(CF_DATA), key, raw)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

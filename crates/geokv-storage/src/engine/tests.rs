@@ -1,0 +1,134 @@
+use super::*;
+use geokv_core::{apply, Limits, Op, View};
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn open(dir: &Path, cfg: StorageConfig) -> Engine {
+    Engine::open(dir, 7, cfg).unwrap()
+}
+
+/// Applies `op` the way the server does: stamp after the stored version.
+fn run(e: &Engine, key: &[u8], op: Op, now: u64) -> Result<(), StorageError> {
+    e.update(key, |cur| {
+        let t = cur.map(|r| r.version().time).unwrap_or(0).max(Stamp::ntp_from_millis(now)) + 1;
+        let a = apply(cur, &op, Stamp::new(t, 7), now, &Limits::default())?;
+        Ok(Update { record: Some(a.record), out: () })
+    })
+}
+
+fn put(v: &str, ttl_ms: Option<u64>) -> Op {
+    Op::Put { value: v.as_bytes().to_vec(), ttl_ms }
+}
+
+#[test]
+fn writes_survive_reopen_with_their_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path(), StorageConfig::default());
+        run(&e, b"a", put("1", None), NOW).unwrap();
+        run(&e, b"b", put("2", None), NOW).unwrap();
+        run(&e, b"a", put("3", None), NOW).unwrap();
+    }
+    let e = open(dir.path(), StorageConfig::default());
+    assert_eq!(e.get(b"a").unwrap().unwrap().view(NOW), Some(View::Register(b"3".to_vec())));
+    let log = e.log_since(0, 100).unwrap();
+    assert_eq!(
+        log.iter().map(|l| (l.seq, l.key.clone())).collect::<Vec<_>>(),
+        vec![(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"a".to_vec())]
+    );
+    assert_eq!(e.log_since(2, 100).unwrap().len(), 1);
+    run(&e, b"c", put("4", None), NOW).unwrap();
+    assert_eq!(e.log_since(3, 100).unwrap()[0].seq, 4, "sequence continues after reopen");
+}
+
+#[test]
+fn a_data_dir_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), StorageConfig::default()));
+    let err = Engine::open(dir.path(), 8, StorageConfig::default()).err().unwrap().to_string();
+    assert!(err.contains("belongs to node 7"), "{err}");
+}
+
+#[test]
+fn ttl_index_tracks_expiry_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig { tombstone_grace_secs: 10, ..StorageConfig::default() };
+    let e = open(dir.path(), cfg);
+    run(&e, b"t", put("x", Some(500)), NOW).unwrap();
+    assert!(e.due_ttl(NOW + 499, 10).unwrap().is_empty());
+    let due = e.due_ttl(NOW + 500, 10).unwrap();
+    assert_eq!(due, vec![DueEntry { deadline_ms: NOW + 500, tag: TtlTag::Expire, key: b"t".to_vec() }]);
+    // Overwriting without a TTL removes the index entry.
+    run(&e, b"t", put("y", None), NOW).unwrap();
+    assert!(e.due_ttl(u64::MAX, 10).unwrap().is_empty());
+    // A delete schedules a purge after the grace period.
+    run(&e, b"t", Op::Delete, NOW).unwrap();
+    let due = e.due_ttl(u64::MAX, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].tag, TtlTag::Purge);
+    assert!(due[0].deadline_ms >= NOW + 10_000);
+    assert!(!e.purge_tombstone(b"t", NOW + 1_000).unwrap(), "grace period not over");
+    assert!(e.purge_tombstone(b"t", NOW + 20_000).unwrap());
+    assert!(e.get(b"t").unwrap().is_none());
+    assert!(e.due_ttl(u64::MAX, 10).unwrap().is_empty());
+}
+
+#[test]
+fn corrupt_values_are_reported_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig::default());
+    run(&e, b"k", put("value", None), NOW).unwrap();
+    let raw = e.db.get_cf(e.cf(CF_DATA), b"k").unwrap().unwrap();
+    let mut bad = raw.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    e.put_raw_for_test(b"k", &bad).unwrap();
+    assert!(matches!(e.get(b"k"), Err(StorageError::Corrupt { .. })));
+    assert!(matches!(run(&e, b"k", put("other", None), NOW), Err(StorageError::Corrupt { .. })));
+    assert_eq!(e.stats().corrupt_reads, 2);
+}
+
+#[test]
+fn oversized_records_are_refused_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        max_record_bytes: 200,
+        compression_threshold_bytes: usize::MAX,
+        ..Default::default()
+    };
+    let e = open(dir.path(), cfg);
+    run(&e, b"k", put("small", None), NOW).unwrap();
+    let err = run(&e, b"k", Op::Put { value: vec![1; 300], ttl_ms: None }, NOW).unwrap_err();
+    assert!(matches!(err, StorageError::RecordTooLarge { limit: 200, .. }), "{err}");
+    assert_eq!(e.get(b"k").unwrap().unwrap().view(NOW), Some(View::Register(b"small".to_vec())));
+}
+
+#[test]
+fn scan_pages_by_prefix_and_skips_what_keep_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig::default());
+    for k in ["a1", "b1", "b2", "b3", "b4", "c1"] {
+        run(&e, k.as_bytes(), put(k, None), NOW).unwrap();
+    }
+    run(&e, b"b2", Op::Delete, NOW).unwrap();
+    let live = |r: &Record| r.is_visible(NOW);
+    let page = e.scan(b"", b"b", 2, live).unwrap();
+    let keys: Vec<_> = page.items.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![b"b1".to_vec(), b"b3".to_vec()]);
+    assert!(page.more);
+    let page = e.scan(b"b4", b"b", 2, live).unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(!page.more);
+}
+
+#[test]
+fn trim_keeps_the_newest_log_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig { changelog_retention_entries: 3, ..Default::default() });
+    for i in 0..10u8 {
+        run(&e, &[i], put("v", None), NOW).unwrap();
+    }
+    assert_eq!(e.trim_log().unwrap(), 7);
+    let seqs: Vec<u64> = e.log_since(0, 100).unwrap().iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, vec![8, 9, 10]);
+}

@@ -1,0 +1,24 @@
+use geokv_core::CoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB failed (I/O error, full disk, ...).
+    #[error("storage engine error: {0}")]
+    Engine(#[from] rocksdb::Error),
+
+    /// A stored value failed its checksum or could not be decoded. It is never served.
+    #[error("corrupt value for key {key:?}: {reason}")]
+    Corrupt { key: String, reason: String },
+
+    /// The new state of a key would be larger than `limits.max_record_bytes`.
+    #[error("the key's stored state would be {actual} bytes, over the limit of {limit} bytes (limits.max_record_bytes)")]
+    RecordTooLarge { actual: usize, limit: usize },
+
+    /// The data directory belongs to another node or another format.
+    #[error("data directory {path}: {reason}")]
+    Incompatible { path: String, reason: String },
+
+    /// The operation itself was refused (wrong type, limits, ...).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
