@@ -22,6 +22,11 @@ pub struct Limits {
     pub max_scan_limit: usize,
     /// Longest TTL accepted, in milliseconds.
     pub max_ttl_ms: u64,
+    /// Largest gRPC request message the server accepts, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest response a Scan page or a BatchGet may build, in bytes (a Scan page stops
+    /// early at this size; a BatchGet over it is refused).
+    pub max_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +39,8 @@ impl Default for Limits {
             max_record_bytes: 16 * 1024 * 1024,
             max_scan_limit: 10_000,
             max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+            max_request_bytes: 16 * 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -115,6 +122,8 @@ impl Limits {
             ("max_set_members_per_request", self.max_set_members_per_request),
             ("max_record_bytes", self.max_record_bytes),
             ("max_scan_limit", self.max_scan_limit),
+            ("max_request_bytes", self.max_request_bytes),
+            ("max_response_bytes", self.max_response_bytes),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -126,6 +135,15 @@ impl Limits {
                 "limits.max_record_bytes ({}) is smaller than limits.max_value_bytes ({}); raise max_record_bytes",
                 self.max_record_bytes, self.max_value_bytes
             ));
+        }
+        if self.max_request_bytes < self.max_value_bytes + self.max_key_bytes {
+            return Err(format!(
+                "limits.max_request_bytes ({}) cannot carry one key and value of the maximum sizes ({} + {}); raise it",
+                self.max_request_bytes, self.max_key_bytes, self.max_value_bytes
+            ));
+        }
+        if self.max_ttl_ms == 0 {
+            return Err("limits.max_ttl_ms is 0; it must be at least 1".into());
         }
         Ok(())
     }

@@ -1,1 +1,24 @@
+//! geokv-server: one node's runtime.
+//!
+//! Owns: the configuration file ([`ServerConfig`]), the node's operations over its storage
+//! engine with its hybrid logical clock ([`Node`]), the tonic services (client API, health,
+//! reflection) and the conversion between protobuf and core types at that edge, the mapping
+//! of errors to gRPC status codes, and the background sweeper (TTL expiry, tombstone purge,
+//! change-log trimming).
+//!
+//! Does not own: CRDT semantics (`geokv-core`) or the on-disk layout (`geokv-storage`).
 
+mod clock;
+mod config;
+mod convert;
+mod node;
+mod runtime;
+mod service;
+mod status;
+mod sweeper;
+
+pub use clock::{Clock, SystemClock};
+pub use config::{ConfigError, ServerConfig, SweeperConfig};
+pub use node::{Expect, Node, NodeError, ScanRequest, ScanResult};
+pub use runtime::{serve, RunningServer};
+pub use sweeper::SweepReport;

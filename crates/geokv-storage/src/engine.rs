@@ -231,17 +231,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Live entries from `start` (inclusive) whose keys begin with `prefix`, at most `limit`,
-    /// skipping states `keep` rejects (tombstones, expired keys).
+    /// Live entries from `start` (inclusive) whose keys begin with `prefix`, at most `limit`
+    /// entries and about `max_bytes` of stored data (always at least one entry), skipping
+    /// states `keep` rejects (tombstones, expired keys).
     pub fn scan(
         &self,
         start: &[u8],
         prefix: &[u8],
         limit: usize,
+        max_bytes: usize,
         keep: impl Fn(&Record) -> bool,
     ) -> Result<ScanPage, StorageError> {
         let from = if start < prefix { prefix } else { start };
         let mut items = Vec::new();
+        let mut bytes = 0usize;
         let iter = self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::From(from, Direction::Forward));
         for item in iter {
             let (k, v) = item?;
@@ -252,7 +255,8 @@ impl Engine {
             if !keep(&rec) {
                 continue;
             }
-            if items.len() == limit {
+            bytes += k.len() + v.len();
+            if items.len() == limit || (!items.is_empty() && bytes > max_bytes) {
                 return Ok(ScanPage { items, more: true });
             }
             items.push((k.into_vec(), rec));

@@ -112,13 +112,16 @@ fn scan_pages_by_prefix_and_skips_what_keep_rejects() {
     }
     run(&e, b"b2", Op::Delete, NOW).unwrap();
     let live = |r: &Record| r.is_visible(NOW);
-    let page = e.scan(b"", b"b", 2, live).unwrap();
+    let page = e.scan(b"", b"b", 2, usize::MAX, live).unwrap();
     let keys: Vec<_> = page.items.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, vec![b"b1".to_vec(), b"b3".to_vec()]);
     assert!(page.more);
-    let page = e.scan(b"b4", b"b", 2, live).unwrap();
+    let page = e.scan(b"b4", b"b", 2, usize::MAX, live).unwrap();
     assert_eq!(page.items.len(), 1);
     assert!(!page.more);
+    let page = e.scan(b"", b"", 100, 1, live).unwrap();
+    assert_eq!(page.items.len(), 1, "a byte budget smaller than one entry still returns one");
+    assert!(page.more);
 }
 
 #[test]

@@ -1,0 +1,174 @@
+//! The server configuration file (TOML). Every field is documented in
+//! `topology/single-node.toml`; unknown fields are errors, and [`ServerConfig::validate`]
+//! checks values with messages that name the file, the field and the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use geokv_core::Limits;
+use geokv_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's id: a positive integer, unique in the deployment, stable for the data dir.
+    pub node_id: u64,
+    /// Address for the gRPC API. Port 0 picks a free port (the bound address is printed).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory for the RocksDB data of this node.
+    pub data_dir: PathBuf,
+    /// Largest HLC stamp lead over our clock accepted from elsewhere, in milliseconds.
+    #[serde(default = "default_drift")]
+    pub max_clock_drift_ms: u64,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sweeper: SweeperConfig,
+}
+
+/// The `[sweeper]` section: the background task that expires TTLs, purges old tombstones and
+/// trims the change log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweeperConfig {
+    /// Pause between sweeps, in milliseconds.
+    pub interval_ms: u64,
+    /// Most TTL-index entries handled per sweep.
+    pub batch: usize,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        SweeperConfig { interval_ms: 1000, batch: 10_000 }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7400".into()
+}
+
+fn default_drift() -> u64 {
+    500
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: field `{field}` {problem}; {fix}")]
+    Invalid { path: String, field: &'static str, problem: String, fix: String },
+}
+
+impl ServerConfig {
+    /// A configuration with defaults for everything but identity and location.
+    pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
+        ServerConfig {
+            node_id,
+            listen: default_listen(),
+            data_dir,
+            max_clock_drift_ms: default_drift(),
+            storage: StorageConfig::default(),
+            limits: Limits::default(),
+            sweeper: SweeperConfig::default(),
+        }
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: ServerConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+
+    /// Checks every value, naming the field and the fix.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, problem: String, fix: &str| ConfigError::Invalid {
+            path: origin.into(),
+            field,
+            problem,
+            fix: fix.into(),
+        };
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "is 0".into(), "give every node a positive integer id"));
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("is {:?}, not an IP address and port", self.listen),
+                "write it like \"127.0.0.1:7400\" or \"[::1]:7400\"",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "is empty".into(), "name a directory for this node's data"));
+        }
+        if let Err(problem) = self.limits.validate() {
+            return Err(invalid("limits", problem, "see the [limits] section of topology/single-node.toml"));
+        }
+        if !(1..=22).contains(&self.storage.compression_level) {
+            return Err(invalid(
+                "storage.compression_level",
+                format!("is {}", self.storage.compression_level),
+                "use a zstd level from 1 (fastest) to 22",
+            ));
+        }
+        if self.storage.changelog_retention_entries == 0 {
+            return Err(invalid("storage.changelog_retention_entries", "is 0".into(), "keep at least 1 entry"));
+        }
+        if self.sweeper.interval_ms == 0 || self.sweeper.batch == 0 {
+            return Err(invalid("sweeper", "has a zero interval_ms or batch".into(), "use positive values"));
+        }
+        if self.max_clock_drift_ms == 0 {
+            return Err(invalid("max_clock_drift_ms", "is 0".into(), "allow at least a few milliseconds (default 500)"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = ServerConfig::parse("node_id = 3\ndata_dir = \"/tmp/x\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.node_id, 3);
+        assert!(cfg.storage.sync);
+        assert_eq!(cfg.limits, Limits::default());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let err = ServerConfig::parse("node_id = 0\ndata_dir = \"/tmp/x\"\n", "a.toml").unwrap_err().to_string();
+        assert!(err.contains("a.toml") && err.contains("node_id"), "{err}");
+        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\nlisten = \"nope\"\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen") && err.contains("127.0.0.1:7400"), "{err}");
+        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\nbogus = 1\n", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("bogus"), "{err}");
+        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n[limits]\nmax_key_bytes = 0\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_key_bytes"), "{err}");
+        let err = ServerConfig::parse("node_id = \"one\"\n", "e.toml").unwrap_err().to_string();
+        assert!(err.contains("e.toml") && err.contains("line 1"), "{err}");
+    }
+}

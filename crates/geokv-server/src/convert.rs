@@ -1,0 +1,83 @@
+//! Conversions between protobuf messages and core types: the only place both meet.
+
+use geokv_core::{OpOutcome, Record, Stamp, View};
+use geokv_proto::v1 as pb;
+use tonic::Status;
+
+use crate::status::invalid;
+
+pub fn version(s: Stamp) -> pb::Version {
+    pb::Version { hlc: s.time, node_id: s.node }
+}
+
+pub fn stamp(v: &pb::Version) -> Stamp {
+    Stamp::new(v.hlc, v.node_id)
+}
+
+pub fn value(view: View) -> pb::Value {
+    let kind = match view {
+        View::Register(bytes) => pb::value::Kind::Register(bytes),
+        View::Counter(n) => pb::value::Kind::Counter(n),
+        View::Set(members) => pb::value::Kind::Set(pb::SetValue { members }),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+/// The client's view of a visible record.
+pub fn entry(key: Vec<u8>, rec: &Record, now_ms: u64, keys_only: bool) -> pb::Entry {
+    pb::Entry {
+        key,
+        value: if keys_only { None } else { rec.view(now_ms).map(value) },
+        version: Some(version(rec.version())),
+        ttl_remaining_ms: rec.ttl_remaining_ms(now_ms),
+    }
+}
+
+/// Checks a consistency level. All levels are accepted; on a single node they coincide.
+pub fn consistency(raw: i32) -> Result<pb::Consistency, Status> {
+    pb::Consistency::try_from(raw).map_err(|_| {
+        invalid(format!(
+            "consistency {raw} is not a known level; use 0 (UNSPECIFIED, the server default), 1 (ONE), 2 (QUORUM) or 3 (ALL)"
+        ))
+    })
+}
+
+/// Response fields shared by every write outcome.
+pub struct WriteMeta {
+    pub version: Option<pb::Version>,
+    pub ttl_remaining_ms: Option<u64>,
+}
+
+pub fn write_meta(rec: &Record, now_ms: u64) -> WriteMeta {
+    WriteMeta { version: Some(version(rec.version())), ttl_remaining_ms: rec.ttl_remaining_ms(now_ms) }
+}
+
+/// The batch-item form of a write outcome.
+pub fn outcome(out: OpOutcome, rec: &Record, now_ms: u64) -> pb::write_result::Outcome {
+    use pb::write_result::Outcome;
+    let WriteMeta { version, ttl_remaining_ms } = write_meta(rec, now_ms);
+    match out {
+        OpOutcome::Put => Outcome::Put(pb::PutResponse { version, ttl_remaining_ms }),
+        OpOutcome::Deleted { existed } => Outcome::Delete(pb::DeleteResponse { existed, version }),
+        OpOutcome::Appended { len } => Outcome::Append(pb::AppendResponse { length: len, version, ttl_remaining_ms }),
+        OpOutcome::Counter { value } => Outcome::Increment(pb::IncrementResponse { value, version, ttl_remaining_ms }),
+        OpOutcome::SetChanged { changed, size } => {
+            Outcome::SetChange(pb::SetChangeResponse { changed, size, version, ttl_remaining_ms })
+        }
+    }
+}
+
+/// A batch item as a key and a core operation.
+pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), Status> {
+    use geokv_core::Op;
+    use pb::write_op::Op as W;
+    match op.op {
+        Some(W::Put(p)) => Ok((p.key, Op::Put { value: p.value, ttl_ms: p.ttl_ms })),
+        Some(W::Delete(d)) => Ok((d.key, Op::Delete)),
+        Some(W::Increment(i)) => Ok((i.key, Op::Increment { delta: i.delta, ttl_ms: i.ttl_ms })),
+        Some(W::Append(a)) => Ok((a.key, Op::Append { value: a.value, ttl_ms: a.ttl_ms })),
+        Some(W::SetAdd(s)) => Ok((s.key, Op::SetAdd { members: s.members, ttl_ms: s.ttl_ms })),
+        Some(W::SetRemove(s)) => Ok((s.key, Op::SetRemove { members: s.members })),
+        None => Err(invalid("the op is empty; set one of put, delete, increment, append, set_add, set_remove")),
+    }
+}

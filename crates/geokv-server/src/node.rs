@@ -1,0 +1,213 @@
+//! A node's operations over its storage engine, stamped by its hybrid logical clock.
+//!
+//! Every method here is synchronous (RocksDB blocks); the gRPC layer runs them on tokio's
+//! blocking pool. Validation happens before anything is read, so bad input never touches
+//! stored data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use geokv_core::{apply, CoreError, Kind, Limits, NodeId, Op, OpOutcome, Record, Stamp};
+use geokv_storage::{Engine, StorageError, Update};
+
+use crate::{Clock, ServerConfig};
+
+/// Errors of node operations: storage failures and refused operations alike.
+pub type NodeError = StorageError;
+
+const PAGE_TOKEN_V1: u8 = 1;
+const DEFAULT_SCAN_LIMIT: usize = 100;
+
+/// The condition of a compare-and-swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must be absent (never written, deleted or expired).
+    Absent,
+    /// The key's current version must be exactly this one.
+    Version(Stamp),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ScanRequest {
+    pub prefix: Vec<u8>,
+    pub start_key: Vec<u8>,
+    /// 0 for the default page size.
+    pub limit: u32,
+    pub page_token: Vec<u8>,
+}
+
+pub struct ScanResult {
+    pub items: Vec<(Vec<u8>, Record)>,
+    /// Empty when the scan is complete.
+    pub next_page_token: Vec<u8>,
+}
+
+pub struct Node {
+    id: NodeId,
+    engine: Engine,
+    hlc: uhlc::HLC,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+    pub(crate) sweep_batch: usize,
+}
+
+impl Node {
+    pub fn open(cfg: &ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StorageError::Incompatible {
+            path: cfg.data_dir.display().to_string(),
+            reason: format!("cannot create it: {e}"),
+        })?;
+        let storage = geokv_storage::StorageConfig { max_record_bytes: cfg.limits.max_record_bytes, ..cfg.storage.clone() };
+        let engine = Engine::open(&cfg.data_dir, cfg.node_id, storage)?;
+        let hlc = uhlc::HLCBuilder::new()
+            .with_id(Stamp::uhlc_id(cfg.node_id))
+            .with_max_delta(Duration::from_millis(cfg.max_clock_drift_ms))
+            .build();
+        Ok(Node { id: cfg.node_id, engine, hlc, limits: cfg.limits.clone(), clock, sweep_batch: cfg.sweeper.batch })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A fresh HLC stamp newer than `current`'s version.
+    pub(crate) fn stamp_after(&self, current: Option<&Record>) -> Stamp {
+        let stamp = Stamp::from_uhlc(&self.hlc.new_timestamp());
+        match current.map(Record::version) {
+            Some(version) if stamp <= version => {
+                // The stored state is ahead of our clock (merged from a faster node): move the
+                // clock past it so our stamps stay monotonic per key.
+                if self.hlc.update_with_timestamp(&version.to_uhlc()).is_ok() {
+                    let again = Stamp::from_uhlc(&self.hlc.new_timestamp());
+                    if again > version {
+                        return again;
+                    }
+                }
+                Stamp::new(version.time + 1, self.id)
+            }
+            _ => stamp,
+        }
+    }
+
+    /// The key's state if a client would see it now (not absent, deleted or expired).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Record>, NodeError> {
+        self.limits.check_key(key)?;
+        let now = self.now_ms();
+        Ok(self.engine.get(key)?.filter(|r| r.is_visible(now)))
+    }
+
+    /// Applies a client write. Returns what it did and the key's new state.
+    pub fn write(&self, key: &[u8], op: &Op) -> Result<(OpOutcome, Record), NodeError> {
+        self.limits.check_key(key)?;
+        op.validate(&self.limits)?;
+        self.engine.update(key, |current| {
+            let stamp = self.stamp_after(current);
+            let applied = apply(current, op, stamp, self.now_ms(), &self.limits)?;
+            let record = applied.record.clone();
+            Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
+        })
+    }
+
+    /// Sets a register if `expect` holds. Returns whether it swapped, and the key's state after
+    /// a swap or the mismatching state (None if absent) after a conflict.
+    pub fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expect: Expect,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(bool, Option<Record>), NodeError> {
+        self.limits.check_key(key)?;
+        let op = Op::Put { value, ttl_ms };
+        op.validate(&self.limits)?;
+        self.engine.update(key, |current| {
+            let now = self.now_ms();
+            let visible = current.filter(|r| r.is_visible(now));
+            if let Some(r) = visible {
+                if r.kind.val != Kind::Register {
+                    return Err(CoreError::WrongType { op: "CompareAndSwap", expected: Kind::Register, actual: r.kind.val });
+                }
+            }
+            let matches = match (expect, visible) {
+                (Expect::Absent, None) => true,
+                (Expect::Version(v), Some(r)) => r.version() == v,
+                _ => false,
+            };
+            if !matches {
+                return Ok(Update { record: None, out: (false, visible.cloned()) });
+            }
+            let applied = apply(current, &op, self.stamp_after(current), now, &self.limits)?;
+            let record = applied.record.clone();
+            Ok(Update { record: Some(applied.record), out: (true, Some(record)) })
+        })
+    }
+
+    /// One page of live keys in byte order.
+    pub fn scan(&self, req: &ScanRequest) -> Result<ScanResult, NodeError> {
+        let limit = match req.limit as usize {
+            0 => DEFAULT_SCAN_LIMIT.min(self.limits.max_scan_limit),
+            n if n > self.limits.max_scan_limit => {
+                return Err(CoreError::TooMany {
+                    what: "scan limit",
+                    actual: n,
+                    limit: self.limits.max_scan_limit,
+                    setting: "limits.max_scan_limit",
+                }
+                .into())
+            }
+            n => n,
+        };
+        for (what, k) in [("prefix", &req.prefix), ("start_key", &req.start_key)] {
+            if k.len() > self.limits.max_key_bytes {
+                return Err(CoreError::TooLarge {
+                    what,
+                    actual: k.len(),
+                    limit: self.limits.max_key_bytes,
+                    setting: "limits.max_key_bytes",
+                }
+                .into());
+            }
+        }
+        let start = if req.page_token.is_empty() { req.start_key.clone() } else { self.resume_after(req)? };
+        let now = self.now_ms();
+        let page =
+            self.engine.scan(&start, &req.prefix, limit, self.limits.max_response_bytes, |r| r.is_visible(now))?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some((last, _))) => [&[PAGE_TOKEN_V1][..], last].concat(),
+            _ => Vec::new(),
+        };
+        Ok(ScanResult { items: page.items, next_page_token })
+    }
+
+    /// The first key after the one a page token names.
+    fn resume_after(&self, req: &ScanRequest) -> Result<Vec<u8>, NodeError> {
+        let bad = |why: &str| {
+            CoreError::InvalidArgument(format!("page_token is not valid ({why}); pass the next_page_token of the previous ScanResponse unchanged, with the same prefix"))
+        };
+        let (version, last) = req.page_token.split_first().ok_or_else(|| bad("empty"))?;
+        if *version != PAGE_TOKEN_V1 {
+            return Err(bad("unknown version").into());
+        }
+        if !last.starts_with(&req.prefix) {
+            return Err(bad("it belongs to another prefix").into());
+        }
+        if last.len() > self.limits.max_key_bytes {
+            return Err(bad("too long").into());
+        }
+        let mut start = last.to_vec();
+        start.push(0);
+        Ok(start)
+    }
+}
