@@ -82,14 +82,15 @@ impl ServerConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         Self::parse(&text, &shown)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: ServerConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        let cfg: ServerConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -130,13 +131,21 @@ impl ServerConfig {
             ));
         }
         if self.storage.changelog_retention_entries == 0 {
-            return Err(invalid("storage.changelog_retention_entries", "is 0".into(), "keep at least 1 entry"));
+            return Err(invalid(
+                "storage.changelog_retention_entries",
+                "is 0".into(),
+                "keep at least 1 entry",
+            ));
         }
         if self.sweeper.interval_ms == 0 || self.sweeper.batch == 0 {
             return Err(invalid("sweeper", "has a zero interval_ms or batch".into(), "use positive values"));
         }
         if self.max_clock_drift_ms == 0 {
-            return Err(invalid("max_clock_drift_ms", "is 0".into(), "allow at least a few milliseconds (default 500)"));
+            return Err(invalid(
+                "max_clock_drift_ms",
+                "is 0".into(),
+                "allow at least a few milliseconds (default 500)",
+            ));
         }
         Ok(())
     }
@@ -156,17 +165,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_the_field() {
-        let err = ServerConfig::parse("node_id = 0\ndata_dir = \"/tmp/x\"\n", "a.toml").unwrap_err().to_string();
+        let err =
+            ServerConfig::parse("node_id = 0\ndata_dir = \"/tmp/x\"\n", "a.toml").unwrap_err().to_string();
         assert!(err.contains("a.toml") && err.contains("node_id"), "{err}");
         let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\nlisten = \"nope\"\n", "b.toml")
             .unwrap_err()
             .to_string();
         assert!(err.contains("listen") && err.contains("127.0.0.1:7400"), "{err}");
-        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\nbogus = 1\n", "c.toml").unwrap_err().to_string();
-        assert!(err.contains("c.toml") && err.contains("bogus"), "{err}");
-        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n[limits]\nmax_key_bytes = 0\n", "d.toml")
+        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\nbogus = 1\n", "c.toml")
             .unwrap_err()
             .to_string();
+        assert!(err.contains("c.toml") && err.contains("bogus"), "{err}");
+        let err =
+            ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n[limits]\nmax_key_bytes = 0\n", "d.toml")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("max_key_bytes"), "{err}");
         let err = ServerConfig::parse("node_id = \"one\"\n", "e.toml").unwrap_err().to_string();
         assert!(err.contains("e.toml") && err.contains("line 1"), "{err}");

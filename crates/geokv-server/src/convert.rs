@@ -59,8 +59,12 @@ pub fn outcome(out: OpOutcome, rec: &Record, now_ms: u64) -> pb::write_result::O
     match out {
         OpOutcome::Put => Outcome::Put(pb::PutResponse { version, ttl_remaining_ms }),
         OpOutcome::Deleted { existed } => Outcome::Delete(pb::DeleteResponse { existed, version }),
-        OpOutcome::Appended { len } => Outcome::Append(pb::AppendResponse { length: len, version, ttl_remaining_ms }),
-        OpOutcome::Counter { value } => Outcome::Increment(pb::IncrementResponse { value, version, ttl_remaining_ms }),
+        OpOutcome::Appended { len } => {
+            Outcome::Append(pb::AppendResponse { length: len, version, ttl_remaining_ms })
+        }
+        OpOutcome::Counter { value } => {
+            Outcome::Increment(pb::IncrementResponse { value, version, ttl_remaining_ms })
+        }
         OpOutcome::SetChanged { changed, size } => {
             Outcome::SetChange(pb::SetChangeResponse { changed, size, version, ttl_remaining_ms })
         }
@@ -78,6 +82,8 @@ pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), Status> {
         Some(W::Append(a)) => Ok((a.key, Op::Append { value: a.value, ttl_ms: a.ttl_ms })),
         Some(W::SetAdd(s)) => Ok((s.key, Op::SetAdd { members: s.members, ttl_ms: s.ttl_ms })),
         Some(W::SetRemove(s)) => Ok((s.key, Op::SetRemove { members: s.members })),
-        None => Err(invalid("the op is empty; set one of put, delete, increment, append, set_add, set_remove")),
+        None => {
+            Err(invalid("the op is empty; set one of put, delete, increment, append, set_add, set_remove"))
+        }
     }
 }

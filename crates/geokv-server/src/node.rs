@@ -57,13 +57,23 @@ impl Node {
             path: cfg.data_dir.display().to_string(),
             reason: format!("cannot create it: {e}"),
         })?;
-        let storage = geokv_storage::StorageConfig { max_record_bytes: cfg.limits.max_record_bytes, ..cfg.storage.clone() };
+        let storage = geokv_storage::StorageConfig {
+            max_record_bytes: cfg.limits.max_record_bytes,
+            ..cfg.storage.clone()
+        };
         let engine = Engine::open(&cfg.data_dir, cfg.node_id, storage)?;
         let hlc = uhlc::HLCBuilder::new()
             .with_id(Stamp::uhlc_id(cfg.node_id))
             .with_max_delta(Duration::from_millis(cfg.max_clock_drift_ms))
             .build();
-        Ok(Node { id: cfg.node_id, engine, hlc, limits: cfg.limits.clone(), clock, sweep_batch: cfg.sweeper.batch })
+        Ok(Node {
+            id: cfg.node_id,
+            engine,
+            hlc,
+            limits: cfg.limits.clone(),
+            clock,
+            sweep_batch: cfg.sweeper.batch,
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -137,7 +147,11 @@ impl Node {
             let visible = current.filter(|r| r.is_visible(now));
             if let Some(r) = visible {
                 if r.kind.val != Kind::Register {
-                    return Err(CoreError::WrongType { op: "CompareAndSwap", expected: Kind::Register, actual: r.kind.val });
+                    return Err(CoreError::WrongType {
+                        op: "CompareAndSwap",
+                        expected: Kind::Register,
+                        actual: r.kind.val,
+                    });
                 }
             }
             let matches = match (expect, visible) {
@@ -182,8 +196,9 @@ impl Node {
         }
         let start = if req.page_token.is_empty() { req.start_key.clone() } else { self.resume_after(req)? };
         let now = self.now_ms();
-        let page =
-            self.engine.scan(&start, &req.prefix, limit, self.limits.max_response_bytes, |r| r.is_visible(now))?;
+        let page = self
+            .engine
+            .scan(&start, &req.prefix, limit, self.limits.max_response_bytes, |r| r.is_visible(now))?;
         let next_page_token = match (page.more, page.items.last()) {
             (true, Some((last, _))) => [&[PAGE_TOKEN_V1][..], last].concat(),
             _ => Vec::new(),

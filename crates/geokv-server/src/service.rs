@@ -75,7 +75,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
+    async fn batch_get(
+        &self,
+        req: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let req = req.into_inner();
         consistency(req.consistency)?;
         let limits = self.node.limits().clone();
@@ -114,19 +117,23 @@ impl Kv for KvService {
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
         let req = req.into_inner();
         consistency(req.consistency)?;
-        self.node.limits().check_batch("BatchWrite ops", req.ops.len()).map_err(|e| invalid(e.to_string()))?;
+        self.node
+            .limits()
+            .check_batch("BatchWrite ops", req.ops.len())
+            .map_err(|e| invalid(e.to_string()))?;
         let items: Vec<_> = req.ops.into_iter().map(convert::batch_op).collect();
         let results = self
             .run(move |n| {
                 let results = items
                     .into_iter()
                     .map(|item| {
-                        let result = item.map_err(|s| (s.code(), s.message().to_string())).and_then(|(key, op)| {
-                            n.write(&key, &op).map_err(|e| {
-                                let s = to_status(e);
-                                (s.code(), s.message().to_string())
-                            })
-                        });
+                        let result =
+                            item.map_err(|s| (s.code(), s.message().to_string())).and_then(|(key, op)| {
+                                n.write(&key, &op).map_err(|e| {
+                                    let s = to_status(e);
+                                    (s.code(), s.message().to_string())
+                                })
+                            });
                         match result {
                             Ok((out, rec)) => {
                                 let now = n.now_ms();
@@ -165,7 +172,9 @@ impl Kv for KvService {
             Some(Expected::ExpectedVersion(v)) => Expect::Version(convert::stamp(&v)),
             Some(Expected::ExpectAbsent(true)) => Expect::Absent,
             Some(Expected::ExpectAbsent(false)) | None => {
-                return Err(invalid("CompareAndSwap needs a condition: set expected_version, or expect_absent = true"))
+                return Err(invalid(
+                    "CompareAndSwap needs a condition: set expected_version, or expect_absent = true",
+                ))
             }
         };
         let key = req.key;
@@ -178,13 +187,18 @@ impl Kv for KvService {
         Ok(Response::new(pb::CompareAndSwapResponse { succeeded, current }))
     }
 
-    async fn increment(&self, req: Request<pb::IncrementRequest>) -> Result<Response<pb::IncrementResponse>, Status> {
+    async fn increment(
+        &self,
+        req: Request<pb::IncrementRequest>,
+    ) -> Result<Response<pb::IncrementResponse>, Status> {
         let req = req.into_inner();
         consistency(req.consistency)?;
         match self.write(req.key, Op::Increment { delta: req.delta, ttl_ms: req.ttl_ms }).await? {
-            (OpOutcome::Counter { value }, m) => {
-                Ok(Response::new(pb::IncrementResponse { value, version: m.version, ttl_remaining_ms: m.ttl_remaining_ms }))
-            }
+            (OpOutcome::Counter { value }, m) => Ok(Response::new(pb::IncrementResponse {
+                value,
+                version: m.version,
+                ttl_remaining_ms: m.ttl_remaining_ms,
+            })),
             (other, _) => Err(unexpected(other)),
         }
     }
@@ -202,14 +216,20 @@ impl Kv for KvService {
         }
     }
 
-    async fn set_add(&self, req: Request<pb::SetAddRequest>) -> Result<Response<pb::SetChangeResponse>, Status> {
+    async fn set_add(
+        &self,
+        req: Request<pb::SetAddRequest>,
+    ) -> Result<Response<pb::SetChangeResponse>, Status> {
         let req = req.into_inner();
         consistency(req.consistency)?;
         let op = Op::SetAdd { members: req.members, ttl_ms: req.ttl_ms };
         set_change(self.write(req.key, op).await?)
     }
 
-    async fn set_remove(&self, req: Request<pb::SetRemoveRequest>) -> Result<Response<pb::SetChangeResponse>, Status> {
+    async fn set_remove(
+        &self,
+        req: Request<pb::SetRemoveRequest>,
+    ) -> Result<Response<pb::SetChangeResponse>, Status> {
         let req = req.into_inner();
         consistency(req.consistency)?;
         set_change(self.write(req.key, Op::SetRemove { members: req.members }).await?)
@@ -248,13 +268,22 @@ impl Kv for KvService {
         let req = req.into_inner();
         consistency(req.consistency)?;
         let keys_only = req.keys_only;
-        let scan = ScanRequest { prefix: req.prefix, start_key: req.start_key, limit: req.limit, page_token: req.page_token };
+        let scan = ScanRequest {
+            prefix: req.prefix,
+            start_key: req.start_key,
+            limit: req.limit,
+            page_token: req.page_token,
+        };
         let resp = self
             .run(move |n| {
                 let result = n.scan(&scan)?;
                 let now = n.now_ms();
                 Ok(pb::ScanResponse {
-                    entries: result.items.into_iter().map(|(k, rec)| entry(k, &rec, now, keys_only)).collect(),
+                    entries: result
+                        .items
+                        .into_iter()
+                        .map(|(k, rec)| entry(k, &rec, now, keys_only))
+                        .collect(),
                     next_page_token: result.next_page_token,
                 })
             })

@@ -24,7 +24,9 @@ pub fn code_of(err: &StorageError) -> Code {
 pub fn to_status(err: StorageError) -> Status {
     let code = code_of(&err);
     let message = match &err {
-        StorageError::Engine(_) => format!("{err}; the node's storage failed, retry on another node or later"),
+        StorageError::Engine(_) => {
+            format!("{err}; the node's storage failed, retry on another node or later")
+        }
         StorageError::Core(CoreError::StaleStamp { .. }) => format!("{err}; retry the request"),
         _ => err.to_string(),
     };

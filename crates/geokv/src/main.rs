@@ -1,1 +1,76 @@
-fn main() {}
+//! The `geokv` binary: the server, the command-line client, and the demo.
+
+mod client_cmd;
+mod demo;
+mod output;
+mod server_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "geokv", version, about = "geokv: a geo-distributed CRDT key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+/// Options shared by every client command.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientOpts {
+    /// gRPC endpoint of a geokv node.
+    #[arg(long, global = true, env = "GEOKV_ENDPOINT", default_value = "http://127.0.0.1:7400")]
+    pub endpoint: String,
+    /// Consistency level sent with the request.
+    #[arg(long, global = true, value_enum)]
+    pub consistency: Option<Level>,
+    /// Print JSON instead of human-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Level {
+    One,
+    Quorum,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a geokv node.
+    Server(server_cmd::ServerArgs),
+    /// Start a throwaway node on a free loopback port and walk through what it does.
+    Demo {
+        /// Keep the node running after the tour and print its endpoint.
+        #[arg(long)]
+        keep_running: bool,
+        /// Data directory (default: a temporary directory removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
+            Command::Demo { keep_running, data_dir } => demo::run(keep_running, data_dir).await,
+            Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
+        }
+    })
+}

@@ -1,0 +1,341 @@
+//! The client commands: one gRPC call each, printed for people or as JSON.
+
+use std::io::{BufRead, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use geokv_client::{op, proto, Client, ScanOptions};
+use serde_json::{json, Value as Json};
+
+use crate::output::*;
+use crate::{ClientOpts, Level};
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Read a key.
+    Get { key: String },
+    /// Set a register.
+    Put {
+        key: String,
+        value: String,
+        /// Time to live: 500ms, 10s, 5m, 2h, 1d (plain numbers are milliseconds).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Delete a key.
+    Del { key: String },
+    /// Add to a counter (default 1; negative to subtract).
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Append to a register.
+    Append {
+        key: String,
+        value: String,
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Add members to a set.
+    Sadd {
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Remove members from a set.
+    Srem {
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// List a set's members.
+    Smembers { key: String },
+    /// List keys in order, under a prefix.
+    Scan {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start at this key (inclusive).
+        #[arg(long, default_value = "")]
+        start: String,
+        /// Page size (0: server default).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// Keys, versions and TTLs without values.
+        #[arg(long)]
+        keys_only: bool,
+        /// Follow pages to the end instead of printing one page.
+        #[arg(long)]
+        all: bool,
+        /// Continue from a previous page's token (hex).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Set a register only if its version matches (or, with --if-absent, if it does not exist).
+    Cas {
+        key: String,
+        value: String,
+        /// The version read earlier, as HLC:NODE (printed by get).
+        #[arg(long, conflicts_with = "if_absent", required_unless_present = "if_absent")]
+        expect_version: Option<String>,
+        #[arg(long)]
+        if_absent: bool,
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Apply many writes from JSON lines, e.g. {"op":"put","key":"k","value":"v","ttl_ms":1000}.
+    /// Ops: put, del, incr (delta), append, sadd / srem (members). Reads stdin without --file.
+    Batch {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// Parses 500ms, 10s, 5m, 2h, 1d, or a plain number of milliseconds.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 10s, 5m, 2h or 1d"))?;
+    let ms = match unit {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        u => return Err(format!("unknown unit {u:?} in {s:?}; use ms, s, m, h or d")),
+    };
+    if ms == 0 {
+        return Err("a TTL must be positive".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_version(s: &str) -> anyhow::Result<proto::Version> {
+    let (hlc, node) = s.split_once(':').context("a version is written HLC:NODE, as `geokv get` prints it")?;
+    Ok(proto::Version {
+        hlc: hlc.parse().context("the HLC part of the version is not a number")?,
+        node_id: node.parse().context("the node part of the version is not a number")?,
+    })
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        bail!("a page token is an even number of hex digits");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).context("page token is not hex"))
+        .collect()
+}
+
+fn print(json: bool, j: Json, human: String) {
+    if json {
+        println!("{j}");
+    } else {
+        println!("{human}");
+    }
+}
+
+pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
+    let mut client = Client::connect(&opts.endpoint).await?;
+    if let Some(level) = opts.consistency {
+        client = client.with_consistency(match level {
+            Level::One => proto::Consistency::One,
+            Level::Quorum => proto::Consistency::Quorum,
+            Level::All => proto::Consistency::All,
+        });
+    }
+    let js = opts.json;
+    match cmd {
+        ClientCommand::Get { key } => match client.get(key.as_bytes()).await? {
+            Some(e) => print(js, entry_json(&e), entry_human(&e)),
+            None => print(js, Json::Null, "(absent)".into()),
+        },
+        ClientCommand::Put { key, value, ttl } => {
+            let r = client.put(key.as_bytes(), value.as_bytes(), ttl).await?;
+            let j = json!({ "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
+            print(
+                js,
+                j,
+                format!("OK (version {}{})", version_str(&r.version), ttl_human(r.ttl_remaining_ms)),
+            );
+        }
+        ClientCommand::Del { key } => {
+            let r = client.delete(key.as_bytes()).await?;
+            let human = if r.existed { "deleted" } else { "deleted (it did not exist)" };
+            print(js, json!({ "existed": r.existed, "version": version_json(&r.version) }), human.into());
+        }
+        ClientCommand::Incr { key, delta, ttl } => {
+            let r = client.increment(key.as_bytes(), delta, ttl).await?;
+            let j = json!({ "value": r.value, "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
+            print(js, j, r.value.to_string());
+        }
+        ClientCommand::Append { key, value, ttl } => {
+            let r = client.append(key.as_bytes(), value.as_bytes(), ttl).await?;
+            let j = json!({ "length": r.length, "version": version_json(&r.version) });
+            print(js, j, format!("length {}", r.length));
+        }
+        ClientCommand::Sadd { key, members, ttl } => {
+            let r = client
+                .set_add(key.as_bytes(), members.into_iter().map(String::into_bytes).collect(), ttl)
+                .await?;
+            set_change(js, r);
+        }
+        ClientCommand::Srem { key, members } => {
+            let r = client
+                .set_remove(key.as_bytes(), members.into_iter().map(String::into_bytes).collect())
+                .await?;
+            set_change(js, r);
+        }
+        ClientCommand::Smembers { key } => {
+            let r = client.set_members(key.as_bytes()).await?;
+            let j = json!({
+                "found": r.found,
+                "members": r.members.iter().map(|m| bytes_json(m)).collect::<Vec<_>>(),
+                "version": version_json(&r.version),
+            });
+            let human = if r.found {
+                r.members.iter().map(|m| bytes_human(m)).collect::<Vec<_>>().join("\n")
+            } else {
+                "(absent)".into()
+            };
+            print(js, j, human);
+        }
+        ClientCommand::Scan { prefix, start, limit, keys_only, all, page_token } => {
+            let opts =
+                ScanOptions { prefix: prefix.into_bytes(), start_key: start.into_bytes(), limit, keys_only };
+            let (entries, next) = if all {
+                (client.scan_all(&opts).await?, Vec::new())
+            } else {
+                let token = page_token.map(|t| unhex(&t)).transpose()?.unwrap_or_default();
+                let page = client.scan_page(&opts, token).await?;
+                (page.entries, page.next_page_token)
+            };
+            if js {
+                let j = json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>(), "next_page_token": hex(&next) });
+                println!("{j}");
+            } else {
+                for e in &entries {
+                    println!("{}", entry_human(e));
+                }
+                if !next.is_empty() {
+                    println!("(more: --page-token {})", hex(&next));
+                }
+            }
+        }
+        ClientCommand::Cas { key, value, expect_version, if_absent: _, ttl } => {
+            let expected = expect_version.as_deref().map(parse_version).transpose()?;
+            let r = client.compare_and_swap(key.as_bytes(), expected, value.as_bytes(), ttl).await?;
+            let j = json!({ "succeeded": r.succeeded, "current": r.current.as_ref().map(entry_json) });
+            let human = match (&r.succeeded, &r.current) {
+                (true, Some(e)) => format!("OK (version {})", version_str(&e.version)),
+                (true, None) => "OK".into(),
+                (false, Some(e)) => format!("CONFLICT: current {}", entry_human(e)),
+                (false, None) => "CONFLICT: the key is absent".into(),
+            };
+            print(js, j, human);
+            if !r.succeeded {
+                std::process::exit(3);
+            }
+        }
+        ClientCommand::Batch { file } => batch(&client, file, js).await?,
+    }
+    Ok(())
+}
+
+fn set_change(js: bool, r: proto::SetChangeResponse) {
+    let j = json!({ "changed": r.changed, "size": r.size, "version": version_json(&r.version) });
+    print(js, j, format!("changed {}, size {}", r.changed, r.size));
+}
+
+/// Parses one JSON line of `geokv batch`.
+pub fn batch_line(line: &str, n: usize) -> anyhow::Result<proto::WriteOp> {
+    let v: Json = serde_json::from_str(line).with_context(|| format!("line {n}: not JSON"))?;
+    let s = |f: &str| -> anyhow::Result<Vec<u8>> {
+        Ok(v.get(f)
+            .and_then(Json::as_str)
+            .with_context(|| format!("line {n}: field `{f}` (a string) is missing"))?
+            .as_bytes()
+            .to_vec())
+    };
+    let ttl = v.get("ttl_ms").and_then(Json::as_u64).map(Duration::from_millis);
+    let members = || -> anyhow::Result<Vec<Vec<u8>>> {
+        let arr = v
+            .get("members")
+            .and_then(Json::as_array)
+            .with_context(|| format!("line {n}: `members` (an array of strings) is missing"))?;
+        arr.iter()
+            .map(|m| {
+                m.as_str()
+                    .map(|s| s.as_bytes().to_vec())
+                    .with_context(|| format!("line {n}: members must be strings"))
+            })
+            .collect()
+    };
+    let kind =
+        v.get("op").and_then(Json::as_str).with_context(|| format!("line {n}: field `op` is missing"))?;
+    Ok(match kind {
+        "put" => op::put(&s("key")?, &s("value")?, ttl),
+        "del" | "delete" => op::delete(&s("key")?),
+        "incr" | "increment" => {
+            op::increment(&s("key")?, v.get("delta").and_then(Json::as_i64).unwrap_or(1), ttl)
+        }
+        "append" => op::append(&s("key")?, &s("value")?, ttl),
+        "sadd" => op::set_add(&s("key")?, members()?, ttl),
+        "srem" => op::set_remove(&s("key")?, members()?),
+        other => bail!("line {n}: unknown op {other:?}; use put, del, incr, append, sadd or srem"),
+    })
+}
+
+async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Result<()> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+        None => {
+            let mut s = String::new();
+            std::io::stdin().lock().read_to_string(&mut s)?;
+            s
+        }
+    };
+    let ops = text
+        .as_bytes()
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| match l {
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(batch_line(&l, i + 1)),
+            Err(e) => Some(Err(e.into())),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let results = client.batch_write(ops).await?;
+    let mut failed = 0;
+    for (i, r) in results.iter().enumerate() {
+        use proto::write_result::Outcome;
+        let (j, human) = match &r.outcome {
+            Some(Outcome::Error(e)) => {
+                failed += 1;
+                let code = tonic::Code::from(e.code);
+                (
+                    json!({ "error": { "code": format!("{code:?}"), "message": e.message } }),
+                    format!("{i}: ERROR {code:?}: {}", e.message),
+                )
+            }
+            _ => (
+                json!({ "ok": true, "version": version_json(&r.version) }),
+                format!("{i}: OK (version {})", version_str(&r.version)),
+            ),
+        };
+        print(js, j, human);
+    }
+    if failed > 0 {
+        bail!("{failed} of {} batch items failed", results.len());
+    }
+    Ok(())
+}

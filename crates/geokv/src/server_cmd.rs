@@ -1,0 +1,66 @@
+//! `geokv server`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use geokv_server::{serve, ServerConfig, SystemClock};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Configuration file (TOML); see topology/single-node.toml for every field.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override `listen` (address:port; port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Override `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override `node_id`.
+    #[arg(long)]
+    node_id: Option<u64>,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => ServerConfig::load(path)?,
+        None => {
+            let (Some(id), Some(dir)) = (args.node_id, args.data_dir.clone()) else {
+                anyhow::bail!("give --config FILE, or at least --node-id and --data-dir");
+            };
+            ServerConfig::new(id, dir)
+        }
+    };
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(n) = args.node_id {
+        cfg.node_id = n;
+    }
+    let origin =
+        args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+    cfg.validate(&origin)?;
+    let server =
+        serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg).context("starting the node")?;
+    // The bound address on stdout, for scripts and tests that asked for port 0.
+    println!("geokv listening on {}", server.addr);
+    std::io::stdout().flush()?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    Ok(())
+}
