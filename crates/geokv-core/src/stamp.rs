@@ -53,7 +53,7 @@ impl Stamp {
     pub fn ntp_from_millis(ms: u64) -> u64 {
         let secs = ms / 1000;
         // Round up so that converting back with a floor gives the same millisecond.
-        let frac = (((ms % 1000) << 32) + 999) / 1000;
+        let frac = ((ms % 1000) << 32).div_ceil(1000);
         (secs << 32) | frac
     }
 }

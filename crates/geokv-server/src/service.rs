@@ -93,7 +93,7 @@ impl Kv for KvService {
                 let mut results = Vec::with_capacity(req.keys.len());
                 for key in req.keys {
                     let found = n.get(&key)?.map(|rec| entry(key, &rec, now, false));
-                    bytes += found.as_ref().map(|e| prost::Message::encoded_len(e)).unwrap_or(0);
+                    bytes += found.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
                     if bytes > n.limits().max_response_bytes {
                         return Err(geokv_core::CoreError::TooLarge {
                             what: "BatchGet response",

@@ -127,7 +127,7 @@ fn parse_version(s: &str) -> anyhow::Result<proto::Version> {
 }
 
 fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("a page token is an even number of hex digits");
     }
     (0..s.len())

@@ -1,0 +1,136 @@
+//! Clients other than the Rust library: the `geokv` CLI, and a generic gRPC client (Python
+//! grpcio) that knows nothing of geokv but what server reflection tells it.
+
+mod support;
+
+use std::process::Command;
+
+use support::{ServerProcess, BIN};
+
+fn cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).arg("--endpoint").arg(endpoint).args(args).output().expect("run geokv CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn cli_commands_round_trip_with_human_and_json_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), "");
+    let ep = s.endpoint();
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = cli(&ep, args);
+        assert!(ok, "geokv {args:?} failed: {err}");
+        out
+    };
+    assert!(ok(&["put", "greeting", "hello", "--ttl", "1h"]).starts_with("OK (version "));
+    assert!(ok(&["get", "greeting"]).contains("\"hello\""));
+    let j: serde_json::Value = serde_json::from_str(&ok(&["--json", "get", "greeting"])).unwrap();
+    assert_eq!(j["value"]["type"], "register");
+    assert_eq!(j["value"]["value"], "hello");
+    assert!(j["ttl_remaining_ms"].as_u64().unwrap() > 3_000_000);
+    assert_eq!(ok(&["append", "greeting", "!"]).trim(), "length 6");
+    assert_eq!(ok(&["incr", "n", "5"]).trim(), "5");
+    assert_eq!(ok(&["incr", "n", "-7"]).trim(), "-2");
+    assert_eq!(ok(&["sadd", "s", "a", "b"]).trim(), "changed 2, size 2");
+    assert_eq!(ok(&["srem", "s", "a"]).trim(), "changed 1, size 1");
+    assert_eq!(ok(&["smembers", "s"]).trim(), "\"b\"");
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "--consistency", "all", "scan", "--all"])).unwrap();
+    assert_eq!(j["entries"].as_array().unwrap().len(), 3);
+    assert!(ok(&["cas", "lock", "me", "--if-absent"]).starts_with("OK"));
+    let (swapped, out, _) = cli(&ep, &["cas", "lock", "you", "--if-absent"]);
+    assert!(!swapped && out.contains("CONFLICT"), "{out}");
+    let v = serde_json::from_str::<serde_json::Value>(&ok(&["--json", "get", "lock"])).unwrap()["version"]
+        .clone();
+    let version = format!("{}:{}", v["hlc"], v["node_id"]);
+    assert!(ok(&["cas", "lock", "you", "--expect-version", &version]).starts_with("OK"));
+    let batch = dir.path().join("ops.jsonl");
+    std::fs::write(
+        &batch,
+        "{\"op\":\"put\",\"key\":\"b1\",\"value\":\"x\"}\n{\"op\":\"incr\",\"key\":\"n\",\"delta\":2}\n",
+    )
+    .unwrap();
+    let out = ok(&["batch", "--file", batch.to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(ok(&["del", "greeting"]).starts_with("deleted"));
+    assert_eq!(ok(&["get", "greeting"]).trim(), "(absent)");
+
+    // Errors: the gRPC code and the server's message, and a non-zero exit.
+    let (success, _, err) = cli(&ep, &["incr", "s"]);
+    assert!(!success && err.contains("FailedPrecondition") && err.contains("set"), "{err}");
+    let (success, _, err) = cli(&ep, &["put", "k", "v", "--ttl", "soon"]);
+    assert!(!success && err.contains("not a duration"), "{err}");
+    let (success, _, err) = cli("http://127.0.0.1:1", &["get", "k"]);
+    assert!(!success && err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn a_malformed_config_file_stops_the_server_with_the_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("node_id = 0\ndata_dir = \"d\"\n", "node_id"),
+        ("node_id = 1\ndata_dir = \"d\"\nlisten = \"localhost\"\n", "listen"),
+        ("node_id = 1\ndata_dir = \"d\"\n[storage]\nsink = true\n", "sink"),
+        ("node_id = 1\ndata_dir = \"d\"\n[limits]\nmax_record_bytes = 10\n", "max_record_bytes"),
+        ("node_id = [\n", "line"),
+    ];
+    for (text, word) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN).args(["server", "--config"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "server started with {text:?}");
+        assert!(err.contains("bad.toml") && err.contains(word), "for {text:?}: {err}");
+    }
+}
+
+/// Python with grpcio and grpcio-reflection, if installed (CI installs them and sets
+/// GEOKV_REQUIRE_GRPCIO=1 so that a missing install fails instead of skipping).
+fn python_with_grpcio() -> Option<String> {
+    let py = std::env::var("GEOKV_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    assert!(
+        std::env::var("GEOKV_REQUIRE_GRPCIO").is_err(),
+        "GEOKV_REQUIRE_GRPCIO is set but {py} cannot import grpc and grpc_reflection (pip install grpcio grpcio-reflection)"
+    );
+    eprintln!(
+        "SKIPPED: {py} lacks grpcio/grpcio-reflection; set GEOKV_PYTHON or install them to run this test"
+    );
+    None
+}
+
+#[test]
+fn a_generic_grpc_client_works_through_server_reflection() {
+    let Some(py) = python_with_grpcio() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), "");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/reflection_client.py");
+    let out = Command::new(py).arg(script).arg(s.addr.to_string()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reflection client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "services: ",
+        "geokv.v1.Kv",
+        "grpc.health.v1.Health",
+        "health: SERVING",
+        "get: hello via reflection",
+        "error: INVALID_ARGUMENT",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}

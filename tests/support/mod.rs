@@ -1,0 +1,118 @@
+//! Test harness: real `geokv` server processes on free loopback ports, with temporary data
+//! directories, that tests can kill (SIGKILL) and restart.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use geokv_client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_geokv");
+
+/// A `geokv server` child process.
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+/// Writes a config file for node 1 in `dir` with `extra` TOML appended.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let data_dir = dir.join("data");
+    let config = dir.join("geokv.toml");
+    let text = format!(
+        "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}\n",
+        data_dir.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+impl ServerProcess {
+    /// Starts a server in `dir` (config written there) and waits until it listens.
+    pub fn start(dir: &Path, extra_config: &str) -> ServerProcess {
+        let config = write_config(dir, extra_config);
+        Self::start_with_config(&config, dir.join("data"))
+    }
+
+    pub fn start_with_config(config: &Path, data_dir: PathBuf) -> ServerProcess {
+        let mut child = Command::new(BIN)
+            .args(["server", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn geokv server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("geokv listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().expect("server printed a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("geokv server did not start within 60 s (status: {:?})", child.try_wait());
+            }
+        };
+        ServerProcess { child: Some(child), addr, config: config.to_path_buf(), data_dir }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.endpoint()).await.expect("connect to test server")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reap");
+        }
+    }
+
+    /// Starts the same node again (same config and data directory), on a new port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let again = ServerProcess::start_with_config(&self.config, self.data_dir.clone());
+        *self = again;
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
