@@ -164,6 +164,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_parses_to_the_defaults() {
+        let text = include_str!("../../../topology/single-node.toml");
+        let cfg = ServerConfig::parse(text, "topology/single-node.toml").unwrap();
+        let defaults = ServerConfig::new(1, cfg.data_dir.clone());
+        assert_eq!(cfg, defaults, "topology/single-node.toml documents the defaults; keep them in step");
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_field() {
         let err =
             ServerConfig::parse("node_id = 0\ndata_dir = \"/tmp/x\"\n", "a.toml").unwrap_err().to_string();

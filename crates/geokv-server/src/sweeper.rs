@@ -66,3 +66,46 @@ pub fn spawn(node: Arc<Node>, interval: Duration) -> tokio::task::JoinHandle<()>
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::{Clock, ServerConfig};
+
+    struct ManualClock(AtomicU64);
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn expired_keys_become_tombstones_and_tombstones_are_purged_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::new(1, dir.path().to_path_buf());
+        cfg.storage.tombstone_grace_secs = 60;
+        let start = crate::SystemClock.now_ms();
+        let clock = Arc::new(ManualClock(AtomicU64::new(start)));
+        let node = Node::open(&cfg, clock.clone()).unwrap();
+        node.write(b"short", &Op::Put { value: b"v".to_vec(), ttl_ms: Some(1_000) }).unwrap();
+        node.write(b"long", &Op::Put { value: b"v".to_vec(), ttl_ms: None }).unwrap();
+
+        assert_eq!(node.sweep_once().unwrap().expired, 0, "nothing is due yet");
+        clock.0.store(start + 1_000, Ordering::SeqCst);
+        assert!(node.get(b"short").unwrap().is_none(), "reads hide expired keys before any sweep");
+        assert_eq!(node.sweep_once().unwrap().expired, 1);
+        let tomb = node.engine().get(b"short").unwrap().expect("a tombstone is kept");
+        assert!(!tomb.exists());
+
+        // The grace period runs from the tombstone's HLC stamp, which follows the system clock
+        // (uhlc takes a plain fn as its clock), i.e. from about `start`.
+        clock.0.store(start + 30_000, Ordering::SeqCst);
+        assert_eq!(node.sweep_once().unwrap().purged, 0, "grace period not over");
+        clock.0.store(start + 120_000, Ordering::SeqCst);
+        assert_eq!(node.sweep_once().unwrap().purged, 1);
+        assert!(node.engine().get(b"short").unwrap().is_none());
+        assert!(node.get(b"long").unwrap().is_some());
+    }
+}
