@@ -1,0 +1,16 @@
+//! geokv-topology: where data lives.
+//!
+//! Owns: the topology file (regions with a location and a jurisdiction, the nodes of each
+//! region, replication factor and virtual nodes) and its validation ([`Topology`]), and the
+//! consistent-hash ring of a region ([`Ring`]) that maps a key to its preference list.
+//!
+//! Does not own: node health (membership decides which nodes are up and passes that in), or
+//! anything that does I/O beyond reading the topology file.
+
+mod geo;
+mod ring;
+mod topology;
+
+pub use geo::great_circle_km;
+pub use ring::{Placement, Ring, Target};
+pub use topology::{NodeSpec, RegionSpec, Topology, TopologyError};

@@ -1,0 +1,263 @@
+//! The topology file: regions and their nodes.
+//!
+//! ```toml
+//! vnodes_per_node = 256          # optional, default 256
+//!
+//! [[regions]]
+//! name = "eu-west"
+//! location = [-6.2603, 53.3498]  # longitude, latitude in degrees (Dublin)
+//! jurisdiction = "eu"
+//! replication_factor = 3
+//!
+//! [[nodes]]
+//! id = 1
+//! region = "eu-west"
+//! client_addr = "127.0.0.1:7401"
+//! peer_addr = "127.0.0.1:7501"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use geo_types::Point;
+use geokv_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::{great_circle_km, Ring};
+
+const DEFAULT_VNODES: u32 = 256;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    /// Unique region name, e.g. "eu-west".
+    pub name: String,
+    /// `[longitude, latitude]` in degrees.
+    pub location: [f64; 2],
+    /// Jurisdiction tag used by residency policies, e.g. "eu", "us".
+    pub jurisdiction: String,
+    /// Replicas of each key in this region (N).
+    pub replication_factor: usize,
+}
+
+impl RegionSpec {
+    pub fn point(&self) -> Point<f64> {
+        Point::new(self.location[0], self.location[1])
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub region: String,
+    /// Address of the client gRPC API.
+    pub client_addr: SocketAddr,
+    /// Address of the node-to-node gRPC service.
+    pub peer_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default = "default_vnodes")]
+    pub vnodes_per_node: u32,
+    pub regions: Vec<RegionSpec>,
+    pub nodes: Vec<NodeSpec>,
+}
+
+fn default_vnodes() -> u32 {
+    DEFAULT_VNODES
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("topology file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("topology file {path}: {problem}; {fix}")]
+    Invalid { path: String, problem: String, fix: String },
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TopologyError::Read { path: shown.clone(), message: e.to_string() })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates topology text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Topology, TopologyError> {
+        let t: Topology = toml::from_str(text)
+            .map_err(|e| TopologyError::Parse { path: origin.into(), message: e.to_string() })?;
+        t.validate(origin)?;
+        Ok(t)
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), TopologyError> {
+        let invalid = |problem: String, fix: &str| TopologyError::Invalid {
+            path: origin.into(),
+            problem,
+            fix: fix.into(),
+        };
+        if self.regions.is_empty() {
+            return Err(invalid("there are no [[regions]]".into(), "declare at least one region"));
+        }
+        if self.vnodes_per_node == 0 || self.vnodes_per_node > 4096 {
+            return Err(invalid(
+                format!("vnodes_per_node is {}", self.vnodes_per_node),
+                "use 1 to 4096 (default 256)",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for r in &self.regions {
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    format!("region name {:?} is empty or repeated", r.name),
+                    "give every region a unique name",
+                ));
+            }
+            let [lon, lat] = r.location;
+            if !(-180.0..=180.0).contains(&lon)
+                || !(-90.0..=90.0).contains(&lat)
+                || !lon.is_finite()
+                || !lat.is_finite()
+            {
+                return Err(invalid(
+                    format!("region {:?} has location [{lon}, {lat}]", r.name),
+                    "write location = [longitude, latitude] with longitude in -180..180 and latitude in -90..90",
+                ));
+            }
+            if r.jurisdiction.is_empty() {
+                return Err(invalid(
+                    format!("region {:?} has an empty jurisdiction", r.name),
+                    "tag it, e.g. jurisdiction = \"eu\"",
+                ));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for n in &self.nodes {
+            if n.id == 0 || !ids.insert(n.id) {
+                return Err(invalid(
+                    format!("node id {} is zero or repeated", n.id),
+                    "give every node a unique positive id",
+                ));
+            }
+            if !names.contains(n.region.as_str()) {
+                return Err(invalid(
+                    format!("node {} names unknown region {:?}", n.id, n.region),
+                    &format!("use one of: {}", names.iter().copied().collect::<Vec<_>>().join(", ")),
+                ));
+            }
+            for a in [n.client_addr, n.peer_addr] {
+                if !addrs.insert(a) {
+                    return Err(invalid(
+                        format!("address {a} is used twice (node {})", n.id),
+                        "give every node its own ports",
+                    ));
+                }
+            }
+        }
+        for r in &self.regions {
+            let members = self.nodes.iter().filter(|n| n.region == r.name).count();
+            if r.replication_factor == 0 || r.replication_factor > members {
+                return Err(invalid(
+                    format!(
+                        "region {:?} has replication_factor {} but {} node(s)",
+                        r.name, r.replication_factor, members
+                    ),
+                    "use a replication factor from 1 to the number of nodes in the region",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionSpec> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The nodes of a region, by id.
+    pub fn nodes_in(&self, region: &str) -> BTreeMap<NodeId, &NodeSpec> {
+        self.nodes.iter().filter(|n| n.region == region).map(|n| (n.id, n)).collect()
+    }
+
+    /// The ring of a region's nodes.
+    pub fn ring(&self, region: &str) -> Ring {
+        Ring::new(self.nodes_in(region).into_keys(), self.vnodes_per_node)
+    }
+
+    /// Great-circle distance between two regions, in kilometres.
+    pub fn distance_km(&self, a: &str, b: &str) -> Option<f64> {
+        Some(great_circle_km(self.region(a)?.point(), self.region(b)?.point()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_REGION: &str = include_str!("../../../topology/one-region.toml");
+    const THREE_REGIONS: &str = include_str!("../../../topology/three-regions.toml");
+
+    #[test]
+    fn example_topologies_are_valid() {
+        let one = Topology::parse(ONE_REGION, "one-region.toml").unwrap();
+        assert_eq!(one.nodes.len(), 3);
+        let three = Topology::parse(THREE_REGIONS, "three-regions.toml").unwrap();
+        assert_eq!(three.regions.len(), 3);
+        assert_eq!(three.nodes.len(), 9);
+        for r in &three.regions {
+            assert_eq!(three.nodes_in(&r.name).len(), 3);
+            assert_eq!(three.ring(&r.name).nodes().len(), 3);
+        }
+        let d = three.distance_km("eu-west", "us-east").unwrap();
+        assert!(d > 5000.0, "{d}");
+    }
+
+    fn err(text: &str) -> String {
+        Topology::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    const REGION: &str =
+        "[[regions]]\nname = \"r\"\nlocation = [1.0, 2.0]\njurisdiction = \"eu\"\nreplication_factor = 1\n";
+
+    fn node(id: u64, region: &str, port: u16) -> String {
+        format!(
+            "[[nodes]]\nid = {id}\nregion = \"{region}\"\nclient_addr = \"127.0.0.1:{port}\"\npeer_addr = \"127.0.0.1:{}\"\n",
+            port + 1000
+        )
+    }
+
+    #[test]
+    fn validation_errors_name_the_problem_and_the_fix() {
+        let ok = format!("{REGION}{}", node(1, "r", 7000));
+        assert!(Topology::parse(&ok, "t.toml").is_ok());
+        let e = err(&format!("{REGION}{}{}", node(1, "r", 7000), node(1, "r", 7001)));
+        assert!(e.contains("t.toml") && e.contains("node id 1") && e.contains("unique"), "{e}");
+        let e = err(&format!("{REGION}{}", node(1, "mars", 7000)));
+        assert!(e.contains("unknown region \"mars\"") && e.contains("use one of: r"), "{e}");
+        let e = err(&format!(
+            "{}{}",
+            REGION.replace("replication_factor = 1", "replication_factor = 3"),
+            node(1, "r", 7000)
+        ));
+        assert!(e.contains("replication_factor 3 but 1 node"), "{e}");
+        let e = err(&format!("{}{}", REGION.replace("[1.0, 2.0]", "[1.0, 200.0]"), node(1, "r", 7000)));
+        assert!(e.contains("latitude"), "{e}");
+        let e = err(&format!("{}{}", REGION.replace("[1.0, 2.0]", "\"north\""), node(1, "r", 7000)));
+        assert!(e.contains("t.toml") && e.contains("location"), "{e}");
+        let e = err(&format!("{REGION}{}{}", node(1, "r", 7000), node(2, "r", 7000)));
+        assert!(e.contains("used twice"), "{e}");
+        let e = err(&format!("{REGION}{REGION}{}", node(1, "r", 7000)));
+        assert!(e.contains("repeated"), "{e}");
+    }
+}
