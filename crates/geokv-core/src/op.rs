@@ -5,11 +5,12 @@
 //! any replica can merge.
 
 use crdts::CmRDT;
+use serde::{Deserialize, Serialize};
 
 use crate::record::assign;
 use crate::{CoreError, Kind, Limits, Record, Stamp};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set a register. Without a TTL, a previous TTL is removed (like Redis SET).
     Put { value: Vec<u8>, ttl_ms: Option<u64> },
@@ -71,7 +72,7 @@ impl Op {
 }
 
 /// What an operation did, as the client is told.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpOutcome {
     Put,
     Deleted { existed: bool },

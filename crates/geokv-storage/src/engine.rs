@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use geokv_core::{CoreError, NodeId, Record, Stamp};
+use geokv_core::{CoreError, Crdt, NodeId, Record, Stamp};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
@@ -20,6 +20,7 @@ const CF_DATA: &str = "data";
 const CF_TTL: &str = "ttl";
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
+const CF_HINTS: &str = "hints";
 const META_NODE_ID: &[u8] = b"node_id";
 const META_LAYOUT: &[u8] = b"layout_version";
 const LAYOUT_VERSION: u8 = 1;
@@ -83,7 +84,7 @@ impl Engine {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
-        let cfs = [CF_DATA, CF_TTL, CF_LOG, CF_META]
+        let cfs = [CF_DATA, CF_TTL, CF_LOG, CF_META, CF_HINTS]
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut wopts = WriteOptions::default();
@@ -231,6 +232,97 @@ impl Engine {
         Ok(())
     }
 
+    /// Merges a replica's state of `key` into ours. Returns whether our state changed (a
+    /// change is committed with its change-log entry, like a local write).
+    pub fn merge(&self, key: &[u8], incoming: &Record) -> Result<bool, StorageError> {
+        self.update(key, |current| {
+            let merged = match current {
+                Some(cur) => {
+                    let mut m = cur.clone();
+                    m.merge(incoming);
+                    m
+                }
+                None => incoming.clone(),
+            };
+            let changed = current != Some(&merged);
+            Ok(Update { record: changed.then_some(merged), out: changed })
+        })
+    }
+
+    fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
+        [&target.to_be_bytes()[..], key].concat()
+    }
+
+    /// Keeps `state` as a durable hint for `target` (merged with any hint already kept).
+    pub fn put_hint(&self, target: NodeId, key: &[u8], state: &Record) -> Result<(), StorageError> {
+        let hk = Self::hint_key(target, key);
+        let _guard = self.stripe(&hk).lock().expect("stripe lock");
+        let mut merged = state.clone();
+        if let Some(raw) = self.db.get_pinned_cf(self.cf(CF_HINTS), &hk)? {
+            merged.merge(&self.decode(key, &raw)?);
+        }
+        let encoded =
+            codec::encode(&merged, self.cfg.compression_threshold_bytes, self.cfg.compression_level);
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_HINTS), &hk, encoded);
+        Ok(self.db.write_opt(b, &self.wopts)?)
+    }
+
+    /// Nodes for which hints are kept.
+    pub fn hint_targets(&self) -> Result<Vec<NodeId>, StorageError> {
+        let mut targets = Vec::new();
+        let mut from = 0u64.to_be_bytes().to_vec();
+        loop {
+            let mut it =
+                self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::From(&from, Direction::Forward));
+            let Some(item) = it.next() else { return Ok(targets) };
+            let (k, _) = item?;
+            let Some(target) = k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else {
+                return Ok(targets);
+            };
+            targets.push(target);
+            match target.checked_add(1) {
+                Some(next) => from = next.to_be_bytes().to_vec(),
+                None => return Ok(targets),
+            }
+        }
+    }
+
+    /// Up to `max` hints kept for `target`.
+    pub fn hints_for(&self, target: NodeId, max: usize) -> Result<Vec<(Vec<u8>, Record)>, StorageError> {
+        let prefix = target.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= max {
+                break;
+            }
+            let key = k[8..].to_vec();
+            let rec = self.decode(&key, &v)?;
+            out.push((key, rec));
+        }
+        Ok(out)
+    }
+
+    /// Drops a hint once handed off, unless it changed since it was read.
+    pub fn remove_hint(&self, target: NodeId, key: &[u8], handed_off: &Record) -> Result<bool, StorageError> {
+        let hk = Self::hint_key(target, key);
+        let _guard = self.stripe(&hk).lock().expect("stripe lock");
+        let Some(raw) = self.db.get_pinned_cf(self.cf(CF_HINTS), &hk)? else { return Ok(false) };
+        if self.decode(key, &raw)? != *handed_off {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_HINTS), &hk);
+        self.db.write_opt(b, &self.wopts)?;
+        Ok(true)
+    }
+
+    /// Number of hints kept (all targets).
+    pub fn hint_count(&self) -> u64 {
+        self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::Start).count() as u64
+    }
+
     /// Live entries from `start` (inclusive) whose keys begin with `prefix`, at most `limit`
     /// entries and about `max_bytes` of stored data (always at least one entry), skipping
     /// states `keep` rejects (tombstones, expired keys).
@@ -358,7 +450,7 @@ impl Engine {
 
     /// Flushes memtables to SST files (the WAL already makes writes durable).
     pub fn flush(&self) -> Result<(), StorageError> {
-        for cf in [CF_DATA, CF_TTL, CF_LOG] {
+        for cf in [CF_DATA, CF_TTL, CF_LOG, CF_HINTS] {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())

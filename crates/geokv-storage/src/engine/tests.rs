@@ -135,3 +135,42 @@ fn trim_keeps_the_newest_log_entries() {
     let seqs: Vec<u64> = e.log_since(0, 100).unwrap().iter().map(|l| l.seq).collect();
     assert_eq!(seqs, vec![8, 9, 10]);
 }
+
+#[test]
+fn merge_applies_a_replica_state_and_reports_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig::default());
+    let other =
+        apply(None, &Op::Increment { delta: 3, ttl_ms: None }, Stamp::new(10, 2), NOW, &Limits::default())
+            .unwrap()
+            .record;
+    assert!(e.merge(b"c", &other).unwrap());
+    assert!(!e.merge(b"c", &other).unwrap(), "merging the same state again changes nothing");
+    run(&e, b"c", Op::Increment { delta: 1, ttl_ms: None }, NOW).unwrap();
+    assert_eq!(e.get(b"c").unwrap().unwrap().view(NOW), Some(View::Counter(4)));
+    assert_eq!(e.log_since(0, 10).unwrap().len(), 2);
+}
+
+#[test]
+fn hints_are_durable_merged_and_removed_only_when_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = apply(None, &put("a", None), Stamp::new(10, 1), NOW, &Limits::default()).unwrap().record;
+    let b = apply(Some(&a), &put("b", None), Stamp::new(11, 1), NOW, &Limits::default()).unwrap().record;
+    {
+        let e = open(dir.path(), StorageConfig::default());
+        e.put_hint(3, b"k", &a).unwrap();
+        e.put_hint(5, b"k", &a).unwrap();
+        e.put_hint(3, b"j", &a).unwrap();
+    }
+    let e = open(dir.path(), StorageConfig::default());
+    assert_eq!(e.hint_targets().unwrap(), vec![3, 5]);
+    assert_eq!(e.hint_count(), 3);
+    let hints = e.hints_for(3, 10).unwrap();
+    assert_eq!(hints.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![b"j".to_vec(), b"k".to_vec()]);
+    e.put_hint(3, b"k", &b).unwrap();
+    assert!(!e.remove_hint(3, b"k", &a).unwrap(), "the hint changed since it was read");
+    let current = e.hints_for(3, 10).unwrap().into_iter().find(|(k, _)| k == b"k").unwrap().1;
+    assert_eq!(current.view(NOW), Some(View::Register(b"b".to_vec())));
+    assert!(e.remove_hint(3, b"k", &current).unwrap());
+    assert_eq!(e.hint_count(), 2);
+}
