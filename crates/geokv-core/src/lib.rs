@@ -7,6 +7,7 @@
 //! Does not own: storage, networking, clocks. Everything here is a pure function of its inputs
 //! (time is passed in), so it is tested without disks or sockets.
 
+mod counter;
 mod crdt;
 mod error;
 mod limits;
@@ -15,6 +16,7 @@ mod orset;
 mod record;
 mod stamp;
 
+pub use counter::{PnCounter, Totals};
 pub use crdt::Crdt;
 pub use error::CoreError;
 pub use limits::Limits;

@@ -4,11 +4,10 @@
 //! than it, and the wall-clock time for TTLs. The resulting record is a full CRDT state that
 //! any replica can merge.
 
-use crdts::CmRDT;
 use serde::{Deserialize, Serialize};
 
 use crate::record::assign;
-use crate::{CoreError, Kind, Limits, Record, Stamp};
+use crate::{CoreError, Dot, Kind, Limits, Record, Stamp};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -140,18 +139,12 @@ pub fn apply(
             if next < i128::from(i64::MIN) || next > i128::from(i64::MAX) {
                 return Err(CoreError::Overflow { current, delta: *delta });
             }
-            let steps = delta.unsigned_abs();
-            if *delta > 0 {
-                let op = rec.counter.inc_many(node, steps);
-                rec.counter.apply(op);
-            } else if *delta < 0 {
-                let op = rec.counter.dec_many(node, steps);
-                rec.counter.apply(op);
-            }
+            rec.counter.add(node, *delta, stamp.time);
             OpOutcome::Counter { value: next as i64 }
         }
         Op::SetAdd { members, .. } => {
-            let changed = members.iter().filter(|m| rec.set.add(node, m.to_vec())).count();
+            let dot = Dot { node, counter: stamp.time };
+            let changed = members.iter().filter(|m| rec.set.add(dot, m.to_vec())).count();
             OpOutcome::SetChanged { changed: changed as u64, size: rec.set.len() as u64 }
         }
         Op::SetRemove { members } => {
@@ -277,6 +270,15 @@ mod tests {
             r.run(Op::Increment { delta: i64::MIN, ttl_ms: None }).unwrap(),
             OpOutcome::Counter { value: -1 }
         );
+    }
+
+    #[test]
+    fn alternating_extreme_increments_never_wrap_a_total() {
+        let mut r = Replica::new(1);
+        for d in [i64::MAX, -i64::MAX, i64::MAX, -i64::MAX, 1, 1] {
+            r.run(Op::Increment { delta: d, ttl_ms: None }).unwrap();
+        }
+        assert_eq!(r.view(), Some(View::Counter(2)));
     }
 
     #[test]

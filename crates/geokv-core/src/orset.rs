@@ -1,20 +1,27 @@
-//! An add-wins observed-remove set of byte strings with a causal context (a delta-state
-//! ORSWOT, after Almeida, Shoker and Baquero, "Delta State Replicated Data Types").
+//! An add-wins observed-remove set of byte strings (an ORSWOT: observed-remove set without
+//! tombstones, after Bieniusa et al. and Almeida, Shoker and Baquero).
 //!
-//! Why not `crdts::Orswot`: it keeps its state in `HashMap`s (the encoding is not canonical,
-//! so two equal states could encode to different bytes and break Merkle comparison), and its
-//! operations must arrive in order per actor. Here every add carries a dot `(node, counter)`;
-//! the causal context records every dot the state has seen, compacted into a version vector
-//! plus a cloud of dots beyond it. A remove simply drops the member's dots: the context still
-//! remembers them, so a merge with a replica that has not seen the remove drops them too,
-//! while an add the remover never saw (a dot outside its context) survives. Add wins.
+//! Every add is an event with a dot `(node, counter)`, where the counter is the HLC time of the
+//! operation: unique, and growing per node even after the node forgot the key (a purged
+//! tombstone), so a dot is never reused. The causal context records, per node, the newest dot
+//! the state has seen. That is enough because states travel whole: a node's own state always
+//! holds every dot it issued for the key, so any state carrying `(n, c)` also carries (the
+//! effects of) every earlier dot of `n`.
+//!
+//! A remove drops the member's dots; the context still remembers them, so a merge with a
+//! replica that has not seen the remove drops them there too, while an add the remover never
+//! saw (a dot beyond its context) survives. Add wins.
+//!
+//! Why not `crdts::Orswot`: it keeps `HashMap`s (no canonical encoding, which Merkle
+//! comparison of encoded states needs), numbers dots 1, 2, 3... (reused after a purge), and
+//! rejects operations that arrive out of order.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{Crdt, NodeId};
 
-/// One add event: the `counter`-th add issued by `node` on this key.
+/// One add event: made by `node` at HLC time `counter`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
     pub node: NodeId,
@@ -25,10 +32,8 @@ pub struct Dot {
 pub struct OrSet {
     /// Live members, each with the dots of the adds that keep it alive.
     entries: BTreeMap<Vec<u8>, BTreeSet<Dot>>,
-    /// Causal context, compact part: node -> every counter in 1..=n has been seen.
-    clock: BTreeMap<NodeId, u64>,
-    /// Causal context, dots seen beyond the compact part.
-    cloud: BTreeSet<Dot>,
+    /// Causal context: node -> newest dot counter seen from it.
+    seen: BTreeMap<NodeId, u64>,
 }
 
 impl OrSet {
@@ -55,21 +60,15 @@ impl OrSet {
 
     /// Whether the causal context has seen `dot`.
     pub fn has_seen(&self, dot: &Dot) -> bool {
-        dot.counter <= self.clock.get(&dot.node).copied().unwrap_or(0) || self.cloud.contains(dot)
+        dot.counter <= self.seen.get(&dot.node).copied().unwrap_or(0)
     }
 
-    fn next_dot(&self, node: NodeId) -> Dot {
-        let compact = self.clock.get(&node).copied().unwrap_or(0);
-        let cloud_max = self.cloud.iter().filter(|d| d.node == node).map(|d| d.counter).max().unwrap_or(0);
-        Dot { node, counter: compact.max(cloud_max) + 1 }
-    }
-
-    /// Adds `member` as `node`. The new dot replaces the member's older dots (the add has
-    /// observed them). Returns whether the member was absent before.
-    pub fn add(&mut self, node: NodeId, member: Vec<u8>) -> bool {
-        let dot = self.next_dot(node);
-        self.insert_context(dot);
-        self.compact();
+    /// Adds `member` with the add event `dot`, which must be newer than every dot of its node
+    /// this state has seen. The new dot replaces the member's older dots (the add observed
+    /// them). Returns whether the member was absent before.
+    pub fn add(&mut self, dot: Dot, member: Vec<u8>) -> bool {
+        let seen = self.seen.entry(dot.node).or_insert(0);
+        *seen = (*seen).max(dot.counter);
         self.entries.insert(member, BTreeSet::from([dot])).is_none()
     }
 
@@ -81,28 +80,6 @@ impl OrSet {
     /// Removes every member this state has observed.
     pub fn clear(&mut self) {
         self.entries.clear();
-    }
-
-    fn insert_context(&mut self, dot: Dot) {
-        if !self.has_seen(&dot) {
-            self.cloud.insert(dot);
-        }
-    }
-
-    /// Folds cloud dots that extend the compact clock into it.
-    fn compact(&mut self) {
-        let cloud = std::mem::take(&mut self.cloud);
-        for dot in cloud {
-            let seen = self.clock.entry(dot.node).or_insert(0);
-            if dot.counter == *seen + 1 {
-                *seen = dot.counter;
-            } else if dot.counter > *seen {
-                self.cloud.insert(dot);
-            }
-        }
-        // A dot can only extend the clock after its predecessors were folded, and the cloud is
-        // iterated in (node, counter) order, so one pass is enough.
-        self.clock.retain(|_, c| *c > 0);
     }
 }
 
@@ -126,17 +103,10 @@ impl Crdt for OrSet {
             }
         }
         self.entries = merged;
-        for (&node, &counter) in &other.clock {
-            let mine = self.clock.entry(node).or_insert(0);
+        for (&node, &counter) in &other.seen {
+            let mine = self.seen.entry(node).or_insert(0);
             *mine = (*mine).max(counter);
         }
-        for dot in &other.cloud {
-            self.insert_context(*dot);
-        }
-        // Drop cloud dots now covered by the merged clock, then fold what extends it.
-        let clock = self.clock.clone();
-        self.cloud.retain(|d| d.counter > clock.get(&d.node).copied().unwrap_or(0));
-        self.compact();
     }
 }
 
@@ -148,13 +118,17 @@ mod tests {
         s.as_bytes().to_vec()
     }
 
+    fn d(node: NodeId, counter: u64) -> Dot {
+        Dot { node, counter }
+    }
+
     #[test]
     fn concurrent_add_wins_over_remove() {
         let mut a = OrSet::new();
-        a.add(1, m("x"));
+        a.add(d(1, 10), m("x"));
         let mut b = a.clone();
         b.remove(b"x");
-        a.add(1, m("x")); // re-add, concurrent with b's remove
+        a.add(d(1, 20), m("x")); // re-add, concurrent with b's remove
         let mut ab = a.clone();
         ab.merge(&b);
         assert!(ab.contains(b"x"));
@@ -166,7 +140,7 @@ mod tests {
     #[test]
     fn observed_remove_removes_on_every_replica() {
         let mut a = OrSet::new();
-        a.add(1, m("x"));
+        a.add(d(1, 10), m("x"));
         let mut b = a.clone();
         b.remove(b"x");
         a.merge(&b);
@@ -175,26 +149,30 @@ mod tests {
 
     #[test]
     fn state_after_a_gap_merges_without_causal_delivery() {
-        // Replica c misses the first two states of a, then receives the latest one.
+        // Replica c misses a's first states, then receives the latest one.
         let mut a = OrSet::new();
-        a.add(1, m("x"));
-        a.add(1, m("y"));
+        a.add(d(1, 1), m("x"));
+        a.add(d(1, 2), m("y"));
         a.remove(b"x");
-        a.add(1, m("z"));
+        a.add(d(1, 3), m("z"));
         let mut c = OrSet::new();
-        c.add(2, m("w"));
+        c.add(d(2, 5), m("w"));
         c.merge(&a);
         let members: Vec<_> = c.members().cloned().collect();
         assert_eq!(members, vec![m("w"), m("y"), m("z")]);
     }
 
     #[test]
-    fn context_is_compacted_into_the_clock() {
+    fn an_add_after_the_adder_forgot_the_key_survives_an_old_tombstone() {
+        // b keeps an old tombstone that saw a's dot at time 10; a purged the key and adds
+        // again at time 50: the new dot is beyond b's context, so the add survives.
         let mut a = OrSet::new();
-        for i in 0..10 {
-            a.add(7, vec![i]);
-        }
-        assert!(a.cloud.is_empty());
-        assert_eq!(a.clock.get(&7), Some(&10));
+        a.add(d(1, 10), m("x"));
+        let mut b = a.clone();
+        b.clear();
+        let mut fresh = OrSet::new();
+        fresh.add(d(1, 50), m("x"));
+        b.merge(&fresh);
+        assert!(b.contains(b"x"));
     }
 }

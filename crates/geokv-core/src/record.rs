@@ -1,11 +1,11 @@
 //! The replicated state of one key: a typed CRDT plus its liveness, type and TTL, each a
 //! lattice of its own, so the whole record is a lattice (a product of lattices).
 
-use crdts::{CvRDT, LWWReg, PNCounter};
+use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::{Crdt, NodeId, OrSet, Stamp};
+use crate::{Crdt, OrSet, PnCounter, Stamp};
 
 /// The type a key holds. Fixed by the first write of a key's lifetime; once a key is deleted
 /// (or expired) the next write may give it another type.
@@ -44,7 +44,7 @@ pub enum View {
 /// - `live`: LWW flag, `true` by every write, `false` by a delete. Decides whether a register
 ///   or counter exists (a set exists while it has members).
 /// - `register`: LWW bytes; a delete overwrites them with nothing, so a tombstone holds no data.
-/// - `counter` / `counter_base`: the counter is `counter - counter_base`; a delete copies the
+/// - `counter` / `counter_base`: [`PnCounter`]s; the value is `counter - counter_base`; a delete copies the
 ///   observed counter into the base (an observed reset), so increments the deleter had not seen
 ///   survive it. `counter_base <= counter` pointwise is kept by merging the base into both.
 /// - `set`: add-wins OR-set; a delete removes every observed member.
@@ -54,8 +54,8 @@ pub struct Record {
     pub kind: LWWReg<Kind, Stamp>,
     pub live: LWWReg<bool, Stamp>,
     pub register: LWWReg<Vec<u8>, Stamp>,
-    pub counter: PNCounter<NodeId>,
-    pub counter_base: PNCounter<NodeId>,
+    pub counter: PnCounter,
+    pub counter_base: PnCounter,
     pub set: OrSet,
     pub expiry: LWWReg<Option<u64>, Stamp>,
 }
@@ -81,9 +81,10 @@ impl Crdt for Record {
         join_lww(&mut self.live, &other.live);
         join_lww(&mut self.register, &other.register);
         join_lww(&mut self.expiry, &other.expiry);
-        self.counter.merge(other.counter.clone());
-        self.counter_base.merge(other.counter_base.clone());
-        self.counter.merge(self.counter_base.clone());
+        self.counter.merge(&other.counter);
+        self.counter_base.merge(&other.counter_base);
+        let base = self.counter_base.clone();
+        self.counter.merge(&base);
         self.set.merge(&other.set);
     }
 }
@@ -118,12 +119,7 @@ impl Record {
 
     /// The counter's value (wide, so a merge of concurrent increments cannot overflow here).
     pub fn counter_value(&self) -> i128 {
-        let total = self.counter.read() - self.counter_base.read();
-        i128::try_from(&total).unwrap_or(if total.sign() == num_bigint::Sign::Minus {
-            i128::MIN
-        } else {
-            i128::MAX
-        })
+        self.counter.value() - self.counter_base.value()
     }
 
     /// What a client sees at `now_ms`: `None` for an absent, deleted or expired key.
