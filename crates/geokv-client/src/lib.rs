@@ -55,8 +55,9 @@ pub struct Client {
     consistency: Consistency,
 }
 
+/// A TTL in whole milliseconds, rounded up so that a sub-millisecond TTL is not sent as 0.
 fn ttl_ms(ttl: Option<Duration>) -> Option<u64> {
-    ttl.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+    ttl.map(|d| d.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
 }
 
 impl Client {

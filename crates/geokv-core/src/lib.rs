@@ -19,7 +19,7 @@ mod stamp;
 pub use counter::{PnCounter, Totals};
 pub use crdt::Crdt;
 pub use error::CoreError;
-pub use limits::Limits;
+pub use limits::{Limits, MAX_RECORD_BYTES, RECORD_OVERHEAD};
 pub use op::{apply, Applied, Op, OpOutcome};
 pub use orset::{Dot, OrSet};
 pub use record::{Kind, Record, View};

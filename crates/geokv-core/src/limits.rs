@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
 
+/// Room a record needs beyond its value: type, liveness, TTL and stamps.
+pub const RECORD_OVERHEAD: usize = 4096;
+/// The largest uncompressed state of one key the storage format decodes (256 MiB).
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -130,10 +135,16 @@ impl Limits {
                 return Err(format!("limits.{name} is 0; it must be at least 1"));
             }
         }
-        if self.max_record_bytes < self.max_value_bytes {
+        if self.max_record_bytes < self.max_value_bytes + RECORD_OVERHEAD {
             return Err(format!(
-                "limits.max_record_bytes ({}) is smaller than limits.max_value_bytes ({}); raise max_record_bytes",
-                self.max_record_bytes, self.max_value_bytes
+                "limits.max_record_bytes ({}) leaves no room for a value of limits.max_value_bytes ({}) plus {} bytes of CRDT metadata; raise max_record_bytes",
+                self.max_record_bytes, self.max_value_bytes, RECORD_OVERHEAD
+            ));
+        }
+        if self.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(format!(
+                "limits.max_record_bytes ({}) is over the most a stored value may decode to ({MAX_RECORD_BYTES}); lower it",
+                self.max_record_bytes
             ));
         }
         if self.max_request_bytes < self.max_value_bytes + self.max_key_bytes {

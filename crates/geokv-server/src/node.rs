@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use geokv_core::{apply, CoreError, Kind, Limits, NodeId, Op, OpOutcome, Record, Stamp};
+use geokv_core::{apply, CoreError, Kind, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
 use geokv_storage::{Engine, StorageError, Update};
 
 use crate::{Clock, ServerConfig};
@@ -17,6 +17,15 @@ pub type NodeError = StorageError;
 
 const PAGE_TOKEN_V1: u8 = 1;
 const DEFAULT_SCAN_LIMIT: usize = 100;
+
+/// Approximate encoded size of a value in a response.
+fn view_bytes(view: &View) -> usize {
+    match view {
+        View::Register(b) => b.len(),
+        View::Counter(_) => 10,
+        View::Set(members) => members.iter().map(|m| m.len() + 2).sum(),
+    }
+}
 
 /// The condition of a compare-and-swap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +47,8 @@ pub struct ScanRequest {
 
 pub struct ScanResult {
     pub items: Vec<(Vec<u8>, Record)>,
+    /// The time visibility was judged at (use it to render the entries).
+    pub now: u64,
     /// Empty when the scan is complete.
     pub next_page_token: Vec<u8>,
 }
@@ -111,10 +122,11 @@ impl Node {
         }
     }
 
-    /// The key's state if a client would see it now (not absent, deleted or expired).
-    pub fn get(&self, key: &[u8]) -> Result<Option<Record>, NodeError> {
+    /// The key's state if a client reading at `now` sees it (not absent, deleted or expired).
+    /// Render the answer with the same `now`, so a TTL running out in between cannot produce a
+    /// half-visible entry.
+    pub fn get(&self, key: &[u8], now: u64) -> Result<Option<Record>, NodeError> {
         self.limits.check_key(key)?;
-        let now = self.now_ms();
         Ok(self.engine.get(key)?.filter(|r| r.is_visible(now)))
     }
 
@@ -130,20 +142,20 @@ impl Node {
         })
     }
 
-    /// Sets a register if `expect` holds. Returns whether it swapped, and the key's state after
-    /// a swap or the mismatching state (None if absent) after a conflict.
+    /// Sets a register if `expect` holds at `now`. Returns whether it swapped, and the key's
+    /// state after a swap or the mismatching state (None if absent) after a conflict.
     pub fn compare_and_swap(
         &self,
         key: &[u8],
         expect: Expect,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
+        now: u64,
     ) -> Result<(bool, Option<Record>), NodeError> {
         self.limits.check_key(key)?;
         let op = Op::Put { value, ttl_ms };
         op.validate(&self.limits)?;
         self.engine.update(key, |current| {
-            let now = self.now_ms();
             let visible = current.filter(|r| r.is_visible(now));
             if let Some(r) = visible {
                 if r.kind.val != Kind::Register {
@@ -196,14 +208,13 @@ impl Node {
         }
         let start = if req.page_token.is_empty() { req.start_key.clone() } else { self.resume_after(req)? };
         let now = self.now_ms();
-        let page = self
-            .engine
-            .scan(&start, &req.prefix, limit, self.limits.max_response_bytes, |r| r.is_visible(now))?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some((last, _))) => [&[PAGE_TOKEN_V1][..], last].concat(),
-            _ => Vec::new(),
+        let size = |key: &[u8], r: &Record| r.view(now).map(|v| key.len() + view_bytes(&v) + 32);
+        let page = self.engine.scan(&start, &req.prefix, limit, self.limits.max_response_bytes, size)?;
+        let next_page_token = match page.resume_after {
+            Some(last) => [&[PAGE_TOKEN_V1][..], &last].concat(),
+            None => Vec::new(),
         };
-        Ok(ScanResult { items: page.items, next_page_token })
+        Ok(ScanResult { items: page.items, now, next_page_token })
     }
 
     /// The first key after the one a page token names.

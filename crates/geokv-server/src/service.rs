@@ -52,7 +52,10 @@ impl Kv for KvService {
         let req = req.into_inner();
         consistency(req.consistency)?;
         let found = self
-            .run(move |n| Ok(n.get(&req.key)?.map(|rec| entry(req.key.clone(), &rec, n.now_ms(), false))))
+            .run(move |n| {
+                let now = n.now_ms();
+                Ok(n.get(&req.key, now)?.map(|rec| entry(req.key.clone(), &rec, now, false)))
+            })
             .await?;
         Ok(Response::new(pb::GetResponse { entry: found }))
     }
@@ -92,7 +95,7 @@ impl Kv for KvService {
                 let mut bytes = 0usize;
                 let mut results = Vec::with_capacity(req.keys.len());
                 for key in req.keys {
-                    let found = n.get(&key)?.map(|rec| entry(key, &rec, now, false));
+                    let found = n.get(&key, now)?.map(|rec| entry(key, &rec, now, false));
                     bytes += found.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
                     if bytes > n.limits().max_response_bytes {
                         return Err(geokv_core::CoreError::TooLarge {
@@ -180,8 +183,9 @@ impl Kv for KvService {
         let key = req.key;
         let (succeeded, current) = self
             .run(move |n| {
-                let (ok, rec) = n.compare_and_swap(&key, expect, req.value, req.ttl_ms)?;
-                Ok((ok, rec.map(|r| entry(key, &r, n.now_ms(), false))))
+                let now = n.now_ms();
+                let (ok, rec) = n.compare_and_swap(&key, expect, req.value, req.ttl_ms, now)?;
+                Ok((ok, rec.map(|r| entry(key, &r, now, false))))
             })
             .await?;
         Ok(Response::new(pb::CompareAndSwapResponse { succeeded, current }))
@@ -243,7 +247,8 @@ impl Kv for KvService {
         consistency(req.consistency)?;
         let resp = self
             .run(move |n| {
-                let Some(rec) = n.get(&req.key)? else { return Ok(pb::SetMembersResponse::default()) };
+                let now = n.now_ms();
+                let Some(rec) = n.get(&req.key, now)? else { return Ok(pb::SetMembersResponse::default()) };
                 if rec.kind.val != geokv_core::Kind::Set {
                     return Err(geokv_core::CoreError::WrongType {
                         op: "SetMembers",
@@ -252,7 +257,6 @@ impl Kv for KvService {
                     }
                     .into());
                 }
-                let now = n.now_ms();
                 Ok(pb::SetMembersResponse {
                     found: true,
                     members: rec.set.members().cloned().collect(),
@@ -277,7 +281,7 @@ impl Kv for KvService {
         let resp = self
             .run(move |n| {
                 let result = n.scan(&scan)?;
-                let now = n.now_ms();
+                let now = result.now;
                 Ok(pb::ScanResponse {
                     entries: result
                         .items

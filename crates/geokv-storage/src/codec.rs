@@ -15,7 +15,8 @@ pub const FORMAT_V1: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
 const HEADER: usize = 6;
 /// Upper bound for a decompressed payload, against decompression bombs in corrupt input.
-const MAX_DECODED: usize = 256 * 1024 * 1024;
+/// `limits.max_record_bytes` is validated to be at most this.
+const MAX_DECODED: usize = geokv_core::MAX_RECORD_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -40,10 +41,19 @@ fn checksum(head: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The uncompressed payload of a record (what `limits.max_record_bytes` limits).
+pub fn serialize(record: &Record) -> Vec<u8> {
+    postcard::to_allocvec(record).expect("records always serialize")
+}
+
 /// Encodes a record; payloads of at least `compress_at` bytes are zstd-compressed when that
 /// makes them smaller.
 pub fn encode(record: &Record, compress_at: usize, level: i32) -> Vec<u8> {
-    let plain = postcard::to_allocvec(record).expect("records always serialize");
+    encode_serialized(serialize(record), compress_at, level)
+}
+
+/// Encodes a payload made by [`serialize`].
+pub fn encode_serialized(plain: Vec<u8>, compress_at: usize, level: i32) -> Vec<u8> {
     let (flags, payload) = if plain.len() >= compress_at {
         match zstd::bulk::compress(&plain, level) {
             Ok(c) if c.len() < plain.len() => (FLAG_ZSTD, c),

@@ -25,6 +25,14 @@ const META_NODE_ID: &[u8] = b"node_id";
 const META_LAYOUT: &[u8] = b"layout_version";
 const LAYOUT_VERSION: u8 = 1;
 const LOCK_STRIPES: usize = 1024;
+/// Most tombstones or expired keys one scan page steps over before it returns what it has.
+const MAX_SKIPPED_PER_PAGE: usize = 10_000;
+
+/// Locks a mutex that guards no invariant a panic could break (the guarded state is either
+/// `()` or a sequencer whose updates are single statements), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// What a read-modify-write decided: the new state to store (`None`: store nothing) and the
 /// answer for the caller.
@@ -43,10 +51,12 @@ pub struct LogEntry {
     pub version: Stamp,
 }
 
-/// A page of a scan: live entries in key order, and whether more keys follow.
+/// A page of a scan: live entries in key order, and where the next page starts.
 pub struct ScanPage {
     pub items: Vec<(Vec<u8>, Record)>,
-    pub more: bool,
+    /// `Some(k)`: more keys may follow; the next page starts strictly after `k` (the last key
+    /// returned, or the last one examined when the page stopped stepping over dead keys).
+    pub resume_after: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -100,7 +110,7 @@ impl Engine {
             corrupt_reads: AtomicU64::new(0),
         };
         engine.check_identity(path, node_id)?;
-        engine.seq.lock().expect("sequencer").last = engine.last_logged_seq()?;
+        lock(&engine.seq).last = engine.last_logged_seq()?;
         Ok(engine)
     }
 
@@ -174,7 +184,7 @@ impl Engine {
         key: &[u8],
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
-        let _guard = self.stripe(key).lock().expect("stripe lock");
+        let _guard = lock(self.stripe(key));
         let old = self.get(key)?;
         let Update { record, out } = f(old.as_ref())?;
         if let Some(new) = record {
@@ -183,15 +193,20 @@ impl Engine {
         Ok(out)
     }
 
-    fn index_entries(&self, rec: &Record) -> Vec<(u64, TtlTag)> {
-        let mut v = Vec::with_capacity(1);
+    /// When a record may be removed for good: a tombstone `tombstone_grace_secs` after its
+    /// delete, a key with a TTL that long after it expires. Until then the state is kept so that
+    /// an older copy arriving late from another replica cannot bring the key back.
+    fn purge_deadline(&self, rec: &Record) -> Option<u64> {
+        let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
         if !rec.exists() {
-            let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
-            v.push((rec.version().unix_millis().saturating_add(grace), TtlTag::Purge));
-        } else if let Some(deadline) = rec.expiry.val {
-            v.push((deadline, TtlTag::Expire));
+            Some(rec.version().unix_millis().saturating_add(grace))
+        } else {
+            rec.expiry.val.map(|deadline| deadline.saturating_add(grace))
         }
-        v
+    }
+
+    fn index_entries(&self, rec: &Record) -> Vec<(u64, TtlTag)> {
+        self.purge_deadline(rec).map(|d| (d, TtlTag::Purge)).into_iter().collect()
     }
 
     fn commit(&self, key: &[u8], old: Option<&Record>, new: &Record) -> Result<(), StorageError> {
@@ -213,7 +228,7 @@ impl Engine {
             batch.put_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key), []);
         }
         let seq = {
-            let mut s = self.seq.lock().expect("sequencer");
+            let mut s = lock(&self.seq);
             s.last += 1;
             let seq = s.last;
             s.in_flight.insert(seq);
@@ -226,7 +241,7 @@ impl Engine {
             postcard::to_allocvec(&entry).expect("log entry serializes"),
         );
         let result = self.db.write_opt(batch, &self.wopts);
-        self.seq.lock().expect("sequencer").in_flight.remove(&seq);
+        lock(&self.seq).in_flight.remove(&seq);
         result?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -256,7 +271,7 @@ impl Engine {
     /// Keeps `state` as a durable hint for `target` (merged with any hint already kept).
     pub fn put_hint(&self, target: NodeId, key: &[u8], state: &Record) -> Result<(), StorageError> {
         let hk = Self::hint_key(target, key);
-        let _guard = self.stripe(&hk).lock().expect("stripe lock");
+        let _guard = lock(self.stripe(&hk));
         let mut merged = state.clone();
         if let Some(raw) = self.db.get_pinned_cf(self.cf(CF_HINTS), &hk)? {
             merged.merge(&self.decode(key, &raw)?);
@@ -307,7 +322,7 @@ impl Engine {
     /// Drops a hint once handed off, unless it changed since it was read.
     pub fn remove_hint(&self, target: NodeId, key: &[u8], handed_off: &Record) -> Result<bool, StorageError> {
         let hk = Self::hint_key(target, key);
-        let _guard = self.stripe(&hk).lock().expect("stripe lock");
+        let _guard = lock(self.stripe(&hk));
         let Some(raw) = self.db.get_pinned_cf(self.cf(CF_HINTS), &hk)? else { return Ok(false) };
         if self.decode(key, &raw)? != *handed_off {
             return Ok(false);
@@ -323,20 +338,22 @@ impl Engine {
         self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::Start).count() as u64
     }
 
-    /// Live entries from `start` (inclusive) whose keys begin with `prefix`, at most `limit`
-    /// entries and about `max_bytes` of stored data (always at least one entry), skipping
-    /// states `keep` rejects (tombstones, expired keys).
+    /// Live entries from `start` (inclusive) whose keys begin with `prefix`: at most `limit`
+    /// entries and about `max_bytes` of response (always at least one entry). `size` says how
+    /// big an entry's response is, or `None` to skip it (tombstones, expired keys); a page
+    /// stops after stepping over `MAX_SKIPPED_PER_PAGE` skipped keys.
     pub fn scan(
         &self,
         start: &[u8],
         prefix: &[u8],
         limit: usize,
         max_bytes: usize,
-        keep: impl Fn(&Record) -> bool,
+        size: impl Fn(&[u8], &Record) -> Option<usize>,
     ) -> Result<ScanPage, StorageError> {
         let from = if start < prefix { prefix } else { start };
-        let mut items = Vec::new();
+        let mut items: Vec<(Vec<u8>, Record)> = Vec::new();
         let mut bytes = 0usize;
+        let mut skipped = 0usize;
         let iter = self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::From(from, Direction::Forward));
         for item in iter {
             let (k, v) = item?;
@@ -344,16 +361,21 @@ impl Engine {
                 break;
             }
             let rec = self.decode(&k, &v)?;
-            if !keep(&rec) {
+            let Some(entry_bytes) = size(&k, &rec) else {
+                skipped += 1;
+                if skipped >= MAX_SKIPPED_PER_PAGE {
+                    return Ok(ScanPage { items, resume_after: Some(k.into_vec()) });
+                }
                 continue;
-            }
-            bytes += k.len() + v.len();
+            };
+            bytes = bytes.saturating_add(entry_bytes);
             if items.len() == limit || (!items.is_empty() && bytes > max_bytes) {
-                return Ok(ScanPage { items, more: true });
+                let last = items.last().map(|(k, _)| k.clone());
+                return Ok(ScanPage { items, resume_after: last });
             }
             items.push((k.into_vec(), rec));
         }
-        Ok(ScanPage { items, more: false })
+        Ok(ScanPage { items, resume_after: None })
     }
 
     /// TTL-index entries due at `now_ms`, oldest first, at most `max`.
@@ -380,27 +402,28 @@ impl Engine {
         Ok(self.db.write_opt(b, &self.wopts)?)
     }
 
-    /// Removes `key` for good if it is still a tombstone whose grace period ended by `now_ms`.
-    /// Returns whether it was purged.
-    pub fn purge_tombstone(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
-        let _guard = self.stripe(key).lock().expect("stripe lock");
+    /// Removes `key` for good if its purge deadline (see `purge_deadline`) has passed by
+    /// `now_ms`. If the deadline moved later (the key was written again, or the grace period
+    /// was raised), the index entry is put back at the new deadline. Returns whether it purged.
+    pub fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
+        let _guard = lock(self.stripe(key));
         let Some(rec) = self.get(key)? else { return Ok(false) };
-        let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
-        if rec.exists() || rec.version().unix_millis().saturating_add(grace) > now_ms {
+        let Some(deadline) = self.purge_deadline(&rec) else { return Ok(false) };
+        let mut b = WriteBatch::default();
+        if deadline > now_ms || rec.is_visible(now_ms) {
+            b.put_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key), []);
+            self.db.write_opt(b, &self.wopts)?;
             return Ok(false);
         }
-        let mut b = WriteBatch::default();
         b.delete_cf(self.cf(CF_DATA), key);
-        for (deadline, tag) in self.index_entries(&rec) {
-            b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, tag, key));
-        }
+        b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key));
         self.db.write_opt(b, &self.wopts)?;
         Ok(true)
     }
 
     /// Highest sequence number below which every change-log entry is committed.
     pub fn committed_seq(&self) -> u64 {
-        let s = self.seq.lock().expect("sequencer");
+        let s = lock(&self.seq);
         s.in_flight.first().map(|first| first - 1).unwrap_or(s.last)
     }
 

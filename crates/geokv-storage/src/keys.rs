@@ -1,11 +1,9 @@
 //! Key layouts of the auxiliary column families.
 
-/// Why a key is in the TTL index.
+/// Why a key is in the TTL index. (One reason today; the tag byte leaves room for more.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TtlTag {
-    /// The key's TTL runs out at the deadline.
-    Expire = 0,
-    /// The key is a tombstone that may be purged at the deadline.
+    /// The key (a tombstone, or expired by then) may be purged at the deadline.
     Purge = 1,
 }
 
@@ -32,7 +30,6 @@ pub(crate) fn parse_ttl_key(raw: &[u8]) -> Option<DueEntry> {
     }
     let deadline_ms = u64::from_be_bytes(raw[..8].try_into().ok()?);
     let tag = match raw[8] {
-        0 => TtlTag::Expire,
         1 => TtlTag::Purge,
         _ => return None,
     };
@@ -51,7 +48,7 @@ mod tests {
     #[test]
     fn ttl_keys_round_trip_and_sort_by_deadline() {
         let a = ttl_key(5, TtlTag::Purge, b"zz");
-        let b = ttl_key(6, TtlTag::Expire, b"aa");
+        let b = ttl_key(6, TtlTag::Purge, b"aa");
         assert!(a < b);
         assert_eq!(
             parse_ttl_key(&a),

@@ -55,9 +55,10 @@ fn ttl_index_tracks_expiry_and_tombstones() {
     let cfg = StorageConfig { tombstone_grace_secs: 10, ..StorageConfig::default() };
     let e = open(dir.path(), cfg);
     run(&e, b"t", put("x", Some(500)), NOW).unwrap();
-    assert!(e.due_ttl(NOW + 499, 10).unwrap().is_empty());
-    let due = e.due_ttl(NOW + 500, 10).unwrap();
-    assert_eq!(due, vec![DueEntry { deadline_ms: NOW + 500, tag: TtlTag::Expire, key: b"t".to_vec() }]);
+    // An expiring key may be purged a grace period after it expires.
+    assert!(e.due_ttl(NOW + 10_499, 10).unwrap().is_empty());
+    let due = e.due_ttl(NOW + 10_500, 10).unwrap();
+    assert_eq!(due, vec![DueEntry { deadline_ms: NOW + 10_500, tag: TtlTag::Purge, key: b"t".to_vec() }]);
     // Overwriting without a TTL removes the index entry.
     run(&e, b"t", put("y", None), NOW).unwrap();
     assert!(e.due_ttl(u64::MAX, 10).unwrap().is_empty());
@@ -67,8 +68,8 @@ fn ttl_index_tracks_expiry_and_tombstones() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].tag, TtlTag::Purge);
     assert!(due[0].deadline_ms >= NOW + 10_000);
-    assert!(!e.purge_tombstone(b"t", NOW + 1_000).unwrap(), "grace period not over");
-    assert!(e.purge_tombstone(b"t", NOW + 20_000).unwrap());
+    assert!(!e.purge_if_due(b"t", NOW + 1_000).unwrap(), "grace period not over");
+    assert!(e.purge_if_due(b"t", NOW + 20_000).unwrap());
     assert!(e.get(b"t").unwrap().is_none());
     assert!(e.due_ttl(u64::MAX, 10).unwrap().is_empty());
 }
@@ -111,17 +112,17 @@ fn scan_pages_by_prefix_and_skips_what_keep_rejects() {
         run(&e, k.as_bytes(), put(k, None), NOW).unwrap();
     }
     run(&e, b"b2", Op::Delete, NOW).unwrap();
-    let live = |r: &Record| r.is_visible(NOW);
+    let live = |k: &[u8], r: &Record| r.is_visible(NOW).then_some(k.len());
     let page = e.scan(b"", b"b", 2, usize::MAX, live).unwrap();
     let keys: Vec<_> = page.items.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, vec![b"b1".to_vec(), b"b3".to_vec()]);
-    assert!(page.more);
+    assert_eq!(page.resume_after, Some(b"b3".to_vec()));
     let page = e.scan(b"b4", b"b", 2, usize::MAX, live).unwrap();
     assert_eq!(page.items.len(), 1);
-    assert!(!page.more);
+    assert_eq!(page.resume_after, None);
     let page = e.scan(b"", b"", 100, 1, live).unwrap();
     assert_eq!(page.items.len(), 1, "a byte budget smaller than one entry still returns one");
-    assert!(page.more);
+    assert_eq!(page.resume_after, Some(b"a1".to_vec()));
 }
 
 #[test]
@@ -173,4 +174,44 @@ fn hints_are_durable_merged_and_removed_only_when_unchanged() {
     assert_eq!(current.view(NOW), Some(View::Register(b"b".to_vec())));
     assert!(e.remove_hint(3, b"k", &current).unwrap());
     assert_eq!(e.hint_count(), 2);
+}
+
+#[test]
+fn a_raised_grace_period_reschedules_instead_of_leaking_the_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path(), StorageConfig { tombstone_grace_secs: 10, ..Default::default() });
+        run(&e, b"t", put("x", None), NOW).unwrap();
+        run(&e, b"t", Op::Delete, NOW).unwrap();
+    }
+    let e = open(dir.path(), StorageConfig { tombstone_grace_secs: 100, ..Default::default() });
+    let due = e.due_ttl(NOW + 20_000, 10).unwrap();
+    assert_eq!(due.len(), 1, "the entry made under the old grace period is due");
+    assert!(!e.purge_if_due(b"t", NOW + 20_000).unwrap());
+    e.drop_ttl_entry(&due[0]).unwrap();
+    let later = e.due_ttl(u64::MAX, 10).unwrap();
+    assert_eq!(later.len(), 1, "rescheduled");
+    assert!(later[0].deadline_ms >= NOW + 100_000);
+    assert!(e.purge_if_due(b"t", later[0].deadline_ms).unwrap());
+}
+
+#[test]
+fn a_page_over_many_dead_keys_returns_early_with_a_resume_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig::default());
+    for i in 0..(MAX_SKIPPED_PER_PAGE as u32 + 5) {
+        let k = format!("d{i:06}");
+        run(&e, k.as_bytes(), put("x", None), NOW).unwrap();
+        run(&e, k.as_bytes(), Op::Delete, NOW).unwrap();
+    }
+    run(&e, b"z", put("x", None), NOW).unwrap();
+    let live = |k: &[u8], r: &Record| r.is_visible(NOW).then_some(k.len());
+    let page = e.scan(b"", b"", 10, usize::MAX, live).unwrap();
+    assert!(page.items.is_empty());
+    let resume = page.resume_after.expect("more to come");
+    let mut next = resume.clone();
+    next.push(0);
+    let page = e.scan(&next, b"", 10, usize::MAX, live).unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].0, b"z".to_vec());
 }
