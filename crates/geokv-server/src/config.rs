@@ -28,6 +28,42 @@ pub struct ServerConfig {
     pub limits: Limits,
     #[serde(default)]
     pub sweeper: SweeperConfig,
+    /// Topology file (regions and nodes, see topology/one-region.toml). Without one the node
+    /// runs alone. A relative path is relative to this config file. With a topology, the node
+    /// serves clients on its `client_addr` (and `listen` is ignored) and peers on `peer_addr`.
+    #[serde(default)]
+    pub topology: Option<PathBuf>,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section: timeouts of the regional cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Deadline of one node-to-node call, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How often every peer is probed, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// A peer that failed a probe and has not answered for this long is suspect: writes go to
+    /// stand-ins (as hints) instead of it.
+    pub suspect_after_ms: u64,
+    /// A peer silent for this long is reported dead.
+    pub dead_after_ms: u64,
+    /// How often hints are offered to the nodes they are kept for, in milliseconds.
+    pub handoff_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            request_timeout_ms: 2000,
+            ping_interval_ms: 250,
+            suspect_after_ms: 1000,
+            dead_after_ms: 10_000,
+            handoff_interval_ms: 500,
+        }
+    }
 }
 
 /// The `[sweeper]` section: the background task that expires TTLs, purges old tombstones and
@@ -76,6 +112,8 @@ impl ServerConfig {
             storage: StorageConfig::default(),
             limits: Limits::default(),
             sweeper: SweeperConfig::default(),
+            topology: None,
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -139,6 +177,24 @@ impl ServerConfig {
         }
         if self.sweeper.interval_ms == 0 || self.sweeper.batch == 0 {
             return Err(invalid("sweeper", "has a zero interval_ms or batch".into(), "use positive values"));
+        }
+        let c = &self.cluster;
+        if c.request_timeout_ms == 0 || c.ping_interval_ms == 0 || c.handoff_interval_ms == 0 {
+            return Err(invalid(
+                "cluster",
+                "has a zero timeout or interval".into(),
+                "use positive milliseconds",
+            ));
+        }
+        if c.suspect_after_ms < c.ping_interval_ms || c.dead_after_ms < c.suspect_after_ms {
+            return Err(invalid(
+                "cluster.suspect_after_ms",
+                format!(
+                    "is {} with ping_interval_ms {} and dead_after_ms {}",
+                    c.suspect_after_ms, c.ping_interval_ms, c.dead_after_ms
+                ),
+                "keep ping_interval_ms <= suspect_after_ms <= dead_after_ms",
+            ));
         }
         if self.max_clock_drift_ms == 0 {
             return Err(invalid(

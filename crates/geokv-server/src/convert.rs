@@ -42,6 +42,11 @@ pub fn consistency(raw: i32) -> Result<pb::Consistency, Status> {
     })
 }
 
+/// The quorum level of a request's consistency field (UNSPECIFIED means QUORUM).
+pub fn level(raw: i32) -> Result<geokv_cluster::Level, Status> {
+    Ok(crate::cluster::level_of(consistency(raw)?))
+}
+
 /// Response fields shared by every write outcome.
 pub struct WriteMeta {
     pub version: Option<pb::Version>,

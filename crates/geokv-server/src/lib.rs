@@ -9,6 +9,7 @@
 //! Does not own: CRDT semantics (`geokv-core`) or the on-disk layout (`geokv-storage`).
 
 mod clock;
+mod cluster;
 mod config;
 mod convert;
 mod node;
@@ -18,7 +19,8 @@ mod status;
 mod sweeper;
 
 pub use clock::{Clock, SystemClock};
-pub use config::{ConfigError, ServerConfig, SweeperConfig};
+pub use cluster::Cluster;
+pub use config::{ClusterConfig, ConfigError, ServerConfig, SweeperConfig};
 pub use node::{Expect, Node, NodeError, ScanRequest, ScanResult};
 pub use runtime::{serve, RunningServer};
 pub use sweeper::SweepReport;

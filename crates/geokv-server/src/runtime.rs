@@ -10,16 +10,22 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use geokv_topology::Topology;
+
+use crate::cluster::ClusterService;
 use crate::service::KvService;
-use crate::{sweeper, Clock, Node, ServerConfig};
+use crate::{sweeper, Clock, Cluster, Node, ServerConfig};
 
 /// A node serving gRPC. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Address of the node-to-node service, in a cluster.
+    pub peer_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
+    pub cluster: Option<Arc<Cluster>>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    sweeper: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -28,7 +34,9 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.sweeper.abort();
+        for task in &self.background {
+            task.abort();
+        }
         match self.server.await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -55,16 +63,48 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// configured address. Returns once the listener is bound.
 pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, String> {
     let node = Arc::new(Node::open(&cfg, clock).map_err(|e| e.to_string())?);
-    let listener = TcpListener::bind(cfg.listen_addr())
+    let mut background = Vec::new();
+    let (listen, cluster, peer_addr) = match &cfg.topology {
+        None => (cfg.listen_addr(), None, None),
+        Some(path) => {
+            let topology = Topology::load(path).map_err(|e| e.to_string())?;
+            let spec = topology.node(cfg.node_id).ok_or_else(|| {
+                format!(
+                    "node_id {} is not a node of topology {}; add it or fix node_id",
+                    cfg.node_id,
+                    path.display()
+                )
+            })?;
+            let (client_addr, peer_addr) = (spec.client_addr, spec.peer_addr);
+            let cluster = Cluster::new(node.clone(), &topology, cfg.cluster.clone())?;
+            let peer_listener = TcpListener::bind(peer_addr)
+                .await
+                .map_err(|e| format!("cannot listen on peer address {peer_addr}: {e}"))?;
+            let peer_service =
+                geokv_proto::v1::cluster_server::ClusterServer::new(ClusterService::new(cluster.clone()))
+                    .max_decoding_message_size(512 * 1024 * 1024)
+                    .max_encoding_message_size(512 * 1024 * 1024);
+            let peer_server = tonic::transport::Server::builder().add_service(peer_service);
+            background.push(tokio::spawn(async move {
+                if let Err(e) = peer_server.serve_with_incoming(TcpListenerStream::new(peer_listener)).await {
+                    tracing::error!(error = %e, "node-to-node service stopped");
+                }
+            }));
+            background.extend(cluster.spawn_tasks());
+            tracing::info!(region = cluster.region(), %peer_addr, "joined regional cluster");
+            (client_addr, Some(cluster), Some(peer_addr))
+        }
+    };
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}; pick a free address in `listen`", cfg.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}; pick a free address"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServer<KvService>>().await;
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
-    let kv = KvServer::new(KvService::new(node.clone()))
+    let kv = KvServer::new(KvService::new(node.clone(), cluster.clone()))
         .max_decoding_message_size(cfg.limits.max_request_bytes)
         .max_encoding_message_size(cfg.limits.max_response_bytes.saturating_mul(2));
 
@@ -77,7 +117,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
         let _ = stopped.await;
     }));
-    let sweeper = sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms));
+    background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));
     tracing::info!(node_id = cfg.node_id, %addr, data_dir = %cfg.data_dir.display(), "geokv node serving");
-    Ok(RunningServer { addr, node, stop: Some(stop), server, sweeper })
+    Ok(RunningServer { addr, peer_addr, node, cluster, stop: Some(stop), server, background })
 }

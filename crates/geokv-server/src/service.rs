@@ -2,22 +2,26 @@
 
 use std::sync::Arc;
 
-use geokv_core::{Op, OpOutcome};
+use geokv_cluster::Level;
+use geokv_core::{Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
 use pb::kv_server::Kv;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, consistency, entry, write_meta, WriteMeta};
+use crate::cluster::{Action, Applied, Cluster};
+use crate::convert::{self, consistency, entry, level, write_meta, WriteMeta};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
 use crate::status::{invalid, to_status};
 
 pub struct KvService {
     node: Arc<Node>,
+    /// Set when the node is part of a regional cluster: reads and writes go through quorums.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl KvService {
-    pub fn new(node: Arc<Node>) -> Self {
-        KvService { node }
+    pub fn new(node: Arc<Node>, cluster: Option<Arc<Cluster>>) -> Self {
+        KvService { node, cluster }
     }
 
     /// Runs blocking node work on the blocking pool.
@@ -32,13 +36,33 @@ impl KvService {
             .map_err(to_status)
     }
 
-    /// Applies one write and returns its outcome, the key's new state and the time used.
-    async fn write(&self, key: Vec<u8>, op: Op) -> Result<(OpOutcome, WriteMeta), Status> {
-        self.run(move |n| {
-            let (out, rec) = n.write(&key, &op)?;
-            Ok((out, write_meta(&rec, n.now_ms())))
-        })
-        .await
+    /// Applies one write at `level` and returns its outcome and the key's new version and TTL.
+    async fn write(&self, key: Vec<u8>, op: Op, level: Level) -> Result<(OpOutcome, WriteMeta), Status> {
+        let (out, rec) = self.write_record(key, op, level).await?;
+        Ok((out, write_meta(&rec, self.node.now_ms())))
+    }
+
+    async fn write_record(&self, key: Vec<u8>, op: Op, level: Level) -> Result<(OpOutcome, Record), Status> {
+        let Some(cluster) = &self.cluster else {
+            return self.run(move |n| n.write(&key, &op)).await;
+        };
+        // Refuse bad input here rather than after a network hop.
+        let limits = self.node.limits();
+        limits.check_key(&key).and_then(|_| op.validate(limits)).map_err(|e| to_status(e.into()))?;
+        match cluster.write(key, Action::Op(op), level).await? {
+            Applied::Written(out, rec) => Ok((out, rec)),
+            Applied::CasFailed(_) => {
+                Err(Status::internal("a plain write came back as a failed compare-and-swap"))
+            }
+        }
+    }
+
+    /// The key's state if visible at `now`, read at `level`.
+    async fn read(&self, key: Vec<u8>, level: Level, now: u64) -> Result<Option<Record>, Status> {
+        match &self.cluster {
+            None => self.run(move |n| n.get(&key, now)).await,
+            Some(cluster) => Ok(cluster.read(key, level).await?.filter(|r| r.is_visible(now))),
+        }
     }
 }
 
@@ -50,27 +74,23 @@ fn unexpected(out: OpOutcome) -> Status {
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        let found = self
-            .run(move |n| {
-                let now = n.now_ms();
-                Ok(n.get(&req.key, now)?.map(|rec| entry(req.key.clone(), &rec, now, false)))
-            })
-            .await?;
-        Ok(Response::new(pb::GetResponse { entry: found }))
+        let level = level(req.consistency)?;
+        let now = self.node.now_ms();
+        let found = self.read(req.key.clone(), level, now).await?;
+        Ok(Response::new(pb::GetResponse { entry: found.map(|rec| entry(req.key, &rec, now, false)) }))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        let (_, meta) = self.write(req.key, Op::Put { value: req.value, ttl_ms: req.ttl_ms }).await?;
+        let level = level(req.consistency)?;
+        let (_, meta) = self.write(req.key, Op::Put { value: req.value, ttl_ms: req.ttl_ms }, level).await?;
         Ok(Response::new(pb::PutResponse { version: meta.version, ttl_remaining_ms: meta.ttl_remaining_ms }))
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        match self.write(req.key, Op::Delete).await? {
+        let level = level(req.consistency)?;
+        match self.write(req.key, Op::Delete, level).await? {
             (OpOutcome::Deleted { existed }, meta) => {
                 Ok(Response::new(pb::DeleteResponse { existed, version: meta.version }))
             }
@@ -83,34 +103,26 @@ impl Kv for KvService {
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
+        let level = level(req.consistency)?;
         let limits = self.node.limits().clone();
         limits.check_batch("BatchGet keys", req.keys.len()).map_err(|e| invalid(e.to_string()))?;
         for (i, key) in req.keys.iter().enumerate() {
             limits.check_key(key).map_err(|e| invalid(format!("keys[{i}]: {e}")))?;
         }
-        let results = self
-            .run(move |n| {
-                let now = n.now_ms();
-                let mut bytes = 0usize;
-                let mut results = Vec::with_capacity(req.keys.len());
-                for key in req.keys {
-                    let found = n.get(&key, now)?.map(|rec| entry(key, &rec, now, false));
-                    bytes += found.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
-                    if bytes > n.limits().max_response_bytes {
-                        return Err(geokv_core::CoreError::TooLarge {
-                            what: "BatchGet response",
-                            actual: bytes,
-                            limit: n.limits().max_response_bytes,
-                            setting: "limits.max_response_bytes; ask for fewer keys per batch",
-                        }
-                        .into());
-                    }
-                    results.push(pb::GetResponse { entry: found });
-                }
-                Ok(results)
-            })
-            .await?;
+        let now = self.node.now_ms();
+        let mut bytes = 0usize;
+        let mut results = Vec::with_capacity(req.keys.len());
+        for key in req.keys {
+            let found = self.read(key.clone(), level, now).await?.map(|rec| entry(key, &rec, now, false));
+            bytes += found.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
+            if bytes > limits.max_response_bytes {
+                return Err(invalid(format!(
+                    "the BatchGet response would be over {} bytes (limits.max_response_bytes); ask for fewer keys per batch",
+                    limits.max_response_bytes
+                )));
+            }
+            results.push(pb::GetResponse { entry: found });
+        }
         Ok(Response::new(pb::BatchGetResponse { results }))
     }
 
@@ -119,48 +131,37 @@ impl Kv for KvService {
         req: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
+        let level = level(req.consistency)?;
         self.node
             .limits()
             .check_batch("BatchWrite ops", req.ops.len())
             .map_err(|e| invalid(e.to_string()))?;
-        let items: Vec<_> = req.ops.into_iter().map(convert::batch_op).collect();
-        let results = self
-            .run(move |n| {
-                let results = items
-                    .into_iter()
-                    .map(|item| {
-                        let result =
-                            item.map_err(|s| (s.code(), s.message().to_string())).and_then(|(key, op)| {
-                                n.write(&key, &op).map_err(|e| {
-                                    let s = to_status(e);
-                                    (s.code(), s.message().to_string())
-                                })
-                            });
-                        match result {
-                            Ok((out, rec)) => {
-                                let now = n.now_ms();
-                                let WriteMeta { version, ttl_remaining_ms } = write_meta(&rec, now);
-                                pb::WriteResult {
-                                    version,
-                                    ttl_remaining_ms,
-                                    outcome: Some(convert::outcome(out, &rec, now)),
-                                }
-                            }
-                            Err((code, message)) => pb::WriteResult {
-                                version: None,
-                                ttl_remaining_ms: None,
-                                outcome: Some(pb::write_result::Outcome::Error(pb::ItemError {
-                                    code: code as i32,
-                                    message,
-                                })),
-                            },
-                        }
-                    })
-                    .collect();
-                Ok(results)
-            })
-            .await?;
+        let mut results = Vec::with_capacity(req.ops.len());
+        for item in req.ops.into_iter().map(convert::batch_op) {
+            let result = match item {
+                Ok((key, op)) => self.write_record(key, op, level).await,
+                Err(s) => Err(s),
+            };
+            results.push(match result {
+                Ok((out, rec)) => {
+                    let now = self.node.now_ms();
+                    let WriteMeta { version, ttl_remaining_ms } = write_meta(&rec, now);
+                    pb::WriteResult {
+                        version,
+                        ttl_remaining_ms,
+                        outcome: Some(convert::outcome(out, &rec, now)),
+                    }
+                }
+                Err(s) => pb::WriteResult {
+                    version: None,
+                    ttl_remaining_ms: None,
+                    outcome: Some(pb::write_result::Outcome::Error(pb::ItemError {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    })),
+                },
+            });
+        }
         Ok(Response::new(pb::BatchWriteResponse { results }))
     }
 
@@ -170,7 +171,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         use pb::compare_and_swap_request::Expected;
         let req = req.into_inner();
-        consistency(req.consistency)?;
+        let level = level(req.consistency)?;
         let expect = match req.expected {
             Some(Expected::ExpectedVersion(v)) => Expect::Version(convert::stamp(&v)),
             Some(Expected::ExpectAbsent(true)) => Expect::Absent,
@@ -181,13 +182,28 @@ impl Kv for KvService {
             }
         };
         let key = req.key;
-        let (succeeded, current) = self
-            .run(move |n| {
-                let now = n.now_ms();
-                let (ok, rec) = n.compare_and_swap(&key, expect, req.value, req.ttl_ms, now)?;
-                Ok((ok, rec.map(|r| entry(key, &r, now, false))))
-            })
-            .await?;
+        let (succeeded, current) = match &self.cluster {
+            None => {
+                let k = key.clone();
+                self.run(move |n| {
+                    let now = n.now_ms();
+                    n.compare_and_swap(&k, expect, req.value, req.ttl_ms, now)
+                })
+                .await?
+            }
+            Some(cluster) => {
+                let limits = self.node.limits();
+                let op = Op::Put { value: req.value.clone(), ttl_ms: req.ttl_ms };
+                limits.check_key(&key).and_then(|_| op.validate(limits)).map_err(|e| to_status(e.into()))?;
+                let action = Action::Cas { expect, value: req.value, ttl_ms: req.ttl_ms };
+                match cluster.write(key.clone(), action, level).await? {
+                    Applied::Written(_, rec) => (true, Some(rec)),
+                    Applied::CasFailed(rec) => (false, rec),
+                }
+            }
+        };
+        let now = self.node.now_ms();
+        let current = current.filter(|r| r.is_visible(now)).map(|r| entry(key, &r, now, false));
         Ok(Response::new(pb::CompareAndSwapResponse { succeeded, current }))
     }
 
@@ -196,8 +212,8 @@ impl Kv for KvService {
         req: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        match self.write(req.key, Op::Increment { delta: req.delta, ttl_ms: req.ttl_ms }).await? {
+        let level = level(req.consistency)?;
+        match self.write(req.key, Op::Increment { delta: req.delta, ttl_ms: req.ttl_ms }, level).await? {
             (OpOutcome::Counter { value }, m) => Ok(Response::new(pb::IncrementResponse {
                 value,
                 version: m.version,
@@ -209,8 +225,8 @@ impl Kv for KvService {
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        match self.write(req.key, Op::Append { value: req.value, ttl_ms: req.ttl_ms }).await? {
+        let level = level(req.consistency)?;
+        match self.write(req.key, Op::Append { value: req.value, ttl_ms: req.ttl_ms }, level).await? {
             (OpOutcome::Appended { len }, m) => Ok(Response::new(pb::AppendResponse {
                 length: len,
                 version: m.version,
@@ -225,9 +241,9 @@ impl Kv for KvService {
         req: Request<pb::SetAddRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
+        let level = level(req.consistency)?;
         let op = Op::SetAdd { members: req.members, ttl_ms: req.ttl_ms };
-        set_change(self.write(req.key, op).await?)
+        set_change(self.write(req.key, op, level).await?)
     }
 
     async fn set_remove(
@@ -235,8 +251,8 @@ impl Kv for KvService {
         req: Request<pb::SetRemoveRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        set_change(self.write(req.key, Op::SetRemove { members: req.members }).await?)
+        let level = level(req.consistency)?;
+        set_change(self.write(req.key, Op::SetRemove { members: req.members }, level).await?)
     }
 
     async fn set_members(
@@ -244,28 +260,25 @@ impl Kv for KvService {
         req: Request<pb::SetMembersRequest>,
     ) -> Result<Response<pb::SetMembersResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
-        let resp = self
-            .run(move |n| {
-                let now = n.now_ms();
-                let Some(rec) = n.get(&req.key, now)? else { return Ok(pb::SetMembersResponse::default()) };
-                if rec.kind.val != geokv_core::Kind::Set {
-                    return Err(geokv_core::CoreError::WrongType {
-                        op: "SetMembers",
-                        expected: geokv_core::Kind::Set,
-                        actual: rec.kind.val,
-                    }
-                    .into());
-                }
-                Ok(pb::SetMembersResponse {
-                    found: true,
-                    members: rec.set.members().cloned().collect(),
-                    version: Some(convert::version(rec.version())),
-                    ttl_remaining_ms: rec.ttl_remaining_ms(now),
-                })
-            })
-            .await?;
-        Ok(Response::new(resp))
+        let level = level(req.consistency)?;
+        let now = self.node.now_ms();
+        let Some(rec) = self.read(req.key, level, now).await? else {
+            return Ok(Response::new(pb::SetMembersResponse::default()));
+        };
+        if rec.kind.val != geokv_core::Kind::Set {
+            let err = geokv_core::CoreError::WrongType {
+                op: "SetMembers",
+                expected: geokv_core::Kind::Set,
+                actual: rec.kind.val,
+            };
+            return Err(to_status(err.into()));
+        }
+        Ok(Response::new(pb::SetMembersResponse {
+            found: true,
+            members: rec.set.members().cloned().collect(),
+            version: Some(convert::version(rec.version())),
+            ttl_remaining_ms: rec.ttl_remaining_ms(now),
+        }))
     }
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {

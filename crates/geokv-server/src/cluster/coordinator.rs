@@ -1,0 +1,320 @@
+//! Quorum writes and reads over the key's replicas.
+//!
+//! Writes: a home replica of the key applies the operation to its own state (so its HLC and
+//! its counter/set identity stamp it), then sends the resulting full state to the other
+//! targets (healthy home replicas and stand-ins holding hints for the unhealthy ones) and
+//! answers once W of them, itself included, have it durably. A node that is not a home replica
+//! forwards the write to one that is. A target that fails during the write gets a durable hint
+//! on the coordinator, handed off when it answers again.
+//!
+//! Reads: ask the healthy home replicas, merge the first R states (never "pick the newest":
+//! counters and sets need the merge), answer, and send the merge to replicas that were behind
+//! (read repair).
+
+use std::sync::Arc;
+
+use geokv_cluster::{Level, Outcome, ReadRound, WriteRound};
+use geokv_core::{NodeId, Op, OpOutcome, Record};
+use geokv_proto::v1 as pb;
+use geokv_storage::codec;
+use geokv_topology::Target;
+use tokio::sync::mpsc;
+use tonic::{Code, Status};
+
+use super::{Cluster, QUORUM_FAILED};
+use crate::node::Expect;
+use crate::status::to_status;
+
+/// A write a coordinator applies.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Op(Op),
+    Cas { expect: Expect, value: Vec<u8>, ttl_ms: Option<u64> },
+}
+
+/// What the coordinator did.
+#[derive(Clone, Debug)]
+pub enum Applied {
+    Written(OpOutcome, Record),
+    /// A compare-and-swap whose condition did not hold; the state it found (None if absent).
+    CasFailed(Option<Record>),
+}
+
+pub fn encode(rec: &Record) -> Vec<u8> {
+    codec::encode(rec, 1024, 1)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, Status> {
+    codec::decode(bytes).map_err(|e| Status::data_loss(format!("a replica sent a corrupt state: {e}")))
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::One => "ONE",
+        Level::Quorum => "QUORUM",
+        Level::All => "ALL",
+    }
+}
+
+impl Cluster {
+    /// Runs a client write: here if this node is a home replica of the key, else forwarded.
+    pub async fn write(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        action: Action,
+        level: Level,
+    ) -> Result<Applied, Status> {
+        let home = self.ring.preference_list(&key, self.n);
+        if home.contains(&self.me) {
+            return self.coordinate(key, action, level).await;
+        }
+        self.forward(key, action, level, &home).await
+    }
+
+    /// Applies a write at this replica and replicates the new state to a write quorum.
+    pub async fn coordinate(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        action: Action,
+        level: Level,
+    ) -> Result<Applied, Status> {
+        let node = self.node.clone();
+        let k = key.clone();
+        let applied = tokio::task::spawn_blocking(move || match action {
+            Action::Op(op) => node.write(&k, &op).map(|(out, rec)| Applied::Written(out, rec)),
+            Action::Cas { expect, value, ttl_ms } => {
+                let now = node.now_ms();
+                node.compare_and_swap(&k, expect, value, ttl_ms, now).map(|(ok, rec)| match (ok, rec) {
+                    (true, Some(rec)) => Applied::Written(OpOutcome::Put, rec),
+                    (_, rec) => Applied::CasFailed(rec),
+                })
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+        .map_err(to_status)?;
+        if let Applied::Written(_, rec) = &applied {
+            self.replicate(&key, rec, level).await?;
+        }
+        Ok(applied)
+    }
+
+    /// Sends `rec` (already stored here) to the key's other targets; returns once `level` of
+    /// the N replicas have it. Sends still under way then go on in the background.
+    async fn replicate(self: &Arc<Self>, key: &[u8], rec: &Record, level: Level) -> Result<(), Status> {
+        let placement = self.ring.placement(key, self.n, |id| self.healthy(id));
+        let needed = level.required(self.n);
+        let mut round = WriteRound::new(placement.targets.clone(), needed);
+        if placement.home.contains(&self.me) {
+            round.ack(self.me);
+        }
+        let others: Vec<Target> = placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let state = encode(rec);
+        for target in others {
+            let (this, tx, key, state) = (self.clone(), tx.clone(), key.to_vec(), state.clone());
+            tokio::spawn(async move {
+                let ok = this.send_state(target, &key, state).await;
+                let _ = tx.send((target.node, ok));
+            });
+        }
+        drop(tx);
+        while round.outcome() == Outcome::Pending {
+            match rx.recv().await {
+                Some((node, true)) => round.ack(node),
+                Some((node, false)) => round.fail(node),
+                None => break,
+            };
+        }
+        match round.outcome() {
+            Outcome::Reached => Ok(()),
+            _ => Err(Status::unavailable(format!(
+                "{QUORUM_FAILED}: a {} write needs {needed} of {} replicas, {} acknowledged ({:?}); the write is stored on those and will reach the others when they return",
+                level_name(level),
+                self.n,
+                round.acked().len(),
+                round.acked()
+            ))),
+        }
+    }
+
+    /// Sends a state to one target; on failure keeps a durable hint for a home replica.
+    async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>) -> bool {
+        let req = pb::MergeRequest { key: key.to_vec(), state: state.clone(), hint_for: target.hint_for };
+        let ok = match self.peers.client(target.node) {
+            Some(mut c) => tokio::time::timeout(self.peers.timeout(), c.merge(req))
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false),
+            None => false,
+        };
+        if !ok {
+            self.detector().on_failure(target.node);
+            let home = target.hint_for.unwrap_or(target.node);
+            self.keep_hint(home, key, &state).await;
+        }
+        ok
+    }
+
+    async fn keep_hint(&self, home: NodeId, key: &[u8], state: &[u8]) {
+        let Ok(rec) = codec::decode(state) else { return };
+        let (node, key) = (self.node.clone(), key.to_vec());
+        let kept = tokio::task::spawn_blocking(move || node.engine().put_hint(home, &key, &rec)).await;
+        if !matches!(kept, Ok(Ok(()))) {
+            tracing::error!(home, "could not keep a hint; anti-entropy must repair this replica");
+        }
+    }
+
+    /// Hands a write to a home replica of the key, trying them in ring order.
+    async fn forward(
+        &self,
+        key: Vec<u8>,
+        action: Action,
+        level: Level,
+        home: &[NodeId],
+    ) -> Result<Applied, Status> {
+        let mut req =
+            pb::CoordinateRequest { key, consistency: level_to_pb(level) as i32, ..Default::default() };
+        match action {
+            Action::Op(op) => req.op = postcard::to_allocvec(&op).expect("ops serialize"),
+            Action::Cas { expect, value, ttl_ms } => {
+                req.cas = true;
+                req.op = postcard::to_allocvec(&Op::Put { value, ttl_ms }).expect("ops serialize");
+                match expect {
+                    Expect::Absent => req.expect_absent = true,
+                    Expect::Version(v) => (req.expected_hlc, req.expected_node) = (v.time, v.node),
+                }
+            }
+        }
+        let mut last_error = None;
+        for &target in home.iter().filter(|&&h| self.healthy(h)) {
+            let Some(mut client) = self.peers.client(target) else { continue };
+            match client.coordinate(req.clone()).await {
+                Ok(resp) => return decode_applied(resp.into_inner()),
+                // The coordinator ran the write and refused it, or could not reach a quorum:
+                // the answer is final (retrying elsewhere could apply it twice).
+                Err(s) if s.code() != Code::Unavailable || s.message().starts_with(QUORUM_FAILED) => {
+                    return Err(s)
+                }
+                Err(s) => {
+                    self.detector().on_failure(target);
+                    last_error = Some(s);
+                }
+            }
+        }
+        Err(Status::unavailable(format!(
+            "{QUORUM_FAILED}: no home replica of the key ({home:?}) could coordinate the write{}",
+            last_error.map(|e| format!(" (last error: {})", e.message())).unwrap_or_default()
+        )))
+    }
+
+    /// Reads a key from `level` of its healthy home replicas and merges their states.
+    pub async fn read(self: &Arc<Self>, key: Vec<u8>, level: Level) -> Result<Option<Record>, Status> {
+        self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let home = self.ring.preference_list(&key, self.n);
+        let needed = level.required(self.n);
+        let candidates: Vec<NodeId> = home.iter().copied().filter(|&h| self.healthy(h)).collect();
+        if candidates.len() < needed {
+            return Err(Status::unavailable(format!(
+                "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas, {} are reachable",
+                level_name(level),
+                self.n,
+                candidates.len()
+            )));
+        }
+        let mut round = ReadRound::new(candidates.clone(), needed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for node in candidates {
+            let (this, tx, key) = (self.clone(), tx.clone(), key.clone());
+            tokio::spawn(async move {
+                let _ = tx.send((node, this.fetch(node, key).await));
+            });
+        }
+        drop(tx);
+        while round.outcome() == Outcome::Pending {
+            match rx.recv().await {
+                Some((node, Ok(state))) => round.answer(node, state),
+                Some((node, Err(_))) => round.fail(node),
+                None => break,
+            };
+        }
+        if round.outcome() != Outcome::Reached {
+            return Err(Status::unavailable(format!(
+                "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas and too few answered",
+                level_name(level),
+                self.n
+            )));
+        }
+        let merged = round.merged();
+        if let Some(m) = &merged {
+            for stale in round.stale(m) {
+                let this = self.clone();
+                let (key, m) = (key.clone(), m.clone());
+                tokio::spawn(async move { this.repair(stale, key, m).await });
+            }
+        }
+        Ok(merged)
+    }
+
+    /// One replica's state of a key.
+    async fn fetch(&self, node: NodeId, key: Vec<u8>) -> Result<Option<Record>, Status> {
+        if node == self.me {
+            let n = self.node.clone();
+            return tokio::task::spawn_blocking(move || n.engine().get(&key))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(to_status);
+        }
+        let mut client = self.peers.client(node).ok_or_else(|| Status::internal("unknown peer"))?;
+        let resp = tokio::time::timeout(self.peers.timeout(), client.fetch(pb::FetchRequest { key }))
+            .await
+            .map_err(|_| Status::deadline_exceeded("fetch timed out"))?;
+        match resp {
+            Ok(r) if r.get_ref().state.is_empty() => Ok(None),
+            Ok(r) => decode(&r.into_inner().state).map(Some),
+            Err(s) => {
+                if s.code() == Code::Unavailable {
+                    self.detector().on_failure(node);
+                }
+                Err(s)
+            }
+        }
+    }
+
+    /// Read repair: brings one replica up to the merged state.
+    async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
+        if node == self.me {
+            let n = self.node.clone();
+            let _ = tokio::task::spawn_blocking(move || n.engine().merge(&key, &merged)).await;
+            return;
+        }
+        let Some(mut client) = self.peers.client(node) else { return };
+        let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None };
+        if tokio::time::timeout(self.peers.timeout(), client.merge(req))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+        {
+            tracing::debug!(node, "read repair");
+        }
+    }
+}
+
+pub fn level_to_pb(level: Level) -> pb::Consistency {
+    match level {
+        Level::One => pb::Consistency::One,
+        Level::Quorum => pb::Consistency::Quorum,
+        Level::All => pb::Consistency::All,
+    }
+}
+
+fn decode_applied(resp: pb::CoordinateResponse) -> Result<Applied, Status> {
+    let state = if resp.state.is_empty() { None } else { Some(decode(&resp.state)?) };
+    if resp.outcome.is_empty() {
+        return Ok(Applied::CasFailed(state));
+    }
+    let outcome: OpOutcome = postcard::from_bytes(&resp.outcome)
+        .map_err(|e| Status::internal(format!("coordinator sent an undecodable outcome: {e}")))?;
+    let rec = state.ok_or_else(|| Status::internal("coordinator sent no state for a write"))?;
+    Ok(Applied::Written(outcome, rec))
+}

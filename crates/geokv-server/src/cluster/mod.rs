@@ -1,0 +1,88 @@
+//! A node's part in its regional cluster: the coordinator of quorum writes and reads, the
+//! node-to-node gRPC service, probing of peers, and hinted handoff.
+//!
+//! The decisions (placement, quorum bookkeeping, failure detection) are the sans-IO state
+//! machines of `geokv-topology` and `geokv-cluster`; this module feeds them with gRPC answers
+//! and timers.
+
+mod coordinator;
+mod peers;
+mod service;
+mod tasks;
+
+use std::sync::{Arc, Mutex};
+
+use geokv_cluster::{Detector, DetectorConfig, Health};
+use geokv_core::NodeId;
+use geokv_topology::{Ring, Topology};
+
+pub use coordinator::{Action, Applied};
+pub use service::{level_of, ClusterService};
+
+use crate::{ClusterConfig, Node};
+
+/// Prefix of the message of a request that failed for want of replicas (`UNAVAILABLE`).
+pub const QUORUM_FAILED: &str = "quorum not reached";
+
+pub struct Cluster {
+    node: Arc<Node>,
+    me: NodeId,
+    region: String,
+    ring: Ring,
+    n: usize,
+    peers: peers::Peers,
+    detector: Mutex<Detector>,
+    cfg: ClusterConfig,
+}
+
+impl Cluster {
+    /// The cluster view of node `node.id()` in `topology` (validated by the caller).
+    pub fn new(node: Arc<Node>, topology: &Topology, cfg: ClusterConfig) -> Result<Arc<Self>, String> {
+        let me = node.id();
+        let spec = topology.node(me).ok_or_else(|| format!("node {me} is not in the topology"))?;
+        let region = topology.region(&spec.region).expect("validated topology");
+        let peers = peers::Peers::new(topology, &spec.region, me, cfg.request_timeout_ms)?;
+        let detector = Detector::new(
+            DetectorConfig { suspect_after_ms: cfg.suspect_after_ms, dead_after_ms: cfg.dead_after_ms },
+            peers.ids(),
+            node.now_ms(),
+        );
+        Ok(Arc::new(Cluster {
+            me,
+            region: spec.region.clone(),
+            ring: topology.ring(&spec.region),
+            n: region.replication_factor,
+            peers,
+            detector: Mutex::new(detector),
+            cfg,
+            node,
+        }))
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn detector(&self) -> std::sync::MutexGuard<'_, Detector> {
+        self.detector.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `id` may be used as a replica target now.
+    pub fn healthy(&self, id: NodeId) -> bool {
+        id == self.me || self.detector().health(id, self.node.now_ms()) == Health::Alive
+    }
+
+    /// Every peer's health, for operators.
+    pub fn members(&self) -> std::collections::BTreeMap<NodeId, Health> {
+        self.detector().snapshot(self.node.now_ms())
+    }
+
+    /// Starts probing peers and handing off hints.
+    pub fn spawn_tasks(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tasks::spawn_prober(self.clone()), tasks::spawn_handoff(self.clone())]
+    }
+}

@@ -1,0 +1,110 @@
+//! The node-to-node `geokv.v1.Cluster` gRPC service.
+
+use std::sync::Arc;
+
+use geokv_cluster::Level;
+use geokv_core::{Op, Stamp};
+use geokv_proto::v1 as pb;
+use pb::cluster_server::Cluster as ClusterRpc;
+use tonic::{Request, Response, Status};
+
+use super::coordinator::{decode, encode, Action, Applied};
+use super::Cluster;
+use crate::convert;
+use crate::node::Expect;
+use crate::status::to_status;
+
+pub struct ClusterService {
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        ClusterService { cluster }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::Node) -> Result<T, geokv_storage::StorageError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let node = self.cluster.node().clone();
+        tokio::task::spawn_blocking(move || f(&node))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
+            .map_err(to_status)
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterRpc for ClusterService {
+    async fn merge(&self, req: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
+        let req = req.into_inner();
+        self.cluster
+            .node()
+            .limits()
+            .check_key(&req.key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rec = decode(&req.state)?;
+        let changed = self
+            .blocking(move |n| match req.hint_for {
+                Some(home) => n.engine().put_hint(home, &req.key, &rec).map(|_| true),
+                None => n.engine().merge(&req.key, &rec),
+            })
+            .await?;
+        Ok(Response::new(pb::MergeResponse { changed }))
+    }
+
+    async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let key = req.into_inner().key;
+        let state = self.blocking(move |n| n.engine().get(&key)).await?;
+        Ok(Response::new(pb::FetchResponse { state: state.as_ref().map(encode).unwrap_or_default() }))
+    }
+
+    async fn coordinate(
+        &self,
+        req: Request<pb::CoordinateRequest>,
+    ) -> Result<Response<pb::CoordinateResponse>, Status> {
+        let req = req.into_inner();
+        let level = convert::level(req.consistency)?;
+        let op: Op = postcard::from_bytes(&req.op)
+            .map_err(|e| Status::invalid_argument(format!("the forwarded operation does not decode: {e}")))?;
+        let action = match (req.cas, op) {
+            (false, op) => Action::Op(op),
+            (true, Op::Put { value, ttl_ms }) => {
+                let expect = if req.expect_absent {
+                    Expect::Absent
+                } else {
+                    Expect::Version(Stamp::new(req.expected_hlc, req.expected_node))
+                };
+                Action::Cas { expect, value, ttl_ms }
+            }
+            (true, _) => {
+                return Err(Status::invalid_argument("a forwarded compare-and-swap must carry a Put"))
+            }
+        };
+        let resp = match self.cluster.coordinate(req.key, action, level).await? {
+            Applied::Written(outcome, rec) => pb::CoordinateResponse {
+                outcome: postcard::to_allocvec(&outcome).expect("outcomes serialize"),
+                state: encode(&rec),
+            },
+            Applied::CasFailed(rec) => pb::CoordinateResponse {
+                outcome: Vec::new(),
+                state: rec.as_ref().map(encode).unwrap_or_default(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse { node_id: self.cluster.node().id() }))
+    }
+}
+
+/// Levels as the coordinator counts them; UNSPECIFIED means QUORUM.
+pub fn level_of(c: pb::Consistency) -> Level {
+    match c {
+        pb::Consistency::One => Level::One,
+        pb::Consistency::All => Level::All,
+        pb::Consistency::Quorum | pb::Consistency::Unspecified => Level::Quorum,
+    }
+}

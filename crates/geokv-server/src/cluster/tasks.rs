@@ -1,0 +1,99 @@
+//! Background work of a cluster node: probing peers, handing off hints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use geokv_proto::v1 as pb;
+
+use super::coordinator::encode;
+use super::Cluster;
+
+/// Probes every peer each `ping_interval_ms` and feeds the failure detector.
+pub fn spawn_prober(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(cluster.cfg.ping_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for peer in cluster.peers.ids() {
+                let c = cluster.clone();
+                tokio::spawn(async move {
+                    let Some(mut client) = c.peers.client(peer) else { return };
+                    let probe = client.ping(pb::PingRequest { from: c.me });
+                    let ok = matches!(tokio::time::timeout(c.peers.timeout(), probe).await, Ok(Ok(_)));
+                    let now = c.node.now_ms();
+                    let mut d = c.detector();
+                    let before = d.health(peer, now);
+                    if ok {
+                        d.on_ok(peer, now);
+                    } else {
+                        d.on_failure(peer);
+                    }
+                    let after = d.health(peer, now);
+                    if before != after {
+                        tracing::info!(
+                            peer,
+                            from = before.as_str(),
+                            to = after.as_str(),
+                            "peer health changed"
+                        );
+                    }
+                });
+            }
+        }
+    })
+}
+
+/// Offers kept hints to their nodes each `handoff_interval_ms`, when those answer probes.
+pub fn spawn_handoff(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(cluster.cfg.handoff_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = handoff_once(&cluster).await {
+                tracing::warn!(error = %e, "hinted handoff round failed; will retry");
+            }
+        }
+    })
+}
+
+/// One round of hinted handoff. Returns how many hints were delivered.
+pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
+    let node = cluster.node.clone();
+    let targets = tokio::task::spawn_blocking(move || node.engine().hint_targets())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut delivered = 0;
+    for target in targets.into_iter().filter(|&t| t != cluster.me && cluster.healthy(t)) {
+        let Some(mut client) = cluster.peers.client(target) else { continue };
+        let node = cluster.node.clone();
+        let hints = tokio::task::spawn_blocking(move || node.engine().hints_for(target, 256))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (key, rec) in hints {
+            let req = pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None };
+            match tokio::time::timeout(cluster.peers.timeout(), client.merge(req)).await {
+                Ok(Ok(_)) => {
+                    let node = cluster.node.clone();
+                    let removed =
+                        tokio::task::spawn_blocking(move || node.engine().remove_hint(target, &key, &rec))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                    delivered += usize::from(removed);
+                }
+                _ => {
+                    cluster.detector().on_failure(target);
+                    break;
+                }
+            }
+        }
+    }
+    if delivered > 0 {
+        tracing::info!(delivered, "hints handed off");
+    }
+    Ok(delivered)
+}
