@@ -116,3 +116,81 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A port that was free a moment ago (the topology needs addresses before nodes start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One region of `n` real `geokv` processes on loopback, replication factor 3.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<ServerProcess>,
+    pub peer_addrs: Vec<SocketAddr>,
+}
+
+/// Cluster timeouts short enough for tests on a loaded machine. The WAL is written but not
+/// fsynced: the tests kill processes, not machines, and the page cache survives a process.
+pub const FAST_CLUSTER: &str = "[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nping_interval_ms = 100\nsuspect_after_ms = 400\ndead_after_ms = 2000\nhandoff_interval_ms = 200\n";
+
+impl TestCluster {
+    pub fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut topology = String::from(
+            "[[regions]]\nname = \"eu-west\"\nlocation = [-6.26, 53.35]\njurisdiction = \"eu\"\nreplication_factor = 3\n",
+        );
+        let mut peer_addrs = Vec::new();
+        for id in 1..=n {
+            let (client, peer) = (free_port(), free_port());
+            topology.push_str(&format!(
+                "\n[[nodes]]\nid = {id}\nregion = \"eu-west\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n"
+            ));
+            peer_addrs.push(format!("127.0.0.1:{peer}").parse().unwrap());
+        }
+        let topo_path = dir.path().join("topology.toml");
+        std::fs::write(&topo_path, topology).unwrap();
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let node_dir = dir.path().join(format!("node-{id}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let config = node_dir.join("geokv.toml");
+            let text = format!(
+                "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{FAST_CLUSTER}",
+                node_dir.join("data").display().to_string(),
+                topo_path.display().to_string()
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.push(ServerProcess::start_with_config(&config, node_dir.join("data")));
+        }
+        TestCluster { dir, nodes, peer_addrs }
+    }
+
+    /// Client of node `i` (0-based).
+    pub async fn client(&self, i: usize) -> Client {
+        self.nodes[i].client().await
+    }
+
+    /// The raw states node `i` (0-based) holds for `keys`, read from its node-to-node service
+    /// (`None` for a key it lacks; `None` overall if the node does not answer).
+    pub async fn replica_states(&self, i: usize, keys: &[&[u8]]) -> Option<Vec<Option<geokv_core::Record>>> {
+        use geokv_proto::v1::cluster_client::ClusterClient;
+        let mut c = ClusterClient::connect(format!("http://{}", self.peer_addrs[i])).await.ok()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(Self::fetch(&mut c, key).await?);
+        }
+        Some(out)
+    }
+
+    async fn fetch(
+        c: &mut geokv_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>,
+        key: &[u8],
+    ) -> Option<Option<geokv_core::Record>> {
+        let state =
+            c.fetch(geokv_proto::v1::FetchRequest { key: key.to_vec() }).await.ok()?.into_inner().state;
+        if state.is_empty() {
+            return Some(None);
+        }
+        Some(Some(geokv_storage::codec::decode(&state).expect("replica state decodes")))
+    }
+}

@@ -8,7 +8,7 @@ use geokv_proto::v1::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use geokv_topology::Topology;
 
@@ -52,6 +52,12 @@ impl RunningServer {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: small gRPC frames must not wait for the
+/// peer's delayed ACK (tens of milliseconds per request otherwise).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Reflection over every service this node serves, so generic clients (grpcurl) work.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
@@ -86,7 +92,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                     .max_encoding_message_size(512 * 1024 * 1024);
             let peer_server = tonic::transport::Server::builder().add_service(peer_service);
             background.push(tokio::spawn(async move {
-                if let Err(e) = peer_server.serve_with_incoming(TcpListenerStream::new(peer_listener)).await {
+                if let Err(e) = peer_server.serve_with_incoming(incoming(peer_listener)).await {
                     tracing::error!(error = %e, "node-to-node service stopped");
                 }
             }));
@@ -114,7 +120,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(kv);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), async {
         let _ = stopped.await;
     }));
     background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));

@@ -109,8 +109,15 @@ impl Cluster {
             round.ack(self.me);
         }
         let others: Vec<Target> = placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
-        let (tx, mut rx) = mpsc::unbounded_channel();
         let state = encode(rec);
+        // Unhealthy home replicas that no stand-in covers (the region has no spare node): the
+        // coordinator keeps their hints itself.
+        for &home in placement.home.iter().filter(|&&h| h != self.me && !self.healthy(h)) {
+            if !placement.targets.iter().any(|t| t.hint_for == Some(home)) {
+                self.keep_hint(home, key, &state).await;
+            }
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
         for target in others {
             let (this, tx, key, state) = (self.clone(), tx.clone(), key.to_vec(), state.clone());
             tokio::spawn(async move {

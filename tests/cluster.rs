@@ -1,0 +1,163 @@
+//! A region of three real `geokv` processes: quorum reads and writes through a minority
+//! crash, hinted handoff and read repair afterwards, and CRDT convergence across coordinators.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use geokv_client::{proto, Client};
+use geokv_core::View;
+use proto::value::Kind;
+use support::{wait_until, TestCluster};
+
+fn register(e: &Option<proto::Entry>) -> Option<Vec<u8>> {
+    match e.as_ref()?.value.as_ref()?.kind.as_ref()? {
+        Kind::Register(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+fn quorum(c: Client) -> Client {
+    c.with_consistency(proto::Consistency::Quorum)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The first (replica, key, what it holds) that differs from `expected`, if any.
+async fn first_difference(cluster: &TestCluster, expected: &[(Vec<u8>, View)]) -> Option<String> {
+    let keys: Vec<&[u8]> = expected.iter().map(|(k, _)| k.as_slice()).collect();
+    for i in 0..cluster.nodes.len() {
+        let Some(states) = cluster.replica_states(i, &keys).await else {
+            return Some(format!("replica {} does not answer", i + 1));
+        };
+        for ((key, want), state) in expected.iter().zip(states) {
+            let got = state.and_then(|r| r.view(now_ms()));
+            if got.as_ref() != Some(want) {
+                return Some(format!(
+                    "replica {} has {got:?} for {:?}, expected {want:?}",
+                    i + 1,
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Waits until every replica's own state of every key shows the expected value.
+async fn wait_for_replicas(cluster: &TestCluster, expected: &[(Vec<u8>, View)], timeout: Duration) {
+    let converged =
+        wait_until(timeout, || async { first_difference(cluster, expected).await.is_none() }).await;
+    if !converged {
+        panic!(
+            "replicas did not converge in {timeout:?}: {}",
+            first_difference(cluster, expected).await.unwrap_or_default()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_writes_and_reads_survive_a_minority_crash_and_the_node_converges_after_restart() {
+    let mut cluster = TestCluster::start(3);
+    let started = Instant::now();
+    let clients = [quorum(cluster.client(0).await), quorum(cluster.client(1).await)];
+    let mut acked: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let write = |i: usize| {
+        let c = clients[i % 2].clone();
+        async move {
+            let key = format!("k{i:05}").into_bytes();
+            let value = format!("v{i}").into_bytes();
+            c.put(&key, &value, None).await.map(|_| (key, value))
+        }
+    };
+    for i in 0..200 {
+        acked.push(write(i).await.expect("write with all nodes up"));
+    }
+    cluster.nodes[2].kill9();
+    // Every write and read keeps succeeding at QUORUM with one node of three down.
+    for i in 200..600 {
+        let (key, value) = write(i).await.unwrap_or_else(|e| panic!("write {i} with node 3 down: {e}"));
+        let read =
+            clients[(i + 1) % 2].get(&key).await.unwrap_or_else(|e| panic!("read {i} with node 3 down: {e}"));
+        assert_eq!(register(&read), Some(value.clone()), "QUORUM read after QUORUM write");
+        acked.push((key, value));
+    }
+    cluster.nodes[2].restart();
+    for i in 600..700 {
+        acked.push(write(i).await.expect("write after restart"));
+    }
+    // Hinted handoff (and read repair) bring node 3 up to date: every acknowledged write is on
+    // every replica, and readable at ALL through every node.
+    let expected: Vec<(Vec<u8>, View)> =
+        acked.iter().map(|(k, v)| (k.clone(), View::Register(v.clone()))).collect();
+    eprintln!("700 writes and 400 reads in {:?}", started.elapsed());
+    wait_for_replicas(&cluster, &expected, Duration::from_secs(60)).await;
+    eprintln!("converged after {:?}", started.elapsed());
+    for i in 0..3 {
+        let all = cluster.client(i).await.with_consistency(proto::Consistency::All);
+        for (key, value) in acked.iter().step_by(7) {
+            assert_eq!(register(&all.get(key).await.unwrap()), Some(value.clone()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_reads_see_every_completed_quorum_write_while_a_node_goes_down_and_up() {
+    let mut cluster = TestCluster::start(3);
+    let a = quorum(cluster.client(0).await);
+    let b = quorum(cluster.client(2).await);
+    let start = Instant::now();
+    for i in 0..2000u32 {
+        if i == 500 {
+            cluster.nodes[1].kill9();
+        }
+        if i == 1200 {
+            cluster.nodes[1].restart();
+        }
+        let (w, r) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let key = format!("raw{}", i % 50).into_bytes();
+        let value = i.to_be_bytes();
+        w.put(&key, &value, None).await.unwrap_or_else(|e| panic!("write {i}: {e}"));
+        let got = r.get(&key).await.unwrap_or_else(|e| panic!("read {i}: {e}"));
+        assert_eq!(
+            register(&got),
+            Some(value.to_vec()),
+            "op {i}: a QUORUM read missed the QUORUM write before it"
+        );
+    }
+    eprintln!("2000 write/read pairs in {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_sets_written_through_different_coordinators_converge_exactly() {
+    let cluster = TestCluster::start(3);
+    let mut tasks = Vec::new();
+    for i in 0..3usize {
+        let c = quorum(cluster.client(i).await);
+        tasks.push(tokio::spawn(async move {
+            for j in 0..40u32 {
+                c.increment(b"counter", 1 + i as i64, None).await.unwrap();
+                let mine = format!("n{i}-{j}").into_bytes();
+                c.set_add(b"set", vec![mine.clone()], None).await.unwrap();
+                if j % 4 == 0 {
+                    c.set_remove(b"set", vec![mine]).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total: i64 = (0..3).map(|i| 40 * (1 + i)).sum();
+    let members: BTreeSet<Vec<u8>> = (0..3)
+        .flat_map(|i| (0..40u32).filter(|j| j % 4 != 0).map(move |j| format!("n{i}-{j}").into_bytes()))
+        .collect();
+    let expected = vec![
+        (b"counter".to_vec(), View::Counter(total)),
+        (b"set".to_vec(), View::Set(members.into_iter().collect())),
+    ];
+    wait_for_replicas(&cluster, &expected, Duration::from_secs(30)).await;
+}
