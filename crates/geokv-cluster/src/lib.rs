@@ -9,6 +9,7 @@
 //! Does not own: the transport (gRPC lives in `geokv-server`), the ring (`geokv-topology`).
 
 mod detector;
+pub mod merkle;
 mod quorum;
 
 pub use detector::{Detector, DetectorConfig, Health};

@@ -52,6 +52,8 @@ pub struct ClusterConfig {
     pub dead_after_ms: u64,
     /// How often hints are offered to the nodes they are kept for, in milliseconds.
     pub handoff_interval_ms: u64,
+    /// How often a Merkle anti-entropy round runs with every healthy peer, in milliseconds.
+    pub anti_entropy_interval_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -62,6 +64,7 @@ impl Default for ClusterConfig {
             suspect_after_ms: 1000,
             dead_after_ms: 10_000,
             handoff_interval_ms: 500,
+            anti_entropy_interval_ms: 60_000,
         }
     }
 }
@@ -179,7 +182,11 @@ impl ServerConfig {
             return Err(invalid("sweeper", "has a zero interval_ms or batch".into(), "use positive values"));
         }
         let c = &self.cluster;
-        if c.request_timeout_ms == 0 || c.ping_interval_ms == 0 || c.handoff_interval_ms == 0 {
+        if c.request_timeout_ms == 0
+            || c.ping_interval_ms == 0
+            || c.handoff_interval_ms == 0
+            || c.anti_entropy_interval_ms == 0
+        {
             return Err(invalid(
                 "cluster",
                 "has a zero timeout or interval".into(),

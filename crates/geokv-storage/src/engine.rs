@@ -378,6 +378,15 @@ impl Engine {
         Ok(ScanPage { items, resume_after: None })
     }
 
+    /// Calls `f` with every stored key and state, in key order (tombstones included).
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &Record)) -> Result<(), StorageError> {
+        for item in self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::Start) {
+            let (k, v) = item?;
+            f(&k, &self.decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
     /// TTL-index entries due at `now_ms`, oldest first, at most `max`.
     pub fn due_ttl(&self, now_ms: u64, max: usize) -> Result<Vec<DueEntry>, StorageError> {
         let mut due = Vec::new();

@@ -8,7 +8,7 @@
 //! anything that does I/O beyond reading the topology file.
 
 mod geo;
-mod ring;
+pub mod ring;
 mod topology;
 
 pub use geo::great_circle_km;

@@ -196,7 +196,12 @@ impl Cluster {
         let mut last_error = None;
         for &target in home.iter().filter(|&&h| self.healthy(h)) {
             let Some(mut client) = self.peers.client(target) else { continue };
-            match client.coordinate(req.clone()).await {
+            // The remote coordinator may itself wait up to a timeout for its replicas.
+            let call = tokio::time::timeout(2 * self.peers.timeout(), client.coordinate(req.clone()));
+            let result = call.await.unwrap_or_else(|_| {
+                Err(Status::unavailable(format!("{QUORUM_FAILED}: node {target} did not answer in time; the write may or may not have been applied")))
+            });
+            match result {
                 Ok(resp) => return decode_applied(resp.into_inner()),
                 // The coordinator ran the write and refused it, or could not reach a quorum:
                 // the answer is final (retrying elsewhere could apply it twice).
@@ -292,7 +297,9 @@ impl Cluster {
     async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
         if node == self.me {
             let n = self.node.clone();
-            let _ = tokio::task::spawn_blocking(move || n.engine().merge(&key, &merged)).await;
+            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || n.engine().merge(&key, &merged)).await {
+                self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             return;
         }
         let Some(mut client) = self.peers.client(node) else { return };

@@ -5,11 +5,13 @@
 //! machines of `geokv-topology` and `geokv-cluster`; this module feeds them with gRPC answers
 //! and timers.
 
+mod anti_entropy;
 mod coordinator;
 mod peers;
 mod service;
 mod tasks;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use geokv_cluster::{Detector, DetectorConfig, Health};
@@ -24,8 +26,22 @@ use crate::{ClusterConfig, Node};
 /// Prefix of the message of a request that failed for want of replicas (`UNAVAILABLE`).
 pub const QUORUM_FAILED: &str = "quorum not reached";
 
+/// Counters of a node's cluster work.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub ae_rounds: AtomicU64,
+    pub ae_keys_compared: AtomicU64,
+    pub ae_keys_repaired: AtomicU64,
+    pub ae_state_bytes_sent: AtomicU64,
+    pub ae_state_bytes_received: AtomicU64,
+    pub ae_summary_bytes: AtomicU64,
+    pub hints_delivered: AtomicU64,
+    pub read_repairs: AtomicU64,
+}
+
 pub struct Cluster {
     node: Arc<Node>,
+    stats: ClusterStats,
     me: NodeId,
     region: String,
     ring: Ring,
@@ -56,6 +72,7 @@ impl Cluster {
             detector: Mutex::new(detector),
             cfg,
             node,
+            stats: ClusterStats::default(),
         }))
     }
 
@@ -81,8 +98,29 @@ impl Cluster {
         self.detector().snapshot(self.node.now_ms())
     }
 
-    /// Starts probing peers and handing off hints.
+    /// Starts probing peers, handing off hints, and anti-entropy.
     pub fn spawn_tasks(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tasks::spawn_prober(self.clone()), tasks::spawn_handoff(self.clone())]
+        vec![
+            tasks::spawn_prober(self.clone()),
+            tasks::spawn_handoff(self.clone()),
+            tasks::spawn_anti_entropy(self.clone()),
+        ]
+    }
+
+    /// The counters, with the number of hints kept now.
+    pub fn stats(&self) -> geokv_proto::v1::StatsResponse {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        geokv_proto::v1::StatsResponse {
+            ae_rounds: get(&s.ae_rounds),
+            ae_keys_compared: get(&s.ae_keys_compared),
+            ae_keys_repaired: get(&s.ae_keys_repaired),
+            ae_state_bytes_sent: get(&s.ae_state_bytes_sent),
+            ae_state_bytes_received: get(&s.ae_state_bytes_received),
+            ae_summary_bytes: get(&s.ae_summary_bytes),
+            hints_pending: self.node.engine().hint_count(),
+            hints_delivered: get(&s.hints_delivered),
+            read_repairs: get(&s.read_repairs),
+        }
     }
 }

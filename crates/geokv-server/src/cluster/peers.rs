@@ -26,7 +26,6 @@ impl Peers {
             let ep = Endpoint::from_shared(format!("http://{}", spec.peer_addr))
                 .map_err(|e| format!("peer address of node {id}: {e}"))?
                 .connect_timeout(timeout)
-                .timeout(timeout)
                 .tcp_nodelay(true);
             clients.insert(
                 id,

@@ -98,6 +98,44 @@ impl ClusterRpc for ClusterService {
     async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
         Ok(Response::new(pb::PingResponse { node_id: self.cluster.node().id() }))
     }
+
+    async fn summary(
+        &self,
+        req: Request<pb::SummaryRequest>,
+    ) -> Result<Response<pb::SummaryResponse>, Status> {
+        let peer = req.into_inner().peer;
+        let c = self.cluster.clone();
+        let (summary, _) = tokio::task::spawn_blocking(move || c.summary_for(peer))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SummaryResponse { leaves: summary.leaves }))
+    }
+
+    async fn digests(
+        &self,
+        req: Request<pb::DigestsRequest>,
+    ) -> Result<Response<pb::DigestsResponse>, Status> {
+        let req = req.into_inner();
+        let c = self.cluster.clone();
+        let digests = tokio::task::spawn_blocking(move || c.digests_for(req.peer, &req.leaves))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DigestsResponse { digests }))
+    }
+
+    async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(self.cluster.stats()))
+    }
+
+    async fn run_anti_entropy(
+        &self,
+        _req: Request<pb::RunAntiEntropyRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.cluster.anti_entropy_round().await;
+        Ok(Response::new(self.cluster.stats()))
+    }
 }
 
 /// Levels as the coordinator counts them; UNSPECIFIED means QUORUM.

@@ -84,6 +84,10 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
                             .map_err(|e| e.to_string())?
                             .map_err(|e| e.to_string())?;
                     delivered += usize::from(removed);
+                    cluster
+                        .stats
+                        .hints_delivered
+                        .fetch_add(u64::from(removed), std::sync::atomic::Ordering::Relaxed);
                 }
                 _ => {
                     cluster.detector().on_failure(target);
@@ -96,4 +100,17 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
         tracing::info!(delivered, "hints handed off");
     }
     Ok(delivered)
+}
+
+/// Runs an anti-entropy round with every healthy peer each `anti_entropy_interval_ms`.
+pub fn spawn_anti_entropy(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = Duration::from_millis(cluster.cfg.anti_entropy_interval_ms);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            cluster.anti_entropy_round().await;
+        }
+    })
 }

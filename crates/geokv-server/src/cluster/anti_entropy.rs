@@ -1,0 +1,173 @@
+//! Merkle anti-entropy between the replicas of a region.
+//!
+//! A round with peer P: compare the Merkle summaries of the keys both replicate (root, then
+//! buckets), fetch P's per-key digests of the differing buckets, and for every key whose digest
+//! differs, pull P's state, merge it here, and push the merge back. Only differing keys travel.
+//!
+//! Summaries are computed by a scan of the node's data per round (not maintained
+//! incrementally), which costs O(keys) of local reads per round; rounds are spaced by
+//! `cluster.anti_entropy_interval_ms`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use geokv_cluster::merkle::{self, Summary};
+use geokv_core::NodeId;
+use geokv_proto::v1 as pb;
+use geokv_storage::codec;
+use tonic::Status;
+
+use super::coordinator::{decode, encode};
+use super::Cluster;
+
+/// Deadline of a peer's summary or digest scan.
+const AE_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn with_deadline<T>(
+    deadline: std::time::Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!("no answer within {deadline:?}"))),
+    }
+}
+
+impl Cluster {
+    /// Whether `key` is replicated by both this node and `peer`.
+    fn shared_with(&self, key: &[u8], peer: NodeId) -> bool {
+        let home = self.ring.preference_list(key, self.n);
+        home.contains(&self.me) && home.contains(&peer)
+    }
+
+    /// Digests of the keys shared with `peer`, optionally only in some buckets.
+    fn local_digests(
+        &self,
+        peer: NodeId,
+        leaves: Option<&[u32]>,
+    ) -> Result<BTreeMap<Vec<u8>, u64>, geokv_storage::StorageError> {
+        let wanted: Option<std::collections::BTreeSet<u32>> = leaves.map(|l| l.iter().copied().collect());
+        let mut out = BTreeMap::new();
+        self.node.engine().for_each(|key, rec| {
+            if self.shared_with(key, peer)
+                && wanted.as_ref().is_none_or(|w| w.contains(&merkle::leaf_of(key)))
+            {
+                out.insert(key.to_vec(), merkle::digest(key, &codec::serialize(rec)));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// The Merkle summary of the keys shared with `peer`, and how many keys it covers.
+    pub fn summary_for(&self, peer: NodeId) -> Result<(Summary, usize), geokv_storage::StorageError> {
+        let digests = self.local_digests(peer, None)?;
+        let mut s = Summary::default();
+        for (k, d) in &digests {
+            s.add(k, *d);
+        }
+        Ok((s, digests.len()))
+    }
+
+    pub fn digests_for(
+        &self,
+        peer: NodeId,
+        leaves: &[u32],
+    ) -> Result<Vec<pb::KeyDigest>, geokv_storage::StorageError> {
+        Ok(self
+            .local_digests(peer, Some(leaves))?
+            .into_iter()
+            .map(|(key, digest)| pb::KeyDigest { key, digest })
+            .collect())
+    }
+
+    /// One anti-entropy round with every healthy peer.
+    pub async fn anti_entropy_round(self: &Arc<Self>) {
+        for peer in self.peers.ids() {
+            if !self.healthy(peer) {
+                continue;
+            }
+            if let Err(e) = self.anti_entropy_with(peer).await {
+                tracing::warn!(peer, error = %e, "anti-entropy round failed; will retry");
+            }
+        }
+        self.stats.ae_rounds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), Status> {
+        let mut client = self.peers.client(peer).ok_or_else(|| Status::internal("unknown peer"))?;
+        let this = self.clone();
+        let (mine, compared) = tokio::task::spawn_blocking(move || this.summary_for(peer))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(crate::status::to_status)?;
+        self.stats.ae_keys_compared.fetch_add(compared as u64, Ordering::Relaxed);
+        let theirs =
+            with_deadline(AE_SCAN_TIMEOUT, client.summary(pb::SummaryRequest { peer: self.me })).await?;
+        self.stats.ae_summary_bytes.fetch_add(theirs.leaves.len() as u64 * 8, Ordering::Relaxed);
+        let theirs = Summary { leaves: theirs.leaves };
+        if mine.root() == theirs.root() {
+            return Ok(());
+        }
+        let leaves = mine.differing(&theirs);
+        let request = pb::DigestsRequest { peer: self.me, leaves: leaves.clone() };
+        let their_digests: BTreeMap<Vec<u8>, u64> = with_deadline(AE_SCAN_TIMEOUT, client.digests(request))
+            .await?
+            .digests
+            .into_iter()
+            .map(|d| (d.key, d.digest))
+            .collect();
+        let this = self.clone();
+        let my_digests: BTreeMap<Vec<u8>, u64> =
+            tokio::task::spawn_blocking(move || this.local_digests(peer, Some(&leaves)))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(crate::status::to_status)?;
+        self.stats
+            .ae_summary_bytes
+            .fetch_add(their_digests.keys().map(|k| k.len() as u64 + 8).sum::<u64>(), Ordering::Relaxed);
+        let mut failed = 0u64;
+        for key in merkle::differing_keys(&my_digests, &their_digests) {
+            if let Err(e) = self.exchange(&mut client, key).await {
+                failed += 1;
+                tracing::debug!(peer, error = %e, "anti-entropy exchange failed");
+            }
+        }
+        if failed > 0 {
+            return Err(Status::unavailable(format!(
+                "{failed} keys could not be exchanged; the next round retries them"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pulls the peer's state of `key`, merges it here, and pushes the merge back.
+    async fn exchange(
+        &self,
+        client: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+        key: Vec<u8>,
+    ) -> Result<(), Status> {
+        let timeout = self.peers.timeout();
+        let theirs = with_deadline(timeout, client.fetch(pb::FetchRequest { key: key.clone() })).await?.state;
+        self.stats.ae_state_bytes_received.fetch_add(theirs.len() as u64, Ordering::Relaxed);
+        let node = self.node.clone();
+        let k = key.clone();
+        let incoming = if theirs.is_empty() { None } else { Some(decode(&theirs)?) };
+        let merged = tokio::task::spawn_blocking(move || {
+            if let Some(rec) = &incoming {
+                node.engine().merge(&k, rec)?;
+            }
+            node.engine().get(&k)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(crate::status::to_status)?;
+        if let Some(rec) = merged {
+            let state = encode(&rec);
+            self.stats.ae_state_bytes_sent.fetch_add(state.len() as u64, Ordering::Relaxed);
+            with_deadline(timeout, client.merge(pb::MergeRequest { key, state, hint_for: None })).await?;
+        }
+        self.stats.ae_keys_repaired.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
