@@ -61,39 +61,61 @@ async fn wait_for_replicas(cluster: &TestCluster, expected: &[(Vec<u8>, View)], 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_writes_and_reads_survive_a_minority_crash_and_the_node_converges_after_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     let mut cluster = TestCluster::start(3);
     let started = Instant::now();
     let clients = [quorum(cluster.client(0).await), quorum(cluster.client(1).await)];
-    let mut acked: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let write = |i: usize| {
-        let c = clients[i % 2].clone();
-        async move {
-            let key = format!("k{i:05}").into_bytes();
-            let value = format!("v{i}").into_bytes();
-            c.put(&key, &value, None).await.map(|_| (key, value))
-        }
+    // Four writers under continuous load, each reading back every write through the other
+    // coordinator, while node 3 is killed and later restarted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (writer, reader) = (clients[w % 2].clone(), clients[(w + 1) % 2].clone());
+        let (stop, done) = (stop.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let key = format!("w{w}-{i:05}").into_bytes();
+                let value = format!("v{i}").into_bytes();
+                writer.put(&key, &value, None).await.unwrap_or_else(|e| panic!("write {w}/{i}: {e}"));
+                let read = reader.get(&key).await.unwrap_or_else(|e| panic!("read {w}/{i}: {e}"));
+                assert_eq!(register(&read), Some(value.clone()), "QUORUM read after QUORUM write");
+                acked.push((key, value));
+                done.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+            acked
+        }));
+    }
+    let progress = |n: usize| {
+        let done = done.clone();
+        async move { wait_until(Duration::from_secs(60), || async { done.load(Ordering::SeqCst) >= n }).await }
     };
-    for i in 0..200 {
-        acked.push(write(i).await.expect("write with all nodes up"));
-    }
+    assert!(progress(200).await, "load started");
     cluster.nodes[2].kill9();
-    // Every write and read keeps succeeding at QUORUM with one node of three down.
-    for i in 200..600 {
-        let (key, value) = write(i).await.unwrap_or_else(|e| panic!("write {i} with node 3 down: {e}"));
-        let read =
-            clients[(i + 1) % 2].get(&key).await.unwrap_or_else(|e| panic!("read {i} with node 3 down: {e}"));
-        assert_eq!(register(&read), Some(value.clone()), "QUORUM read after QUORUM write");
-        acked.push((key, value));
-    }
+    let (at_kill, killed) = (done.load(Ordering::SeqCst), Instant::now());
+    assert!(progress(at_kill + 400).await, "400 more writes with node 3 down");
+    // Stay down past the failure detector's suspicion time, so writes also take the path
+    // where node 3 is known to be down (not only the one where a send to it fails).
+    let suspected = wait_until(Duration::from_secs(30), || async { killed.elapsed() > Duration::from_millis(1500) }).await;
+    assert!(suspected);
     cluster.nodes[2].restart();
-    for i in 600..700 {
-        acked.push(write(i).await.expect("write after restart"));
+    let at_restart = done.load(Ordering::SeqCst);
+    assert!(progress(at_restart + 200).await, "200 more writes after the restart");
+    stop.store(true, Ordering::SeqCst);
+    let mut acked: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("no writer failed"));
     }
+    eprintln!("{} acknowledged writes (and reads) in {:?}", acked.len(), started.elapsed());
+
     // Hinted handoff (and read repair) bring node 3 up to date: every acknowledged write is on
     // every replica, and readable at ALL through every node.
-    let expected: Vec<(Vec<u8>, View)> =
-        acked.iter().map(|(k, v)| (k.clone(), View::Register(v.clone()))).collect();
-    eprintln!("700 writes and 400 reads in {:?}", started.elapsed());
+    let expected: Vec<(Vec<u8>, View)> = acked.iter().map(|(k, v)| (k.clone(), View::Register(v.clone()))).collect();
     wait_for_replicas(&cluster, &expected, Duration::from_secs(60)).await;
     eprintln!("converged after {:?}", started.elapsed());
     for i in 0..3 {
