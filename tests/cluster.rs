@@ -101,7 +101,9 @@ async fn quorum_writes_and_reads_survive_a_minority_crash_and_the_node_converges
     assert!(progress(at_kill + 400).await, "400 more writes with node 3 down");
     // Stay down past the failure detector's suspicion time, so writes also take the path
     // where node 3 is known to be down (not only the one where a send to it fails).
-    let suspected = wait_until(Duration::from_secs(30), || async { killed.elapsed() > Duration::from_millis(1500) }).await;
+    let suspected =
+        wait_until(Duration::from_secs(30), || async { killed.elapsed() > Duration::from_millis(1500) })
+            .await;
     assert!(suspected);
     cluster.nodes[2].restart();
     let at_restart = done.load(Ordering::SeqCst);
@@ -115,7 +117,8 @@ async fn quorum_writes_and_reads_survive_a_minority_crash_and_the_node_converges
 
     // Hinted handoff (and read repair) bring node 3 up to date: every acknowledged write is on
     // every replica, and readable at ALL through every node.
-    let expected: Vec<(Vec<u8>, View)> = acked.iter().map(|(k, v)| (k.clone(), View::Register(v.clone()))).collect();
+    let expected: Vec<(Vec<u8>, View)> =
+        acked.iter().map(|(k, v)| (k.clone(), View::Register(v.clone()))).collect();
     wait_for_replicas(&cluster, &expected, Duration::from_secs(60)).await;
     eprintln!("converged after {:?}", started.elapsed());
     for i in 0..3 {
@@ -182,4 +185,31 @@ async fn counters_and_sets_written_through_different_coordinators_converge_exact
         (b"set".to_vec(), View::Set(members.into_iter().collect())),
     ];
     wait_for_replicas(&cluster, &expected, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_node_down() {
+    use geokv_client::{op, ScanOptions};
+    let mut cluster = TestCluster::start(3);
+    let a = quorum(cluster.client(0).await);
+    let keys: Vec<Vec<u8>> = (0..1000u32).map(|i| format!("s{i:04}").into_bytes()).collect();
+    for chunk in keys.chunks(100) {
+        let results = a.batch_write(chunk.iter().map(|k| op::put(k, k, None)).collect()).await.unwrap();
+        assert!(results.iter().all(|r| r.version.is_some()));
+    }
+    // Delete every tenth key through another coordinator, then lose a node.
+    let b = quorum(cluster.client(1).await);
+    for k in keys.iter().step_by(10) {
+        assert!(b.delete(k).await.unwrap().existed);
+    }
+    cluster.nodes[2].kill9();
+    let expected: Vec<Vec<u8>> =
+        keys.iter().enumerate().filter(|(i, _)| i % 10 != 0).map(|(_, k)| k.clone()).collect();
+    for client in [&a, &b] {
+        let opts = ScanOptions { prefix: b"s".to_vec(), limit: 77, ..Default::default() };
+        let entries = client.scan_all(&opts).await.unwrap();
+        let seen: Vec<Vec<u8>> = entries.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(seen, expected, "every live key once, in order, deleted keys hidden");
+        assert!(entries.iter().all(|e| register(&Some(e.clone())).as_deref() == Some(&e.key[..])));
+    }
 }

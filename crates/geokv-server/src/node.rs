@@ -18,6 +18,14 @@ pub type NodeError = StorageError;
 const PAGE_TOKEN_V1: u8 = 1;
 const DEFAULT_SCAN_LIMIT: usize = 100;
 
+/// The page token that resumes a scan after `last` (empty when the scan is complete).
+pub fn page_token(last: Option<Vec<u8>>) -> Vec<u8> {
+    match last {
+        Some(last) => [&[PAGE_TOKEN_V1][..], &last].concat(),
+        None => Vec::new(),
+    }
+}
+
 /// Approximate encoded size of a value in a response.
 fn view_bytes(view: &View) -> usize {
     match view {
@@ -182,6 +190,29 @@ impl Node {
 
     /// One page of live keys in byte order.
     pub fn scan(&self, req: &ScanRequest) -> Result<ScanResult, NodeError> {
+        let (start, limit) = self.scan_bounds(req)?;
+        let now = self.now_ms();
+        let size = |key: &[u8], r: &Record| r.view(now).map(|v| key.len() + view_bytes(&v) + 32);
+        let page = self.engine.scan(&start, &req.prefix, limit, self.limits.max_response_bytes, size)?;
+        Ok(ScanResult { items: page.items, now, next_page_token: page_token(page.resume_after) })
+    }
+
+    /// This replica's states (tombstones and expired keys included) from `start`, for a
+    /// cluster-wide scan that merges them across replicas.
+    pub fn scan_states(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<geokv_storage::ScanPage, NodeError> {
+        let size = |key: &[u8], r: &Record| {
+            Some(key.len() + r.view(u64::MAX).map(|v| view_bytes(&v)).unwrap_or(0) + 64)
+        };
+        self.engine.scan(start, prefix, limit, self.limits.max_response_bytes, size)
+    }
+
+    /// Checks a scan request and returns the key to start from and the page size.
+    pub fn scan_bounds(&self, req: &ScanRequest) -> Result<(Vec<u8>, usize), NodeError> {
         let limit = match req.limit as usize {
             0 => DEFAULT_SCAN_LIMIT.min(self.limits.max_scan_limit),
             n if n > self.limits.max_scan_limit => {
@@ -207,14 +238,7 @@ impl Node {
             }
         }
         let start = if req.page_token.is_empty() { req.start_key.clone() } else { self.resume_after(req)? };
-        let now = self.now_ms();
-        let size = |key: &[u8], r: &Record| r.view(now).map(|v| key.len() + view_bytes(&v) + 32);
-        let page = self.engine.scan(&start, &req.prefix, limit, self.limits.max_response_bytes, size)?;
-        let next_page_token = match page.resume_after {
-            Some(last) => [&[PAGE_TOKEN_V1][..], &last].concat(),
-            None => Vec::new(),
-        };
-        Ok(ScanResult { items: page.items, now, next_page_token })
+        Ok((start, limit))
     }
 
     /// The first key after the one a page token names.

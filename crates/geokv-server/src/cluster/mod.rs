@@ -8,6 +8,7 @@
 mod anti_entropy;
 mod coordinator;
 mod peers;
+mod scan;
 mod service;
 mod tasks;
 

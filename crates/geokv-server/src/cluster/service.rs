@@ -125,6 +125,23 @@ impl ClusterRpc for ClusterService {
         Ok(Response::new(pb::DigestsResponse { digests }))
     }
 
+    async fn scan_states(
+        &self,
+        req: Request<pb::ScanStatesRequest>,
+    ) -> Result<Response<pb::ScanStatesResponse>, Status> {
+        let req = req.into_inner();
+        let limit = (req.limit as usize).clamp(1, self.cluster.node().limits().max_scan_limit + 1);
+        let page = self.blocking(move |n| n.scan_states(&req.start, &req.prefix, limit)).await?;
+        Ok(Response::new(pb::ScanStatesResponse {
+            items: page
+                .items
+                .iter()
+                .map(|(key, rec)| pb::KeyState { key: key.clone(), state: encode(rec) })
+                .collect(),
+            resume_after: page.resume_after,
+        }))
+    }
+
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.cluster.stats()))
     }

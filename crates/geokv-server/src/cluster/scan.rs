@@ -1,0 +1,106 @@
+//! Scan across the replicas of a region.
+//!
+//! Every reachable node returns a page of its own states (tombstones included, so a delete on
+//! one replica hides the key's older value on another) from the same start key. A key is
+//! complete up to the smallest last key among nodes that had more to give; the coordinator
+//! merges each complete key's states, drops what is not visible, and returns up to `limit`
+//! keys. The page token resumes after the last key it returned, or, when the visible keys ran
+//! short, after the last complete key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use geokv_core::{Crdt, NodeId, Record};
+use geokv_proto::v1 as pb;
+use tonic::Status;
+
+use super::coordinator::decode;
+use super::{Cluster, QUORUM_FAILED};
+use crate::node::{page_token, ScanRequest, ScanResult};
+use crate::status::to_status;
+
+/// One node's page: its states in key order, and where its page stopped (None: its end).
+type NodePage = (Vec<(Vec<u8>, Record)>, Option<Vec<u8>>);
+
+impl Cluster {
+    pub async fn scan(self: &Arc<Self>, req: ScanRequest) -> Result<ScanResult, Status> {
+        let node = self.node.clone();
+        let r = req.clone();
+        let (start, limit) = tokio::task::spawn_blocking(move || node.scan_bounds(&r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        let nodes: Vec<NodeId> =
+            std::iter::once(self.me).chain(self.peers.ids()).filter(|&id| self.healthy(id)).collect();
+        let mut pages = Vec::new();
+        for id in &nodes {
+            match self.scan_node(*id, &start, &req.prefix, limit).await {
+                Ok(page) => pages.push(page),
+                Err(e) => tracing::debug!(node = id, error = %e, "scan: node did not answer"),
+            }
+        }
+        // Every key must be covered: with N replicas per key, at most N - 1 nodes may be missing.
+        let missing = self.peers.ids().len() + 1 - pages.len();
+        if missing >= self.n {
+            return Err(Status::unavailable(format!(
+                "{QUORUM_FAILED}: a scan needs all but {} nodes of the region and {missing} did not answer",
+                self.n - 1
+            )));
+        }
+        let bound: Option<Vec<u8>> = pages.iter().filter_map(|(_, more)| more.clone()).min();
+        let mut merged: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        for (items, _) in pages {
+            for (key, rec) in items {
+                if bound.as_ref().is_some_and(|b| &key > b) {
+                    continue;
+                }
+                match merged.get_mut(&key) {
+                    Some(m) => m.merge(&rec),
+                    None => {
+                        merged.insert(key, rec);
+                    }
+                }
+            }
+        }
+        let now = self.node.now_ms();
+        let mut visible: Vec<(Vec<u8>, Record)> =
+            merged.into_iter().filter(|(_, r)| r.is_visible(now)).collect();
+        let next = if visible.len() > limit {
+            visible.truncate(limit);
+            visible.last().map(|(k, _)| k.clone())
+        } else {
+            bound
+        };
+        Ok(ScanResult { items: visible, now, next_page_token: page_token(next) })
+    }
+
+    async fn scan_node(
+        &self,
+        id: NodeId,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<NodePage, Status> {
+        // One more than the page so the coordinator can tell whether the page is full.
+        let want = limit + 1;
+        if id == self.me {
+            let node = self.node.clone();
+            let (start, prefix) = (start.to_vec(), prefix.to_vec());
+            let page = tokio::task::spawn_blocking(move || node.scan_states(&start, &prefix, want))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(to_status)?;
+            return Ok((page.items, page.resume_after));
+        }
+        let mut client = self.peers.client(id).ok_or_else(|| Status::internal("unknown peer"))?;
+        let req =
+            pb::ScanStatesRequest { start: start.to_vec(), prefix: prefix.to_vec(), limit: want as u32 };
+        let resp = tokio::time::timeout(2 * self.peers.timeout(), client.scan_states(req))
+            .await
+            .map_err(|_| Status::deadline_exceeded("scan page timed out"))??
+            .into_inner();
+        let items =
+            resp.items.into_iter().map(|i| Ok((i.key, decode(&i.state)?))).collect::<Result<_, Status>>()?;
+        Ok((items, resp.resume_after))
+    }
+}
