@@ -212,4 +212,19 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
         assert_eq!(seen, expected, "every live key once, in order, deleted keys hidden");
         assert!(entries.iter().all(|e| register(&Some(e.clone())).as_deref() == Some(&e.key[..])));
     }
+    // Operators see the lost node through `geokv peer-stats`.
+    let peer = cluster.peer_addrs[0].to_string();
+    let seen_down = wait_until(Duration::from_secs(30), || async {
+        let out = std::process::Command::new(support::BIN)
+            .args(["--json", "peer-stats", "--peer", &peer])
+            .output()
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        j["members"].as_array().is_some_and(|m| {
+            m.iter().any(|m| m["node_id"] == 3 && m["health"] != "alive")
+                && m.iter().any(|m| m["node_id"] == 2 && m["health"] == "alive")
+        })
+    })
+    .await;
+    assert!(seen_down, "peer-stats shows node 3 down and node 2 alive");
 }

@@ -90,7 +90,9 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                 geokv_proto::v1::cluster_server::ClusterServer::new(ClusterService::new(cluster.clone()))
                     .max_decoding_message_size(512 * 1024 * 1024)
                     .max_encoding_message_size(512 * 1024 * 1024);
-            let peer_server = tonic::transport::Server::builder().add_service(peer_service);
+            let peer_reflection = reflection().build_v1().map_err(|e| e.to_string())?;
+            let peer_server =
+                tonic::transport::Server::builder().add_service(peer_reflection).add_service(peer_service);
             background.push(tokio::spawn(async move {
                 if let Err(e) = peer_server.serve_with_incoming(incoming(peer_listener)).await {
                     tracing::error!(error = %e, "node-to-node service stopped");

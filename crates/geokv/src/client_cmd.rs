@@ -89,6 +89,13 @@ pub enum ClientCommand {
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
+    /// Show a cluster node's view: peers' health, anti-entropy, hints and read-repair counters.
+    /// Talks to the node's peer address (from the topology), not its client endpoint.
+    PeerStats {
+        /// The node's peer address, e.g. 127.0.0.1:7501.
+        #[arg(long)]
+        peer: String,
+    },
     /// Apply many writes from JSON lines, e.g. {"op":"put","key":"k","value":"v","ttl_ms":1000}.
     /// Ops: put, del, incr (delta), append, sadd / srem (members). Reads stdin without --file.
     Batch {
@@ -145,6 +152,9 @@ fn print(json: bool, j: Json, human: String) {
 }
 
 pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
+    if let ClientCommand::PeerStats { peer } = &cmd {
+        return peer_stats(peer, opts.json).await;
+    }
     let mut client = Client::connect(&opts.endpoint).await?;
     if let Some(level) = opts.consistency {
         client = client.with_consistency(match level {
@@ -247,6 +257,7 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Batch { file } => batch(&client, file, js).await?,
+        ClientCommand::PeerStats { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -337,5 +348,33 @@ async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Resu
     if failed > 0 {
         bail!("{failed} of {} batch items failed", results.len());
     }
+    Ok(())
+}
+
+async fn peer_stats(peer: &str, js: bool) -> anyhow::Result<()> {
+    use proto::cluster_client::ClusterClient;
+    let uri = if peer.contains("://") { peer.to_string() } else { format!("http://{peer}") };
+    let mut c =
+        ClusterClient::connect(uri.clone()).await.with_context(|| format!("cannot connect to {uri}"))?;
+    let s = c.stats(proto::StatsRequest {}).await?.into_inner();
+    let members: Vec<Json> =
+        s.members.iter().map(|m| json!({ "node_id": m.node_id, "health": m.health })).collect();
+    let j = json!({
+        "node_id": s.node_id, "region": s.region, "members": members,
+        "anti_entropy": { "rounds": s.ae_rounds, "keys_compared": s.ae_keys_compared, "keys_repaired": s.ae_keys_repaired,
+            "state_bytes_sent": s.ae_state_bytes_sent, "state_bytes_received": s.ae_state_bytes_received, "summary_bytes": s.ae_summary_bytes },
+        "hints": { "pending": s.hints_pending, "delivered": s.hints_delivered },
+        "read_repairs": s.read_repairs,
+    });
+    let mut human = format!("node {} in region {}\n", s.node_id, s.region);
+    for m in &s.members {
+        human.push_str(&format!("  peer {:>4}  {}\n", m.node_id, m.health));
+    }
+    human.push_str(&format!(
+        "anti-entropy: {} rounds, {} keys compared, {} repaired, {} B sent, {} B received\nhints: {} pending, {} delivered; read repairs: {}",
+        s.ae_rounds, s.ae_keys_compared, s.ae_keys_repaired, s.ae_state_bytes_sent, s.ae_state_bytes_received,
+        s.hints_pending, s.hints_delivered, s.read_repairs
+    ));
+    print(js, j, human);
     Ok(())
 }

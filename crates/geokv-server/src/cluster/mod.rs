@@ -122,6 +122,13 @@ impl Cluster {
             hints_pending: self.node.engine().hint_count(),
             hints_delivered: get(&s.hints_delivered),
             read_repairs: get(&s.read_repairs),
+            members: self
+                .members()
+                .into_iter()
+                .map(|(node_id, h)| geokv_proto::v1::Member { node_id, health: h.as_str().into() })
+                .collect(),
+            node_id: self.me,
+            region: self.region.clone(),
         }
     }
 }
