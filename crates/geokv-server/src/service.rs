@@ -9,7 +9,7 @@ use pb::kv_server::Kv;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Action, Applied, Cluster};
-use crate::convert::{self, consistency, entry, level, write_meta, WriteMeta};
+use crate::convert::{self, entry, level, write_meta, WriteMeta};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
 use crate::status::{invalid, to_status};
 
@@ -283,29 +283,19 @@ impl Kv for KvService {
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         let req = req.into_inner();
-        consistency(req.consistency)?;
+        let level = level(req.consistency)?;
         let keys_only = req.keys_only;
-        let scan = ScanRequest {
-            prefix: req.prefix,
-            start_key: req.start_key,
-            limit: req.limit,
-            page_token: req.page_token,
+        let scan =
+            ScanRequest { prefix: req.prefix, start_key: req.start_key, limit: req.limit, page_token: req.page_token };
+        let result = match &self.cluster {
+            Some(cluster) => cluster.scan(scan, level).await?,
+            None => self.run(move |n| n.scan(&scan)).await?,
         };
-        let resp = self
-            .run(move |n| {
-                let result = n.scan(&scan)?;
-                let now = result.now;
-                Ok(pb::ScanResponse {
-                    entries: result
-                        .items
-                        .into_iter()
-                        .map(|(k, rec)| entry(k, &rec, now, keys_only))
-                        .collect(),
-                    next_page_token: result.next_page_token,
-                })
-            })
-            .await?;
-        Ok(Response::new(resp))
+        let now = result.now;
+        Ok(Response::new(pb::ScanResponse {
+            entries: result.items.into_iter().map(|(k, rec)| entry(k, &rec, now, keys_only)).collect(),
+            next_page_token: result.next_page_token,
+        }))
     }
 }
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use geokv_cluster::Level;
 use geokv_core::{Crdt, NodeId, Record};
 use geokv_proto::v1 as pb;
 use tonic::Status;
@@ -23,7 +24,7 @@ use crate::status::to_status;
 type NodePage = (Vec<(Vec<u8>, Record)>, Option<Vec<u8>>);
 
 impl Cluster {
-    pub async fn scan(self: &Arc<Self>, req: ScanRequest) -> Result<ScanResult, Status> {
+    pub async fn scan(self: &Arc<Self>, req: ScanRequest, level: Level) -> Result<ScanResult, Status> {
         let node = self.node.clone();
         let r = req.clone();
         let (start, limit) = tokio::task::spawn_blocking(move || node.scan_bounds(&r))
@@ -39,12 +40,13 @@ impl Cluster {
                 Err(e) => tracing::debug!(node = id, error = %e, "scan: node did not answer"),
             }
         }
-        // Every key must be covered: with N replicas per key, at most N - 1 nodes may be missing.
+        // Every key must be read from `level` of its N replicas: with M nodes answering out of
+        // the region's, at most N - R may be missing.
         let missing = self.peers.ids().len() + 1 - pages.len();
-        if missing >= self.n {
+        let allowed = self.n - level.required(self.n);
+        if missing > allowed {
             return Err(Status::unavailable(format!(
-                "{QUORUM_FAILED}: a scan needs all but {} nodes of the region and {missing} did not answer",
-                self.n - 1
+                "{QUORUM_FAILED}: a scan at this consistency level tolerates {allowed} missing nodes and {missing} did not answer"
             )));
         }
         let bound: Option<Vec<u8>> = pages.iter().filter_map(|(_, more)| more.clone()).min();
