@@ -204,7 +204,8 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
     for k in keys.iter().step_by(10) {
         assert!(b.delete(k).await.unwrap().existed);
     }
-    let expected: Vec<Vec<u8>> = keys.iter().enumerate().filter(|(i, _)| i % 10 != 0).map(|(_, k)| k.clone()).collect();
+    let expected: Vec<Vec<u8>> =
+        keys.iter().enumerate().filter(|(i, _)| i % 10 != 0).map(|(_, k)| k.clone()).collect();
     let check = |client: Client| {
         let expected = expected.clone();
         async move {
@@ -239,7 +240,10 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
 /// How node `i` (0-based) sees node `id`, asked through `geokv peer-stats --json`.
 fn member_health(cluster: &TestCluster, i: usize, id: u64) -> String {
     let peer = cluster.peer_addrs[i].to_string();
-    let out = std::process::Command::new(support::BIN).args(["--json", "peer-stats", "--peer", &peer]).output().unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["--json", "peer-stats", "--peer", &peer])
+        .output()
+        .unwrap();
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     j["members"]
         .as_array()

@@ -46,8 +46,9 @@ fn outcome(ok: usize, failed: usize, total: usize, needed: usize) -> Outcome {
     }
 }
 
-/// One quorum write: the targets it was sent to and their acknowledgements. A stand-in's
-/// acknowledgement (it stored a hint) counts, as in Dynamo's sloppy quorum.
+/// One quorum write: the targets it was sent to and their acknowledgements. Only home
+/// replicas count toward W: a stand-in keeps a hint that reads do not see, so counting it
+/// (Dynamo's sloppy quorum) would break R + W > N. Stand-ins still get the write, best effort.
 #[derive(Clone, Debug)]
 pub struct WriteRound {
     targets: Vec<Target>,
@@ -67,7 +68,7 @@ impl WriteRound {
     }
 
     fn known(&self, node: NodeId) -> bool {
-        self.targets.iter().any(|t| t.node == node)
+        self.targets.iter().any(|t| t.node == node && t.hint_for.is_none())
             && !self.acked.contains(&node)
             && !self.failed.contains(&node)
     }
@@ -89,7 +90,8 @@ impl WriteRound {
     }
 
     pub fn outcome(&self) -> Outcome {
-        outcome(self.acked.len(), self.failed.len(), self.targets.len(), self.needed)
+        let homes = self.targets.iter().filter(|t| t.hint_for.is_none()).count();
+        outcome(self.acked.len(), self.failed.len(), homes, self.needed)
     }
 
     pub fn acked(&self) -> &BTreeSet<NodeId> {
@@ -193,12 +195,14 @@ mod tests {
     }
 
     #[test]
-    fn hinted_stand_ins_count_toward_the_write_quorum() {
+    fn hinted_stand_ins_do_not_count_toward_the_write_quorum() {
         let targets = vec![t(1), Target { node: 4, hint_for: Some(2) }, t(3)];
-        let mut w = WriteRound::new(targets, 3);
+        let mut w = WriteRound::new(targets.clone(), 2);
         w.ack(1);
-        w.ack(4);
+        assert_eq!(w.ack(4), Outcome::Pending, "a hint is not a replica a read will ask");
         assert_eq!(w.ack(3), Outcome::Reached);
+        let all = WriteRound::new(targets, 3);
+        assert_eq!(all.outcome(), Outcome::Impossible, "ALL cannot be met with a home replica down");
     }
 
     fn state(node: NodeId, time: u64, op: Op, base: Option<&Record>) -> Record {

@@ -285,8 +285,12 @@ impl Kv for KvService {
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let keys_only = req.keys_only;
-        let scan =
-            ScanRequest { prefix: req.prefix, start_key: req.start_key, limit: req.limit, page_token: req.page_token };
+        let scan = ScanRequest {
+            prefix: req.prefix,
+            start_key: req.start_key,
+            limit: req.limit,
+            page_token: req.page_token,
+        };
         let result = match &self.cluster {
             Some(cluster) => cluster.scan(scan, level).await?,
             None => self.run(move |n| n.scan(&scan)).await?,

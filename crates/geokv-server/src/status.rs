@@ -16,7 +16,7 @@ pub fn code_of(err: &StorageError) -> Code {
         },
         StorageError::RecordTooLarge { .. } => Code::FailedPrecondition,
         StorageError::Corrupt { .. } => Code::DataLoss,
-        StorageError::Engine(_) => Code::Unavailable,
+        StorageError::Engine(_) => Code::Internal,
         StorageError::Incompatible { .. } => Code::Internal,
     }
 }
@@ -24,9 +24,9 @@ pub fn code_of(err: &StorageError) -> Code {
 pub fn to_status(err: StorageError) -> Status {
     let code = code_of(&err);
     let message = match &err {
-        StorageError::Engine(_) => {
-            format!("{err}; the node's storage failed, retry on another node or later")
-        }
+        StorageError::Engine(_) => format!(
+            "{err}; the node's storage failed: a write may or may not have been applied (retrying an Increment, Append or SetAdd may apply it twice)"
+        ),
         StorageError::Core(CoreError::StaleStamp { .. }) => format!("{err}; retry the request"),
         _ => err.to_string(),
     };

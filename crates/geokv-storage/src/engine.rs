@@ -303,18 +303,29 @@ impl Engine {
         }
     }
 
-    /// Up to `max` hints kept for `target`.
-    pub fn hints_for(&self, target: NodeId, max: usize) -> Result<Vec<(Vec<u8>, Record)>, StorageError> {
+    /// Up to `max` hints kept for `target`, in key order, after key `after` if given. A hint
+    /// that does not decode is logged, counted and skipped.
+    pub fn hints_for(
+        &self,
+        target: NodeId,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>, StorageError> {
         let prefix = target.to_be_bytes();
+        let start = match after {
+            Some(k) => [&prefix[..], k, &[0]].concat(),
+            None => prefix.to_vec(),
+        };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || out.len() >= max {
                 break;
             }
             let key = k[8..].to_vec();
-            let rec = self.decode(&key, &v)?;
-            out.push((key, rec));
+            if let Ok(rec) = self.decode(&key, &v) {
+                out.push((key, rec));
+            }
         }
         Ok(out)
     }

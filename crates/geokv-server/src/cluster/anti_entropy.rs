@@ -23,6 +23,8 @@ use super::Cluster;
 
 /// Deadline of a peer's summary or digest scan.
 const AE_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Buckets whose key digests one `Digests` call carries.
+const DIGEST_BUCKETS_PER_CALL: usize = 512;
 
 async fn with_deadline<T>(
     deadline: std::time::Duration,
@@ -59,14 +61,18 @@ impl Cluster {
         Ok(out)
     }
 
-    /// The Merkle summary of the keys shared with `peer`, and how many keys it covers.
+    /// The Merkle summary of the keys shared with `peer`, and how many keys it covers. Digests
+    /// are folded in as the data is scanned, so memory does not grow with the key count.
     pub fn summary_for(&self, peer: NodeId) -> Result<(Summary, usize), geokv_storage::StorageError> {
-        let digests = self.local_digests(peer, None)?;
         let mut s = Summary::default();
-        for (k, d) in &digests {
-            s.add(k, *d);
-        }
-        Ok((s, digests.len()))
+        let mut count = 0;
+        self.node.engine().for_each(|key, rec| {
+            if self.shared_with(key, peer) {
+                s.add(key, merkle::digest(key, &codec::serialize(rec)));
+                count += 1;
+            }
+        })?;
+        Ok((s, count))
     }
 
     pub fn digests_for(
@@ -81,8 +87,10 @@ impl Cluster {
             .collect())
     }
 
-    /// One anti-entropy round with every healthy peer.
+    /// One anti-entropy round with every healthy peer. Rounds do not overlap: a round asked
+    /// for while one runs (timer or `RunAntiEntropy`) waits for it.
     pub async fn anti_entropy_round(self: &Arc<Self>) {
+        let _one_at_a_time = self.ae_lock.lock().await;
         for peer in self.peers.ids() {
             if !self.healthy(peer) {
                 continue;
@@ -109,7 +117,28 @@ impl Cluster {
         if mine.root() == theirs.root() {
             return Ok(());
         }
-        let leaves = mine.differing(&theirs);
+        // Digests travel a few buckets at a time, so a replica that differs everywhere (a new or
+        // wiped node) is repaired in bounded messages rather than one huge one.
+        let mut failed = 0u64;
+        for leaves in mine.differing(&theirs).chunks(DIGEST_BUCKETS_PER_CALL) {
+            failed += self.repair_buckets(&mut client, peer, leaves).await?;
+        }
+        if failed > 0 {
+            return Err(Status::unavailable(format!(
+                "{failed} keys could not be exchanged; the next round retries them"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Compares and repairs the keys of some buckets. Returns how many keys failed.
+    async fn repair_buckets(
+        self: &Arc<Self>,
+        client: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+        peer: NodeId,
+        leaves: &[u32],
+    ) -> Result<u64, Status> {
+        let leaves = leaves.to_vec();
         let request = pb::DigestsRequest { peer: self.me, leaves: leaves.clone() };
         let their_digests: BTreeMap<Vec<u8>, u64> = with_deadline(AE_SCAN_TIMEOUT, client.digests(request))
             .await?
@@ -128,17 +157,12 @@ impl Cluster {
             .fetch_add(their_digests.keys().map(|k| k.len() as u64 + 8).sum::<u64>(), Ordering::Relaxed);
         let mut failed = 0u64;
         for key in merkle::differing_keys(&my_digests, &their_digests) {
-            if let Err(e) = self.exchange(&mut client, key).await {
+            if let Err(e) = self.exchange(client, key).await {
                 failed += 1;
                 tracing::debug!(peer, error = %e, "anti-entropy exchange failed");
             }
         }
-        if failed > 0 {
-            return Err(Status::unavailable(format!(
-                "{failed} keys could not be exchanged; the next round retries them"
-            )));
-        }
-        Ok(())
+        Ok(failed)
     }
 
     /// Pulls the peer's state of `key`, merges it here, and pushes the merge back.

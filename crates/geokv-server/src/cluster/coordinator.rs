@@ -40,6 +40,12 @@ pub enum Applied {
     CasFailed(Option<Record>),
 }
 
+/// Whether a peer's error means it could not be reached (as opposed to an answer it gave).
+pub fn is_transport(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+        && !s.message().starts_with(QUORUM_FAILED)
+}
+
 pub fn encode(rec: &Record) -> Vec<u8> {
     codec::encode(rec, 1024, 1)
 }
@@ -65,7 +71,15 @@ impl Cluster {
         level: Level,
     ) -> Result<Applied, Status> {
         let home = self.ring.preference_list(&key, self.n);
-        if home.contains(&self.me) {
+        // A compare-and-swap runs on the first healthy home replica, so concurrent CAS calls
+        // through different nodes meet on one coordinator while it is up. It is still not
+        // linearizable (no consensus): a coordinator change during a failure can let two CAS
+        // calls both succeed.
+        let here = match action {
+            Action::Cas { .. } => home.iter().find(|&&h| self.healthy(h)) == Some(&self.me),
+            Action::Op(_) => home.contains(&self.me),
+        };
+        if here {
             return self.coordinate(key, action, level).await;
         }
         self.forward(key, action, level, &home).await
@@ -78,6 +92,16 @@ impl Cluster {
         action: Action,
         level: Level,
     ) -> Result<Applied, Status> {
+        if matches!(action, Action::Cas { .. }) {
+            // Compare against what a quorum holds, not only this replica's copy.
+            if let Some(merged) = self.read(key.clone(), level).await? {
+                let (node, k) = (self.node.clone(), key.clone());
+                tokio::task::spawn_blocking(move || node.engine().merge(&k, &merged))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(to_status)?;
+            }
+        }
         let node = self.node.clone();
         let k = key.clone();
         let applied = tokio::task::spawn_blocking(move || match action {
@@ -136,7 +160,7 @@ impl Cluster {
         match round.outcome() {
             Outcome::Reached => Ok(()),
             _ => Err(Status::unavailable(format!(
-                "{QUORUM_FAILED}: a {} write needs {needed} of {} replicas, {} acknowledged ({:?}); the write is stored on those and will reach the others when they return",
+                "{QUORUM_FAILED}: a {} write needs {needed} of {} replicas, {} acknowledged ({:?}); the write is stored on those and not rolled back; unreachable replicas get it by hinted handoff",
                 level_name(level),
                 self.n,
                 round.acked().len(),
@@ -148,19 +172,29 @@ impl Cluster {
     /// Sends a state to one target; on failure keeps a durable hint for a home replica.
     async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>) -> bool {
         let req = pb::MergeRequest { key: key.to_vec(), state: state.clone(), hint_for: target.hint_for };
-        let ok = match self.peers.client(target.node) {
-            Some(mut c) => tokio::time::timeout(self.peers.timeout(), c.merge(req))
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false),
-            None => false,
+        let result = match self.peers.client(target.node) {
+            Some(mut c) => match tokio::time::timeout(self.peers.timeout(), c.merge(req)).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(Status::deadline_exceeded("merge timed out")),
+            },
+            None => Err(Status::internal("unknown peer")),
         };
-        if !ok {
-            self.detector().on_failure(target.node);
-            let home = target.hint_for.unwrap_or(target.node);
-            self.keep_hint(home, key, &state).await;
+        match result {
+            Ok(()) => true,
+            Err(s) if is_transport(&s) => {
+                // Unreachable: keep the state for it, to hand off when it answers again.
+                self.detector().on_failure(target.node);
+                let home = target.hint_for.unwrap_or(target.node);
+                self.keep_hint(home, key, &state).await;
+                false
+            }
+            Err(s) => {
+                // The replica answered and refused (its state would exceed its limits, its copy
+                // is corrupt, ...): a hint would be refused the same way.
+                tracing::warn!(node = target.node, error = %s, "replica refused a state");
+                false
+            }
         }
-        ok
     }
 
     async fn keep_hint(&self, home: NodeId, key: &[u8], state: &[u8]) {
@@ -205,9 +239,7 @@ impl Cluster {
                 Ok(resp) => return decode_applied(resp.into_inner()),
                 // The coordinator ran the write and refused it, or could not reach a quorum:
                 // the answer is final (retrying elsewhere could apply it twice).
-                Err(s) if s.code() != Code::Unavailable || s.message().starts_with(QUORUM_FAILED) => {
-                    return Err(s)
-                }
+                Err(s) if !is_transport(&s) => return Err(s),
                 Err(s) => {
                     self.detector().on_failure(target);
                     last_error = Some(s);
@@ -243,14 +275,24 @@ impl Cluster {
             });
         }
         drop(tx);
+        let mut refused: Option<Status> = None;
         while round.outcome() == Outcome::Pending {
             match rx.recv().await {
                 Some((node, Ok(state))) => round.answer(node, state),
-                Some((node, Err(_))) => round.fail(node),
+                Some((node, Err(s))) => {
+                    if !is_transport(&s) {
+                        refused = Some(s);
+                    }
+                    round.fail(node)
+                }
                 None => break,
             };
         }
         if round.outcome() != Outcome::Reached {
+            // A replica's own answer (a corrupt state, ...) says more than "too few answered".
+            if let Some(s) = refused {
+                return Err(s);
+            }
             return Err(Status::unavailable(format!(
                 "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas and too few answered",
                 level_name(level),
@@ -285,7 +327,7 @@ impl Cluster {
             Ok(r) if r.get_ref().state.is_empty() => Ok(None),
             Ok(r) => decode(&r.into_inner().state).map(Some),
             Err(s) => {
-                if s.code() == Code::Unavailable {
+                if is_transport(&s) {
                     self.detector().on_failure(node);
                 }
                 Err(s)
@@ -304,12 +346,10 @@ impl Cluster {
         }
         let Some(mut client) = self.peers.client(node) else { return };
         let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None };
-        if tokio::time::timeout(self.peers.timeout(), client.merge(req))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
-        {
-            tracing::debug!(node, "read repair");
+        if let Ok(Ok(resp)) = tokio::time::timeout(self.peers.timeout(), client.merge(req)).await {
+            if resp.into_inner().changed {
+                self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct ClusterStats {
 pub struct Cluster {
     node: Arc<Node>,
     stats: ClusterStats,
+    /// Held while an anti-entropy round runs.
+    ae_lock: tokio::sync::Mutex<()>,
     me: NodeId,
     region: String,
     ring: Ring,
@@ -74,6 +76,7 @@ impl Cluster {
             cfg,
             node,
             stats: ClusterStats::default(),
+            ae_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -108,8 +111,12 @@ impl Cluster {
         ]
     }
 
-    /// The counters, with the number of hints kept now.
-    pub fn stats(&self) -> geokv_proto::v1::StatsResponse {
+    /// The counters, with the number of hints kept now (counted by a scan of the hints, so
+    /// it runs on the blocking pool).
+    pub async fn stats(&self) -> geokv_proto::v1::StatsResponse {
+        let node = self.node.clone();
+        let hints_pending =
+            tokio::task::spawn_blocking(move || node.engine().hint_count()).await.unwrap_or(0);
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         geokv_proto::v1::StatsResponse {
@@ -119,7 +126,7 @@ impl Cluster {
             ae_state_bytes_sent: get(&s.ae_state_bytes_sent),
             ae_state_bytes_received: get(&s.ae_state_bytes_received),
             ae_summary_bytes: get(&s.ae_summary_bytes),
-            hints_pending: self.node.engine().hint_count(),
+            hints_pending,
             hints_delivered: get(&s.hints_delivered),
             read_repairs: get(&s.read_repairs),
             members: self

@@ -143,7 +143,7 @@ impl ClusterRpc for ClusterService {
     }
 
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
-        Ok(Response::new(self.cluster.stats()))
+        Ok(Response::new(self.cluster.stats().await))
     }
 
     async fn run_anti_entropy(
@@ -151,7 +151,7 @@ impl ClusterRpc for ClusterService {
         _req: Request<pb::RunAntiEntropyRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         self.cluster.anti_entropy_round().await;
-        Ok(Response::new(self.cluster.stats()))
+        Ok(Response::new(self.cluster.stats().await))
     }
 }
 

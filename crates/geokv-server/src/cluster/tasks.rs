@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use geokv_proto::v1 as pb;
 
-use super::coordinator::encode;
+use std::sync::atomic::Ordering;
+
+use super::coordinator::{encode, is_transport};
 use super::Cluster;
 
 /// Probes every peer each `ping_interval_ms` and feeds the failure detector.
@@ -58,7 +60,10 @@ pub fn spawn_handoff(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// One round of hinted handoff. Returns how many hints were delivered.
+/// One round of hinted handoff: every hint kept for every node that answers probes, a page
+/// at a time. A hint the target refuses (not a transport failure) is logged and left for a
+/// later round without holding up the others; a transport failure ends the round for that
+/// target. Returns how many hints were delivered.
 pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
     let node = cluster.node.clone();
     let targets = tokio::task::spawn_blocking(move || node.engine().hint_targets())
@@ -68,30 +73,41 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
     let mut delivered = 0;
     for target in targets.into_iter().filter(|&t| t != cluster.me && cluster.healthy(t)) {
         let Some(mut client) = cluster.peers.client(target) else { continue };
-        let node = cluster.node.clone();
-        let hints = tokio::task::spawn_blocking(move || node.engine().hints_for(target, 256))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        for (key, rec) in hints {
-            let req = pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None };
-            match tokio::time::timeout(cluster.peers.timeout(), client.merge(req)).await {
-                Ok(Ok(_)) => {
-                    let node = cluster.node.clone();
-                    let removed =
-                        tokio::task::spawn_blocking(move || node.engine().remove_hint(target, &key, &rec))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?;
-                    delivered += usize::from(removed);
-                    cluster
-                        .stats
-                        .hints_delivered
-                        .fetch_add(u64::from(removed), std::sync::atomic::Ordering::Relaxed);
-                }
-                _ => {
-                    cluster.detector().on_failure(target);
-                    break;
+        let mut after: Option<Vec<u8>> = None;
+        'pages: loop {
+            let (node, from) = (cluster.node.clone(), after.clone());
+            let hints =
+                tokio::task::spawn_blocking(move || node.engine().hints_for(target, from.as_deref(), 256))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            let Some((last, _)) = hints.last() else { break };
+            after = Some(last.clone());
+            for (key, rec) in hints {
+                let req = pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None };
+                let sent = match tokio::time::timeout(cluster.peers.timeout(), client.merge(req)).await {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
+                };
+                match sent {
+                    Ok(()) => {
+                        let node = cluster.node.clone();
+                        let removed = tokio::task::spawn_blocking(move || {
+                            node.engine().remove_hint(target, &key, &rec)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                        delivered += usize::from(removed);
+                        cluster.stats.hints_delivered.fetch_add(u64::from(removed), Ordering::Relaxed);
+                    }
+                    Err(s) if is_transport(&s) => {
+                        cluster.detector().on_failure(target);
+                        break 'pages;
+                    }
+                    Err(s) => {
+                        tracing::warn!(target, error = %s, "a hint was refused; kept for a later round")
+                    }
                 }
             }
         }

@@ -166,14 +166,16 @@ fn hints_are_durable_merged_and_removed_only_when_unchanged() {
     let e = open(dir.path(), StorageConfig::default());
     assert_eq!(e.hint_targets().unwrap(), vec![3, 5]);
     assert_eq!(e.hint_count(), 3);
-    let hints = e.hints_for(3, 10).unwrap();
+    let hints = e.hints_for(3, None, 10).unwrap();
     assert_eq!(hints.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![b"j".to_vec(), b"k".to_vec()]);
     e.put_hint(3, b"k", &b).unwrap();
     assert!(!e.remove_hint(3, b"k", &a).unwrap(), "the hint changed since it was read");
-    let current = e.hints_for(3, 10).unwrap().into_iter().find(|(k, _)| k == b"k").unwrap().1;
+    let current = e.hints_for(3, None, 10).unwrap().into_iter().find(|(k, _)| k == b"k").unwrap().1;
     assert_eq!(current.view(NOW), Some(View::Register(b"b".to_vec())));
     assert!(e.remove_hint(3, b"k", &current).unwrap());
     assert_eq!(e.hint_count(), 2);
+    assert_eq!(e.hints_for(3, Some(b"a"), 10).unwrap().len(), 1, "paging after a key");
+    assert!(e.hints_for(3, Some(b"j"), 10).unwrap().is_empty());
 }
 
 #[test]
