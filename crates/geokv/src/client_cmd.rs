@@ -104,6 +104,14 @@ pub enum ClientCommand {
     },
 }
 
+pub fn level_to_proto(level: Level) -> proto::Consistency {
+    match level {
+        Level::One => proto::Consistency::One,
+        Level::Quorum => proto::Consistency::Quorum,
+        Level::All => proto::Consistency::All,
+    }
+}
+
 /// Parses 500ms, 10s, 5m, 2h, 1d, or a plain number of milliseconds.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -157,11 +165,7 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
     }
     let mut client = Client::connect(&opts.endpoint).await?;
     if let Some(level) = opts.consistency {
-        client = client.with_consistency(match level {
-            Level::One => proto::Consistency::One,
-            Level::Quorum => proto::Consistency::Quorum,
-            Level::All => proto::Consistency::All,
-        });
+        client = client.with_consistency(level_to_proto(level));
     }
     let js = opts.json;
     match cmd {

@@ -1,5 +1,6 @@
 //! The `geokv` binary: the server, the command-line client, and the demo.
 
+mod bench;
 mod client_cmd;
 mod demo;
 mod output;
@@ -52,6 +53,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Closed-loop YCSB-style load against a node or a region; reports throughput and
+    /// p50/p99/p99.9 latency per operation.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -70,6 +74,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Demo { keep_running, data_dir } => demo::run(keep_running, data_dir).await,
+            Command::Bench(args) => {
+                bench::run(args, &cli.client.endpoint, cli.client.consistency, cli.client.json).await
+            }
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }
     })

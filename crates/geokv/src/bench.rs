@@ -1,0 +1,417 @@
+//! `geokv bench`: a closed-loop load generator with the YCSB core workloads.
+//!
+//! A load phase writes `records` keys in batches; the run phase has `concurrency` workers,
+//! each issuing one request at a time for `duration`, picking operations by the workload's mix
+//! and keys by a zipfian (θ = 0.99, scrambled) or uniform distribution. Latencies go into HDR
+//! histograms per operation; the report gives throughput and p50/p99/p99.9/max.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use geokv_client::{op, proto, Client};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::Level;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// 50% reads, 50% updates.
+    A,
+    /// 95% reads, 5% updates.
+    B,
+    /// Reads only.
+    C,
+    /// 95% reads of recently inserted keys, 5% inserts.
+    D,
+    /// 50% reads, 50% read-modify-writes.
+    F,
+    /// Counter increments.
+    Incr,
+    /// Set adds.
+    Sadd,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    Zipfian,
+    Uniform,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Endpoints to spread clients over (comma-separated); default: --endpoint.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    #[arg(long, value_enum, default_value = "a")]
+    pub workload: Workload,
+    /// Keys written in the load phase and chosen from in the run phase.
+    #[arg(long, default_value_t = 10_000)]
+    pub records: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Concurrent clients (each with one request in flight).
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Run phase length in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, value_enum, default_value = "zipfian")]
+    pub distribution: Distribution,
+    /// Keys per update request in the run phase; above 1, updates become BatchWrites of that
+    /// many puts.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Keys per BatchWrite in the load phase.
+    #[arg(long, default_value_t = 100)]
+    pub load_batch: usize,
+    /// Skip the load phase (the keys are already there).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    pub progress: f64,
+}
+
+/// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record synthetic
+/// databases"), over 0..n, with item 0 the most popular.
+struct Zipfian {
+    n: u64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+}
+
+impl Zipfian {
+    fn new(n: u64, theta: f64) -> Self {
+        let zeta = |n: u64| (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
+        let zetan = zeta(n);
+        let zeta2 = zeta(2.min(n));
+        let alpha = 1.0 / (1.0 - theta);
+        let eta = (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan);
+        Zipfian { n, theta, alpha, zetan, eta }
+    }
+
+    fn next(&self, rng: &mut SmallRng) -> u64 {
+        let u: f64 = rng.gen();
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + 0.5f64.powf(self.theta) {
+            return 1.min(self.n - 1);
+        }
+        ((self.n as f64) * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64 % self.n
+    }
+}
+
+/// FNV-1a, to scatter zipfian ranks over the key space (YCSB's "scrambled zipfian").
+fn scramble(x: u64, n: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in x.to_le_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h % n
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("user{i:012}").into_bytes()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Read,
+    Update,
+    Insert,
+    ReadModifyWrite,
+    Increment,
+    SetAdd,
+}
+
+const KINDS: [Kind; 6] = [Kind::Read, Kind::Update, Kind::Insert, Kind::ReadModifyWrite, Kind::Increment, Kind::SetAdd];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Update => "update",
+            Kind::Insert => "insert",
+            Kind::ReadModifyWrite => "read-modify-write",
+            Kind::Increment => "increment",
+            Kind::SetAdd => "set-add",
+        }
+    }
+}
+
+fn pick(w: Workload, rng: &mut SmallRng) -> Kind {
+    let r: f64 = rng.gen();
+    match w {
+        Workload::A => if r < 0.5 { Kind::Read } else { Kind::Update },
+        Workload::B => if r < 0.95 { Kind::Read } else { Kind::Update },
+        Workload::C => Kind::Read,
+        Workload::D => if r < 0.95 { Kind::Read } else { Kind::Insert },
+        Workload::F => if r < 0.5 { Kind::Read } else { Kind::ReadModifyWrite },
+        Workload::Incr => Kind::Increment,
+        Workload::Sadd => Kind::SetAdd,
+    }
+}
+
+struct Shared {
+    inserted: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Worker {
+    client: Client,
+    rng: SmallRng,
+    zipf: Option<Arc<Zipfian>>,
+    hist: Vec<Histogram<u64>>,
+    errors: Vec<u64>,
+}
+
+impl Worker {
+    fn next_key(&mut self, args: &BenchArgs, shared: &Shared, latest: bool) -> u64 {
+        let n = shared.inserted.load(Ordering::Relaxed).max(1);
+        if latest {
+            // Workload D: skewed toward the newest keys.
+            let back = self.zipf.as_ref().map(|z| z.next(&mut self.rng) % n).unwrap_or(0);
+            return n - 1 - back;
+        }
+        match (&self.zipf, args.distribution) {
+            (Some(z), Distribution::Zipfian) => scramble(z.next(&mut self.rng), n),
+            _ => self.rng.gen_range(0..n),
+        }
+    }
+
+    async fn one(&mut self, args: &BenchArgs, shared: &Shared, value: &[u8]) {
+        let kind = pick(args.workload, &mut self.rng);
+        let started = Instant::now();
+        let result: Result<(), geokv_client::ClientError> = match kind {
+            Kind::Read => {
+                let k = self.next_key(args, shared, args.workload == Workload::D);
+                self.client.get(&key(k)).await.map(|_| ())
+            }
+            Kind::Update if args.batch > 1 => {
+                let ops = (0..args.batch).map(|_| op::put(&key(self.next_key(args, shared, false)), value, None)).collect();
+                self.client.batch_write(ops).await.map(|_| ())
+            }
+            Kind::Update => {
+                let k = key(self.next_key(args, shared, false));
+                self.client.put(&k, value, None).await.map(|_| ())
+            }
+            Kind::Insert => {
+                let k = shared.inserted.fetch_add(1, Ordering::Relaxed);
+                self.client.put(&key(k), value, None).await.map(|_| ())
+            }
+            Kind::ReadModifyWrite => {
+                let k = key(self.next_key(args, shared, false));
+                match self.client.get(&k).await {
+                    Ok(_) => self.client.put(&k, value, None).await.map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
+            Kind::Increment => {
+                let k = [b"counter:".as_slice(), &key(self.next_key(args, shared, false))].concat();
+                self.client.increment(&k, 1, None).await.map(|_| ())
+            }
+            Kind::SetAdd => {
+                let member = format!("m{}", self.rng.gen_range(0..1000)).into_bytes();
+                let k = [b"set:".as_slice(), &key(self.next_key(args, shared, false))].concat();
+                self.client.set_add(&k, vec![member], None).await.map(|_| ())
+            }
+        };
+        let i = KINDS.iter().position(|k| *k == kind).expect("known kind");
+        match result {
+            Ok(()) => {
+                let us = started.elapsed().as_micros().max(1) as u64;
+                self.hist[i].saturating_record(us);
+                shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.errors[i] += 1;
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn load(args: &BenchArgs, clients: &[Client], value: &[u8]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let batch = args.load_batch.max(1) as u64;
+    let chunks: Vec<u64> = (0..args.records).step_by(batch as usize).collect();
+    let per = chunks.len().div_ceil(clients.len().max(1) * 4).max(1);
+    let mut tasks = Vec::new();
+    for (i, part) in chunks.chunks(per).enumerate() {
+        let (c, part, value) = (clients[i % clients.len()].clone(), part.to_vec(), value.to_vec());
+        let records = args.records;
+        tasks.push(tokio::spawn(async move {
+            for start in part {
+                let ops = (start..(start + batch).min(records)).map(|k| op::put(&key(k), &value, None)).collect();
+                let results = c.batch_write(ops).await?;
+                if let Some(e) = results.iter().find_map(|r| match &r.outcome {
+                    Some(proto::write_result::Outcome::Error(e)) => Some(e.message.clone()),
+                    _ => None,
+                }) {
+                    anyhow::bail!("load failed: {e}");
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
+pub async fn run(args: BenchArgs, default_endpoint: &str, level: Option<Level>, json_out: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(args.records > 0 && args.concurrency > 0 && args.duration > 0.0, "records, concurrency and duration must be positive");
+    let endpoints = if args.endpoints.is_empty() { vec![default_endpoint.to_string()] } else { args.endpoints.clone() };
+    let mut clients = Vec::new();
+    for ep in &endpoints {
+        let mut c = Client::connect(ep).await.with_context(|| format!("connecting to {ep}"))?;
+        if let Some(l) = level {
+            c = c.with_consistency(crate::client_cmd::level_to_proto(l));
+        }
+        clients.push(c);
+    }
+    let value = vec![b'x'; args.value_size];
+    let load_time = if args.no_load { Duration::ZERO } else { load(&args, &clients, &value).await? };
+    if !args.no_load {
+        eprintln!("loaded {} records in {:.1}s ({:.0} keys/s)", args.records, load_time.as_secs_f64(), args.records as f64 / load_time.as_secs_f64());
+    }
+    let shared = Arc::new(Shared { inserted: AtomicU64::new(args.records), done: AtomicU64::new(0), errors: AtomicU64::new(0) });
+    let zipf = (args.distribution == Distribution::Zipfian || args.workload == Workload::D)
+        .then(|| Arc::new(Zipfian::new(args.records, 0.99)));
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency {
+        let mut worker = Worker {
+            client: clients[w % clients.len()].clone(),
+            rng: SmallRng::seed_from_u64(w as u64 + 1),
+            zipf: zipf.clone(),
+            hist: KINDS.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")).collect(),
+            errors: vec![0; KINDS.len()],
+        };
+        let (args, shared, value) = (args.clone(), shared.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                worker.one(&args, &shared, &value).await;
+            }
+            (worker.hist, worker.errors)
+        }));
+    }
+    let progress = (args.progress > 0.0).then(|| {
+        let (shared, every) = (shared.clone(), Duration::from_secs_f64(args.progress));
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(every).await;
+                let done = shared.done.load(Ordering::Relaxed);
+                eprintln!("  {:>6.1}s  {:>10.0} ops/s  ({} errors)", started.elapsed().as_secs_f64(), (done - last) as f64 / every.as_secs_f64(), shared.errors.load(Ordering::Relaxed));
+                last = done;
+            }
+        })
+    });
+    let mut hist: Vec<Histogram<u64>> = KINDS.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")).collect();
+    let mut errors = vec![0u64; KINDS.len()];
+    for t in tasks {
+        let (h, e) = t.await?;
+        for i in 0..KINDS.len() {
+            hist[i].add(&h[i]).expect("same bounds");
+            errors[i] += e[i];
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report(&args, &endpoints, &hist, &errors, elapsed, load_time, json_out);
+    Ok(())
+}
+
+fn report(
+    args: &BenchArgs,
+    endpoints: &[String],
+    hist: &[Histogram<u64>],
+    errors: &[u64],
+    elapsed: f64,
+    load_time: Duration,
+    json_out: bool,
+) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let rows: Vec<serde_json::Value> = KINDS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !hist[*i].is_empty() || errors[*i] > 0)
+        .map(|(i, k)| {
+            let h = &hist[i];
+            let keys_per_op = if *k == Kind::Update && args.batch > 1 { args.batch } else { 1 };
+            json!({
+                "op": k.name(),
+                "count": h.len(),
+                "ops_per_sec": h.len() as f64 / elapsed,
+                "keys_per_sec": (h.len() as f64 * keys_per_op as f64) / elapsed,
+                "p50_ms": ms(h.value_at_quantile(0.5)),
+                "p99_ms": ms(h.value_at_quantile(0.99)),
+                "p999_ms": ms(h.value_at_quantile(0.999)),
+                "max_ms": ms(h.max()),
+                "errors": errors[i],
+            })
+        })
+        .collect();
+    let total: u64 = hist.iter().map(|h| h.len()).sum();
+    if json_out {
+        let out = json!({
+            "workload": format!("{:?}", args.workload), "records": args.records, "value_size": args.value_size,
+            "concurrency": args.concurrency, "distribution": format!("{:?}", args.distribution), "batch": args.batch,
+            "endpoints": endpoints, "duration_s": elapsed, "load_s": load_time.as_secs_f64(),
+            "throughput_ops_per_sec": total as f64 / elapsed, "ops": rows,
+        });
+        println!("{out}");
+        return;
+    }
+    println!(
+        "workload {:?}, {} records of {} B, {} clients, {:?} keys, {:.1}s: {:.0} ops/s",
+        args.workload, args.records, args.value_size, args.concurrency, args.distribution, elapsed, total as f64 / elapsed
+    );
+    println!("{:<18} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7}", "op", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors");
+    for r in rows {
+        println!(
+            "{:<18} {:>10} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            r["op"].as_str().unwrap_or(""), r["count"], r["ops_per_sec"].as_f64().unwrap_or(0.0), r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0), r["p999_ms"].as_f64().unwrap_or(0.0), r["max_ms"].as_f64().unwrap_or(0.0), r["errors"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipfian_is_skewed_and_in_range() {
+        let z = Zipfian::new(10_000, 0.99);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut top = 0;
+        for _ in 0..100_000 {
+            let x = z.next(&mut rng);
+            assert!(x < 10_000);
+            if x < 100 {
+                top += 1;
+            }
+        }
+        // Under θ = 0.99 the top 1% of items draw roughly half of the requests.
+        assert!(top > 40_000 && top < 70_000, "{top}");
+    }
+}
