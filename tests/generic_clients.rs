@@ -134,3 +134,23 @@ fn a_generic_grpc_client_works_through_server_reflection() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn bench_smoke_run_reports_throughput_and_latency_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), "");
+    for workload in ["a", "d", "f", "incr", "sadd"] {
+        let out = Command::new(BIN)
+            .args(["--endpoint", &s.endpoint(), "--json", "bench", "--workload", workload])
+            .args(["--records", "200", "--concurrency", "4", "--duration", "0.5", "--progress", "0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bench {workload}: {}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(j["throughput_ops_per_sec"].as_f64().unwrap() > 0.0, "{j}");
+        for op in j["ops"].as_array().unwrap() {
+            assert_eq!(op["errors"], 0, "{workload}: {op}");
+            assert!(op["p99_ms"].as_f64().unwrap() >= op["p50_ms"].as_f64().unwrap());
+        }
+    }
+}

@@ -136,7 +136,8 @@ enum Kind {
     SetAdd,
 }
 
-const KINDS: [Kind; 6] = [Kind::Read, Kind::Update, Kind::Insert, Kind::ReadModifyWrite, Kind::Increment, Kind::SetAdd];
+const KINDS: [Kind; 6] =
+    [Kind::Read, Kind::Update, Kind::Insert, Kind::ReadModifyWrite, Kind::Increment, Kind::SetAdd];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -154,11 +155,35 @@ impl Kind {
 fn pick(w: Workload, rng: &mut SmallRng) -> Kind {
     let r: f64 = rng.gen();
     match w {
-        Workload::A => if r < 0.5 { Kind::Read } else { Kind::Update },
-        Workload::B => if r < 0.95 { Kind::Read } else { Kind::Update },
+        Workload::A => {
+            if r < 0.5 {
+                Kind::Read
+            } else {
+                Kind::Update
+            }
+        }
+        Workload::B => {
+            if r < 0.95 {
+                Kind::Read
+            } else {
+                Kind::Update
+            }
+        }
         Workload::C => Kind::Read,
-        Workload::D => if r < 0.95 { Kind::Read } else { Kind::Insert },
-        Workload::F => if r < 0.5 { Kind::Read } else { Kind::ReadModifyWrite },
+        Workload::D => {
+            if r < 0.95 {
+                Kind::Read
+            } else {
+                Kind::Insert
+            }
+        }
+        Workload::F => {
+            if r < 0.5 {
+                Kind::Read
+            } else {
+                Kind::ReadModifyWrite
+            }
+        }
         Workload::Incr => Kind::Increment,
         Workload::Sadd => Kind::SetAdd,
     }
@@ -201,7 +226,9 @@ impl Worker {
                 self.client.get(&key(k)).await.map(|_| ())
             }
             Kind::Update if args.batch > 1 => {
-                let ops = (0..args.batch).map(|_| op::put(&key(self.next_key(args, shared, false)), value, None)).collect();
+                let ops = (0..args.batch)
+                    .map(|_| op::put(&key(self.next_key(args, shared, false)), value, None))
+                    .collect();
                 self.client.batch_write(ops).await.map(|_| ())
             }
             Kind::Update => {
@@ -255,7 +282,8 @@ async fn load(args: &BenchArgs, clients: &[Client], value: &[u8]) -> anyhow::Res
         let records = args.records;
         tasks.push(tokio::spawn(async move {
             for start in part {
-                let ops = (start..(start + batch).min(records)).map(|k| op::put(&key(k), &value, None)).collect();
+                let ops =
+                    (start..(start + batch).min(records)).map(|k| op::put(&key(k), &value, None)).collect();
                 let results = c.batch_write(ops).await?;
                 if let Some(e) = results.iter().find_map(|r| match &r.outcome {
                     Some(proto::write_result::Outcome::Error(e)) => Some(e.message.clone()),
@@ -273,9 +301,18 @@ async fn load(args: &BenchArgs, clients: &[Client], value: &[u8]) -> anyhow::Res
     Ok(started.elapsed())
 }
 
-pub async fn run(args: BenchArgs, default_endpoint: &str, level: Option<Level>, json_out: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(args.records > 0 && args.concurrency > 0 && args.duration > 0.0, "records, concurrency and duration must be positive");
-    let endpoints = if args.endpoints.is_empty() { vec![default_endpoint.to_string()] } else { args.endpoints.clone() };
+pub async fn run(
+    args: BenchArgs,
+    default_endpoint: &str,
+    level: Option<Level>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.records > 0 && args.concurrency > 0 && args.duration > 0.0,
+        "records, concurrency and duration must be positive"
+    );
+    let endpoints =
+        if args.endpoints.is_empty() { vec![default_endpoint.to_string()] } else { args.endpoints.clone() };
     let mut clients = Vec::new();
     for ep in &endpoints {
         let mut c = Client::connect(ep).await.with_context(|| format!("connecting to {ep}"))?;
@@ -287,9 +324,18 @@ pub async fn run(args: BenchArgs, default_endpoint: &str, level: Option<Level>, 
     let value = vec![b'x'; args.value_size];
     let load_time = if args.no_load { Duration::ZERO } else { load(&args, &clients, &value).await? };
     if !args.no_load {
-        eprintln!("loaded {} records in {:.1}s ({:.0} keys/s)", args.records, load_time.as_secs_f64(), args.records as f64 / load_time.as_secs_f64());
+        eprintln!(
+            "loaded {} records in {:.1}s ({:.0} keys/s)",
+            args.records,
+            load_time.as_secs_f64(),
+            args.records as f64 / load_time.as_secs_f64()
+        );
     }
-    let shared = Arc::new(Shared { inserted: AtomicU64::new(args.records), done: AtomicU64::new(0), errors: AtomicU64::new(0) });
+    let shared = Arc::new(Shared {
+        inserted: AtomicU64::new(args.records),
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
     let zipf = (args.distribution == Distribution::Zipfian || args.workload == Workload::D)
         .then(|| Arc::new(Zipfian::new(args.records, 0.99)));
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
@@ -300,7 +346,10 @@ pub async fn run(args: BenchArgs, default_endpoint: &str, level: Option<Level>, 
             client: clients[w % clients.len()].clone(),
             rng: SmallRng::seed_from_u64(w as u64 + 1),
             zipf: zipf.clone(),
-            hist: KINDS.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")).collect(),
+            hist: KINDS
+                .iter()
+                .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"))
+                .collect(),
             errors: vec![0; KINDS.len()],
         };
         let (args, shared, value) = (args.clone(), shared.clone(), value.clone());
@@ -318,12 +367,18 @@ pub async fn run(args: BenchArgs, default_endpoint: &str, level: Option<Level>, 
             loop {
                 tokio::time::sleep(every).await;
                 let done = shared.done.load(Ordering::Relaxed);
-                eprintln!("  {:>6.1}s  {:>10.0} ops/s  ({} errors)", started.elapsed().as_secs_f64(), (done - last) as f64 / every.as_secs_f64(), shared.errors.load(Ordering::Relaxed));
+                eprintln!(
+                    "  {:>6.1}s  {:>10.0} ops/s  ({} errors)",
+                    started.elapsed().as_secs_f64(),
+                    (done - last) as f64 / every.as_secs_f64(),
+                    shared.errors.load(Ordering::Relaxed)
+                );
                 last = done;
             }
         })
     });
-    let mut hist: Vec<Histogram<u64>> = KINDS.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")).collect();
+    let mut hist: Vec<Histogram<u64>> =
+        KINDS.iter().map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")).collect();
     let mut errors = vec![0u64; KINDS.len()];
     for t in tasks {
         let (h, e) = t.await?;
@@ -383,14 +438,29 @@ fn report(
     }
     println!(
         "workload {:?}, {} records of {} B, {} clients, {:?} keys, {:.1}s: {:.0} ops/s",
-        args.workload, args.records, args.value_size, args.concurrency, args.distribution, elapsed, total as f64 / elapsed
+        args.workload,
+        args.records,
+        args.value_size,
+        args.concurrency,
+        args.distribution,
+        elapsed,
+        total as f64 / elapsed
     );
-    println!("{:<18} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7}", "op", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors");
+    println!(
+        "{:<18} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "op", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+    );
     for r in rows {
         println!(
             "{:<18} {:>10} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
-            r["op"].as_str().unwrap_or(""), r["count"], r["ops_per_sec"].as_f64().unwrap_or(0.0), r["p50_ms"].as_f64().unwrap_or(0.0),
-            r["p99_ms"].as_f64().unwrap_or(0.0), r["p999_ms"].as_f64().unwrap_or(0.0), r["max_ms"].as_f64().unwrap_or(0.0), r["errors"]
+            r["op"].as_str().unwrap_or(""),
+            r["count"],
+            r["ops_per_sec"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["p999_ms"].as_f64().unwrap_or(0.0),
+            r["max_ms"].as_f64().unwrap_or(0.0),
+            r["errors"]
         );
     }
 }
