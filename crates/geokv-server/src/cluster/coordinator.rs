@@ -172,13 +172,17 @@ impl Cluster {
     /// Sends a state to one target; on failure keeps a durable hint for a home replica.
     async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>) -> bool {
         let req = pb::MergeRequest { key: key.to_vec(), state: state.clone(), hint_for: target.hint_for };
-        let result = match self.peers.client(target.node) {
-            Some(mut c) => match tokio::time::timeout(self.peers.timeout(), c.merge(req)).await {
+        // Backpressure: a replica with too many sends in flight gets a hint instead.
+        let slot = self.peers.slot(target.node).await;
+        let result = match (slot.is_some(), self.peers.client(target.node)) {
+            (false, _) => Err(Status::unavailable("too many sends in flight to this replica")),
+            (true, None) => Err(Status::internal("unknown peer")),
+            (true, Some(mut c)) => match tokio::time::timeout(self.peers.timeout(), c.merge(req)).await {
                 Ok(r) => r.map(|_| ()),
                 Err(_) => Err(Status::deadline_exceeded("merge timed out")),
             },
-            None => Err(Status::internal("unknown peer")),
         };
+        drop(slot);
         match result {
             Ok(()) => true,
             Err(s) if is_transport(&s) => {

@@ -1,15 +1,22 @@
 //! Connections to the other nodes of the region.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use geokv_core::NodeId;
 use geokv_proto::v1::cluster_client::ClusterClient;
 use geokv_topology::Topology;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::{Channel, Endpoint};
+
+/// State sends in flight to one peer at most; further sends wait (up to the request
+/// deadline) for a slot, so a slow replica builds no unbounded queue of requests.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 256;
 
 pub struct Peers {
     clients: BTreeMap<NodeId, ClusterClient<Channel>>,
+    slots: BTreeMap<NodeId, Arc<Semaphore>>,
     timeout: Duration,
 }
 
@@ -32,7 +39,9 @@ impl Peers {
                 ClusterClient::new(ep.connect_lazy()).max_decoding_message_size(512 * 1024 * 1024),
             );
         }
-        Ok(Peers { clients, timeout })
+        let slots =
+            clients.keys().map(|&id| (id, Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)))).collect();
+        Ok(Peers { clients, slots, timeout })
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -41,6 +50,12 @@ impl Peers {
 
     pub fn client(&self, id: NodeId) -> Option<ClusterClient<Channel>> {
         self.clients.get(&id).cloned()
+    }
+
+    /// A slot for one state send to `id`, waiting at most the request deadline.
+    pub async fn slot(&self, id: NodeId) -> Option<OwnedSemaphorePermit> {
+        let sem = self.slots.get(&id)?.clone();
+        tokio::time::timeout(self.timeout, sem.acquire_owned()).await.ok()?.ok()
     }
 
     pub fn timeout(&self) -> Duration {
