@@ -150,6 +150,47 @@ impl Node {
         })
     }
 
+    /// Applies many client writes, committed together in one `WriteBatch` (one WAL sync).
+    /// Each item succeeds or fails on its own; invalid items touch nothing.
+    pub fn write_batch(&self, items: Vec<(Vec<u8>, Op)>) -> Vec<Result<(OpOutcome, Record), NodeError>> {
+        let mut results: Vec<Option<Result<(OpOutcome, Record), NodeError>>> =
+            Vec::with_capacity(items.len());
+        let mut valid_keys = Vec::new();
+        let mut valid_ops = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (key, op)) in items.into_iter().enumerate() {
+            match self.limits.check_key(&key).and_then(|_| op.validate(&self.limits)) {
+                Ok(()) => {
+                    valid_keys.push(key);
+                    valid_ops.push(op);
+                    slots.push(i);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e.into()))),
+            }
+        }
+        let applied = self.engine.update_many(&valid_keys, |i, current| {
+            let stamp = self.stamp_after(current);
+            let applied = apply(current, &valid_ops[i], stamp, self.now_ms(), &self.limits)?;
+            let record = applied.record.clone();
+            Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
+        });
+        match applied {
+            Ok(outs) => {
+                for (slot, out) in slots.into_iter().zip(outs) {
+                    results[slot] = Some(out);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for slot in slots {
+                    results[slot] = Some(Err(StorageError::BatchFailed(message.clone())));
+                }
+            }
+        }
+        results.into_iter().map(|r| r.expect("every item has a result")).collect()
+    }
+
     /// Sets a register if `expect` holds at `now`. Returns whether it swapped, and the key's
     /// state after a swap or the mismatching state (None if absent) after a conflict.
     pub fn compare_and_swap(

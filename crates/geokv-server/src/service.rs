@@ -136,15 +136,41 @@ impl Kv for KvService {
             .limits()
             .check_batch("BatchWrite ops", req.ops.len())
             .map_err(|e| invalid(e.to_string()))?;
-        let mut results = Vec::with_capacity(req.ops.len());
-        for item in req.ops.into_iter().map(convert::batch_op) {
-            let result = match item {
-                Ok((key, op)) => self.write_record(key, op, level).await,
-                Err(s) => Err(s),
-            };
-            results.push(match result {
+        let items: Vec<Result<(Vec<u8>, Op), Status>> = req.ops.into_iter().map(convert::batch_op).collect();
+        let outcomes: Vec<Result<(OpOutcome, Record), Status>> = match &self.cluster {
+            // One node: the whole batch in one blocking task and one WriteBatch.
+            None => {
+                let (ok, bad): (Vec<_>, Vec<_>) = items.into_iter().enumerate().partition(|(_, r)| r.is_ok());
+                let n = ok.len() + bad.len();
+                let mut out: Vec<Option<Result<(OpOutcome, Record), Status>>> =
+                    (0..n).map(|_| None).collect();
+                for (i, r) in bad {
+                    out[i] = Some(Err(r.expect_err("partitioned")));
+                }
+                let (slots, valid): (Vec<usize>, Vec<(Vec<u8>, Op)>) =
+                    ok.into_iter().map(|(i, r)| (i, r.expect("partitioned"))).unzip();
+                let written = self.run(move |n| Ok(n.write_batch(valid))).await?;
+                for (slot, r) in slots.into_iter().zip(written) {
+                    out[slot] = Some(r.map_err(to_status));
+                }
+                out.into_iter().map(|r| r.expect("every item has a result")).collect()
+            }
+            Some(_) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(match item {
+                        Ok((key, op)) => self.write_record(key, op, level).await,
+                        Err(s) => Err(s),
+                    });
+                }
+                out
+            }
+        };
+        let now = self.node.now_ms();
+        let results = outcomes
+            .into_iter()
+            .map(|result| match result {
                 Ok((out, rec)) => {
-                    let now = self.node.now_ms();
                     let WriteMeta { version, ttl_remaining_ms } = write_meta(&rec, now);
                     pb::WriteResult {
                         version,
@@ -160,8 +186,8 @@ impl Kv for KvService {
                         message: s.message().to_string(),
                     })),
                 },
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(pb::BatchWriteResponse { results }))
     }
 

@@ -17,7 +17,7 @@ pub fn code_of(err: &StorageError) -> Code {
         StorageError::RecordTooLarge { .. } => Code::FailedPrecondition,
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::Engine(_) => Code::Internal,
-        StorageError::Incompatible { .. } => Code::Internal,
+        StorageError::Incompatible { .. } | StorageError::BatchFailed(_) => Code::Internal,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Stats {
     pub live_data_bytes: u64,
 }
 
+/// One key's change in a commit: key, old state, new state, new state's uncompressed payload.
+type Change<'a> = (&'a [u8], Option<&'a Record>, &'a Record, Vec<u8>);
+
 /// Change-log sequence numbers: assigned before a batch commits, so they may commit out of
 /// order. `committed` is the highest number below which every batch has committed (or
 /// failed), which is how far a tailer may safely read.
@@ -155,10 +158,14 @@ impl Engine {
         }
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+    fn stripe_index(&self, key: &[u8]) -> usize {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
-        &self.locks[(h.finish() as usize) % self.locks.len()]
+        (h.finish() as usize) % self.locks.len()
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        &self.locks[self.stripe_index(key)]
     }
 
     fn decode(&self, key: &[u8], raw: &[u8]) -> Result<Record, StorageError> {
@@ -209,42 +216,129 @@ impl Engine {
         self.purge_deadline(rec).map(|d| (d, TtlTag::Purge)).into_iter().collect()
     }
 
-    fn commit(&self, key: &[u8], old: Option<&Record>, new: &Record) -> Result<(), StorageError> {
-        let encoded = codec::encode(new, self.cfg.compression_threshold_bytes, self.cfg.compression_level);
-        if encoded.len() > self.cfg.max_record_bytes {
+    /// The uncompressed payload of a new state, refused over `max_record_bytes`.
+    fn serialize_checked(&self, rec: &Record) -> Result<Vec<u8>, StorageError> {
+        let plain = codec::serialize(rec);
+        if plain.len() > self.cfg.max_record_bytes {
             return Err(StorageError::RecordTooLarge {
-                actual: encoded.len(),
+                actual: plain.len(),
                 limit: self.cfg.max_record_bytes,
             });
         }
+        Ok(plain)
+    }
+
+    fn commit(&self, key: &[u8], old: Option<&Record>, new: &Record) -> Result<(), StorageError> {
+        let plain = self.serialize_checked(new)?;
+        self.commit_all(&[(key, old, new, plain)])
+    }
+
+    /// Commits changes of several keys in one `WriteBatch` (one WAL write and sync), each with
+    /// its TTL-index changes and change-log entry. Callers hold the keys' stripe locks.
+    fn commit_all(&self, changes: &[Change<'_>]) -> Result<(), StorageError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_DATA), key, &encoded);
-        let old_idx = old.map(|r| self.index_entries(r)).unwrap_or_default();
-        let new_idx = self.index_entries(new);
-        for (deadline, tag) in old_idx.iter().filter(|e| !new_idx.contains(e)) {
-            batch.delete_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key));
-        }
-        for (deadline, tag) in new_idx.iter().filter(|e| !old_idx.contains(e)) {
-            batch.put_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key), []);
-        }
-        let seq = {
+        let first_seq = {
             let mut s = lock(&self.seq);
-            s.last += 1;
-            let seq = s.last;
-            s.in_flight.insert(seq);
-            seq
+            let first = s.last + 1;
+            s.last += changes.len() as u64;
+            let last = s.last;
+            s.in_flight.extend(first..=last);
+            first
         };
-        let entry = LogEntry { seq, key: key.to_vec(), version: new.version() };
-        batch.put_cf(
-            self.cf(CF_LOG),
-            log_key(seq),
-            postcard::to_allocvec(&entry).expect("log entry serializes"),
-        );
+        for (i, (key, old, new, plain)) in changes.iter().enumerate() {
+            let encoded = codec::encode_serialized(
+                plain.clone(),
+                self.cfg.compression_threshold_bytes,
+                self.cfg.compression_level,
+            );
+            batch.put_cf(self.cf(CF_DATA), key, &encoded);
+            let old_idx = old.map(|r| self.index_entries(r)).unwrap_or_default();
+            let new_idx = self.index_entries(new);
+            for (deadline, tag) in old_idx.iter().filter(|e| !new_idx.contains(e)) {
+                batch.delete_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key));
+            }
+            for (deadline, tag) in new_idx.iter().filter(|e| !old_idx.contains(e)) {
+                batch.put_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key), []);
+            }
+            let seq = first_seq + i as u64;
+            let entry = LogEntry { seq, key: key.to_vec(), version: new.version() };
+            batch.put_cf(
+                self.cf(CF_LOG),
+                log_key(seq),
+                postcard::to_allocvec(&entry).expect("log entry serializes"),
+            );
+        }
         let result = self.db.write_opt(batch, &self.wopts);
-        lock(&self.seq).in_flight.remove(&seq);
+        {
+            let mut s = lock(&self.seq);
+            for seq in first_seq..first_seq + changes.len() as u64 {
+                s.in_flight.remove(&seq);
+            }
+        }
         result?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(changes.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Read-modify-write of many keys committed together in one `WriteBatch`: `f(i, state)`
+    /// decides item `i` of `keys` given the key's current state (including earlier items of
+    /// the same batch on the same key). Returns each item's own result; a failure of the
+    /// commit itself fails the whole call.
+    pub fn update_many<T>(
+        &self,
+        keys: &[Vec<u8>],
+        mut f: impl FnMut(usize, Option<&Record>) -> Result<Update<T>, CoreError>,
+    ) -> Result<Vec<Result<T, StorageError>>, StorageError> {
+        // Lock every stripe involved, in index order, so concurrent batches cannot deadlock.
+        let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe_index(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _guards: Vec<_> = stripes.iter().map(|&i| lock(&self.locks[i])).collect();
+        let mut original: std::collections::HashMap<&[u8], Option<Record>> = std::collections::HashMap::new();
+        let mut latest: std::collections::HashMap<&[u8], (Record, Vec<u8>)> =
+            std::collections::HashMap::new();
+        let mut order: Vec<&[u8]> = Vec::new();
+        let mut results = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_slice();
+            if !original.contains_key(key) {
+                match self.get(key) {
+                    Ok(rec) => {
+                        original.insert(key, rec);
+                    }
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                }
+            }
+            let current = latest.get(key).map(|(r, _)| r).or(original[key].as_ref());
+            let outcome =
+                f(i, current).map_err(StorageError::from).and_then(|Update { record, out }| match record {
+                    Some(new) => {
+                        let plain = self.serialize_checked(&new)?;
+                        if !latest.contains_key(key) {
+                            order.push(key);
+                        }
+                        latest.insert(key, (new, plain));
+                        Ok(out)
+                    }
+                    None => Ok(out),
+                });
+            results.push(outcome);
+        }
+        let changes: Vec<Change<'_>> = order
+            .iter()
+            .map(|k| {
+                let (new, plain) = &latest[k];
+                (*k, original[k].as_ref(), new, plain.clone())
+            })
+            .collect();
+        self.commit_all(&changes)?;
+        Ok(results)
     }
 
     /// Merges a replica's state of `key` into ours. Returns whether our state changed (a

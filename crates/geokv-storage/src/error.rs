@@ -14,6 +14,10 @@ pub enum StorageError {
     #[error("the key's stored state would be {actual} bytes, over the limit of {limit} bytes (limits.max_record_bytes)")]
     RecordTooLarge { actual: usize, limit: usize },
 
+    /// A batch's single commit failed; none of its items were stored.
+    #[error("the batch could not be committed, so none of its items were applied: {0}")]
+    BatchFailed(String),
+
     /// The data directory belongs to another node or another format.
     #[error("data directory {path}: {reason}")]
     Incompatible { path: String, reason: String },

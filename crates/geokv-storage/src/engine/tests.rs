@@ -92,14 +92,11 @@ fn corrupt_values_are_reported_not_served() {
 #[test]
 fn oversized_records_are_refused_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StorageConfig {
-        max_record_bytes: 200,
-        compression_threshold_bytes: usize::MAX,
-        ..Default::default()
-    };
+    let cfg = StorageConfig { max_record_bytes: 200, ..Default::default() };
     let e = open(dir.path(), cfg);
     run(&e, b"k", put("small", None), NOW).unwrap();
-    let err = run(&e, b"k", Op::Put { value: vec![1; 300], ttl_ms: None }, NOW).unwrap_err();
+    // Zeros compress to almost nothing: the limit applies to the uncompressed state.
+    let err = run(&e, b"k", Op::Put { value: vec![0; 3000], ttl_ms: None }, NOW).unwrap_err();
     assert!(matches!(err, StorageError::RecordTooLarge { limit: 200, .. }), "{err}");
     assert_eq!(e.get(b"k").unwrap().unwrap().view(NOW), Some(View::Register(b"small".to_vec())));
 }
@@ -216,4 +213,35 @@ fn a_page_over_many_dead_keys_returns_early_with_a_resume_point() {
     let page = e.scan(&next, b"", 10, usize::MAX, live).unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].0, b"z".to_vec());
+}
+
+#[test]
+fn update_many_commits_a_batch_at_once_with_per_item_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig { max_record_bytes: 300, ..Default::default() });
+    let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"a".to_vec(), b"big".to_vec()];
+    let ops = [
+        Op::Increment { delta: 1, ttl_ms: None },
+        put("x", None),
+        Op::Increment { delta: 2, ttl_ms: None },
+        Op::Put { value: vec![7; 1000], ttl_ms: None },
+    ];
+    let mut t = 100;
+    let results = e
+        .update_many(&keys, |i, cur| {
+            t += 1;
+            let a = apply(cur, &ops[i], Stamp::new(t, 7), NOW, &Limits::default())?;
+            Ok(Update { record: Some(a.record), out: a.outcome })
+        })
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert_eq!(
+        results[2].as_ref().unwrap(),
+        &geokv_core::OpOutcome::Counter { value: 3 },
+        "sees the earlier item"
+    );
+    assert!(matches!(results[3], Err(StorageError::RecordTooLarge { .. })));
+    assert_eq!(e.get(b"a").unwrap().unwrap().view(NOW), Some(View::Counter(3)));
+    assert!(e.get(b"big").unwrap().is_none(), "a refused item stores nothing");
+    assert_eq!(e.log_since(0, 10).unwrap().len(), 2, "one log entry per changed key");
 }
