@@ -36,13 +36,49 @@ pub enum Outcome {
     Impossible,
 }
 
-fn outcome(ok: usize, failed: usize, total: usize, needed: usize) -> Outcome {
-    if ok >= needed {
-        Outcome::Reached
-    } else if total - failed < needed {
-        Outcome::Impossible
-    } else {
-        Outcome::Pending
+/// Who of a set of eligible replicas answered or failed, against a required count.
+#[derive(Clone, Debug)]
+struct Tally {
+    eligible: BTreeSet<NodeId>,
+    needed: usize,
+    ok: BTreeSet<NodeId>,
+    failed: BTreeSet<NodeId>,
+}
+
+impl Tally {
+    fn new(eligible: impl IntoIterator<Item = NodeId>, needed: usize) -> Self {
+        Tally {
+            eligible: eligible.into_iter().collect(),
+            needed,
+            ok: BTreeSet::new(),
+            failed: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `node` may still answer (eligible, and neither answered nor failed yet).
+    fn open(&self, node: NodeId) -> bool {
+        self.eligible.contains(&node) && !self.ok.contains(&node) && !self.failed.contains(&node)
+    }
+
+    /// Records an answer; returns whether it counted (repeated or unknown ones do not).
+    fn ok(&mut self, node: NodeId) -> bool {
+        self.open(node) && self.ok.insert(node)
+    }
+
+    fn fail(&mut self, node: NodeId) {
+        if self.open(node) {
+            self.failed.insert(node);
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        if self.ok.len() >= self.needed {
+            Outcome::Reached
+        } else if self.eligible.len() - self.failed.len() < self.needed {
+            Outcome::Impossible
+        } else {
+            Outcome::Pending
+        }
     }
 }
 
@@ -52,50 +88,38 @@ fn outcome(ok: usize, failed: usize, total: usize, needed: usize) -> Outcome {
 #[derive(Clone, Debug)]
 pub struct WriteRound {
     targets: Vec<Target>,
-    needed: usize,
-    acked: BTreeSet<NodeId>,
-    failed: BTreeSet<NodeId>,
+    tally: Tally,
 }
 
 impl WriteRound {
-    /// A write to `targets` that needs `needed` acknowledgements.
+    /// A write to `targets` that needs `needed` acknowledgements from home replicas.
     pub fn new(targets: Vec<Target>, needed: usize) -> Self {
-        WriteRound { targets, needed, acked: BTreeSet::new(), failed: BTreeSet::new() }
+        let homes = targets.iter().filter(|t| t.hint_for.is_none()).map(|t| t.node);
+        WriteRound { tally: Tally::new(homes, needed), targets }
     }
 
     pub fn targets(&self) -> &[Target] {
         &self.targets
     }
 
-    fn known(&self, node: NodeId) -> bool {
-        self.targets.iter().any(|t| t.node == node && t.hint_for.is_none())
-            && !self.acked.contains(&node)
-            && !self.failed.contains(&node)
-    }
-
-    /// Records an acknowledgement (repeated or unknown ones are ignored).
+    /// Records an acknowledgement (repeated, unknown or stand-in ones do not count).
     pub fn ack(&mut self, node: NodeId) -> Outcome {
-        if self.known(node) {
-            self.acked.insert(node);
-        }
+        self.tally.ok(node);
         self.outcome()
     }
 
     /// Records a failure or timeout of one target.
     pub fn fail(&mut self, node: NodeId) -> Outcome {
-        if self.known(node) {
-            self.failed.insert(node);
-        }
+        self.tally.fail(node);
         self.outcome()
     }
 
     pub fn outcome(&self) -> Outcome {
-        let homes = self.targets.iter().filter(|t| t.hint_for.is_none()).count();
-        outcome(self.acked.len(), self.failed.len(), homes, self.needed)
+        self.tally.outcome()
     }
 
     pub fn acked(&self) -> &BTreeSet<NodeId> {
-        &self.acked
+        &self.tally.ok
     }
 }
 
@@ -103,38 +127,30 @@ impl WriteRound {
 /// and sets need the merge), and the replicas that lag behind the merge (read repair).
 #[derive(Clone, Debug)]
 pub struct ReadRound {
-    replicas: Vec<NodeId>,
-    needed: usize,
+    tally: Tally,
     answers: BTreeMap<NodeId, Option<Record>>,
-    failed: BTreeSet<NodeId>,
 }
 
 impl ReadRound {
     pub fn new(replicas: Vec<NodeId>, needed: usize) -> Self {
-        ReadRound { replicas, needed, answers: BTreeMap::new(), failed: BTreeSet::new() }
-    }
-
-    fn known(&self, node: NodeId) -> bool {
-        self.replicas.contains(&node) && !self.answers.contains_key(&node) && !self.failed.contains(&node)
+        ReadRound { tally: Tally::new(replicas, needed), answers: BTreeMap::new() }
     }
 
     /// Records a replica's state (`None`: it has nothing for the key).
     pub fn answer(&mut self, node: NodeId, state: Option<Record>) -> Outcome {
-        if self.known(node) {
+        if self.tally.ok(node) {
             self.answers.insert(node, state);
         }
         self.outcome()
     }
 
     pub fn fail(&mut self, node: NodeId) -> Outcome {
-        if self.known(node) {
-            self.failed.insert(node);
-        }
+        self.tally.fail(node);
         self.outcome()
     }
 
     pub fn outcome(&self) -> Outcome {
-        outcome(self.answers.len(), self.failed.len(), self.replicas.len(), self.needed)
+        self.tally.outcome()
     }
 
     /// The merge of every state received so far (`None` if no replica had the key).
