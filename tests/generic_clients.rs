@@ -86,6 +86,27 @@ fn a_malformed_config_file_stops_the_server_with_the_field_and_the_fix() {
         assert!(!out.status.success(), "server started with {text:?}");
         assert!(err.contains("bad.toml") && err.contains(word), "for {text:?}: {err}");
     }
+    // Not text at all.
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, b"node_id = 1\ndata_dir = \"\xff\xfe\"\n").unwrap();
+    let out = Command::new(BIN).args(["server", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.toml") && err.contains("UTF-8"), "{err}");
+    // A topology that names an unknown region stops the server with the topology's error.
+    let topo = dir.path().join("topo.toml");
+    std::fs::write(&topo, "[[regions]]\nname = \"r\"\nlocation = [0.0, 0.0]\njurisdiction = \"eu\"\nreplication_factor = 1\n[[nodes]]\nid = 1\nregion = \"mars\"\nclient_addr = \"127.0.0.1:1\"\npeer_addr = \"127.0.0.1:2\"\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "node_id = 1\ndata_dir = {:?}\ntopology = {:?}\n",
+            dir.path().join("d").display().to_string(),
+            topo.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["server", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown region \"mars\""), "{err}");
 }
 
 /// Python with grpcio and grpcio-reflection, if installed (CI installs them and sets
