@@ -42,6 +42,11 @@ impl ServerProcess {
     }
 
     pub fn start_with_config(config: &Path, data_dir: PathBuf) -> ServerProcess {
+        Self::try_start_with_config(config, data_dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server; an error if it exits (e.g. its port was taken) or stays silent for 60 s.
+    pub fn try_start_with_config(config: &Path, data_dir: PathBuf) -> Result<ServerProcess, String> {
         let mut child = Command::new(BIN)
             .args(["server", "--config"])
             .arg(config)
@@ -63,10 +68,10 @@ impl ServerProcess {
             Ok(a) => a.parse().expect("server printed a socket address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("geokv server did not start within 60 s (status: {:?})", child.try_wait());
+                return Err(format!("geokv server did not start (status: {:?})", child.wait()));
             }
         };
-        ServerProcess { child: Some(child), addr, config: config.to_path_buf(), data_dir }
+        Ok(ServerProcess { child: Some(child), addr, config: config.to_path_buf(), data_dir })
     }
 
     pub fn endpoint(&self) -> String {
@@ -134,7 +139,20 @@ pub struct TestCluster {
 pub const FAST_CLUSTER: &str = "[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nping_interval_ms = 100\nsuspect_after_ms = 400\ndead_after_ms = 2000\nhandoff_interval_ms = 200\n";
 
 impl TestCluster {
+    /// Starts `n` nodes. Ports are picked free just before the nodes bind them, so another
+    /// process can take one in between: then the whole cluster is started again on new ports.
     pub fn start(n: usize) -> TestCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(n) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start a {n}-node cluster: {last}");
+    }
+
+    fn try_start(n: usize) -> Result<TestCluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let mut topology = String::from(
             "[[regions]]\nname = \"eu-west\"\nlocation = [-6.26, 53.35]\njurisdiction = \"eu\"\nreplication_factor = 3\n",
@@ -160,9 +178,9 @@ impl TestCluster {
                 topo_path.display().to_string()
             );
             std::fs::write(&config, text).unwrap();
-            nodes.push(ServerProcess::start_with_config(&config, node_dir.join("data")));
+            nodes.push(ServerProcess::try_start_with_config(&config, node_dir.join("data"))?);
         }
-        TestCluster { dir, nodes, peer_addrs }
+        Ok(TestCluster { dir, nodes, peer_addrs })
     }
 
     /// Client of node `i` (0-based).

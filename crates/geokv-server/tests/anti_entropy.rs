@@ -10,7 +10,21 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts three nodes; ports are picked free just before binding, so on a bind failure (another
+/// process took one) the region is started again on new ports.
 async fn start_region(dir: &std::path::Path) -> Vec<RunningServer> {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        match try_start_region(&dir.join(format!("attempt-{attempt}"))).await {
+            Ok(servers) => return servers,
+            Err(e) => last = e,
+        }
+    }
+    panic!("could not start the region: {last}");
+}
+
+async fn try_start_region(dir: &std::path::Path) -> Result<Vec<RunningServer>, String> {
+    std::fs::create_dir_all(dir).unwrap();
     let mut topology = String::from(
         "[[regions]]\nname = \"r\"\nlocation = [0.0, 0.0]\njurisdiction = \"eu\"\nreplication_factor = 3\n",
     );
@@ -28,9 +42,17 @@ async fn start_region(dir: &std::path::Path) -> Vec<RunningServer> {
         let mut cfg = ServerConfig::new(id, dir.join(format!("node-{id}")));
         cfg.topology = Some(path.clone());
         cfg.storage.sync = false;
-        servers.push(serve(cfg, Arc::new(SystemClock)).await.unwrap());
+        match serve(cfg, Arc::new(SystemClock)).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    let _ = s.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
     }
-    servers
+    Ok(servers)
 }
 
 fn state(value: &str, time: u64) -> Record {
