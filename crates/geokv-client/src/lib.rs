@@ -38,6 +38,10 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// Every request fails with DEADLINE_EXCEEDED if no answer comes within this long (a safety
+/// net: servers bound their own work much more tightly).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Options of a Scan.
 #[derive(Clone, Debug, Default)]
 pub struct ScanOptions {
@@ -67,6 +71,7 @@ impl Client {
         let ep = Endpoint::from_shared(uri.clone())
             .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), message: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
+            .timeout(REQUEST_DEADLINE)
             .tcp_nodelay(true);
         let channel = ep
             .connect()
