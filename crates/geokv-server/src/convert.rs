@@ -77,7 +77,7 @@ pub fn outcome(out: OpOutcome, rec: &Record, now_ms: u64) -> pb::write_result::O
 }
 
 /// A batch item as a key and a core operation.
-pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), Status> {
+pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), geokv_core::CoreError> {
     use geokv_core::Op;
     use pb::write_op::Op as W;
     match op.op {
@@ -87,8 +87,8 @@ pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), Status> {
         Some(W::Append(a)) => Ok((a.key, Op::Append { value: a.value, ttl_ms: a.ttl_ms })),
         Some(W::SetAdd(s)) => Ok((s.key, Op::SetAdd { members: s.members, ttl_ms: s.ttl_ms })),
         Some(W::SetRemove(s)) => Ok((s.key, Op::SetRemove { members: s.members })),
-        None => {
-            Err(invalid("the op is empty; set one of put, delete, increment, append, set_add, set_remove"))
-        }
+        None => Err(geokv_core::CoreError::InvalidArgument(
+            "the op is empty; set one of put, delete, increment, append, set_add, set_remove".into(),
+        )),
     }
 }

@@ -152,15 +152,22 @@ impl Node {
 
     /// Applies many client writes, committed together in one `WriteBatch` (one WAL sync).
     /// Each item succeeds or fails on its own; invalid items touch nothing.
-    pub fn write_batch(&self, items: Vec<(Vec<u8>, Op)>) -> Vec<Result<(OpOutcome, Record), NodeError>> {
+    /// Items that did not even parse come in as errors and keep their place in the answer.
+    pub fn write_batch(
+        &self,
+        items: Vec<Result<(Vec<u8>, Op), CoreError>>,
+    ) -> Vec<Result<(OpOutcome, Record), NodeError>> {
         let mut results: Vec<Option<Result<(OpOutcome, Record), NodeError>>> =
             Vec::with_capacity(items.len());
         let mut valid_keys = Vec::new();
         let mut valid_ops = Vec::new();
         let mut slots = Vec::new();
-        for (i, (key, op)) in items.into_iter().enumerate() {
-            match self.limits.check_key(&key).and_then(|_| op.validate(&self.limits)) {
-                Ok(()) => {
+        for (i, item) in items.into_iter().enumerate() {
+            let checked = item.and_then(|(key, op)| {
+                self.limits.check_key(&key).and_then(|_| op.validate(&self.limits)).map(|_| (key, op))
+            });
+            match checked {
+                Ok((key, op)) => {
                     valid_keys.push(key);
                     valid_ops.push(op);
                     slots.push(i);
@@ -239,16 +246,16 @@ impl Node {
     }
 
     /// This replica's states (tombstones and expired keys included) from `start`, for a
-    /// cluster-wide scan that merges them across replicas.
+    /// cluster-wide scan that merges them across replicas. (Sizes for the page budget are
+    /// estimated from the value as it would be read at time 0, i.e. ignoring TTLs.)
     pub fn scan_states(
         &self,
         start: &[u8],
         prefix: &[u8],
         limit: usize,
     ) -> Result<geokv_storage::ScanPage, NodeError> {
-        let size = |key: &[u8], r: &Record| {
-            Some(key.len() + r.view(u64::MAX).map(|v| view_bytes(&v)).unwrap_or(0) + 64)
-        };
+        let size =
+            |key: &[u8], r: &Record| Some(key.len() + r.view(0).map(|v| view_bytes(&v)).unwrap_or(0) + 64);
         self.engine.scan(start, prefix, limit, self.limits.max_response_bytes, size)
     }
 

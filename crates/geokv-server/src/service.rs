@@ -136,31 +136,19 @@ impl Kv for KvService {
             .limits()
             .check_batch("BatchWrite ops", req.ops.len())
             .map_err(|e| invalid(e.to_string()))?;
-        let items: Vec<Result<(Vec<u8>, Op), Status>> = req.ops.into_iter().map(convert::batch_op).collect();
+        let items: Vec<_> = req.ops.into_iter().map(convert::batch_op).collect();
         let outcomes: Vec<Result<(OpOutcome, Record), Status>> = match &self.cluster {
             // One node: the whole batch in one blocking task and one WriteBatch.
             None => {
-                let (ok, bad): (Vec<_>, Vec<_>) = items.into_iter().enumerate().partition(|(_, r)| r.is_ok());
-                let n = ok.len() + bad.len();
-                let mut out: Vec<Option<Result<(OpOutcome, Record), Status>>> =
-                    (0..n).map(|_| None).collect();
-                for (i, r) in bad {
-                    out[i] = Some(Err(r.expect_err("partitioned")));
-                }
-                let (slots, valid): (Vec<usize>, Vec<(Vec<u8>, Op)>) =
-                    ok.into_iter().map(|(i, r)| (i, r.expect("partitioned"))).unzip();
-                let written = self.run(move |n| Ok(n.write_batch(valid))).await?;
-                for (slot, r) in slots.into_iter().zip(written) {
-                    out[slot] = Some(r.map_err(to_status));
-                }
-                out.into_iter().map(|r| r.expect("every item has a result")).collect()
+                let written = self.run(move |n| Ok(n.write_batch(items))).await?;
+                written.into_iter().map(|r| r.map_err(to_status)).collect()
             }
             Some(_) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
                     out.push(match item {
                         Ok((key, op)) => self.write_record(key, op, level).await,
-                        Err(s) => Err(s),
+                        Err(e) => Err(to_status(e.into())),
                     });
                 }
                 out

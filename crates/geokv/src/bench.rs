@@ -152,40 +152,21 @@ impl Kind {
     }
 }
 
+/// The workload's mix: with probability `p` the first kind, else the second.
 fn pick(w: Workload, rng: &mut SmallRng) -> Kind {
-    let r: f64 = rng.gen();
-    match w {
-        Workload::A => {
-            if r < 0.5 {
-                Kind::Read
-            } else {
-                Kind::Update
-            }
-        }
-        Workload::B => {
-            if r < 0.95 {
-                Kind::Read
-            } else {
-                Kind::Update
-            }
-        }
-        Workload::C => Kind::Read,
-        Workload::D => {
-            if r < 0.95 {
-                Kind::Read
-            } else {
-                Kind::Insert
-            }
-        }
-        Workload::F => {
-            if r < 0.5 {
-                Kind::Read
-            } else {
-                Kind::ReadModifyWrite
-            }
-        }
-        Workload::Incr => Kind::Increment,
-        Workload::Sadd => Kind::SetAdd,
+    let (p, first, second) = match w {
+        Workload::A => (0.5, Kind::Read, Kind::Update),
+        Workload::B => (0.95, Kind::Read, Kind::Update),
+        Workload::C => (1.0, Kind::Read, Kind::Read),
+        Workload::D => (0.95, Kind::Read, Kind::Insert),
+        Workload::F => (0.5, Kind::Read, Kind::ReadModifyWrite),
+        Workload::Incr => (1.0, Kind::Increment, Kind::Increment),
+        Workload::Sadd => (1.0, Kind::SetAdd, Kind::SetAdd),
+    };
+    if rng.gen::<f64>() < p {
+        first
+    } else {
+        second
     }
 }
 

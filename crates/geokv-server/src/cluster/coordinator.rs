@@ -138,14 +138,15 @@ impl Cluster {
         // coordinator keeps their hints itself.
         for &home in placement.home.iter().filter(|&&h| h != self.me && !self.healthy(h)) {
             if !placement.targets.iter().any(|t| t.hint_for == Some(home)) {
-                self.keep_hint(home, key, &state).await;
+                self.keep_hint(home, key, rec).await;
             }
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
         for target in others {
-            let (this, tx, key, state) = (self.clone(), tx.clone(), key.to_vec(), state.clone());
+            let (this, tx, key, state, rec) =
+                (self.clone(), tx.clone(), key.to_vec(), state.clone(), rec.clone());
             tokio::spawn(async move {
-                let ok = this.send_state(target, &key, state).await;
+                let ok = this.send_state(target, &key, state, &rec).await;
                 let _ = tx.send((target.node, ok));
             });
         }
@@ -170,8 +171,8 @@ impl Cluster {
     }
 
     /// Sends a state to one target; on failure keeps a durable hint for a home replica.
-    async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>) -> bool {
-        let req = pb::MergeRequest { key: key.to_vec(), state: state.clone(), hint_for: target.hint_for };
+    async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>, rec: &Record) -> bool {
+        let req = pb::MergeRequest { key: key.to_vec(), state, hint_for: target.hint_for };
         // Backpressure: a replica with too many sends in flight gets a hint instead.
         let slot = self.peers.slot(target.node).await;
         let result = match (slot.is_some(), self.peers.client(target.node)) {
@@ -189,7 +190,7 @@ impl Cluster {
                 // Unreachable: keep the state for it, to hand off when it answers again.
                 self.detector().on_failure(target.node);
                 let home = target.hint_for.unwrap_or(target.node);
-                self.keep_hint(home, key, &state).await;
+                self.keep_hint(home, key, rec).await;
                 false
             }
             Err(s) => {
@@ -201,9 +202,8 @@ impl Cluster {
         }
     }
 
-    async fn keep_hint(&self, home: NodeId, key: &[u8], state: &[u8]) {
-        let Ok(rec) = codec::decode(state) else { return };
-        let (node, key) = (self.node.clone(), key.to_vec());
+    async fn keep_hint(&self, home: NodeId, key: &[u8], rec: &Record) {
+        let (node, key, rec) = (self.node.clone(), key.to_vec(), rec.clone());
         let kept = tokio::task::spawn_blocking(move || node.engine().put_hint(home, &key, &rec)).await;
         if !matches!(kept, Ok(Ok(()))) {
             tracing::error!(home, "could not keep a hint; anti-entropy must repair this replica");
