@@ -239,16 +239,5 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
 
 /// How node `i` (0-based) sees node `id`, asked through `geokv peer-stats --json`.
 fn member_health(cluster: &TestCluster, i: usize, id: u64) -> String {
-    let peer = cluster.peer_addrs[i].to_string();
-    let out = std::process::Command::new(support::BIN)
-        .args(["--json", "peer-stats", "--peer", &peer])
-        .output()
-        .unwrap();
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    j["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["node_id"] == id))
-        .and_then(|m| m["health"].as_str())
-        .unwrap_or("unknown")
-        .to_string()
+    cluster.member_field(i, id, "health")
 }

@@ -136,7 +136,7 @@ pub struct TestCluster {
 
 /// Cluster timeouts short enough for tests on a loaded machine. The WAL is written but not
 /// fsynced: the tests kill processes, not machines, and the page cache survives a process.
-pub const FAST_CLUSTER: &str = "[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nping_interval_ms = 100\nsuspect_after_ms = 400\ndead_after_ms = 2000\nhandoff_interval_ms = 200\n";
+pub const FAST_CLUSTER: &str = "[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nprobe_interval_ms = 100\nsuspect_timeout_ms = 500\nhandoff_interval_ms = 200\n";
 
 impl TestCluster {
     /// Starts `n` nodes. Ports are picked free just before the nodes bind them, so another
@@ -154,33 +154,74 @@ impl TestCluster {
 
     fn try_start(n: usize) -> Result<TestCluster, String> {
         let dir = tempfile::tempdir().unwrap();
+        let mut cluster = TestCluster { dir, nodes: Vec::new(), peer_addrs: Vec::new() };
+        for _ in 0..n {
+            cluster.peer_addrs.push(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        }
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        cluster.write_topology(&client_ports);
+        for (i, _) in client_ports.iter().enumerate() {
+            let node = cluster.start_node(i + 1, false)?;
+            cluster.nodes.push(node);
+        }
+        Ok(cluster)
+    }
+
+    fn topology_path(&self) -> PathBuf {
+        self.dir.path().join("topology.toml")
+    }
+
+    /// Writes the topology file: node i+1 has `client_ports[i]` and `peer_addrs[i]`.
+    fn write_topology(&self, client_ports: &[u16]) {
         let mut topology = String::from(
             "[[regions]]\nname = \"eu-west\"\nlocation = [-6.26, 53.35]\njurisdiction = \"eu\"\nreplication_factor = 3\n",
         );
-        let mut peer_addrs = Vec::new();
-        for id in 1..=n {
-            let (client, peer) = (free_port(), free_port());
+        for (i, (client, peer)) in client_ports.iter().zip(&self.peer_addrs).enumerate() {
             topology.push_str(&format!(
-                "\n[[nodes]]\nid = {id}\nregion = \"eu-west\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"127.0.0.1:{peer}\"\n"
+                "\n[[nodes]]\nid = {}\nregion = \"eu-west\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"{peer}\"\n",
+                i + 1
             ));
-            peer_addrs.push(format!("127.0.0.1:{peer}").parse().unwrap());
         }
-        let topo_path = dir.path().join("topology.toml");
-        std::fs::write(&topo_path, topology).unwrap();
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            let node_dir = dir.path().join(format!("node-{id}"));
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let config = node_dir.join("geokv.toml");
-            let text = format!(
-                "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{FAST_CLUSTER}",
-                node_dir.join("data").display().to_string(),
-                topo_path.display().to_string()
-            );
-            std::fs::write(&config, text).unwrap();
-            nodes.push(ServerProcess::try_start_with_config(&config, node_dir.join("data"))?);
-        }
-        Ok(TestCluster { dir, nodes, peer_addrs })
+        std::fs::write(self.topology_path(), topology).unwrap();
+    }
+
+    fn start_node(&self, id: usize, join: bool) -> Result<ServerProcess, String> {
+        let node_dir = self.dir.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let config = node_dir.join("geokv.toml");
+        let text = format!(
+            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{FAST_CLUSTER}join = {join}\n",
+            node_dir.join("data").display().to_string(),
+            self.topology_path().display().to_string()
+        );
+        std::fs::write(&config, text).unwrap();
+        ServerProcess::try_start_with_config(&config, node_dir.join("data"))
+    }
+
+    /// Starts one more node that joins the running region (`cluster.join = true`); the
+    /// topology file is rewritten with it (running nodes learn it by gossip). Returns its
+    /// index.
+    pub fn add_node(&mut self) -> usize {
+        let client_ports: Vec<u16> = self.nodes.iter().map(|n| n.addr.port()).chain([free_port()]).collect();
+        self.peer_addrs.push(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        self.write_topology(&client_ports);
+        let node = self.start_node(self.nodes.len() + 1, true).unwrap_or_else(|e| panic!("{e}"));
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Field `field` of node `id` as node `i` (0-based) sees it, through
+    /// `geokv peer-stats --json` ("unknown" if the node does not answer or know it).
+    pub fn member_field(&self, i: usize, id: u64, field: &str) -> String {
+        let peer = self.peer_addrs[i].to_string();
+        let out = Command::new(BIN).args(["--json", "peer-stats", "--peer", &peer]).output().unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        j["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["node_id"] == id))
+            .and_then(|m| m[field].as_str())
+            .unwrap_or("unknown")
+            .to_string()
     }
 
     /// Client of node `i` (0-based).

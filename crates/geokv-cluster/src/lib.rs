@@ -1,6 +1,7 @@
 //! geokv-cluster: the decisions of a regional cluster, without I/O.
 //!
-//! Owns: failure detection from probe results ([`Detector`]), consistency levels and what they require of N replicas, and the bookkeeping of one
+//! Owns: the membership view that gossip feeds ([`Membership`]: ring status, health, the
+//! owners and future rings), consistency levels and what they require of N replicas, and the bookkeeping of one
 //! quorum write or read ([`WriteRound`], [`ReadRound`]): who answered, whether the quorum is
 //! reached or can no longer be, the merged state of a read and which replicas need read repair.
 //! These are plain state machines: the transport feeds them answers and acts on what they
@@ -8,9 +9,9 @@
 //!
 //! Does not own: the transport (gRPC lives in `geokv-server`), the ring (`geokv-topology`).
 
-mod detector;
+pub mod membership;
 pub mod merkle;
 mod quorum;
 
-pub use detector::{Detector, DetectorConfig, Health};
+pub use membership::{Health, MemberInfo, Membership, Status};
 pub use quorum::{Level, Outcome, ReadRound, WriteRound};

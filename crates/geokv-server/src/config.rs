@@ -43,28 +43,32 @@ pub struct ServerConfig {
 pub struct ClusterConfig {
     /// Deadline of one node-to-node call, in milliseconds.
     pub request_timeout_ms: u64,
-    /// How often every peer is probed, in milliseconds.
-    pub ping_interval_ms: u64,
-    /// A peer that failed a probe and has not answered for this long is suspect: writes go to
-    /// stand-ins (as hints) instead of it.
-    pub suspect_after_ms: u64,
-    /// A peer silent for this long is reported dead.
-    pub dead_after_ms: u64,
+    /// SWIM probe period of the gossip membership protocol, in milliseconds: each period a
+    /// node probes one peer over UDP (on its peer address); a probe unanswered within half the
+    /// period goes through other peers, and a peer that fails both is suspect. Suspect peers
+    /// get no writes (their writes go to stand-ins as hints).
+    pub probe_interval_ms: u64,
+    /// How long a suspect peer has to refute the suspicion before the region declares it dead.
+    pub suspect_timeout_ms: u64,
     /// How often hints are offered to the nodes they are kept for, in milliseconds.
     pub handoff_interval_ms: u64,
     /// How often a Merkle anti-entropy round runs with every healthy peer, in milliseconds.
     pub anti_entropy_interval_ms: u64,
+    /// Start as a new node of a running region: stream in the ranges it will own, then take
+    /// them over. Only the first start reads this; the node's saved view says where it
+    /// stands after that.
+    pub join: bool,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             request_timeout_ms: 2000,
-            ping_interval_ms: 250,
-            suspect_after_ms: 1000,
-            dead_after_ms: 10_000,
+            probe_interval_ms: 250,
+            suspect_timeout_ms: 2000,
             handoff_interval_ms: 500,
             anti_entropy_interval_ms: 60_000,
+            join: false,
         }
     }
 }
@@ -183,7 +187,6 @@ impl ServerConfig {
         }
         let c = &self.cluster;
         if c.request_timeout_ms == 0
-            || c.ping_interval_ms == 0
             || c.handoff_interval_ms == 0
             || c.anti_entropy_interval_ms == 0
         {
@@ -193,14 +196,14 @@ impl ServerConfig {
                 "use positive milliseconds",
             ));
         }
-        if c.suspect_after_ms < c.ping_interval_ms || c.dead_after_ms < c.suspect_after_ms {
+        if c.probe_interval_ms < 10 || c.suspect_timeout_ms < c.probe_interval_ms {
             return Err(invalid(
-                "cluster.suspect_after_ms",
+                "cluster.suspect_timeout_ms",
                 format!(
-                    "is {} with ping_interval_ms {} and dead_after_ms {}",
-                    c.suspect_after_ms, c.ping_interval_ms, c.dead_after_ms
+                    "is {} with probe_interval_ms {}",
+                    c.suspect_timeout_ms, c.probe_interval_ms
                 ),
-                "keep ping_interval_ms <= suspect_after_ms <= dead_after_ms",
+                "keep 10 <= probe_interval_ms <= suspect_timeout_ms",
             ));
         }
         if self.max_clock_drift_ms == 0 {

@@ -247,15 +247,18 @@ impl Node {
 
     /// This replica's states (tombstones and expired keys included) from `start`, for a
     /// cluster-wide scan that merges them across replicas. (Sizes for the page budget are
-    /// estimated from the value as it would be read at time 0, i.e. ignoring TTLs.)
+    /// estimated from the value as it would be read at time 0, i.e. ignoring TTLs.) Keys
+    /// `keep` refuses are stepped over.
     pub fn scan_states(
         &self,
         start: &[u8],
         prefix: &[u8],
         limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
     ) -> Result<geokv_storage::ScanPage, NodeError> {
-        let size =
-            |key: &[u8], r: &Record| Some(key.len() + r.view(0).map(|v| view_bytes(&v)).unwrap_or(0) + 64);
+        let size = |key: &[u8], r: &Record| {
+            keep(key).then(|| key.len() + r.view(0).map(|v| view_bytes(&v)).unwrap_or(0) + 64)
+        };
         self.engine.scan(start, prefix, limit, self.limits.max_response_bytes, size)
     }
 

@@ -98,7 +98,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                     tracing::error!(error = %e, "node-to-node service stopped");
                 }
             }));
-            background.extend(cluster.spawn_tasks());
+            background.extend(cluster.start().await?);
             tracing::info!(region = cluster.region(), %peer_addr, "joined regional cluster");
             (client_addr, Some(cluster), Some(peer_addr))
         }

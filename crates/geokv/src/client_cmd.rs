@@ -96,6 +96,18 @@ pub enum ClientCommand {
         #[arg(long)]
         peer: String,
     },
+    /// Take a node off its region's ring: it streams its keys to their next owners, then
+    /// turns "left" (it can be stopped then). Talks to the node's peer address.
+    Leave {
+        #[arg(long)]
+        peer: String,
+    },
+    /// Drop a node's copies of keys it no longer replicates, after joins and leaves have
+    /// finished. Talks to the node's peer address.
+    Cleanup {
+        #[arg(long)]
+        peer: String,
+    },
     /// Apply many writes from JSON lines, e.g. {"op":"put","key":"k","value":"v","ttl_ms":1000}.
     /// Ops: put, del, incr (delta), append, sadd / srem (members). Reads stdin without --file.
     Batch {
@@ -160,8 +172,12 @@ fn print(json: bool, j: Json, human: String) {
 }
 
 pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
-    if let ClientCommand::PeerStats { peer } = &cmd {
-        return peer_stats(peer, opts.json).await;
+    match &cmd {
+        ClientCommand::PeerStats { peer } => return peer_stats(peer, opts.json).await,
+        ClientCommand::Leave { peer } | ClientCommand::Cleanup { peer } => {
+            return move_cmd(peer, matches!(cmd, ClientCommand::Leave { .. }), opts.json).await
+        }
+        _ => {}
     }
     let mut client = Client::connect(&opts.endpoint).await?;
     if let Some(level) = opts.consistency {
@@ -261,7 +277,9 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Batch { file } => batch(&client, file, js).await?,
-        ClientCommand::PeerStats { .. } => unreachable!("handled above"),
+        ClientCommand::PeerStats { .. } | ClientCommand::Leave { .. } | ClientCommand::Cleanup { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }
@@ -355,14 +373,39 @@ async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Resu
     Ok(())
 }
 
-async fn peer_stats(peer: &str, js: bool) -> anyhow::Result<()> {
-    use proto::cluster_client::ClusterClient;
+async fn peer_client(
+    peer: &str,
+) -> anyhow::Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>> {
     let uri = if peer.contains("://") { peer.to_string() } else { format!("http://{peer}") };
-    let mut c =
-        ClusterClient::connect(uri.clone()).await.with_context(|| format!("cannot connect to {uri}"))?;
+    proto::cluster_client::ClusterClient::connect(uri.clone())
+        .await
+        .with_context(|| format!("cannot connect to {uri}"))
+}
+
+async fn move_cmd(peer: &str, leave: bool, js: bool) -> anyhow::Result<()> {
+    let mut c = peer_client(peer).await?;
+    let r = if leave {
+        c.leave(proto::LeaveRequest {}).await?.into_inner()
+    } else {
+        c.cleanup(proto::CleanupRequest {}).await?.into_inner()
+    };
+    let verb = if leave { "streamed" } else { "dropped" };
+    let j = json!({ "keys": r.keys, "bytes": r.bytes, "status": r.status });
+    print(js, j, format!("{verb} {} keys ({} B); node is now {}", r.keys, r.bytes, r.status));
+    Ok(())
+}
+
+async fn peer_stats(peer: &str, js: bool) -> anyhow::Result<()> {
+    let mut c = peer_client(peer).await?;
     let s = c.stats(proto::StatsRequest {}).await?.into_inner();
-    let members: Vec<Json> =
-        s.members.iter().map(|m| json!({ "node_id": m.node_id, "health": m.health })).collect();
+    let members: Vec<Json> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({ "node_id": m.node_id, "health": m.health, "status": m.status, "region": m.region,
+                "client_addr": m.client_addr, "peer_addr": m.peer_addr, "version": m.version })
+        })
+        .collect();
     let j = json!({
         "node_id": s.node_id, "region": s.region, "members": members,
         "anti_entropy": { "rounds": s.ae_rounds, "keys_compared": s.ae_keys_compared, "keys_repaired": s.ae_keys_repaired,
@@ -372,7 +415,10 @@ async fn peer_stats(peer: &str, js: bool) -> anyhow::Result<()> {
     });
     let mut human = format!("node {} in region {}\n", s.node_id, s.region);
     for m in &s.members {
-        human.push_str(&format!("  peer {:>4}  {}\n", m.node_id, m.health));
+        human.push_str(&format!(
+            "  node {:>4}  {:<8} {:<8} {:<12} client {} peer {}\n",
+            m.node_id, m.health, m.status, m.region, m.client_addr, m.peer_addr
+        ));
     }
     human.push_str(&format!(
         "anti-entropy: {} rounds, {} keys compared, {} repaired, {} B sent, {} B received\nhints: {} pending, {} delivered; read repairs: {}",

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use geokv_cluster::merkle::{self, Summary};
+use geokv_cluster::Membership;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
 use geokv_storage::codec;
@@ -37,9 +38,9 @@ async fn with_deadline<T>(
 }
 
 impl Cluster {
-    /// Whether `key` is replicated by both this node and `peer`.
-    fn shared_with(&self, key: &[u8], peer: NodeId) -> bool {
-        let home = self.ring.preference_list(key, self.n);
+    /// Whether `key` is replicated by both this node and `peer` in `view`.
+    fn shared_with(&self, view: &Membership, key: &[u8], peer: NodeId) -> bool {
+        let home = view.home(key);
         home.contains(&self.me) && home.contains(&peer)
     }
 
@@ -51,8 +52,9 @@ impl Cluster {
     ) -> Result<BTreeMap<Vec<u8>, u64>, geokv_storage::StorageError> {
         let wanted: Option<std::collections::BTreeSet<u32>> = leaves.map(|l| l.iter().copied().collect());
         let mut out = BTreeMap::new();
+        let view = self.view();
         self.node.engine().for_each(|key, rec| {
-            if self.shared_with(key, peer)
+            if self.shared_with(&view, key, peer)
                 && wanted.as_ref().is_none_or(|w| w.contains(&merkle::leaf_of(key)))
             {
                 out.insert(key.to_vec(), merkle::digest(key, &codec::serialize(rec)));
@@ -66,8 +68,9 @@ impl Cluster {
     pub fn summary_for(&self, peer: NodeId) -> Result<(Summary, usize), geokv_storage::StorageError> {
         let mut s = Summary::default();
         let mut count = 0;
+        let view = self.view();
         self.node.engine().for_each(|key, rec| {
-            if self.shared_with(key, peer) {
+            if self.shared_with(&view, key, peer) {
                 s.add(key, merkle::digest(key, &codec::serialize(rec)));
                 count += 1;
             }
@@ -91,7 +94,7 @@ impl Cluster {
     /// for while one runs (timer or `RunAntiEntropy`) waits for it.
     pub async fn anti_entropy_round(self: &Arc<Self>) {
         let _one_at_a_time = self.ae_lock.lock().await;
-        for peer in self.peers.ids() {
+        for peer in self.view().peers() {
             if !self.healthy(peer) {
                 continue;
             }
@@ -103,7 +106,7 @@ impl Cluster {
     }
 
     async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), Status> {
-        let mut client = self.peers.client(peer).ok_or_else(|| Status::internal("unknown peer"))?;
+        let mut client = self.client(peer).ok_or_else(|| Status::internal("unknown peer"))?;
         let this = self.clone();
         let (mine, compared) = tokio::task::spawn_blocking(move || this.summary_for(peer))
             .await

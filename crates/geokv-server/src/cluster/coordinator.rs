@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use geokv_cluster::{Level, Outcome, ReadRound, WriteRound};
+use geokv_cluster::{Health, Level, Outcome, ReadRound, WriteRound};
 use geokv_core::{NodeId, Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
 use geokv_storage::codec;
@@ -70,7 +70,7 @@ impl Cluster {
         action: Action,
         level: Level,
     ) -> Result<Applied, Status> {
-        let home = self.ring.preference_list(&key, self.n);
+        let home = self.view().home(&key);
         // A compare-and-swap runs on the first healthy home replica, so concurrent CAS calls
         // through different nodes meet on one coordinator while it is up. It is still not
         // linearizable (no consensus): a coordinator change during a failure can let two CAS
@@ -126,17 +126,30 @@ impl Cluster {
     /// Sends `rec` (already stored here) to the key's other targets; returns once `level` of
     /// the N replicas have it. Sends still under way then go on in the background.
     async fn replicate(self: &Arc<Self>, key: &[u8], rec: &Record, level: Level) -> Result<(), Status> {
-        let placement = self.ring.placement(key, self.n, |id| self.healthy(id));
-        let needed = level.required(self.n);
+        let view = self.view();
+        let now = self.node.now_ms();
+        let healthy = |id| id == self.me || view.health(id, now) == Health::Alive;
+        let n = view.n();
+        let placement = view.owners().placement(key, n, healthy);
+        let needed = level.required(n);
         let mut round = WriteRound::new(placement.targets.clone(), needed);
         if placement.home.contains(&self.me) {
             round.ack(self.me);
         }
-        let others: Vec<Target> = placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
+        let mut others: Vec<Target> = placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
+        // Nodes taking the key over (joining, or replacing a leaving node) get it too, outside
+        // the quorum; a hint is kept for those that are down.
+        for node in view.incoming(key).into_iter().filter(|&id| id != self.me) {
+            if healthy(node) {
+                others.push(Target { node, hint_for: None });
+            } else {
+                self.keep_hint(node, key, rec).await;
+            }
+        }
         let state = encode(rec);
         // Unhealthy home replicas that no stand-in covers (the region has no spare node): the
         // coordinator keeps their hints itself.
-        for &home in placement.home.iter().filter(|&&h| h != self.me && !self.healthy(h)) {
+        for &home in placement.home.iter().filter(|&&h| !healthy(h)) {
             if !placement.targets.iter().any(|t| t.hint_for == Some(home)) {
                 self.keep_hint(home, key, rec).await;
             }
@@ -163,7 +176,7 @@ impl Cluster {
             _ => Err(Status::unavailable(format!(
                 "{QUORUM_FAILED}: a {} write needs {needed} of {} replicas, {} acknowledged ({:?}); the write is stored on those and not rolled back; unreachable replicas get it by hinted handoff",
                 level_name(level),
-                self.n,
+                n,
                 round.acked().len(),
                 round.acked()
             ))),
@@ -174,8 +187,8 @@ impl Cluster {
     async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>, rec: &Record) -> bool {
         let req = pb::MergeRequest { key: key.to_vec(), state, hint_for: target.hint_for };
         // Backpressure: a replica with too many sends in flight gets a hint instead.
-        let slot = self.peers.slot(target.node).await;
-        let result = match (slot.is_some(), self.peers.client(target.node)) {
+        let slot = self.slot(target.node).await;
+        let result = match (slot.is_some(), self.client(target.node)) {
             (false, _) => Err(Status::unavailable("too many sends in flight to this replica")),
             (true, None) => Err(Status::internal("unknown peer")),
             (true, Some(mut c)) => match tokio::time::timeout(self.peers.timeout(), c.merge(req)).await {
@@ -188,7 +201,6 @@ impl Cluster {
             Ok(()) => true,
             Err(s) if is_transport(&s) => {
                 // Unreachable: keep the state for it, to hand off when it answers again.
-                self.detector().on_failure(target.node);
                 let home = target.hint_for.unwrap_or(target.node);
                 self.keep_hint(home, key, rec).await;
                 false
@@ -233,7 +245,7 @@ impl Cluster {
         }
         let mut last_error = None;
         for &target in home.iter().filter(|&&h| self.healthy(h)) {
-            let Some(mut client) = self.peers.client(target) else { continue };
+            let Some(mut client) = self.client(target) else { continue };
             // The remote coordinator may itself wait up to a timeout for its replicas.
             let call = tokio::time::timeout(2 * self.peers.timeout(), client.coordinate(req.clone()));
             let result = call.await.unwrap_or_else(|_| {
@@ -245,7 +257,6 @@ impl Cluster {
                 // the answer is final (retrying elsewhere could apply it twice).
                 Err(s) if !is_transport(&s) => return Err(s),
                 Err(s) => {
-                    self.detector().on_failure(target);
                     last_error = Some(s);
                 }
             }
@@ -259,14 +270,15 @@ impl Cluster {
     /// Reads a key from `level` of its healthy home replicas and merges their states.
     pub async fn read(self: &Arc<Self>, key: Vec<u8>, level: Level) -> Result<Option<Record>, Status> {
         self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let home = self.ring.preference_list(&key, self.n);
-        let needed = level.required(self.n);
+        let view = self.view();
+        let (home, n) = (view.home(&key), view.n());
+        let needed = level.required(n);
         let candidates: Vec<NodeId> = home.iter().copied().filter(|&h| self.healthy(h)).collect();
         if candidates.len() < needed {
             return Err(Status::unavailable(format!(
                 "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas, {} are reachable",
                 level_name(level),
-                self.n,
+                n,
                 candidates.len()
             )));
         }
@@ -300,7 +312,7 @@ impl Cluster {
             return Err(Status::unavailable(format!(
                 "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas and too few answered",
                 level_name(level),
-                self.n
+                n
             )));
         }
         let merged = round.merged();
@@ -323,7 +335,7 @@ impl Cluster {
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(to_status);
         }
-        let mut client = self.peers.client(node).ok_or_else(|| Status::internal("unknown peer"))?;
+        let mut client = self.client(node).ok_or_else(|| Status::internal("unknown peer"))?;
         let resp = tokio::time::timeout(self.peers.timeout(), client.fetch(pb::FetchRequest { key }))
             .await
             .map_err(|_| Status::deadline_exceeded("fetch timed out"))?;
@@ -332,7 +344,6 @@ impl Cluster {
             Ok(r) => decode(&r.into_inner().state).map(Some),
             Err(s) => {
                 if is_transport(&s) {
-                    self.detector().on_failure(node);
                 }
                 Err(s)
             }
@@ -348,7 +359,7 @@ impl Cluster {
             }
             return;
         }
-        let Some(mut client) = self.peers.client(node) else { return };
+        let Some(mut client) = self.client(node) else { return };
         let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None };
         if let Ok(Ok(resp)) = tokio::time::timeout(self.peers.timeout(), client.merge(req)).await {
             if resp.into_inner().changed {

@@ -7,17 +7,21 @@
 
 mod anti_entropy;
 mod coordinator;
+mod gossip;
+mod moves;
 mod peers;
 mod scan;
 mod service;
 mod tasks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use geokv_cluster::{Detector, DetectorConfig, Health};
+use geokv_cluster::{Health, MemberInfo, Membership, Status};
 use geokv_core::NodeId;
-use geokv_topology::{Ring, Topology};
+use geokv_proto::v1::cluster_client::ClusterClient;
+use geokv_topology::Topology;
+use tonic::transport::Channel;
 
 pub use coordinator::{Action, Applied};
 pub use service::{level_of, ClusterService};
@@ -47,37 +51,88 @@ pub struct Cluster {
     ae_lock: tokio::sync::Mutex<()>,
     me: NodeId,
     region: String,
-    ring: Ring,
-    n: usize,
+    /// The membership view, replaced (not mutated) on each change so a request routes by one
+    /// consistent snapshot.
+    view: RwLock<Arc<Membership>>,
     peers: peers::Peers,
-    detector: Mutex<Detector>,
+    gossip: OnceLock<gossip::Handle>,
     cfg: ClusterConfig,
 }
 
+/// Name of the saved membership view in the engine's meta column family.
+const VIEW_META: &str = "cluster/view";
+
+/// How a change of the view is kept.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Change {
+    None,
+    /// Health only: not saved (gossip says it again after a restart).
+    Health,
+    /// A node's info (status, addresses, version): saved.
+    Info,
+}
+
 impl Cluster {
-    /// The cluster view of node `node.id()` in `topology` (validated by the caller).
+    /// The cluster view of node `node.id()` in `topology` (validated by the caller). The
+    /// view saved by an earlier run of this node wins over the topology file, which only
+    /// seeds a node's first start: nodes that joined or left since are known from gossip.
     pub fn new(node: Arc<Node>, topology: &Topology, cfg: ClusterConfig) -> Result<Arc<Self>, String> {
         let me = node.id();
         let spec = topology.node(me).ok_or_else(|| format!("node {me} is not in the topology"))?;
         let region = topology.region(&spec.region).expect("validated topology");
-        let peers = peers::Peers::new(topology, &spec.region, me, cfg.request_timeout_ms)?;
-        let detector = Detector::new(
-            DetectorConfig { suspect_after_ms: cfg.suspect_after_ms, dead_after_ms: cfg.dead_after_ms },
-            peers.ids(),
+        let saved: Option<Vec<MemberInfo>> = node
+            .engine()
+            .get_meta(VIEW_META)
+            .map_err(|e| format!("cannot read the saved cluster view: {e}"))?
+            .map(|raw| postcard::from_bytes(&raw))
+            .transpose()
+            .map_err(|e| format!("the saved cluster view does not decode ({e}); it is corrupt"))?;
+        let info_of = |id: NodeId, s: &geokv_topology::NodeSpec, status| MemberInfo {
+            id,
+            version: 0,
+            status,
+            region: s.region.clone(),
+            client_addr: s.client_addr.to_string(),
+            peer_addr: s.peer_addr.to_string(),
+        };
+        let first_status = if cfg.join { Status::Joining } else { Status::Normal };
+        let (mine, others) = match saved {
+            Some(view) => {
+                let mine = view.iter().find(|i| i.id == me).cloned();
+                (mine, view.into_iter().filter(|i| i.id != me).collect())
+            }
+            None => (
+                None,
+                topology.nodes.iter().filter(|s| s.id != me).map(|s| info_of(s.id, s, Status::Normal)).collect(),
+            ),
+        };
+        // Addresses come from the topology file (they may have moved); the status from the
+        // saved view; the version goes up on every start so peers take this incarnation.
+        let status = mine.as_ref().map(|i| i.status).unwrap_or(first_status);
+        let version = mine.as_ref().map(|i| i.version).unwrap_or(0);
+        let me_info = MemberInfo { version, ..info_of(me, spec, status) }.next(status, node.now_ms());
+        let grace = cfg.suspect_timeout_ms + 4 * cfg.probe_interval_ms;
+        let view = Membership::new(
+            me_info,
+            others,
+            region.replication_factor,
+            topology.vnodes_per_node,
             node.now_ms(),
+            grace,
         );
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             me,
             region: spec.region.clone(),
-            ring: topology.ring(&spec.region),
-            n: region.replication_factor,
-            peers,
-            detector: Mutex::new(detector),
+            view: RwLock::new(Arc::new(view)),
+            peers: peers::Peers::new(cfg.request_timeout_ms),
+            gossip: OnceLock::new(),
             cfg,
             node,
             stats: ClusterStats::default(),
             ae_lock: tokio::sync::Mutex::new(()),
-        }))
+        });
+        cluster.save_view()?;
+        Ok(cluster)
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -88,27 +143,63 @@ impl Cluster {
         &self.region
     }
 
-    fn detector(&self) -> std::sync::MutexGuard<'_, Detector> {
-        self.detector.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The current membership view.
+    pub fn view(&self) -> Arc<Membership> {
+        self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Applies `f` to a copy of the view and installs it if `f` says it changed; saves it if a
+    /// node's info changed.
+    pub(crate) fn update_view(&self, f: impl FnOnce(&mut Membership) -> Change) -> Change {
+        let change = {
+            let mut slot = self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = (**slot).clone();
+            let change = f(&mut next);
+            if change != Change::None {
+                *slot = Arc::new(next);
+            }
+            change
+        };
+        if change == Change::Info {
+            if let Err(e) = self.save_view() {
+                tracing::error!(error = %e, "could not save the cluster view");
+            }
+        }
+        change
+    }
+
+    fn save_view(&self) -> Result<(), String> {
+        let infos: Vec<MemberInfo> = self.view().members().cloned().collect();
+        let raw = postcard::to_allocvec(&infos).expect("member infos serialize");
+        self.node.engine().put_meta(VIEW_META, &raw).map_err(|e| format!("cannot save the cluster view: {e}"))
     }
 
     /// Whether `id` may be used as a replica target now.
     pub fn healthy(&self, id: NodeId) -> bool {
-        id == self.me || self.detector().health(id, self.node.now_ms()) == Health::Alive
+        id == self.me || self.view().health(id, self.node.now_ms()) == Health::Alive
     }
 
-    /// Every peer's health, for operators.
-    pub fn members(&self) -> std::collections::BTreeMap<NodeId, Health> {
-        self.detector().snapshot(self.node.now_ms())
+    /// A client of node `id`, if the view knows its address.
+    pub(crate) fn client(&self, id: NodeId) -> Option<ClusterClient<Channel>> {
+        let addr = self.view().info(id)?.peer_addr.clone();
+        self.peers.client(id, &addr)
     }
 
-    /// Starts probing peers, handing off hints, and anti-entropy.
-    pub fn spawn_tasks(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![
-            tasks::spawn_prober(self.clone()),
-            tasks::spawn_handoff(self.clone()),
-            tasks::spawn_anti_entropy(self.clone()),
-        ]
+    /// A slot for one state send to `id` (see [`peers::MAX_IN_FLIGHT_PER_PEER`]).
+    pub(crate) async fn slot(&self, id: NodeId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let addr = self.view().info(id)?.peer_addr.clone();
+        self.peers.slot(id, &addr).await
+    }
+
+    /// Starts gossip, hinted handoff, anti-entropy, and the join if this node is joining.
+    pub async fn start(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+        let mut tasks = gossip::start(self.clone()).await?;
+        tasks.push(tasks::spawn_handoff(self.clone()));
+        tasks.push(tasks::spawn_anti_entropy(self.clone()));
+        if self.view().me().status == Status::Joining {
+            tasks.push(self.spawn_join());
+        }
+        Ok(tasks)
     }
 
     /// The counters, with the number of hints kept now (counted by a scan of the hints, so
@@ -129,11 +220,20 @@ impl Cluster {
             hints_pending,
             hints_delivered: get(&s.hints_delivered),
             read_repairs: get(&s.read_repairs),
-            members: self
-                .members()
-                .into_iter()
-                .map(|(node_id, h)| geokv_proto::v1::Member { node_id, health: h.as_str().into() })
-                .collect(),
+            members: {
+                let (view, now) = (self.view(), self.node.now_ms());
+                view.members()
+                    .map(|m| geokv_proto::v1::Member {
+                        node_id: m.id,
+                        health: view.health(m.id, now).as_str().into(),
+                        status: m.status.as_str().into(),
+                        region: m.region.clone(),
+                        client_addr: m.client_addr.clone(),
+                        peer_addr: m.peer_addr.clone(),
+                        version: m.version,
+                    })
+                    .collect()
+            },
             node_id: self.me,
             region: self.region.clone(),
         }

@@ -1,12 +1,12 @@
-//! Connections to the other nodes of the region.
+//! Connections to the other nodes of the region, made as nodes appear in the membership view
+//! and remade when a node's address changes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use geokv_core::NodeId;
 use geokv_proto::v1::cluster_client::ClusterClient;
-use geokv_topology::Topology;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
@@ -14,47 +14,48 @@ use tonic::transport::{Channel, Endpoint};
 /// deadline) for a slot, so a slow replica builds no unbounded queue of requests.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 256;
 
+struct Conn {
+    addr: String,
+    client: ClusterClient<Channel>,
+    slots: Arc<Semaphore>,
+}
+
 pub struct Peers {
-    clients: BTreeMap<NodeId, ClusterClient<Channel>>,
-    slots: BTreeMap<NodeId, Arc<Semaphore>>,
+    conns: Mutex<BTreeMap<NodeId, Conn>>,
     timeout: Duration,
 }
 
 impl Peers {
-    /// Lazy channels to every other node of `region` (connected on first use, reconnected
-    /// after failures).
-    pub fn new(topology: &Topology, region: &str, me: NodeId, timeout_ms: u64) -> Result<Self, String> {
-        let timeout = Duration::from_millis(timeout_ms);
-        let mut clients = BTreeMap::new();
-        for (id, spec) in topology.nodes_in(region) {
-            if id == me {
-                continue;
-            }
-            let ep = Endpoint::from_shared(format!("http://{}", spec.peer_addr))
-                .map_err(|e| format!("peer address of node {id}: {e}"))?
-                .connect_timeout(timeout)
-                .tcp_nodelay(true);
-            clients.insert(
-                id,
-                ClusterClient::new(ep.connect_lazy()).max_decoding_message_size(512 * 1024 * 1024),
-            );
+    pub fn new(timeout_ms: u64) -> Self {
+        Peers { conns: Mutex::new(BTreeMap::new()), timeout: Duration::from_millis(timeout_ms) }
+    }
+
+    fn with_conn<T>(&self, id: NodeId, addr: &str, f: impl FnOnce(&Conn) -> T) -> Option<T> {
+        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if conns.get(&id).is_none_or(|c| c.addr != addr) {
+            let ep = match Endpoint::from_shared(format!("http://{addr}")) {
+                Ok(ep) => ep.connect_timeout(self.timeout).tcp_nodelay(true),
+                Err(e) => {
+                    tracing::warn!(peer = id, addr, error = %e, "unusable peer address");
+                    return None;
+                }
+            };
+            // Lazy: connected on first use, reconnected after failures.
+            let client = ClusterClient::new(ep.connect_lazy()).max_decoding_message_size(512 * 1024 * 1024);
+            let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER));
+            conns.insert(id, Conn { addr: addr.to_owned(), client, slots });
         }
-        let slots =
-            clients.keys().map(|&id| (id, Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)))).collect();
-        Ok(Peers { clients, slots, timeout })
+        conns.get(&id).map(f)
     }
 
-    pub fn ids(&self) -> Vec<NodeId> {
-        self.clients.keys().copied().collect()
-    }
-
-    pub fn client(&self, id: NodeId) -> Option<ClusterClient<Channel>> {
-        self.clients.get(&id).cloned()
+    /// A client of node `id` at `addr`.
+    pub fn client(&self, id: NodeId, addr: &str) -> Option<ClusterClient<Channel>> {
+        self.with_conn(id, addr, |c| c.client.clone())
     }
 
     /// A slot for one state send to `id`, waiting at most the request deadline.
-    pub async fn slot(&self, id: NodeId) -> Option<OwnedSemaphorePermit> {
-        let sem = self.slots.get(&id)?.clone();
+    pub async fn slot(&self, id: NodeId, addr: &str) -> Option<OwnedSemaphorePermit> {
+        let sem = self.with_conn(id, addr, |c| c.slots.clone())?;
         tokio::time::timeout(self.timeout, sem.acquire_owned()).await.ok()?.ok()
     }
 

@@ -31,8 +31,9 @@ impl Cluster {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(to_status)?;
+        let view = self.view();
         let nodes: Vec<NodeId> =
-            std::iter::once(self.me).chain(self.peers.ids()).filter(|&id| self.healthy(id)).collect();
+            std::iter::once(self.me).chain(view.peers()).filter(|&id| self.healthy(id)).collect();
         let mut pages = Vec::new();
         for id in &nodes {
             match self.scan_node(*id, &start, &req.prefix, limit).await {
@@ -42,8 +43,8 @@ impl Cluster {
         }
         // Every key must be read from `level` of its N replicas: with M nodes answering out of
         // the region's, at most N - R may be missing.
-        let missing = self.peers.ids().len() + 1 - pages.len();
-        let allowed = self.n - level.required(self.n);
+        let missing = view.peers().len() + 1 - pages.len();
+        let allowed = view.n().saturating_sub(level.required(view.n()));
         if missing > allowed {
             return Err(Status::unavailable(format!(
                 "{QUORUM_FAILED}: a scan at this consistency level tolerates {allowed} missing nodes and {missing} did not answer"
@@ -88,13 +89,13 @@ impl Cluster {
         if id == self.me {
             let node = self.node.clone();
             let (start, prefix) = (start.to_vec(), prefix.to_vec());
-            let page = tokio::task::spawn_blocking(move || node.scan_states(&start, &prefix, want))
+            let page = tokio::task::spawn_blocking(move || node.scan_states(&start, &prefix, want, |_| true))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(to_status)?;
             return Ok((page.items, page.resume_after));
         }
-        let mut client = self.peers.client(id).ok_or_else(|| Status::internal("unknown peer"))?;
+        let mut client = self.client(id).ok_or_else(|| Status::internal("unknown peer"))?;
         let req =
             pb::ScanStatesRequest { start: start.to_vec(), prefix: prefix.to_vec(), limit: want as u32 };
         let resp = tokio::time::timeout(2 * self.peers.timeout(), client.scan_states(req))

@@ -131,7 +131,12 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<pb::ScanStatesResponse>, Status> {
         let req = req.into_inner();
         let limit = (req.limit as usize).clamp(1, self.cluster.node().limits().max_scan_limit + 1);
-        let page = self.blocking(move |n| n.scan_states(&req.start, &req.prefix, limit)).await?;
+        let view = self.cluster.view();
+        let keep = move |key: &[u8]| {
+            req.future_replica.is_none_or(|id| view.future_owners().preference_list(key, view.n()).contains(&id))
+        };
+        let (start, prefix) = (req.start.clone(), req.prefix.clone());
+        let page = self.blocking(move |n| n.scan_states(&start, &prefix, limit, keep)).await?;
         Ok(Response::new(pb::ScanStatesResponse {
             items: page
                 .items
@@ -144,6 +149,14 @@ impl ClusterRpc for ClusterService {
 
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.cluster.stats().await))
+    }
+
+    async fn leave(&self, _req: Request<pb::LeaveRequest>) -> Result<Response<pb::MoveReport>, Status> {
+        Ok(Response::new(self.cluster.leave().await?))
+    }
+
+    async fn cleanup(&self, _req: Request<pb::CleanupRequest>) -> Result<Response<pb::MoveReport>, Status> {
+        Ok(Response::new(self.cluster.cleanup().await?))
     }
 
     async fn run_anti_entropy(

@@ -1,50 +1,15 @@
-//! Background work of a cluster node: probing peers, handing off hints.
+//! Background work of a cluster node: handing off hints, anti-entropy rounds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use geokv_cluster::Status;
 use geokv_proto::v1 as pb;
 
 use std::sync::atomic::Ordering;
 
 use super::coordinator::{encode, is_transport};
 use super::Cluster;
-
-/// Probes every peer each `ping_interval_ms` and feeds the failure detector.
-pub fn spawn_prober(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(cluster.cfg.ping_interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            for peer in cluster.peers.ids() {
-                let c = cluster.clone();
-                tokio::spawn(async move {
-                    let Some(mut client) = c.peers.client(peer) else { return };
-                    let probe = client.ping(pb::PingRequest { from: c.me });
-                    let ok = matches!(tokio::time::timeout(c.peers.timeout(), probe).await, Ok(Ok(_)));
-                    let now = c.node.now_ms();
-                    let mut d = c.detector();
-                    let before = d.health(peer, now);
-                    if ok {
-                        d.on_ok(peer, now);
-                    } else {
-                        d.on_failure(peer);
-                    }
-                    let after = d.health(peer, now);
-                    if before != after {
-                        tracing::info!(
-                            peer,
-                            from = before.as_str(),
-                            to = after.as_str(),
-                            "peer health changed"
-                        );
-                    }
-                });
-            }
-        }
-    })
-}
 
 /// Offers kept hints to their nodes each `handoff_interval_ms`, when those answer probes.
 pub fn spawn_handoff(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
@@ -71,8 +36,22 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let mut delivered = 0;
-    for target in targets.into_iter().filter(|&t| t != cluster.me && cluster.healthy(t)) {
-        let Some(mut client) = cluster.peers.client(target) else { continue };
+    for target in targets {
+        if cluster.view().info(target).is_some_and(|i| i.status == Status::Left) {
+            // The node left the region: its ranges have new owners, which have the key from
+            // its other replicas (anti-entropy backs that up).
+            let node = cluster.node.clone();
+            let dropped = tokio::task::spawn_blocking(move || node.engine().drop_hints_for(target))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(target, dropped, "dropped the hints kept for a node that left");
+            continue;
+        }
+        if target == cluster.me || !cluster.healthy(target) {
+            continue;
+        }
+        let Some(mut client) = cluster.client(target) else { continue };
         let mut after: Option<Vec<u8>> = None;
         'pages: loop {
             let (node, from) = (cluster.node.clone(), after.clone());
@@ -101,10 +80,7 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
                         delivered += usize::from(removed);
                         cluster.stats.hints_delivered.fetch_add(u64::from(removed), Ordering::Relaxed);
                     }
-                    Err(s) if is_transport(&s) => {
-                        cluster.detector().on_failure(target);
-                        break 'pages;
-                    }
+                    Err(s) if is_transport(&s) => break 'pages,
                     Err(s) => {
                         tracing::warn!(target, error = %s, "a hint was refused; kept for a later round")
                     }

@@ -1,0 +1,162 @@
+//! Membership changes of a running region with real `geokv` processes: a node joins and a node
+//! leaves while clients keep writing; ranges move by streaming and no acknowledged write is
+//! lost.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use geokv_client::{op, proto, Client};
+use geokv_core::View;
+use geokv_topology::Ring;
+use support::{wait_until, TestCluster};
+
+type Acked = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Writes `count` keys `{prefix}{i}` = `v{i}` at QUORUM, 100 per batch; returns them.
+async fn preload(client: &Client, prefix: &str, count: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let kvs: BTreeMap<Vec<u8>, Vec<u8>> =
+        (0..count).map(|i| (format!("{prefix}{i:05}").into_bytes(), format!("v{i}").into_bytes())).collect();
+    let items: Vec<_> = kvs.iter().collect();
+    for chunk in items.chunks(100) {
+        let results = client.batch_write(chunk.iter().map(|(k, v)| op::put(k, v, None)).collect()).await.unwrap();
+        assert!(results.iter().all(|r| r.version.is_some()), "preload write refused");
+    }
+    kvs
+}
+
+/// Keeps writing new keys at QUORUM until `stop`, recording the acknowledged ones.
+fn spawn_writer(client: Client, prefix: &'static str, stop: Arc<AtomicBool>, acked: Acked) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let (k, v) = (format!("{prefix}{i:06}").into_bytes(), format!("w{i}").into_bytes());
+            if client.put(&k, &v, None).await.is_ok() {
+                acked.lock().unwrap().insert(k, v);
+            }
+            i += 1;
+        }
+    })
+}
+
+/// Keys in `expected` that node `i` (0-based) does not hold with the expected value.
+async fn missing_on(cluster: &TestCluster, i: usize, expected: &[(&Vec<u8>, &Vec<u8>)]) -> usize {
+    let keys: Vec<&[u8]> = expected.iter().map(|(k, _)| k.as_slice()).collect();
+    let Some(states) = cluster.replica_states(i, &keys).await else { return expected.len() };
+    let now = now_ms();
+    states
+        .iter()
+        .zip(expected)
+        .filter(|(s, (_, v))| s.as_ref().and_then(|r| r.view(now)) != Some(View::Register((*v).clone())))
+        .count()
+}
+
+/// Reads every key through `client` at ALL and compares with the acknowledged value.
+async fn assert_all_readable(client: &Client, expected: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let all = client.clone().with_consistency(proto::Consistency::All);
+    for (k, v) in expected {
+        let e = all.get(k).await.unwrap_or_else(|e| panic!("ALL read of {:?}: {e}", String::from_utf8_lossy(k)));
+        let got = e.and_then(|e| e.value).and_then(|v| v.kind);
+        assert_eq!(got, Some(proto::value::Kind::Register(v.clone())), "key {:?}", String::from_utf8_lossy(k));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_under_load_streams_in_its_ranges_and_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(3);
+    let writer_client = cluster.client(0).await.with_consistency(proto::Consistency::Quorum);
+    let mut expected = preload(&writer_client, "pre-", 3_000).await;
+
+    let (stop, acked): (Arc<AtomicBool>, Acked) = Default::default();
+    let writer = spawn_writer(writer_client.clone(), "live-", stop.clone(), acked.clone());
+    let new = cluster.add_node();
+    let joined = wait_until(Duration::from_secs(90), || async {
+        cluster.member_field(new, 4, "status") == "normal" && cluster.member_field(0, 4, "status") == "normal"
+    })
+    .await;
+    assert!(joined, "node 4 became an owner (status normal) as seen by itself and node 1");
+    // Keep writing a little after the join, then stop.
+    let after = acked.lock().unwrap().len() + 200;
+    assert!(wait_until(Duration::from_secs(60), || async { acked.lock().unwrap().len() >= after }).await);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    expected.extend(acked.lock().unwrap().clone());
+
+    // Node 4 holds every key it replicates on the 4-node ring (streamed, written while it
+    // joined, or repaired by the catch-up anti-entropy round).
+    let ring = Ring::new(1..=4, 256);
+    let mine: Vec<(&Vec<u8>, &Vec<u8>)> =
+        expected.iter().filter(|(k, _)| ring.preference_list(k, 3).contains(&4)).collect();
+    let share = mine.len() as f64 / expected.len() as f64;
+    assert!((0.6..0.9).contains(&share), "node 4 replicates {share:.2} of the keys, about 3/4 expected");
+    let complete = wait_until(Duration::from_secs(60), || async { missing_on(&cluster, new, &mine).await == 0 }).await;
+    assert!(complete, "node 4 lacks {} of its {} keys", missing_on(&cluster, new, &mine).await, mine.len());
+    assert_all_readable(&cluster.client(new).await, &expected).await;
+
+    // Old owners drop what moved to node 4, and the region still has every key at ALL.
+    let out = std::process::Command::new(support::BIN)
+        .args(["--json", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dropped = report["keys"].as_u64().unwrap();
+    let not_mine = expected.keys().filter(|k| !ring.preference_list(k, 3).contains(&1)).count() as u64;
+    assert_eq!(dropped, not_mine, "node 1 dropped exactly the keys it no longer replicates");
+    assert_all_readable(&cluster.client(0).await, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaves_under_load_and_every_key_keeps_its_replicas() {
+    let mut cluster = TestCluster::start(4);
+    let client = cluster.client(0).await.with_consistency(proto::Consistency::Quorum);
+    let mut expected = preload(&client, "pre-", 2_000).await;
+
+    let (stop, acked): (Arc<AtomicBool>, Acked) = Default::default();
+    let writer = spawn_writer(client.clone(), "live-", stop.clone(), acked.clone());
+    assert!(wait_until(Duration::from_secs(30), || async { acked.lock().unwrap().len() >= 100 }).await);
+    let out = std::process::Command::new(support::BIN)
+        .args(["--json", "leave", "--peer", &cluster.peer_addrs[2].to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "leave: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "left");
+    assert!(report["keys"].as_u64().unwrap() > 0, "node 3 streamed its keys out: {report}");
+    let after = acked.lock().unwrap().len() + 200;
+    assert!(wait_until(Duration::from_secs(60), || async { acked.lock().unwrap().len() >= after }).await);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let preloaded = expected.clone();
+    expected.extend(acked.lock().unwrap().clone());
+
+    // The node is gone for good; everyone has seen it leave.
+    cluster.nodes[2].kill9();
+    for i in [0, 1, 3] {
+        let seen = wait_until(Duration::from_secs(30), || async { cluster.member_field(i, 3, "status") == "left" }).await;
+        assert!(seen, "node {} sees node 3 as left", i + 1);
+    }
+    // Every key written before the leave was streamed to its new replicas (no repair needed).
+    let ring = Ring::new([1, 2, 4], 256);
+    for (i, id) in [(0usize, 1u64), (1, 2), (3, 4)] {
+        let mine: Vec<(&Vec<u8>, &Vec<u8>)> =
+            preloaded.iter().filter(|(k, _)| ring.preference_list(k, 3).contains(&id)).collect();
+        assert_eq!(missing_on(&cluster, i, &mine).await, 0, "node {id} lacks keys it now replicates");
+    }
+    // And every acknowledged write reads back at ALL from the three remaining owners.
+    assert_all_readable(&cluster.client(1).await, &expected).await;
+    // Leaving below the replication factor is refused.
+    let out = std::process::Command::new(support::BIN)
+        .args(["leave", "--peer", &cluster.peer_addrs[0].to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replication factor"), "{}", String::from_utf8_lossy(&out.stderr));
+}
