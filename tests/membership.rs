@@ -26,14 +26,20 @@ async fn preload(client: &Client, prefix: &str, count: usize) -> BTreeMap<Vec<u8
         (0..count).map(|i| (format!("{prefix}{i:05}").into_bytes(), format!("v{i}").into_bytes())).collect();
     let items: Vec<_> = kvs.iter().collect();
     for chunk in items.chunks(100) {
-        let results = client.batch_write(chunk.iter().map(|(k, v)| op::put(k, v, None)).collect()).await.unwrap();
+        let results =
+            client.batch_write(chunk.iter().map(|(k, v)| op::put(k, v, None)).collect()).await.unwrap();
         assert!(results.iter().all(|r| r.version.is_some()), "preload write refused");
     }
     kvs
 }
 
 /// Keeps writing new keys at QUORUM until `stop`, recording the acknowledged ones.
-fn spawn_writer(client: Client, prefix: &'static str, stop: Arc<AtomicBool>, acked: Acked) -> tokio::task::JoinHandle<()> {
+fn spawn_writer(
+    client: Client,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
@@ -58,13 +64,25 @@ async fn missing_on(cluster: &TestCluster, i: usize, expected: &[(&Vec<u8>, &Vec
         .count()
 }
 
+/// How many of `keys` node `i` (0-based) holds a state for.
+async fn held_by(cluster: &TestCluster, i: usize, keys: &[&[u8]]) -> u64 {
+    let states = cluster.replica_states(i, keys).await.expect("node answers");
+    states.iter().filter(|s| s.is_some()).count() as u64
+}
+
 /// Reads every key through `client` at ALL and compares with the acknowledged value.
 async fn assert_all_readable(client: &Client, expected: &BTreeMap<Vec<u8>, Vec<u8>>) {
     let all = client.clone().with_consistency(proto::Consistency::All);
     for (k, v) in expected {
-        let e = all.get(k).await.unwrap_or_else(|e| panic!("ALL read of {:?}: {e}", String::from_utf8_lossy(k)));
+        let e =
+            all.get(k).await.unwrap_or_else(|e| panic!("ALL read of {:?}: {e}", String::from_utf8_lossy(k)));
         let got = e.and_then(|e| e.value).and_then(|v| v.kind);
-        assert_eq!(got, Some(proto::value::Kind::Register(v.clone())), "key {:?}", String::from_utf8_lossy(k));
+        assert_eq!(
+            got,
+            Some(proto::value::Kind::Register(v.clone())),
+            "key {:?}",
+            String::from_utf8_lossy(k)
+        );
     }
 }
 
@@ -96,20 +114,28 @@ async fn a_node_joins_under_load_streams_in_its_ranges_and_loses_no_acknowledged
         expected.iter().filter(|(k, _)| ring.preference_list(k, 3).contains(&4)).collect();
     let share = mine.len() as f64 / expected.len() as f64;
     assert!((0.6..0.9).contains(&share), "node 4 replicates {share:.2} of the keys, about 3/4 expected");
-    let complete = wait_until(Duration::from_secs(60), || async { missing_on(&cluster, new, &mine).await == 0 }).await;
+    let complete =
+        wait_until(Duration::from_secs(60), || async { missing_on(&cluster, new, &mine).await == 0 }).await;
     assert!(complete, "node 4 lacks {} of its {} keys", missing_on(&cluster, new, &mine).await, mine.len());
     assert_all_readable(&cluster.client(new).await, &expected).await;
 
     // Old owners drop what moved to node 4, and the region still has every key at ALL.
+    let not_mine: Vec<&[u8]> =
+        expected.keys().filter(|k| !ring.preference_list(k, 3).contains(&1)).map(|k| k.as_slice()).collect();
+    let held_before = held_by(&cluster, 0, &not_mine).await;
+    assert!(held_before > 0);
     let out = std::process::Command::new(support::BIN)
         .args(["--json", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let dropped = report["keys"].as_u64().unwrap();
-    let not_mine = expected.keys().filter(|k| !ring.preference_list(k, 3).contains(&1)).count() as u64;
-    assert_eq!(dropped, not_mine, "node 1 dropped exactly the keys it no longer replicates");
+    // (Unacknowledged writes that landed anyway may add a few keys to what it drops.)
+    assert!(
+        report["keys"].as_u64().unwrap() >= held_before,
+        "node 1 dropped the keys it no longer replicates"
+    );
+    assert_eq!(held_by(&cluster, 0, &not_mine).await, 0);
     assert_all_readable(&cluster.client(0).await, &expected).await;
 }
 
@@ -140,7 +166,9 @@ async fn a_node_leaves_under_load_and_every_key_keeps_its_replicas() {
     // The node is gone for good; everyone has seen it leave.
     cluster.nodes[2].kill9();
     for i in [0, 1, 3] {
-        let seen = wait_until(Duration::from_secs(30), || async { cluster.member_field(i, 3, "status") == "left" }).await;
+        let seen =
+            wait_until(Duration::from_secs(30), || async { cluster.member_field(i, 3, "status") == "left" })
+                .await;
         assert!(seen, "node {} sees node 3 as left", i + 1);
     }
     // Every key written before the leave was streamed to its new replicas (no repair needed).
@@ -158,5 +186,9 @@ async fn a_node_leaves_under_load_and_every_key_keeps_its_replicas() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("replication factor"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replication factor"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

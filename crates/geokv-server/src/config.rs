@@ -186,10 +186,7 @@ impl ServerConfig {
             return Err(invalid("sweeper", "has a zero interval_ms or batch".into(), "use positive values"));
         }
         let c = &self.cluster;
-        if c.request_timeout_ms == 0
-            || c.handoff_interval_ms == 0
-            || c.anti_entropy_interval_ms == 0
-        {
+        if c.request_timeout_ms == 0 || c.handoff_interval_ms == 0 || c.anti_entropy_interval_ms == 0 {
             return Err(invalid(
                 "cluster",
                 "has a zero timeout or interval".into(),
@@ -199,10 +196,7 @@ impl ServerConfig {
         if c.probe_interval_ms < 10 || c.suspect_timeout_ms < c.probe_interval_ms {
             return Err(invalid(
                 "cluster.suspect_timeout_ms",
-                format!(
-                    "is {} with probe_interval_ms {}",
-                    c.suspect_timeout_ms, c.probe_interval_ms
-                ),
+                format!("is {} with probe_interval_ms {}", c.suspect_timeout_ms, c.probe_interval_ms),
                 "keep 10 <= probe_interval_ms <= suspect_timeout_ms",
             ));
         }

@@ -136,7 +136,8 @@ impl Cluster {
         if placement.home.contains(&self.me) {
             round.ack(self.me);
         }
-        let mut others: Vec<Target> = placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
+        let mut others: Vec<Target> =
+            placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
         // Nodes taking the key over (joining, or replacing a leaving node) get it too, outside
         // the quorum; a hint is kept for those that are down.
         for node in view.incoming(key).into_iter().filter(|&id| id != self.me) {
@@ -343,8 +344,7 @@ impl Cluster {
             Ok(r) if r.get_ref().state.is_empty() => Ok(None),
             Ok(r) => decode(&r.into_inner().state).map(Some),
             Err(s) => {
-                if is_transport(&s) {
-                }
+                if is_transport(&s) {}
                 Err(s)
             }
         }

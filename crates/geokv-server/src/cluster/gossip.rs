@@ -56,7 +56,8 @@ fn foca_config(cfg: &ClusterConfig, cluster_size: usize) -> foca::Config {
     c.probe_period = period;
     c.probe_rtt = period / 2;
     c.suspect_to_down_after = Duration::from_millis(cfg.suspect_timeout_ms);
-    let every = |frequency, n| Some(PeriodicParams { frequency, num_members: NonZeroUsize::new(n).expect("n > 0") });
+    let every =
+        |frequency, n| Some(PeriodicParams { frequency, num_members: NonZeroUsize::new(n).expect("n > 0") });
     c.periodic_gossip = every(period, 3);
     c.periodic_announce = every(period * 20, 1);
     // A node declared down while it was only cut off learns it and rejoins (renewed identity).
@@ -78,7 +79,9 @@ pub async fn start(cluster: Arc<Cluster>) -> Result<Vec<JoinHandle<()>>, String>
     let addr: SocketAddr =
         me.peer_addr.parse().map_err(|e| format!("peer address {} of this node: {e}", me.peer_addr))?;
     let socket = Arc::new(
-        UdpSocket::bind(addr).await.map_err(|e| format!("cannot bind the gossip socket (UDP {addr}): {e}"))?,
+        UdpSocket::bind(addr)
+            .await
+            .map_err(|e| format!("cannot bind the gossip socket (UDP {addr}): {e}"))?,
     );
     let (inputs, rx) = mpsc::unbounded_channel();
     if cluster.gossip.set(Handle { inputs: inputs.clone() }).is_err() {
@@ -178,7 +181,11 @@ async fn run(
                         v.set_me(next.clone());
                         Change::Info
                     });
-                    tracing::info!(status = status.as_str(), version = next.version, "this node's status changed");
+                    tracing::info!(
+                        status = status.as_str(),
+                        version = next.version,
+                        "this node's status changed"
+                    );
                     let _ = reply.send(next);
                 }
                 r
@@ -244,7 +251,6 @@ fn on_notification(cluster: &Cluster, note: OwnedNotification<MemberInfo>) {
         OwnedNotification::Defunct => tracing::error!("this node was declared down and cannot rejoin"),
         OwnedNotification::Idle => tracing::warn!("no active peer: this node is alone or cut off"),
         OwnedNotification::Active => tracing::info!("gossip: in touch with the region"),
-        _ => {}
     }
 }
 

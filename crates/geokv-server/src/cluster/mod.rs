@@ -96,14 +96,19 @@ impl Cluster {
             peer_addr: s.peer_addr.to_string(),
         };
         let first_status = if cfg.join { Status::Joining } else { Status::Normal };
-        let (mine, others) = match saved {
+        let (mine, others): (Option<MemberInfo>, Vec<MemberInfo>) = match saved {
             Some(view) => {
                 let mine = view.iter().find(|i| i.id == me).cloned();
                 (mine, view.into_iter().filter(|i| i.id != me).collect())
             }
             None => (
                 None,
-                topology.nodes.iter().filter(|s| s.id != me).map(|s| info_of(s.id, s, Status::Normal)).collect(),
+                topology
+                    .nodes
+                    .iter()
+                    .filter(|s| s.id != me)
+                    .map(|s| info_of(s.id, s, Status::Normal))
+                    .collect(),
             ),
         };
         // Addresses come from the topology file (they may have moved); the status from the

@@ -96,8 +96,12 @@ impl Cluster {
             return Ok((page.items, page.resume_after));
         }
         let mut client = self.client(id).ok_or_else(|| Status::internal("unknown peer"))?;
-        let req =
-            pb::ScanStatesRequest { start: start.to_vec(), prefix: prefix.to_vec(), limit: want as u32 };
+        let req = pb::ScanStatesRequest {
+            start: start.to_vec(),
+            prefix: prefix.to_vec(),
+            limit: want as u32,
+            future_replica: None,
+        };
         let resp = tokio::time::timeout(2 * self.peers.timeout(), client.scan_states(req))
             .await
             .map_err(|_| Status::deadline_exceeded("scan page timed out"))??

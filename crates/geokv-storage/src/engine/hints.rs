@@ -92,7 +92,6 @@ impl Engine {
         self.db.iterator_cf(self.cf(CF_HINTS), IteratorMode::Start).count() as u64
     }
 
-
     /// Drops every hint kept for `target` (a node that left the region for good: what the hints
     /// held is on the key's other replicas, and anti-entropy copies it to the new ones).
     /// Returns how many were dropped.
