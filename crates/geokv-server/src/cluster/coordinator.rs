@@ -343,10 +343,7 @@ impl Cluster {
         match resp {
             Ok(r) if r.get_ref().state.is_empty() => Ok(None),
             Ok(r) => decode(&r.into_inner().state).map(Some),
-            Err(s) => {
-                if is_transport(&s) {}
-                Err(s)
-            }
+            Err(s) => Err(s),
         }
     }
 
