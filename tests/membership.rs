@@ -70,19 +70,25 @@ async fn held_by(cluster: &TestCluster, i: usize, keys: &[&[u8]]) -> u64 {
     states.iter().filter(|s| s.is_some()).count() as u64
 }
 
-/// Reads every key through `client` at ALL and compares with the acknowledged value.
+/// Reads every key through `client` at ALL (8 readers at once) and compares with the
+/// acknowledged value.
 async fn assert_all_readable(client: &Client, expected: &BTreeMap<Vec<u8>, Vec<u8>>) {
     let all = client.clone().with_consistency(proto::Consistency::All);
-    for (k, v) in expected {
-        let e =
-            all.get(k).await.unwrap_or_else(|e| panic!("ALL read of {:?}: {e}", String::from_utf8_lossy(k)));
-        let got = e.and_then(|e| e.value).and_then(|v| v.kind);
-        assert_eq!(
-            got,
-            Some(proto::value::Kind::Register(v.clone())),
-            "key {:?}",
-            String::from_utf8_lossy(k)
-        );
+    let items: Vec<(Vec<u8>, Vec<u8>)> = expected.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut readers = tokio::task::JoinSet::new();
+    for chunk in items.chunks(items.len().div_ceil(8).max(1)) {
+        let (all, chunk) = (all.clone(), chunk.to_vec());
+        readers.spawn(async move {
+            for (k, v) in chunk {
+                let name = String::from_utf8_lossy(&k).into_owned();
+                let e = all.get(&k).await.unwrap_or_else(|e| panic!("ALL read of {name}: {e}"));
+                let got = e.and_then(|e| e.value).and_then(|v| v.kind);
+                assert_eq!(got, Some(proto::value::Kind::Register(v)), "key {name}");
+            }
+        });
+    }
+    while let Some(done) = readers.join_next().await {
+        done.unwrap();
     }
 }
 
@@ -94,12 +100,14 @@ async fn a_node_joins_under_load_streams_in_its_ranges_and_loses_no_acknowledged
 
     let (stop, acked): (Arc<AtomicBool>, Acked) = Default::default();
     let writer = spawn_writer(writer_client.clone(), "live-", stop.clone(), acked.clone());
+    let started = std::time::Instant::now();
     let new = cluster.add_node();
     let joined = wait_until(Duration::from_secs(90), || async {
         cluster.member_field(new, 4, "status") == "normal" && cluster.member_field(0, 4, "status") == "normal"
     })
     .await;
     assert!(joined, "node 4 became an owner (status normal) as seen by itself and node 1");
+    eprintln!("node 4 joined in {:?} with {} live writes acknowledged", started.elapsed(), acked.lock().unwrap().len());
     // Keep writing a little after the join, then stop.
     let after = acked.lock().unwrap().len() + 200;
     assert!(wait_until(Duration::from_secs(60), || async { acked.lock().unwrap().len() >= after }).await);

@@ -132,7 +132,18 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<ServerProcess>,
     pub peer_addrs: Vec<SocketAddr>,
+    /// Region of each node (same order as `nodes`).
+    pub node_regions: Vec<String>,
+    /// Regions: (name, [longitude, latitude], replication factor).
+    regions: Vec<(String, [f64; 2], usize)>,
+    /// Extra config for every node (appended), and top-level settings per region.
+    extra: String,
+    region_top: Vec<(String, String)>,
 }
+
+/// Three regions at real city locations (Dublin, Ashburn, Singapore).
+pub const THREE_REGIONS: [(&str, [f64; 2]); 3] =
+    [("eu-west", [-6.26, 53.35]), ("us-east", [-77.49, 39.04]), ("ap-southeast", [103.82, 1.35])];
 
 /// Cluster timeouts short enough for tests on a loaded machine. The WAL is written but not
 /// fsynced: the tests kill processes, not machines, and the page cache survives a process.
@@ -153,8 +164,65 @@ impl TestCluster {
     }
 
     fn try_start(n: usize) -> Result<TestCluster, String> {
+        Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, 3, "")
+    }
+
+    /// Starts `per_region` nodes in each of `regions` (replication factor `n` everywhere),
+    /// with `extra` appended to every node's config; WAN links between regions are emulated.
+    pub fn start_regions(regions: &[(&str, [f64; 2])], per_region: usize, n: usize) -> TestCluster {
+        Self::start_regions_with(regions, per_region, n, &[])
+    }
+
+    /// [`TestCluster::start_regions`], with top-level config lines for the nodes of some
+    /// regions (e.g. `("eu-west", "clock_offset_ms = 500")`) and for all (region `"*"`).
+    pub fn start_regions_with(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        top: &[(&str, &str)],
+    ) -> TestCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_regions_with(regions, per_region, n, "[replication]\nemulate_wan = true\n", top) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start the regions: {last}");
+    }
+
+    fn try_start_regions(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        extra: &str,
+    ) -> Result<TestCluster, String> {
+        Self::try_start_regions_with(regions, per_region, n, extra, &[])
+    }
+
+    fn try_start_regions_with(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        extra: &str,
+        top: &[(&str, &str)],
+    ) -> Result<TestCluster, String> {
         let dir = tempfile::tempdir().unwrap();
-        let mut cluster = TestCluster { dir, nodes: Vec::new(), peer_addrs: Vec::new() };
+        let mut cluster = TestCluster {
+            dir,
+            nodes: Vec::new(),
+            peer_addrs: Vec::new(),
+            node_regions: Vec::new(),
+            regions: regions.iter().map(|(name, loc)| (name.to_string(), *loc, n)).collect(),
+            extra: extra.to_string(),
+            region_top: top.iter().map(|(r, t)| (r.to_string(), t.to_string())).collect(),
+        };
+        for (name, _) in regions {
+            for _ in 0..per_region {
+                cluster.node_regions.push(name.to_string());
+            }
+        }
+        let n = cluster.node_regions.len();
         for _ in 0..n {
             cluster.peer_addrs.push(format!("127.0.0.1:{}", free_port()).parse().unwrap());
         }
@@ -173,12 +241,17 @@ impl TestCluster {
 
     /// Writes the topology file: node i+1 has `client_ports[i]` and `peer_addrs[i]`.
     fn write_topology(&self, client_ports: &[u16]) {
-        let mut topology = String::from(
-            "[[regions]]\nname = \"eu-west\"\nlocation = [-6.26, 53.35]\njurisdiction = \"eu\"\nreplication_factor = 3\n",
-        );
-        for (i, (client, peer)) in client_ports.iter().zip(&self.peer_addrs).enumerate() {
+        let mut topology = String::new();
+        for (name, [lon, lat], n) in &self.regions {
+            let jurisdiction = name.split('-').next().unwrap_or("xx");
             topology.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nregion = \"eu-west\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"{peer}\"\n",
+                "[[regions]]\nname = \"{name}\"\nlocation = [{lon}, {lat}]\njurisdiction = \"{jurisdiction}\"\nreplication_factor = {n}\n\n"
+            ));
+        }
+        for (i, (client, peer)) in client_ports.iter().zip(&self.peer_addrs).enumerate() {
+            let region = self.node_regions.get(i).map(String::as_str).unwrap_or(&self.regions[0].0);
+            topology.push_str(&format!(
+                "\n[[nodes]]\nid = {}\nregion = \"{region}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"{peer}\"\n",
                 i + 1
             ));
         }
@@ -189,10 +262,18 @@ impl TestCluster {
         let node_dir = self.dir.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir).unwrap();
         let config = node_dir.join("geokv.toml");
+        let region = self.node_regions.get(id - 1).cloned().unwrap_or_default();
+        let top: String = self
+            .region_top
+            .iter()
+            .filter(|(r, _)| *r == region || r == "*")
+            .map(|(_, t)| format!("{t}\n"))
+            .collect();
         let text = format!(
-            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{FAST_CLUSTER}join = {join}\n",
+            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{FAST_CLUSTER}join = {join}\n{}",
             node_dir.join("data").display().to_string(),
-            self.topology_path().display().to_string()
+            self.topology_path().display().to_string(),
+            self.extra
         );
         std::fs::write(&config, text).unwrap();
         ServerProcess::try_start_with_config(&config, node_dir.join("data"))
@@ -204,6 +285,7 @@ impl TestCluster {
     pub fn add_node(&mut self) -> usize {
         let client_ports: Vec<u16> = self.nodes.iter().map(|n| n.addr.port()).chain([free_port()]).collect();
         self.peer_addrs.push(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        self.node_regions.push(self.regions[0].0.clone());
         self.write_topology(&client_ports);
         let node = self.start_node(self.nodes.len() + 1, true).unwrap_or_else(|e| panic!("{e}"));
         self.nodes.push(node);

@@ -22,6 +22,10 @@ pub struct ServerConfig {
     /// Largest HLC stamp lead over our clock accepted from elsewhere, in milliseconds.
     #[serde(default = "default_drift")]
     pub max_clock_drift_ms: u64,
+    /// Fault injection for tests only: shifts this node's HLC physical clock by this many
+    /// milliseconds (positive: ahead). Process-wide. Leave at 0.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
@@ -35,6 +39,8 @@ pub struct ServerConfig {
     pub topology: Option<PathBuf>,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub replication: crate::ReplicationConfig,
 }
 
 /// The `[cluster]` section: timeouts of the regional cluster.
@@ -116,11 +122,13 @@ impl ServerConfig {
             listen: default_listen(),
             data_dir,
             max_clock_drift_ms: default_drift(),
+            clock_offset_ms: 0,
             storage: StorageConfig::default(),
             limits: Limits::default(),
             sweeper: SweeperConfig::default(),
             topology: None,
             cluster: ClusterConfig::default(),
+            replication: crate::ReplicationConfig::default(),
         }
     }
 
@@ -199,6 +207,9 @@ impl ServerConfig {
                 format!("is {} with probe_interval_ms {}", c.suspect_timeout_ms, c.probe_interval_ms),
                 "keep 10 <= probe_interval_ms <= suspect_timeout_ms",
             ));
+        }
+        if self.replication.interval_ms == 0 {
+            return Err(invalid("replication.interval_ms", "is 0".into(), "use a positive number of milliseconds"));
         }
         if self.max_clock_drift_ms == 0 {
             return Err(invalid(

@@ -81,8 +81,12 @@ impl Node {
             ..cfg.storage.clone()
         };
         let engine = Engine::open(&cfg.data_dir, cfg.node_id, storage)?;
+        if cfg.clock_offset_ms != 0 {
+            crate::clock::set_hlc_offset_ms(cfg.clock_offset_ms);
+        }
         let hlc = uhlc::HLCBuilder::new()
             .with_id(Stamp::uhlc_id(cfg.node_id))
+            .with_clock(crate::clock::hlc_physical_time)
             .with_max_delta(Duration::from_millis(cfg.max_clock_drift_ms))
             .build();
         Ok(Node {
@@ -109,6 +113,17 @@ impl Node {
 
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// This node's HLC now (NTP64).
+    pub fn hlc_now(&self) -> u64 {
+        Stamp::from_uhlc(&self.hlc.new_timestamp()).time
+    }
+
+    /// Moves this node's HLC past a remote node's time (NTP64); refused when that time is
+    /// beyond `max_clock_drift_ms` ahead of this node's clock.
+    pub fn observe_remote_time(&self, time: u64, from: NodeId) -> Result<(), String> {
+        self.hlc.update_with_timestamp(&Stamp::new(time, from).to_uhlc())
     }
 
     /// A fresh HLC stamp newer than `current`'s version.

@@ -99,6 +99,10 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                 }
             }));
             background.extend(cluster.start().await?);
+            let replicator =
+                crate::replication::Replicator::new(cluster.clone(), &topology, cfg.replication.clone())?;
+            cluster.set_replicator(replicator.clone());
+            background.extend(replicator.spawn());
             tracing::info!(region = cluster.region(), %peer_addr, "joined regional cluster");
             (client_addr, Some(cluster), Some(peer_addr))
         }

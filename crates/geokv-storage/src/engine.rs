@@ -23,7 +23,7 @@ const CF_META: &str = "meta";
 const CF_HINTS: &str = "hints";
 const META_NODE_ID: &[u8] = b"node_id";
 const META_LAYOUT: &[u8] = b"layout_version";
-const LAYOUT_VERSION: u8 = 1;
+const LAYOUT_VERSION: u8 = 2;
 const LOCK_STRIPES: usize = 1024;
 /// Most tombstones or expired keys one scan page steps over before it returns what it has.
 const MAX_SKIPPED_PER_PAGE: usize = 10_000;
@@ -49,6 +49,11 @@ pub struct LogEntry {
     pub seq: u64,
     pub key: Vec<u8>,
     pub version: Stamp,
+    /// Whether the change carries a write made in this region (a client write or its
+    /// replication inside the region), which the cross-region replicator ships; repairs
+    /// (read repair, anti-entropy, handoff, streaming) and changes that came from other
+    /// regions are not shipped again.
+    pub ship: bool,
 }
 
 /// A page of a scan: live entries in key order, and where the next page starts.
@@ -191,11 +196,21 @@ impl Engine {
         key: &[u8],
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
+        self.update_as(key, true, f)
+    }
+
+    fn update_as<T>(
+        &self,
+        key: &[u8],
+        ship: bool,
+        f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
+    ) -> Result<T, StorageError> {
         let _guard = lock(self.stripe(key));
         let old = self.get(key)?;
         let Update { record, out } = f(old.as_ref())?;
         if let Some(new) = record {
-            self.commit(key, old.as_ref(), &new)?;
+            let plain = self.serialize_checked(&new)?;
+            self.commit_all(&[(key, old.as_ref(), &new, plain)], ship)?;
         }
         Ok(out)
     }
@@ -228,14 +243,9 @@ impl Engine {
         Ok(plain)
     }
 
-    fn commit(&self, key: &[u8], old: Option<&Record>, new: &Record) -> Result<(), StorageError> {
-        let plain = self.serialize_checked(new)?;
-        self.commit_all(&[(key, old, new, plain)])
-    }
-
     /// Commits changes of several keys in one `WriteBatch` (one WAL write and sync), each with
     /// its TTL-index changes and change-log entry. Callers hold the keys' stripe locks.
-    fn commit_all(&self, changes: &[Change<'_>]) -> Result<(), StorageError> {
+    fn commit_all(&self, changes: &[Change<'_>], ship: bool) -> Result<(), StorageError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -264,7 +274,7 @@ impl Engine {
                 batch.put_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key), []);
             }
             let seq = first_seq + i as u64;
-            let entry = LogEntry { seq, key: key.to_vec(), version: new.version() };
+            let entry = LogEntry { seq, key: key.to_vec(), version: new.version(), ship };
             batch.put_cf(
                 self.cf(CF_LOG),
                 log_key(seq),
@@ -337,14 +347,20 @@ impl Engine {
                 (*k, original[k].as_ref(), new, plain.clone())
             })
             .collect();
-        self.commit_all(&changes)?;
+        self.commit_all(&changes, true)?;
         Ok(results)
     }
 
     /// Merges a replica's state of `key` into ours. Returns whether our state changed (a
     /// change is committed with its change-log entry, like a local write).
     pub fn merge(&self, key: &[u8], incoming: &Record) -> Result<bool, StorageError> {
-        self.update(key, |current| {
+        self.merge_as(key, incoming, false)
+    }
+
+    /// [`Engine::merge`], with `ship` saying whether the change-log entry is for the
+    /// replicator to ship to other regions (see [`LogEntry::ship`]).
+    pub fn merge_as(&self, key: &[u8], incoming: &Record, ship: bool) -> Result<bool, StorageError> {
+        self.update_as(key, ship, |current| {
             let merged = match current {
                 Some(cur) => {
                     let mut m = cur.clone();
@@ -473,15 +489,20 @@ impl Engine {
         Ok(out)
     }
 
-    /// Trims the change log to the configured number of newest entries. Returns how many
-    /// sequence numbers were cut.
+    /// Trims the change log to the configured number of newest entries, but never past a
+    /// tailer's cursor (see [`Engine::set_cursor`]): a tailer that fell behind finds its
+    /// backlog on disk. Returns the sequence number trimmed up to (0: nothing).
     pub fn trim_log(&self) -> Result<u64, StorageError> {
         let last = self.committed_seq();
         let keep = self.cfg.changelog_retention_entries;
         if last <= keep {
             return Ok(0);
         }
-        let cut = last - keep;
+        let floor = self.cursors()?.into_iter().map(|(_, seq)| seq).min().unwrap_or(u64::MAX);
+        let cut = (last - keep).min(floor);
+        if cut == 0 {
+            return Ok(0);
+        }
         let mut b = WriteBatch::default();
         b.delete_range_cf(self.cf(CF_LOG), log_key(0), log_key(cut + 1));
         self.db.write_opt(b, &self.wopts)?;

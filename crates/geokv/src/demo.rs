@@ -1,34 +1,139 @@
-//! `geokv demo`: a throwaway node on a free loopback port and a short tour of the API.
-//!
-//! This is the single-node demo; the multi-region cluster demo replaces it once cross-region
-//! replication lands.
+//! `geokv demo`: three regions of three nodes each in this process (see `demo_cluster`), and a
+//! scripted tour: the API, a write crossing regions, concurrent conflicting writes in every
+//! region and their converged result, a region cut off and healed, and the lag table.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use geokv_client::{proto, Client, ScanOptions};
-use geokv_server::{serve, ServerConfig, SystemClock};
 
+use crate::demo_cluster::{DemoCluster, REGIONS};
 use crate::output::entry_human;
 
 pub async fn run(keep_running: bool, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dir = data_dir.unwrap_or_else(|| tmp.path().join("node-1"));
-    let mut cfg = ServerConfig::new(1, dir.clone());
-    cfg.listen = "127.0.0.1:0".into();
-    cfg.sweeper.interval_ms = 100;
-    let server = serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg)?;
-    let endpoint = format!("http://{}", server.addr);
-    println!("geokv demo: one node at {endpoint}, data in {}\n", dir.display());
-    let c = Client::connect(&endpoint).await?;
-    tour(&c).await.context("the demo tour failed")?;
+    let dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
+    println!("geokv demo: starting 3 regions x 3 nodes on loopback, data in {}", dir.display());
+    let cluster = DemoCluster::start(&dir).await?;
+    for (region, _, [lon, lat]) in REGIONS {
+        let eps: Vec<String> = cluster.in_region(region).map(|n| n.endpoint()).collect();
+        println!("  {region:<13} ({lon:>7.2}, {lat:>6.2})  {}", eps.join("  "));
+    }
+    println!("WAN links are emulated, with one-way delays from the distances between the regions.\n");
+    let result = tour_regions(&cluster).await;
+    if let Err(e) = result {
+        cluster.shutdown().await;
+        return Err(e.context("the demo tour failed"));
+    }
     if keep_running {
-        println!("\nThe node keeps running. Try:\n  geokv --endpoint {endpoint} get greeting\n  geokv --endpoint {endpoint} incr visits\nPress Ctrl-C to stop.");
+        let eu = cluster.in_region("eu-west").next().map(|n| n.endpoint()).unwrap_or_default();
+        let us = cluster.in_region("us-east").next().map(|n| n.endpoint()).unwrap_or_default();
+        println!(
+            "\nThe cluster keeps running. Try:\n  geokv --endpoint {eu} put greeting hi\n  geokv --endpoint {us} get greeting\n  geokv peer-stats --peer {}\nPress Ctrl-C to stop.",
+            cluster.nodes[0].peer_addr()
+        );
         tokio::signal::ctrl_c().await?;
     }
-    server.shutdown().await.map_err(anyhow::Error::msg)?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
+async fn poll<T, F, Fut>(limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not converged within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a region answers for the register, counter and set of the conflict step.
+async fn values(c: &Client) -> anyhow::Result<String> {
+    let show = |e: Option<proto::Entry>| e.map(|e| entry_human(&e)).unwrap_or_else(|| "(absent)".into());
+    Ok(format!(
+        "{} | {} | {}",
+        show(c.get(b"winner").await?),
+        show(c.get(b"likes").await?),
+        show(c.get(b"visited").await?)
+    ))
+}
+
+/// Waits until every region answers the same for the conflict keys; returns that answer.
+async fn converged(clients: &[(&str, Client)]) -> anyhow::Result<String> {
+    poll(Duration::from_secs(30), || async {
+        let mut seen = Vec::new();
+        for (_, c) in clients {
+            seen.push(values(c).await?);
+        }
+        Ok(seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone()))
+    })
+    .await
+}
+
+async fn tour_regions(cluster: &DemoCluster) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for (region, _, _) in REGIONS {
+        clients.push((region, cluster.client(region).await?));
+    }
+    let eu = &clients[0].1;
+    tour(eu).await?;
+
+    step("a write in eu-west, read in the other regions");
+    let started = Instant::now();
+    eu.put(b"greeting", b"hello from Dublin", None).await?;
+    for (region, c) in &clients[1..] {
+        poll(Duration::from_secs(30), || async {
+            Ok(c.get(b"greeting").await?.filter(|e| entry_human(e).contains("Dublin")).map(|_| ()))
+        })
+        .await?;
+        println!("  visible in {region} after {} ms", started.elapsed().as_millis());
+    }
+
+    step("concurrent conflicting writes in all three regions");
+    let writes = clients.iter().enumerate().map(|(i, (region, c))| async move {
+        c.put(b"winner", format!("written in {region}").as_bytes(), None).await?;
+        c.increment(b"likes", (i + 1) as i64, None).await?;
+        c.set_add(b"visited", vec![region.as_bytes().to_vec()], None).await?;
+        anyhow::Ok(())
+    });
+    for r in futures::future::join_all(writes).await {
+        r?;
+    }
+    println!("  register | counter (1+2+3) | set, as every region reads it after convergence:");
+    println!("  {}", converged(&clients).await?);
+    println!("  (the register keeps the write with the highest HLC stamp; the counter sums; the set unites)");
+
+    step("ap-southeast cut off: both sides keep accepting writes");
+    cluster.set_isolated("ap-southeast", true).await?;
+    clients[2].1.increment(b"likes", 100, None).await?;
+    clients[2].1.set_add(b"visited", vec![b"offline-in-singapore".to_vec()], None).await?;
+    eu.increment(b"likes", 10, None).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (region, c) in &clients {
+        println!("  {region:<13} {}", values(c).await?);
+    }
+    println!("\n{}", cluster.lag_table().await?);
+
+    step("healed: the backlog drains and the regions converge");
+    let healed = Instant::now();
+    cluster.set_isolated("ap-southeast", false).await?;
+    let value = converged(&clients).await?;
+    println!("  converged in {} ms: {value}", healed.elapsed().as_millis());
+    poll(Duration::from_secs(30), || async {
+        let table = cluster.lag_table().await?;
+        let drained = table.lines().skip(1).all(|l| l.split_whitespace().nth(3) == Some("0"));
+        Ok(drained.then_some(table))
+    })
+    .await
+    .map(|table| println!("\n{table}"))?;
     Ok(())
 }
 
@@ -37,7 +142,7 @@ fn step(title: &str) {
 }
 
 async fn tour(c: &Client) -> anyhow::Result<()> {
-    step("register: put, get, append");
+    step("the API, in eu-west: register put, get, append");
     let put = c.put(b"greeting", b"hello", None).await?;
     println!("put greeting = \"hello\" -> version {}", crate::output::version_str(&put.version));
     c.append(b"greeting", b", world", None).await?;

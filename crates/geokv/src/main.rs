@@ -3,6 +3,7 @@
 mod bench;
 mod client_cmd;
 mod demo;
+mod demo_cluster;
 mod output;
 mod server_cmd;
 

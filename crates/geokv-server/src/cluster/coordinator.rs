@@ -118,14 +118,21 @@ impl Cluster {
         .map_err(|e| Status::internal(format!("write task failed: {e}")))?
         .map_err(to_status)?;
         if let Applied::Written(_, rec) = &applied {
-            self.replicate(&key, rec, level).await?;
+            self.replicate(&key, rec, level, true).await?;
         }
         Ok(applied)
     }
 
     /// Sends `rec` (already stored here) to the key's other targets; returns once `level` of
     /// the N replicas have it. Sends still under way then go on in the background.
-    async fn replicate(self: &Arc<Self>, key: &[u8], rec: &Record, level: Level) -> Result<(), Status> {
+    /// `ship` marks a client write of this region (see `MergeRequest.ship`).
+    pub(crate) async fn replicate(
+        self: &Arc<Self>,
+        key: &[u8],
+        rec: &Record,
+        level: Level,
+        ship: bool,
+    ) -> Result<(), Status> {
         let view = self.view();
         let now = self.node.now_ms();
         let healthy = |id| id == self.me || view.health(id, now) == Health::Alive;
@@ -160,7 +167,7 @@ impl Cluster {
             let (this, tx, key, state, rec) =
                 (self.clone(), tx.clone(), key.to_vec(), state.clone(), rec.clone());
             tokio::spawn(async move {
-                let ok = this.send_state(target, &key, state, &rec).await;
+                let ok = this.send_state(target, &key, state, &rec, ship).await;
                 let _ = tx.send((target.node, ok));
             });
         }
@@ -185,8 +192,8 @@ impl Cluster {
     }
 
     /// Sends a state to one target; on failure keeps a durable hint for a home replica.
-    async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>, rec: &Record) -> bool {
-        let req = pb::MergeRequest { key: key.to_vec(), state, hint_for: target.hint_for };
+    async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>, rec: &Record, ship: bool) -> bool {
+        let req = pb::MergeRequest { key: key.to_vec(), state, hint_for: target.hint_for, ship };
         // Backpressure: a replica with too many sends in flight gets a hint instead.
         let slot = self.slot(target.node).await;
         let result = match (slot.is_some(), self.client(target.node)) {
@@ -357,7 +364,7 @@ impl Cluster {
             return;
         }
         let Some(mut client) = self.client(node) else { return };
-        let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None };
+        let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None, ship: false };
         if let Ok(Ok(resp)) = tokio::time::timeout(self.peers.timeout(), client.merge(req)).await {
             if resp.into_inner().changed {
                 self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -24,6 +24,7 @@ use geokv_topology::Topology;
 use tonic::transport::Channel;
 
 pub use coordinator::{Action, Applied};
+pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
 pub use service::{level_of, ClusterService};
 
 use crate::{ClusterConfig, Node};
@@ -56,6 +57,7 @@ pub struct Cluster {
     view: RwLock<Arc<Membership>>,
     peers: peers::Peers,
     gossip: OnceLock<gossip::Handle>,
+    replicator: OnceLock<Arc<crate::replication::Replicator>>,
     cfg: ClusterConfig,
 }
 
@@ -131,6 +133,7 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             peers: peers::Peers::new(cfg.request_timeout_ms),
             gossip: OnceLock::new(),
+            replicator: OnceLock::new(),
             cfg,
             node,
             stats: ClusterStats::default(),
@@ -146,6 +149,19 @@ impl Cluster {
 
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    pub(crate) fn cfg(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// Attaches the cross-region replicator (once, at start).
+    pub(crate) fn set_replicator(&self, r: Arc<crate::replication::Replicator>) {
+        let _ = self.replicator.set(r);
+    }
+
+    pub(crate) fn replicator(&self) -> Option<&Arc<crate::replication::Replicator>> {
+        self.replicator.get()
     }
 
     /// The current membership view.
@@ -228,6 +244,7 @@ impl Cluster {
             members: {
                 let (view, now) = (self.view(), self.node.now_ms());
                 view.members()
+                    .filter(|m| m.region == self.region)
                     .map(|m| geokv_proto::v1::Member {
                         node_id: m.id,
                         health: view.health(m.id, now).as_str().into(),

@@ -23,6 +23,10 @@ impl ClusterService {
         ClusterService { cluster }
     }
 
+    fn replicator(&self) -> Result<&std::sync::Arc<crate::replication::Replicator>, Status> {
+        self.cluster.replicator().ok_or_else(|| Status::unavailable("replication is not running on this node yet"))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&crate::Node) -> Result<T, geokv_storage::StorageError> + Send + 'static,
@@ -37,6 +41,48 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl ClusterRpc for ClusterService {
+    type ReplicateStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ReplicationAck, Status>> + Send + 'static>>;
+
+    async fn replicate(
+        &self,
+        req: Request<tonic::Streaming<pb::ReplicationBatch>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let replicator = self.replicator()?.clone();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut expected_after = None;
+            while let Ok(Some(batch)) = inbound.message().await {
+                let ack = replicator.receive(batch, &mut expected_after).await;
+                if tx.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(crate::replication::ack_stream(rx))))
+    }
+
+    async fn replication_status(
+        &self,
+        _req: Request<pb::ReplicationStatusRequest>,
+    ) -> Result<Response<pb::ReplicationStatusResponse>, Status> {
+        Ok(Response::new(self.replicator()?.status()))
+    }
+
+    async fn set_link(&self, req: Request<pb::SetLinkRequest>) -> Result<Response<pb::SetLinkResponse>, Status> {
+        let req = req.into_inner();
+        let l = req.link.ok_or_else(|| Status::invalid_argument("link settings are missing"))?;
+        let params = geokv_replication::LinkParams {
+            delay_ms: l.delay_ms,
+            jitter_ms: l.jitter_ms,
+            loss: l.loss,
+            cut: l.cut,
+        };
+        self.replicator()?.set_link(&req.destination, params).map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::SetLinkResponse {}))
+    }
+
     async fn merge(&self, req: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
         let req = req.into_inner();
         self.cluster
@@ -48,7 +94,7 @@ impl ClusterRpc for ClusterService {
         let changed = self
             .blocking(move |n| match req.hint_for {
                 Some(home) => n.engine().put_hint(home, &req.key, &rec).map(|_| true),
-                None => n.engine().merge(&req.key, &rec),
+                None => n.engine().merge_as(&req.key, &rec, req.ship),
             })
             .await?;
         Ok(Response::new(pb::MergeResponse { changed }))

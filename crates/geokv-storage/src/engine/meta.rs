@@ -7,6 +7,9 @@ use super::{lock, Engine, CF_DATA, CF_META, CF_TTL};
 use crate::keys::ttl_key;
 use crate::StorageError;
 
+/// Meta names of change-log cursors.
+const CURSOR_PREFIX: &str = "cursor/";
+
 /// Names the engine itself uses in the meta column family; callers' names get a prefix so
 /// they can never collide with them.
 const CALLER_PREFIX: &[u8] = b"app/";
@@ -38,5 +41,38 @@ impl Engine {
         }
         self.db.write_opt(b, &self.wopts)?;
         Ok(true)
+    }
+
+    /// Saves the change-log position `seq` that tailer `name` has consumed up to. The log is
+    /// not trimmed past the lowest cursor.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StorageError> {
+        self.put_meta(&format!("{CURSOR_PREFIX}{name}"), &seq.to_be_bytes())
+    }
+
+    /// Tailer `name`'s saved cursor (0 if it has none).
+    pub fn cursor(&self, name: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .get_meta(&format!("{CURSOR_PREFIX}{name}"))?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Every tailer's cursor.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let prefix = [CALLER_PREFIX, CURSOR_PREFIX.as_bytes()].concat();
+        let mut out = Vec::new();
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META), mode) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Ok(raw) = <[u8; 8]>::try_from(&v[..]) {
+                out.push((name, u64::from_be_bytes(raw)));
+            }
+        }
+        Ok(out)
     }
 }

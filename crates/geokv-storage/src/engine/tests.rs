@@ -135,6 +135,29 @@ fn trim_keeps_the_newest_log_entries() {
 }
 
 #[test]
+fn trim_never_passes_a_tailers_cursor_and_entries_say_what_to_ship() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig { changelog_retention_entries: 3, ..Default::default() });
+    for i in 0..10u8 {
+        run(&e, &[i], put("v", None), NOW).unwrap();
+    }
+    e.set_cursor("replication/us-east", 4).unwrap();
+    e.set_cursor("replication/ap-southeast", 6).unwrap();
+    assert_eq!(e.cursor("replication/us-east").unwrap(), 4);
+    assert_eq!(e.cursor("never-set").unwrap(), 0);
+    assert_eq!(e.trim_log().unwrap(), 4, "the slowest tailer holds the log back");
+    assert_eq!(e.log_since(0, 100).unwrap().first().map(|l| l.seq), Some(5));
+    // A client write ships; a repair merge does not; a merge of a replicated write does.
+    let rec = e.get(&[1]).unwrap().unwrap();
+    e.merge(b"repaired", &rec).unwrap();
+    e.merge_as(b"replicated", &rec, true).unwrap();
+    let tail = e.log_since(10, 100).unwrap();
+    let ships: Vec<(Vec<u8>, bool)> = tail.iter().map(|l| (l.key.clone(), l.ship)).collect();
+    assert_eq!(ships, vec![(b"repaired".to_vec(), false), (b"replicated".to_vec(), true)]);
+    assert!(e.log_since(0, 100).unwrap().iter().take(5).all(|l| l.ship), "client writes ship");
+}
+
+#[test]
 fn merge_applies_a_replica_state_and_reports_change() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path(), StorageConfig::default());

@@ -1,0 +1,15 @@
+//! geokv-replication: the decisions of cross-region replication, without I/O.
+//!
+//! Owns: the wire format of a batch of deltas ([`Batch`]: postcard, zstd-compressed, with a
+//! bound on the decompressed size), the link emulator's plan for a batch on a region pair
+//! ([`Link`]: delay, jitter, loss, cut, FIFO like a TCP stream), and the sender's lag
+//! accounting per destination ([`Outbox`]). Does not own: tailing the change log, the gRPC
+//! stream, or applying deltas (those live in `geokv-server`).
+
+mod batch;
+mod lag;
+mod link;
+
+pub use batch::{Batch, BatchError, Delta, MAX_BATCH_RAW_BYTES};
+pub use lag::{LagReport, Outbox};
+pub use link::{default_delay_ms, Link, LinkParams, Plan};

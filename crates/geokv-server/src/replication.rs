@@ -1,0 +1,464 @@
+//! Cross-region replication: every node ships the changes of its own region's client writes
+//! to every other region, and applies what other regions ship to it.
+//!
+//! **Sending.** One task per destination region tails this node's change log from the cursor
+//! the destination acknowledged (saved in storage, so it survives restarts; the log is not
+//! trimmed past it, so a long cut leaves the backlog on disk, not in memory). It builds
+//! batches of deltas (the current state of each changed key, once per batch) from the entries
+//! marked `ship` (client writes of this region and their replication inside it; repairs and
+//! changes from other regions are not shipped again), stamps them with this node's HLC,
+//! compresses them, and streams them to a node of the destination over `Replicate`, up to
+//! [`WINDOW`] batches in flight. Every replica of a key ships it (receivers merge, so the
+//! copies are harmless): a write acknowledged at QUORUM reaches other regions even if any one
+//! replica dies right after. The emulated WAN link of the pair sits in front of the stream.
+//!
+//! **Receiving.** Batches of a stream must follow each other (`after_seq` is the previous
+//! batch's `last_seq`); a gap (a batch the link lost) is refused and the sender resends from
+//! its cursor. A batch whose HLC stamp is beyond `max_clock_drift_ms` ahead is refused and
+//! counted. Each delta is merged into the key's home replicas of this region at QUORUM; the
+//! batch is acknowledged once all are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use geokv_cluster::Level;
+use geokv_core::NodeId;
+use geokv_proto::v1 as pb;
+use geokv_replication::{default_delay_ms, Batch, Delta, Link, LinkParams, Outbox, Plan};
+use geokv_topology::Topology;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cluster::{coordinator_decode as decode, coordinator_encode as encode};
+use crate::Cluster;
+
+/// Batches in flight to one destination.
+pub const WINDOW: usize = 8;
+/// Change-log entries read per batch, and the uncompressed bytes a batch stops at.
+const MAX_BATCH_ENTRIES: usize = 2048;
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Deltas of one received batch applied at once.
+const APPLY_PARALLELISM: usize = 64;
+
+/// The `[replication]` section of the server config.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// How often the change log is polled for new entries to ship, in milliseconds.
+    pub interval_ms: u64,
+    /// Emulate WAN links between regions (delay from the great-circle distance between the
+    /// regions' locations), for tests and demos on one machine. Off in real deployments.
+    pub emulate_wan: bool,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig { interval_ms: 5, emulate_wan: false }
+    }
+}
+
+struct Dest {
+    region: String,
+    /// Nodes of the destination region: (id, peer address), tried in turn.
+    nodes: Vec<(NodeId, String)>,
+    link: Mutex<Link>,
+    outbox: Mutex<Outbox>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub struct Replicator {
+    cluster: Arc<Cluster>,
+    cfg: ReplicationConfig,
+    dests: BTreeMap<String, Arc<Dest>>,
+    batches_received: AtomicU64,
+    deltas_applied: AtomicU64,
+    drift_rejections: AtomicU64,
+    /// Draws for the link emulator's jitter and loss.
+    rng: Mutex<rand010::rngs::SmallRng>,
+}
+
+fn cursor_name(region: &str) -> String {
+    format!("replication/{region}")
+}
+
+impl Replicator {
+    pub fn new(cluster: Arc<Cluster>, topology: &Topology, cfg: ReplicationConfig) -> Result<Arc<Self>, String> {
+        let mine = cluster.region().to_owned();
+        let cluster_seed = cluster.node().id() ^ cluster.node().now_ms();
+        let mut dests = BTreeMap::new();
+        for region in topology.regions.iter().filter(|r| r.name != mine) {
+            let nodes = topology
+                .nodes_in(&region.name)
+                .into_iter()
+                .map(|(id, spec)| (id, spec.peer_addr.to_string()))
+                .collect();
+            let km = topology.distance_km(&mine, &region.name).unwrap_or(0.0);
+            let delay = if cfg.emulate_wan { default_delay_ms(km) } else { 0 };
+            let acked = cluster.node().engine().cursor(&cursor_name(&region.name)).map_err(|e| e.to_string())?;
+            dests.insert(
+                region.name.clone(),
+                Arc::new(Dest {
+                    region: region.name.clone(),
+                    nodes,
+                    link: Mutex::new(Link::new(LinkParams::with_delay(delay))),
+                    outbox: Mutex::new(Outbox::new(acked)),
+                }),
+            );
+        }
+        Ok(Arc::new(Replicator {
+            cluster,
+            cfg,
+            dests,
+            batches_received: AtomicU64::new(0),
+            deltas_applied: AtomicU64::new(0),
+            drift_rejections: AtomicU64::new(0),
+            rng: Mutex::new({
+                use rand010::SeedableRng;
+                rand010::rngs::SmallRng::seed_from_u64(cluster_seed)
+            }),
+        }))
+    }
+
+    /// Starts one sender task per destination region.
+    pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.dests
+            .values()
+            .map(|dest| {
+                let (this, dest) = (self.clone(), dest.clone());
+                tokio::spawn(async move {
+                    let mut attempt = 0usize;
+                    loop {
+                        let target = dest.nodes[attempt % dest.nodes.len().max(1)].clone();
+                        if let Err(e) = this.stream_to(&dest, &target).await {
+                            tracing::debug!(region = %dest.region, node = target.0, error = %e, "replication stream ended");
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Streams batches to one node of `dest` until the stream fails.
+    async fn stream_to(&self, dest: &Arc<Dest>, target: &(NodeId, String)) -> Result<(), String> {
+        if dest.nodes.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Err("the region has no nodes".into());
+        }
+        lock(&dest.outbox).rewind();
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", target.1))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(self.cluster.cfg().request_timeout_ms))
+            .tcp_nodelay(true);
+        let mut client = pb::cluster_client::ClusterClient::new(ep.connect_lazy())
+            .max_decoding_message_size(512 * 1024 * 1024)
+            .max_encoding_message_size(512 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel::<pb::ReplicationBatch>(WINDOW);
+        let mut acks = client.replicate(receiver_stream(rx)).await.map_err(|e| e.to_string())?.into_inner();
+        // The link: batches wait here until their delivery time, in order.
+        let (link_tx, mut link_rx) = mpsc::unbounded_channel::<(u64, pb::ReplicationBatch)>();
+        let node = self.cluster.node().clone();
+        let delivery = tokio::spawn(async move {
+            while let Some((at, batch)) = link_rx.recv().await {
+                let wait = at.saturating_sub(node.now_ms());
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let result = self.pump(dest, &mut acks, &link_tx).await;
+        delivery.abort();
+        result
+    }
+
+    async fn pump(
+        &self,
+        dest: &Arc<Dest>,
+        acks: &mut tonic::Streaming<pb::ReplicationAck>,
+        link: &mpsc::UnboundedSender<(u64, pb::ReplicationBatch)>,
+    ) -> Result<(), String> {
+        let poll = Duration::from_millis(self.cfg.interval_ms);
+        let ack_timeout = Duration::from_millis(
+            2 * self.cluster.cfg().request_timeout_ms + 2 * lock(&dest.link).params.delay_ms,
+        );
+        let mut last_progress = Instant::now();
+        loop {
+            let in_flight = lock(&dest.outbox).in_flight();
+            if in_flight > 0 && last_progress.elapsed() > ack_timeout {
+                return Err(format!("no acknowledgement within {ack_timeout:?}; resending from the cursor"));
+            }
+            tokio::select! {
+                ack = acks.message() => {
+                    let ack = ack.map_err(|e| e.to_string())?.ok_or("the destination closed the stream")?;
+                    if !ack.ok {
+                        return Err(format!("batch refused: {}", ack.error));
+                    }
+                    let cursor = lock(&dest.outbox).acked(ack.last_seq);
+                    last_progress = Instant::now();
+                    let node = self.cluster.node().clone();
+                    let name = cursor_name(&dest.region);
+                    tokio::task::spawn_blocking(move || node.engine().set_cursor(&name, cursor))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                }
+                // Also wakes a full window up now and then, to notice a missing acknowledgement.
+                _ = tokio::time::sleep(poll) => {
+                    if in_flight == 0 {
+                        last_progress = Instant::now();
+                    }
+                    if in_flight < WINDOW {
+                        self.send_next(dest, link).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the next batch for `dest` and hands it to the link, if there is anything new.
+    async fn send_next(
+        &self,
+        dest: &Arc<Dest>,
+        link: &mpsc::UnboundedSender<(u64, pb::ReplicationBatch)>,
+    ) -> Result<(), String> {
+        let after = lock(&dest.outbox).next_seq();
+        lock(&dest.outbox).committed(self.cluster.node().engine().committed_seq());
+        if lock(&dest.link).params.cut {
+            // Nothing gets through: only note how old the oldest change waiting is.
+            let node = self.cluster.node().clone();
+            let first = tokio::task::spawn_blocking(move || node.engine().log_since(after, 1))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if let Some(entry) = first.first() {
+                lock(&dest.outbox).waiting(entry.version.unix_millis());
+            }
+            return Ok(());
+        }
+        let node = self.cluster.node().clone();
+        let region = dest.region.clone();
+        let this_region = self.cluster.region().to_owned();
+        let keep = move |key: &[u8]| may_ship(key, &region);
+        let built = tokio::task::spawn_blocking(move || build_batch(&node, &this_region, after, keep))
+            .await
+            .map_err(|e| e.to_string())??;
+        let Some(mut batch) = built else { return Ok(()) };
+        batch.hlc = self.cluster.node().hlc_now();
+        let oldest = batch.deltas.iter().map(|d| geokv_core::Stamp::new(d.stamp, 0).unix_millis()).min();
+        let now = self.cluster.node().now_ms();
+        let (jitter, loss) = {
+            use rand010::RngExt;
+            let mut rng = lock(&self.rng);
+            (rng.random::<f64>(), rng.random::<f64>())
+        };
+        let plan = lock(&dest.link).plan(now, jitter, loss);
+        if plan == Plan::Cut {
+            if let Some(o) = oldest {
+                lock(&dest.outbox).waiting(o);
+            }
+            return Ok(());
+        }
+        let (wire, raw) = batch.encode(3);
+        lock(&dest.outbox).sent(
+            batch.last_seq,
+            oldest.unwrap_or(now),
+            batch.deltas.len() as u64,
+            raw as u64,
+            wire.len() as u64,
+        );
+        if let Plan::DeliverAt(at) = plan {
+            let msg = pb::ReplicationBatch { payload: wire, last_seq: batch.last_seq };
+            link.send((at, msg)).map_err(|_| "the link stopped".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Applies one received batch; returns its acknowledgement.
+    pub async fn receive(&self, msg: pb::ReplicationBatch, expected_after: &mut Option<u64>) -> pb::ReplicationAck {
+        let refuse = |error: String| pb::ReplicationAck { last_seq: msg.last_seq, ok: false, error };
+        let batch = match Batch::decode(&msg.payload) {
+            Ok(b) => b,
+            Err(e) => return refuse(e.to_string()),
+        };
+        if expected_after.is_some_and(|after| after != batch.after_seq) {
+            return refuse(format!(
+                "batch after {} arrived where {} was expected (a batch was lost); resend from the cursor",
+                batch.after_seq,
+                expected_after.unwrap_or_default()
+            ));
+        }
+        self.batches_received.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.cluster.node().observe_remote_time(batch.hlc, batch.origin_node) {
+            self.drift_rejections.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(origin = %batch.origin_region, node = batch.origin_node, error = %e, "replication batch refused: its clock is beyond the maximum drift");
+            return refuse(format!("stamp beyond the maximum clock drift: {e}"));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut failure = None;
+        let mut settle = |done: Result<Result<(), String>, tokio::task::JoinError>| match done {
+            Ok(Ok(())) => {
+                self.deltas_applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(e.to_string()),
+        };
+        for delta in batch.deltas {
+            if tasks.len() >= APPLY_PARALLELISM {
+                if let Some(done) = tasks.join_next().await {
+                    settle(done);
+                }
+            }
+            let cluster = self.cluster.clone();
+            tasks.spawn(async move {
+                let rec = decode(&delta.state).map_err(|s| s.message().to_string())?;
+                cluster.apply_remote(delta.key, rec).await.map_err(|s| s.message().to_string())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            settle(done);
+        }
+        if let Some(e) = failure {
+            return refuse(format!("a delta could not be applied: {e}"));
+        }
+        *expected_after = Some(batch.last_seq);
+        pb::ReplicationAck { last_seq: batch.last_seq, ok: true, error: String::new() }
+    }
+
+    pub fn status(&self) -> pb::ReplicationStatusResponse {
+        let now = self.cluster.node().now_ms();
+        let committed = self.cluster.node().engine().committed_seq();
+        let destinations = self
+            .dests
+            .values()
+            .map(|d| {
+                let r = {
+                    let mut o = lock(&d.outbox);
+                    o.committed(committed);
+                    o.report(now)
+                };
+                let l = lock(&d.link).params;
+                pb::RegionLag {
+                    destination: d.region.clone(),
+                    acked_seq: r.acked_seq,
+                    committed_seq: r.committed_seq,
+                    oldest_unacked_ms: r.oldest_unacked_ms,
+                    backlog_entries: r.backlog_entries,
+                    batches_sent: r.batches_sent,
+                    deltas_sent: r.deltas_sent,
+                    deltas_acked: r.deltas_acked,
+                    raw_bytes: r.raw_bytes,
+                    wire_bytes: r.wire_bytes,
+                    resends: r.resends,
+                    link: Some(pb::LinkSettings {
+                        delay_ms: l.delay_ms,
+                        jitter_ms: l.jitter_ms,
+                        loss: l.loss,
+                        cut: l.cut,
+                    }),
+                }
+            })
+            .collect();
+        pb::ReplicationStatusResponse {
+            region: self.cluster.region().to_owned(),
+            node_id: self.cluster.node().id(),
+            destinations,
+            batches_received: self.batches_received.load(Ordering::Relaxed),
+            deltas_applied: self.deltas_applied.load(Ordering::Relaxed),
+            drift_rejections: self.drift_rejections.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn set_link(&self, region: &str, params: LinkParams) -> Result<(), String> {
+        params.validate()?;
+        let dest = self.dests.get(region).ok_or_else(|| {
+            format!("unknown destination region {region:?}; known: {:?}", self.dests.keys().collect::<Vec<_>>())
+        })?;
+        lock(&dest.link).params = params;
+        tracing::info!(region, ?params, "link settings changed");
+        Ok(())
+    }
+}
+
+/// Whether `key` may be shipped to `region`: the hook for the residency policies. Until they
+/// exist every key goes to every region.
+fn may_ship(_key: &[u8], _region: &str) -> bool {
+    true
+}
+
+/// The next batch after change-log position `after`: the current state of every key changed
+/// by a shipped entry (once per key), up to the size limits. `None` when the log has nothing
+/// new.
+fn build_batch(
+    node: &crate::Node,
+    region: &str,
+    after: u64,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Option<Batch>, String> {
+    let entries = node.engine().log_since(after, MAX_BATCH_ENTRIES).map_err(|e| e.to_string())?;
+    let Some(first) = entries.first() else { return Ok(None) };
+    let mut batch = Batch {
+        origin_region: region.to_owned(),
+        origin_node: node.id(),
+        after_seq: after,
+        last_seq: first.seq,
+        hlc: 0,
+        deltas: Vec::new(),
+    };
+    let mut seen = BTreeSet::new();
+    let mut bytes = 0;
+    for e in entries {
+        batch.last_seq = e.seq;
+        if !e.ship || !keep(&e.key) || !seen.insert(e.key.clone()) {
+            continue;
+        }
+        let Some(rec) = node.engine().get(&e.key).map_err(|e| e.to_string())? else { continue };
+        let state = encode(&rec);
+        bytes += e.key.len() + state.len();
+        batch.deltas.push(Delta { stamp: rec.version().time, key: e.key, state });
+        if bytes >= MAX_BATCH_BYTES {
+            break;
+        }
+    }
+    Ok(Some(batch))
+}
+
+fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+/// A stream of acknowledgements for the `Replicate` response.
+pub fn ack_stream(
+    rx: mpsc::Receiver<Result<pb::ReplicationAck, tonic::Status>>,
+) -> impl Stream<Item = Result<pb::ReplicationAck, tonic::Status>> + Send + 'static {
+    receiver_stream(rx)
+}
+
+impl Cluster {
+    /// Merges a state that came from another region into the key's home replicas here, at
+    /// QUORUM. Not shipped again.
+    pub async fn apply_remote(self: &Arc<Self>, key: Vec<u8>, rec: geokv_core::Record) -> Result<(), tonic::Status> {
+        let home = self.view().home(&key);
+        let state = if home.contains(&self.node().id()) {
+            let (node, k) = (self.node().clone(), key.clone());
+            tokio::task::spawn_blocking(move || {
+                node.engine().merge_as(&k, &rec, false)?;
+                node.engine().get(&k)
+            })
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .map_err(crate::status::to_status)?
+            .unwrap_or(rec)
+        } else {
+            rec
+        };
+        self.replicate(&key, &state, Level::Quorum, false).await
+    }
+}

@@ -1,0 +1,157 @@
+//! The multi-region cluster of `geokv demo`: three regions of three nodes each, in this
+//! process, on free loopback ports, with temporary data directories and emulated WAN links
+//! (delays from the distances between Dublin, Ashburn and Singapore).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use geokv_client::{proto, Client};
+use geokv_server::{serve, RunningServer, ServerConfig, SystemClock};
+use proto::cluster_client::ClusterClient;
+
+/// (name, jurisdiction, [longitude, latitude]) of the demo regions.
+pub const REGIONS: [(&str, &str, [f64; 2]); 3] = [
+    ("eu-west", "eu", [-6.26, 53.35]),
+    ("us-east", "us", [-77.49, 39.04]),
+    ("ap-southeast", "sg", [103.82, 1.35]),
+];
+pub const NODES_PER_REGION: usize = 3;
+
+pub struct DemoNode {
+    pub region: &'static str,
+    pub server: RunningServer,
+}
+
+impl DemoNode {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    pub fn peer_addr(&self) -> String {
+        self.server.peer_addr.map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
+pub struct DemoCluster {
+    pub nodes: Vec<DemoNode>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl DemoCluster {
+    /// Starts the nine nodes under `dir` (ports picked free just before; retried if taken).
+    pub async fn start(dir: &Path) -> anyhow::Result<DemoCluster> {
+        let mut last = None;
+        for attempt in 0..3 {
+            match Self::try_start(&dir.join(format!("attempt-{attempt}"))).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts"))
+    }
+
+    async fn try_start(dir: &Path) -> anyhow::Result<DemoCluster> {
+        std::fs::create_dir_all(dir)?;
+        let mut topology = String::from("# geokv demo: three regions of three nodes on loopback.\n");
+        for (name, jurisdiction, [lon, lat]) in REGIONS {
+            topology.push_str(&format!(
+                "[[regions]]\nname = \"{name}\"\nlocation = [{lon}, {lat}]\njurisdiction = \"{jurisdiction}\"\nreplication_factor = 3\n\n"
+            ));
+        }
+        let mut ids = Vec::new();
+        for (r, (name, _, _)) in REGIONS.iter().enumerate() {
+            for n in 0..NODES_PER_REGION {
+                let id = (r * NODES_PER_REGION + n + 1) as u64;
+                topology.push_str(&format!(
+                    "[[nodes]]\nid = {id}\nregion = \"{name}\"\nclient_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\n\n",
+                    free_port()?,
+                    free_port()?
+                ));
+                ids.push((id, *name));
+            }
+        }
+        let topo_path = dir.join("topology.toml");
+        std::fs::write(&topo_path, topology)?;
+        let mut nodes = Vec::new();
+        for (id, region) in ids {
+            let mut cfg = ServerConfig::new(id, dir.join(format!("node-{id}")));
+            cfg.topology = Some(topo_path.clone());
+            cfg.storage.sync = false;
+            cfg.replication.emulate_wan = true;
+            cfg.cluster.probe_interval_ms = 200;
+            cfg.cluster.suspect_timeout_ms = 1000;
+            cfg.cluster.request_timeout_ms = 1000;
+            let server = serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg)?;
+            nodes.push(DemoNode { region, server });
+        }
+        Ok(DemoCluster { nodes })
+    }
+
+    pub fn in_region(&self, region: &str) -> impl Iterator<Item = &DemoNode> {
+        let region = region.to_owned();
+        self.nodes.iter().filter(move |n| n.region == region)
+    }
+
+    /// A client of the first node of `region`.
+    pub async fn client(&self, region: &str) -> anyhow::Result<Client> {
+        let node = self.in_region(region).next().context("no such region")?;
+        Ok(Client::connect(&node.endpoint()).await?)
+    }
+
+    /// Cuts or heals every link between `region` and the others, both ways.
+    pub async fn set_isolated(&self, region: &str, cut: bool) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            let mut c = ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
+            let status = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+            for d in status.destinations {
+                if node.region == region || d.destination == region {
+                    let mut link = d.link.unwrap_or_default();
+                    link.cut = cut;
+                    c.set_link(proto::SetLinkRequest { destination: d.destination, link: Some(link) }).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lag matrix: for each (origin, destination), the largest oldest-unacknowledged age over
+    /// the origin's nodes, the backlog in entries, and wire bytes before/after compression.
+    pub async fn lag_table(&self) -> anyhow::Result<String> {
+        let mut out = format!(
+            "{:<14} {:<14} {:>8} {:>10} {:>8} {:>12} {:>12}\n",
+            "from", "to", "lag ms", "backlog", "link ms", "raw B", "wire B"
+        );
+        for (from, _, _) in REGIONS {
+            for (to, _, _) in REGIONS.iter().filter(|r| r.0 != from) {
+                let (mut lag, mut backlog, mut raw, mut wire, mut delay, mut cut) = (0, 0, 0, 0, 0, false);
+                for node in self.in_region(from) {
+                    let mut c = ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
+                    let s = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+                    if let Some(d) = s.destinations.iter().find(|d| d.destination == *to) {
+                        lag = lag.max(d.oldest_unacked_ms);
+                        backlog += d.backlog_entries;
+                        raw += d.raw_bytes;
+                        wire += d.wire_bytes;
+                        let link = d.link.unwrap_or_default();
+                        (delay, cut) = (link.delay_ms, link.cut);
+                    }
+                }
+                let link = if cut { "cut".to_string() } else { delay.to_string() };
+                out.push_str(&format!(
+                    "{from:<14} {to:<14} {lag:>8} {backlog:>10} {link:>8} {raw:>12} {wire:>12}\n"
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn shutdown(self) {
+        for node in self.nodes {
+            let _ = node.server.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Cross-region replication with real `geokv` processes: three regions on loopback with
+//! emulated WAN links (delay from the distance between Dublin, Ashburn and Singapore),
+//! concurrent writes in every region, links cut and healed, nodes killed after
+//! acknowledgement.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use geokv_client::{proto, Client};
+use geokv_proto::v1 as pb;
+use pb::cluster_client::ClusterClient;
+use proto::value::Kind;
+use support::{wait_until, TestCluster, THREE_REGIONS};
+
+fn quorum(c: Client) -> Client {
+    c.with_consistency(proto::Consistency::Quorum)
+}
+
+async fn peer(cluster: &TestCluster, i: usize) -> ClusterClient<tonic::transport::Channel> {
+    ClusterClient::connect(format!("http://{}", cluster.peer_addrs[i])).await.expect("peer service")
+}
+
+/// Cuts or heals the link from every node of `from` to region `to`.
+async fn set_cut(cluster: &TestCluster, from: &str, to: &str, cut: bool) {
+    for i in (0..cluster.nodes.len()).filter(|&i| cluster.node_regions[i] == from) {
+        let mut c = peer(cluster, i).await;
+        let status = c.replication_status(pb::ReplicationStatusRequest {}).await.unwrap().into_inner();
+        let mut link = status.destinations.iter().find(|d| d.destination == to).unwrap().link.unwrap();
+        link.cut = cut;
+        c.set_link(pb::SetLinkRequest { destination: to.into(), link: Some(link) }).await.unwrap();
+    }
+}
+
+/// The worst (largest) oldest-unacknowledged age from region `from` to `to`, over its nodes.
+async fn lag_ms(cluster: &TestCluster, from: &str, to: &str) -> u64 {
+    let mut worst = 0;
+    for i in (0..cluster.nodes.len()).filter(|&i| cluster.node_regions[i] == from) {
+        let s = peer(cluster, i).await.replication_status(pb::ReplicationStatusRequest {}).await.unwrap().into_inner();
+        let d = s.destinations.iter().find(|d| d.destination == to).unwrap();
+        worst = worst.max(d.oldest_unacked_ms);
+    }
+    worst
+}
+
+/// What node `i` answers for the three test keys, read at ALL through the node (its region's
+/// view).
+async fn snapshot(cluster: &TestCluster, i: usize) -> Option<(Option<Vec<u8>>, i64, BTreeSet<Vec<u8>>)> {
+    let c = cluster.client(i).await.with_consistency(proto::Consistency::All);
+    let reg = match c.get(b"reg").await.ok()?.and_then(|e| e.value).and_then(|v| v.kind) {
+        Some(Kind::Register(b)) => Some(b),
+        _ => None,
+    };
+    let counter = match c.get(b"ctr").await.ok()?.and_then(|e| e.value).and_then(|v| v.kind) {
+        Some(Kind::Counter(n)) => n,
+        _ => 0,
+    };
+    let set = c.set_members(b"set").await.ok()?.members.into_iter().collect();
+    Some((reg, counter, set))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
+    let cluster = TestCluster::start_regions(&THREE_REGIONS, 2, 2);
+    let regions: Vec<&str> = THREE_REGIONS.iter().map(|r| r.0).collect();
+    let mut increments = 0i64;
+    let mut added = BTreeSet::new();
+    let mut last_register = None;
+    for round in 0..3 {
+        // Cut eu-west off from the others in both directions.
+        for other in ["us-east", "ap-southeast"] {
+            set_cut(&cluster, "eu-west", other, true).await;
+            set_cut(&cluster, other, "eu-west", true).await;
+        }
+        for i in 0..cluster.nodes.len() {
+            let c = quorum(cluster.client(i).await);
+            for j in 0..5 {
+                c.increment(b"ctr", 1 + i as i64, None).await.unwrap();
+                increments += 1 + i as i64;
+                let member = format!("m-{round}-{i}-{j}").into_bytes();
+                c.set_add(b"set", vec![member.clone()], None).await.unwrap();
+                added.insert(member);
+                let v = format!("v-{round}-{i}-{j}").into_bytes();
+                c.put(b"reg", &v, None).await.unwrap();
+                last_register = Some(v);
+            }
+        }
+        let grows = wait_until(Duration::from_secs(10), || async {
+            lag_ms(&cluster, "eu-west", "us-east").await >= 300
+        })
+        .await;
+        assert!(grows, "the lag from a cut-off region grows");
+        for other in ["us-east", "ap-southeast"] {
+            set_cut(&cluster, "eu-west", other, false).await;
+            set_cut(&cluster, other, "eu-west", false).await;
+        }
+    }
+    let _ = last_register;
+    // After heal and quiescence every node of every region answers the same.
+    let converged = wait_until(Duration::from_secs(60), || async {
+        let mut seen = Vec::new();
+        for i in 0..cluster.nodes.len() {
+            match snapshot(&cluster, i).await {
+                Some(s) => seen.push(s),
+                None => return false,
+            }
+        }
+        seen.windows(2).all(|w| w[0] == w[1]) && seen[0].1 == increments && seen[0].2 == added
+    })
+    .await;
+    let mut finals = Vec::new();
+    for i in 0..cluster.nodes.len() {
+        finals.push(snapshot(&cluster, i).await);
+    }
+    assert!(converged, "expected counter {increments} and {} members everywhere; got {finals:?}", added.len());
+    // The register holds one of the written values, the same everywhere (the HLC-latest).
+    let reg = finals[0].as_ref().unwrap().0.clone().unwrap();
+    assert!(reg.starts_with(b"v-"));
+    for from in &regions {
+        for to in regions.iter().filter(|r| *r != from) {
+            let drained =
+                wait_until(Duration::from_secs(30), || async { lag_ms(&cluster, from, to).await == 0 }).await;
+            assert!(drained, "lag {from} -> {to} drains after heal");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_right_after() {
+    let mut cluster = TestCluster::start_regions(&THREE_REGIONS[..2], 2, 2);
+    // Hold replication back so that nothing has shipped when the node dies.
+    for i in 0..2 {
+        let mut c = peer(&cluster, i).await;
+        c.set_link(pb::SetLinkRequest {
+            destination: "us-east".into(),
+            link: Some(pb::LinkSettings { delay_ms: 0, jitter_ms: 0, loss: 0.0, cut: true }),
+        })
+        .await
+        .unwrap();
+    }
+    let c = quorum(cluster.client(0).await);
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i:04}").into_bytes()).collect();
+    for k in &keys {
+        c.put(k, k, None).await.unwrap();
+    }
+    // Node 1 (a replica of every key, and their coordinator) dies; node 2 ships.
+    cluster.nodes[0].kill9();
+    let mut c2 = peer(&cluster, 1).await;
+    c2.set_link(pb::SetLinkRequest {
+        destination: "us-east".into(),
+        link: Some(pb::LinkSettings { delay_ms: 5, jitter_ms: 0, loss: 0.0, cut: false }),
+    })
+    .await
+    .unwrap();
+    let us = cluster.client(2).await.with_consistency(proto::Consistency::One);
+    let arrived = wait_until(Duration::from_secs(60), || async {
+        for k in &keys {
+            match us.get(k).await {
+                Ok(Some(_)) => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    assert!(arrived, "every acknowledged write reached us-east");
+}
+
+#[test]
+fn the_demo_runs_its_whole_tour_across_three_regions() {
+    let mut child = std::process::Command::new(support::BIN)
+        .arg("demo")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("geokv demo did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expected in ["visible in us-east", "visible in ap-southeast", "converged in", "ap-southeast cut off", "lag ms"] {
+        assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
+    }
+    // The converged counter is the sum of every increment: 1 + 2 + 3 + 100 + 10.
+    assert!(stdout.contains("116"), "converged counter 116 expected:\n{stdout}");
+}
+
+/// The register as node `i` reads it at ONE.
+async fn register_at(cluster: &TestCluster, i: usize, key: &[u8]) -> Option<Vec<u8>> {
+    let c = cluster.client(i).await.with_consistency(proto::Consistency::One);
+    match c.get(key).await.ok()?.and_then(|e| e.value).and_then(|v| v.kind) {
+        Some(Kind::Register(b)) => Some(b),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_with_a_fast_clock_does_not_win_over_causally_later_writes_and_too_fast_is_refused() {
+    // eu-west runs 500 ms ahead (accepted: the drift limit is 1 s); ap-southeast 5 s ahead.
+    let cluster = TestCluster::start_regions_with(
+        &THREE_REGIONS,
+        1,
+        1,
+        &[("*", "max_clock_drift_ms = 1000"), ("eu-west", "clock_offset_ms = 500"), ("ap-southeast", "clock_offset_ms = 5000")],
+    );
+    let (eu, us, ap) = (0, 1, 2);
+    cluster.client(eu).await.put(b"reg", b"first, in eu", None).await.unwrap();
+    let seen = wait_until(Duration::from_secs(20), || async {
+        register_at(&cluster, us, b"reg").await.as_deref() == Some(b"first, in eu")
+    })
+    .await;
+    assert!(seen, "us-east sees the eu write");
+    // us-east writes after reading eu's value: causally later, though its wall clock is
+    // 500 ms behind eu's. The HLC orders it after, so it wins everywhere.
+    cluster.client(us).await.put(b"reg", b"second, in us", None).await.unwrap();
+    let settled = wait_until(Duration::from_secs(20), || async {
+        register_at(&cluster, eu, b"reg").await.as_deref() == Some(b"second, in us")
+            && register_at(&cluster, us, b"reg").await.as_deref() == Some(b"second, in us")
+    })
+    .await;
+    assert!(settled, "the causally later write wins in both regions");
+
+    // ap-southeast's stamps are beyond the drift limit: refused and counted, never applied.
+    cluster.client(ap).await.put(b"from-ap", b"too early", None).await.unwrap();
+    let refused = wait_until(Duration::from_secs(20), || async {
+        let mut c = peer(&cluster, us).await;
+        let s = c.replication_status(pb::ReplicationStatusRequest {}).await.unwrap().into_inner();
+        s.drift_rejections > 0
+    })
+    .await;
+    assert!(refused, "us-east counts drift rejections");
+    assert_eq!(register_at(&cluster, us, b"from-ap").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_and_receiver_restarts_mid_stream_lose_nothing_and_do_not_stall() {
+    let mut cluster = TestCluster::start_regions(&THREE_REGIONS[..2], 1, 1);
+    let (eu, us) = (0, 1);
+    let mut acked = Vec::new();
+    for round in 0..4 {
+        let c = cluster.client(eu).await;
+        for i in 0..250 {
+            let k = format!("r{round}-k{i:03}").into_bytes();
+            if c.put(&k, &k, None).await.is_ok() {
+                acked.push(k);
+            }
+        }
+        // Alternately kill the sender and the receiver while batches are in flight.
+        let victim = if round % 2 == 0 { eu } else { us };
+        cluster.nodes[victim].restart();
+    }
+    let us_client = cluster.client(us).await.with_consistency(proto::Consistency::One);
+    let all_there = wait_until(Duration::from_secs(60), || async {
+        let mut found = 0;
+        for chunk in acked.chunks(500) {
+            match us_client.batch_get(chunk.to_vec()).await {
+                Ok(r) => found += r.iter().filter(|e| e.is_some()).count(),
+                Err(_) => return false,
+            }
+        }
+        found == acked.len()
+    })
+    .await;
+    assert!(all_there, "all {} acknowledged writes reached us-east", acked.len());
+    assert_eq!(lag_ms(&cluster, "eu-west", "us-east").await, 0);
+}
