@@ -107,7 +107,11 @@ async fn a_node_joins_under_load_streams_in_its_ranges_and_loses_no_acknowledged
     })
     .await;
     assert!(joined, "node 4 became an owner (status normal) as seen by itself and node 1");
-    eprintln!("node 4 joined in {:?} with {} live writes acknowledged", started.elapsed(), acked.lock().unwrap().len());
+    eprintln!(
+        "node 4 joined in {:?} with {} live writes acknowledged",
+        started.elapsed(),
+        acked.lock().unwrap().len()
+    );
     // Keep writing a little after the join, then stop.
     let after = acked.lock().unwrap().len() + 200;
     assert!(wait_until(Duration::from_secs(60), || async { acked.lock().unwrap().len() >= after }).await);

@@ -37,7 +37,12 @@ async fn set_cut(cluster: &TestCluster, from: &str, to: &str, cut: bool) {
 async fn lag_ms(cluster: &TestCluster, from: &str, to: &str) -> u64 {
     let mut worst = 0;
     for i in (0..cluster.nodes.len()).filter(|&i| cluster.node_regions[i] == from) {
-        let s = peer(cluster, i).await.replication_status(pb::ReplicationStatusRequest {}).await.unwrap().into_inner();
+        let s = peer(cluster, i)
+            .await
+            .replication_status(pb::ReplicationStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         let d = s.destinations.iter().find(|d| d.destination == to).unwrap();
         worst = worst.max(d.oldest_unacked_ms);
     }
@@ -113,7 +118,11 @@ async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
     for i in 0..cluster.nodes.len() {
         finals.push(snapshot(&cluster, i).await);
     }
-    assert!(converged, "expected counter {increments} and {} members everywhere; got {finals:?}", added.len());
+    assert!(
+        converged,
+        "expected counter {increments} and {} members everywhere; got {finals:?}",
+        added.len()
+    );
     // The register holds one of the written values, the same everywhere (the HLC-latest).
     let reg = finals[0].as_ref().unwrap().0.clone().unwrap();
     assert!(reg.starts_with(b"v-"));
@@ -190,7 +199,9 @@ fn the_demo_runs_its_whole_tour_across_three_regions() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for expected in ["visible in us-east", "visible in ap-southeast", "converged in", "ap-southeast cut off", "lag ms"] {
+    for expected in
+        ["visible in us-east", "visible in ap-southeast", "converged in", "ap-southeast cut off", "lag ms"]
+    {
         assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
     }
     // The converged counter is the sum of every increment: 1 + 2 + 3 + 100 + 10.
@@ -213,7 +224,11 @@ async fn a_region_with_a_fast_clock_does_not_win_over_causally_later_writes_and_
         &THREE_REGIONS,
         1,
         1,
-        &[("*", "max_clock_drift_ms = 1000"), ("eu-west", "clock_offset_ms = 500"), ("ap-southeast", "clock_offset_ms = 5000")],
+        &[
+            ("*", "max_clock_drift_ms = 1000"),
+            ("eu-west", "clock_offset_ms = 500"),
+            ("ap-southeast", "clock_offset_ms = 5000"),
+        ],
     );
     let (eu, us, ap) = (0, 1, 2);
     cluster.client(eu).await.put(b"reg", b"first, in eu", None).await.unwrap();

@@ -183,7 +183,13 @@ impl TestCluster {
     ) -> TestCluster {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start_regions_with(regions, per_region, n, "[replication]\nemulate_wan = true\n", top) {
+            match Self::try_start_regions_with(
+                regions,
+                per_region,
+                n,
+                "[replication]\nemulate_wan = true\n",
+                top,
+            ) {
                 Ok(c) => return c,
                 Err(e) => last = e,
             }

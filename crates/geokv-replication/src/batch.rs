@@ -66,7 +66,11 @@ mod tests {
             last_seq: 10 + n as u64,
             hlc: 42,
             deltas: (0..n)
-                .map(|i| Delta { key: format!("user:{i}").into_bytes(), state: vec![7; 200], stamp: i as u64 })
+                .map(|i| Delta {
+                    key: format!("user:{i}").into_bytes(),
+                    state: vec![7; 200],
+                    stamp: i as u64,
+                })
                 .collect(),
         }
     }

@@ -209,7 +209,11 @@ impl ServerConfig {
             ));
         }
         if self.replication.interval_ms == 0 {
-            return Err(invalid("replication.interval_ms", "is 0".into(), "use a positive number of milliseconds"));
+            return Err(invalid(
+                "replication.interval_ms",
+                "is 0".into(),
+                "use a positive number of milliseconds",
+            ));
         }
         if self.max_clock_drift_ms == 0 {
             return Err(invalid(

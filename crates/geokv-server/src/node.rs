@@ -123,7 +123,7 @@ impl Node {
     /// Moves this node's HLC past a remote node's time (NTP64); refused when that time is
     /// beyond `max_clock_drift_ms` ahead of this node's clock.
     pub fn observe_remote_time(&self, time: u64, from: NodeId) -> Result<(), String> {
-        self.hlc.update_with_timestamp(&Stamp::new(time, from).to_uhlc())
+        self.hlc.update_with_timestamp(&Stamp::new(time, from).to_uhlc()).map_err(|e| e.to_string())
     }
 
     /// A fresh HLC stamp newer than `current`'s version.

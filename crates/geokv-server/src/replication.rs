@@ -88,7 +88,11 @@ fn cursor_name(region: &str) -> String {
 }
 
 impl Replicator {
-    pub fn new(cluster: Arc<Cluster>, topology: &Topology, cfg: ReplicationConfig) -> Result<Arc<Self>, String> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        topology: &Topology,
+        cfg: ReplicationConfig,
+    ) -> Result<Arc<Self>, String> {
         let mine = cluster.region().to_owned();
         let cluster_seed = cluster.node().id() ^ cluster.node().now_ms();
         let mut dests = BTreeMap::new();
@@ -100,7 +104,8 @@ impl Replicator {
                 .collect();
             let km = topology.distance_km(&mine, &region.name).unwrap_or(0.0);
             let delay = if cfg.emulate_wan { default_delay_ms(km) } else { 0 };
-            let acked = cluster.node().engine().cursor(&cursor_name(&region.name)).map_err(|e| e.to_string())?;
+            let acked =
+                cluster.node().engine().cursor(&cursor_name(&region.name)).map_err(|e| e.to_string())?;
             dests.insert(
                 region.name.clone(),
                 Arc::new(Dest {
@@ -282,7 +287,11 @@ impl Replicator {
     }
 
     /// Applies one received batch; returns its acknowledgement.
-    pub async fn receive(&self, msg: pb::ReplicationBatch, expected_after: &mut Option<u64>) -> pb::ReplicationAck {
+    pub async fn receive(
+        &self,
+        msg: pb::ReplicationBatch,
+        expected_after: &mut Option<u64>,
+    ) -> pb::ReplicationAck {
         let refuse = |error: String| pb::ReplicationAck { last_seq: msg.last_seq, ok: false, error };
         let batch = match Batch::decode(&msg.payload) {
             Ok(b) => b,
@@ -379,7 +388,10 @@ impl Replicator {
     pub fn set_link(&self, region: &str, params: LinkParams) -> Result<(), String> {
         params.validate()?;
         let dest = self.dests.get(region).ok_or_else(|| {
-            format!("unknown destination region {region:?}; known: {:?}", self.dests.keys().collect::<Vec<_>>())
+            format!(
+                "unknown destination region {region:?}; known: {:?}",
+                self.dests.keys().collect::<Vec<_>>()
+            )
         })?;
         lock(&dest.link).params = params;
         tracing::info!(region, ?params, "link settings changed");
@@ -444,18 +456,21 @@ pub fn ack_stream(
 impl Cluster {
     /// Merges a state that came from another region into the key's home replicas here, at
     /// QUORUM. Not shipped again.
-    pub async fn apply_remote(self: &Arc<Self>, key: Vec<u8>, rec: geokv_core::Record) -> Result<(), tonic::Status> {
+    pub async fn apply_remote(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        rec: geokv_core::Record,
+    ) -> Result<(), tonic::Status> {
         let home = self.view().home(&key);
         let state = if home.contains(&self.node().id()) {
             let (node, k) = (self.node().clone(), key.clone());
             tokio::task::spawn_blocking(move || {
                 node.engine().merge_as(&k, &rec, false)?;
-                node.engine().get(&k)
+                Ok::<_, geokv_storage::StorageError>(node.engine().get(&k)?.unwrap_or(rec))
             })
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?
             .map_err(crate::status::to_status)?
-            .unwrap_or(rec)
         } else {
             rec
         };

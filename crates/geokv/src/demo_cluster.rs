@@ -111,7 +111,8 @@ impl DemoCluster {
                 if node.region == region || d.destination == region {
                     let mut link = d.link.unwrap_or_default();
                     link.cut = cut;
-                    c.set_link(proto::SetLinkRequest { destination: d.destination, link: Some(link) }).await?;
+                    c.set_link(proto::SetLinkRequest { destination: d.destination, link: Some(link) })
+                        .await?;
                 }
             }
         }

@@ -23,8 +23,8 @@ use geokv_proto::v1::cluster_client::ClusterClient;
 use geokv_topology::Topology;
 use tonic::transport::Channel;
 
-pub use coordinator::{Action, Applied};
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
+pub use coordinator::{Action, Applied};
 pub use service::{level_of, ClusterService};
 
 use crate::{ClusterConfig, Node};

@@ -24,7 +24,9 @@ impl ClusterService {
     }
 
     fn replicator(&self) -> Result<&std::sync::Arc<crate::replication::Replicator>, Status> {
-        self.cluster.replicator().ok_or_else(|| Status::unavailable("replication is not running on this node yet"))
+        self.cluster
+            .replicator()
+            .ok_or_else(|| Status::unavailable("replication is not running on this node yet"))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -70,7 +72,10 @@ impl ClusterRpc for ClusterService {
         Ok(Response::new(self.replicator()?.status()))
     }
 
-    async fn set_link(&self, req: Request<pb::SetLinkRequest>) -> Result<Response<pb::SetLinkResponse>, Status> {
+    async fn set_link(
+        &self,
+        req: Request<pb::SetLinkRequest>,
+    ) -> Result<Response<pb::SetLinkResponse>, Status> {
         let req = req.into_inner();
         let l = req.link.ok_or_else(|| Status::invalid_argument("link settings are missing"))?;
         let params = geokv_replication::LinkParams {

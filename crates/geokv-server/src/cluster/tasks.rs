@@ -63,7 +63,8 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
             let Some((last, _)) = hints.last() else { break };
             after = Some(last.clone());
             for (key, rec) in hints {
-                let req = pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None, ship: false };
+                let req =
+                    pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None, ship: false };
                 let sent = match tokio::time::timeout(cluster.peers.timeout(), client.merge(req)).await {
                     Ok(r) => r.map(|_| ()),
                     Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
