@@ -71,7 +71,8 @@ async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
     let regions: Vec<&str> = THREE_REGIONS.iter().map(|r| r.0).collect();
     let mut increments = 0i64;
     let mut added = BTreeSet::new();
-    let mut last_register = None;
+    // The register write with the highest HLC stamp (stamp, value).
+    let mut latest_register: Option<((u64, u64), Vec<u8>)> = None;
     for round in 0..3 {
         // Cut eu-west off from the others in both directions.
         for other in ["us-east", "ap-southeast"] {
@@ -87,8 +88,11 @@ async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
                 c.set_add(b"set", vec![member.clone()], None).await.unwrap();
                 added.insert(member);
                 let v = format!("v-{round}-{i}-{j}").into_bytes();
-                c.put(b"reg", &v, None).await.unwrap();
-                last_register = Some(v);
+                let version = c.put(b"reg", &v, None).await.unwrap().version.unwrap();
+                let stamp = (version.hlc, version.node_id);
+                if latest_register.as_ref().is_none_or(|(s, _)| stamp > *s) {
+                    latest_register = Some((stamp, v));
+                }
             }
         }
         let grows = wait_until(Duration::from_secs(10), || async {
@@ -101,7 +105,6 @@ async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
             set_cut(&cluster, other, "eu-west", false).await;
         }
     }
-    let _ = last_register;
     // After heal and quiescence every node of every region answers the same.
     let converged = wait_until(Duration::from_secs(60), || async {
         let mut seen = Vec::new();
@@ -123,9 +126,9 @@ async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
         "expected counter {increments} and {} members everywhere; got {finals:?}",
         added.len()
     );
-    // The register holds one of the written values, the same everywhere (the HLC-latest).
+    // The register holds the HLC-latest acknowledged write, everywhere.
     let reg = finals[0].as_ref().unwrap().0.clone().unwrap();
-    assert!(reg.starts_with(b"v-"));
+    assert_eq!(Some(reg), latest_register.map(|(_, v)| v), "the register is the HLC-latest write");
     for from in &regions {
         for to in regions.iter().filter(|r| *r != from) {
             let drained =
@@ -290,4 +293,43 @@ async fn sender_and_receiver_restarts_mid_stream_lose_nothing_and_do_not_stall()
     .await;
     assert!(all_there, "all {} acknowledged writes reached us-east", acked.len());
     assert_eq!(lag_ms(&cluster, "eu-west", "us-east").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_region_anti_entropy_repairs_what_the_log_never_shipped() {
+    let cluster = TestCluster::start_regions(&THREE_REGIONS[..2], 1, 1);
+    let (eu, us) = (0, 1);
+    // A change the change log does not ship (as a repair would be): merged straight into eu's
+    // replica, unmarked.
+    let client = cluster.client(eu).await;
+    client.put(b"template", b"x", None).await.unwrap();
+    let mut eu_peer = peer(&cluster, eu).await;
+    let state =
+        eu_peer.fetch(pb::FetchRequest { key: b"template".to_vec() }).await.unwrap().into_inner().state;
+    for i in 0..50 {
+        let key = format!("unshipped-{i}").into_bytes();
+        eu_peer
+            .merge(pb::MergeRequest { key, state: state.clone(), hint_for: None, ship: false })
+            .await
+            .unwrap();
+    }
+    // Replication catches up on everything it was given, and still us-east lacks those keys.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            register_at(&cluster, us, b"template").await.is_some()
+        })
+        .await
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || async { lag_ms(&cluster, "eu-west", "us-east").await == 0 })
+            .await
+    );
+    assert_eq!(register_at(&cluster, us, b"unshipped-0").await, None);
+    // One anti-entropy round from eu-west compares with us-east and repairs exactly them.
+    let stats = eu_peer.run_anti_entropy(pb::RunAntiEntropyRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.ae_keys_repaired, 50, "{stats:?}");
+    for i in 0..50 {
+        let key = format!("unshipped-{i}").into_bytes();
+        assert_eq!(register_at(&cluster, us, &key).await.as_deref(), Some(&b"x"[..]));
+    }
 }

@@ -55,6 +55,12 @@ impl Outbox {
         self.in_flight.len()
     }
 
+    /// The `last_seq` of the oldest batch in flight: the only acknowledgement that may come
+    /// next (any other means a batch was lost on the way).
+    pub fn expected_ack(&self) -> Option<u64> {
+        self.in_flight.front().map(|b| b.last_seq)
+    }
+
     pub fn committed(&mut self, seq: u64) {
         self.report.committed_seq = self.report.committed_seq.max(seq);
     }

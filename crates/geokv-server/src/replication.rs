@@ -103,15 +103,27 @@ impl Replicator {
                 .map(|(id, spec)| (id, spec.peer_addr.to_string()))
                 .collect();
             let km = topology.distance_km(&mine, &region.name).unwrap_or(0.0);
-            let delay = if cfg.emulate_wan { default_delay_ms(km) } else { 0 };
-            let acked =
-                cluster.node().engine().cursor(&cursor_name(&region.name)).map_err(|e| e.to_string())?;
+            let params = match (cfg.emulate_wan, topology.link(&mine, &region.name)) {
+                (false, _) => LinkParams::with_delay(0),
+                (true, None) => LinkParams::with_delay(default_delay_ms(km)),
+                (true, Some(l)) => LinkParams {
+                    delay_ms: l.delay_ms.unwrap_or_else(|| default_delay_ms(km)),
+                    jitter_ms: l.jitter_ms,
+                    loss: l.loss,
+                    cut: false,
+                },
+            };
+            // Saved at once (0 on a first start): the log is never trimmed past it, even before
+            // the destination has acknowledged anything.
+            let engine = cluster.node().engine();
+            let acked = engine.cursor(&cursor_name(&region.name)).map_err(|e| e.to_string())?;
+            engine.set_cursor(&cursor_name(&region.name), acked).map_err(|e| e.to_string())?;
             dests.insert(
                 region.name.clone(),
                 Arc::new(Dest {
                     region: region.name.clone(),
                     nodes,
-                    link: Mutex::new(Link::new(LinkParams::with_delay(delay))),
+                    link: Mutex::new(Link::new(params)),
                     outbox: Mutex::new(Outbox::new(acked)),
                 }),
             );
@@ -191,9 +203,12 @@ impl Replicator {
         link: &mpsc::UnboundedSender<(u64, pb::ReplicationBatch)>,
     ) -> Result<(), String> {
         let poll = Duration::from_millis(self.cfg.interval_ms);
-        let ack_timeout = Duration::from_millis(
-            2 * self.cluster.cfg().request_timeout_ms + 2 * lock(&dest.link).params.delay_ms,
-        );
+        let ack_timeout = {
+            let link = lock(&dest.link).params;
+            // A window of batches is applied one after another at the receiver.
+            let apply = WINDOW as u64 * self.cluster.cfg().request_timeout_ms;
+            Duration::from_millis(apply + 2 * (link.delay_ms + link.jitter_ms))
+        };
         let mut last_progress = Instant::now();
         loop {
             let in_flight = lock(&dest.outbox).in_flight();
@@ -205,6 +220,15 @@ impl Replicator {
                     let ack = ack.map_err(|e| e.to_string())?.ok_or("the destination closed the stream")?;
                     if !ack.ok {
                         return Err(format!("batch refused: {}", ack.error));
+                    }
+                    // Acknowledgements come in batch order; one for a later batch means the
+                    // batch ahead of it was lost (the receiver cannot tell on a new stream).
+                    let expected = lock(&dest.outbox).expected_ack();
+                    if expected != Some(ack.last_seq) {
+                        return Err(format!(
+                            "acknowledgement for {} where {expected:?} was due: a batch was lost; resending from the cursor",
+                            ack.last_seq
+                        ));
                     }
                     let cursor = lock(&dest.outbox).acked(ack.last_seq);
                     last_progress = Instant::now();
@@ -366,6 +390,7 @@ impl Replicator {
                     raw_bytes: r.raw_bytes,
                     wire_bytes: r.wire_bytes,
                     resends: r.resends,
+                    backlog_bytes: self.backlog_bytes(r.acked_seq),
                     link: Some(pb::LinkSettings {
                         delay_ms: l.delay_ms,
                         jitter_ms: l.jitter_ms,
@@ -385,6 +410,19 @@ impl Replicator {
         }
     }
 
+    /// Bytes of the shipped entries after `after` (the first 100,000 at most).
+    fn backlog_bytes(&self, after: u64) -> u64 {
+        match self.cluster.node().engine().log_since(after, 100_000) {
+            Ok(entries) => entries.iter().filter(|e| e.ship).map(|e| e.bytes).sum(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Whether the emulated link to `region` is cut.
+    pub fn is_cut(&self, region: &str) -> bool {
+        self.dests.get(region).is_some_and(|d| lock(&d.link).params.cut)
+    }
+
     pub fn set_link(&self, region: &str, params: LinkParams) -> Result<(), String> {
         params.validate()?;
         let dest = self.dests.get(region).ok_or_else(|| {
@@ -401,7 +439,7 @@ impl Replicator {
 
 /// Whether `key` may be shipped to `region`: the hook for the residency policies. Until they
 /// exist every key goes to every region.
-fn may_ship(_key: &[u8], _region: &str) -> bool {
+pub(crate) fn may_ship(_key: &[u8], _region: &str) -> bool {
     true
 }
 

@@ -54,6 +54,8 @@ pub struct LogEntry {
     /// (read repair, anti-entropy, handoff, streaming) and changes that came from other
     /// regions are not shipped again.
     pub ship: bool,
+    /// Size of the key and its stored state after the change, in bytes (for backlog figures).
+    pub bytes: u64,
 }
 
 /// A page of a scan: live entries in key order, and where the next page starts.
@@ -274,7 +276,8 @@ impl Engine {
                 batch.put_cf(self.cf(CF_TTL), ttl_key(*deadline, *tag, key), []);
             }
             let seq = first_seq + i as u64;
-            let entry = LogEntry { seq, key: key.to_vec(), version: new.version(), ship };
+            let bytes = (key.len() + encoded.len()) as u64;
+            let entry = LogEntry { seq, key: key.to_vec(), version: new.version(), ship, bytes };
             batch.put_cf(
                 self.cf(CF_LOG),
                 log_key(seq),

@@ -58,6 +58,22 @@ pub struct NodeSpec {
     pub peer_addr: SocketAddr,
 }
 
+/// Emulated WAN link settings of one direction of a region pair (used when the nodes run with
+/// `replication.emulate_wan`); unset fields keep their defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    pub from: String,
+    pub to: String,
+    /// One-way delay in milliseconds; default: derived from the great-circle distance.
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Probability that a batch is lost, 0 to 1.
+    #[serde(default)]
+    pub loss: f64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
@@ -65,6 +81,8 @@ pub struct Topology {
     pub vnodes_per_node: u32,
     pub regions: Vec<RegionSpec>,
     pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub links: Vec<LinkSpec>,
 }
 
 fn default_vnodes() -> u32 {
@@ -162,6 +180,27 @@ impl Topology {
                 }
             }
         }
+        let mut pairs = BTreeSet::new();
+        for l in &self.links {
+            if !names.contains(l.from.as_str()) || !names.contains(l.to.as_str()) || l.from == l.to {
+                return Err(invalid(
+                    format!("link {:?} -> {:?} does not join two different known regions", l.from, l.to),
+                    &format!("use two of: {}", names.iter().copied().collect::<Vec<_>>().join(", ")),
+                ));
+            }
+            if !pairs.insert((l.from.as_str(), l.to.as_str())) {
+                return Err(invalid(format!("link {} -> {} is declared twice", l.from, l.to), "keep one"));
+            }
+            if !(0.0..=1.0).contains(&l.loss) || l.delay_ms.unwrap_or(0) > 60_000 || l.jitter_ms > 60_000 {
+                return Err(invalid(
+                    format!(
+                        "link {} -> {} has loss {}, delay {:?} ms, jitter {} ms",
+                        l.from, l.to, l.loss, l.delay_ms, l.jitter_ms
+                    ),
+                    "use a loss between 0 and 1 and delays up to 60000 ms",
+                ));
+            }
+        }
         for r in &self.regions {
             let members = self.nodes.iter().filter(|n| n.region == r.name).count();
             if r.replication_factor == 0 || r.replication_factor > members {
@@ -175,6 +214,11 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The declared link settings from region `from` to region `to`, if any.
+    pub fn link(&self, from: &str, to: &str) -> Option<&LinkSpec> {
+        self.links.iter().find(|l| l.from == from && l.to == to)
     }
 
     pub fn region(&self, name: &str) -> Option<&RegionSpec> {
@@ -221,6 +265,25 @@ mod tests {
         }
         let d = three.distance_km("eu-west", "us-east").unwrap();
         assert!(d > 5000.0, "{d}");
+        let link = three.link("ap-south", "us-east").unwrap();
+        assert_eq!((link.delay_ms, link.jitter_ms), (None, 10));
+        assert!(three.link("us-east", "ap-south").is_none(), "links are one direction each");
+    }
+
+    #[test]
+    fn links_must_join_two_known_regions_with_sane_settings() {
+        let base = THREE_REGIONS.split("[[links]]").next().unwrap().to_string()
+            + &THREE_REGIONS[THREE_REGIONS.find("[[nodes]]").unwrap()..];
+        let with = |link: &str| format!("{base}\n[[links]]\n{link}\n");
+        assert!(Topology::parse(&with("from = \"eu-west\"\nto = \"us-east\"\ndelay_ms = 5"), "t").is_ok());
+        for (link, expected) in [
+            ("from = \"eu-west\"\nto = \"mars\"", "does not join two different known regions"),
+            ("from = \"eu-west\"\nto = \"eu-west\"", "does not join two different known regions"),
+            ("from = \"eu-west\"\nto = \"us-east\"\nloss = 1.5", "use a loss between 0 and 1"),
+        ] {
+            let e = Topology::parse(&with(link), "t.toml").unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     fn err(text: &str) -> String {

@@ -123,18 +123,20 @@ impl DemoCluster {
     /// the origin's nodes, the backlog in entries, and wire bytes before/after compression.
     pub async fn lag_table(&self) -> anyhow::Result<String> {
         let mut out = format!(
-            "{:<14} {:<14} {:>8} {:>10} {:>8} {:>12} {:>12}\n",
-            "from", "to", "lag ms", "backlog", "link ms", "raw B", "wire B"
+            "{:<14} {:<14} {:>8} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
+            "from", "to", "lag ms", "backlog", "backlog B", "link ms", "raw B", "wire B"
         );
         for (from, _, _) in REGIONS {
             for (to, _, _) in REGIONS.iter().filter(|r| r.0 != from) {
-                let (mut lag, mut backlog, mut raw, mut wire, mut delay, mut cut) = (0, 0, 0, 0, 0, false);
+                let (mut lag, mut backlog, mut backlog_b, mut raw, mut wire, mut delay, mut cut) =
+                    (0, 0, 0, 0, 0, 0, false);
                 for node in self.in_region(from) {
                     let mut c = ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
                     let s = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
                     if let Some(d) = s.destinations.iter().find(|d| d.destination == *to) {
                         lag = lag.max(d.oldest_unacked_ms);
                         backlog += d.backlog_entries;
+                        backlog_b += d.backlog_bytes;
                         raw += d.raw_bytes;
                         wire += d.wire_bytes;
                         let link = d.link.unwrap_or_default();
@@ -143,7 +145,7 @@ impl DemoCluster {
                 }
                 let link = if cut { "cut".to_string() } else { delay.to_string() };
                 out.push_str(&format!(
-                    "{from:<14} {to:<14} {lag:>8} {backlog:>10} {link:>8} {raw:>12} {wire:>12}\n"
+                    "{from:<14} {to:<14} {lag:>8} {backlog:>10} {backlog_b:>10} {link:>8} {raw:>12} {wire:>12}\n"
                 ));
             }
         }

@@ -38,10 +38,24 @@ async fn with_deadline<T>(
 }
 
 impl Cluster {
-    /// Whether `key` is replicated by both this node and `peer` in `view`.
+    /// Whether `key` is replicated by both this node and `peer` in `view`. A peer of another
+    /// region replicates the keys its region's ring (from the topology) gives it.
     fn shared_with(&self, view: &Membership, key: &[u8], peer: NodeId) -> bool {
         let home = view.home(key);
-        home.contains(&self.me) && home.contains(&peer)
+        if !home.contains(&self.me) {
+            return false;
+        }
+        match view.info(peer).map(|i| i.region.as_str()) {
+            Some(region) if region == self.region => home.contains(&peer),
+            Some(region) => {
+                crate::replication::may_ship(key, region)
+                    && self
+                        .remote_rings
+                        .get(region)
+                        .is_some_and(|(ring, n)| ring.preference_list(key, *n).contains(&peer))
+            }
+            None => false,
+        }
     }
 
     /// Digests of the keys shared with `peer`, optionally only in some buckets.
@@ -90,8 +104,10 @@ impl Cluster {
             .collect())
     }
 
-    /// One anti-entropy round with every healthy peer. Rounds do not overlap: a round asked
-    /// for while one runs (timer or `RunAntiEntropy`) waits for it.
+    /// One anti-entropy round with every healthy peer of the region, then with every node of
+    /// the other regions whose (emulated) link is not cut: the cross-region backstop for
+    /// anything the replication log missed. Rounds do not overlap: a round asked for while one
+    /// runs (timer or `RunAntiEntropy`) waits for it.
     pub async fn anti_entropy_round(self: &Arc<Self>) {
         let _one_at_a_time = self.ae_lock.lock().await;
         for peer in self.view().peers() {
@@ -100,6 +116,16 @@ impl Cluster {
             }
             if let Err(e) = self.anti_entropy_with(peer).await {
                 tracing::warn!(peer, error = %e, "anti-entropy round failed; will retry");
+            }
+        }
+        for (region, (ring, _)) in &self.remote_rings {
+            if self.replicator().is_some_and(|r| r.is_cut(region)) {
+                continue;
+            }
+            for &peer in ring.nodes() {
+                if let Err(e) = self.anti_entropy_with(peer).await {
+                    tracing::warn!(peer, region, error = %e, "cross-region anti-entropy failed; will retry");
+                }
             }
         }
         self.stats.ae_rounds.fetch_add(1, Ordering::Relaxed);

@@ -58,6 +58,9 @@ pub struct Cluster {
     peers: peers::Peers,
     gossip: OnceLock<gossip::Handle>,
     replicator: OnceLock<Arc<crate::replication::Replicator>>,
+    /// Rings of the other regions (from the topology) with their replication factors, for
+    /// cross-region anti-entropy.
+    remote_rings: std::collections::BTreeMap<String, (geokv_topology::Ring, usize)>,
     cfg: ClusterConfig,
 }
 
@@ -134,6 +137,12 @@ impl Cluster {
             peers: peers::Peers::new(cfg.request_timeout_ms),
             gossip: OnceLock::new(),
             replicator: OnceLock::new(),
+            remote_rings: topology
+                .regions
+                .iter()
+                .filter(|r| r.name != spec.region)
+                .map(|r| (r.name.clone(), (topology.ring(&r.name), r.replication_factor)))
+                .collect(),
             cfg,
             node,
             stats: ClusterStats::default(),
