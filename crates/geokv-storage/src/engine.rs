@@ -27,6 +27,11 @@ const LAYOUT_VERSION: u8 = 2;
 const LOCK_STRIPES: usize = 1024;
 /// Most tombstones or expired keys one scan page steps over before it returns what it has.
 const MAX_SKIPPED_PER_PAGE: usize = 10_000;
+/// A state changed less than this before the oldest change a tailer has not consumed yet is
+/// not purged (HLC times of one node's log entries are close to, not exactly, in log order).
+const SHIP_MARGIN_MS: u64 = 60_000;
+/// When a purge waits for tailers, it is tried again this much later.
+const PURGE_RETRY_MS: u64 = 60_000;
 
 /// Locks a mutex that guards no invariant a panic could break (the guarded state is either
 /// `()` or a sequencer whose updates are single statements), so poisoning is ignored.
@@ -463,10 +468,26 @@ impl Engine {
             self.db.write_opt(b, &self.wopts)?;
             return Ok(false);
         }
+        if self
+            .unshipped_since_ms()?
+            .is_some_and(|since| rec.version().unix_millis() + SHIP_MARGIN_MS >= since)
+        {
+            // The change may not have reached every tailer (another region) yet: purging it
+            // now could lose a delete there. Try again later.
+            b.put_cf(self.cf(CF_TTL), ttl_key(now_ms + PURGE_RETRY_MS, TtlTag::Purge, key), []);
+            self.db.write_opt(b, &self.wopts)?;
+            return Ok(false);
+        }
         b.delete_cf(self.cf(CF_DATA), key);
         b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key));
         self.db.write_opt(b, &self.wopts)?;
         Ok(true)
+    }
+
+    /// HLC time (ms) of the oldest change-log entry some tailer has not consumed yet, if any.
+    fn unshipped_since_ms(&self) -> Result<Option<u64>, StorageError> {
+        let Some(floor) = self.cursors()?.into_iter().map(|(_, seq)| seq).min() else { return Ok(None) };
+        Ok(self.log_since(floor, 1)?.first().map(|e| e.version.unix_millis()))
     }
 
     /// Highest sequence number below which every change-log entry is committed.

@@ -158,6 +158,23 @@ fn trim_never_passes_a_tailers_cursor_and_entries_say_what_to_ship() {
 }
 
 #[test]
+fn a_tombstone_is_not_purged_before_every_tailer_has_consumed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig { tombstone_grace_secs: 10, ..StorageConfig::default() };
+    let e = open(dir.path(), cfg);
+    run(&e, b"t", put("x", None), NOW).unwrap();
+    e.set_cursor("replication/far", 0).unwrap();
+    run(&e, b"t", Op::Delete, NOW).unwrap();
+    let late = NOW + 3_600_000;
+    assert!(!e.purge_if_due(b"t", late).unwrap(), "the delete has not been shipped");
+    assert!(e.get(b"t").unwrap().is_some());
+    let retry = e.due_ttl(u64::MAX, 10).unwrap();
+    assert!(retry.iter().any(|d| d.deadline_ms == late + 60_000), "retried later: {retry:?}");
+    e.set_cursor("replication/far", e.committed_seq()).unwrap();
+    assert!(e.purge_if_due(b"t", late).unwrap(), "shipped: purged");
+}
+
+#[test]
 fn merge_applies_a_replica_state_and_reports_change() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path(), StorageConfig::default());
