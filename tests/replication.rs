@@ -158,13 +158,15 @@ async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_
     }
     // Node 1 (a replica of every key, and their coordinator) dies; node 2 ships.
     cluster.nodes[0].kill9();
-    let mut c2 = peer(&cluster, 1).await;
-    c2.set_link(pb::SetLinkRequest {
-        destination: "us-east".into(),
-        link: Some(pb::LinkSettings { delay_ms: 5, jitter_ms: 0, loss: 0.0, cut: false }),
-    })
-    .await
-    .unwrap();
+    // Through the CLI, as an operator would.
+    let out = std::process::Command::new(support::BIN)
+        .args(["--json", "link", "--peer", &cluster.peer_addrs[1].to_string(), "--to", "us-east"])
+        .args(["--cut", "false", "--delay-ms", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((link["cut"].as_bool(), link["delay_ms"].as_u64()), (Some(false), Some(5)));
     let us = cluster.client(2).await.with_consistency(proto::Consistency::One);
     let arrived = wait_until(Duration::from_secs(60), || async {
         for k in &keys {
@@ -177,6 +179,26 @@ async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_
     })
     .await;
     assert!(arrived, "every acknowledged write reached us-east");
+    let caught_up = wait_until(Duration::from_secs(30), || async {
+        let out = std::process::Command::new(support::BIN)
+            .args(["--json", "repl-status", "--peer", &cluster.peer_addrs[1].to_string()])
+            .output()
+            .unwrap();
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        s["destinations"][0]["destination"] == "us-east" && s["destinations"][0]["lag_ms"] == 0
+    })
+    .await;
+    assert!(caught_up, "geokv repl-status shows the destination caught up");
+    let out = std::process::Command::new(support::BIN)
+        .args(["link", "--peer", &cluster.peer_addrs[1].to_string(), "--to", "mars", "--cut", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not to \"mars\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

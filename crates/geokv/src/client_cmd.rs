@@ -108,6 +108,30 @@ pub enum ClientCommand {
         #[arg(long)]
         peer: String,
     },
+    /// Show a node's cross-region replication: per destination region the lag (age of the
+    /// oldest unacknowledged change), backlog, bytes before/after compression and link.
+    ReplStatus {
+        #[arg(long)]
+        peer: String,
+    },
+    /// Change the emulated WAN link from a node to another region (its other settings kept).
+    Link {
+        #[arg(long)]
+        peer: String,
+        /// Destination region.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        #[arg(long)]
+        jitter_ms: Option<u64>,
+        /// Probability that a batch is lost, 0 to 1.
+        #[arg(long)]
+        loss: Option<f64>,
+        /// Cut the link (`--cut true`) or heal it (`--cut false`).
+        #[arg(long)]
+        cut: Option<bool>,
+    },
     /// Apply many writes from JSON lines, e.g. {"op":"put","key":"k","value":"v","ttl_ms":1000}.
     /// Ops: put, del, incr (delta), append, sadd / srem (members). Reads stdin without --file.
     Batch {
@@ -176,6 +200,10 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         ClientCommand::PeerStats { peer } => return peer_stats(peer, opts.json).await,
         ClientCommand::Leave { peer } | ClientCommand::Cleanup { peer } => {
             return move_cmd(peer, matches!(cmd, ClientCommand::Leave { .. }), opts.json).await
+        }
+        ClientCommand::ReplStatus { peer } => return repl_status(peer, opts.json).await,
+        ClientCommand::Link { peer, to, delay_ms, jitter_ms, loss, cut } => {
+            return set_link(peer, to, (*delay_ms, *jitter_ms, *loss, *cut), opts.json).await
         }
         _ => {}
     }
@@ -277,9 +305,11 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Batch { file } => batch(&client, file, js).await?,
-        ClientCommand::PeerStats { .. } | ClientCommand::Leave { .. } | ClientCommand::Cleanup { .. } => {
-            unreachable!("handled above")
-        }
+        ClientCommand::PeerStats { .. }
+        | ClientCommand::Leave { .. }
+        | ClientCommand::Cleanup { .. }
+        | ClientCommand::ReplStatus { .. }
+        | ClientCommand::Link { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -380,6 +410,69 @@ async fn peer_client(
     proto::cluster_client::ClusterClient::connect(uri.clone())
         .await
         .with_context(|| format!("cannot connect to {uri}"))
+}
+
+fn link_json(l: &proto::LinkSettings) -> Json {
+    json!({ "delay_ms": l.delay_ms, "jitter_ms": l.jitter_ms, "loss": l.loss, "cut": l.cut })
+}
+
+async fn repl_status(peer: &str, js: bool) -> anyhow::Result<()> {
+    let s =
+        peer_client(peer).await?.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+    let dests: Vec<Json> = s
+        .destinations
+        .iter()
+        .map(|d| {
+            json!({ "destination": d.destination, "lag_ms": d.oldest_unacked_ms, "backlog_entries": d.backlog_entries,
+                "backlog_bytes": d.backlog_bytes, "acked_seq": d.acked_seq, "committed_seq": d.committed_seq,
+                "batches_sent": d.batches_sent, "deltas_sent": d.deltas_sent, "deltas_acked": d.deltas_acked,
+                "raw_bytes": d.raw_bytes, "wire_bytes": d.wire_bytes, "resends": d.resends,
+                "link": d.link.as_ref().map(link_json) })
+        })
+        .collect();
+    let j = json!({ "node_id": s.node_id, "region": s.region, "destinations": dests,
+        "batches_received": s.batches_received, "deltas_applied": s.deltas_applied, "drift_rejections": s.drift_rejections });
+    let mut human = format!(
+        "node {} in {}: received {} batches, applied {} deltas, {} drift rejections\n{:<14} {:>8} {:>9} {:>11} {:>11} {:>11}  link\n",
+        s.node_id, s.region, s.batches_received, s.deltas_applied, s.drift_rejections,
+        "to", "lag ms", "backlog", "backlog B", "raw B", "wire B"
+    );
+    for d in &s.destinations {
+        let link = d.link.unwrap_or_default();
+        let link = if link.cut {
+            "cut".to_string()
+        } else {
+            format!("{} ms ±{} loss {}", link.delay_ms, link.jitter_ms, link.loss)
+        };
+        human.push_str(&format!(
+            "{:<14} {:>8} {:>9} {:>11} {:>11} {:>11}  {link}\n",
+            d.destination, d.oldest_unacked_ms, d.backlog_entries, d.backlog_bytes, d.raw_bytes, d.wire_bytes
+        ));
+    }
+    print(js, j, human.trim_end().to_string());
+    Ok(())
+}
+
+async fn set_link(
+    peer: &str,
+    to: &str,
+    (delay_ms, jitter_ms, loss, cut): (Option<u64>, Option<u64>, Option<f64>, Option<bool>),
+    js: bool,
+) -> anyhow::Result<()> {
+    let mut c = peer_client(peer).await?;
+    let status = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+    let current = status.destinations.iter().find(|d| d.destination == to).with_context(|| {
+        let known: Vec<&str> = status.destinations.iter().map(|d| d.destination.as_str()).collect();
+        format!("node {} in {} replicates to {known:?}, not to {to:?}", status.node_id, status.region)
+    })?;
+    let mut link = current.link.unwrap_or_default();
+    link.delay_ms = delay_ms.unwrap_or(link.delay_ms);
+    link.jitter_ms = jitter_ms.unwrap_or(link.jitter_ms);
+    link.loss = loss.unwrap_or(link.loss);
+    link.cut = cut.unwrap_or(link.cut);
+    c.set_link(proto::SetLinkRequest { destination: to.to_string(), link: Some(link) }).await?;
+    print(js, link_json(&link), format!("link {} -> {to}: {}", status.region, link_json(&link)));
+    Ok(())
 }
 
 async fn move_cmd(peer: &str, leave: bool, js: bool) -> anyhow::Result<()> {

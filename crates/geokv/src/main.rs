@@ -45,12 +45,13 @@ pub enum Level {
 enum Command {
     /// Run a geokv node.
     Server(server_cmd::ServerArgs),
-    /// Start a throwaway node on a free loopback port and walk through what it does.
+    /// Start three regions of three nodes (Dublin, Ashburn, Singapore) in this process on free
+    /// loopback ports, with emulated WAN links, and walk through what the store does.
     Demo {
-        /// Keep the node running after the tour and print its endpoint.
+        /// Keep the cluster running after the tour and print endpoints for the CLI.
         #[arg(long)]
         keep_running: bool,
-        /// Data directory (default: a temporary directory removed on exit).
+        /// Directory for the nodes' data (default: a temporary directory removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
