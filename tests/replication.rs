@@ -229,6 +229,13 @@ fn the_demo_runs_its_whole_tour_across_three_regions() {
     {
         assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
     }
+    // Residency: the EU-only key's copies are all in eu-west; the us-east-only key is refused.
+    let copies = stdout.lines().find(|l| l.contains("copies on:")).unwrap_or_default();
+    assert!(
+        copies.contains("(eu-west)") && !copies.contains("us-east)") && !copies.contains("ap-southeast)"),
+        "{copies}"
+    );
+    assert!(stdout.contains("us:phi:bob written through eu-west is refused: FailedPrecondition"), "{stdout}");
     // The converged counter is the sum of every increment: 1 + 2 + 3 + 100 + 10.
     assert!(stdout.contains("116"), "converged counter 116 expected:\n{stdout}");
 }

@@ -139,6 +139,11 @@ pub struct TestCluster {
     /// Extra config for every node (appended), and top-level settings per region.
     extra: String,
     region_top: Vec<(String, String)>,
+    /// Residency policy text, written next to the topology and named by it.
+    policy: Option<String>,
+    /// `cluster.suspect_timeout_ms` of every node (FAST_CLUSTER's, unless a test with a
+    /// heavier load asks for more patience).
+    suspect_timeout_ms: u64,
 }
 
 /// Three regions at real city locations (Dublin, Ashburn, Singapore).
@@ -181,6 +186,26 @@ impl TestCluster {
         n: usize,
         top: &[(&str, &str)],
     ) -> TestCluster {
+        Self::start_regions_full(regions, per_region, n, top, None)
+    }
+
+    /// [`TestCluster::start_regions`] with a residency policy (the text of its file).
+    pub fn start_regions_with_policy(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        policy: &str,
+    ) -> TestCluster {
+        Self::start_regions_full(regions, per_region, n, &[], Some(policy))
+    }
+
+    fn start_regions_full(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        top: &[(&str, &str)],
+        policy: Option<&str>,
+    ) -> TestCluster {
         let mut last = String::new();
         for _ in 0..3 {
             match Self::try_start_regions_with(
@@ -189,6 +214,7 @@ impl TestCluster {
                 n,
                 "[replication]\nemulate_wan = true\n",
                 top,
+                policy,
             ) {
                 Ok(c) => return c,
                 Err(e) => last = e,
@@ -203,7 +229,7 @@ impl TestCluster {
         n: usize,
         extra: &str,
     ) -> Result<TestCluster, String> {
-        Self::try_start_regions_with(regions, per_region, n, extra, &[])
+        Self::try_start_regions_with(regions, per_region, n, extra, &[], None)
     }
 
     fn try_start_regions_with(
@@ -212,6 +238,7 @@ impl TestCluster {
         n: usize,
         extra: &str,
         top: &[(&str, &str)],
+        policy: Option<&str>,
     ) -> Result<TestCluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = TestCluster {
@@ -222,6 +249,10 @@ impl TestCluster {
             regions: regions.iter().map(|(name, loc)| (name.to_string(), *loc, n)).collect(),
             extra: extra.to_string(),
             region_top: top.iter().map(|(r, t)| (r.to_string(), t.to_string())).collect(),
+            policy: policy.map(str::to_string),
+            // Tests with a residency policy load nine nodes hard (thousands of keys through every
+            // region): a peer answering probes late under that load is not dead.
+            suspect_timeout_ms: if policy.is_some() { 3000 } else { 500 },
         };
         for (name, _) in regions {
             for _ in 0..per_region {
@@ -248,6 +279,10 @@ impl TestCluster {
     /// Writes the topology file: node i+1 has `client_ports[i]` and `peer_addrs[i]`.
     fn write_topology(&self, client_ports: &[u16]) {
         let mut topology = String::new();
+        if let Some(policy) = &self.policy {
+            std::fs::write(self.dir.path().join("residency.toml"), policy).unwrap();
+            topology.push_str("residency = \"residency.toml\"\n");
+        }
         for (name, [lon, lat], n) in &self.regions {
             let jurisdiction = name.split('-').next().unwrap_or("xx");
             topology.push_str(&format!(
@@ -276,9 +311,13 @@ impl TestCluster {
             .map(|(_, t)| format!("{t}\n"))
             .collect();
         let text = format!(
-            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{FAST_CLUSTER}join = {join}\n{}",
+            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{}join = {join}\n{}",
             node_dir.join("data").display().to_string(),
             self.topology_path().display().to_string(),
+            FAST_CLUSTER.replace(
+                "suspect_timeout_ms = 500",
+                &format!("suspect_timeout_ms = {}", self.suspect_timeout_ms)
+            ),
             self.extra
         );
         std::fs::write(&config, text).unwrap();

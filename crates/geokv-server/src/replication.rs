@@ -275,7 +275,10 @@ impl Replicator {
         let node = self.cluster.node().clone();
         let region = dest.region.clone();
         let this_region = self.cluster.region().to_owned();
-        let keep = move |key: &[u8]| may_ship(key, &region);
+        // Only keys the destination may hold (under the policy in force now) go there.
+        let residency = self.cluster.residency().clone();
+        let residency_version = residency.version();
+        let keep = move |key: &[u8]| residency.allows(key, &region);
         let built = tokio::task::spawn_blocking(move || build_batch(&node, &this_region, after, keep))
             .await
             .map_err(|e| e.to_string())??;
@@ -304,7 +307,7 @@ impl Replicator {
             wire.len() as u64,
         );
         if let Plan::DeliverAt(at) = plan {
-            let msg = pb::ReplicationBatch { payload: wire, last_seq: batch.last_seq };
+            let msg = pb::ReplicationBatch { payload: wire, last_seq: batch.last_seq, residency_version };
             link.send((at, msg)).map_err(|_| "the link stopped".to_string())?;
         }
         Ok(())
@@ -328,6 +331,17 @@ impl Replicator {
                 expected_after.unwrap_or_default()
             ));
         }
+        let residency = self.cluster.residency();
+        if msg.residency_version > residency.version() {
+            // The sender holds a newer policy (which may allow this region keys ours does
+            // not): fetch it before taking its deltas.
+            self.cluster.sync_residency_soon(batch.origin_node);
+            return refuse(format!(
+                "the sender holds residency policy version {} and this node {}; fetching it, resend shortly",
+                msg.residency_version,
+                residency.version()
+            ));
+        }
         self.batches_received.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.cluster.node().observe_remote_time(batch.hlc, batch.origin_node) {
             self.drift_rejections.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +358,11 @@ impl Replicator {
             Err(e) => failure = Some(e.to_string()),
         };
         for delta in batch.deltas {
+            if !residency.allows_here(&delta.key) {
+                // The sender's policy is older than ours: this region may not hold the key.
+                residency.stats.dropped_deltas.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if tasks.len() >= APPLY_PARALLELISM {
                 if let Some(done) = tasks.join_next().await {
                     settle(done);
@@ -437,12 +456,6 @@ impl Replicator {
     }
 }
 
-/// Whether `key` may be shipped to `region`: the hook for the residency policies. Until they
-/// exist every key goes to every region.
-pub(crate) fn may_ship(_key: &[u8], _region: &str) -> bool {
-    true
-}
-
 /// The next batch after change-log position `after`: the current state of every key changed
 /// by a shipped entry (once per key), up to the size limits. `None` when the log has nothing
 /// new.
@@ -484,10 +497,11 @@ fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
-/// A stream of acknowledgements for the `Replicate` response.
-pub fn ack_stream(
-    rx: mpsc::Receiver<Result<pb::ReplicationAck, tonic::Status>>,
-) -> impl Stream<Item = Result<pb::ReplicationAck, tonic::Status>> + Send + 'static {
+/// A response stream (acknowledgements of `Replicate`, reports of `ApplyResidency`) fed by a
+/// channel.
+pub fn ack_stream<T: Send + 'static>(
+    rx: mpsc::Receiver<Result<T, tonic::Status>>,
+) -> impl Stream<Item = Result<T, tonic::Status>> + Send + 'static {
     receiver_stream(rx)
 }
 

@@ -16,6 +16,11 @@ use crate::cluster::ClusterService;
 use crate::service::KvService;
 use crate::{sweeper, Clock, Cluster, Node, ServerConfig};
 
+/// Streams a connection may reset before the server accepts them, on the node-to-node and
+/// the client service (h2's default is 20; see `serve`).
+const PEER_PENDING_RESETS: usize = 10_000;
+const CLIENT_PENDING_RESETS: usize = 1_000;
+
 /// A node serving gRPC. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -91,8 +96,13 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                     .max_decoding_message_size(512 * 1024 * 1024)
                     .max_encoding_message_size(512 * 1024 * 1024);
             let peer_reflection = reflection().build_v1().map_err(|e| e.to_string())?;
-            let peer_server =
-                tonic::transport::Server::builder().add_service(peer_reflection).add_service(peer_service);
+            let peer_server = tonic::transport::Server::builder()
+                // Peers cancel calls that time out; under load many such resets arrive before the
+                // server accepts the streams, and h2's default (20) answers that with a GOAWAY
+                // that fails every call on the connection. Peers are trusted nodes.
+                .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
+                .add_service(peer_reflection)
+                .add_service(peer_service);
             background.push(tokio::spawn(async move {
                 if let Err(e) = peer_server.serve_with_incoming(incoming(peer_listener)).await {
                     tracing::error!(error = %e, "node-to-node service stopped");
@@ -122,6 +132,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,5 +1,8 @@
 //! The `geokv.v1.Kv` gRPC service.
 
+use std::collections::BTreeMap;
+
+use futures::StreamExt as _;
 use std::sync::Arc;
 
 use geokv_cluster::Level;
@@ -10,18 +13,62 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::{Action, Applied, Cluster};
 use crate::convert::{self, entry, level, write_meta, WriteMeta};
+use crate::forward::{is_forwarded, Forwarder};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
+use crate::residency::Route;
 use crate::status::{invalid, to_status};
+
+/// Keys of one BatchGet read at once.
+const BATCH_READ_PARALLELISM: usize = 32;
+/// Keys of one BatchWrite written at once (in a cluster).
+const BATCH_WRITE_PARALLELISM: usize = 8;
 
 pub struct KvService {
     node: Arc<Node>,
     /// Set when the node is part of a regional cluster: reads and writes go through quorums.
     cluster: Option<Arc<Cluster>>,
+    /// Sends requests for keys this region may not hold to a region that may (in a cluster).
+    forwarder: Option<Forwarder>,
+}
+
+/// Serves a single-key request through another region when the key's residency rule says so
+/// (or refuses it), and returns from the handler.
+macro_rules! route_key {
+    ($self:ident, $req:ident, $method:ident) => {
+        let forwarded = is_forwarded(&$req);
+        if let Some(addrs) = $self.destination(&$req.get_ref().key, forwarded)? {
+            return $self
+                .forwarder()?
+                .call(&addrs, $req.into_inner(), |mut c, r| async move { c.$method(r).await })
+                .await;
+        }
+    };
 }
 
 impl KvService {
     pub fn new(node: Arc<Node>, cluster: Option<Arc<Cluster>>) -> Self {
-        KvService { node, cluster }
+        let forwarder = cluster.as_ref().map(|c| {
+            // The remote region may forward inside itself and wait for replicas, for every item
+            // of a batch: a deadline for hung nodes, not for slow batches.
+            let timeout = std::time::Duration::from_millis(10 * c.cfg().request_timeout_ms);
+            Forwarder::new(c.region(), timeout)
+        });
+        KvService { node, cluster, forwarder }
+    }
+
+    fn forwarder(&self) -> Result<&Forwarder, Status> {
+        self.forwarder.as_ref().ok_or_else(|| Status::internal("forwarding needs a cluster"))
+    }
+
+    /// Where a request for `key` goes: `None` to serve it here, the client addresses of the
+    /// nodes to forward it to, or a refusal (`FAILED_PRECONDITION`) under the key's residency
+    /// rule.
+    fn destination(&self, key: &[u8], forwarded: bool) -> Result<Option<Vec<String>>, Status> {
+        let Some(cluster) = &self.cluster else { return Ok(None) };
+        match cluster.residency().route(key, forwarded)? {
+            Route::Local => Ok(None),
+            Route::Forward { addrs, .. } => Ok(Some(addrs)),
+        }
     }
 
     /// Runs blocking node work on the blocking pool.
@@ -57,6 +104,41 @@ impl KvService {
         }
     }
 
+    /// Writes batch items through the cluster: items of different keys concurrently (up to
+    /// [`BATCH_WRITE_PARALLELISM`] keys at once), items of one key one after another, in order.
+    async fn write_items(
+        &self,
+        items: Vec<Result<(Vec<u8>, Op), geokv_core::CoreError>>,
+        level: Level,
+    ) -> Vec<Result<(OpOutcome, Record), Status>> {
+        let mut out: Vec<Option<Result<(OpOutcome, Record), Status>>> = Vec::with_capacity(items.len());
+        let mut by_key: BTreeMap<Vec<u8>, Vec<(usize, Op)>> = BTreeMap::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Ok((key, op)) => {
+                    by_key.entry(key).or_default().push((i, op));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(to_status(e.into())))),
+            }
+        }
+        let mut writes = futures::stream::iter(by_key.into_iter().map(|(key, ops)| async move {
+            let mut done = Vec::with_capacity(ops.len());
+            for (i, op) in ops {
+                done.push((i, self.write_record(key.clone(), op, level).await));
+            }
+            done
+        }))
+        .buffer_unordered(BATCH_WRITE_PARALLELISM);
+        while let Some(done) = futures::StreamExt::next(&mut writes).await {
+            for (i, result) in done {
+                out[i] = Some(result);
+            }
+        }
+        drop(writes);
+        out.into_iter().map(|r| r.expect("every item has a result")).collect()
+    }
+
     /// The key's state if visible at `now`, read at `level`.
     async fn read(&self, key: Vec<u8>, level: Level, now: u64) -> Result<Option<Record>, Status> {
         match &self.cluster {
@@ -73,6 +155,7 @@ fn unexpected(out: OpOutcome) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        route_key!(self, req, get);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let now = self.node.now_ms();
@@ -81,6 +164,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        route_key!(self, req, put);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let (_, meta) = self.write(req.key, Op::Put { value: req.value, ttl_ms: req.ttl_ms }, level).await?;
@@ -88,6 +172,7 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        route_key!(self, req, delete);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         match self.write(req.key, Op::Delete, level).await? {
@@ -102,6 +187,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let forwarded = is_forwarded(&req);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let limits = self.node.limits().clone();
@@ -109,55 +195,117 @@ impl Kv for KvService {
         for (i, key) in req.keys.iter().enumerate() {
             limits.check_key(key).map_err(|e| invalid(format!("keys[{i}]: {e}")))?;
         }
+        // Keys another region serves are read there, one sub-request per destination.
+        let mut results: Vec<Option<pb::GetResponse>> = vec![None; req.keys.len()];
+        let mut remote: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+        for (i, key) in req.keys.iter().enumerate() {
+            let dest = self.destination(key, forwarded).map_err(|s| item_status(&s, "keys", i))?;
+            if let Some(addrs) = dest {
+                remote.entry(addrs).or_default().push(i);
+            }
+        }
+        for (addrs, slots) in remote {
+            let sub = pb::BatchGetRequest {
+                keys: slots.iter().map(|&i| req.keys[i].clone()).collect(),
+                consistency: req.consistency,
+            };
+            let got =
+                self.forwarder()?.call(&addrs, sub, |mut c, r| async move { c.batch_get(r).await }).await?;
+            for (slot, result) in slots.into_iter().zip(got.into_inner().results) {
+                results[slot] = Some(result);
+            }
+        }
+        // The local keys are read concurrently (each is its own quorum read), in order.
         let now = self.node.now_ms();
+        let local: Vec<(usize, Vec<u8>)> =
+            req.keys.into_iter().enumerate().filter(|(i, _)| results[*i].is_none()).collect();
+        let mut reads = futures::stream::iter(local.into_iter().map(|(i, key)| async move {
+            let found = self.read(key.clone(), level, now).await?;
+            Ok::<_, Status>((i, pb::GetResponse { entry: found.map(|rec| entry(key, &rec, now, false)) }))
+        }))
+        .buffered(BATCH_READ_PARALLELISM);
+        while let Some(read) = futures::StreamExt::next(&mut reads).await {
+            let (i, result) = read?;
+            results[i] = Some(result);
+        }
+        drop(reads);
         let mut bytes = 0usize;
-        let mut results = Vec::with_capacity(req.keys.len());
-        for key in req.keys {
-            let found = self.read(key.clone(), level, now).await?.map(|rec| entry(key, &rec, now, false));
-            bytes += found.as_ref().map(prost::Message::encoded_len).unwrap_or(0);
+        for slot in results.iter_mut() {
+            let result = slot.take().expect("every key was read");
+            bytes += prost::Message::encoded_len(&result);
             if bytes > limits.max_response_bytes {
                 return Err(invalid(format!(
                     "the BatchGet response would be over {} bytes (limits.max_response_bytes); ask for fewer keys per batch",
                     limits.max_response_bytes
                 )));
             }
-            results.push(pb::GetResponse { entry: found });
+            *slot = Some(result);
         }
-        Ok(Response::new(pb::BatchGetResponse { results }))
+        Ok(Response::new(pb::BatchGetResponse { results: results.into_iter().flatten().collect() }))
     }
 
     async fn batch_write(
         &self,
         req: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
+        let forwarded = is_forwarded(&req);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         self.node
             .limits()
             .check_batch("BatchWrite ops", req.ops.len())
             .map_err(|e| invalid(e.to_string()))?;
-        let items: Vec<_> = req.ops.into_iter().map(convert::batch_op).collect();
+        // Each item follows its key's residency rule: served here, forwarded (one sub-batch
+        // per destination) or refused on its own.
+        let mut settled: Vec<Option<pb::WriteResult>> = vec![None; req.ops.len()];
+        let mut remote: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+        for (i, op) in req.ops.iter().enumerate() {
+            let Some(key) = crate::forward::op_key(op) else { continue };
+            match self.destination(key, forwarded) {
+                Ok(None) => {}
+                Ok(Some(addrs)) => remote.entry(addrs).or_default().push(i),
+                Err(s) => settled[i] = Some(item_error(&s)),
+            }
+        }
+        for (addrs, slots) in remote {
+            let sub = pb::BatchWriteRequest {
+                ops: slots.iter().map(|&i| req.ops[i].clone()).collect(),
+                consistency: req.consistency,
+            };
+            let sent =
+                self.forwarder()?.call(&addrs, sub, |mut c, r| async move { c.batch_write(r).await }).await;
+            match sent {
+                Ok(resp) => {
+                    for (slot, result) in slots.into_iter().zip(resp.into_inner().results) {
+                        settled[slot] = Some(result);
+                    }
+                }
+                Err(s) => {
+                    for slot in slots {
+                        settled[slot] = Some(item_error(&s));
+                    }
+                }
+            }
+        }
+        let mut local_slots = Vec::new();
+        let mut items = Vec::new();
+        for (i, op) in req.ops.into_iter().enumerate() {
+            if settled[i].is_none() {
+                local_slots.push(i);
+                items.push(convert::batch_op(op));
+            }
+        }
         let outcomes: Vec<Result<(OpOutcome, Record), Status>> = match &self.cluster {
             // One node: the whole batch in one blocking task and one WriteBatch.
             None => {
                 let written = self.run(move |n| Ok(n.write_batch(items))).await?;
                 written.into_iter().map(|r| r.map_err(to_status)).collect()
             }
-            Some(_) => {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(match item {
-                        Ok((key, op)) => self.write_record(key, op, level).await,
-                        Err(e) => Err(to_status(e.into())),
-                    });
-                }
-                out
-            }
+            Some(_) => self.write_items(items, level).await,
         };
         let now = self.node.now_ms();
-        let results = outcomes
-            .into_iter()
-            .map(|result| match result {
+        for (slot, result) in local_slots.into_iter().zip(outcomes) {
+            settled[slot] = Some(match result {
                 Ok((out, rec)) => {
                     let WriteMeta { version, ttl_remaining_ms } = write_meta(&rec, now);
                     pb::WriteResult {
@@ -166,23 +314,17 @@ impl Kv for KvService {
                         outcome: Some(convert::outcome(out, &rec, now)),
                     }
                 }
-                Err(s) => pb::WriteResult {
-                    version: None,
-                    ttl_remaining_ms: None,
-                    outcome: Some(pb::write_result::Outcome::Error(pb::ItemError {
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                    })),
-                },
-            })
-            .collect();
-        Ok(Response::new(pb::BatchWriteResponse { results }))
+                Err(s) => item_error(&s),
+            });
+        }
+        Ok(Response::new(pb::BatchWriteResponse { results: settled.into_iter().flatten().collect() }))
     }
 
     async fn compare_and_swap(
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        route_key!(self, req, compare_and_swap);
         use pb::compare_and_swap_request::Expected;
         let req = req.into_inner();
         let level = level(req.consistency)?;
@@ -225,6 +367,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
+        route_key!(self, req, increment);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         match self.write(req.key, Op::Increment { delta: req.delta, ttl_ms: req.ttl_ms }, level).await? {
@@ -238,6 +381,7 @@ impl Kv for KvService {
     }
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        route_key!(self, req, append);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         match self.write(req.key, Op::Append { value: req.value, ttl_ms: req.ttl_ms }, level).await? {
@@ -254,6 +398,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::SetAddRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
+        route_key!(self, req, set_add);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let op = Op::SetAdd { members: req.members, ttl_ms: req.ttl_ms };
@@ -264,6 +409,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::SetRemoveRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
+        route_key!(self, req, set_remove);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         set_change(self.write(req.key, Op::SetRemove { members: req.members }, level).await?)
@@ -273,6 +419,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::SetMembersRequest>,
     ) -> Result<Response<pb::SetMembersResponse>, Status> {
+        route_key!(self, req, set_members);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let now = self.node.now_ms();
@@ -296,24 +443,92 @@ impl Kv for KvService {
     }
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        let forwarded = is_forwarded(&req);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let keys_only = req.keys_only;
         let scan = ScanRequest {
-            prefix: req.prefix,
-            start_key: req.start_key,
+            prefix: req.prefix.clone(),
+            start_key: req.start_key.clone(),
             limit: req.limit,
-            page_token: req.page_token,
+            page_token: req.page_token.clone(),
         };
-        let result = match &self.cluster {
-            Some(cluster) => cluster.scan(scan, level).await?,
-            None => self.run(move |n| n.scan(&scan)).await?,
+        let Some(cluster) = &self.cluster else {
+            let result = self.run(move |n| n.scan(&scan)).await?;
+            let now = result.now;
+            return Ok(Response::new(pb::ScanResponse {
+                entries: result.items.into_iter().map(|(k, rec)| entry(k, &rec, now, keys_only)).collect(),
+                next_page_token: result.next_page_token,
+            }));
         };
-        let now = result.now;
-        Ok(Response::new(pb::ScanResponse {
-            entries: result.items.into_iter().map(|(k, rec)| entry(k, &rec, now, keys_only)).collect(),
-            next_page_token: result.next_page_token,
-        }))
+        let (start, limit) = self.node.scan_bounds(&scan).map_err(to_status)?;
+        let local = cluster.scan(scan, level).await?;
+        let residency = cluster.residency();
+        let installed = residency.installed();
+        let now = local.now;
+        // This region's keys, without any it may not hold (not yet erased after a policy
+        // change), then, unless the request was forwarded here, the keys that rules with
+        // `forward` keep in other regions, from the nearest of them.
+        let mut sources = vec![(
+            local
+                .items
+                .into_iter()
+                .filter(|(k, _)| installed.policy.allows(k, residency.region()))
+                .map(|(k, rec)| entry(k, &rec, now, keys_only))
+                .collect(),
+            crate::forward::token_key(&local.next_page_token),
+        )];
+        if !forwarded {
+            for rule in installed.policy.rules() {
+                let overlaps = rule.prefix.starts_with(&req.prefix) || req.prefix.starts_with(&rule.prefix);
+                if rule.allows(residency.region())
+                    || rule.on_foreign != geokv_topology::OnForeign::Forward
+                    || !overlaps
+                {
+                    continue;
+                }
+                let sub = pb::ScanRequest {
+                    prefix: if rule.prefix.len() > req.prefix.len() {
+                        rule.prefix.clone()
+                    } else {
+                        req.prefix.clone()
+                    },
+                    start_key: start.clone(),
+                    limit: limit as u32,
+                    page_token: Vec::new(),
+                    consistency: req.consistency,
+                    keys_only,
+                };
+                let addrs = residency.forward_addrs(rule);
+                let page =
+                    self.forwarder()?.call(&addrs, sub, |mut c, r| async move { c.scan(r).await }).await?;
+                let page = page.into_inner();
+                let mine = |k: &[u8]| installed.policy.rule_for(k).name == rule.name;
+                sources.push((
+                    page.entries.into_iter().filter(|e| mine(&e.key)).collect(),
+                    crate::forward::token_key(&page.next_page_token),
+                ));
+            }
+        }
+        let (entries, next) = crate::forward::merge_pages(sources, limit);
+        Ok(Response::new(pb::ScanResponse { entries, next_page_token: crate::node::page_token(next) }))
+    }
+}
+
+/// A refusal of one batch item, naming its position.
+fn item_status(s: &Status, field: &str, i: usize) -> Status {
+    Status::new(s.code(), format!("{field}[{i}]: {}", s.message()))
+}
+
+/// A batch item's error result.
+fn item_error(s: &Status) -> pb::WriteResult {
+    pb::WriteResult {
+        version: None,
+        ttl_remaining_ms: None,
+        outcome: Some(pb::write_result::Outcome::Error(pb::ItemError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        })),
     }
 }
 

@@ -14,7 +14,7 @@ pub fn code_of(err: &StorageError) -> Code {
             CoreError::Overflow { .. } => Code::OutOfRange,
             CoreError::StaleStamp { .. } => Code::Aborted,
         },
-        StorageError::RecordTooLarge { .. } => Code::FailedPrecondition,
+        StorageError::RecordTooLarge { .. } | StorageError::NotAdmitted { .. } => Code::FailedPrecondition,
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::Engine(_) => Code::Internal,
         StorageError::Incompatible { .. } | StorageError::BatchFailed(_) => Code::Internal,

@@ -100,7 +100,12 @@ pub struct Engine {
     seq: Mutex<Sequencer>,
     writes: AtomicU64,
     corrupt_reads: AtomicU64,
+    /// Decides which keys may be stored at all (see [`Engine::set_admission`]).
+    admission: std::sync::OnceLock<Admission>,
 }
+
+/// A check every stored key passes first: `Err(reason)` refuses the key (residency).
+pub type Admission = std::sync::Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
 
 impl Engine {
     /// Opens (or creates) the data directory of node `node_id`.
@@ -123,6 +128,7 @@ impl Engine {
             seq: Mutex::new(Sequencer::default()),
             writes: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
+            admission: std::sync::OnceLock::new(),
         };
         engine.check_identity(path, node_id)?;
         lock(&engine.seq).last = engine.last_logged_seq()?;
@@ -188,6 +194,22 @@ impl Engine {
         })
     }
 
+    /// Installs the admission check every write of a key (client write, merge, hint) passes
+    /// first, under the key's lock. Set once, before serving.
+    pub fn set_admission(&self, check: Admission) {
+        let _ = self.admission.set(check);
+    }
+
+    pub(crate) fn admit(&self, key: &[u8]) -> Result<(), StorageError> {
+        match self.admission.get() {
+            Some(check) => check(key).map_err(|reason| StorageError::NotAdmitted {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The stored state of `key` (tombstones and expired states included).
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
         match self.db.get_pinned_cf(self.cf(CF_DATA), key)? {
@@ -213,6 +235,7 @@ impl Engine {
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
         let _guard = lock(self.stripe(key));
+        self.admit(key)?;
         let old = self.get(key)?;
         let Update { record, out } = f(old.as_ref())?;
         if let Some(new) = record {
@@ -322,6 +345,10 @@ impl Engine {
         let mut results = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_slice();
+            if let Err(e) = self.admit(key) {
+                results.push(Err(e));
+                continue;
+            }
             if !original.contains_key(key) {
                 match self.get(key) {
                     Ok(rec) => {
@@ -560,6 +587,8 @@ impl Engine {
     }
 }
 
+mod erase;
+pub use erase::EraseReport;
 mod hints;
 mod meta;
 #[cfg(test)]

@@ -22,6 +22,11 @@ pub enum StorageError {
     #[error("data directory {path}: {reason}")]
     Incompatible { path: String, reason: String },
 
+    /// This node may not hold the key (its residency policy forbids this region); nothing
+    /// was stored.
+    #[error("key {key:?} may not be stored here: {reason}")]
+    NotAdmitted { key: String, reason: String },
+
     /// The operation itself was refused (wrong type, limits, ...).
     #[error(transparent)]
     Core(#[from] CoreError),

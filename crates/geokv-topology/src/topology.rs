@@ -83,6 +83,10 @@ pub struct Topology {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub links: Vec<LinkSpec>,
+    /// The residency policy file (see topology/residency.toml), relative to this file.
+    /// Without one every key may live in every region.
+    #[serde(default)]
+    pub residency: Option<std::path::PathBuf>,
 }
 
 fn default_vnodes() -> u32 {
@@ -100,11 +104,28 @@ pub enum TopologyError {
 }
 
 impl Topology {
+    /// Reads and validates a topology file. A relative `residency` path is made relative to
+    /// the topology file's directory.
     pub fn load(path: &Path) -> Result<Topology, TopologyError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| TopologyError::Read { path: shown.clone(), message: e.to_string() })?;
-        Self::parse(&text, &shown)
+        let mut t = Self::parse(&text, &shown)?;
+        if let (Some(policy), Some(dir)) = (&t.residency, path.parent()) {
+            if policy.is_relative() {
+                t.residency = Some(dir.join(policy));
+            }
+        }
+        Ok(t)
+    }
+
+    /// The residency policy the topology names (validated against it), or the permissive
+    /// policy when it names none.
+    pub fn load_residency(&self) -> Result<crate::Policy, crate::PolicyError> {
+        match &self.residency {
+            Some(path) => crate::Policy::load(path, self),
+            None => Ok(crate::Policy::permissive(self)),
+        }
     }
 
     /// Parses and validates topology text; `origin` names it in errors.

@@ -1,6 +1,7 @@
 //! `geokv demo`: three regions of three nodes each in this process (see `demo_cluster`), and a
 //! scripted tour: the API, a write crossing regions, concurrent conflicting writes in every
-//! region and their converged result, a region cut off and healed, and the lag table.
+//! region and their converged result, residency (a key kept in the EU, a key refused outside
+//! us-east), a region cut off and healed, and the lag table.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -111,6 +112,8 @@ async fn tour_regions(cluster: &DemoCluster) -> anyhow::Result<()> {
     println!("  {}", converged(&clients).await?);
     println!("  (the register keeps the write with the highest HLC stamp; the counter sums; the set unites)");
 
+    residency(cluster, &clients).await?;
+
     step("ap-southeast cut off: both sides keep accepting writes");
     cluster.set_isolated("ap-southeast", true).await?;
     clients[2].1.increment(b"likes", 100, None).await?;
@@ -134,6 +137,40 @@ async fn tour_regions(cluster: &DemoCluster) -> anyhow::Result<()> {
     })
     .await
     .map(|table| println!("\n{table}"))?;
+    Ok(())
+}
+
+/// The residency step: a key kept in the EU, written and read through other regions, and a
+/// key refused outside us-east.
+async fn residency(cluster: &DemoCluster, clients: &[(&str, Client)]) -> anyhow::Result<()> {
+    step("residency: eu:user: keys live only in the EU, us:phi: keys only in us-east");
+    let (us, ap) = (&clients[1].1, &clients[2].1);
+    ap.put(b"eu:user:alice", b"alice@example.eu", None).await?;
+    let read = us.get(b"eu:user:alice").await?.map(|e| entry_human(&e)).unwrap_or_default();
+    println!("  written through ap-southeast, read through us-east (both forwarded to eu-west): {read}");
+    let node = cluster.in_region("us-east").next().context("a us-east node")?;
+    let mut peer =
+        proto::cluster_client::ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
+    let e = peer
+        .explain_residency(proto::ExplainResidencyRequest { key: b"eu:user:alice".to_vec() })
+        .await?
+        .into_inner();
+    let holders: Vec<String> = e
+        .copies
+        .iter()
+        .filter(|c| c.has_state)
+        .map(|c| format!("node {} ({})", c.node_id, c.region))
+        .collect();
+    println!(
+        "  rule {:?} allows {}; copies on: {}",
+        e.rule,
+        e.allowed_regions.join(", "),
+        holders.join(", ")
+    );
+    match clients[0].1.put(b"us:phi:bob", b"diagnosis", None).await {
+        Ok(_) => anyhow::bail!("us:phi: keys must be refused outside us-east"),
+        Err(err) => println!("  us:phi:bob written through eu-west is refused: {err}"),
+    }
     Ok(())
 }
 

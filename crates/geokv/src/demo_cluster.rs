@@ -18,6 +18,12 @@ pub const REGIONS: [(&str, &str, [f64; 2]); 3] = [
 ];
 pub const NODES_PER_REGION: usize = 3;
 
+/// The demo's residency policy: `eu:user:` keys stay in the EU (requests elsewhere are
+/// forwarded there), `us:phi:` keys stay in us-east (requests elsewhere are refused).
+pub const DEMO_POLICY: &str = "[[rules]]\nname = \"default\"\nprefix = \"\"\neverywhere = true\n\n\
+[[rules]]\nname = \"eu-users\"\nprefix = \"eu:user:\"\njurisdictions = [\"eu\"]\non_foreign = \"forward\"\n\n\
+[[rules]]\nname = \"us-health\"\nprefix = \"us:phi:\"\nregions = [\"us-east\"]\non_foreign = \"reject\"\n";
+
 pub struct DemoNode {
     pub region: &'static str,
     pub server: RunningServer,
@@ -56,7 +62,10 @@ impl DemoCluster {
 
     async fn try_start(dir: &Path) -> anyhow::Result<DemoCluster> {
         std::fs::create_dir_all(dir)?;
-        let mut topology = String::from("# geokv demo: three regions of three nodes on loopback.\n");
+        std::fs::write(dir.join("residency.toml"), DEMO_POLICY)?;
+        let mut topology = String::from(
+            "# geokv demo: three regions of three nodes on loopback.\nresidency = \"residency.toml\"\n",
+        );
         for (name, jurisdiction, [lon, lat]) in REGIONS {
             topology.push_str(&format!(
                 "[[regions]]\nname = \"{name}\"\nlocation = [{lon}, {lat}]\njurisdiction = \"{jurisdiction}\"\nreplication_factor = 3\n\n"

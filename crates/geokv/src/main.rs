@@ -5,6 +5,7 @@ mod client_cmd;
 mod demo;
 mod demo_cluster;
 mod output;
+mod residency_cmd;
 mod server_cmd;
 
 use std::path::PathBuf;
@@ -58,6 +59,12 @@ enum Command {
     /// Closed-loop YCSB-style load against a node or a region; reports throughput and
     /// p50/p99/p99.9 latency per operation.
     Bench(bench::BenchArgs),
+    /// Residency policies: check a policy file, apply one to a running deployment, explain
+    /// where a key may live and where its copies are.
+    Residency {
+        #[command(subcommand)]
+        command: residency_cmd::ResidencyCommand,
+    },
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -79,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => {
                 bench::run(args, &cli.client.endpoint, cli.client.consistency, cli.client.json).await
             }
+            Command::Residency { command } => residency_cmd::run(command, cli.client.json).await,
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }
     })

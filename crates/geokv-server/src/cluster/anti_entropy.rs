@@ -48,7 +48,7 @@ impl Cluster {
         match view.info(peer).map(|i| i.region.as_str()) {
             Some(region) if region == self.region => home.contains(&peer),
             Some(region) => {
-                crate::replication::may_ship(key, region)
+                self.residency.allows(key, region)
                     && self
                         .remote_rings
                         .get(region)

@@ -42,8 +42,10 @@ pub enum Applied {
 
 /// Whether a peer's error means it could not be reached (as opposed to an answer it gave).
 pub fn is_transport(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
-        && !s.message().starts_with(QUORUM_FAILED)
+    let from_connection = std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
+    from_connection
+        || matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+            && !s.message().starts_with(QUORUM_FAILED)
 }
 
 pub fn encode(rec: &Record) -> Vec<u8> {

@@ -10,6 +10,7 @@ mod coordinator;
 mod gossip;
 mod moves;
 mod peers;
+mod residency;
 mod scan;
 mod service;
 mod tasks;
@@ -61,6 +62,8 @@ pub struct Cluster {
     /// Rings of the other regions (from the topology) with their replication factors, for
     /// cross-region anti-entropy.
     remote_rings: std::collections::BTreeMap<String, (geokv_topology::Ring, usize)>,
+    /// The residency policy this node holds and enforces.
+    residency: Arc<crate::residency::Residency>,
     cfg: ClusterConfig,
 }
 
@@ -121,6 +124,8 @@ impl Cluster {
         let status = mine.as_ref().map(|i| i.status).unwrap_or(first_status);
         let version = mine.as_ref().map(|i| i.version).unwrap_or(0);
         let me_info = MemberInfo { version, ..info_of(me, spec, status) }.next(status, node.now_ms());
+        let residency =
+            crate::residency::Residency::open(&spec.region, Arc::new(topology.clone()), node.engine())?;
         let grace = cfg.suspect_timeout_ms + 4 * cfg.probe_interval_ms;
         let view = Membership::new(
             me_info,
@@ -143,6 +148,7 @@ impl Cluster {
                 .filter(|r| r.name != spec.region)
                 .map(|r| (r.name.clone(), (topology.ring(&r.name), r.replication_factor)))
                 .collect(),
+            residency,
             cfg,
             node,
             stats: ClusterStats::default(),
@@ -226,6 +232,7 @@ impl Cluster {
         let mut tasks = gossip::start(self.clone()).await?;
         tasks.push(tasks::spawn_handoff(self.clone()));
         tasks.push(tasks::spawn_anti_entropy(self.clone()));
+        tasks.push(self.spawn_residency_sync());
         if self.view().me().status == Status::Joining {
             tasks.push(self.spawn_join());
         }
@@ -240,7 +247,13 @@ impl Cluster {
             tokio::task::spawn_blocking(move || node.engine().hint_count()).await.unwrap_or(0);
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (residency_forwards, residency_rejects, residency_dropped_deltas, residency_version) =
+            self.residency_stats();
         geokv_proto::v1::StatsResponse {
+            residency_forwards,
+            residency_rejects,
+            residency_dropped_deltas,
+            residency_version,
             ae_rounds: get(&s.ae_rounds),
             ae_keys_compared: get(&s.ae_keys_compared),
             ae_keys_repaired: get(&s.ae_keys_repaired),

@@ -199,6 +199,74 @@ impl ClusterRpc for ClusterService {
         }))
     }
 
+    async fn get_residency(
+        &self,
+        req: Request<pb::GetResidencyRequest>,
+    ) -> Result<Response<pb::ResidencyPolicy>, Status> {
+        let installed = self.cluster.residency().installed();
+        let newer = installed.version > req.into_inner().known_version;
+        Ok(Response::new(pb::ResidencyPolicy {
+            version: installed.version,
+            text: if newer { installed.text.clone() } else { String::new() },
+        }))
+    }
+
+    async fn adopt_residency(
+        &self,
+        req: Request<pb::ResidencyPolicy>,
+    ) -> Result<Response<pb::ResidencyReport>, Status> {
+        let p = req.into_inner();
+        let offered = crate::residency::Saved { version: p.version, text: p.text };
+        Ok(Response::new(self.cluster.adopt_residency(offered).await?))
+    }
+
+    async fn enforce_residency(
+        &self,
+        _req: Request<pb::EnforceResidencyRequest>,
+    ) -> Result<Response<pb::ResidencyReport>, Status> {
+        Ok(Response::new(self.cluster.enforce_residency().await?))
+    }
+
+    type ApplyResidencyStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ResidencyReport, Status>> + Send + 'static>>;
+
+    async fn apply_residency(
+        &self,
+        req: Request<pb::ApplyResidencyRequest>,
+    ) -> Result<Response<Self::ApplyResidencyStream>, Status> {
+        let req = req.into_inner();
+        geokv_topology::Policy::parse(&req.text, &req.origin, self.cluster.residency().topology())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            if let Err(s) = cluster.apply_residency(req.text, req.origin, tx.clone()).await {
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(crate::replication::ack_stream(rx))))
+    }
+
+    async fn explain_residency(
+        &self,
+        req: Request<pb::ExplainResidencyRequest>,
+    ) -> Result<Response<pb::ResidencyExplanation>, Status> {
+        Ok(Response::new(self.cluster.explain_residency(req.into_inner().key).await?))
+    }
+
+    async fn holds(&self, req: Request<pb::HoldsRequest>) -> Result<Response<pb::HoldsResponse>, Status> {
+        Ok(Response::new(self.cluster.holds(req.into_inner().key).await?))
+    }
+
+    async fn compact(
+        &self,
+        _req: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let started = std::time::Instant::now();
+        self.blocking(|n| n.engine().compact_all()).await?;
+        Ok(Response::new(pb::CompactResponse { millis: started.elapsed().as_millis() as u64 }))
+    }
+
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.cluster.stats().await))
     }

@@ -7,7 +7,7 @@ use super::{lock, Engine, CF_HINTS};
 use crate::{codec, StorageError};
 
 impl Engine {
-    fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
+    pub(super) fn hint_key(target: NodeId, key: &[u8]) -> Vec<u8> {
         [&target.to_be_bytes()[..], key].concat()
     }
 
@@ -15,6 +15,7 @@ impl Engine {
     pub fn put_hint(&self, target: NodeId, key: &[u8], state: &Record) -> Result<(), StorageError> {
         let hk = Self::hint_key(target, key);
         let _guard = lock(self.stripe(&hk));
+        self.admit(key)?;
         let mut merged = state.clone();
         if let Some(raw) = self.db.get_pinned_cf(self.cf(CF_HINTS), &hk)? {
             merged.merge(&self.decode(key, &raw)?);

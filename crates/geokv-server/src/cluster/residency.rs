@@ -1,0 +1,436 @@
+//! Residency across the deployment: applying a new policy to every node of every region,
+//! enforcing it on a node's data, spreading it to nodes that missed the apply, and explaining
+//! where a key's copies are.
+//!
+//! **Apply** (on the node an operator contacts): validate; pick the next version (one above
+//! the highest any reachable node holds); have every node *adopt* it (validate, save, and from
+//! then on admit only keys its region may hold); then have every node *enforce* it: erase the
+//! keys its region may no longer hold (state, TTL index, change log, hints, then compaction)
+//! and re-log, for shipping, the keys other regions may now hold. Adoption comes first
+//! everywhere so a region newly allowed to hold a key accepts it when it is shipped there.
+//!
+//! **Sync**: every node asks one other node (in turn, over all regions) for its version every
+//! [`SYNC_INTERVAL`]; a newer one is adopted and enforced. A node that was down during an
+//! apply catches up this way, and a receiver of replication with an older version than the
+//! sender's asks the sender at once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use geokv_core::NodeId;
+use geokv_proto::v1 as pb;
+use geokv_topology::Policy;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::Cluster;
+use crate::residency::{Installed, Saved};
+
+/// How often a node compares its policy version with one other node's.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+/// A version adopted this long ago and still not enforced is enforced by the node itself.
+const ENFORCE_AFTER_ADOPT: Duration = Duration::from_secs(30);
+/// Deadline of one node's enforcement (erasing and compacting may take a while).
+const ENFORCE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Cluster {
+    pub fn residency(&self) -> &Arc<crate::residency::Residency> {
+        &self.residency
+    }
+
+    /// Every node of the deployment but this one: the topology's nodes of every region and
+    /// the members of this region's view (which include nodes that joined since), as
+    /// (id, region, peer address).
+    pub(crate) fn all_nodes(&self) -> Vec<(NodeId, String, String)> {
+        let mut nodes: BTreeMap<NodeId, (String, String)> = self
+            .residency
+            .topology()
+            .nodes
+            .iter()
+            .map(|n| (n.id, (n.region.clone(), n.peer_addr.to_string())))
+            .collect();
+        for m in self.view().members() {
+            if m.status == geokv_cluster::Status::Left {
+                nodes.remove(&m.id);
+            } else {
+                nodes.insert(m.id, (m.region.clone(), m.peer_addr.clone()));
+            }
+        }
+        nodes.remove(&self.me);
+        nodes.into_iter().map(|(id, (region, addr))| (id, region, addr)).collect()
+    }
+
+    fn residency_report(&self, phase: &str) -> pb::ResidencyReport {
+        pb::ResidencyReport {
+            node_id: self.me,
+            region: self.region.clone(),
+            version: self.residency.version(),
+            ok: true,
+            phase: phase.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Installs a newer policy version on this node (see `AdoptResidency`).
+    pub async fn adopt_residency(self: &Arc<Self>, offered: Saved) -> Result<pb::ResidencyReport, Status> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.residency.adopt(this.node.engine(), &offered))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::failed_precondition)?;
+        Ok(self.residency_report("adopted"))
+    }
+
+    /// Enforces the installed policy on this node's data (see `EnforceResidency`).
+    pub async fn enforce_residency(self: &Arc<Self>) -> Result<pb::ResidencyReport, Status> {
+        let mut last = self.residency.job.lock().await;
+        let installed = self.residency.installed();
+        if let Some(done) = last.as_ref().filter(|r| r.version == installed.version) {
+            if !self.residency_pending() {
+                // Enforced already (by a sync, or an earlier call): that run's figures.
+                return Ok(done.clone());
+            }
+        }
+        let started = Instant::now();
+        let this = self.clone();
+        let mut report = tokio::task::spawn_blocking(move || this.enforce_blocking(&installed))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::internal)?;
+        report.millis = started.elapsed().as_millis() as u64;
+        *last = Some(report.clone());
+        tracing::info!(
+            version = report.version,
+            erased = report.keys_erased,
+            reshipped = report.keys_reshipped,
+            millis = report.millis,
+            "residency policy enforced"
+        );
+        Ok(report)
+    }
+
+    fn enforce_blocking(&self, installed: &Installed) -> Result<pb::ResidencyReport, String> {
+        let engine = self.node.engine();
+        let doomed = |key: &[u8]| !installed.policy.allows(key, &self.region);
+        let mut report = self.residency_report("enforced");
+        report.version = installed.version;
+        // Twice: the second pass catches a write that passed the previous policy's admission
+        // check just before this one was installed, and landed behind the first scan.
+        for _ in 0..2 {
+            let erased = engine.erase_where(doomed).map_err(|e| e.to_string())?;
+            report.keys_erased += erased.keys;
+            report.ttl_entries_erased += erased.ttl_entries;
+            report.log_entries_erased += erased.log_entries;
+            report.hints_erased += erased.hints;
+        }
+        engine.compact_all().map_err(|e| e.to_string())?;
+        let previous = self.residency.enforced(engine)?.and_then(|s| self.residency.enforced_policy(&s));
+        let view = self.view();
+        let mut reship = Vec::new();
+        engine
+            .for_each(|key, _| {
+                report.keys_scanned += 1;
+                let Some(prev) = &previous else { return };
+                let rule = installed.policy.rule_for(key);
+                let newly = rule.allowed.iter().any(|r| *r != self.region && !prev.allows(key, r));
+                // One node per region re-ships a key: its first home replica.
+                if newly && view.home(key).first() == Some(&self.me) {
+                    reship.push(key.to_vec());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        for key in reship {
+            if engine.reship(&key).map_err(|e| e.to_string())? {
+                report.keys_reshipped += 1;
+            }
+        }
+        self.residency
+            .mark_enforced(engine, &Saved { version: installed.version, text: installed.text.clone() })?;
+        Ok(report)
+    }
+
+    /// Whether the installed policy has not been enforced on this node's data yet (a first
+    /// start, a changed policy file, or an enforcement cut short by a crash).
+    pub(crate) fn residency_pending(&self) -> bool {
+        let installed = self.residency.installed();
+        let mine = Saved { version: installed.version, text: installed.text.clone() };
+        self.residency.enforced(self.node.engine()).map(|e| e.as_ref() != Some(&mine)).unwrap_or(true)
+    }
+
+    /// Validates `text` and has every node adopt, then enforce it; sends one report per node
+    /// and phase to `tx`.
+    pub async fn apply_residency(
+        self: &Arc<Self>,
+        text: String,
+        origin: String,
+        tx: mpsc::Sender<Result<pb::ResidencyReport, Status>>,
+    ) -> Result<(), Status> {
+        let origin = if origin.is_empty() { "the policy".to_string() } else { origin };
+        Policy::parse(&text, &origin, self.residency.topology())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let nodes = self.all_nodes();
+        let mut version = self.residency.version();
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, _, addr) in &nodes {
+            let client = self.peers.client(*id, addr);
+            asks.spawn(async move {
+                let mut c = client?;
+                let call = c.get_residency(pb::GetResidencyRequest { known_version: u64::MAX });
+                tokio::time::timeout(Duration::from_secs(5), call)
+                    .await
+                    .ok()?
+                    .ok()
+                    .map(|r| r.into_inner().version)
+            });
+        }
+        while let Some(v) = asks.join_next().await {
+            version = version.max(v.ok().flatten().unwrap_or(0));
+        }
+        let offered = Saved { version: version + 1, text };
+        // Phase 1: adopt everywhere.
+        let mut adopted = vec![];
+        let mine = self.adopt_residency(offered.clone()).await?;
+        let _ = tx.send(Ok(mine)).await;
+        let mut calls = tokio::task::JoinSet::new();
+        for (id, region, addr) in nodes.clone() {
+            let (client, offered) = (self.peers.client(id, &addr), offered.clone());
+            calls.spawn(async move {
+                let policy = pb::ResidencyPolicy { version: offered.version, text: offered.text };
+                let result = match client {
+                    None => Err(Status::internal("unusable address")),
+                    Some(mut c) => {
+                        match tokio::time::timeout(Duration::from_secs(10), c.adopt_residency(policy)).await {
+                            Ok(r) => r.map(tonic::Response::into_inner),
+                            Err(_) => Err(Status::deadline_exceeded("no answer within 10 s")),
+                        }
+                    }
+                };
+                (id, region, addr, result)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            let Ok((id, region, addr, result)) = done else { continue };
+            let report = match result {
+                Ok(r) => {
+                    adopted.push((id, region, addr));
+                    r
+                }
+                Err(s) => failed(id, &region, offered.version, "adopted", &s),
+            };
+            let _ = tx.send(Ok(report)).await;
+        }
+        // Phase 2: enforce where adopted (here too).
+        let mut calls = tokio::task::JoinSet::new();
+        let this = self.clone();
+        calls.spawn(async move { (this.me, this.region.clone(), this.enforce_residency().await) });
+        for (id, region, addr) in adopted {
+            let client = self.peers.client(id, &addr);
+            calls.spawn(async move {
+                let result = match client {
+                    None => Err(Status::internal("unusable address")),
+                    Some(mut c) => {
+                        match tokio::time::timeout(
+                            ENFORCE_TIMEOUT,
+                            c.enforce_residency(pb::EnforceResidencyRequest {}),
+                        )
+                        .await
+                        {
+                            Ok(r) => r.map(tonic::Response::into_inner),
+                            Err(_) => Err(Status::deadline_exceeded("enforcement did not finish in time")),
+                        }
+                    }
+                };
+                (id, region, result)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            let Ok((id, region, result)) = done else { continue };
+            let report = result.unwrap_or_else(|s| failed(id, &region, offered.version, "enforced", &s));
+            let _ = tx.send(Ok(report)).await;
+        }
+        Ok(())
+    }
+
+    /// The rule deciding `key` and which nodes of the deployment hold a copy of it now.
+    pub async fn explain_residency(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+    ) -> Result<pb::ResidencyExplanation, Status> {
+        self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let installed = self.residency.installed();
+        let rule = installed.policy.rule_for(&key).clone();
+        let mut calls = tokio::task::JoinSet::new();
+        let nodes = std::iter::once((self.me, self.region.clone(), String::new())).chain(self.all_nodes());
+        for (id, region, addr) in nodes {
+            let (this, key) = (self.clone(), key.clone());
+            calls.spawn(async move {
+                let held = if id == this.me {
+                    this.holds(key).await
+                } else {
+                    match this.peers.client(id, &addr) {
+                        None => Err(Status::internal("unusable address")),
+                        Some(mut c) => match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            c.holds(pb::HoldsRequest { key }),
+                        )
+                        .await
+                        {
+                            Ok(r) => r.map(tonic::Response::into_inner),
+                            Err(_) => Err(Status::deadline_exceeded("no answer within 5 s")),
+                        },
+                    }
+                };
+                (id, region, held)
+            });
+        }
+        let mut copies = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            let Ok((node_id, region, held)) = done else { continue };
+            let allowed = rule.allows(&region);
+            copies.push(match held {
+                Ok(h) => pb::KeyCopy {
+                    node_id,
+                    region,
+                    reachable: true,
+                    has_state: h.has_state,
+                    tombstone: h.tombstone,
+                    hints: h.hints,
+                    allowed,
+                    error: String::new(),
+                },
+                Err(s) => pb::KeyCopy {
+                    node_id,
+                    region,
+                    allowed,
+                    error: s.message().to_string(),
+                    ..Default::default()
+                },
+            });
+        }
+        copies.sort_by(|a, b| (&a.region, a.node_id).cmp(&(&b.region, b.node_id)));
+        Ok(pb::ResidencyExplanation {
+            version: installed.version,
+            rule: rule.name.clone(),
+            prefix: rule.prefix.clone(),
+            selector: rule.allow.to_string(),
+            on_foreign: rule.on_foreign.as_str().into(),
+            allowed_regions: rule.allowed.iter().cloned().collect(),
+            rule_line: rule.line as u32,
+            copies,
+        })
+    }
+
+    /// Whether this node holds a state of `key` or hints for it.
+    pub async fn holds(&self, key: Vec<u8>) -> Result<pb::HoldsResponse, Status> {
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            let state = node.engine().get(&key)?;
+            let hints = node.engine().hints_of(&key)?;
+            Ok(pb::HoldsResponse {
+                has_state: state.is_some(),
+                tombstone: state.as_ref().is_some_and(|r| !r.exists()),
+                hints,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(crate::status::to_status)
+    }
+
+    /// Asks node `id` for its policy; adopts and enforces it if it is newer than ours.
+    pub(crate) async fn sync_residency_from(
+        self: &Arc<Self>,
+        id: NodeId,
+        addr: &str,
+    ) -> Result<bool, String> {
+        let mut client = self.peers.client(id, addr).ok_or("unusable address")?;
+        let known_version = self.residency.version();
+        let call = client.get_residency(pb::GetResidencyRequest { known_version });
+        let theirs = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if theirs.version <= known_version {
+            return Ok(false);
+        }
+        self.adopt_residency(Saved { version: theirs.version, text: theirs.text })
+            .await
+            .map_err(|s| s.message().to_string())?;
+        self.enforce_residency().await.map_err(|s| s.message().to_string())?;
+        Ok(true)
+    }
+
+    /// Asks the node `id` (of any region) for a newer policy, in the background.
+    pub(crate) fn sync_residency_soon(self: &Arc<Self>, id: NodeId) {
+        let Some((_, _, addr)) = self.all_nodes().into_iter().find(|(n, _, _)| *n == id) else { return };
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.sync_residency_from(id, &addr).await {
+                tracing::debug!(node = id, error = %e, "residency sync failed");
+            }
+        });
+    }
+
+    /// The background task: enforce a pending policy at start, then compare versions with
+    /// one node after another.
+    pub(crate) fn spawn_residency_sync(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if this.residency_pending() {
+                if let Err(e) = this.enforce_residency().await {
+                    tracing::error!(error = %e, "could not enforce the residency policy; will retry");
+                }
+            }
+            let mut turn = this.me as usize;
+            loop {
+                tokio::time::sleep(SYNC_INTERVAL).await;
+                // An apply enforces right after every node adopted; enforce here only if that
+                // did not come (the applying node failed in between).
+                let stale = this.residency.adopted_ago().is_none_or(|ago| ago > ENFORCE_AFTER_ADOPT);
+                if stale && this.residency_pending() {
+                    let _ = this.enforce_residency().await;
+                }
+                let nodes = this.all_nodes();
+                if nodes.is_empty() {
+                    continue;
+                }
+                turn = turn.wrapping_add(1);
+                let (id, _, addr) = &nodes[turn % nodes.len()];
+                match this.sync_residency_from(*id, addr).await {
+                    Ok(true) => tracing::info!(from = id, "newer residency policy adopted from a peer"),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(node = id, error = %e, "residency sync failed"),
+                }
+            }
+        })
+    }
+
+    pub(crate) fn residency_stats(&self) -> (u64, u64, u64, u64) {
+        let s = &self.residency.stats;
+        (
+            s.forwards.load(Ordering::Relaxed),
+            s.rejects.load(Ordering::Relaxed),
+            s.dropped_deltas.load(Ordering::Relaxed),
+            self.residency.version(),
+        )
+    }
+}
+
+fn failed(node_id: NodeId, region: &str, version: u64, phase: &str, s: &Status) -> pb::ResidencyReport {
+    pb::ResidencyReport {
+        node_id,
+        region: region.to_owned(),
+        version,
+        ok: false,
+        error: format!(
+            "{} ({:?}); the node picks the policy up from its peers when it is back",
+            s.message(),
+            s.code()
+        ),
+        phase: phase.into(),
+        ..Default::default()
+    }
+}

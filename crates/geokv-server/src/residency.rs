@@ -1,0 +1,267 @@
+//! A node's residency policy: which version it holds, the admission check that keeps keys
+//! its region may not hold out of its storage, and the route of a client request (serve
+//! here, forward to the nearest allowed region, or reject).
+//!
+//! The policy itself (rules, evaluation, validation) is `geokv_topology::Policy`. The version
+//! a node holds is saved in its storage: version 0 is the file the topology names, runtime
+//! applies count up from 1 and win over the file from then on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use geokv_storage::Engine;
+use geokv_topology::{OnForeign, Policy, Topology};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+/// Meta names of the installed policy and of the last one enforced on this node's data.
+const INSTALLED_META: &str = "residency/installed";
+const ENFORCED_META: &str = "residency/enforced";
+
+/// A policy version as saved and exchanged: the text is what was validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub version: u64,
+    /// "" for the permissive policy of a topology without a policy file.
+    pub text: String,
+}
+
+/// A validated policy version.
+pub struct Installed {
+    pub version: u64,
+    pub text: String,
+    pub policy: Policy,
+}
+
+/// Where a client request for a key goes.
+pub enum Route {
+    Local,
+    /// Client addresses of nodes of the allowed regions, nearest region first.
+    Forward {
+        rule: String,
+        addrs: Vec<String>,
+    },
+}
+
+#[derive(Default)]
+pub struct ResidencyStats {
+    pub forwards: AtomicU64,
+    pub rejects: AtomicU64,
+    pub dropped_deltas: AtomicU64,
+}
+
+pub struct Residency {
+    region: String,
+    topology: Arc<Topology>,
+    current: Arc<RwLock<Arc<Installed>>>,
+    pub stats: ResidencyStats,
+    /// Spreads forwarded requests over the nodes of the target region.
+    spread: AtomicU64,
+    /// One enforcement job at a time; it keeps the report of the last one (a repeated request
+    /// for the same version gets that report).
+    pub(crate) job: tokio::sync::Mutex<Option<geokv_proto::v1::ResidencyReport>>,
+    /// When the installed version was adopted (None: at start).
+    adopted_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Metadata key marking a request forwarded by another region (it is never forwarded again).
+pub const FORWARDED_FROM: &str = "geokv-forwarded-from";
+
+fn parse(saved: &Saved, topology: &Topology, origin: &str) -> Result<Policy, String> {
+    if saved.text.is_empty() {
+        return Ok(Policy::permissive(topology));
+    }
+    Policy::parse(&saved.text, origin, topology).map_err(|e| e.to_string())
+}
+
+impl Residency {
+    /// The policy this node starts with: the last one applied at runtime if any, else the
+    /// topology's policy file. Installs the admission check into `engine`.
+    pub fn open(region: &str, topology: Arc<Topology>, engine: &Engine) -> Result<Arc<Self>, String> {
+        let file = match &topology.residency {
+            Some(path) => Saved {
+                version: 0,
+                text: std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read residency policy {}: {e}", path.display()))?,
+            },
+            None => Saved { version: 0, text: String::new() },
+        };
+        let origin = topology.residency.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let saved = read_saved(engine, INSTALLED_META)?;
+        let chosen = match saved {
+            Some(s) if s.version > 0 => {
+                if s.text != file.text {
+                    tracing::warn!(
+                        version = s.version,
+                        file = %origin,
+                        "the residency policy applied at runtime overrides the policy file; update the file to match it"
+                    );
+                }
+                s
+            }
+            _ => file,
+        };
+        let policy = parse(&chosen, &topology, &origin).map_err(|e| {
+            format!("{e} (residency policy version {}; fix it or apply a valid one)", chosen.version)
+        })?;
+        write_saved(engine, INSTALLED_META, &chosen)?;
+        let current =
+            Arc::new(RwLock::new(Arc::new(Installed { version: chosen.version, text: chosen.text, policy })));
+        let (check, here) = (current.clone(), region.to_owned());
+        engine.set_admission(Arc::new(move |key: &[u8]| {
+            let installed = check.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let rule = installed.policy.rule_for(key);
+            if rule.allows(&here) {
+                return Ok(());
+            }
+            Err(format!(
+                "residency rule {:?} (policy version {}) allows only {}",
+                rule.name,
+                installed.version,
+                rule.allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }));
+        Ok(Arc::new(Residency {
+            region: region.to_owned(),
+            topology,
+            current,
+            stats: ResidencyStats::default(),
+            spread: AtomicU64::new(0),
+            job: tokio::sync::Mutex::new(None),
+            adopted_at: std::sync::Mutex::new(None),
+        }))
+    }
+
+    pub fn installed(&self) -> Arc<Installed> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.installed().version
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether this node's region may hold `key`.
+    pub fn allows_here(&self, key: &[u8]) -> bool {
+        self.installed().policy.allows(key, &self.region)
+    }
+
+    /// Whether `region` may hold `key`.
+    pub fn allows(&self, key: &[u8], region: &str) -> bool {
+        self.installed().policy.allows(key, region)
+    }
+
+    /// Validates and installs a newer policy version (saved before it takes effect). Returns
+    /// whether it changed anything; an equal version with other text is a conflict.
+    pub fn adopt(&self, engine: &Engine, offered: &Saved) -> Result<bool, String> {
+        let mine = self.installed();
+        if offered.version < mine.version || (offered.version == mine.version && offered.text == mine.text) {
+            return Ok(false);
+        }
+        if offered.version == mine.version {
+            return Err(format!(
+                "this node already holds another policy as version {}; apply the policy again to get a new version",
+                mine.version
+            ));
+        }
+        let policy =
+            parse(offered, &self.topology, &format!("residency policy version {}", offered.version))?;
+        write_saved(engine, INSTALLED_META, offered)?;
+        let next = Arc::new(Installed { version: offered.version, text: offered.text.clone(), policy });
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        *self.adopted_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::time::Instant::now());
+        tracing::info!(version = offered.version, "residency policy installed");
+        Ok(true)
+    }
+
+    /// How long ago the installed version was adopted at runtime (None: installed at start).
+    pub fn adopted_ago(&self) -> Option<std::time::Duration> {
+        self.adopted_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map(|t| t.elapsed())
+    }
+
+    /// The policy last enforced on this node's data (None before the first enforcement, or if
+    /// it no longer validates).
+    pub fn enforced(&self, engine: &Engine) -> Result<Option<Saved>, String> {
+        read_saved(engine, ENFORCED_META)
+    }
+
+    pub fn enforced_policy(&self, saved: &Saved) -> Option<Policy> {
+        parse(saved, &self.topology, "the last enforced residency policy").ok()
+    }
+
+    pub fn mark_enforced(&self, engine: &Engine, saved: &Saved) -> Result<(), String> {
+        write_saved(engine, ENFORCED_META, saved)
+    }
+
+    /// Where a client request for `key` goes. `forwarded`: the request came from another
+    /// region already (it is served here or refused, never forwarded again).
+    pub fn route(&self, key: &[u8], forwarded: bool) -> Result<Route, Status> {
+        let installed = self.installed();
+        let rule = installed.policy.rule_for(key);
+        if rule.allows(&self.region) {
+            return Ok(Route::Local);
+        }
+        let allowed = rule.allowed.iter().cloned().collect::<Vec<_>>().join(", ");
+        let line = if rule.line > 0 { format!(" (line {})", rule.line) } else { String::new() };
+        if forwarded {
+            self.stats.rejects.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::failed_precondition(format!(
+                "key {:?} was forwarded to region {}, which may not hold it either: residency rule {:?}{line} of policy version {} allows only {allowed}; the regions hold different policy versions, retry shortly",
+                String::from_utf8_lossy(key),
+                self.region,
+                rule.name,
+                installed.version
+            )));
+        }
+        if rule.on_foreign == OnForeign::Reject {
+            self.stats.rejects.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::failed_precondition(format!(
+                "key {:?} may not be held in region {}: residency rule {:?}{line} allows only {allowed}; send the request to a node of {allowed}",
+                String::from_utf8_lossy(key),
+                self.region,
+                rule.name
+            )));
+        }
+        self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+        Ok(Route::Forward { rule: rule.name.clone(), addrs: self.forward_addrs(rule) })
+    }
+
+    /// Client addresses of the nodes of the regions `rule` allows, nearest region first; the
+    /// nodes of a region in turn from one request to the next.
+    pub fn forward_addrs(&self, rule: &geokv_topology::Rule) -> Vec<String> {
+        let turn = self.spread.fetch_add(1, Ordering::Relaxed) as usize;
+        let mut addrs = Vec::new();
+        for region in Policy::forward_order(rule, &self.region, &self.topology) {
+            let mut nodes: Vec<String> =
+                self.topology.nodes_in(&region).values().map(|n| n.client_addr.to_string()).collect();
+            if !nodes.is_empty() {
+                let k = turn % nodes.len();
+                nodes.rotate_left(k);
+            }
+            addrs.extend(nodes);
+        }
+        addrs
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+fn read_saved(engine: &Engine, name: &str) -> Result<Option<Saved>, String> {
+    engine
+        .get_meta(name)
+        .map_err(|e| format!("cannot read the saved residency policy: {e}"))?
+        .map(|raw| postcard::from_bytes(&raw))
+        .transpose()
+        .map_err(|e| format!("the saved residency policy does not decode ({e}); it is corrupt"))
+}
+
+fn write_saved(engine: &Engine, name: &str, saved: &Saved) -> Result<(), String> {
+    let raw = postcard::to_allocvec(saved).expect("policies serialize");
+    engine.put_meta(name, &raw).map_err(|e| format!("cannot save the residency policy: {e}"))
+}
