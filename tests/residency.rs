@@ -381,7 +381,21 @@ fn apply(cluster: &TestCluster, i: usize, policy: &str) -> Vec<serde_json::Value
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let reports: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for r in reports.iter().filter(|r| r["phase"] == "enforced") {
+        eprintln!(
+            "enforced on node {} ({}): scanned {}, erased {} (+{} log entries), re-shipped {}, {} ms",
+            r["node_id"],
+            r["region"],
+            r["keys_scanned"],
+            r["keys_erased"],
+            r["log_entries_erased"],
+            r["keys_reshipped"],
+            r["millis"]
+        );
+    }
+    reports
 }
 
 fn rand_tag() -> u32 {
