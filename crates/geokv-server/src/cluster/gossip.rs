@@ -168,6 +168,9 @@ async fn run(
 ) {
     let mut rt = AccumulatingRuntime::new();
     let _ = cluster.gossip.get().map(|h| h.inputs.send(Input::AnnounceMissing));
+    let overdue_after =
+        Duration::from_millis(cluster.cfg.suspect_timeout_ms + 4 * cluster.cfg.probe_interval_ms);
+    let mut suspicions = Suspicions::default();
     while let Some(input) = rx.recv().await {
         let result = match input {
             Input::Data(data) => foca.handle_data(&data, &mut rt),
@@ -208,10 +211,56 @@ async fn run(
         while let Some((after, timer)) = rt.to_schedule() {
             let _ = timers.send((now + after, timer));
         }
+        // foca drops its pending timers when this node resets (rejoins) or loses every peer,
+        // suspicion timers included: a peer suspected then stays suspect until it refutes,
+        // which it never does if the suspicion stopped spreading. Finish such suspicions here
+        // as foca's timer would have (declared down; the peer hears it and rejoins).
+        let suspects = foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()));
+        for (info, incarnation) in suspicions.overdue(suspects, now, overdue_after) {
+            tracing::warn!(peer = info.id, "a suspicion outlived its timeout; declaring the peer down");
+            let down = foca::Member::new(info, incarnation, State::Down);
+            if let Err(e) = foca.apply_many(std::iter::once(down), true, &mut rt) {
+                tracing::debug!(error = %e, "could not declare an overdue suspect down");
+            }
+        }
         while let Some(note) = rt.to_notify() {
             on_notification(&cluster, note);
         }
         fold(&cluster, &foca);
+    }
+}
+
+/// When each current suspicion (peer identity and incarnation) was first seen.
+#[derive(Default)]
+struct Suspicions {
+    since: BTreeMap<(u64, u64, foca::Incarnation), Instant>,
+}
+
+impl Suspicions {
+    /// Records the current suspects (forgetting the others) and returns those suspected for
+    /// longer than `after`, once each.
+    fn overdue(
+        &mut self,
+        current: impl Iterator<Item = (MemberInfo, foca::Incarnation)>,
+        now: Instant,
+        after: Duration,
+    ) -> Vec<(MemberInfo, foca::Incarnation)> {
+        let mut seen = BTreeMap::new();
+        let mut due = Vec::new();
+        for (info, incarnation) in current {
+            let key = (info.id, info.version, incarnation);
+            let first = self.since.get(&key).copied().unwrap_or(now);
+            if now.duration_since(first) > after {
+                due.push((info, incarnation));
+            } else {
+                seen.insert(key, first);
+            }
+        }
+        self.since = seen;
+        due
     }
 }
 
@@ -281,4 +330,37 @@ fn unchanged(view: &Membership, info: &MemberInfo, health: Health) -> bool {
     info.id == view.me().id
         || view.info(info.id).is_some_and(|known| known.version > info.version)
         || (view.info(info.id) == Some(info) && view.reported(info.id) == Some(health))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u64) -> MemberInfo {
+        MemberInfo {
+            id,
+            version: 1,
+            status: Status::Normal,
+            region: "r".into(),
+            client_addr: String::new(),
+            peer_addr: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_suspicion_is_overdue_once_it_outlives_the_timeout() {
+        let mut s = Suspicions::default();
+        let t0 = Instant::now();
+        let after = Duration::from_secs(3);
+        assert!(s.overdue([(info(5), 2)].into_iter(), t0, after).is_empty());
+        assert!(s.overdue([(info(5), 2)].into_iter(), t0 + Duration::from_secs(2), after).is_empty());
+        let due = s.overdue([(info(5), 2), (info(6), 1)].into_iter(), t0 + Duration::from_secs(4), after);
+        assert_eq!(due.iter().map(|(i, n)| (i.id, *n)).collect::<Vec<_>>(), [(5, 2)]);
+        // Reported once; a refuted suspicion (new incarnation) starts over.
+        assert!(s.overdue([(info(5), 3)].into_iter(), t0 + Duration::from_secs(5), after).is_empty());
+        assert!(s.overdue([(info(6), 1)].into_iter(), t0 + Duration::from_secs(6), after).is_empty());
+        // A suspicion that ended is forgotten.
+        assert!(s.overdue(std::iter::empty(), t0 + Duration::from_secs(7), after).is_empty());
+        assert!(s.overdue([(info(6), 1)].into_iter(), t0 + Duration::from_secs(8), after).is_empty());
+    }
 }
