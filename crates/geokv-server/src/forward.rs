@@ -24,14 +24,16 @@ pub fn is_forwarded<T>(req: &Request<T>) -> bool {
 }
 
 pub struct Forwarder {
-    region: String,
+    /// This region's name, as the value of [`FORWARDED_FROM`].
+    from: tonic::metadata::AsciiMetadataValue,
     timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Forwarder {
     pub fn new(region: &str, timeout: Duration) -> Self {
-        Forwarder { region: region.to_owned(), timeout, channels: Mutex::new(HashMap::new()) }
+        let from = region.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("other"));
+        Forwarder { from, timeout, channels: Mutex::new(HashMap::new()) }
     }
 
     fn client(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
@@ -66,9 +68,7 @@ impl Forwarder {
         for addr in addrs {
             let client = self.client(addr)?;
             let mut r = Request::new(req.clone());
-            let from =
-                self.region.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("other"));
-            r.metadata_mut().insert(FORWARDED_FROM, from);
+            r.metadata_mut().insert(FORWARDED_FROM, self.from.clone());
             r.set_timeout(self.timeout);
             match tokio::time::timeout(self.timeout, call(client, r)).await {
                 Ok(Ok(resp)) => return Ok(Response::new(resp.into_inner())),

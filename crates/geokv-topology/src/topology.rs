@@ -119,15 +119,6 @@ impl Topology {
         Ok(t)
     }
 
-    /// The residency policy the topology names (validated against it), or the permissive
-    /// policy when it names none.
-    pub fn load_residency(&self) -> Result<crate::Policy, crate::PolicyError> {
-        match &self.residency {
-            Some(path) => crate::Policy::load(path, self),
-            None => Ok(crate::Policy::permissive(self)),
-        }
-    }
-
     /// Parses and validates topology text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Topology, TopologyError> {
         let t: Topology = toml::from_str(text)

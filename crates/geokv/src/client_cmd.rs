@@ -187,7 +187,7 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-fn print(json: bool, j: Json, human: String) {
+pub(crate) fn print(json: bool, j: Json, human: String) {
     if json {
         println!("{j}");
     } else {
@@ -403,7 +403,7 @@ async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Resu
     Ok(())
 }
 
-async fn peer_client(
+pub(crate) async fn peer_client(
     peer: &str,
 ) -> anyhow::Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>> {
     let uri = if peer.contains("://") { peer.to_string() } else { format!("http://{peer}") };

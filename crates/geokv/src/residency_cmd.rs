@@ -9,6 +9,7 @@ use geokv_client::proto;
 use geokv_topology::{Policy, Topology};
 use serde_json::{json, Value as Json};
 
+use crate::client_cmd::{peer_client, print};
 use crate::output::bytes_human;
 
 #[derive(Subcommand)]
@@ -47,14 +48,6 @@ pub async fn run(cmd: ResidencyCommand, js: bool) -> anyhow::Result<()> {
     }
 }
 
-fn emit(js: bool, j: Json, human: String) {
-    if js {
-        println!("{j}");
-    } else {
-        println!("{human}");
-    }
-}
-
 fn check(file: &Path, topology: &Path, js: bool) -> anyhow::Result<()> {
     let topology = Topology::load(topology)?;
     let policy = Policy::load(file, &topology)?;
@@ -77,15 +70,8 @@ fn check(file: &Path, topology: &Path, js: bool) -> anyhow::Result<()> {
         out.push(json!({ "name": r.name, "line": r.line, "prefix": String::from_utf8_lossy(&r.prefix),
             "selector": r.allow.to_string(), "allowed": allowed, "on_foreign": r.on_foreign.as_str() }));
     }
-    emit(js, json!({ "file": file.display().to_string(), "rules": out }), human.trim_end().to_string());
+    print(js, json!({ "file": file.display().to_string(), "rules": out }), human.trim_end().to_string());
     Ok(())
-}
-
-async fn peer(peer: &str) -> anyhow::Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>> {
-    let uri = if peer.contains("://") { peer.to_string() } else { format!("http://{peer}") };
-    proto::cluster_client::ClusterClient::connect(uri.clone())
-        .await
-        .with_context(|| format!("cannot connect to {uri}"))
 }
 
 fn report_json(r: &proto::ResidencyReport) -> Json {
@@ -98,7 +84,7 @@ fn report_json(r: &proto::ResidencyReport) -> Json {
 async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let req = proto::ApplyResidencyRequest { text, origin: file.display().to_string() };
-    let mut stream = peer(addr)
+    let mut stream = peer_client(addr)
         .await?
         .apply_residency(req)
         .await
@@ -123,7 +109,7 @@ async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
                 r.log_entries_erased, r.hints_erased, r.keys_reshipped, r.millis
             )
         };
-        emit(js, report_json(&r), human);
+        print(js, report_json(&r), human);
     }
     if !js {
         println!("policy version {version}: {erased} keys erased, {reshipped} re-shipped, {failed} node reports failed");
@@ -135,7 +121,7 @@ async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
 }
 
 async fn explain(key: Vec<u8>, addr: &str, js: bool) -> anyhow::Result<()> {
-    let e = peer(addr)
+    let e = peer_client(addr)
         .await?
         .explain_residency(proto::ExplainResidencyRequest { key: key.clone() })
         .await
@@ -190,6 +176,6 @@ async fn explain(key: Vec<u8>, addr: &str, js: bool) -> anyhow::Result<()> {
     let j = json!({ "key": String::from_utf8_lossy(&key), "rule": e.rule, "rule_line": e.rule_line,
         "prefix": String::from_utf8_lossy(&e.prefix), "version": e.version, "selector": e.selector,
         "on_foreign": e.on_foreign, "allowed_regions": e.allowed_regions, "copies": copies });
-    emit(js, j, human.trim_end().to_string());
+    print(js, j, human.trim_end().to_string());
     Ok(())
 }

@@ -27,7 +27,8 @@ const AE_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 /// Buckets whose key digests one `Digests` call carries.
 const DIGEST_BUCKETS_PER_CALL: usize = 512;
 
-async fn with_deadline<T>(
+/// Awaits a node-to-node call for at most `deadline`.
+pub(super) async fn with_deadline<T>(
     deadline: std::time::Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, Status> {

@@ -25,8 +25,24 @@ use geokv_topology::Policy;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::anti_entropy::with_deadline;
 use super::Cluster;
 use crate::residency::{Installed, Saved};
+
+type PeerClient = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
+
+/// Runs `call` on a node's client (None: its address is unusable) within `deadline`.
+async fn call_node<T, Fut>(
+    client: Option<PeerClient>,
+    deadline: Duration,
+    call: impl FnOnce(PeerClient) -> Fut,
+) -> Result<T, Status>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let client = client.ok_or_else(|| Status::internal("unusable peer address"))?;
+    with_deadline(deadline, call(client)).await
+}
 
 /// How often a node compares its policy version with one other node's.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
@@ -176,13 +192,14 @@ impl Cluster {
         for (id, _, addr) in &nodes {
             let client = self.peers.client(*id, addr);
             asks.spawn(async move {
-                let mut c = client?;
-                let call = c.get_residency(pb::GetResidencyRequest { known_version: u64::MAX });
-                tokio::time::timeout(Duration::from_secs(5), call)
-                    .await
-                    .ok()?
-                    .ok()
-                    .map(|r| r.into_inner().version)
+                let ask = pb::GetResidencyRequest { known_version: u64::MAX };
+                let theirs =
+                    call_node(
+                        client,
+                        Duration::from_secs(5),
+                        |mut c| async move { c.get_residency(ask).await },
+                    );
+                theirs.await.ok().map(|p| p.version)
             });
         }
         while let Some(v) = asks.join_next().await {
@@ -198,16 +215,8 @@ impl Cluster {
             let (client, offered) = (self.peers.client(id, &addr), offered.clone());
             calls.spawn(async move {
                 let policy = pb::ResidencyPolicy { version: offered.version, text: offered.text };
-                let result = match client {
-                    None => Err(Status::internal("unusable address")),
-                    Some(mut c) => {
-                        match tokio::time::timeout(Duration::from_secs(10), c.adopt_residency(policy)).await {
-                            Ok(r) => r.map(tonic::Response::into_inner),
-                            Err(_) => Err(Status::deadline_exceeded("no answer within 10 s")),
-                        }
-                    }
-                };
-                (id, region, addr, result)
+                let adopt = |mut c: PeerClient| async move { c.adopt_residency(policy).await };
+                (id, region, addr, call_node(client, Duration::from_secs(10), adopt).await)
             });
         }
         while let Some(done) = calls.join_next().await {
@@ -228,21 +237,10 @@ impl Cluster {
         for (id, region, addr) in adopted {
             let client = self.peers.client(id, &addr);
             calls.spawn(async move {
-                let result = match client {
-                    None => Err(Status::internal("unusable address")),
-                    Some(mut c) => {
-                        match tokio::time::timeout(
-                            ENFORCE_TIMEOUT,
-                            c.enforce_residency(pb::EnforceResidencyRequest {}),
-                        )
-                        .await
-                        {
-                            Ok(r) => r.map(tonic::Response::into_inner),
-                            Err(_) => Err(Status::deadline_exceeded("enforcement did not finish in time")),
-                        }
-                    }
+                let enforce = |mut c: PeerClient| async move {
+                    c.enforce_residency(pb::EnforceResidencyRequest {}).await
                 };
-                (id, region, result)
+                (id, region, call_node(client, ENFORCE_TIMEOUT, enforce).await)
             });
         }
         while let Some(done) = calls.join_next().await {
@@ -269,18 +267,8 @@ impl Cluster {
                 let held = if id == this.me {
                     this.holds(key).await
                 } else {
-                    match this.peers.client(id, &addr) {
-                        None => Err(Status::internal("unusable address")),
-                        Some(mut c) => match tokio::time::timeout(
-                            Duration::from_secs(5),
-                            c.holds(pb::HoldsRequest { key }),
-                        )
-                        .await
-                        {
-                            Ok(r) => r.map(tonic::Response::into_inner),
-                            Err(_) => Err(Status::deadline_exceeded("no answer within 5 s")),
-                        },
-                    }
+                    let holds = |mut c: PeerClient| async move { c.holds(pb::HoldsRequest { key }).await };
+                    call_node(this.peers.client(id, &addr), Duration::from_secs(5), holds).await
                 };
                 (id, region, held)
             });
@@ -345,14 +333,13 @@ impl Cluster {
         id: NodeId,
         addr: &str,
     ) -> Result<bool, String> {
-        let mut client = self.peers.client(id, addr).ok_or("unusable address")?;
         let known_version = self.residency.version();
-        let call = client.get_residency(pb::GetResidencyRequest { known_version });
-        let theirs = tokio::time::timeout(Duration::from_secs(5), call)
+        let ask = |mut c: PeerClient| async move {
+            c.get_residency(pb::GetResidencyRequest { known_version }).await
+        };
+        let theirs = call_node(self.peers.client(id, addr), Duration::from_secs(5), ask)
             .await
-            .map_err(|_| "no answer".to_string())?
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+            .map_err(|s| s.message().to_string())?;
         if theirs.version <= known_version {
             return Ok(false);
         }
