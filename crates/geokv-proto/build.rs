@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("geokv_descriptor.bin"))
+        // The deployment status is also served as JSON (status page, `geokv status --json`).
+        .type_attribute(".geokv.v1.ClusterStatusResponse", "#[derive(serde::Serialize)]")
+        .type_attribute(".geokv.v1.NodeStatus", "#[derive(serde::Serialize)]")
+        .type_attribute(".geokv.v1.LagCell", "#[derive(serde::Serialize)]")
         .compile_protos(&files, &[root])?;
     Ok(())
 }

@@ -20,6 +20,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub data_dir: PathBuf,
+    /// The metrics endpoint, when the config asks for one.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Writes a config file for node 1 in `dir` with `extra` TOML appended.
@@ -58,20 +60,27 @@ impl ServerProcess {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(m) = line.strip_prefix("geokv metrics on http://") {
+                    metrics = m.trim().strip_suffix("/metrics").map(str::to_string);
+                }
                 if let Some(addr) = line.strip_prefix("geokv listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send((addr.trim().to_string(), metrics.take()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().expect("server printed a socket address"),
+        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((a, m)) => (
+                a.parse().expect("server printed a socket address"),
+                m.map(|m| m.parse().expect("server printed a metrics address")),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 return Err(format!("geokv server did not start (status: {:?})", child.wait()));
             }
         };
-        Ok(ServerProcess { child: Some(child), addr, config: config.to_path_buf(), data_dir })
+        Ok(ServerProcess { child: Some(child), addr, config: config.to_path_buf(), data_dir, metrics_addr })
     }
 
     pub fn endpoint(&self) -> String {
@@ -152,7 +161,9 @@ pub const THREE_REGIONS: [(&str, [f64; 2]); 3] =
 
 /// Cluster timeouts short enough for tests on a loaded machine. The WAL is written but not
 /// fsynced: the tests kill processes, not machines, and the page cache survives a process.
-pub const FAST_CLUSTER: &str = "[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nprobe_interval_ms = 100\nsuspect_timeout_ms = 500\nhandoff_interval_ms = 200\n";
+/// Every node serves metrics on a free port (the `[cluster]` section stays last: the harness
+/// appends `join` to it).
+pub const FAST_CLUSTER: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nprobe_interval_ms = 100\nsuspect_timeout_ms = 500\nhandoff_interval_ms = 200\n";
 
 impl TestCluster {
     /// Starts `n` nodes. Ports are picked free just before the nodes bind them, so another

@@ -82,12 +82,20 @@ impl Outbox {
 
     /// The destination acknowledged every batch up to `last_seq`; returns the new cursor.
     pub fn acked(&mut self, last_seq: u64) -> u64 {
+        self.acked_batches(last_seq).0
+    }
+
+    /// Like [`Outbox::acked`], and also returns the stamp time (ms) of the oldest change in
+    /// the batches this acknowledgement covers (for delivery-time figures).
+    pub fn acked_batches(&mut self, last_seq: u64) -> (u64, Option<u64>) {
+        let mut oldest: Option<u64> = None;
         while self.in_flight.front().is_some_and(|b| b.last_seq <= last_seq) {
             let b = self.in_flight.pop_front().expect("checked");
             self.report.deltas_acked += b.deltas;
+            oldest = Some(oldest.map_or(b.oldest_ms, |o| o.min(b.oldest_ms)));
         }
         self.report.acked_seq = self.report.acked_seq.max(last_seq);
-        self.report.acked_seq
+        (self.report.acked_seq, oldest)
     }
 
     /// The batches in flight are given up (lost, or the stream broke): they are sent again
@@ -121,7 +129,7 @@ mod tests {
         assert_eq!(o.next_seq(), 9);
         let r = o.report(1_050);
         assert_eq!((r.oldest_unacked_ms, r.backlog_entries, r.wire_bytes), (50, 4, 200));
-        assert_eq!(o.acked(7), 7);
+        assert_eq!(o.acked_batches(7), (7, Some(1_000)), "the acked batch's oldest change");
         assert_eq!(o.report(1_050).oldest_unacked_ms, 40);
         o.acked(9);
         let r = o.report(1_050);

@@ -41,6 +41,17 @@ pub struct ServerConfig {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub replication: crate::ReplicationConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: the HTTP endpoint with Prometheus metrics and the status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the metrics endpoint (`/metrics`, `/` status page, `/status.json`); none:
+    /// no endpoint. Port 0 picks a free port.
+    pub listen: Option<String>,
 }
 
 /// The `[cluster]` section: timeouts of the regional cluster.
@@ -129,6 +140,7 @@ impl ServerConfig {
             topology: None,
             cluster: ClusterConfig::default(),
             replication: crate::ReplicationConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -207,6 +219,15 @@ impl ServerConfig {
                 format!("is {} with probe_interval_ms {}", c.suspect_timeout_ms, c.probe_interval_ms),
                 "keep 10 <= probe_interval_ms <= suspect_timeout_ms",
             ));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!("is {listen:?}, not an IP address and port"),
+                    "use e.g. \"127.0.0.1:9464\" (port 0 picks a free port), or leave it out for no endpoint",
+                ));
+            }
         }
         if self.replication.interval_ms == 0 {
             return Err(invalid(

@@ -70,6 +70,7 @@ impl Forwarder {
             let mut r = Request::new(req.clone());
             r.metadata_mut().insert(FORWARDED_FROM, self.from.clone());
             r.set_timeout(self.timeout);
+            crate::trace::tag(&mut r);
             match tokio::time::timeout(self.timeout, call(client, r)).await {
                 Ok(Ok(resp)) => return Ok(Response::new(resp.into_inner())),
                 Ok(Err(s)) if unreachable(&s) => last = Some(format!("{addr}: {}", s.message())),

@@ -68,6 +68,7 @@ pub struct Node {
     limits: Limits,
     clock: Arc<dyn Clock>,
     pub(crate) sweep_batch: usize,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Node {
@@ -89,7 +90,11 @@ impl Node {
             .with_clock(crate::clock::hlc_physical_time)
             .with_max_delta(Duration::from_millis(cfg.max_clock_drift_ms))
             .build();
+        let metrics = crate::metrics::Metrics::new(clock.now_ms());
+        let commits = metrics.commit_seconds.clone();
+        engine.set_commit_observer(Arc::new(move |took| commits.observe(took.as_secs_f64())));
         Ok(Node {
+            metrics,
             id: cfg.node_id,
             engine,
             hlc,
@@ -105,6 +110,11 @@ impl Node {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn engine(&self) -> &Engine {

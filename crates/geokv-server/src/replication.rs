@@ -66,6 +66,9 @@ struct Dest {
     nodes: Vec<(NodeId, String)>,
     link: Mutex<Link>,
     outbox: Mutex<Outbox>,
+    /// Whether a stream to the region is up now.
+    connected: std::sync::atomic::AtomicBool,
+    last_delivery_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +128,8 @@ impl Replicator {
                     nodes,
                     link: Mutex::new(Link::new(params)),
                     outbox: Mutex::new(Outbox::new(acked)),
+                    connected: Default::default(),
+                    last_delivery_ms: AtomicU64::new(0),
                 }),
             );
         }
@@ -148,7 +153,8 @@ impl Replicator {
             .values()
             .map(|dest| {
                 let (this, dest) = (self.clone(), dest.clone());
-                tokio::spawn(async move {
+                let span = tracing::info_span!("replication", destination = %dest.region);
+                tokio::spawn(tracing::Instrument::instrument(async move {
                     let mut attempt = 0usize;
                     loop {
                         let target = dest.nodes[attempt % dest.nodes.len().max(1)].clone();
@@ -158,7 +164,7 @@ impl Replicator {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
-                })
+                }, span))
             })
             .collect()
     }
@@ -179,6 +185,7 @@ impl Replicator {
             .max_encoding_message_size(512 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<pb::ReplicationBatch>(WINDOW);
         let mut acks = client.replicate(receiver_stream(rx)).await.map_err(|e| e.to_string())?.into_inner();
+        dest.connected.store(true, Ordering::Relaxed);
         // The link: batches wait here until their delivery time, in order.
         let (link_tx, mut link_rx) = mpsc::unbounded_channel::<(u64, pb::ReplicationBatch)>();
         let node = self.cluster.node().clone();
@@ -192,6 +199,7 @@ impl Replicator {
             }
         });
         let result = self.pump(dest, &mut acks, &link_tx).await;
+        dest.connected.store(false, Ordering::Relaxed);
         delivery.abort();
         result
     }
@@ -230,8 +238,14 @@ impl Replicator {
                             ack.last_seq
                         ));
                     }
-                    let cursor = lock(&dest.outbox).acked(ack.last_seq);
+                    let (cursor, oldest) = lock(&dest.outbox).acked_batches(ack.last_seq);
                     last_progress = Instant::now();
+                    if let Some(oldest) = oldest {
+                        let took = self.cluster.node().now_ms().saturating_sub(oldest);
+                        dest.last_delivery_ms.store(took, Ordering::Relaxed);
+                        let metrics = self.cluster.node().metrics();
+                        metrics.delivered(self.cluster.region(), &dest.region, Duration::from_millis(took));
+                    }
                     let node = self.cluster.node().clone();
                     let name = cursor_name(&dest.region);
                     tokio::task::spawn_blocking(move || node.engine().set_cursor(&name, cursor))
@@ -410,6 +424,8 @@ impl Replicator {
                     wire_bytes: r.wire_bytes,
                     resends: r.resends,
                     backlog_bytes: self.backlog_bytes(r.acked_seq),
+                    connected: d.connected.load(Ordering::Relaxed) && !l.cut,
+                    last_delivery_ms: d.last_delivery_ms.load(Ordering::Relaxed),
                     link: Some(pb::LinkSettings {
                         delay_ms: l.delay_ms,
                         jitter_ms: l.jitter_ms,

@@ -26,6 +26,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Address of the node-to-node service, in a cluster.
     pub peer_addr: Option<SocketAddr>,
+    /// Address of the metrics endpoint and status page, if configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     pub cluster: Option<Arc<Cluster>>,
     stop: Option<oneshot::Sender<()>>,
@@ -97,6 +99,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                     .max_encoding_message_size(512 * 1024 * 1024);
             let peer_reflection = reflection().build_v1().map_err(|e| e.to_string())?;
             let peer_server = tonic::transport::Server::builder()
+                .layer(crate::trace::RequestIdLayer { server: "peer" })
                 // Peers cancel calls that time out; under load many such resets arrive before the
                 // server accepts the streams, and h2's default (20) answers that with a GOAWAY
                 // that fails every call on the connection. Peers are trusted nodes.
@@ -132,6 +135,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
 
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .layer(crate::trace::RequestIdLayer { server: "client" })
         .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -141,6 +145,15 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         let _ = stopped.await;
     }));
     background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));
+    let metrics_addr = match &cfg.metrics.listen {
+        Some(listen) => {
+            let (addr, task) = crate::metrics::http::serve(listen, node.clone(), cluster.clone()).await?;
+            background.push(task);
+            tracing::info!(%addr, "metrics and status page serving");
+            Some(addr)
+        }
+        None => None,
+    };
     tracing::info!(node_id = cfg.node_id, %addr, data_dir = %cfg.data_dir.display(), "geokv node serving");
-    Ok(RunningServer { addr, peer_addr, node, cluster, stop: Some(stop), server, background })
+    Ok(RunningServer { addr, peer_addr, metrics_addr, node, cluster, stop: Some(stop), server, background })
 }

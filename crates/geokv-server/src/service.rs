@@ -8,7 +8,6 @@ use std::sync::Arc;
 use geokv_cluster::Level;
 use geokv_core::{Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
-use pb::kv_server::Kv;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Action, Applied, Cluster};
@@ -54,6 +53,10 @@ impl KvService {
             Forwarder::new(c.region(), timeout)
         });
         KvService { node, cluster, forwarder }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
     fn forwarder(&self) -> Result<&Forwarder, Status> {
@@ -152,9 +155,12 @@ fn unexpected(out: OpOutcome) -> Status {
     Status::internal(format!("operation returned an unexpected outcome {out:?}"))
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+/// The handlers of the client API; [`crate::observed`] wraps each with metrics.
+impl KvService {
+    pub(crate) async fn serve_get(
+        &self,
+        req: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         route_key!(self, req, get);
         let req = req.into_inner();
         let level = level(req.consistency)?;
@@ -163,7 +169,10 @@ impl Kv for KvService {
         Ok(Response::new(pb::GetResponse { entry: found.map(|rec| entry(req.key, &rec, now, false)) }))
     }
 
-    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    pub(crate) async fn serve_put(
+        &self,
+        req: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         route_key!(self, req, put);
         let req = req.into_inner();
         let level = level(req.consistency)?;
@@ -171,7 +180,10 @@ impl Kv for KvService {
         Ok(Response::new(pb::PutResponse { version: meta.version, ttl_remaining_ms: meta.ttl_remaining_ms }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    pub(crate) async fn serve_delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         route_key!(self, req, delete);
         let req = req.into_inner();
         let level = level(req.consistency)?;
@@ -183,7 +195,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn batch_get(
+    pub(crate) async fn serve_batch_get(
         &self,
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
@@ -244,7 +256,7 @@ impl Kv for KvService {
         Ok(Response::new(pb::BatchGetResponse { results: results.into_iter().flatten().collect() }))
     }
 
-    async fn batch_write(
+    pub(crate) async fn serve_batch_write(
         &self,
         req: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
@@ -320,7 +332,7 @@ impl Kv for KvService {
         Ok(Response::new(pb::BatchWriteResponse { results: settled.into_iter().flatten().collect() }))
     }
 
-    async fn compare_and_swap(
+    pub(crate) async fn serve_compare_and_swap(
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
@@ -363,7 +375,7 @@ impl Kv for KvService {
         Ok(Response::new(pb::CompareAndSwapResponse { succeeded, current }))
     }
 
-    async fn increment(
+    pub(crate) async fn serve_increment(
         &self,
         req: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
@@ -380,7 +392,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn append(&self, req: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    pub(crate) async fn serve_append(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         route_key!(self, req, append);
         let req = req.into_inner();
         let level = level(req.consistency)?;
@@ -394,7 +409,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn set_add(
+    pub(crate) async fn serve_set_add(
         &self,
         req: Request<pb::SetAddRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
@@ -405,7 +420,7 @@ impl Kv for KvService {
         set_change(self.write(req.key, op, level).await?)
     }
 
-    async fn set_remove(
+    pub(crate) async fn serve_set_remove(
         &self,
         req: Request<pb::SetRemoveRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
@@ -415,7 +430,7 @@ impl Kv for KvService {
         set_change(self.write(req.key, Op::SetRemove { members: req.members }, level).await?)
     }
 
-    async fn set_members(
+    pub(crate) async fn serve_set_members(
         &self,
         req: Request<pb::SetMembersRequest>,
     ) -> Result<Response<pb::SetMembersResponse>, Status> {
@@ -442,7 +457,10 @@ impl Kv for KvService {
         }))
     }
 
-    async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    pub(crate) async fn serve_scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let req = req.into_inner();
         let level = level(req.consistency)?;

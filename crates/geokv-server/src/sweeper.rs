@@ -47,22 +47,25 @@ impl Node {
 
 /// Runs [`Node::sweep_once`] every `interval` until the returned handle is aborted.
 pub fn spawn(node: Arc<Node>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let n = node.clone();
-            match tokio::task::spawn_blocking(move || n.sweep_once()).await {
-                Ok(Ok(r)) if r != SweepReport::default() => {
-                    tracing::debug!(purged = r.purged, errors = r.errors, trimmed = r.trimmed, "sweep")
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let n = node.clone();
+                match tokio::task::spawn_blocking(move || n.sweep_once()).await {
+                    Ok(Ok(r)) if r != SweepReport::default() => {
+                        tracing::debug!(purged = r.purged, errors = r.errors, trimmed = r.trimmed, "sweep")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed; will retry"),
+                    Err(e) => tracing::error!(error = %e, "sweep task panicked"),
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed; will retry"),
-                Err(e) => tracing::error!(error = %e, "sweep task panicked"),
             }
-        }
-    })
+        },
+        tracing::info_span!("sweeper"),
+    ))
 }
 
 #[cfg(test)]

@@ -78,6 +78,22 @@ pub struct Stats {
     pub last_seq: u64,
     pub estimated_keys: u64,
     pub live_data_bytes: u64,
+    /// SST files of every column family.
+    pub sst_bytes: u64,
+    pub memtable_bytes: u64,
+    /// RocksDB's estimate of the bytes compaction still has to rewrite.
+    pub pending_compaction_bytes: u64,
+    pub running_compactions: u64,
+    /// Every file in the data directory (SSTs, WAL, MANIFEST, logs).
+    pub disk_bytes: u64,
+}
+
+const ALL_CFS: [&str; 5] = [CF_DATA, CF_TTL, CF_LOG, CF_META, CF_HINTS];
+
+/// Bytes of the files directly in `dir` (RocksDB keeps its files in one directory).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 /// One key's change in a commit: key, old state, new state, new state's uncompressed payload.
@@ -102,7 +118,13 @@ pub struct Engine {
     corrupt_reads: AtomicU64,
     /// Decides which keys may be stored at all (see [`Engine::set_admission`]).
     admission: std::sync::OnceLock<Admission>,
+    /// Told how long each commit of key changes took (see [`Engine::set_commit_observer`]).
+    commit_observer: std::sync::OnceLock<CommitObserver>,
+    path: std::path::PathBuf,
 }
+
+/// Called with the duration of every commit of key changes (WAL write, and sync if on).
+pub type CommitObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// A check every stored key passes first: `Err(reason)` refuses the key (residency).
 pub type Admission = std::sync::Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
@@ -129,6 +151,8 @@ impl Engine {
             writes: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
             admission: std::sync::OnceLock::new(),
+            commit_observer: std::sync::OnceLock::new(),
+            path: path.to_path_buf(),
         };
         engine.check_identity(path, node_id)?;
         lock(&engine.seq).last = engine.last_logged_seq()?;
@@ -198,6 +222,11 @@ impl Engine {
     /// first, under the key's lock. Set once, before serving.
     pub fn set_admission(&self, check: Admission) {
         let _ = self.admission.set(check);
+    }
+
+    /// Installs the observer of commit durations (for metrics). Set once, before serving.
+    pub fn set_commit_observer(&self, observe: CommitObserver) {
+        let _ = self.commit_observer.set(observe);
     }
 
     pub(crate) fn admit(&self, key: &[u8]) -> Result<(), StorageError> {
@@ -312,7 +341,11 @@ impl Engine {
                 postcard::to_allocvec(&entry).expect("log entry serializes"),
             );
         }
+        let started = std::time::Instant::now();
         let result = self.db.write_opt(batch, &self.wopts);
+        if let Some(observe) = self.commit_observer.get() {
+            observe(started.elapsed());
+        }
         {
             let mut s = lock(&self.seq);
             for seq in first_seq..first_seq + changes.len() as u64 {
@@ -563,12 +596,28 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         let prop =
             |name: &str| self.db.property_int_value_cf(self.cf(CF_DATA), name).ok().flatten().unwrap_or(0);
+        let all = |name: &str| -> u64 {
+            ALL_CFS
+                .iter()
+                .filter_map(|cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten())
+                .sum()
+        };
         Stats {
             writes: self.writes.load(Ordering::Relaxed),
             corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
             last_seq: self.committed_seq(),
             estimated_keys: prop("rocksdb.estimate-num-keys"),
             live_data_bytes: prop("rocksdb.estimate-live-data-size"),
+            sst_bytes: all("rocksdb.total-sst-files-size"),
+            memtable_bytes: all("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: all("rocksdb.estimate-pending-compaction-bytes"),
+            running_compactions: self
+                .db
+                .property_int_value("rocksdb.num-running-compactions")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            disk_bytes: dir_bytes(&self.path),
         }
     }
 

@@ -14,6 +14,6 @@ mod error;
 mod keys;
 
 pub use config::StorageConfig;
-pub use engine::{Admission, Engine, EraseReport, LogEntry, ScanPage, Stats, Update};
+pub use engine::{Admission, CommitObserver, Engine, EraseReport, LogEntry, ScanPage, Stats, Update};
 pub use error::StorageError;
 pub use keys::{DueEntry, TtlTag};

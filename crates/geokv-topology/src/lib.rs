@@ -17,5 +17,5 @@ mod topology;
 pub use fence::{fence_contains, fence_polygon, FenceError};
 pub use geo::great_circle_km;
 pub use residency::{Allow, OnForeign, Policy, PolicyError, Rule};
-pub use ring::{Placement, Ring, Target};
+pub use ring::{Ownership, Placement, Ring, Target};
 pub use topology::{NodeSpec, RegionSpec, Topology, TopologyError};

@@ -110,6 +110,39 @@ impl Ring {
         }
         Placement { home, targets }
     }
+
+    /// The share of the key space `node` is the first home replica of (`primary`) and one of
+    /// the `n` home replicas of (`replica`), each between 0 and 1, computed exactly over the
+    /// ring's arcs.
+    pub fn ownership(&self, node: NodeId, n: usize) -> Ownership {
+        let mut own = Ownership::default();
+        let Some(&(last, _)) = self.tokens.last() else { return own };
+        let full = 2f64.powi(64);
+        let mut prev = last;
+        for i in 0..self.tokens.len() {
+            // Keys hashing into (prev, token_i] start their walk at token i.
+            let token = self.tokens[i].0;
+            let arc = if self.tokens.len() == 1 { full } else { token.wrapping_sub(prev) as f64 };
+            prev = token;
+            let mut seen = BTreeSet::new();
+            let list = self.tokens[i..].iter().chain(&self.tokens[..i]).map(|&(_, m)| m);
+            let list: Vec<NodeId> = list.filter(|m| seen.insert(*m)).take(n).collect();
+            if list.first() == Some(&node) {
+                own.primary += arc / full;
+            }
+            if list.contains(&node) {
+                own.replica += arc / full;
+            }
+        }
+        own
+    }
+}
+
+/// A node's share of a ring's key space (see [`Ring::ownership`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ownership {
+    pub primary: f64,
+    pub replica: f64,
 }
 
 #[cfg(test)]
@@ -159,6 +192,21 @@ mod tests {
             let ideal = 1.0 / (n + 1) as f64;
             assert!((frac - ideal).abs() < ideal * 0.25, "{n}->{}: {frac:.3} moved, ideal {ideal:.3}", n + 1);
         }
+    }
+
+    #[test]
+    fn ownership_shares_add_up_and_match_sampled_keys() {
+        let ring = Ring::new(1..=5, 64);
+        let shares: Vec<Ownership> = (1..=5).map(|node| ring.ownership(node, 3)).collect();
+        let primary: f64 = shares.iter().map(|s| s.primary).sum();
+        let replica: f64 = shares.iter().map(|s| s.replica).sum();
+        assert!((primary - 1.0).abs() < 1e-9, "primaries cover the ring once: {primary}");
+        assert!((replica - 3.0).abs() < 1e-9, "replicas cover it N times: {replica}");
+        let total = 50_000;
+        let sampled = keys(total).filter(|k| ring.preference_list(k, 1)[0] == 2).count();
+        assert!((sampled as f64 / total as f64 - shares[1].primary).abs() < 0.02);
+        assert_eq!(Ring::new([7], 1).ownership(7, 3), Ownership { primary: 1.0, replica: 1.0 });
+        assert_eq!(Ring::new([7], 4).ownership(8, 3), Ownership::default());
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub async fn run(keep_running: bool, data_dir: Option<PathBuf>) -> anyhow::Resul
     if keep_running {
         let eu = cluster.in_region("eu-west").next().map(|n| n.endpoint()).unwrap_or_default();
         let us = cluster.in_region("us-east").next().map(|n| n.endpoint()).unwrap_or_default();
+        let page = cluster.nodes[0].server.metrics_addr.map(|a| format!("http://{a}/")).unwrap_or_default();
         println!(
-            "\nThe cluster keeps running. Try:\n  geokv --endpoint {eu} put greeting hi\n  geokv --endpoint {us} get greeting\n  geokv peer-stats --peer {}\nPress Ctrl-C to stop.",
+            "\nThe cluster keeps running. Try:\n  geokv --endpoint {eu} put greeting hi\n  geokv --endpoint {us} get greeting\n  geokv status --peer {} --watch\n  open {page} (status page; /metrics for Prometheus)\nPress Ctrl-C to stop.",
             cluster.nodes[0].peer_addr()
         );
         tokio::signal::ctrl_c().await?;

@@ -94,6 +94,7 @@ impl DemoCluster {
             cfg.cluster.probe_interval_ms = 200;
             cfg.cluster.suspect_timeout_ms = 1000;
             cfg.cluster.request_timeout_ms = 1000;
+            cfg.metrics.listen = Some("127.0.0.1:0".into());
             let server = serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg)?;
             nodes.push(DemoNode { region, server });
         }

@@ -7,6 +7,7 @@ mod demo_cluster;
 mod output;
 mod residency_cmd;
 mod server_cmd;
+mod status_cmd;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,10 @@ enum Command {
         #[command(subcommand)]
         command: residency_cmd::ResidencyCommand,
     },
+    /// The deployment at a glance: every region's nodes (health, ring ownership, keys, disk,
+    /// hints) and the region x region replication lag matrix with backlogs. Asks one node's
+    /// peer address; `--watch` refreshes, `--json` for scripts.
+    Status(status_cmd::StatusArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -87,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 bench::run(args, &cli.client.endpoint, cli.client.consistency, cli.client.json).await
             }
             Command::Residency { command } => residency_cmd::run(command, cli.client.json).await,
+            Command::Status(args) => status_cmd::run(args, cli.client.json).await,
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }
     })

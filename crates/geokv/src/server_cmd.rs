@@ -21,6 +21,9 @@ pub struct ServerArgs {
     /// Override `node_id`.
     #[arg(long)]
     node_id: Option<u64>,
+    /// Override `metrics.listen`: serve Prometheus metrics and the status page here.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -42,12 +45,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(n) = args.node_id {
         cfg.node_id = n;
     }
+    if let Some(m) = args.metrics_listen {
+        cfg.metrics.listen = Some(m);
+    }
     let origin =
         args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
     cfg.validate(&origin)?;
     let server =
         serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg).context("starting the node")?;
     // The bound address on stdout, for scripts and tests that asked for port 0.
+    // The metrics line first: scripts that wait for "listening" then have both.
+    if let Some(m) = server.metrics_addr {
+        println!("geokv metrics on http://{m}/metrics");
+    }
     println!("geokv listening on {}", server.addr);
     std::io::stdout().flush()?;
     wait_for_signal().await?;

@@ -164,7 +164,7 @@ impl Cluster {
     /// Compares and repairs the keys of some buckets. Returns how many keys failed.
     async fn repair_buckets(
         self: &Arc<Self>,
-        client: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+        client: &mut super::peers::PeerClient,
         peer: NodeId,
         leaves: &[u32],
     ) -> Result<u64, Status> {
@@ -196,11 +196,7 @@ impl Cluster {
     }
 
     /// Pulls the peer's state of `key`, merges it here, and pushes the merge back.
-    async fn exchange(
-        &self,
-        client: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
-        key: Vec<u8>,
-    ) -> Result<(), Status> {
+    async fn exchange(&self, client: &mut super::peers::PeerClient, key: Vec<u8>) -> Result<(), Status> {
         let timeout = self.peers.timeout();
         let theirs = with_deadline(timeout, client.fetch(pb::FetchRequest { key: key.clone() })).await?.state;
         self.stats.ae_state_bytes_received.fetch_add(theirs.len() as u64, Ordering::Relaxed);

@@ -168,10 +168,10 @@ impl Cluster {
         for target in others {
             let (this, tx, key, state, rec) =
                 (self.clone(), tx.clone(), key.to_vec(), state.clone(), rec.clone());
-            tokio::spawn(async move {
+            tokio::spawn(crate::trace::inherit(async move {
                 let ok = this.send_state(target, &key, state, &rec, ship).await;
                 let _ = tx.send((target.node, ok));
-            });
+            }));
         }
         drop(tx);
         while round.outcome() == Outcome::Pending {
@@ -296,9 +296,9 @@ impl Cluster {
         let (tx, mut rx) = mpsc::unbounded_channel();
         for node in candidates {
             let (this, tx, key) = (self.clone(), tx.clone(), key.clone());
-            tokio::spawn(async move {
+            tokio::spawn(crate::trace::inherit(async move {
                 let _ = tx.send((node, this.fetch(node, key).await));
-            });
+            }));
         }
         drop(tx);
         let mut refused: Option<Status> = None;
@@ -330,7 +330,7 @@ impl Cluster {
             for stale in round.stale(m) {
                 let this = self.clone();
                 let (key, m) = (key.clone(), m.clone());
-                tokio::spawn(async move { this.repair(stale, key, m).await });
+                tokio::spawn(crate::trace::inherit(async move { this.repair(stale, key, m).await }));
             }
         }
         Ok(merged)

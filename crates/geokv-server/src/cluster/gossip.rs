@@ -103,7 +103,10 @@ pub async fn start(cluster: Arc<Cluster>) -> Result<Vec<JoinHandle<()>>, String>
                 }
             }
         }),
-        tokio::spawn(run(cluster, foca, rx, socket, timers)),
+        tokio::spawn(tracing::Instrument::instrument(
+            run(cluster, foca, rx, socket, timers),
+            tracing::info_span!("gossip"),
+        )),
     ])
 }
 

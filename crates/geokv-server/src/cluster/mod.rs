@@ -13,6 +13,7 @@ mod peers;
 mod residency;
 mod scan;
 mod service;
+mod status;
 mod tasks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +21,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use geokv_cluster::{Health, MemberInfo, Membership, Status};
 use geokv_core::NodeId;
-use geokv_proto::v1::cluster_client::ClusterClient;
 use geokv_topology::Topology;
-use tonic::transport::Channel;
 
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
 pub use coordinator::{Action, Applied};
@@ -162,6 +161,11 @@ impl Cluster {
         &self.node
     }
 
+    /// The counters of this node's cluster work.
+    pub(crate) fn counters(&self) -> &ClusterStats {
+        &self.stats
+    }
+
     pub fn region(&self) -> &str {
         &self.region
     }
@@ -216,7 +220,7 @@ impl Cluster {
     }
 
     /// A client of node `id`, if the view knows its address.
-    pub(crate) fn client(&self, id: NodeId) -> Option<ClusterClient<Channel>> {
+    pub(crate) fn client(&self, id: NodeId) -> Option<peers::PeerClient> {
         let addr = self.view().info(id)?.peer_addr.clone();
         self.peers.client(id, &addr)
     }
@@ -249,11 +253,17 @@ impl Cluster {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (residency_forwards, residency_rejects, residency_dropped_deltas, residency_version) =
             self.residency_stats();
+        let own = self.ownership();
+        let storage = self.node.engine().stats();
         geokv_proto::v1::StatsResponse {
             residency_forwards,
             residency_rejects,
             residency_dropped_deltas,
             residency_version,
+            ownership_primary: own.primary,
+            ownership_replica: own.replica,
+            disk_bytes: storage.disk_bytes,
+            estimated_keys: storage.estimated_keys,
             ae_rounds: get(&s.ae_rounds),
             ae_keys_compared: get(&s.ae_keys_compared),
             ae_keys_repaired: get(&s.ae_keys_repaired),

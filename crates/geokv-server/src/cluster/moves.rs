@@ -272,30 +272,36 @@ impl Cluster {
     /// Starts an anti-entropy round with every peer now, to repair what a move missed.
     pub(crate) fn spawn_catch_up_round(self: &Arc<Self>) {
         let this = self.clone();
-        tokio::spawn(async move {
-            this.anti_entropy_round().await;
-            tracing::info!(
-                repaired = this.stats.ae_keys_repaired.load(Ordering::Relaxed),
-                "catch-up anti-entropy round after a move done"
-            );
-        });
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                this.anti_entropy_round().await;
+                tracing::info!(
+                    repaired = this.stats.ae_keys_repaired.load(Ordering::Relaxed),
+                    "catch-up anti-entropy round after a move done"
+                );
+            },
+            tracing::info_span!("anti_entropy", catch_up = true),
+        ));
     }
 
     /// Drives an interrupted or new join until it succeeds, retrying after failures.
     pub(crate) fn spawn_join(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut pause = Duration::from_millis(this.cfg.probe_interval_ms * 4);
-            while this.view().me().status == Status::Joining {
-                match this.join().await {
-                    Ok(report) => tracing::info!(keys = report.keys, "join finished"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "join did not finish; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(10));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut pause = Duration::from_millis(this.cfg.probe_interval_ms * 4);
+                while this.view().me().status == Status::Joining {
+                    match this.join().await {
+                        Ok(report) => tracing::info!(keys = report.keys, "join finished"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "join did not finish; retrying");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(10));
+                        }
                     }
                 }
-            }
-        })
+            },
+            tracing::info_span!("join"),
+        ))
     }
 }

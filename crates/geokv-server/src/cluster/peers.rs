@@ -8,7 +8,11 @@ use std::time::Duration;
 use geokv_core::NodeId;
 use geokv_proto::v1::cluster_client::ClusterClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A client of a peer node; calls carry the current request id.
+pub type PeerClient = ClusterClient<InterceptedService<Channel, crate::trace::Propagate>>;
 
 /// State sends in flight to one peer at most; further sends wait (up to the request
 /// deadline) for a slot, so a slow replica builds no unbounded queue of requests.
@@ -16,7 +20,7 @@ pub const MAX_IN_FLIGHT_PER_PEER: usize = 256;
 
 struct Conn {
     addr: String,
-    client: ClusterClient<Channel>,
+    client: PeerClient,
     slots: Arc<Semaphore>,
 }
 
@@ -41,7 +45,8 @@ impl Peers {
                 }
             };
             // Lazy: connected on first use, reconnected after failures.
-            let client = ClusterClient::new(ep.connect_lazy()).max_decoding_message_size(512 * 1024 * 1024);
+            let client = ClusterClient::with_interceptor(ep.connect_lazy(), crate::trace::Propagate)
+                .max_decoding_message_size(512 * 1024 * 1024);
             let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER));
             conns.insert(id, Conn { addr: addr.to_owned(), client, slots });
         }
@@ -49,7 +54,7 @@ impl Peers {
     }
 
     /// A client of node `id` at `addr`.
-    pub fn client(&self, id: NodeId, addr: &str) -> Option<ClusterClient<Channel>> {
+    pub fn client(&self, id: NodeId, addr: &str) -> Option<PeerClient> {
         self.with_conn(id, addr, |c| c.client.clone())
     }
 

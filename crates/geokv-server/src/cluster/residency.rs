@@ -29,7 +29,7 @@ use super::anti_entropy::with_deadline;
 use super::Cluster;
 use crate::residency::{Installed, Saved};
 
-type PeerClient = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
+use super::peers::PeerClient;
 
 /// Runs `call` on a node's client (None: its address is unusable) within `deadline`.
 async fn call_node<T, Fut>(
@@ -354,45 +354,51 @@ impl Cluster {
     pub(crate) fn sync_residency_soon(self: &Arc<Self>, id: NodeId) {
         let Some((_, _, addr)) = self.all_nodes().into_iter().find(|(n, _, _)| *n == id) else { return };
         let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.sync_residency_from(id, &addr).await {
-                tracing::debug!(node = id, error = %e, "residency sync failed");
-            }
-        });
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = this.sync_residency_from(id, &addr).await {
+                    tracing::debug!(node = id, error = %e, "residency sync failed");
+                }
+            },
+            tracing::info_span!("residency_sync", from = id),
+        ));
     }
 
     /// The background task: enforce a pending policy at start, then compare versions with
     /// one node after another.
     pub(crate) fn spawn_residency_sync(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            if this.residency_pending() {
-                if let Err(e) = this.enforce_residency().await {
-                    tracing::error!(error = %e, "could not enforce the residency policy; will retry");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if this.residency_pending() {
+                    if let Err(e) = this.enforce_residency().await {
+                        tracing::error!(error = %e, "could not enforce the residency policy; will retry");
+                    }
                 }
-            }
-            let mut turn = this.me as usize;
-            loop {
-                tokio::time::sleep(SYNC_INTERVAL).await;
-                // An apply enforces right after every node adopted; enforce here only if that
-                // did not come (the applying node failed in between).
-                let stale = this.residency.adopted_ago().is_none_or(|ago| ago > ENFORCE_AFTER_ADOPT);
-                if stale && this.residency_pending() {
-                    let _ = this.enforce_residency().await;
+                let mut turn = this.me as usize;
+                loop {
+                    tokio::time::sleep(SYNC_INTERVAL).await;
+                    // An apply enforces right after every node adopted; enforce here only if that
+                    // did not come (the applying node failed in between).
+                    let stale = this.residency.adopted_ago().is_none_or(|ago| ago > ENFORCE_AFTER_ADOPT);
+                    if stale && this.residency_pending() {
+                        let _ = this.enforce_residency().await;
+                    }
+                    let nodes = this.all_nodes();
+                    if nodes.is_empty() {
+                        continue;
+                    }
+                    turn = turn.wrapping_add(1);
+                    let (id, _, addr) = &nodes[turn % nodes.len()];
+                    match this.sync_residency_from(*id, addr).await {
+                        Ok(true) => tracing::info!(from = id, "newer residency policy adopted from a peer"),
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(node = id, error = %e, "residency sync failed"),
+                    }
                 }
-                let nodes = this.all_nodes();
-                if nodes.is_empty() {
-                    continue;
-                }
-                turn = turn.wrapping_add(1);
-                let (id, _, addr) = &nodes[turn % nodes.len()];
-                match this.sync_residency_from(*id, addr).await {
-                    Ok(true) => tracing::info!(from = id, "newer residency policy adopted from a peer"),
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(node = id, error = %e, "residency sync failed"),
-                }
-            }
-        })
+            },
+            tracing::info_span!("residency_sync"),
+        ))
     }
 
     pub(crate) fn residency_stats(&self) -> (u64, u64, u64, u64) {

@@ -267,6 +267,13 @@ impl ClusterRpc for ClusterService {
         Ok(Response::new(pb::CompactResponse { millis: started.elapsed().as_millis() as u64 }))
     }
 
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.cluster.cluster_status().await))
+    }
+
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.cluster.stats().await))
     }

@@ -13,16 +13,19 @@ use super::Cluster;
 
 /// Offers kept hints to their nodes each `handoff_interval_ms`, when those answer probes.
 pub fn spawn_handoff(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(cluster.cfg.handoff_interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = handoff_once(&cluster).await {
-                tracing::warn!(error = %e, "hinted handoff round failed; will retry");
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(cluster.cfg.handoff_interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = handoff_once(&cluster).await {
+                    tracing::warn!(error = %e, "hinted handoff round failed; will retry");
+                }
             }
-        }
-    })
+        },
+        tracing::info_span!("handoff"),
+    ))
 }
 
 /// One round of hinted handoff: every hint kept for every node that answers probes, a page
@@ -97,13 +100,16 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
 
 /// Runs an anti-entropy round with every healthy peer each `anti_entropy_interval_ms`.
 pub fn spawn_anti_entropy(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let period = Duration::from_millis(cluster.cfg.anti_entropy_interval_ms);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            cluster.anti_entropy_round().await;
-        }
-    })
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let period = Duration::from_millis(cluster.cfg.anti_entropy_interval_ms);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                cluster.anti_entropy_round().await;
+            }
+        },
+        tracing::info_span!("anti_entropy"),
+    ))
 }

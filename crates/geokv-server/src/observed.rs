@@ -1,0 +1,126 @@
+//! The `geokv.v1.Kv` trait implementation: each call goes to its handler in
+//! [`crate::service`] and is counted on the way out: latency by operation and consistency
+//! level, the gRPC status code it ended with, and the keys it touched (hot-key detection).
+
+use std::time::Instant;
+
+use geokv_proto::v1 as pb;
+use pb::kv_server::Kv;
+use tonic::{Request, Response, Status};
+
+use crate::service::KvService;
+
+/// What a request tells the metrics: its consistency level and its keys.
+trait Observe {
+    fn consistency(&self) -> i32;
+    fn keys(&self) -> Vec<&[u8]>;
+}
+
+macro_rules! single_key {
+    ($($t:ty),*) => {$(
+        impl Observe for $t {
+            fn consistency(&self) -> i32 { self.consistency }
+            fn keys(&self) -> Vec<&[u8]> { vec![&self.key] }
+        }
+    )*};
+}
+single_key!(
+    pb::GetRequest,
+    pb::PutRequest,
+    pb::DeleteRequest,
+    pb::CompareAndSwapRequest,
+    pb::IncrementRequest,
+    pb::AppendRequest,
+    pb::SetAddRequest,
+    pb::SetRemoveRequest,
+    pb::SetMembersRequest
+);
+
+impl Observe for pb::BatchGetRequest {
+    fn consistency(&self) -> i32 {
+        self.consistency
+    }
+    fn keys(&self) -> Vec<&[u8]> {
+        self.keys.iter().map(Vec::as_slice).collect()
+    }
+}
+
+impl Observe for pb::BatchWriteRequest {
+    fn consistency(&self) -> i32 {
+        self.consistency
+    }
+    fn keys(&self) -> Vec<&[u8]> {
+        self.ops.iter().filter_map(crate::forward::op_key).collect()
+    }
+}
+
+impl Observe for pb::ScanRequest {
+    fn consistency(&self) -> i32 {
+        self.consistency
+    }
+    fn keys(&self) -> Vec<&[u8]> {
+        Vec::new()
+    }
+}
+
+/// The consistency label of a request's raw level.
+fn level_label(raw: i32) -> &'static str {
+    match pb::Consistency::try_from(raw) {
+        Ok(pb::Consistency::Unspecified) => "default",
+        Ok(pb::Consistency::One) => "one",
+        Ok(pb::Consistency::Quorum) => "quorum",
+        Ok(pb::Consistency::All) => "all",
+        Err(_) => "invalid",
+    }
+}
+
+impl KvService {
+    fn observe_keys(&self, req: &impl Observe) -> &'static str {
+        let metrics = self.node().metrics();
+        let now = self.node().now_ms();
+        for key in req.keys() {
+            metrics.touch(key, now);
+        }
+        level_label(req.consistency())
+    }
+
+    fn observe_end<T>(&self, op: &str, level: &str, started: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.node().metrics().request(op, level, code, started.elapsed());
+    }
+}
+
+macro_rules! observed {
+    ($($method:ident => $handler:ident ($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Kv for KvService {
+            $(
+                async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let started = Instant::now();
+                    let level = self.observe_keys(req.get_ref());
+                    let result = self.$handler(req).await;
+                    self.observe_end(stringify!($method), level, started, &result);
+                    result
+                }
+            )*
+        }
+    };
+}
+
+observed! {
+    get => serve_get(pb::GetRequest) -> pb::GetResponse;
+    put => serve_put(pb::PutRequest) -> pb::PutResponse;
+    delete => serve_delete(pb::DeleteRequest) -> pb::DeleteResponse;
+    batch_get => serve_batch_get(pb::BatchGetRequest) -> pb::BatchGetResponse;
+    batch_write => serve_batch_write(pb::BatchWriteRequest) -> pb::BatchWriteResponse;
+    compare_and_swap => serve_compare_and_swap(pb::CompareAndSwapRequest) -> pb::CompareAndSwapResponse;
+    increment => serve_increment(pb::IncrementRequest) -> pb::IncrementResponse;
+    append => serve_append(pb::AppendRequest) -> pb::AppendResponse;
+    set_add => serve_set_add(pb::SetAddRequest) -> pb::SetChangeResponse;
+    set_remove => serve_set_remove(pb::SetRemoveRequest) -> pb::SetChangeResponse;
+    set_members => serve_set_members(pb::SetMembersRequest) -> pb::SetMembersResponse;
+    scan => serve_scan(pb::ScanRequest) -> pb::ScanResponse;
+}
