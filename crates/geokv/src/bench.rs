@@ -35,6 +35,8 @@ pub enum Workload {
     Incr,
     /// Set adds.
     Sadd,
+    /// Updates only (the counterpart of Redis SET).
+    Update,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +79,23 @@ pub struct BenchArgs {
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 5.0)]
     pub progress: f64,
+    /// Target throughput in operations per second over all clients (0: as fast as they go).
+    /// Each client keeps its own schedule; latency counts from the scheduled start, so a
+    /// stalled server shows up in the percentiles instead of silently lowering the load.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// A node of another region: during the run, probes written through the first endpoint
+    /// are read there until visible, and the report gives the replication lag (time from the
+    /// write's acknowledgement until the other region serves it) at p50/p99/p99.9.
+    #[arg(long)]
+    pub lag_endpoint: Option<String>,
+    /// Probes per second for --lag-endpoint.
+    #[arg(long, default_value_t = 20.0)]
+    pub lag_probes_per_sec: f64,
+    /// Peer addresses of the writing region's nodes: the report adds the deltas they shipped
+    /// per second and the compression ratio on the wire (from their ReplicationStatus).
+    #[arg(long, value_delimiter = ',')]
+    pub repl_peers: Vec<String>,
 }
 
 /// YCSB's zipfian generator (Gray et al., "Quickly generating billion-record synthetic
@@ -162,6 +181,7 @@ fn pick(w: Workload, rng: &mut SmallRng) -> Kind {
         Workload::F => (0.5, Kind::Read, Kind::ReadModifyWrite),
         Workload::Incr => (1.0, Kind::Increment, Kind::Increment),
         Workload::Sadd => (1.0, Kind::SetAdd, Kind::SetAdd),
+        Workload::Update => (1.0, Kind::Update, Kind::Update),
     };
     if rng.gen::<f64>() < p {
         first
@@ -198,9 +218,10 @@ impl Worker {
         }
     }
 
-    async fn one(&mut self, args: &BenchArgs, shared: &Shared, value: &[u8]) {
+    /// One operation; its latency counts from `scheduled` when the load is paced.
+    async fn one(&mut self, args: &BenchArgs, shared: &Shared, value: &[u8], scheduled: Option<Instant>) {
         let kind = pick(args.workload, &mut self.rng);
-        let started = Instant::now();
+        let started = scheduled.unwrap_or_else(Instant::now);
         let result: Result<(), geokv_client::ClientError> = match kind {
             Kind::Read => {
                 let k = self.next_key(args, shared, args.workload == Workload::D);
@@ -321,6 +342,14 @@ pub async fn run(
         .then(|| Arc::new(Zipfian::new(args.records, 0.99)));
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
+    let shipped_before = shipped(&args.repl_peers).await?;
+    let probes = match &args.lag_endpoint {
+        Some(ep) => {
+            let reader = Client::connect(ep).await.with_context(|| format!("connecting to {ep}"))?;
+            Some(tokio::spawn(lag_probes(clients[0].clone(), reader, args.lag_probes_per_sec, deadline)))
+        }
+        None => None,
+    };
     let mut tasks = Vec::new();
     for w in 0..args.concurrency {
         let mut worker = Worker {
@@ -334,9 +363,22 @@ pub async fn run(
             errors: vec![0; KINDS.len()],
         };
         let (args, shared, value) = (args.clone(), shared.clone(), value.clone());
+        // Paced clients start spread over one interval.
+        let interval =
+            (args.rate > 0.0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate));
+        let mut next =
+            started + interval.map_or(Duration::ZERO, |iv| iv.mul_f64(w as f64 / args.concurrency as f64));
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                worker.one(&args, &shared, &value).await;
+                let scheduled = interval.map(|iv| {
+                    let at = next;
+                    next += iv;
+                    at
+                });
+                if let Some(at) = scheduled {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                }
+                worker.one(&args, &shared, &value, scheduled).await;
             }
             (worker.hist, worker.errors)
         }));
@@ -372,10 +414,93 @@ pub async fn run(
         p.abort();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    report(&args, &endpoints, &hist, &errors, elapsed, load_time, json_out);
+    let mut replication = serde_json::Map::new();
+    if let Some(probes) = probes {
+        let (lag, timeouts) = probes.await?;
+        let ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
+        replication.extend([
+            ("lag_probes".to_string(), json!(lag.len())),
+            ("lag_p50_ms".to_string(), json!(ms(0.5))),
+            ("lag_p99_ms".to_string(), json!(ms(0.99))),
+            ("lag_p999_ms".to_string(), json!(ms(0.999))),
+            ("lag_max_ms".to_string(), json!(lag.max() as f64 / 1000.0)),
+            ("lag_timeouts".to_string(), json!(timeouts)),
+        ]);
+    }
+    if !args.repl_peers.is_empty() {
+        let after = shipped(&args.repl_peers).await?;
+        let (deltas, raw, wire) =
+            (after.0 - shipped_before.0, after.1 - shipped_before.1, after.2 - shipped_before.2);
+        replication.extend([
+            ("deltas_shipped_per_sec".to_string(), json!(deltas as f64 / elapsed)),
+            ("raw_bytes".to_string(), json!(raw)),
+            ("wire_bytes".to_string(), json!(wire)),
+            ("compression_ratio".to_string(), json!(if wire > 0 { raw as f64 / wire as f64 } else { 0.0 })),
+        ]);
+    }
+    let replication = (!replication.is_empty()).then_some(serde_json::Value::Object(replication));
+    report(&args, &endpoints, &hist, &errors, elapsed, load_time, json_out, replication);
     Ok(())
 }
 
+/// Deltas, raw bytes and wire bytes shipped so far by the nodes at `peers` (to all regions).
+async fn shipped(peers: &[String]) -> anyhow::Result<(u64, u64, u64)> {
+    let mut sum = (0, 0, 0);
+    for peer in peers {
+        let mut c = crate::client_cmd::peer_client(peer).await?;
+        let s = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+        for d in s.destinations {
+            sum.0 += d.deltas_sent;
+            sum.1 += d.raw_bytes;
+            sum.2 += d.wire_bytes;
+        }
+    }
+    Ok(sum)
+}
+
+/// Writes a probe key through `writer` every 1/`per_sec` seconds until `deadline` and reads
+/// each through `reader` (another region) every 2 ms until it is there. Returns the lag
+/// histogram (µs from the write's acknowledgement to the first read that sees it) and how
+/// many probes were not seen within 30 s.
+async fn lag_probes(
+    writer: Client,
+    reader: Client,
+    per_sec: f64,
+    deadline: Instant,
+) -> (Histogram<u64>, u64) {
+    let run = std::process::id();
+    let every = Duration::from_secs_f64(1.0 / per_sec.max(0.1));
+    let mut probes = tokio::task::JoinSet::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let (writer, reader) = (writer.clone(), reader.clone());
+        let key = format!("bench:lag:{run}:{n}").into_bytes();
+        n += 1;
+        probes.spawn(async move {
+            writer.put(&key, b"probe", None).await.ok()?;
+            let acked = Instant::now();
+            while acked.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = reader.get(&key).await {
+                    return Some(acked.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None
+        });
+        tokio::time::sleep(every).await;
+    }
+    let mut hist = Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut missed = 0;
+    while let Some(done) = probes.join_next().await {
+        match done.ok().flatten() {
+            Some(lag) => hist.saturating_record(lag.as_micros().max(1) as u64),
+            None => missed += 1,
+        }
+    }
+    (hist, missed)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn report(
     args: &BenchArgs,
     endpoints: &[String],
@@ -384,6 +509,7 @@ fn report(
     elapsed: f64,
     load_time: Duration,
     json_out: bool,
+    replication: Option<serde_json::Value>,
 ) {
     let ms = |us: u64| us as f64 / 1000.0;
     let rows: Vec<serde_json::Value> = KINDS
@@ -413,6 +539,7 @@ fn report(
             "concurrency": args.concurrency, "distribution": format!("{:?}", args.distribution), "batch": args.batch,
             "endpoints": endpoints, "duration_s": elapsed, "load_s": load_time.as_secs_f64(),
             "throughput_ops_per_sec": total as f64 / elapsed, "ops": rows,
+            "rate": args.rate, "replication": replication,
         });
         println!("{out}");
         return;
@@ -443,6 +570,9 @@ fn report(
             r["max_ms"].as_f64().unwrap_or(0.0),
             r["errors"]
         );
+    }
+    if let Some(r) = replication {
+        println!("replication: {r}");
     }
 }
 

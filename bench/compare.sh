@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# geokv side by side with Redis, in one run on this machine (see docs/benchmarks.md).
+#
+#   bench/compare.sh [--quick] [--out FILE]
+#
+# Starts redis-server (Debian's package, installed if missing) on a free loopback port without
+# persistence and runs redis-benchmark (SET/GET, 50 clients, 256-byte values, with and without
+# pipelining 16); then geokv in release mode: one node, one region of 3 nodes at QUORUM, and 3
+# regions of 3 nodes with emulated WAN links (writes in every region, replication on, lag
+# probes eu-west -> us-east), each driven by `geokv bench`. Prints a table with geokv/Redis
+# ratios and writes every figure as JSON (default bench/results/latest.json).
+# Environment: DURATION (s per geokv run, default 10), CLIENTS (50), VALUE (256),
+# RECORDS (100000), CARGO_TARGET_DIR (default $HOME/.cache/geokv-target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=0
+OUT="$ROOT/bench/results/latest.json"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --out) OUT="$2"; shift ;;
+    *) echo "usage: bench/compare.sh [--quick] [--out FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-50}
+VALUE=${VALUE:-256}
+RECORDS=${RECORDS:-100000}
+REDIS_N=${REDIS_N:-500000}
+if [ "$QUICK" = 1 ]; then DURATION=2; RECORDS=5000; REDIS_N=50000; fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/geokv-target}"
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  echo "installing redis-server"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+echo "== building geokv (release)"
+cargo build --release -q -p geokv
+BIN="$CARGO_TARGET_DIR/release/geokv"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RESULTS="$WORK/results.jsonl"
+: > "$RESULTS"
+# record NAME JSON: one line per measurement.
+record() { python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "result": json.loads(sys.argv[2])}))' "$1" "$2" >> "$RESULTS"; }
+
+# ---------------------------------------------------------------- Redis
+echo "== redis"
+RP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --daemonize no --logfile "$WORK/redis.log" &
+PIDS+=($!)
+for _ in $(seq 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis_bench() { # NAME ARGS...: redis-benchmark --csv into JSON rows
+  local name=$1; shift
+  redis-benchmark -p "$RP" -c "$CLIENTS" -d "$VALUE" -r "$RECORDS" --csv "$@" > "$WORK/$name.csv"
+  record "$name" "$(python3 - "$WORK/$name.csv" <<'PY'
+import csv, json, sys
+rows = list(csv.reader(open(sys.argv[1])))
+head, out = rows[0], {}
+for r in rows[1:]:
+    d = dict(zip(head, r))
+    out[d["test"]] = {"rps": float(d["rps"]), "p50_ms": float(d["p50_latency_ms"]), "p99_ms": float(d["p99_latency_ms"])}
+print(json.dumps(out))
+PY
+)"
+}
+redis_bench redis -n "$REDIS_N" -t set,get
+redis_bench redis_p16 -n $((REDIS_N * 4)) -t set,get -P 16
+redis-server --version | head -1 > "$WORK/redis.version"
+
+# ---------------------------------------------------------------- geokv
+# start_node DIR CONFIG_TEXT: starts `geokv server`, waits for its address.
+start_node() {
+  local dir=$1
+  mkdir -p "$dir"
+  printf '%s\n' "$2" > "$dir/geokv.toml"
+  RUST_LOG=warn "$BIN" server --config "$dir/geokv.toml" > "$dir/out" 2> "$dir/err" &
+  PIDS+=($!)
+  for _ in $(seq 600); do grep -q "geokv listening" "$dir/out" 2>/dev/null && return 0; sleep 0.1; done
+  echo "node in $dir did not start:" >&2; cat "$dir/err" >&2; exit 1
+}
+gbench() { # NAME ARGS...: geokv bench --json
+  local name=$1; shift
+  echo "   $name"
+  record "$name" "$("$BIN" --json "$@" --value-size "$VALUE" --concurrency "$CLIENTS" --duration "$DURATION" --progress 0)"
+}
+
+echo "== geokv, one node (storage.sync = true)"
+P=$(free_port)
+start_node "$WORK/single" "node_id = 1
+listen = \"127.0.0.1:$P\"
+data_dir = \"$WORK/single/data\""
+E="http://127.0.0.1:$P"
+gbench single_get --endpoint "$E" bench --workload c --distribution uniform --records "$RECORDS"
+gbench single_put --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load
+gbench single_batch100 --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --batch 100 --concurrency 16
+
+# topology REGIONS... : writes $WORK/topo-<n>/topology.toml with 3 nodes per region, starts them.
+# Sets NODES (client endpoints), PEERS (peer addresses), in node order.
+start_regions() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  local topo="$dir/topology.toml" id=0 regions=("$@")
+  : > "$topo"
+  for r in "${regions[@]}"; do
+    IFS=: read -r name lon lat <<< "$r"
+    printf '[[regions]]\nname = "%s"\nlocation = [%s, %s]\njurisdiction = "%s"\nreplication_factor = 3\n\n' \
+      "$name" "$lon" "$lat" "${name%%-*}" >> "$topo"
+  done
+  NODES=(); PEERS=(); REGION_OF=()
+  for r in "${regions[@]}"; do
+    IFS=: read -r name _ _ <<< "$r"
+    for _ in 1 2 3; do
+      id=$((id + 1))
+      local c p; c=$(free_port); p=$(free_port)
+      printf '[[nodes]]\nid = %d\nregion = "%s"\nclient_addr = "127.0.0.1:%s"\npeer_addr = "127.0.0.1:%s"\n\n' \
+        "$id" "$name" "$c" "$p" >> "$topo"
+      NODES+=("http://127.0.0.1:$c"); PEERS+=("127.0.0.1:$p"); REGION_OF+=("$name")
+    done
+  done
+  for i in $(seq 1 "$id"); do
+    start_node "$dir/node-$i" "node_id = $i
+data_dir = \"$dir/node-$i/data\"
+topology = \"$topo\"
+[replication]
+emulate_wan = ${EMULATE_WAN:-false}"
+  done
+}
+join() { local IFS=,; echo "$*"; }
+
+echo "== geokv, one region of 3 nodes, QUORUM"
+start_regions "$WORK/region" "eu-west:-6.26:53.35"
+EPS=$(join "${NODES[@]}")
+gbench region_get --consistency quorum bench --endpoints "$EPS" --workload c --distribution uniform --records "$RECORDS"
+gbench region_put --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load
+for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
+
+echo "== geokv, 3 regions x 3 nodes, emulated WAN (Dublin, Ashburn, Singapore), writes local"
+EMULATE_WAN=true start_regions "$WORK/regions" "eu-west:-6.26:53.35" "us-east:-77.49:39.04" "ap-southeast:103.82:1.35"
+EPS=$(join "${NODES[@]}")
+EU_PEERS=$(join "${PEERS[@]:0:3}")
+gbench regions_put --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform \
+  --records "$RECORDS" --lag-endpoint "${NODES[3]}" --repl-peers "$EU_PEERS"
+# The lag target: a steady 5,000 writes/s.
+gbench regions_put_5k --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform \
+  --records "$RECORDS" --no-load --rate 5000 --lag-endpoint "${NODES[3]}" --repl-peers "$EU_PEERS"
+LINK_MS=$("$BIN" --json repl-status --peer "${PEERS[0]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print([x for x in d["destinations"] if x["destination"]=="us-east"][0]["link"]["delay_ms"])')
+
+# ---------------------------------------------------------------- report
+mkdir -p "$(dirname "$OUT")"
+python3 - "$RESULTS" "$OUT" "$LINK_MS" "$(cat "$WORK/redis.version")" "$CLIENTS" "$VALUE" "$DURATION" <<'PY'
+import json, sys, platform, os
+rows = [json.loads(l) for l in open(sys.argv[1])]
+r = {x["name"]: x["result"] for x in rows}
+out_path, link_ms, redis_version, clients, value, duration = sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+def op(name, kind):
+    return next(o for o in r[name]["ops"] if o["op"] == kind)
+redis_get, redis_set = r["redis"]["GET"]["rps"], r["redis"]["SET"]["rps"]
+redis_set_p16 = r["redis_p16"]["SET"]["rps"]
+table = []
+def add(system, workload, rps, p50, p99, p999, base, base_name):
+    table.append({"system": system, "workload": workload, "ops_per_sec": rps, "p50_ms": p50, "p99_ms": p99,
+                  "p999_ms": p999, "ratio": (rps / base) if base else None, "compared_with": base_name})
+for name, test, pipe in [("redis", "GET", ""), ("redis", "SET", ""), ("redis_p16", "GET", " -P 16"), ("redis_p16", "SET", " -P 16")]:
+    x = r[name][test]
+    add("redis", test + pipe, x["rps"], x["p50_ms"], x["p99_ms"], None, None, None)
+def g(system, workload, name, kind, base, base_name, keys=False):
+    o = op(name, kind)
+    rate = o["keys_per_sec"] if keys else o["ops_per_sec"]
+    add(system, workload, rate, o["p50_ms"], o["p99_ms"], o["p999_ms"], base, base_name)
+g("geokv 1 node", "GET (read)", "single_get", "read", redis_get, "redis GET")
+g("geokv 1 node", "PUT (update, fsync)", "single_put", "update", redis_set, "redis SET")
+g("geokv 1 node", "BatchWrite x100, keys/s", "single_batch100", "update", redis_set_p16, "redis SET -P 16", keys=True)
+g("geokv 3 nodes QUORUM", "GET (read)", "region_get", "read", redis_get, "redis GET")
+g("geokv 3 nodes QUORUM", "PUT (update)", "region_put", "update", redis_set, "redis SET")
+g("geokv 3 regions x 3", "PUT, writes local", "regions_put", "update", redis_set, "redis SET")
+g("geokv 3 regions x 3", "PUT at 5,000/s", "regions_put_5k", "update", None, None)
+repl = {k: r[k].get("replication") for k in ["regions_put", "regions_put_5k"]}
+result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "redis": redis_version},
+          "settings": {"clients": int(clients), "value_bytes": int(value), "duration_s": float(duration)},
+          "table": table, "replication": repl, "wan_delay_eu_us_ms": link_ms, "raw": r}
+json.dump(result, open(out_path, "w"), indent=2)
+fmt = lambda v, f="{:.3f}": "" if v is None else f.format(v)
+print(f"\n{'system':<22} {'workload':<26} {'ops/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}  ratio")
+for t in table:
+    ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}x {t['compared_with']}"
+    print(f"{t['system']:<22} {t['workload']:<26} {t['ops_per_sec']:>12,.0f} {fmt(t['p50_ms']):>8} {fmt(t['p99_ms']):>8} {fmt(t['p999_ms']):>9}  {ratio}")
+for k, v in repl.items():
+    if v:
+        print(f"{k}: eu-west -> us-east lag p50 {v.get('lag_p50_ms', 0):.1f} ms, p99 {v.get('lag_p99_ms', 0):.1f} ms "
+              f"(link {link_ms:.0f} ms one way; {v.get('lag_probes', 0)} probes, {v.get('lag_timeouts', 0)} unseen), "
+              f"{v.get('deltas_shipped_per_sec', 0):,.0f} deltas/s shipped by eu-west, compression {v.get('compression_ratio', 0):.2f}x")
+print(f"\nJSON: {out_path}")
+PY
