@@ -284,14 +284,26 @@ async fn load(args: &BenchArgs, clients: &[Client], value: &[u8]) -> anyhow::Res
         let records = args.records;
         tasks.push(tokio::spawn(async move {
             for start in part {
-                let ops =
-                    (start..(start + batch).min(records)).map(|k| op::put(&key(k), &value, None)).collect();
-                let results = c.batch_write(ops).await?;
-                if let Some(e) = results.iter().find_map(|r| match &r.outcome {
-                    Some(proto::write_result::Outcome::Error(e)) => Some(e.message.clone()),
-                    _ => None,
-                }) {
-                    anyhow::bail!("load failed: {e}");
+                // Items refused as UNAVAILABLE (a replica too slow on a loaded machine) are
+                // written again, a few times, before the load gives up.
+                let mut pending: Vec<u64> = (start..(start + batch).min(records)).collect();
+                for attempt in 0.. {
+                    let ops = pending.iter().map(|&k| op::put(&key(k), &value, None)).collect();
+                    let results = c.batch_write(ops).await?;
+                    let mut retry = Vec::new();
+                    for (&k, r) in pending.iter().zip(&results) {
+                        if let Some(proto::write_result::Outcome::Error(e)) = &r.outcome {
+                            if e.code != tonic::Code::Unavailable as i32 || attempt >= 5 {
+                                anyhow::bail!("load failed: {}", e.message);
+                            }
+                            retry.push(k);
+                        }
+                    }
+                    if retry.is_empty() {
+                        break;
+                    }
+                    pending = retry;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
             }
             Ok(())
@@ -458,9 +470,15 @@ async fn shipped(peers: &[String]) -> anyhow::Result<(u64, u64, u64)> {
     Ok(sum)
 }
 
+/// Probes awaited at once: the polling is itself load on the measured cluster, so it is capped
+/// (a probe due while the cap is reached is skipped).
+const MAX_PROBES_IN_FLIGHT: usize = 4;
+/// Pause between reads of one probe: the lag is measured to within this (plus one read).
+const PROBE_POLL: Duration = Duration::from_millis(5);
+
 /// Writes a probe key through `writer` every 1/`per_sec` seconds until `deadline` and reads
-/// each through `reader` (another region) every 2 ms until it is there. Returns the lag
-/// histogram (µs from the write's acknowledgement to the first read that sees it) and how
+/// each through `reader` (another region) every [`PROBE_POLL`] until it is there. Returns the
+/// lag histogram (µs from the write's acknowledgement to the first read that sees it) and how
 /// many probes were not seen within 30 s.
 async fn lag_probes(
     writer: Client,
@@ -472,7 +490,21 @@ async fn lag_probes(
     let every = Duration::from_secs_f64(1.0 / per_sec.max(0.1));
     let mut probes = tokio::task::JoinSet::new();
     let mut n = 0u64;
+    let mut hist = Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut missed = 0;
+    let mut settle = |done: Result<Option<Duration>, tokio::task::JoinError>| match done.ok().flatten() {
+        Some(lag) => hist.saturating_record(lag.as_micros().max(1) as u64),
+        None => missed += 1,
+    };
     while Instant::now() < deadline {
+        tokio::time::sleep(every).await;
+        // Reap finished probes (the set holds only those in flight).
+        while let Some(done) = probes.try_join_next() {
+            settle(done);
+        }
+        if probes.len() >= MAX_PROBES_IN_FLIGHT {
+            continue;
+        }
         let (writer, reader) = (writer.clone(), reader.clone());
         let key = format!("bench:lag:{run}:{n}").into_bytes();
         n += 1;
@@ -483,19 +515,13 @@ async fn lag_probes(
                 if let Ok(Some(_)) = reader.get(&key).await {
                     return Some(acked.elapsed());
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(PROBE_POLL).await;
             }
             None
         });
-        tokio::time::sleep(every).await;
     }
-    let mut hist = Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-    let mut missed = 0;
     while let Some(done) = probes.join_next().await {
-        match done.ok().flatten() {
-            Some(lag) => hist.saturating_record(lag.as_micros().max(1) as u64),
-            None => missed += 1,
-        }
+        settle(done);
     }
     (hist, missed)
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use geokv_client::proto;
+use geokv_server::metrics::human_bytes;
 
 use crate::client_cmd::peer_client;
 
@@ -37,20 +38,6 @@ pub async fn run(args: StatusArgs, json: bool) -> anyhow::Result<()> {
     }
 }
 
-fn bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut unit) = (b as f64, 0);
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// The two tables as text.
 pub fn render(s: &proto::ClusterStatusResponse) -> String {
     let mut out = format!(
@@ -68,7 +55,7 @@ pub fn render(s: &proto::ClusterStatusResponse) -> String {
                 n.ownership_primary * 100.0,
                 n.ownership_replica * 100.0,
                 n.estimated_keys,
-                bytes(n.disk_bytes),
+                human_bytes(n.disk_bytes),
                 n.hints_pending,
                 n.client_addr,
                 n.peer_addr

@@ -20,6 +20,7 @@ use prometheus::{
 };
 
 pub use hot::HotKeys;
+pub use page::human_bytes;
 
 /// Keys counted by the hot-key detector, keys exported, and its window.
 const HOT_CAPACITY: usize = 64;
