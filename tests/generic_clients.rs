@@ -174,4 +174,18 @@ fn bench_smoke_run_reports_throughput_and_latency_without_errors() {
             assert!(op["p99_ms"].as_f64().unwrap() >= op["p50_ms"].as_f64().unwrap());
         }
     }
+    // Paced: about --rate operations per second; lag probes read back through an endpoint
+    // (here the same node, so every probe is seen at once).
+    let out = Command::new(BIN)
+        .args(["--endpoint", &s.endpoint(), "--json", "bench", "--workload", "update", "--rate", "200"])
+        .args(["--records", "200", "--concurrency", "4", "--duration", "1", "--progress", "0"])
+        .args(["--lag-endpoint", &s.endpoint(), "--lag-probes-per-sec", "20"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "paced bench: {}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = j["ops"][0]["count"].as_u64().unwrap();
+    assert!((150..=210).contains(&count), "200 ops/s for 1 s, paced: {count}");
+    let probes = j["replication"]["lag_probes"].as_u64().unwrap();
+    assert!(probes >= 5 && j["replication"]["lag_timeouts"] == 0, "{j}");
 }
