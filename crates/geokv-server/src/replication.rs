@@ -103,7 +103,7 @@ impl Replicator {
             let nodes = topology
                 .nodes_in(&region.name)
                 .into_iter()
-                .map(|(id, spec)| (id, spec.peer_addr.to_string()))
+                .map(|(id, spec)| (id, spec.peer_addr_from(&mine).to_string()))
                 .collect();
             let km = topology.distance_km(&mine, &region.name).unwrap_or(0.0);
             let params = match (cfg.emulate_wan, topology.link(&mine, &region.name)) {

@@ -90,7 +90,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             })?;
             let (client_addr, peer_addr) = (spec.client_addr, spec.peer_addr);
             let cluster = Cluster::new(node.clone(), &topology, cfg.cluster.clone())?;
-            let peer_listener = TcpListener::bind(peer_addr)
+            let peer_listener = TcpListener::bind(spec.listen_addr(peer_addr))
                 .await
                 .map_err(|e| format!("cannot listen on peer address {peer_addr}: {e}"))?;
             let peer_service =
@@ -117,7 +117,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             cluster.set_replicator(replicator.clone());
             background.extend(replicator.spawn());
             tracing::info!(region = cluster.region(), %peer_addr, "joined regional cluster");
-            (client_addr, Some(cluster), Some(peer_addr))
+            (spec.listen_addr(client_addr), Some(cluster), Some(peer_addr))
         }
     };
     let listener = TcpListener::bind(listen)

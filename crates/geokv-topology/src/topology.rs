@@ -56,6 +56,41 @@ pub struct NodeSpec {
     pub client_addr: SocketAddr,
     /// Address of the node-to-node gRPC service.
     pub peer_addr: SocketAddr,
+    /// The host other regions reach this node at, when it differs from the host of its
+    /// addresses (a node with a private address in its region and a WAN-side one): nodes of
+    /// other regions connect to `wan_host` with the same ports, and the node listens on all
+    /// interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan_host: Option<std::net::IpAddr>,
+}
+
+impl NodeSpec {
+    /// The node's client address as a node of `from_region` dials it.
+    pub fn client_addr_from(&self, from_region: &str) -> SocketAddr {
+        self.dialed_from(self.client_addr, from_region)
+    }
+
+    /// The node's peer address as a node of `from_region` dials it.
+    pub fn peer_addr_from(&self, from_region: &str) -> SocketAddr {
+        self.dialed_from(self.peer_addr, from_region)
+    }
+
+    fn dialed_from(&self, addr: SocketAddr, from_region: &str) -> SocketAddr {
+        match self.wan_host {
+            Some(host) if from_region != self.region => SocketAddr::new(host, addr.port()),
+            _ => addr,
+        }
+    }
+
+    /// Where the node listens: its own address, or every interface at that port when it has
+    /// a separate WAN-side host.
+    pub fn listen_addr(&self, addr: SocketAddr) -> SocketAddr {
+        match self.wan_host {
+            Some(h) if h.is_ipv6() => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), addr.port()),
+            Some(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()),
+            None => addr,
+        }
+    }
 }
 
 /// Emulated WAN link settings of one direction of a region pair (used when the nodes run with
@@ -263,6 +298,22 @@ mod tests {
 
     const ONE_REGION: &str = include_str!("../../../topology/one-region.toml");
     const THREE_REGIONS: &str = include_str!("../../../topology/three-regions.toml");
+
+    #[test]
+    fn other_regions_dial_a_node_at_its_wan_host_with_the_same_ports() {
+        let text = "[[regions]]\nname = \"a\"\nlocation = [0.0, 0.0]\njurisdiction = \"x\"\nreplication_factor = 1\n\
+[[regions]]\nname = \"b\"\nlocation = [1.0, 1.0]\njurisdiction = \"y\"\nreplication_factor = 1\n\
+[[nodes]]\nid = 1\nregion = \"a\"\nclient_addr = \"10.1.0.11:7400\"\npeer_addr = \"10.1.0.11:7500\"\nwan_host = \"10.9.0.11\"\n\
+[[nodes]]\nid = 2\nregion = \"b\"\nclient_addr = \"10.2.0.12:7400\"\npeer_addr = \"10.2.0.12:7500\"\n";
+        let t = Topology::parse(text, "wan.toml").unwrap();
+        let (one, two) = (t.node(1).unwrap(), t.node(2).unwrap());
+        assert_eq!(one.peer_addr_from("a").to_string(), "10.1.0.11:7500", "its own region: private address");
+        assert_eq!(one.peer_addr_from("b").to_string(), "10.9.0.11:7500");
+        assert_eq!(one.client_addr_from("b").to_string(), "10.9.0.11:7400");
+        assert_eq!(one.listen_addr(one.peer_addr).to_string(), "0.0.0.0:7500", "listens on every interface");
+        assert_eq!(two.peer_addr_from("a"), two.peer_addr, "no wan_host: one address for all");
+        assert_eq!(two.listen_addr(two.client_addr), two.client_addr);
+    }
 
     #[test]
     fn example_topologies_are_valid() {

@@ -99,8 +99,8 @@ impl Cluster {
             version: 0,
             status,
             region: s.region.clone(),
-            client_addr: s.client_addr.to_string(),
-            peer_addr: s.peer_addr.to_string(),
+            client_addr: s.client_addr_from(&spec.region).to_string(),
+            peer_addr: s.peer_addr_from(&spec.region).to_string(),
         };
         let first_status = if cfg.join { Status::Joining } else { Status::Normal };
         let (mine, others): (Option<MemberInfo>, Vec<MemberInfo>) = match saved {

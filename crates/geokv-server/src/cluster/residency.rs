@@ -65,7 +65,7 @@ impl Cluster {
             .topology()
             .nodes
             .iter()
-            .map(|n| (n.id, (n.region.clone(), n.peer_addr.to_string())))
+            .map(|n| (n.id, (n.region.clone(), n.peer_addr_from(&self.region).to_string())))
             .collect();
         for m in self.view().members() {
             if m.status == geokv_cluster::Status::Left {

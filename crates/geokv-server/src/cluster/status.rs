@@ -43,8 +43,8 @@ impl Cluster {
             targets.push((
                 spec.id,
                 spec.region.clone(),
-                spec.peer_addr.to_string(),
-                spec.client_addr.to_string(),
+                spec.peer_addr_from(&self.region).to_string(),
+                spec.client_addr_from(&self.region).to_string(),
             ));
         }
         let asks = targets.into_iter().map(|(id, region, peer_addr, client_addr)| {
