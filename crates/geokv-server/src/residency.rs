@@ -236,8 +236,12 @@ impl Residency {
         let turn = self.spread.fetch_add(1, Ordering::Relaxed) as usize;
         let mut addrs = Vec::new();
         for region in Policy::forward_order(rule, &self.region, &self.topology) {
-            let mut nodes: Vec<String> =
-                self.topology.nodes_in(&region).values().map(|n| n.client_addr_from(&self.region).to_string()).collect();
+            let mut nodes: Vec<String> = self
+                .topology
+                .nodes_in(&region)
+                .values()
+                .map(|n| n.client_addr_from(&self.region).to_string())
+                .collect();
             if !nodes.is_empty() {
                 let k = turn % nodes.len();
                 nodes.rotate_left(k);
