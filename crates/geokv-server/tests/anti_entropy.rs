@@ -1,4 +1,5 @@
-//! Merkle anti-entropy between three in-process nodes talking real gRPC on loopback.
+//! Repair between three in-process nodes talking real gRPC on loopback: Merkle anti-entropy,
+//! and read repair of a replica whose stored state is corrupt.
 
 use std::sync::Arc;
 
@@ -113,5 +114,42 @@ async fn anti_entropy_after_one_percent_divergence_transfers_only_the_diverged_k
     assert_eq!(again.ae_keys_repaired, stats.ae_keys_repaired, "a converged region exchanges no keys");
     for s in servers {
         s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_replica_is_never_served_and_reads_repair_it_from_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = start_region(dir.path()).await;
+    let good = state("the value", 1000);
+    for s in &servers {
+        s.node.engine().merge(b"k", &good).unwrap();
+    }
+    // Flip one byte of node 2's stored bytes: its checksum no longer matches.
+    let broken = servers[1].node.engine();
+    let mut raw = broken.get_raw_for_test(b"k").unwrap().unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x10;
+    broken.put_raw_for_test(b"k", &raw).unwrap();
+    assert!(broken.get(b"k").is_err(), "node 2 refuses to serve the corrupt state");
+
+    // QUORUM reads through node 1 return the good value every time; a read that hears node 2's
+    // refusal before reaching its quorum repairs node 2 with the merged state.
+    let cluster = servers[0].cluster.clone().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut reads = 0;
+    while broken.get(b"k").is_err() {
+        assert!(std::time::Instant::now() < deadline, "node 2 was not repaired after {reads} reads");
+        let got = cluster.read(b"k".to_vec(), geokv_cluster::Level::Quorum).await.unwrap();
+        assert_eq!(got.as_ref(), Some(&good), "read {reads} served the good state");
+        reads += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(broken.get(b"k").unwrap(), Some(good), "repaired to the replicas' state");
+    let stats = broken.stats();
+    assert!(stats.corrupt_reads >= 1 && stats.corrupt_replaced == 1, "{stats:?}");
+    eprintln!("node 2 repaired after {reads} QUORUM reads through node 1");
+    for s in servers {
+        let _ = s.shutdown().await;
     }
 }

@@ -75,6 +75,8 @@ pub struct ScanPage {
 pub struct Stats {
     pub writes: u64,
     pub corrupt_reads: u64,
+    /// Corrupt stored states replaced by a replica's state (read repair, anti-entropy, hints).
+    pub corrupt_replaced: u64,
     pub last_seq: u64,
     pub estimated_keys: u64,
     pub live_data_bytes: u64,
@@ -116,6 +118,7 @@ pub struct Engine {
     seq: Mutex<Sequencer>,
     writes: AtomicU64,
     corrupt_reads: AtomicU64,
+    corrupt_replaced: AtomicU64,
     /// Decides which keys may be stored at all (see [`Engine::set_admission`]).
     admission: std::sync::OnceLock<Admission>,
     /// Told how long each commit of key changes took (see [`Engine::set_commit_observer`]).
@@ -150,6 +153,7 @@ impl Engine {
             seq: Mutex::new(Sequencer::default()),
             writes: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
+            corrupt_replaced: AtomicU64::new(0),
             admission: std::sync::OnceLock::new(),
             commit_observer: std::sync::OnceLock::new(),
             path: path.to_path_buf(),
@@ -254,18 +258,28 @@ impl Engine {
         key: &[u8],
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
-        self.update_as(key, true, f)
+        self.update_as(key, true, false, f)
     }
 
+    /// Read-modify-write of one key. With `replace_corrupt`, a stored state that fails its
+    /// checksum is treated as absent (so a state from a replica replaces it) instead of failing.
     fn update_as<T>(
         &self,
         key: &[u8],
         ship: bool,
+        replace_corrupt: bool,
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
         let _guard = lock(self.stripe(key));
         self.admit(key)?;
-        let old = self.get(key)?;
+        let old = match self.get(key) {
+            Err(StorageError::Corrupt { key: shown, reason }) if replace_corrupt => {
+                self.corrupt_replaced.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %shown, %reason, "replacing a corrupt stored state with a replica's state");
+                None
+            }
+            other => other?,
+        };
         let Update { record, out } = f(old.as_ref())?;
         if let Some(new) = record {
             let plain = self.serialize_checked(&new)?;
@@ -427,8 +441,11 @@ impl Engine {
 
     /// [`Engine::merge`], with `ship` saying whether the change-log entry is for the
     /// replicator to ship to other regions (see [`LogEntry::ship`]).
+    ///
+    /// A stored state that fails its checksum cannot be merged: it is replaced by `incoming`
+    /// (counted in [`Stats::corrupt_replaced`]); the replicas that sent it hold the rest.
     pub fn merge_as(&self, key: &[u8], incoming: &Record, ship: bool) -> Result<bool, StorageError> {
-        self.update_as(key, ship, |current| {
+        self.update_as(key, ship, true, |current| {
             let merged = match current {
                 Some(cur) => {
                     let mut m = cur.clone();
@@ -605,6 +622,7 @@ impl Engine {
         Stats {
             writes: self.writes.load(Ordering::Relaxed),
             corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
+            corrupt_replaced: self.corrupt_replaced.load(Ordering::Relaxed),
             last_seq: self.committed_seq(),
             estimated_keys: prop("rocksdb.estimate-num-keys"),
             live_data_bytes: prop("rocksdb.estimate-live-data-size"),
@@ -627,6 +645,12 @@ impl Engine {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())
+    }
+
+    /// The raw stored bytes of a key. Only for tests of corruption handling.
+    #[doc(hidden)]
+    pub fn get_raw_for_test(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_DATA), key)?)
     }
 
     /// Overwrites the raw stored bytes of a key. Only for tests of corruption handling.

@@ -302,10 +302,17 @@ impl Cluster {
         }
         drop(tx);
         let mut refused: Option<Status> = None;
+        // Replicas whose stored state failed its checksum: not counted toward the quorum (their
+        // state is unknown), repaired with the merged state once the others answered.
+        let mut corrupt = Vec::new();
         while round.outcome() == Outcome::Pending {
             match rx.recv().await {
                 Some((node, Ok(state))) => round.answer(node, state),
                 Some((node, Err(s))) => {
+                    if s.code() == tonic::Code::DataLoss {
+                        tracing::warn!(node, key = %String::from_utf8_lossy(&key), "a replica holds a corrupt state; repairing it from the others");
+                        corrupt.push(node);
+                    }
                     if !is_transport(&s) {
                         refused = Some(s);
                     }
@@ -327,7 +334,7 @@ impl Cluster {
         }
         let merged = round.merged();
         if let Some(m) = &merged {
-            for stale in round.stale(m) {
+            for stale in round.stale(m).into_iter().chain(corrupt) {
                 let this = self.clone();
                 let (key, m) = (key.clone(), m.clone());
                 tokio::spawn(crate::trace::inherit(async move { this.repair(stale, key, m).await }));

@@ -42,6 +42,7 @@ fn storage(node: &Node, m: &Metrics) {
     m.storage_running_compactions.set(s.running_compactions as i64);
     sync_counter(&m.storage_writes, s.writes);
     sync_counter(&m.storage_corrupt_reads, s.corrupt_reads);
+    sync_counter(&m.storage_corrupt_replaced, s.corrupt_replaced);
     m.hints_pending.set(node.engine().hint_count() as i64);
 }
 

@@ -90,6 +90,21 @@ fn corrupt_values_are_reported_not_served() {
 }
 
 #[test]
+fn a_replicas_state_replaces_a_corrupt_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig::default());
+    run(&e, b"k", put("value", None), NOW).unwrap();
+    let good = e.get(b"k").unwrap().unwrap();
+    let mut bad = e.get_raw_for_test(b"k").unwrap().unwrap();
+    bad[3] ^= 0x40;
+    e.put_raw_for_test(b"k", &bad).unwrap();
+    assert!(matches!(e.get(b"k"), Err(StorageError::Corrupt { .. })), "never served");
+    assert!(e.merge(b"k", &good).unwrap(), "the replica's state is written over the corrupt one");
+    assert_eq!(e.get(b"k").unwrap(), Some(good));
+    assert_eq!((e.stats().corrupt_reads, e.stats().corrupt_replaced), (2, 1));
+}
+
+#[test]
 fn oversized_records_are_refused_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StorageConfig { max_record_bytes: 200, ..Default::default() };
