@@ -147,6 +147,7 @@ CLUSTER_RECORDS=$((RECORDS / 5))
 gbench region_get --consistency quorum bench --endpoints "$EPS" --workload c --distribution uniform --records "$CLUSTER_RECORDS"
 gbench region_put --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load
 for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
+PIDS=("${PIDS[0]}")  # only Redis is left running
 
 echo "== geokv, 3 regions x 3 nodes, emulated WAN (Dublin, Ashburn, Singapore), writes local"
 EMULATE_WAN=true start_regions "$WORK/regions" "eu-west:-6.26:53.35" "us-east:-77.49:39.04" "ap-southeast:103.82:1.35"
@@ -204,7 +205,7 @@ for t in table:
 for k, v in repl.items():
     if v:
         print(f"{k}: eu-west -> us-east lag p50 {v.get('lag_p50_ms', 0):.1f} ms, p99 {v.get('lag_p99_ms', 0):.1f} ms "
-              f"(link {link_ms:.0f} ms one way; {v.get('lag_probes', 0)} probes, {v.get('lag_timeouts', 0)} unseen), "
+              f"(link {link_ms:.0f} ms one way; {v.get('lag_probes', 0)} probes, {v.get('lag_timeouts', 0)} unseen, {v.get('lag_probes_skipped', 0)} skipped while 4 were pending), "
               f"{v.get('deltas_shipped_per_sec', 0):,.0f} deltas/s shipped by eu-west, compression {v.get('compression_ratio', 0):.2f}x")
 print(f"\nJSON: {out_path}")
 PY

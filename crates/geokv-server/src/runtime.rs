@@ -75,6 +75,10 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// Opens the node's storage and starts serving the client API, health and reflection on the
 /// configured address. Returns once the listener is bound.
 pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, String> {
+    let metrics_listener = match &cfg.metrics.listen {
+        Some(listen) => Some(crate::metrics::http::bind(listen).await?),
+        None => None,
+    };
     let node = Arc::new(Node::open(&cfg, clock).map_err(|e| e.to_string())?);
     let mut background = Vec::new();
     let (listen, cluster, peer_addr) = match &cfg.topology {
@@ -145,9 +149,9 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         let _ = stopped.await;
     }));
     background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));
-    let metrics_addr = match &cfg.metrics.listen {
-        Some(listen) => {
-            let (addr, task) = crate::metrics::http::serve(listen, node.clone(), cluster.clone()).await?;
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let (addr, task) = crate::metrics::http::serve(listener, node.clone(), cluster.clone())?;
             background.push(task);
             tracing::info!(%addr, "metrics and status page serving");
             Some(addr)

@@ -428,7 +428,7 @@ pub async fn run(
     let elapsed = started.elapsed().as_secs_f64();
     let mut replication = serde_json::Map::new();
     if let Some(probes) = probes {
-        let (lag, timeouts) = probes.await?;
+        let (lag, timeouts, skipped) = probes.await?;
         let ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
         replication.extend([
             ("lag_probes".to_string(), json!(lag.len())),
@@ -437,12 +437,20 @@ pub async fn run(
             ("lag_p999_ms".to_string(), json!(ms(0.999))),
             ("lag_max_ms".to_string(), json!(lag.max() as f64 / 1000.0)),
             ("lag_timeouts".to_string(), json!(timeouts)),
+            // Probes not sent because 4 were still waiting: many means the lag figures
+            // under-sample the slow periods.
+            ("lag_probes_skipped".to_string(), json!(skipped)),
         ]);
     }
     if !args.repl_peers.is_empty() {
         let after = shipped(&args.repl_peers).await?;
         let (deltas, raw, wire) =
-            (after.0 - shipped_before.0, after.1 - shipped_before.1, after.2 - shipped_before.2);
+            // (A node restarted during the run starts its counters again: never below zero.)
+            (
+                after.0.saturating_sub(shipped_before.0),
+                after.1.saturating_sub(shipped_before.1),
+                after.2.saturating_sub(shipped_before.2),
+            );
         replication.extend([
             ("deltas_shipped_per_sec".to_string(), json!(deltas as f64 / elapsed)),
             ("raw_bytes".to_string(), json!(raw)),
@@ -479,14 +487,15 @@ const PROBE_POLL: Duration = Duration::from_millis(5);
 /// Writes a probe key through `writer` every 1/`per_sec` seconds until `deadline` and reads
 /// each through `reader` (another region) every [`PROBE_POLL`] until it is there. Returns the
 /// lag histogram (µs from the write's acknowledgement to the first read that sees it) and how
-/// many probes were not seen within 30 s.
+/// many probes were not seen within 30 s (or whose write failed), and how many were skipped.
 async fn lag_probes(
     writer: Client,
     reader: Client,
     per_sec: f64,
     deadline: Instant,
-) -> (Histogram<u64>, u64) {
+) -> (Histogram<u64>, u64, u64) {
     let run = std::process::id();
+    let mut skipped = 0;
     let every = Duration::from_secs_f64(1.0 / per_sec.max(0.1));
     let mut probes = tokio::task::JoinSet::new();
     let mut n = 0u64;
@@ -503,6 +512,7 @@ async fn lag_probes(
             settle(done);
         }
         if probes.len() >= MAX_PROBES_IN_FLIGHT {
+            skipped += 1;
             continue;
         }
         let (writer, reader) = (writer.clone(), reader.clone());
@@ -523,7 +533,7 @@ async fn lag_probes(
     while let Some(done) = probes.join_next().await {
         settle(done);
     }
-    (hist, missed)
+    (hist, missed, skipped)
 }
 
 #[allow(clippy::too_many_arguments)]

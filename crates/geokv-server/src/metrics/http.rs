@@ -20,15 +20,20 @@ struct Ctx {
     cluster: Option<Arc<Cluster>>,
 }
 
-/// Binds `listen` and serves the metrics port until the task is aborted.
-pub async fn serve(
-    listen: &str,
+/// Binds the metrics address (before the node starts anything else, so a taken port fails
+/// the start cleanly).
+pub async fn bind(listen: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on metrics address {listen}: {e}; pick a free address"))
+}
+
+/// Serves the metrics port on `listener` until the task is aborted.
+pub fn serve(
+    listener: TcpListener,
     node: Arc<Node>,
     cluster: Option<Arc<Cluster>>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on metrics address {listen}: {e}; pick a free address"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let app = Router::new()
         .route("/metrics", get(metrics))

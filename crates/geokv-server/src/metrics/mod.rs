@@ -147,7 +147,7 @@ impl Metrics {
             residency_requests: reg(&r, IntCounterVec::new(opts("geokv_residency_requests_total", "Client requests for keys this region may not hold, forwarded to an allowed region or rejected."), &["action"])),
             residency_dropped: reg(&r, IntCounter::with_opts(opts("geokv_residency_dropped_deltas_total", "Deltas from other regions dropped because this region may not hold the key."))),
             residency_version: reg(&r, IntGauge::with_opts(opts("geokv_residency_policy_version", "Version of the residency policy this node enforces."))),
-            hot_keys: reg(&r, GaugeVec::new(opts("geokv_hot_key_requests_per_second", "Approximate request rate of this node's hottest keys over the last 10 s window (top 10, Space-Saving; may overestimate)."), &["key"])),
+            hot_keys: reg(&r, GaugeVec::new(opts("geokv_hot_key_requests_per_second", "Approximate request rate of this node's hottest keys over the last 10 s window (top 10 of those above an even share; Space-Saving guaranteed count, a lower bound)."), &["key"])),
             node_info: reg(&r, IntGaugeVec::new(opts("geokv_node_info", "Always 1; labels name the node, its region and the build."), &["node", "region", "version"])),
             uptime: reg(&r, Gauge::with_opts(opts("geokv_uptime_seconds", "Seconds since the node started."))),
             registry: r,
