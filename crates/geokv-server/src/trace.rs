@@ -57,9 +57,7 @@ pub struct Propagate;
 
 impl Interceptor for Propagate {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(id) = current().and_then(|id| id.parse().ok()) {
-            req.metadata_mut().insert(HEADER, id);
-        }
+        tag(&mut req);
         Ok(req)
     }
 }

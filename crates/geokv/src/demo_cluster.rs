@@ -129,35 +129,28 @@ impl DemoCluster {
         Ok(())
     }
 
-    /// Lag matrix: for each (origin, destination), the largest oldest-unacknowledged age over
-    /// the origin's nodes, the backlog in entries, and wire bytes before/after compression.
+    /// Lag matrix, from the deployment status gathered by the first node: for each (origin,
+    /// destination), the largest oldest-unacknowledged age over the origin's nodes, the backlog,
+    /// the link, and wire bytes before/after compression.
     pub async fn lag_table(&self) -> anyhow::Result<String> {
+        let mut c = ClusterClient::connect(format!("http://{}", self.nodes[0].peer_addr())).await?;
+        let status = c.cluster_status(proto::ClusterStatusRequest {}).await?.into_inner();
         let mut out = format!(
             "{:<14} {:<14} {:>8} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
             "from", "to", "lag ms", "backlog", "backlog B", "link ms", "raw B", "wire B"
         );
-        for (from, _, _) in REGIONS {
-            for (to, _, _) in REGIONS.iter().filter(|r| r.0 != from) {
-                let (mut lag, mut backlog, mut backlog_b, mut raw, mut wire, mut delay, mut cut) =
-                    (0, 0, 0, 0, 0, 0, false);
-                for node in self.in_region(from) {
-                    let mut c = ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
-                    let s = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
-                    if let Some(d) = s.destinations.iter().find(|d| d.destination == *to) {
-                        lag = lag.max(d.oldest_unacked_ms);
-                        backlog += d.backlog_entries;
-                        backlog_b += d.backlog_bytes;
-                        raw += d.raw_bytes;
-                        wire += d.wire_bytes;
-                        let link = d.link.unwrap_or_default();
-                        (delay, cut) = (link.delay_ms, link.cut);
-                    }
-                }
-                let link = if cut { "cut".to_string() } else { delay.to_string() };
-                out.push_str(&format!(
-                    "{from:<14} {to:<14} {lag:>8} {backlog:>10} {backlog_b:>10} {link:>8} {raw:>12} {wire:>12}\n"
-                ));
-            }
+        for c in &status.lags {
+            let link = if c.cut { "cut".to_string() } else { c.link_delay_ms.to_string() };
+            out.push_str(&format!(
+                "{:<14} {:<14} {:>8} {:>10} {:>10} {link:>8} {:>12} {:>12}\n",
+                c.origin,
+                c.destination,
+                c.lag_ms,
+                c.backlog_entries,
+                c.backlog_bytes,
+                c.raw_bytes,
+                c.wire_bytes
+            ));
         }
         Ok(out)
     }

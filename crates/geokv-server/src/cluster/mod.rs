@@ -66,6 +66,14 @@ pub struct Cluster {
     cfg: ClusterConfig,
 }
 
+/// A node of the deployment and the addresses this node dials it at.
+pub(crate) struct NodeAddrs {
+    pub id: NodeId,
+    pub region: String,
+    pub peer_addr: String,
+    pub client_addr: String,
+}
+
 /// Name of the saved membership view in the engine's meta column family.
 const VIEW_META: &str = "cluster/view";
 
@@ -219,6 +227,46 @@ impl Cluster {
         id == self.me || self.view().health(id, self.node.now_ms()) == Health::Alive
     }
 
+    /// Every node of the deployment, this one included, with the addresses this node dials:
+    /// the topology's nodes, updated by the view (joined nodes added, left ones removed).
+    pub(crate) fn deployment_nodes(&self) -> Vec<NodeAddrs> {
+        let mut nodes: std::collections::BTreeMap<NodeId, NodeAddrs> = self
+            .residency
+            .topology()
+            .nodes
+            .iter()
+            .map(|n| {
+                let addrs = NodeAddrs {
+                    id: n.id,
+                    region: n.region.clone(),
+                    peer_addr: n.peer_addr_from(&self.region).to_string(),
+                    client_addr: n.client_addr_from(&self.region).to_string(),
+                };
+                (n.id, addrs)
+            })
+            .collect();
+        for m in self.view().members() {
+            if m.status == Status::Left {
+                nodes.remove(&m.id);
+            } else {
+                let addrs = NodeAddrs {
+                    id: m.id,
+                    region: m.region.clone(),
+                    peer_addr: m.peer_addr.clone(),
+                    client_addr: m.client_addr.clone(),
+                };
+                nodes.insert(m.id, addrs);
+            }
+        }
+        nodes.into_values().collect()
+    }
+
+    /// This node's share of its region's ring.
+    pub(crate) fn ownership(&self) -> geokv_topology::Ownership {
+        let view = self.view();
+        view.owners().ownership(self.me, view.n())
+    }
+
     /// A client of node `id`, if the view knows its address.
     pub(crate) fn client(&self, id: NodeId) -> Option<peers::PeerClient> {
         let addr = self.view().info(id)?.peer_addr.clone();
@@ -246,15 +294,18 @@ impl Cluster {
     /// The counters, with the number of hints kept now (counted by a scan of the hints, so
     /// it runs on the blocking pool).
     pub async fn stats(&self) -> geokv_proto::v1::StatsResponse {
+        // Counting hints scans them, and the storage figures read the data directory: both on
+        // the blocking pool.
         let node = self.node.clone();
-        let hints_pending =
-            tokio::task::spawn_blocking(move || node.engine().hint_count()).await.unwrap_or(0);
+        let (hints_pending, storage) =
+            tokio::task::spawn_blocking(move || (node.engine().hint_count(), node.engine().stats()))
+                .await
+                .unwrap_or_default();
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (residency_forwards, residency_rejects, residency_dropped_deltas, residency_version) =
             self.residency_stats();
         let own = self.ownership();
-        let storage = self.node.engine().stats();
         geokv_proto::v1::StatsResponse {
             residency_forwards,
             residency_rejects,

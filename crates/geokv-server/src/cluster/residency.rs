@@ -14,7 +14,6 @@
 //! apply catches up this way, and a receiver of replication with an older version than the
 //! sender's asks the sender at once.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,22 +59,11 @@ impl Cluster {
     /// the members of this region's view (which include nodes that joined since), as
     /// (id, region, peer address).
     pub(crate) fn all_nodes(&self) -> Vec<(NodeId, String, String)> {
-        let mut nodes: BTreeMap<NodeId, (String, String)> = self
-            .residency
-            .topology()
-            .nodes
-            .iter()
-            .map(|n| (n.id, (n.region.clone(), n.peer_addr_from(&self.region).to_string())))
-            .collect();
-        for m in self.view().members() {
-            if m.status == geokv_cluster::Status::Left {
-                nodes.remove(&m.id);
-            } else {
-                nodes.insert(m.id, (m.region.clone(), m.peer_addr.clone()));
-            }
-        }
-        nodes.remove(&self.me);
-        nodes.into_iter().map(|(id, (region, addr))| (id, region, addr)).collect()
+        self.deployment_nodes()
+            .into_iter()
+            .filter(|n| n.id != self.me)
+            .map(|n| (n.id, n.region, n.peer_addr))
+            .collect()
     }
 
     fn residency_report(&self, phase: &str) -> pb::ResidencyReport {

@@ -30,28 +30,19 @@ struct Answer {
 impl Cluster {
     /// Gathers the deployment's status (see the module docs).
     pub async fn cluster_status(self: &Arc<Self>) -> pb::ClusterStatusResponse {
-        let topology = self.residency().topology().clone();
-        let regions: Vec<String> = topology.regions.iter().map(|r| r.name.clone()).collect();
-        // This region's nodes from the live view (joins and leaves), others from the topology.
-        let mut targets: Vec<(NodeId, String, String, String)> = self
-            .view()
-            .members()
-            .filter(|m| m.region == self.region)
-            .map(|m| (m.id, m.region.clone(), m.peer_addr.clone(), m.client_addr.clone()))
-            .collect();
-        for spec in topology.nodes.iter().filter(|n| n.region != self.region) {
-            targets.push((
-                spec.id,
-                spec.region.clone(),
-                spec.peer_addr_from(&self.region).to_string(),
-                spec.client_addr_from(&self.region).to_string(),
-            ));
-        }
-        let asks = targets.into_iter().map(|(id, region, peer_addr, client_addr)| {
+        let regions: Vec<String> =
+            self.residency().topology().regions.iter().map(|r| r.name.clone()).collect();
+        let asks = self.deployment_nodes().into_iter().map(|n| {
             let this = self.clone();
             async move {
-                let figures = this.ask_status(id, &peer_addr).await;
-                Answer { id, region, peer_addr, client_addr, figures }
+                let figures = this.ask_status(n.id, &n.peer_addr).await;
+                Answer {
+                    id: n.id,
+                    region: n.region,
+                    peer_addr: n.peer_addr,
+                    client_addr: n.client_addr,
+                    figures,
+                }
             }
         });
         let answers = futures::future::join_all(asks).await;
@@ -76,12 +67,6 @@ impl Cluster {
         let (stats, repl) = tokio::join!(stats, repl);
         let message = |s: Status| format!("{}: {}", crate::metrics::code_name(s.code()), s.message());
         Ok((stats.map_err(message)?, repl.map_err(message)?))
-    }
-
-    /// This node's share of its region's ring.
-    pub(crate) fn ownership(&self) -> geokv_topology::Ownership {
-        let view = self.view();
-        view.owners().ownership(self.me, view.n())
     }
 }
 
@@ -154,6 +139,8 @@ fn lag_matrix(regions: &[String], answers: &[Answer]) -> Vec<pb::LagCell> {
                 cell.backlog_entries += d.backlog_entries;
                 cell.backlog_bytes += d.backlog_bytes;
                 cell.last_delivery_ms = cell.last_delivery_ms.max(d.last_delivery_ms);
+                cell.raw_bytes += d.raw_bytes;
+                cell.wire_bytes += d.wire_bytes;
                 let link = d.link.unwrap_or_default();
                 cell.cut |= link.cut;
                 cell.link_delay_ms = cell.link_delay_ms.max(link.delay_ms);
