@@ -1,0 +1,558 @@
+//! Deterministic simulation of a multi-region deployment: simulated nodes ([`node`]) on a
+//! simulated network and clock, driven by one seeded RNG, with clients recording a
+//! [`History`](crate::history) and a seeded fault [`Schedule`]. The same seed gives the same run,
+//! message for message, so a failing seed replays exactly.
+//!
+//! After the fault window every fault is healed, clients stop, and the run goes on until the
+//! cluster is quiet (no hints, every change shipped, nothing under way) plus two anti-entropy
+//! rounds; then every replica's state is gathered and [`check`](crate::check::check)ed.
+
+pub mod node;
+pub mod schedule;
+
+use std::collections::BTreeMap;
+
+use geokv_cluster::Level;
+use geokv_core::{NodeId, Op};
+use geokv_topology::Ring;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::check::{check, Finals, ReplicaState, Report};
+use crate::history::{Action, Event, Observed, Outcome};
+use node::{Ctx, Msg, Node, Request, Timer};
+pub use schedule::{Fault, Schedule, Step};
+
+/// An endpoint of the simulated network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Addr {
+    Node(NodeId),
+    Client(u32),
+}
+
+/// Regions and nodes; node ids are `10 * (region + 1) + index + 1` (11, 12, ... 21, 22, ...).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub regions: usize,
+    pub nodes_per_region: usize,
+}
+
+impl Layout {
+    pub fn node(&self, region: usize, index: usize) -> NodeId {
+        10 * (region as u64 + 1) + index as u64 + 1
+    }
+
+    pub fn region_of(&self, node: NodeId) -> usize {
+        (node / 10 - 1) as usize
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.regions).flat_map(move |r| (0..self.nodes_per_region).map(move |i| self.node(r, i)))
+    }
+
+    pub fn region_name(region: usize) -> String {
+        format!("region-{region}")
+    }
+}
+
+/// Deliberate bugs, to show that the checker catches what they break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Writes are acknowledged once the coordinator has them (W = 1 whatever was asked).
+    AckWithoutQuorum,
+    /// Receivers acknowledge replication batches without applying them.
+    SkipRemoteDeltas,
+    /// Coordinators keep no hint for replicas that did not answer, and anti-entropy is off.
+    NoRepair,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub layout: Layout,
+    /// Replicas of a key per region.
+    pub n: usize,
+    pub clients_per_region: usize,
+    /// Faults happen (and clients run) during this many simulated milliseconds.
+    pub fault_window_ms: u64,
+    pub registers: usize,
+    pub counters: usize,
+    pub sets: usize,
+    pub bug: Option<Bug>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            layout: Layout { regions: 3, nodes_per_region: 4 },
+            n: 3,
+            clients_per_region: 2,
+            fault_window_ms: 8_000,
+            registers: 6,
+            counters: 3,
+            sets: 3,
+            bug: None,
+        }
+    }
+}
+
+/// What one run did and what the checker found.
+pub struct SimRun {
+    pub schedule: Schedule,
+    pub report: Report,
+    pub history: Vec<Event>,
+    /// Simulated milliseconds until the run ended.
+    pub sim_ms: u64,
+    pub messages: u64,
+    pub dropped: u64,
+}
+
+/// Runs the schedule drawn from `seed`.
+pub fn run(seed: u64, cfg: &SimConfig) -> SimRun {
+    run_schedule(Schedule::random(seed, &cfg.layout, cfg.fault_window_ms), cfg)
+}
+
+/// Runs a given schedule (its seed also drives the network and the clients).
+pub fn run_schedule(schedule: Schedule, cfg: &SimConfig) -> SimRun {
+    let mut w = World::new(schedule, cfg.clone());
+    w.run();
+    w.finish()
+}
+
+enum Ev {
+    Deliver { from: Addr, to: Addr, msg: Box<Msg> },
+    Timer { node: NodeId, life: u64, timer: Timer },
+    ClientNext(u32),
+    ClientTimeout(u32, u64),
+    FaultStart(usize),
+    FaultEnd(usize),
+    CheckQuiet,
+}
+
+struct Pending {
+    id: u64,
+    key: Vec<u8>,
+    action: Action,
+    quorum: bool,
+    invoked: u64,
+}
+
+struct Client {
+    region: usize,
+    pending: Option<Pending>,
+}
+
+/// The deadline for the cluster to go quiet after the fault window.
+const QUIET_DEADLINE_MS: u64 = 60_000;
+const CLIENT_TIMEOUT_MS: u64 = 3_000;
+
+struct World {
+    cfg: SimConfig,
+    schedule: Schedule,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    rng: SmallRng,
+    nodes: BTreeMap<NodeId, Node>,
+    clients: Vec<Client>,
+    next_request: u64,
+    blocked: BTreeMap<(NodeId, NodeId), u32>,
+    lossy: Vec<(f64, f64, u64)>,
+    crashed: BTreeMap<NodeId, u32>,
+    paused: BTreeMap<NodeId, u32>,
+    deferred: BTreeMap<NodeId, Vec<Ev>>,
+    history: Vec<Event>,
+    quiet_since: Option<u64>,
+    done: bool,
+    quiesced: bool,
+    messages: u64,
+    dropped: u64,
+}
+
+impl World {
+    fn new(schedule: Schedule, cfg: SimConfig) -> World {
+        let layout = cfg.layout.clone();
+        let mut nodes = BTreeMap::new();
+        for r in 0..layout.regions {
+            let ids: Vec<NodeId> = (0..layout.nodes_per_region).map(|i| layout.node(r, i)).collect();
+            let ring = Ring::new(ids.iter().copied(), 64);
+            for &id in &ids {
+                nodes.insert(id, Node::new(id, r, ring.clone(), cfg.n));
+            }
+        }
+        let clients = (0..layout.regions)
+            .flat_map(|region| (0..cfg.clients_per_region).map(move |_| Client { region, pending: None }))
+            .collect();
+        World {
+            rng: SmallRng::seed_from_u64(schedule.seed),
+            cfg,
+            schedule,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            clients,
+            next_request: 0,
+            blocked: BTreeMap::new(),
+            lossy: Vec::new(),
+            crashed: BTreeMap::new(),
+            paused: BTreeMap::new(),
+            deferred: BTreeMap::new(),
+            history: Vec::new(),
+            quiet_since: None,
+            done: false,
+            quiesced: false,
+            messages: 0,
+            dropped: 0,
+        }
+    }
+
+    fn at(&mut self, time: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((time, self.seq), ev);
+    }
+
+    fn run(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.with_node(id, |n, ctx| n.start(ctx));
+        }
+        for c in 0..self.clients.len() as u32 {
+            let t = self.rng.gen_range(0..20);
+            self.at(t, Ev::ClientNext(c));
+        }
+        for i in 0..self.schedule.steps.len() {
+            let (start, end) = (self.schedule.steps[i].start_ms, self.schedule.steps[i].end_ms);
+            self.at(start, Ev::FaultStart(i));
+            self.at(end, Ev::FaultEnd(i));
+        }
+        self.at(self.cfg.fault_window_ms, Ev::CheckQuiet);
+        while let Some(((time, _), ev)) = self.queue.pop_first() {
+            self.now = time;
+            self.handle(ev);
+            if self.done {
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { from, to: Addr::Client(c), msg } => self.client_answer(c, from, *msg),
+            Ev::Deliver { from, to: Addr::Node(id), msg } => {
+                if !self.nodes[&id].up {
+                    self.dropped += 1;
+                    return;
+                }
+                if self.nodes[&id].paused {
+                    self.deferred.entry(id).or_default().push(Ev::Deliver { from, to: Addr::Node(id), msg });
+                    return;
+                }
+                if let Addr::Node(src) = from {
+                    if self.blocked.contains_key(&(src, id)) {
+                        self.dropped += 1;
+                        return;
+                    }
+                }
+                self.with_node(id, |n, ctx| n.on_msg(from, *msg, ctx));
+            }
+            Ev::Timer { node, life, timer } => {
+                let n = &self.nodes[&node];
+                if !n.up || n.life != life {
+                    return;
+                }
+                if n.paused {
+                    self.deferred.entry(node).or_default().push(Ev::Timer { node, life, timer });
+                    return;
+                }
+                self.with_node(node, |n, ctx| n.on_timer(timer, ctx));
+            }
+            Ev::ClientNext(c) => self.client_next(c),
+            Ev::ClientTimeout(c, id) => {
+                if self.clients[c as usize].pending.as_ref().is_some_and(|p| p.id == id) {
+                    self.client_done(c, Outcome::Unknown("client timeout".into()));
+                }
+            }
+            Ev::FaultStart(i) => self.fault(i, true),
+            Ev::FaultEnd(i) => self.fault(i, false),
+            Ev::CheckQuiet => self.check_quiet(),
+        }
+    }
+
+    /// Runs a node handler and sends what it produced.
+    fn with_node(&mut self, id: NodeId, f: impl FnOnce(&mut Node, &mut Ctx)) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let mut ctx = Ctx {
+            now: self.now,
+            rng: &mut self.rng,
+            layout: &self.cfg.layout,
+            bug: self.cfg.bug,
+            sends: Vec::new(),
+            timers: Vec::new(),
+        };
+        f(node, &mut ctx);
+        let life = node.life;
+        let (sends, timers) = (ctx.sends, ctx.timers);
+        for (to, msg, extra) in sends {
+            self.send(Addr::Node(id), to, msg, extra);
+        }
+        for (time, timer) in timers {
+            self.at(time, Ev::Timer { node: id, life, timer });
+        }
+    }
+
+    fn send(&mut self, from: Addr, to: Addr, msg: Msg, extra: u64) {
+        self.messages += 1;
+        let mut latency = 1;
+        if let (Addr::Node(a), Addr::Node(b)) = (from, to) {
+            if self.blocked.contains_key(&(a, b)) {
+                self.dropped += 1;
+                return;
+            }
+            let (ra, rb) = (self.cfg.layout.region_of(a), self.cfg.layout.region_of(b));
+            latency = if ra == rb {
+                1 + self.rng.gen_range(0..=2)
+            } else {
+                20 + 15 * ra.abs_diff(rb) as u64 + self.rng.gen_range(0..=10)
+            };
+            let (drop, dup, jitter) = self
+                .lossy
+                .iter()
+                .fold((0.0f64, 0.0f64, 0u64), |acc, l| (acc.0.max(l.0), acc.1.max(l.1), acc.2.max(l.2)));
+            latency += self.rng.gen_range(0..=jitter);
+            if self.rng.gen_bool(drop) {
+                self.dropped += 1;
+                return;
+            }
+            // Requests and answers travel once (a gRPC call over HTTP/2 is never duplicated by
+            // the network; duplicates come from retries, which the coordinator rules on); the
+            // messages that carry states, digests and pings may arrive twice.
+            if msg.idempotent() && self.rng.gen_bool(dup) {
+                let again = latency + self.rng.gen_range(0..=jitter.max(5));
+                self.at(self.now + again + extra, Ev::Deliver { from, to, msg: Box::new(msg.clone()) });
+            }
+        }
+        self.at(self.now + latency + extra, Ev::Deliver { from, to, msg: Box::new(msg) });
+    }
+
+    fn key(&mut self, kind: u32) -> Vec<u8> {
+        let (prefix, count) = match kind {
+            0 => ("reg", self.cfg.registers),
+            1 => ("ctr", self.cfg.counters),
+            _ => ("set", self.cfg.sets),
+        };
+        format!("{prefix}-{}", self.rng.gen_range(0..count.max(1))).into_bytes()
+    }
+
+    fn client_next(&mut self, c: u32) {
+        if self.now >= self.cfg.fault_window_ms {
+            return;
+        }
+        self.next_request += 1;
+        let id = self.next_request;
+        let kind = self.rng.gen_range(0..3);
+        let key = self.key(kind);
+        let (action, request, quorum) = if self.rng.gen_bool(0.4) {
+            let (action, op) = match kind {
+                0 => {
+                    let value = format!("c{c}-{id}").into_bytes();
+                    (Action::Put { value: value.clone() }, Op::Put { value, ttl_ms: None })
+                }
+                1 => {
+                    let delta = self.rng.gen_range(1..=5);
+                    (Action::Increment { delta }, Op::Increment { delta, ttl_ms: None })
+                }
+                _ => {
+                    // Members come from a small pool, so sets stay small and adds repeat.
+                    let member = format!("m{}", self.rng.gen_range(0..16)).into_bytes();
+                    (
+                        Action::SetAdd { member: member.clone() },
+                        Op::SetAdd { members: vec![member], ttl_ms: None },
+                    )
+                }
+            };
+            (action, Request::Write(op), self.rng.gen_bool(0.85))
+        } else {
+            (Action::Read, Request::Read, self.rng.gen_bool(0.75))
+        };
+        let level = if quorum { Level::Quorum } else { Level::One };
+        let region = self.clients[c as usize].region;
+        let node = self.cfg.layout.node(region, self.rng.gen_range(0..self.cfg.layout.nodes_per_region));
+        self.clients[c as usize].pending =
+            Some(Pending { id, key: key.clone(), action, quorum, invoked: self.now });
+        self.send(Addr::Client(c), Addr::Node(node), Msg::Req { id, key, req: request, level }, 0);
+        self.at(self.now + CLIENT_TIMEOUT_MS, Ev::ClientTimeout(c, id));
+    }
+
+    fn client_answer(&mut self, c: u32, _from: Addr, msg: Msg) {
+        let Msg::Resp { id, answer } = msg else { return };
+        if self.clients[c as usize].pending.as_ref().is_none_or(|p| p.id != id) {
+            return;
+        }
+        let outcome = match answer {
+            Ok((version, observed)) => Outcome::Ok { version, observed },
+            Err(e) if e.starts_with("refused") => Outcome::Failed(e),
+            Err(e) => Outcome::Unknown(e),
+        };
+        self.client_done(c, outcome);
+    }
+
+    fn client_done(&mut self, c: u32, outcome: Outcome) {
+        let client = &mut self.clients[c as usize];
+        let Some(p) = client.pending.take() else { return };
+        self.history.push(Event {
+            client: c,
+            region: Layout::region_name(client.region),
+            key: p.key,
+            quorum: p.quorum,
+            action: p.action,
+            invoked_ms: p.invoked,
+            completed_ms: self.now,
+            outcome,
+        });
+        let think = self.rng.gen_range(5..60);
+        self.at(self.now + think, Ev::ClientNext(c));
+    }
+
+    fn block(&mut self, a: NodeId, b: NodeId, on: bool) {
+        let count = self.blocked.entry((a, b)).or_default();
+        if on {
+            *count += 1;
+        } else {
+            *count -= 1;
+            if *count == 0 {
+                self.blocked.remove(&(a, b));
+            }
+        }
+    }
+
+    fn fault(&mut self, i: usize, on: bool) {
+        let layout = self.cfg.layout.clone();
+        let sign = if on { 1 } else { -1 };
+        match self.schedule.steps[i].fault.clone() {
+            Fault::SplitRegion { side } => {
+                let r = layout.region_of(side[0]);
+                for b in (0..layout.nodes_per_region).map(|j| layout.node(r, j)).filter(|b| !side.contains(b))
+                {
+                    for &a in &side {
+                        self.block(a, b, on);
+                        self.block(b, a, on);
+                    }
+                }
+            }
+            Fault::OneWay { from, to } => self.block(from, to, on),
+            Fault::CutRegion { region } => {
+                let nodes: Vec<NodeId> = layout.nodes().collect();
+                for &a in nodes.iter().filter(|&&a| layout.region_of(a) == region) {
+                    for &b in nodes.iter().filter(|&&b| layout.region_of(b) != region) {
+                        self.block(a, b, on);
+                        self.block(b, a, on);
+                    }
+                }
+            }
+            Fault::OneWayRegions { from, to } => {
+                for a in (0..layout.nodes_per_region).map(|j| layout.node(from, j)) {
+                    for b in (0..layout.nodes_per_region).map(|j| layout.node(to, j)) {
+                        self.block(a, b, on);
+                    }
+                }
+            }
+            Fault::Crash { node } => {
+                let count = self.crashed.entry(node).or_default();
+                *count = (*count as i64 + sign) as u32;
+                match (on, *count) {
+                    (true, 1) => {
+                        self.nodes.get_mut(&node).expect("node").crash();
+                        self.deferred.remove(&node);
+                    }
+                    (false, 0) => self.with_node(node, |n, ctx| n.start(ctx)),
+                    _ => {}
+                }
+            }
+            Fault::Pause { node } => {
+                let count = self.paused.entry(node).or_default();
+                *count = (*count as i64 + sign) as u32;
+                let paused = *count > 0;
+                self.nodes.get_mut(&node).expect("node").paused = paused;
+                if !paused {
+                    for ev in self.deferred.remove(&node).unwrap_or_default() {
+                        self.at(self.now, ev);
+                    }
+                }
+            }
+            Fault::ClockOffset { node, ms } => {
+                self.nodes.get_mut(&node).expect("node").clock_offset_ms += sign * ms
+            }
+            Fault::ClockDrift { node, ppm } => {
+                self.nodes.get_mut(&node).expect("node").clock_drift_ppm += sign * ppm
+            }
+            Fault::SlowDisk { node, ms } => {
+                let n = self.nodes.get_mut(&node).expect("node");
+                n.disk_delay_ms = (n.disk_delay_ms as i64 + sign * ms as i64) as u64;
+            }
+            Fault::Lossy { drop, dup, jitter_ms } => {
+                if on {
+                    self.lossy.push((drop, dup, jitter_ms));
+                } else if let Some(pos) = self.lossy.iter().position(|l| *l == (drop, dup, jitter_ms)) {
+                    self.lossy.remove(pos);
+                }
+            }
+        }
+    }
+
+    fn check_quiet(&mut self) {
+        let layout = &self.cfg.layout;
+        let quiet = self.nodes.values().all(|n| n.up && !n.paused && n.quiet(layout))
+            && self.clients.iter().all(|c| c.pending.is_none());
+        match (quiet, self.quiet_since) {
+            (true, None) => self.quiet_since = Some(self.now),
+            // Quiet through two anti-entropy rounds: done.
+            (true, Some(since)) if self.now >= since + 2 * node::ANTI_ENTROPY_EVERY_MS + 500 => {
+                self.quiesced = true;
+                self.done = true;
+            }
+            (false, _) => self.quiet_since = None,
+            _ => {}
+        }
+        if self.now >= self.cfg.fault_window_ms + QUIET_DEADLINE_MS {
+            self.done = true;
+        }
+        self.at(self.now + 250, Ev::CheckQuiet);
+    }
+
+    fn finish(self) -> SimRun {
+        let mut finals = Finals::new();
+        let keys: std::collections::BTreeSet<&Vec<u8>> = self.history.iter().map(|e| &e.key).collect();
+        for key in keys {
+            let mut states = Vec::new();
+            for r in 0..self.cfg.layout.regions {
+                let any = &self.nodes[&self.cfg.layout.node(r, 0)];
+                for id in any.home(key) {
+                    let n = &self.nodes[&id];
+                    let rec = n.store.get(key);
+                    states.push(ReplicaState {
+                        replica: format!("node {id}"),
+                        region: Layout::region_name(r),
+                        observed: Observed::from_view(rec.and_then(|r| r.view(n.physical_ms(self.now)))),
+                        version: rec.map(|r| r.version()),
+                    });
+                }
+            }
+            finals.insert(key.clone(), states);
+        }
+        let regions: Vec<String> = (0..self.cfg.layout.regions).map(Layout::region_name).collect();
+        let mut report = check(&self.history, &finals, &regions);
+        if !self.quiesced {
+            report.violations.push(format!(
+                "the cluster did not go quiet within {QUIET_DEADLINE_MS} ms of the heal (hints, unshipped changes or requests left)"
+            ));
+        }
+        SimRun {
+            schedule: self.schedule,
+            report,
+            history: self.history,
+            sim_ms: self.now,
+            messages: self.messages,
+            dropped: self.dropped,
+        }
+    }
+}
