@@ -5,6 +5,7 @@
 //! byte 1      flags: bit 0 = payload is zstd-compressed
 //! bytes 2..6  CRC-32 (IEEE) of bytes 0..2 and the payload, little-endian
 //! bytes 6..   payload: postcard encoding of `geokv_core::Record`, maybe compressed
+//!             (one zstd frame that declares its decompressed size)
 //! ```
 //! Decoding dispatches on the version byte, so a later format adds a decoder and keeps this
 //! one. A checksum mismatch is reported as corruption and the value is never served.
@@ -14,8 +15,9 @@ use geokv_core::Record;
 pub const FORMAT_V1: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
 const HEADER: usize = 6;
-/// Upper bound for a decompressed payload, against decompression bombs in corrupt input.
-/// `limits.max_record_bytes` is validated to be at most this.
+/// Upper bound for a decompressed payload, against decompression bombs in corrupt input: a
+/// frame declaring more is refused unread. `limits.max_record_bytes` is validated to be at
+/// most this.
 const MAX_DECODED: usize = geokv_core::MAX_RECORD_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,13 +95,33 @@ fn decode_v1(bytes: &[u8]) -> Result<Record, DecodeError> {
     let payload = match flags {
         0 => payload,
         FLAG_ZSTD => {
-            plain = zstd::bulk::decompress(payload, MAX_DECODED)
-                .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+            plain = decompress(payload)?;
             &plain[..]
         }
         f => return Err(DecodeError::UnknownFlags(f)),
     };
     postcard::from_bytes(payload).map_err(|e| DecodeError::Payload(e.to_string()))
+}
+
+/// Decompresses a payload into a buffer of the size its zstd frame declares (which
+/// [`encode_serialized`] always writes), refusing a declared size over [`MAX_DECODED`] before
+/// allocating anything; zstd checks that the output matches the declared size. (A buffer of
+/// `MAX_DECODED` bytes for every compressed value, as before, was a 256 MiB allocation per
+/// read; found by the `value_decode` fuzz target.)
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let declared = match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(DecodeError::Decompress("the zstd frame does not declare its size".into())),
+        Err(_) => return Err(DecodeError::Decompress("not a zstd frame".into())),
+    };
+    match usize::try_from(declared) {
+        Ok(n) if n <= MAX_DECODED => {
+            zstd::bulk::decompress(payload, n).map_err(|e| DecodeError::Decompress(e.to_string()))
+        }
+        _ => Err(DecodeError::Decompress(format!(
+            "declares {declared} bytes, over the {MAX_DECODED}-byte bound"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +154,48 @@ mod tests {
                 assert!(decode(&bad).is_err(), "flip at {i} of {} not detected", bytes.len());
             }
         }
+    }
+
+    /// A value with a valid header around any payload.
+    fn sealed(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let head = [FORMAT_V1, flags];
+        [&head[..], &checksum(&head, payload).to_le_bytes(), payload].concat()
+    }
+
+    /// `fuzz/` found this (a compressed counter from the seed corpus) allocating 256 MiB.
+    const FUZZ_OOM_COMPRESSED_COUNTER: [u8; 38] = [
+        0x01, 0x01, 0xfa, 0xb8, 0x8f, 0xc3, 0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x24, 0xbd, 0x00, 0x00, 0x60, 0x00,
+        0x80, 0x7d, 0x07, 0x90, 0x80, 0x80, 0x80, 0x80, 0x90, 0x7d, 0x07, 0x04, 0x00, 0x20, 0x00, 0xb0, 0xbb,
+        0x72, 0xd8, 0x02, 0x58,
+    ];
+
+    #[test]
+    fn a_compressed_value_decompresses_into_a_buffer_of_its_declared_size() {
+        assert!(decode(&FUZZ_OOM_COMPRESSED_COUNTER).is_ok());
+        let plain = decompress(&FUZZ_OOM_COMPRESSED_COUNTER[HEADER..]).unwrap();
+        assert_eq!((plain.len(), plain.capacity()), (36, 36));
+        let big = encode(&sample(5000), 1024, 3);
+        assert_eq!(decompress(&big[HEADER..]).unwrap().capacity(), serialize(&sample(5000)).len());
+    }
+
+    #[test]
+    fn a_frame_declaring_more_than_the_bound_is_refused_before_decompressing() {
+        // zstd magic, single-segment frame with an 8-byte content size, and no blocks.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        frame.extend_from_slice(&(MAX_DECODED as u64 + 1).to_le_bytes());
+        let err = decode(&sealed(FLAG_ZSTD, &frame)).unwrap_err();
+        assert!(matches!(&err, DecodeError::Decompress(m) if m.contains("over the")), "{err}");
+    }
+
+    #[test]
+    fn compressed_payloads_must_be_zstd_frames_that_declare_their_size() {
+        let plain = serialize(&sample(5000));
+        let undeclared = zstd::stream::encode_all(&plain[..], 3).unwrap();
+        assert!(decode(&sealed(FLAG_ZSTD, &undeclared)).is_err());
+        assert!(decode(&sealed(FLAG_ZSTD, b"")).is_err());
+        assert!(decode(&sealed(FLAG_ZSTD, b"not zstd")).is_err());
+        let declared = zstd::bulk::compress(&plain, 3).unwrap();
+        assert_eq!(decode(&sealed(FLAG_ZSTD, &declared)), Ok(sample(5000)));
     }
 
     #[test]

@@ -6,14 +6,23 @@
 //!
 //! Does not own: what an operation means (that is `geokv-core`), clocks (callers pass the time
 //! and the HLC stamp), or anything about the network.
+//!
+//! The engine is the `engine` feature (on by default). Without it the crate is just the codec
+//! and the config section, and does not build RocksDB: the fuzz targets (`fuzz/`) use that.
 
 pub mod codec;
 mod config;
+#[cfg(feature = "engine")]
 mod engine;
+#[cfg(feature = "engine")]
 mod error;
+#[cfg(feature = "engine")]
 mod keys;
 
 pub use config::StorageConfig;
+#[cfg(feature = "engine")]
 pub use engine::{Admission, CommitObserver, Engine, EraseReport, LogEntry, ScanPage, Stats, Update};
+#[cfg(feature = "engine")]
 pub use error::StorageError;
+#[cfg(feature = "engine")]
 pub use keys::{DueEntry, TtlTag};
