@@ -165,7 +165,38 @@ pub const THREE_REGIONS: [(&str, [f64; 2]); 3] =
 /// appends `join` to it).
 pub const FAST_CLUSTER: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\nsync = false\n[cluster]\nrequest_timeout_ms = 1000\nprobe_interval_ms = 100\nsuspect_timeout_ms = 500\nhandoff_interval_ms = 200\n";
 
+/// Config that lets a test inject faults into a node (`InjectFaults` on its peer port). Pass
+/// it as `extra` (it opens its own section, after FAST_CLUSTER's `[cluster]`).
+pub const FAULTS_ENABLED: &str = "[faults]\nenabled = true\n";
+
 impl TestCluster {
+    /// One region of `n` nodes with replication factor `rf`, with `extra` appended to every
+    /// node's config (after FAST_CLUSTER; open a section, e.g. [`FAULTS_ENABLED`]).
+    pub fn start_region(n: usize, rf: usize, extra: &str) -> TestCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, rf, extra) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start a {n}-node region: {last}");
+    }
+
+    /// Replaces the faults in force on node `i` (0-based), through its peer port; the answer
+    /// echoes the faults now in force.
+    pub async fn inject_faults(
+        &self,
+        i: usize,
+        faults: geokv_proto::v1::InjectFaultsRequest,
+    ) -> Result<geokv_proto::v1::InjectFaultsResponse, tonic::Status> {
+        use geokv_proto::v1::cluster_client::ClusterClient;
+        let mut c = ClusterClient::connect(format!("http://{}", self.peer_addrs[i]))
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot connect to node {}: {e}", i + 1)))?;
+        c.inject_faults(faults).await.map(tonic::Response::into_inner)
+    }
+
     /// Starts `n` nodes. Ports are picked free just before the nodes bind them, so another
     /// process can take one in between: then the whole cluster is started again on new ports.
     pub fn start(n: usize) -> TestCluster {
@@ -389,5 +420,43 @@ impl TestCluster {
             return Some(None);
         }
         Some(Some(geokv_storage::codec::decode(&state).expect("replica state decodes")))
+    }
+}
+
+impl ServerProcess {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...) to the process, if it runs.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{name} {pid}");
+        }
+    }
+}
+
+impl TestCluster {
+    /// [`TestCluster::start_regions`] with fault injection enabled on every node, and
+    /// anti-entropy every 3 s (the first line of `extra` still belongs to `[cluster]`), so
+    /// replicas that only anti-entropy can repair (a write kept by a coordinator killed before it
+    /// sent it on) converge within a test's patience.
+    pub fn start_regions_faulty(regions: &[(&str, [f64; 2])], per_region: usize, n: usize) -> TestCluster {
+        let extra =
+            format!("anti_entropy_interval_ms = 3000\n[replication]\nemulate_wan = true\n{FAULTS_ENABLED}");
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_regions_with(regions, per_region, n, &extra, &[], None) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start the regions: {last}");
     }
 }

@@ -43,6 +43,17 @@ pub struct ServerConfig {
     pub replication: crate::ReplicationConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub faults: FaultsConfig,
+}
+
+/// The `[faults]` section: fault injection, for test clusters only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// Accept `InjectFaults` calls on the peer port (cut peers off, drop, delay and duplicate
+    /// node-to-node messages, skew the HLC, slow the disk). Off: such calls are refused.
+    pub enabled: bool,
 }
 
 /// The `[metrics]` section: the HTTP endpoint with Prometheus metrics and the status page.
@@ -141,6 +152,7 @@ impl ServerConfig {
             cluster: ClusterConfig::default(),
             replication: crate::ReplicationConfig::default(),
             metrics: MetricsConfig::default(),
+            faults: FaultsConfig::default(),
         }
     }
 
@@ -260,6 +272,15 @@ mod tests {
     }
 
     #[test]
+    fn fault_injection_is_off_unless_the_faults_section_turns_it_on() {
+        let off = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n", "t.toml").unwrap();
+        assert!(!off.faults.enabled);
+        let on = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n[faults]\nenabled = true\n", "t.toml")
+            .unwrap();
+        assert!(on.faults.enabled);
+    }
+
+    #[test]
     fn the_documented_example_config_parses_to_the_defaults() {
         let text = include_str!("../../../topology/single-node.toml");
         let cfg = ServerConfig::parse(text, "topology/single-node.toml").unwrap();
@@ -285,6 +306,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("max_key_bytes"), "{err}");
+        let err = ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n[faults]\nenable = true\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("f.toml") && err.contains("enable"), "{err}");
         let err = ServerConfig::parse("node_id = \"one\"\n", "e.toml").unwrap_err().to_string();
         assert!(err.contains("e.toml") && err.contains("line 1"), "{err}");
     }

@@ -69,6 +69,7 @@ pub struct Node {
     clock: Arc<dyn Clock>,
     pub(crate) sweep_batch: usize,
     metrics: crate::metrics::Metrics,
+    faults: Arc<crate::faults::Faults>,
 }
 
 impl Node {
@@ -93,7 +94,9 @@ impl Node {
         let metrics = crate::metrics::Metrics::new(clock.now_ms());
         let commits = metrics.commit_seconds.clone();
         engine.set_commit_observer(Arc::new(move |took| commits.observe(took.as_secs_f64())));
+        let faults = Arc::new(crate::faults::Faults::new(cfg.node_id, cfg.faults.enabled, &metrics));
         Ok(Node {
+            faults,
             metrics,
             id: cfg.node_id,
             engine,
@@ -119,6 +122,20 @@ impl Node {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The faults injected into this node (none unless `[faults] enabled` and a test sets
+    /// some).
+    pub(crate) fn faults(&self) -> &Arc<crate::faults::Faults> {
+        &self.faults
+    }
+
+    /// Replaces the faults in force on this node (network, HLC clock, disk); returns them.
+    pub(crate) fn inject_faults(
+        &self,
+        spec: crate::faults::FaultSpec,
+    ) -> Result<Arc<crate::faults::FaultSpec>, crate::faults::FaultsError> {
+        self.faults.replace(spec, &self.engine)
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -5,7 +5,8 @@
 //! fresh one. The id is answered back in the response's `x-request-id` header, kept in a
 //! task-local for the request's work, and sent along on every node-to-node call and forwarded
 //! request made on its behalf ([`Propagate`], [`inherit`]), so the logs of all the nodes a
-//! request touched can be joined on it.
+//! request touched can be joined on it. Node-to-node calls also name the calling node
+//! ([`FROM_HEADER`]), which fault injection uses to lose the answers to unreachable callers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,8 @@ use tracing::Instrument;
 
 /// The header (gRPC metadata key) that carries request ids.
 pub const HEADER: &str = "x-request-id";
+/// The header (gRPC metadata key) in which a node-to-node call names the calling node.
+pub const FROM_HEADER: &str = "x-geokv-from";
 /// Longest request id taken from a caller.
 const MAX_ID_LEN: usize = 64;
 
@@ -51,15 +54,32 @@ fn usable(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Adds the current request id to outgoing node-to-node calls.
+/// Adds the current request id, and the calling node's id, to outgoing node-to-node calls.
 #[derive(Clone, Copy, Default)]
-pub struct Propagate;
+pub struct Propagate {
+    from: Option<geokv_core::NodeId>,
+}
+
+impl Propagate {
+    /// For the calls of node `id`.
+    pub fn from_node(id: geokv_core::NodeId) -> Self {
+        Propagate { from: Some(id) }
+    }
+}
 
 impl Interceptor for Propagate {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         tag(&mut req);
+        if let Some(from) = self.from {
+            req.metadata_mut().insert(FROM_HEADER, from.into());
+        }
         Ok(req)
     }
+}
+
+/// The node a node-to-node call came from, if it said.
+pub fn caller(headers: &http::HeaderMap) -> Option<geokv_core::NodeId> {
+    headers.get(FROM_HEADER)?.to_str().ok()?.parse().ok()
 }
 
 /// Sets the request id of a request about to be sent on the current request's behalf.
@@ -145,14 +165,15 @@ mod tests {
                 tokio::spawn(inherit(async {
                     let mut req = tonic::Request::new(());
                     tag(&mut req);
-                    let req = Propagate.call(req).unwrap();
-                    req.metadata().get(HEADER).map(|v| v.to_str().unwrap().to_owned())
+                    let req = Propagate::from_node(7).call(req).unwrap();
+                    let from = caller(&req.metadata().clone().into_headers());
+                    (req.metadata().get(HEADER).map(|v| v.to_str().unwrap().to_owned()), from)
                 }))
                 .await
                 .unwrap()
             })
             .await;
-        assert_eq!(outgoing.as_deref(), Some("abc"));
+        assert_eq!(outgoing, (Some("abc".to_owned()), Some(7)));
         assert_eq!(current(), None, "no id outside a request");
     }
 }

@@ -123,6 +123,8 @@ pub struct Engine {
     admission: std::sync::OnceLock<Admission>,
     /// Told how long each commit of key changes took (see [`Engine::set_commit_observer`]).
     commit_observer: std::sync::OnceLock<CommitObserver>,
+    /// Injected slowness of every commit, in milliseconds (see [`Engine::set_commit_delay`]).
+    commit_delay_ms: AtomicU64,
     path: std::path::PathBuf,
 }
 
@@ -156,6 +158,7 @@ impl Engine {
             corrupt_replaced: AtomicU64::new(0),
             admission: std::sync::OnceLock::new(),
             commit_observer: std::sync::OnceLock::new(),
+            commit_delay_ms: AtomicU64::new(0),
             path: path.to_path_buf(),
         };
         engine.check_identity(path, node_id)?;
@@ -231,6 +234,28 @@ impl Engine {
     /// Installs the observer of commit durations (for metrics). Set once, before serving.
     pub fn set_commit_observer(&self, observe: CommitObserver) {
         let _ = self.commit_observer.set(observe);
+    }
+
+    /// Fault injection (a slow disk or fsync): every commit of key changes, and of a hint,
+    /// sleeps this long before writing, holding the keys' locks as a slow write would. Commits
+    /// run on blocking threads (never on an async runtime's workers), so sleeping is safe.
+    /// Zero (the default) turns it off.
+    pub fn set_commit_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.commit_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The injected commit delay (see [`Engine::set_commit_delay`]).
+    pub fn commit_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.commit_delay_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sleeps for the injected commit delay, if any.
+    fn slow_disk(&self) {
+        let delay = self.commit_delay();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
     }
 
     pub(crate) fn admit(&self, key: &[u8]) -> Result<(), StorageError> {
@@ -356,6 +381,7 @@ impl Engine {
             );
         }
         let started = std::time::Instant::now();
+        self.slow_disk();
         let result = self.db.write_opt(batch, &self.wopts);
         if let Some(observe) = self.commit_observer.get() {
             observe(started.elapsed());

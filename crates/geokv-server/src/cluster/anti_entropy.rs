@@ -221,11 +221,8 @@ impl Cluster {
         if let Some(rec) = merged {
             let state = encode(&rec);
             self.stats.ae_state_bytes_sent.fetch_add(state.len() as u64, Ordering::Relaxed);
-            with_deadline(
-                timeout,
-                client.merge(pb::MergeRequest { key, state, hint_for: None, ship: false }),
-            )
-            .await?;
+            let req = pb::MergeRequest { key, state, hint_for: None, ship: false };
+            with_deadline(timeout, self.send_merge(client, req)).await?;
         }
         self.stats.ae_keys_repaired.fetch_add(1, Ordering::Relaxed);
         Ok(())

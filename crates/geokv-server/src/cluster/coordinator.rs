@@ -40,6 +40,34 @@ pub enum Applied {
     CasFailed(Option<Record>),
 }
 
+/// Whether a failed call certainly never reached the peer: no connection could be made.
+/// (Any other transport failure may have come after the peer ran the request.)
+pub fn never_sent(s: &Status) -> bool {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+            ) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether running a write again gives the same result: a put, delete or set change does; an
+/// increment or append would count twice, and a compare-and-swap would find its own write.
+fn repeatable(action: &Action) -> bool {
+    matches!(action, Action::Op(Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. }))
+}
+
 /// Whether a peer's error means it could not be reached (as opposed to an answer it gave).
 pub fn is_transport(s: &Status) -> bool {
     let from_connection = std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
@@ -201,10 +229,12 @@ impl Cluster {
         let result = match (slot.is_some(), self.client(target.node)) {
             (false, _) => Err(Status::unavailable("too many sends in flight to this replica")),
             (true, None) => Err(Status::internal("unknown peer")),
-            (true, Some(mut c)) => match tokio::time::timeout(self.peers.timeout(), c.merge(req)).await {
-                Ok(r) => r.map(|_| ()),
-                Err(_) => Err(Status::deadline_exceeded("merge timed out")),
-            },
+            (true, Some(mut c)) => {
+                match tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut c, req)).await {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(Status::deadline_exceeded("merge timed out")),
+                }
+            }
         };
         drop(slot);
         match result {
@@ -224,6 +254,22 @@ impl Cluster {
         }
     }
 
+    /// Sends a replica state (`Merge`) to a peer. With injected faults it may go out a second
+    /// time, on its own (merges are idempotent: the duplicate must change nothing).
+    pub(crate) async fn send_merge(
+        &self,
+        client: &mut super::peers::PeerClient,
+        req: pb::MergeRequest,
+    ) -> Result<tonic::Response<pb::MergeResponse>, Status> {
+        if self.node.faults().duplicates() {
+            let (mut again, copy, deadline) = (client.clone(), req.clone(), self.peers.timeout());
+            tokio::spawn(crate::trace::inherit(async move {
+                let _ = tokio::time::timeout(deadline, again.merge(copy)).await;
+            }));
+        }
+        client.merge(req).await
+    }
+
     async fn keep_hint(&self, home: NodeId, key: &[u8], rec: &Record) {
         let (node, key, rec) = (self.node.clone(), key.to_vec(), rec.clone());
         let kept = tokio::task::spawn_blocking(move || node.engine().put_hint(home, &key, &rec)).await;
@@ -240,6 +286,7 @@ impl Cluster {
         level: Level,
         home: &[NodeId],
     ) -> Result<Applied, Status> {
+        let retry_safe = repeatable(&action);
         let mut req =
             pb::CoordinateRequest { key, consistency: level_to_pb(level) as i32, ..Default::default() };
         match action {
@@ -266,6 +313,14 @@ impl Cluster {
                 // The coordinator ran the write and refused it, or could not reach a quorum:
                 // the answer is final (retrying elsewhere could apply it twice).
                 Err(s) if !is_transport(&s) => return Err(s),
+                // The call may have failed after the coordinator ran it (its answer lost):
+                // only a write that may run twice moves on to the next home replica.
+                Err(s) if !retry_safe && !never_sent(&s) => {
+                    return Err(Status::unavailable(format!(
+                        "{QUORUM_FAILED}: the call to node {target} failed ({}); it may have applied the write, which is not retried elsewhere because running it twice would apply it twice; the write may or may not have been applied",
+                        s.message()
+                    )))
+                }
                 Err(s) => {
                     last_error = Some(s);
                 }
@@ -374,7 +429,9 @@ impl Cluster {
         }
         let Some(mut client) = self.client(node) else { return };
         let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None, ship: false };
-        if let Ok(Ok(resp)) = tokio::time::timeout(self.peers.timeout(), client.merge(req)).await {
+        if let Ok(Ok(resp)) =
+            tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await
+        {
             if resp.into_inner().changed {
                 self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

@@ -7,6 +7,8 @@
 //! each input it sends what foca wants sent, schedules its timers, and folds the membership
 //! foca reports into the cluster's view. The gossip identity is the node's [`MemberInfo`], so
 //! a status change spreads as a new identity that wins over the old one everywhere.
+//! Outgoing datagrams pass this node's injected faults (lost to unreachable peers or by
+//! `drop_probability`, delayed by up to `max_delay_ms`; none unless a test sets some).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -202,11 +204,17 @@ async fn run(
         }
         while let Some((to, data)) = rt.to_send() {
             match to.peer_addr.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    if let Err(e) = socket.send_to(&data, addr).await {
-                        tracing::debug!(peer = to.id, error = %e, "gossip send failed");
+                Ok(addr) => match cluster.node.faults().plan_datagram(to.id) {
+                    Some(delay) if delay.is_zero() => send(&socket, to.id, &data, addr).await,
+                    Some(delay) => {
+                        let socket = socket.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            send(&socket, to.id, &data, addr).await;
+                        });
                     }
-                }
+                    None => {} // lost by fault injection (counted)
+                },
                 Err(e) => tracing::warn!(peer = to.id, error = %e, "unusable peer address in gossip"),
             }
         }
@@ -233,6 +241,12 @@ async fn run(
             on_notification(&cluster, note);
         }
         fold(&cluster, &foca);
+    }
+}
+
+async fn send(socket: &UdpSocket, peer: u64, data: &[u8], addr: SocketAddr) {
+    if let Err(e) = socket.send_to(data, addr).await {
+        tracing::debug!(peer, error = %e, "gossip send failed");
     }
 }
 

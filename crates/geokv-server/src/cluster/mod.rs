@@ -146,7 +146,7 @@ impl Cluster {
             me,
             region: spec.region.clone(),
             view: RwLock::new(Arc::new(view)),
-            peers: peers::Peers::new(cfg.request_timeout_ms),
+            peers: peers::Peers::new(cfg.request_timeout_ms, node.faults().clone()),
             gossip: OnceLock::new(),
             replicator: OnceLock::new(),
             remote_rings: topology

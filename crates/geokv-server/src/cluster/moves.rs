@@ -225,7 +225,7 @@ impl Cluster {
     async fn push_state(&self, target: NodeId, key: Vec<u8>, state: Vec<u8>) -> Result<(), RpcStatus> {
         let mut client = self.client(target).ok_or_else(|| RpcStatus::internal("unknown node"))?;
         let req = pb::MergeRequest { key, state, hint_for: None, ship: false };
-        match tokio::time::timeout(self.peers.timeout(), client.merge(req)).await {
+        match tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) => Err(RpcStatus::new(
                 s.code(),

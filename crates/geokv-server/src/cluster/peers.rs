@@ -1,5 +1,6 @@
 //! Connections to the other nodes of the region, made as nodes appear in the membership view
-//! and remade when a node's address changes.
+//! and remade when a node's address changes. Every call goes through this node's injected
+//! faults ([`crate::faults::net::FaultyChannel`]; none unless a test sets some).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,10 +10,13 @@ use geokv_core::NodeId;
 use geokv_proto::v1::cluster_client::ClusterClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
-/// A client of a peer node; calls carry the current request id.
-pub type PeerClient = ClusterClient<InterceptedService<Channel, crate::trace::Propagate>>;
+use crate::faults::net::FaultyChannel;
+use crate::faults::Faults;
+
+/// A client of a peer node; calls carry the current request id and this node's id.
+pub type PeerClient = ClusterClient<InterceptedService<FaultyChannel, crate::trace::Propagate>>;
 
 /// State sends in flight to one peer at most; further sends wait (up to the request
 /// deadline) for a slot, so a slow replica builds no unbounded queue of requests.
@@ -27,11 +31,12 @@ struct Conn {
 pub struct Peers {
     conns: Mutex<BTreeMap<NodeId, Conn>>,
     timeout: Duration,
+    faults: Arc<Faults>,
 }
 
 impl Peers {
-    pub fn new(timeout_ms: u64) -> Self {
-        Peers { conns: Mutex::new(BTreeMap::new()), timeout: Duration::from_millis(timeout_ms) }
+    pub fn new(timeout_ms: u64, faults: Arc<Faults>) -> Self {
+        Peers { conns: Mutex::new(BTreeMap::new()), timeout: Duration::from_millis(timeout_ms), faults }
     }
 
     fn with_conn<T>(&self, id: NodeId, addr: &str, f: impl FnOnce(&Conn) -> T) -> Option<T> {
@@ -45,7 +50,9 @@ impl Peers {
                 }
             };
             // Lazy: connected on first use, reconnected after failures.
-            let client = ClusterClient::with_interceptor(ep.connect_lazy(), crate::trace::Propagate)
+            let channel = FaultyChannel::new(ep.connect_lazy(), id, self.faults.clone());
+            let propagate = crate::trace::Propagate::from_node(self.faults.node_id());
+            let client = ClusterClient::with_interceptor(channel, propagate)
                 .max_decoding_message_size(512 * 1024 * 1024);
             let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER));
             conns.insert(id, Conn { addr: addr.to_owned(), client, slots });

@@ -105,6 +105,15 @@ impl ClusterRpc for ClusterService {
         Ok(Response::new(pb::MergeResponse { changed }))
     }
 
+    async fn inject_faults(
+        &self,
+        req: Request<pb::InjectFaultsRequest>,
+    ) -> Result<Response<pb::InjectFaultsResponse>, Status> {
+        let node = self.cluster.node();
+        let now = node.inject_faults(req.into_inner().into())?;
+        Ok(Response::new(now.to_response(node.id())))
+    }
+
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let key = req.into_inner().key;
         let state = self.blocking(move |n| n.engine().get(&key)).await?;

@@ -68,10 +68,13 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
             for (key, rec) in hints {
                 let req =
                     pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None, ship: false };
-                let sent = match tokio::time::timeout(cluster.peers.timeout(), client.merge(req)).await {
-                    Ok(r) => r.map(|_| ()),
-                    Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
-                };
+                let sent =
+                    match tokio::time::timeout(cluster.peers.timeout(), cluster.send_merge(&mut client, req))
+                        .await
+                    {
+                        Ok(r) => r.map(|_| ()),
+                        Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
+                    };
                 match sent {
                     Ok(()) => {
                         let node = cluster.node.clone();

@@ -24,6 +24,7 @@ impl Engine {
             codec::encode(&merged, self.cfg.compression_threshold_bytes, self.cfg.compression_level);
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_HINTS), &hk, encoded);
+        self.slow_disk();
         Ok(self.db.write_opt(b, &self.wopts)?)
     }
 

@@ -391,3 +391,23 @@ fn reship_logs_the_current_state_again_for_shipping() {
     );
     assert_eq!(e.get(b"r").unwrap(), Some(rec));
 }
+
+#[test]
+fn an_injected_commit_delay_slows_every_commit_and_is_timed_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), StorageConfig { sync: false, ..StorageConfig::default() });
+    let observed = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let seen = observed.clone();
+    e.set_commit_observer(std::sync::Arc::new(move |took| lock(&seen).push(took)));
+    let delay = std::time::Duration::from_millis(60);
+    e.set_commit_delay(delay);
+    assert_eq!(e.commit_delay(), delay);
+    let started = std::time::Instant::now();
+    run(&e, b"k", put("1", None), NOW).unwrap();
+    e.put_hint(9, b"k", &e.get(b"k").unwrap().unwrap()).unwrap();
+    assert!(started.elapsed() >= 2 * delay, "a write and a hint each wait: {:?}", started.elapsed());
+    assert!(lock(&observed).iter().all(|took| *took >= delay), "commit times include the delay");
+    e.set_commit_delay(std::time::Duration::ZERO);
+    assert_eq!(e.commit_delay(), std::time::Duration::ZERO);
+    run(&e, b"k", put("2", None), NOW).unwrap();
+}
