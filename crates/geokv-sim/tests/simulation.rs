@@ -11,7 +11,10 @@ use geokv_sim::sim::{run, Bug, SimConfig, SimRun};
 const SHARDS: u64 = 4;
 
 /// Seeds that once found a bug, kept as regression tests (see docs/testing.md).
-const REGRESSIONS: &[u64] = &[];
+const REGRESSIONS: &[u64] = &[FORWARD_RETRY_SEED];
+
+/// Exposes the forward-retry bug (see `seed_exposes_the_forward_retry_bug_and_passes_with_the_fix`).
+const FORWARD_RETRY_SEED: u64 = 2;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -113,10 +116,22 @@ fn a_seed_replays_exactly() {
 /// Each deliberate bug is caught within a few seeds: the checks can fail.
 #[test]
 fn the_checker_catches_deliberate_bugs() {
-    for bug in [Bug::AckWithoutQuorum, Bug::SkipRemoteDeltas, Bug::NoRepair] {
+    for bug in [Bug::AckWithoutQuorum, Bug::SkipRemoteDeltas, Bug::NoRepair, Bug::RetryAnyForward] {
         let cfg = SimConfig { bug: Some(bug), ..SimConfig::default() };
         let caught = (0..40).find(|&seed| !run(seed, &cfg).report.passed());
         assert!(caught.is_some(), "{bug:?} went unnoticed over 40 seeds");
         println!("{bug:?} caught by seed {}", caught.unwrap_or_default());
     }
+}
+
+/// The bug the fault suites found: a node forwarding an increment to a home replica retried it
+/// on the next home replica when the call's connection failed, though the first may have run
+/// it, so it was counted twice. Its seed shows the old behaviour breaking the counter bounds,
+/// and passes with the fix.
+#[test]
+fn seed_exposes_the_forward_retry_bug_and_passes_with_the_fix() {
+    let buggy = SimConfig { bug: Some(Bug::RetryAnyForward), ..SimConfig::default() };
+    let r = run(FORWARD_RETRY_SEED, &buggy);
+    assert!(r.report.violations.iter().any(|v| v.contains("counter ends at")), "{}", explain(&r));
+    check_seed(FORWARD_RETRY_SEED, &SimConfig::default());
 }

@@ -64,6 +64,9 @@ pub enum Bug {
     SkipRemoteDeltas,
     /// Coordinators keep no hint for replicas that did not answer, and anti-entropy is off.
     NoRepair,
+    /// A forwarded write whose connection failed is tried on the next home replica whatever
+    /// it is (the server's behaviour before the fix: increments applied twice).
+    RetryAnyForward,
 }
 
 #[derive(Clone, Debug)]
@@ -306,7 +309,7 @@ impl World {
         if let (Addr::Node(a), Addr::Node(b)) = (from, to) {
             if self.blocked.contains_key(&(a, b)) {
                 self.dropped += 1;
-                return;
+                return self.connection_failed(from, to, &msg);
             }
             let (ra, rb) = (self.cfg.layout.region_of(a), self.cfg.layout.region_of(b));
             latency = if ra == rb {
@@ -321,7 +324,7 @@ impl World {
             latency += self.rng.gen_range(0..=jitter);
             if self.rng.gen_bool(drop) {
                 self.dropped += 1;
-                return;
+                return self.connection_failed(from, to, &msg);
             }
             // Requests and answers travel once (a gRPC call over HTTP/2 is never duplicated by
             // the network; duplicates come from retries, which the coordinator rules on); the
@@ -332,6 +335,26 @@ impl World {
             }
         }
         self.at(self.now + latency + extra, Ev::Deliver { from, to, msg: Box::new(msg) });
+    }
+
+    /// A call's request or answer was lost: the calling node's connection reports the failure
+    /// (as gRPC does with UNAVAILABLE), whichever of the two it was.
+    fn connection_failed(&mut self, from: Addr, to: Addr, msg: &Msg) {
+        let (caller, id) = match *msg {
+            Msg::Req { id, .. } => (from, id),
+            Msg::Resp { id, .. } => (to, id),
+            _ => return,
+        };
+        if let Addr::Node(_) = caller {
+            self.at(
+                self.now + 1,
+                Ev::Deliver {
+                    from: Addr::Client(u32::MAX),
+                    to: caller,
+                    msg: Box::new(Msg::CallFailed { id }),
+                },
+            );
+        }
     }
 
     fn key(&mut self, kind: u32) -> Vec<u8> {

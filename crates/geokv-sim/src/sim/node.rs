@@ -48,23 +48,60 @@ pub type Answer = Result<(Option<Stamp>, Option<Observed>), String>;
 
 #[derive(Clone, Debug)]
 pub enum Msg {
-    Req { id: u64, key: Key, req: Request, level: Level },
-    Resp { id: u64, answer: Answer },
-    Merge { id: u64, key: Key, rec: Record, hint_for: Option<NodeId>, ship: bool },
-    MergeAck { id: u64 },
-    Fetch { id: u64, key: Key },
-    Fetched { id: u64, rec: Option<Record> },
+    Req {
+        id: u64,
+        key: Key,
+        req: Request,
+        level: Level,
+    },
+    Resp {
+        id: u64,
+        answer: Answer,
+    },
+    /// The connection of call `id` failed: the request or its answer was lost on the way (the
+    /// caller cannot tell which, so the request may have run).
+    CallFailed {
+        id: u64,
+    },
+    Merge {
+        id: u64,
+        key: Key,
+        rec: Record,
+        hint_for: Option<NodeId>,
+        ship: bool,
+    },
+    MergeAck {
+        id: u64,
+    },
+    Fetch {
+        id: u64,
+        key: Key,
+    },
+    Fetched {
+        id: u64,
+        rec: Option<Record>,
+    },
     Ping,
     Pong,
-    Batch { last_seq: u64, hlc_ms: u64, deltas: Vec<(Key, Record)> },
-    BatchAck { last_seq: u64, ok: bool },
-    AntiEntropy { states: Vec<(Key, Record)>, reply: bool },
+    Batch {
+        last_seq: u64,
+        hlc_ms: u64,
+        deltas: Vec<(Key, Record)>,
+    },
+    BatchAck {
+        last_seq: u64,
+        ok: bool,
+    },
+    AntiEntropy {
+        states: Vec<(Key, Record)>,
+        reply: bool,
+    },
 }
 
 impl Msg {
     /// Whether handling the message twice is harmless (merges of states, reads, pings).
     pub fn idempotent(&self) -> bool {
-        !matches!(self, Msg::Req { .. } | Msg::Resp { .. })
+        !matches!(self, Msg::Req { .. } | Msg::Resp { .. } | Msg::CallFailed { .. })
     }
 }
 
@@ -131,6 +168,17 @@ struct InFlight {
     sent_at: u64,
 }
 
+/// A write this node forwarded to a home replica.
+struct Forward {
+    client: Addr,
+    client_id: u64,
+    key: Key,
+    op: Op,
+    level: Level,
+    /// Home replicas tried so far.
+    tried: Vec<NodeId>,
+}
+
 pub struct Node {
     pub id: NodeId,
     pub region: usize,
@@ -156,8 +204,8 @@ pub struct Node {
     merge_of: BTreeMap<u64, u64>,
     reads: BTreeMap<u64, ReadJob>,
     fetch_of: BTreeMap<u64, (u64, NodeId)>,
-    /// Forwarded request id -> (client, its request id).
-    forwards: BTreeMap<u64, (Addr, u64)>,
+    /// Forwarded writes under way, by the forwarded request's id.
+    forwards: BTreeMap<u64, Forward>,
     /// Hint deliveries under way: request id -> (home, key, state, sent at).
     handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
     batches: BTreeMap<u64, BatchJob>,
@@ -304,8 +352,13 @@ impl Node {
         match msg {
             Msg::Req { id, key, req, level } => self.request(from, id, key, req, level, ctx),
             Msg::Resp { id, answer } => {
-                if let Some((to, client_id)) = self.forwards.remove(&id) {
-                    ctx.send(to, Msg::Resp { id: client_id, answer });
+                if let Some(f) = self.forwards.remove(&id) {
+                    ctx.send(f.client, Msg::Resp { id: f.client_id, answer });
+                }
+            }
+            Msg::CallFailed { id } => {
+                if let Some(f) = self.forwards.remove(&id) {
+                    self.forward_failed(f, ctx);
                 }
             }
             Msg::Merge { id, key, rec, hint_for, ship } => {
@@ -387,16 +440,39 @@ impl Node {
                 if home.contains(&self.id) {
                     return self.coordinate(from, id, key, op, level, ctx);
                 }
-                // Forward to a home replica that looks healthy.
-                let Some(&to) = home.iter().find(|&&h| self.healthy(h, ctx.now)) else {
-                    return ctx.send(from, Msg::Resp { id, answer: Err("no home replica reachable".into()) });
-                };
-                let fid = self.next();
-                self.forwards.insert(fid, (from, id));
-                ctx.send(Addr::Node(to), Msg::Req { id: fid, key, req: Request::Write(op), level });
-                ctx.timers.push((ctx.now + 2 * REQUEST_TIMEOUT_MS, Timer::Deadline(fid)));
+                let f = Forward { client: from, client_id: id, key, op, level, tried: Vec::new() };
+                self.forward(f, ctx);
             }
         }
+    }
+
+    /// Sends a write to the next healthy home replica not tried yet.
+    fn forward(&mut self, mut f: Forward, ctx: &mut Ctx) {
+        let now = ctx.now;
+        let next = self.home(&f.key).into_iter().find(|&h| !f.tried.contains(&h) && self.healthy(h, now));
+        let Some(to) = next else {
+            let answer = Err("no home replica could coordinate the write".to_string());
+            return ctx.send(f.client, Msg::Resp { id: f.client_id, answer });
+        };
+        f.tried.push(to);
+        let fid = self.next();
+        let req = Msg::Req { id: fid, key: f.key.clone(), req: Request::Write(f.op.clone()), level: f.level };
+        self.forwards.insert(fid, f);
+        ctx.send(Addr::Node(to), req);
+        ctx.timers.push((ctx.now + 2 * REQUEST_TIMEOUT_MS, Timer::Deadline(fid)));
+    }
+
+    /// A forwarded call failed on its connection: the home replica may have run it. Only a
+    /// write that may run twice (put, delete, set change) is tried on the next home replica,
+    /// as the server does.
+    fn forward_failed(&mut self, f: Forward, ctx: &mut Ctx) {
+        let repeatable =
+            matches!(f.op, Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. });
+        if repeatable || ctx.bug == Some(Bug::RetryAnyForward) {
+            return self.forward(f, ctx);
+        }
+        let answer = Err("the forwarded write's connection failed; it may have been applied".to_string());
+        ctx.send(f.client, Msg::Resp { id: f.client_id, answer });
     }
 
     fn coordinate(&mut self, from: Addr, id: u64, key: Key, op: Op, level: Level, ctx: &mut Ctx) {
@@ -493,8 +569,11 @@ impl Node {
     }
 
     fn deadline(&mut self, id: u64, ctx: &mut Ctx) {
-        if let Some((to, client_id)) = self.forwards.remove(&id) {
-            ctx.send(to, Msg::Resp { id: client_id, answer: Err("forwarded write timed out".into()) });
+        if let Some(f) = self.forwards.remove(&id) {
+            ctx.send(
+                f.client,
+                Msg::Resp { id: f.client_id, answer: Err("forwarded write timed out".into()) },
+            );
         }
         if let Some(mut w) = self.writes.remove(&id) {
             // Targets that never answered get a hint here, handed off when they are back.
