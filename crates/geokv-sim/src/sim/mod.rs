@@ -240,7 +240,7 @@ impl World {
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { from, to: Addr::Client(c), msg } => self.client_answer(c, from, *msg),
+            Ev::Deliver { to: Addr::Client(c), msg, .. } => self.client_answer(c, *msg),
             Ev::Deliver { from, to: Addr::Node(id), msg } => {
                 if !self.nodes[&id].up {
                     self.dropped += 1;
@@ -406,7 +406,7 @@ impl World {
         self.at(self.now + CLIENT_TIMEOUT_MS, Ev::ClientTimeout(c, id));
     }
 
-    fn client_answer(&mut self, c: u32, _from: Addr, msg: Msg) {
+    fn client_answer(&mut self, c: u32, msg: Msg) {
         let Msg::Resp { id, answer } = msg else { return };
         if self.clients[c as usize].pending.as_ref().is_none_or(|p| p.id != id) {
             return;
