@@ -469,3 +469,47 @@ async fn tightening_a_policy_purges_copies_and_widening_it_copies_keys() {
     assert_present(&cluster, &us, &keys, "after widening, us-east holds the keys");
     assert_absent(&cluster, &ap, &all, "after widening, ap-southeast still holds none");
 }
+
+/// Two regions (eu-west, us-east), `p:` keys first allowed only in eu-west.
+fn p_only_in(region: &str) -> String {
+    format!(
+        "{DEFAULT_RULE}\n[[rules]]\nname = \"p\"\nprefix = \"p:\"\nregions = [\"{region}\"]\non_foreign = \"forward\"\n"
+    )
+}
+
+/// Scenario 3 of the data-loss issue: moving a prefix's residency from one region to another
+/// must hand the keys over to the new region before erasing them from the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moving_a_prefix_to_another_region_hands_its_keys_over_before_erasing_them() {
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start_regions_with_policy(&THREE_REGIONS[..2], 3, 3, &p_only_in("eu-west"));
+    let (eu, us) = (region_nodes(&cluster, "eu-west"), region_nodes(&cluster, "us-east"));
+    let keys: Vec<Vec<u8>> = (0..20).map(|i| key("p:", i)).collect();
+    let writer = quorum(cluster.client(eu[0]).await);
+    for k in &keys {
+        let acked =
+            wait_until(Duration::from_secs(30), || async { writer.put(k, b"moved", None).await.is_ok() })
+                .await;
+        assert!(acked, "put of {:?} acknowledged", String::from_utf8_lossy(k));
+    }
+    wait_everywhere(&cluster, &eu, &keys, "before the move").await;
+    compact_all(&cluster).await;
+    assert_absent(&cluster, &us, &keys, "before the move, us-east holds none");
+
+    let reports = apply(&cluster, eu[1], &p_only_in("us-east"));
+    let handed: u64 = eu.iter().map(|&i| enforced(&reports, i)["keys_handed_over"].as_u64().unwrap()).sum();
+    for &i in &eu {
+        let r = enforced(&reports, i);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["keys_kept"], 0, "{r}");
+        assert_eq!(r["keys_erased"], 20, "node {} erases each key once it is handed over: {r}", i + 1);
+    }
+    assert_eq!(handed, 3 * 20, "each eu-west node hands over its copy of every key");
+    // Every key reads through us-east, and through eu-west (forwarded there).
+    wait_readable(&cluster, us[0], &keys, proto::Consistency::Quorum).await;
+    wait_everywhere(&cluster, &us, &keys, "after the move, us-east holds every key").await;
+    wait_readable(&cluster, eu[2], &keys, proto::Consistency::Quorum).await;
+    let got = quorum(cluster.client(us[1]).await).get(&keys[7]).await.unwrap().expect("present");
+    assert_eq!(got.value.and_then(|v| v.kind), Some(proto::value::Kind::Register(b"moved".to_vec())));
+    assert_absent_except_manifest(&cluster, &eu, &keys, "after the move, eu-west");
+}

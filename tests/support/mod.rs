@@ -169,6 +169,26 @@ pub const FAST_CLUSTER: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\n
 /// it as `extra` (it opens its own section, after FAST_CLUSTER's `[cluster]`).
 pub const FAULTS_ENABLED: &str = "[faults]\nenabled = true\n";
 
+/// FAST_CLUSTER and `extra` for a node's config: the settings `extra` gives itself (its first
+/// lines belong to FAST_CLUSTER's `[cluster]` section) replace FAST_CLUSTER's, and its lines
+/// `storage.KEY = VALUE` go into the `[storage]` section. Returns (FAST_CLUSTER, what follows
+/// it).
+fn cluster_section(extra: &str) -> (String, String) {
+    let storage: String =
+        extra.lines().filter_map(|l| l.strip_prefix("storage.")).map(|l| format!("{l}\n")).collect();
+    let rest: String =
+        extra.lines().filter(|l| !l.starts_with("storage.")).map(|l| format!("{l}\n")).collect();
+    let fast: String = FAST_CLUSTER
+        .lines()
+        .filter(|l| {
+            let key = l.split(" = ").next().unwrap_or_default();
+            !l.contains(" = ") || !rest.lines().any(|e| e.starts_with(&format!("{key} = ")))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (fast.replace("[storage]\n", &format!("[storage]\n{storage}")), rest)
+}
+
 impl TestCluster {
     /// One region of `n` nodes with replication factor `rf`, with `extra` appended to every
     /// node's config (after FAST_CLUSTER; open a section, e.g. [`FAULTS_ENABLED`]).
@@ -229,6 +249,27 @@ impl TestCluster {
         top: &[(&str, &str)],
     ) -> TestCluster {
         Self::start_regions_full(regions, per_region, n, top, None)
+    }
+
+    /// [`TestCluster::start_regions`] (WAN links emulated) with `extra` appended to every
+    /// node's config after the `[replication]` section (open a section of its own) and an
+    /// optional residency policy.
+    pub fn start_regions_with_extra(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        extra: &str,
+        policy: Option<&str>,
+    ) -> TestCluster {
+        let extra = format!("[replication]\nemulate_wan = true\n{extra}");
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_regions_with(regions, per_region, n, &extra, &[], policy) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start the regions: {last}");
     }
 
     /// [`TestCluster::start_regions`] with a residency policy (the text of its file).
@@ -352,15 +393,15 @@ impl TestCluster {
             .filter(|(r, _)| *r == region || r == "*")
             .map(|(_, t)| format!("{t}\n"))
             .collect();
+        let (fast, extra) = cluster_section(&self.extra);
         let text = format!(
-            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{}join = {join}\n{}",
+            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{}join = {join}\n{extra}",
             node_dir.join("data").display().to_string(),
             self.topology_path().display().to_string(),
-            FAST_CLUSTER.replace(
+            fast.replace(
                 "suspect_timeout_ms = 500",
                 &format!("suspect_timeout_ms = {}", self.suspect_timeout_ms)
             ),
-            self.extra
         );
         std::fs::write(&config, text).unwrap();
         ServerProcess::try_start_with_config(&config, node_dir.join("data"))
@@ -443,6 +484,30 @@ impl ServerProcess {
 }
 
 impl TestCluster {
+    /// One region of `n` nodes (replication factor `rf`) with fault injection enabled, and
+    /// hinted handoff and anti-entropy so slow (10 minutes) that within a test a replica that
+    /// missed a write keeps missing it: what a client then sees depends on the write and read
+    /// paths alone.
+    pub fn start_region_without_repair(n: usize, rf: usize) -> TestCluster {
+        Self::start_region_without_repair_and(n, rf, "")
+    }
+
+    /// [`TestCluster::start_region_without_repair`] with more settings: `[cluster]` lines, or
+    /// `storage.KEY = VALUE` lines, then sections of their own.
+    pub fn start_region_without_repair_and(n: usize, rf: usize, more: &str) -> TestCluster {
+        let extra = format!(
+            "anti_entropy_interval_ms = 600000\nhandoff_interval_ms = 600000\n{more}{FAULTS_ENABLED}"
+        );
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, rf, &extra) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start a {n}-node region: {last}");
+    }
+
     /// [`TestCluster::start_regions`] with fault injection enabled on every node, and
     /// anti-entropy every 3 s (the first line of `extra` still belongs to `[cluster]`), so
     /// replicas that only anti-entropy can repair (a write kept by a coordinator killed before it

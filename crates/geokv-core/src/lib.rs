@@ -20,10 +20,22 @@ pub use counter::{PnCounter, Totals};
 pub use crdt::Crdt;
 pub use error::CoreError;
 pub use limits::{Limits, MAX_RECORD_BYTES, RECORD_OVERHEAD};
-pub use op::{apply, Applied, Op, OpOutcome};
+pub use op::{apply, apply_as, Applied, Op, OpOutcome};
 pub use orset::{Dot, OrSet};
-pub use record::{Kind, Record, View};
+pub use record::{Kind, Record, RecordV1, View};
 pub use stamp::Stamp;
 
 /// Identifies a node (and the actor it writes CRDT state as). Unique within a deployment.
 pub type NodeId = u64;
+
+/// The actor a node writes counter entries and set dots as: a mix of its id and its data
+/// directory's incarnation, so that a node that may have lost some of its own CRDT state (its
+/// data was wiped, or it dropped keys) never writes under a name whose history other replicas
+/// remember better than it does.
+pub fn actor_id(node: NodeId, incarnation: u64) -> u64 {
+    // splitmix64 of the pair: distinct (node, incarnation) pairs collide with negligible odds.
+    let mut z = node.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ incarnation.rotate_left(29);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

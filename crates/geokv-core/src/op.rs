@@ -86,15 +86,31 @@ pub struct Applied {
     pub outcome: OpOutcome,
 }
 
-/// Applies `op` to the current state of a key.
-///
-/// `stamp` must be newer than `current.version()` (the node's HLC guarantees this once it has
-/// been updated with the stored version); `now_ms` is the wall clock used for TTLs. An expired
-/// key is treated as deleted: the operation starts a new lifetime.
+/// Applies `op` to the current state of a key, writing counter entries and set dots as the
+/// stamp's node. See [`apply_as`].
 pub fn apply(
     current: Option<&Record>,
     op: &Op,
     stamp: Stamp,
+    now_ms: u64,
+    limits: &Limits,
+) -> Result<Applied, CoreError> {
+    apply_as(current, op, stamp, stamp.node, now_ms, limits)
+}
+
+/// Applies `op` to the current state of a key.
+///
+/// `stamp` must be newer than `current.version()` (the node's HLC guarantees this once it has
+/// been updated with the stored version); `actor` names the counter entries and set dots this
+/// write makes (a node's actor changes when it may have lost some of its own; see
+/// [`crate::OrSet`]); `now_ms` is the wall clock used for TTLs. A deleted or expired key is
+/// over: a write other than Delete starts a new lifetime from a clean slate, and so does a
+/// write of another type to a set that is empty.
+pub fn apply_as(
+    current: Option<&Record>,
+    op: &Op,
+    stamp: Stamp,
+    actor: u64,
     now_ms: u64,
     limits: &Limits,
 ) -> Result<Applied, CoreError> {
@@ -107,15 +123,13 @@ pub fn apply(
         if visible && rec.kind.val != kind {
             return Err(CoreError::WrongType { op: op.name(), expected: kind, actual: rec.kind.val });
         }
-    }
-    if !visible {
-        // Start from a clean slate: whatever an expired or deleted state still holds is gone.
-        rec.clear(stamp);
-        if let Some(kind) = op.kind() {
+        if rec.ended(now_ms) || !visible && rec.kind.val != kind {
+            // A clean slate: whatever the ended lifetime still holds is gone, here and in
+            // every replica this state reaches.
+            rec.begin_lifetime(stamp, now_ms);
             assign(&mut rec.kind, kind, stamp);
         }
     }
-    let node = stamp.node;
     let outcome = match op {
         Op::Delete => {
             rec.clear(stamp);
@@ -139,11 +153,12 @@ pub fn apply(
             if next < i128::from(i64::MIN) || next > i128::from(i64::MAX) {
                 return Err(CoreError::Overflow { current, delta: *delta });
             }
-            rec.counter.add(node, *delta, stamp.time);
+            // A lifetime's counts live in epochs it started (never in an older entry).
+            rec.counter.add(actor, *delta, stamp.time, rec.kind.marker.time);
             OpOutcome::Counter { value: next as i64 }
         }
         Op::SetAdd { members, .. } => {
-            let dot = Dot { node, counter: stamp.time };
+            let dot = Dot { node: actor, counter: stamp.time };
             let changed = members.iter().filter(|m| rec.set.add(dot, m.to_vec())).count();
             OpOutcome::SetChanged { changed: changed as u64, size: rec.set.len() as u64 }
         }
@@ -153,6 +168,7 @@ pub fn apply(
         }
     };
     assign(&mut rec.live, true, stamp);
+    rec.forget_before_horizon();
     match (op, op.ttl_ms()) {
         (_, Some(ttl)) => assign(&mut rec.expiry, Some(now_ms.saturating_add(ttl)), stamp),
         // A plain Put replaces the value and its TTL, like Redis SET.
@@ -179,10 +195,12 @@ mod tests {
         fn new(node: u64) -> Self {
             Replica { node, time: 0, rec: None }
         }
+        /// An HLC stamp: `time` counts from the wall clock at `NOW`, as a real HLC would.
         fn stamp(&mut self) -> Stamp {
-            let v = self.rec.as_ref().map(|r| r.version().time).unwrap_or(0);
+            let base = Stamp::ntp_from_millis(NOW);
+            let v = self.rec.as_ref().map(|r| r.version().time.saturating_sub(base)).unwrap_or(0);
             self.time = self.time.max(v) + 1;
-            Stamp::new(self.time, self.node)
+            Stamp::new(base + self.time, self.node)
         }
         fn run(&mut self, op: Op) -> Result<OpOutcome, CoreError> {
             let s = self.stamp();
@@ -259,6 +277,105 @@ mod tests {
         assert_eq!(a.view(), Some(View::Counter(3)));
     }
 
+    /// Scenario 6 of the data-loss issue: an increment the deleter had not seen survives the
+    /// delete even when its stamp is older, and reads the same whichever replica answers.
+    #[test]
+    fn a_counter_delete_keeps_a_concurrent_older_increment_visible_everywhere() {
+        let mut a = Replica::new(1);
+        let mut b = Replica::new(2);
+        a.run(Op::Increment { delta: 10, ttl_ms: None }).unwrap();
+        b.merge_from(&a);
+        a.time = 50;
+        a.run(Op::Increment { delta: 3, ttl_ms: None }).unwrap(); // b has not seen it
+        b.time = 100;
+        b.run(Op::Delete).unwrap(); // newer stamp than a's increment
+        a.merge_from(&b);
+        b.merge_from(&a);
+        assert_eq!(a.view(), Some(View::Counter(3)), "the unobserved increment survives");
+        assert_eq!(b.view(), a.view());
+        // The next write builds on the survivor whichever replica coordinates it.
+        let (mut a2, mut b2) = (Replica { node: 1, time: a.time, rec: a.rec.clone() }, b);
+        a2.run(Op::Increment { delta: 1, ttl_ms: None }).unwrap();
+        b2.run(Op::Increment { delta: 1, ttl_ms: None }).unwrap();
+        assert_eq!((a2.view(), b2.view()), (Some(View::Counter(4)), Some(View::Counter(4))));
+    }
+
+    /// Scenario 5: a replica that purged an expired counter starts a new lifetime; a replica
+    /// still holding the expired state must not bring the old count back into it.
+    #[test]
+    fn a_new_lifetime_after_a_purged_expiry_does_not_bring_the_old_counter_or_members_back() {
+        let l = Limits::default();
+        let at = |ms: u64, node: u64| Stamp::new(Stamp::ntp_from_millis(ms), node);
+        let inc = |delta, ttl_ms| Op::Increment { delta, ttl_ms };
+        let old = apply(None, &inc(100, Some(10)), at(NOW, 2), NOW, &l).unwrap().record;
+        // Node 1's sweeper purged it, keeping the marker; then node 1 increments.
+        let marker = old.expired_marker(NOW + 20).expect("expired");
+        assert!(marker.is_marker() && old.expired_marker(NOW + 9).is_none());
+        let fresh = apply(Some(&marker), &inc(1, None), at(NOW + 20, 1), NOW + 20, &l).unwrap().record;
+        for (mut x, y) in [(fresh.clone(), old.clone()), (old.clone(), fresh.clone())] {
+            x.merge(&y);
+            assert_eq!(x.view(NOW + 30), Some(View::Counter(1)));
+        }
+        // A replica that still holds the expired state starts its own new lifetime: the same.
+        let mut other = apply(Some(&old), &inc(5, None), at(NOW + 25, 2), NOW + 25, &l).unwrap().record;
+        other.merge(&fresh);
+        assert_eq!(other.view(NOW + 30), Some(View::Counter(6)));
+        let m = |s: &str| s.as_bytes().to_vec();
+        let add = |x: &str, ttl_ms| Op::SetAdd { members: vec![m(x)], ttl_ms };
+        let set = apply(None, &add("old", Some(10)), at(NOW, 2), NOW, &l).unwrap().record;
+        let marker = set.expired_marker(NOW + 20);
+        let fresh = apply(marker.as_ref(), &add("new", None), at(NOW + 20, 1), NOW + 20, &l).unwrap().record;
+        for (mut x, y) in [(fresh.clone(), set.clone()), (set.clone(), fresh.clone())] {
+            x.merge(&y);
+            assert_eq!(x.view(NOW + 30), Some(View::Set(vec![m("new")])));
+        }
+    }
+
+    /// Scenario 4: a node that lost its own set dots (its data was wiped) writes as a new
+    /// actor, so its next add does not remove what it added before from the other replicas.
+    #[test]
+    fn an_add_by_a_node_that_lost_its_dots_removes_nothing_it_added_before() {
+        let l = Limits::default();
+        let m = |s: &str| s.as_bytes().to_vec();
+        let add = |members: Vec<Vec<u8>>| Op::SetAdd { members, ttl_ms: None };
+        let before = apply_as(None, &add(vec![m("x")]), Stamp::new(10, 1), crate::actor_id(1, 5), NOW, &l)
+            .unwrap()
+            .record;
+        // Node 1 is wiped and adds again under a new incarnation.
+        let after = apply_as(None, &add(vec![m("y")]), Stamp::new(20, 1), crate::actor_id(1, 15), NOW, &l)
+            .unwrap()
+            .record;
+        let mut other = before.clone();
+        other.merge(&after);
+        assert_eq!(other.view(NOW), Some(View::Set(vec![m("x"), m("y")])));
+        // Under the same actor, the new context would cover the lost dot and drop it.
+        let same = apply_as(None, &add(vec![m("y")]), Stamp::new(20, 1), crate::actor_id(1, 5), NOW, &l)
+            .unwrap()
+            .record;
+        let mut lost = before;
+        lost.merge(&same);
+        assert_eq!(lost.view(NOW), Some(View::Set(vec![m("y")])), "why the actor must change");
+    }
+
+    /// An emptied set keeps its lifetime: an add concurrent with the removal of the last member
+    /// survives an add made after the removal.
+    #[test]
+    fn emptying_a_set_does_not_start_a_new_lifetime() {
+        let mut a = Replica::new(1);
+        let mut b = Replica::new(2);
+        let m = |s: &str| s.as_bytes().to_vec();
+        a.run(Op::SetAdd { members: vec![m("x")], ttl_ms: None }).unwrap();
+        b.merge_from(&a);
+        b.time = 30;
+        b.run(Op::SetAdd { members: vec![m("y")], ttl_ms: None }).unwrap();
+        a.time = 10;
+        a.run(Op::SetRemove { members: vec![m("x")] }).unwrap();
+        a.time = 40;
+        a.run(Op::SetAdd { members: vec![m("z")], ttl_ms: None }).unwrap();
+        a.merge_from(&b);
+        assert_eq!(a.view(), Some(View::Set(vec![m("y"), m("z")])));
+    }
+
     #[test]
     fn counter_overflow_is_refused_and_changes_nothing() {
         let mut r = Replica::new(1);
@@ -290,7 +407,7 @@ mod tests {
         assert_eq!(a.record.view(NOW + 9), Some(View::Counter(7)));
         assert_eq!(a.record.ttl_remaining_ms(NOW + 4), Some(6));
         assert_eq!(a.record.view(NOW + 10), None);
-        let s2 = Stamp::new(s.time + 1, 1);
+        let s2 = Stamp::new(Stamp::ntp_from_millis(NOW + 10) + 1, 1);
         let b = apply(
             Some(&a.record),
             &Op::Increment { delta: 1, ttl_ms: None },
@@ -403,7 +520,9 @@ mod laws {
         for step in steps {
             match step {
                 Step::Do { replica, op, now_offset } => {
-                    clock = clock.max(recs[*replica].version().time) + 1;
+                    // An HLC: never behind the wall clock, always past what the replica saw.
+                    let wall = Stamp::ntp_from_millis(NOW + now_offset);
+                    clock = clock.max(recs[*replica].version().time).max(wall) + 1;
                     let stamp = Stamp::new(clock, *replica as u64 + 1);
                     let cur = Some(&recs[*replica]);
                     // Refused operations (wrong type, overflow) leave the state as it was.

@@ -1,12 +1,14 @@
 //! An add-wins observed-remove set of byte strings (an ORSWOT: observed-remove set without
 //! tombstones, after Bieniusa et al. and Almeida, Shoker and Baquero).
 //!
-//! Every add is an event with a dot `(node, counter)`, where the counter is the HLC time of the
-//! operation: unique, and growing per node even after the node forgot the key (a purged
-//! tombstone), so a dot is never reused. The causal context records, per node, the newest dot
-//! the state has seen. That is enough because states travel whole: a node's own state always
-//! holds every dot it issued for the key, so any state carrying `(n, c)` also carries (the
-//! effects of) every earlier dot of `n`.
+//! Every add is an event with a dot `(actor, counter)`, where the counter is the HLC time of
+//! the operation: unique, and growing per actor even after the node forgot the key (a purged
+//! tombstone), so a dot is never reused. The causal context records, per actor, the newest dot
+//! the state has seen. That is enough because states travel whole and an actor's own state
+//! always holds every dot it issued for the key, so any state carrying `(a, c)` also carries
+//! (the effects of) every earlier dot of `a`. A node that may have lost some of its own dots
+//! (its data was wiped, or it dropped its copies of keys) therefore writes as a new actor: the
+//! actor is derived from the node id and an incarnation the node renews on such events.
 //!
 //! A remove drops the member's dots; the context still remembers them, so a merge with a
 //! replica that has not seen the remove drops them there too, while an add the remover never
@@ -80,6 +82,15 @@ impl OrSet {
     /// Removes every member this state has observed.
     pub fn clear(&mut self) {
         self.entries.clear();
+    }
+
+    /// Drops the dots of adds made before HLC time `time` (lifetimes of the key that ended),
+    /// and the members left without a dot.
+    pub fn retain_from(&mut self, time: u64) {
+        self.entries.retain(|_, dots| {
+            dots.retain(|d| d.counter >= time);
+            !dots.is_empty()
+        });
     }
 }
 

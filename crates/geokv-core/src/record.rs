@@ -49,6 +49,12 @@ pub enum View {
 ///   survive it. `counter_base <= counter` pointwise is kept by merging the base into both.
 /// - `set`: add-wins OR-set; a delete removes every observed member.
 /// - `expiry`: LWW deadline in Unix milliseconds, `None` for no TTL.
+/// - `horizon`: an HLC time before which the key's content is gone for good, merged by maximum:
+///   the deadline of a lifetime that expired. Counter entries of earlier epochs and set dots of
+///   earlier adds are dropped by every state that knows it, so an expired lifetime that one
+///   replica still holds (its sweeper is behind, or it was down across the purge) cannot come
+///   back into a new lifetime another replica started. The sweeper keeps a small marker
+///   carrying it when it purges an expired key (see [`Record::expired_marker`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub kind: LWWReg<Kind, Stamp>,
@@ -58,6 +64,26 @@ pub struct Record {
     pub counter_base: PnCounter,
     pub set: OrSet,
     pub expiry: LWWReg<Option<u64>, Stamp>,
+    pub horizon: u64,
+}
+
+/// A record as format version 1 stored it (before `horizon`): read with horizon 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordV1 {
+    pub kind: LWWReg<Kind, Stamp>,
+    pub live: LWWReg<bool, Stamp>,
+    pub register: LWWReg<Vec<u8>, Stamp>,
+    pub counter: PnCounter,
+    pub counter_base: PnCounter,
+    pub set: OrSet,
+    pub expiry: LWWReg<Option<u64>, Stamp>,
+}
+
+impl From<RecordV1> for Record {
+    fn from(v: RecordV1) -> Record {
+        let RecordV1 { kind, live, register, counter, counter_base, set, expiry } = v;
+        Record { kind, live, register, counter, counter_base, set, expiry, horizon: 0 }
+    }
 }
 
 /// LWW join that is commutative even for equal markers (the larger value wins the tie; equal
@@ -86,6 +112,8 @@ impl Crdt for Record {
         let base = self.counter_base.clone();
         self.counter.merge(&base);
         self.set.merge(&other.set);
+        self.horizon = self.horizon.max(other.horizon);
+        self.forget_before_horizon();
     }
 }
 
@@ -95,11 +123,65 @@ impl Record {
         self.kind.marker.max(self.live.marker).max(self.register.marker).max(self.expiry.marker)
     }
 
-    /// Whether the key exists, ignoring its TTL.
+    /// Whether the key exists, ignoring its TTL. A set exists while it has members; a
+    /// counter while it lives, or while it holds increments a delete did not observe (they
+    /// survive the delete, as a set's unobserved adds do).
     pub fn exists(&self) -> bool {
         match self.kind.val {
-            Kind::Register | Kind::Counter => self.live.val,
+            Kind::Register => self.live.val,
+            Kind::Counter => self.live.val || self.counter != self.counter_base,
             Kind::Set => !self.set.is_empty(),
+        }
+    }
+
+    /// Whether the key's lifetime is over: never written, deleted (and nothing survived the
+    /// delete), or past its TTL. The next write starts a new lifetime from a clean slate.
+    pub fn ended(&self, now_ms: u64) -> bool {
+        self.is_expired(now_ms) || !self.exists() && !self.live.val
+    }
+
+    /// Starts a new lifetime at `stamp` (newer than the record) from a clean slate. When the
+    /// lifetime that ended expired, everything it held is gone for good: its deadline becomes
+    /// the horizon, here and in every state this one is merged into.
+    pub(crate) fn begin_lifetime(&mut self, stamp: Stamp, now_ms: u64) {
+        if let Some(deadline) = self.expiry.val.filter(|&d| d <= now_ms) {
+            self.horizon = self.horizon.max(Stamp::ntp_from_millis(deadline));
+            self.forget_before_horizon();
+        }
+        self.clear(stamp);
+    }
+
+    /// What the sweeper keeps of an expired key when it purges it: no content, only the
+    /// horizon (the deadline), the type, and a `live = false` stamped at the deadline, so
+    /// that a replica still holding the expired lifetime cannot bring it back into a new one.
+    /// `None` when the record is not expired at `now_ms`.
+    pub fn expired_marker(&self, now_ms: u64) -> Option<Record> {
+        let deadline = self.expiry.val.filter(|&d| d <= now_ms)?;
+        let at = Stamp::new(Stamp::ntp_from_millis(deadline), 0);
+        let mut marker = Record { horizon: self.horizon.max(at.time), ..Record::default() };
+        marker.kind = LWWReg { val: self.kind.val, marker: self.kind.marker.min(at) };
+        marker.live = LWWReg { val: false, marker: at };
+        Some(marker)
+    }
+
+    /// Whether this record is an expiry marker and nothing more (see
+    /// [`Record::expired_marker`]).
+    pub fn is_marker(&self) -> bool {
+        self.horizon > 0
+            && !self.live.val
+            && self.live.marker.time == self.horizon
+            && self.register.val.is_empty()
+            && self.counter == PnCounter::default()
+            && self.counter_base == PnCounter::default()
+            && self.set.is_empty()
+    }
+
+    /// Drops the counter entries and set dots made before the horizon.
+    pub(crate) fn forget_before_horizon(&mut self) {
+        if self.horizon > 0 {
+            self.counter.retain_from(self.horizon);
+            self.counter_base.retain_from(self.horizon);
+            self.set.retain_from(self.horizon);
         }
     }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use geokv_core::{apply, CoreError, Kind, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
+use geokv_core::{apply_as, CoreError, Kind, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
 use geokv_storage::{Engine, StorageError, Update};
 
 use crate::{Clock, ServerConfig};
@@ -64,7 +64,9 @@ pub struct ScanResult {
 pub struct Node {
     id: NodeId,
     engine: Engine,
-    hlc: uhlc::HLC,
+    hlc: Arc<uhlc::HLC>,
+    /// The actor this node writes counter entries and set dots as (see `geokv_core::actor_id`).
+    actor: std::sync::atomic::AtomicU64,
     limits: Limits,
     clock: Arc<dyn Clock>,
     pub(crate) sweep_batch: usize,
@@ -91,11 +93,29 @@ impl Node {
             .with_clock(crate::clock::hlc_physical_time)
             .with_max_delta(Duration::from_millis(cfg.max_clock_drift_ms))
             .build();
+        let hlc = Arc::new(hlc);
+        // States from other nodes: the newest stamp they carry must be within the drift bound
+        // (and moves this node's clock past it, as any remote time does).
+        let check = hlc.clone();
+        engine.set_stamp_check(Arc::new(move |rec: &Record| {
+            let v = rec.version();
+            check.update_with_timestamp(&v.to_uhlc()).map_err(|e| {
+                format!("its stamp is beyond max_clock_drift_ms ahead of this node's clock (the sender's clock runs ahead): {e}")
+            })
+        }));
         let metrics = crate::metrics::Metrics::new(clock.now_ms());
         let commits = metrics.commit_seconds.clone();
         engine.set_commit_observer(Arc::new(move |took| commits.observe(took.as_secs_f64())));
         let faults = Arc::new(crate::faults::Faults::new(cfg.node_id, cfg.faults.enabled, &metrics));
+        let mut incarnation = engine.incarnation()?;
+        if incarnation == 0 {
+            // A new data directory (or one from before incarnations): a new actor.
+            incarnation = Stamp::from_uhlc(&hlc.new_timestamp()).time;
+            engine.renew_incarnation(incarnation)?;
+        }
+        let actor = std::sync::atomic::AtomicU64::new(geokv_core::actor_id(cfg.node_id, incarnation));
         Ok(Node {
+            actor,
             faults,
             metrics,
             id: cfg.node_id,
@@ -109,6 +129,21 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The actor this node's writes make counter entries and set dots as.
+    pub fn actor(&self) -> u64 {
+        self.actor.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Renews this node's incarnation, and so its actor: called after it dropped state of keys
+    /// it held (residency erase, cleanup), since it may later hold those keys again with less
+    /// than all it once wrote to them.
+    pub fn renew_actor(&self) -> Result<(), StorageError> {
+        let incarnation = Stamp::from_uhlc(&self.hlc.new_timestamp()).time;
+        self.engine.renew_incarnation(incarnation)?;
+        self.actor.store(geokv_core::actor_id(self.id, incarnation), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -186,7 +221,7 @@ impl Node {
         op.validate(&self.limits)?;
         self.engine.update(key, |current| {
             let stamp = self.stamp_after(current);
-            let applied = apply(current, op, stamp, self.now_ms(), &self.limits)?;
+            let applied = apply_as(current, op, stamp, self.actor(), self.now_ms(), &self.limits)?;
             let record = applied.record.clone();
             Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
         })
@@ -220,7 +255,7 @@ impl Node {
         }
         let applied = self.engine.update_many(&valid_keys, |i, current| {
             let stamp = self.stamp_after(current);
-            let applied = apply(current, &valid_ops[i], stamp, self.now_ms(), &self.limits)?;
+            let applied = apply_as(current, &valid_ops[i], stamp, self.actor(), self.now_ms(), &self.limits)?;
             let record = applied.record.clone();
             Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
         });
@@ -272,7 +307,7 @@ impl Node {
             if !matches {
                 return Ok(Update { record: None, out: (false, visible.cloned()) });
             }
-            let applied = apply(current, &op, self.stamp_after(current), now, &self.limits)?;
+            let applied = apply_as(current, &op, self.stamp_after(current), self.actor(), now, &self.limits)?;
             let record = applied.record.clone();
             Ok(Update { record: Some(applied.record), out: (true, Some(record)) })
         })

@@ -75,11 +75,23 @@ fn level_label(raw: i32) -> &'static str {
 }
 
 impl KvService {
+    /// Counts the request's keys for hot-key detection: only keys that pass validation (so
+    /// the table holds no oversized key) and that this region may hold (a key forwarded to or
+    /// refused for another region never shows in this node's metrics).
     fn observe_keys(&self, req: &impl Observe) -> &'static str {
         let metrics = self.node().metrics();
         let now = self.node().now_ms();
+        let limits = self.node().limits();
+        let residency = self.cluster().map(|c| c.residency().installed());
+        let region = self.cluster().map(|c| c.region());
         for key in req.keys() {
-            metrics.touch(key, now);
+            let held_here = match (&residency, region) {
+                (Some(installed), Some(region)) => installed.policy.allows(key, region),
+                _ => true,
+            };
+            if held_here && limits.check_key(key).is_ok() {
+                metrics.touch(key, now);
+            }
         }
         level_label(req.consistency())
     }

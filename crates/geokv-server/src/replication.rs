@@ -82,6 +82,8 @@ pub struct Replicator {
     batches_received: AtomicU64,
     deltas_applied: AtomicU64,
     drift_rejections: AtomicU64,
+    /// Received states refused for good by this region (see `receive`), not applied.
+    deltas_set_aside: AtomicU64,
     /// Draws for the link emulator's jitter and loss.
     rng: Mutex<rand010::rngs::SmallRng>,
 }
@@ -140,6 +142,7 @@ impl Replicator {
             batches_received: AtomicU64::new(0),
             deltas_applied: AtomicU64::new(0),
             drift_rejections: AtomicU64::new(0),
+            deltas_set_aside: AtomicU64::new(0),
             rng: Mutex::new({
                 use rand010::SeedableRng;
                 rand010::rngs::SmallRng::seed_from_u64(cluster_seed)
@@ -364,11 +367,17 @@ impl Replicator {
         }
         let mut tasks = tokio::task::JoinSet::new();
         let mut failure = None;
-        let mut settle = |done: Result<Result<(), String>, tokio::task::JoinError>| match done {
+        let mut settle = |done: Result<Result<(), tonic::Status>, tokio::task::JoinError>| match done {
             Ok(Ok(())) => {
                 self.deltas_applied.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Err(e)) => failure = Some(e),
+            // Refused for good (its merge would be over the codec's bound, ...): set aside and
+            // counted, so one delta can never stall the stream (and the purges waiting on it).
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                self.deltas_set_aside.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %s.message(), "a replicated state was refused here and set aside");
+            }
+            Ok(Err(s)) => failure = Some(s.message().to_string()),
             Err(e) => failure = Some(e.to_string()),
         };
         for delta in batch.deltas {
@@ -382,11 +391,21 @@ impl Replicator {
                     settle(done);
                 }
             }
+            let rec = match decode(&delta.state) {
+                Ok(rec) => rec,
+                Err(s) => return refuse(s.message().to_string()),
+            };
+            let v = rec.version();
+            if let Err(e) = self.cluster.node().observe_remote_time(v.time, v.node) {
+                // The batch's clock was fine, but this state carries a stamp from the future
+                // (its writer's clock ran ahead): set aside, counted, never stored; the rest of
+                // the batch goes on.
+                self.drift_rejections.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(origin = %batch.origin_region, key = %String::from_utf8_lossy(&delta.key), error = %e, "a replicated state was set aside: its stamp is beyond the maximum clock drift");
+                continue;
+            }
             let cluster = self.cluster.clone();
-            tasks.spawn(async move {
-                let rec = decode(&delta.state).map_err(|s| s.message().to_string())?;
-                cluster.apply_remote(delta.key, rec).await.map_err(|s| s.message().to_string())
-            });
+            tasks.spawn(async move { cluster.apply_remote(delta.key, rec).await });
         }
         while let Some(done) = tasks.join_next().await {
             settle(done);
@@ -442,6 +461,7 @@ impl Replicator {
             batches_received: self.batches_received.load(Ordering::Relaxed),
             deltas_applied: self.deltas_applied.load(Ordering::Relaxed),
             drift_rejections: self.drift_rejections.load(Ordering::Relaxed),
+            deltas_set_aside: self.deltas_set_aside.load(Ordering::Relaxed),
         }
     }
 

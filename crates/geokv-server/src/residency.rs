@@ -197,7 +197,8 @@ impl Residency {
         write_saved(engine, ENFORCED_META, saved)
     }
 
-    /// Where a client request for `key` goes. `forwarded`: the request came from another
+    /// Where a client request for `key` goes (checked before the key's size is: a refusal
+    /// names at most the key's first 64 characters). `forwarded`: the request came from another
     /// region already (it is served here or refused, never forwarded again).
     pub fn route(&self, key: &[u8], forwarded: bool) -> Result<Route, Status> {
         let installed = self.installed();
@@ -211,7 +212,7 @@ impl Residency {
             self.stats.rejects.fetch_add(1, Ordering::Relaxed);
             return Err(Status::failed_precondition(format!(
                 "key {:?} was forwarded to region {}, which may not hold it either: residency rule {:?}{line} of policy version {} allows only {allowed}; the regions hold different policy versions, retry shortly",
-                String::from_utf8_lossy(key),
+                shown_key(key),
                 self.region,
                 rule.name,
                 installed.version
@@ -221,7 +222,7 @@ impl Residency {
             self.stats.rejects.fetch_add(1, Ordering::Relaxed);
             return Err(Status::failed_precondition(format!(
                 "key {:?} may not be held in region {}: residency rule {:?}{line} allows only {allowed}; send the request to a node of {allowed}",
-                String::from_utf8_lossy(key),
+                shown_key(key),
                 self.region,
                 rule.name
             )));
@@ -268,4 +269,10 @@ fn read_saved(engine: &Engine, name: &str) -> Result<Option<Saved>, String> {
 fn write_saved(engine: &Engine, name: &str, saved: &Saved) -> Result<(), String> {
     let raw = postcard::to_allocvec(saved).expect("policies serialize");
     engine.put_meta(name, &raw).map_err(|e| format!("cannot save the residency policy: {e}"))
+}
+
+/// A key as an error message shows it: printable, and cut after 64 characters (a message
+/// travels in a header, and the key may not have been validated yet).
+pub fn shown_key(key: &[u8]) -> String {
+    crate::metrics::hot::key_label(key, 64)
 }

@@ -59,6 +59,10 @@ impl KvService {
         &self.node
     }
 
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
     fn forwarder(&self) -> Result<&Forwarder, Status> {
         self.forwarder.as_ref().ok_or_else(|| Status::internal("forwarding needs a cluster"))
     }

@@ -14,7 +14,9 @@ pub fn code_of(err: &StorageError) -> Code {
             CoreError::Overflow { .. } => Code::OutOfRange,
             CoreError::StaleStamp { .. } => Code::Aborted,
         },
-        StorageError::RecordTooLarge { .. } | StorageError::NotAdmitted { .. } => Code::FailedPrecondition,
+        StorageError::RecordTooLarge { .. }
+        | StorageError::NotAdmitted { .. }
+        | StorageError::ClockDrift { .. } => Code::FailedPrecondition,
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::Engine(_) => Code::Internal,
         StorageError::Incompatible { .. } | StorageError::BatchFailed(_) => Code::Internal,

@@ -107,9 +107,16 @@ mod tests {
         clock.0.store(start + 62_000, Ordering::SeqCst);
         let report = node.sweep_once().unwrap();
         assert_eq!((report.purged, report.errors), (2, 0));
-        assert!(node.engine().get(b"short").unwrap().is_none());
+        let marker = node.engine().get(b"short").unwrap().expect("an expired key leaves a marker");
+        assert!(marker.is_marker() && marker.view(node.now_ms()).is_none(), "{marker:?}");
         assert!(node.engine().get(b"gone").unwrap().is_none());
         assert!(node.get(b"long", node.now_ms()).unwrap().is_some());
+        // The marker goes one more grace period after the purge.
+        clock.0.store(start + 1_000 + 119_000, Ordering::SeqCst);
+        assert_eq!(node.sweep_once().unwrap().purged, 0);
+        clock.0.store(start + 1_000 + 120_000, Ordering::SeqCst);
+        assert_eq!(node.sweep_once().unwrap().purged, 1);
+        assert!(node.engine().get(b"short").unwrap().is_none());
     }
 
     #[test]
@@ -127,6 +134,6 @@ mod tests {
         clock.0.store(start + 5_000, Ordering::SeqCst);
         let report = node.sweep_once().unwrap();
         assert_eq!((report.purged, report.errors), (1, 1));
-        assert!(node.engine().get(b"b").unwrap().is_none());
+        assert!(node.engine().get(b"b").unwrap().is_some_and(|r| r.is_marker()));
     }
 }

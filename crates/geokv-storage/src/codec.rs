@@ -1,18 +1,21 @@
 //! The on-disk encoding of a key's state.
 //!
 //! ```text
-//! byte 0      format version (1)
+//! byte 0      format version (2; 1 is still read)
 //! byte 1      flags: bit 0 = payload is zstd-compressed
 //! bytes 2..6  CRC-32 (IEEE) of bytes 0..2 and the payload, little-endian
 //! bytes 6..   payload: postcard encoding of `geokv_core::Record`, maybe compressed
 //!             (one zstd frame that declares its decompressed size)
 //! ```
 //! Decoding dispatches on the version byte, so a later format adds a decoder and keeps this
-//! one. A checksum mismatch is reported as corruption and the value is never served.
+//! one. Version 1's payload is a record without `horizon` (`geokv_core::RecordV1`), read with
+//! horizon 0. A checksum mismatch is reported as corruption and the value is never
+//! served.
 
 use geokv_core::Record;
 
 pub const FORMAT_V1: u8 = 1;
+pub const FORMAT_V2: u8 = 2;
 const FLAG_ZSTD: u8 = 1;
 const HEADER: usize = 6;
 /// Upper bound for a decompressed payload, against decompression bombs in corrupt input: a
@@ -24,7 +27,7 @@ const MAX_DECODED: usize = geokv_core::MAX_RECORD_BYTES;
 pub enum DecodeError {
     #[error("value is {0} bytes, shorter than the {HEADER}-byte header")]
     Truncated(usize),
-    #[error("unknown format version {0} (this build reads version {FORMAT_V1})")]
+    #[error("unknown format version {0} (this build reads versions {FORMAT_V1} and {FORMAT_V2})")]
     UnknownVersion(u8),
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
@@ -64,7 +67,7 @@ pub fn encode_serialized(plain: Vec<u8>, compress_at: usize, level: i32) -> Vec<
     } else {
         (0, plain)
     };
-    let head = [FORMAT_V1, flags];
+    let head = [FORMAT_V2, flags];
     let crc = checksum(&head, &payload);
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&head);
@@ -78,12 +81,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::Truncated(bytes.len()));
     }
     match bytes[0] {
-        FORMAT_V1 => decode_v1(bytes),
+        FORMAT_V1 => {
+            let v1: geokv_core::RecordV1 = postcard_payload(bytes)?;
+            Ok(v1.into())
+        }
+        FORMAT_V2 => postcard_payload(bytes),
         v => Err(DecodeError::UnknownVersion(v)),
     }
 }
 
-fn decode_v1(bytes: &[u8]) -> Result<Record, DecodeError> {
+/// Checks the checksum, decompresses, and decodes the postcard payload of a value.
+fn postcard_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let flags = bytes[1];
     let stored = u32::from_le_bytes(bytes[2..6].try_into().expect("4 bytes"));
     let payload = &bytes[HEADER..];
@@ -158,7 +166,7 @@ mod tests {
 
     /// A value with a valid header around any payload.
     fn sealed(flags: u8, payload: &[u8]) -> Vec<u8> {
-        let head = [FORMAT_V1, flags];
+        let head = [FORMAT_V2, flags];
         [&head[..], &checksum(&head, payload).to_le_bytes(), payload].concat()
     }
 
@@ -196,6 +204,25 @@ mod tests {
         assert!(decode(&sealed(FLAG_ZSTD, b"not zstd")).is_err());
         let declared = zstd::bulk::compress(&plain, 3).unwrap();
         assert_eq!(decode(&sealed(FLAG_ZSTD, &declared)), Ok(sample(5000)));
+    }
+
+    #[test]
+    fn a_version_1_value_reads_as_a_record_with_no_horizon() {
+        let r = sample(10);
+        let v1 = geokv_core::RecordV1 {
+            kind: r.kind.clone(),
+            live: r.live.clone(),
+            register: r.register.clone(),
+            counter: r.counter.clone(),
+            counter_base: r.counter_base.clone(),
+            set: r.set.clone(),
+            expiry: r.expiry.clone(),
+        };
+        let payload = postcard::to_allocvec(&v1).unwrap();
+        let head = [FORMAT_V1, 0];
+        let bytes = [&head[..], &checksum(&head, &payload).to_le_bytes(), &payload].concat();
+        let read = decode(&bytes).unwrap();
+        assert_eq!(read, Record { horizon: 0, ..r });
     }
 
     #[test]

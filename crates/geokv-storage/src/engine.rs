@@ -23,6 +23,12 @@ const CF_META: &str = "meta";
 const CF_HINTS: &str = "hints";
 const META_NODE_ID: &[u8] = b"node_id";
 const META_LAYOUT: &[u8] = b"layout_version";
+/// The incarnation of this data directory: an HLC time set when it is created and renewed
+/// whenever the node drops keys it held (see [`Engine::renew_incarnation`]).
+const META_INCARNATION: &[u8] = b"incarnation";
+/// The highest change-log sequence number ever assigned, saved before log entries are deleted
+/// (trimmed or erased): the counter must never go back below what a destination acknowledged.
+const META_LOG_HIGH_WATER: &[u8] = b"log_high_water";
 const LAYOUT_VERSION: u8 = 2;
 const LOCK_STRIPES: usize = 1024;
 /// Most tombstones or expired keys one scan page steps over before it returns what it has.
@@ -77,6 +83,9 @@ pub struct Stats {
     pub corrupt_reads: u64,
     /// Corrupt stored states replaced by a replica's state (read repair, anti-entropy, hints).
     pub corrupt_replaced: u64,
+    /// Merges stored although the merged state is over `max_record_bytes` (each replica's
+    /// state was within it; refusing the merge would leave the replicas apart for good).
+    pub oversized_merges: u64,
     pub last_seq: u64,
     pub estimated_keys: u64,
     pub live_data_bytes: u64,
@@ -119,8 +128,11 @@ pub struct Engine {
     writes: AtomicU64,
     corrupt_reads: AtomicU64,
     corrupt_replaced: AtomicU64,
+    oversized_merges: AtomicU64,
     /// Decides which keys may be stored at all (see [`Engine::set_admission`]).
     admission: std::sync::OnceLock<Admission>,
+    /// Refuses states from other nodes whose stamps are too far ahead.
+    stamp_check: std::sync::OnceLock<StampCheck>,
     /// Told how long each commit of key changes took (see [`Engine::set_commit_observer`]).
     commit_observer: std::sync::OnceLock<CommitObserver>,
     /// Injected slowness of every commit, in milliseconds (see [`Engine::set_commit_delay`]).
@@ -133,6 +145,10 @@ pub type CommitObserver = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sy
 
 /// A check every stored key passes first: `Err(reason)` refuses the key (residency).
 pub type Admission = std::sync::Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// Checks the stamps of a state that came from another node before it is stored (merged or
+/// kept as a hint); see [`Engine::set_stamp_check`].
+pub type StampCheck = std::sync::Arc<dyn Fn(&Record) -> Result<(), String> + Send + Sync>;
 
 impl Engine {
     /// Opens (or creates) the data directory of node `node_id`.
@@ -156,7 +172,9 @@ impl Engine {
             writes: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
             corrupt_replaced: AtomicU64::new(0),
+            oversized_merges: AtomicU64::new(0),
             admission: std::sync::OnceLock::new(),
+            stamp_check: std::sync::OnceLock::new(),
             commit_observer: std::sync::OnceLock::new(),
             commit_delay_ms: AtomicU64::new(0),
             path: path.to_path_buf(),
@@ -168,6 +186,23 @@ impl Engine {
 
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// This data directory's incarnation (0 for one made before incarnations existed, until
+    /// the node renews it).
+    pub fn incarnation(&self) -> Result<u64, StorageError> {
+        let v = self.db.get_cf(self.cf(CF_META), META_INCARNATION)?;
+        Ok(v.and_then(|v| v.as_slice().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
+    }
+
+    /// Saves a new incarnation (durably). A node renews it when it may have lost CRDT state
+    /// it wrote itself (a new data directory, keys erased or dropped), so that it writes as a
+    /// new actor from then on (see `geokv_core::OrSet`).
+    pub fn renew_incarnation(&self, incarnation: u64) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META), META_INCARNATION, incarnation.to_be_bytes(), &opts)?;
+        Ok(())
     }
 
     fn check_identity(&self, path: &Path, node_id: NodeId) -> Result<(), StorageError> {
@@ -197,14 +232,29 @@ impl Engine {
         Ok(())
     }
 
+    /// The highest sequence number assigned before this start: the newest entry of the log,
+    /// or the high-water mark saved before entries were deleted, whichever is higher.
     fn last_logged_seq(&self) -> Result<u64, StorageError> {
-        match self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End).next() {
+        let newest = match self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End).next() {
             Some(item) => {
                 let (k, _) = item?;
-                Ok(k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0))
+                k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)
             }
-            None => Ok(0),
-        }
+            None => 0,
+        };
+        let saved = self.db.get_cf(self.cf(CF_META), META_LOG_HIGH_WATER)?;
+        let saved = saved.and_then(|v| v.as_slice().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+        Ok(newest.max(saved))
+    }
+
+    /// Saves the highest sequence number assigned so far (durably, before any log entry is
+    /// deleted), so a restart after the newest entries were erased does not reuse numbers.
+    pub(crate) fn save_log_high_water(&self) -> Result<(), StorageError> {
+        let last = lock(&self.seq).last;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META), META_LOG_HIGH_WATER, last.to_be_bytes(), &opts)?;
+        Ok(())
     }
 
     fn stripe_index(&self, key: &[u8]) -> usize {
@@ -258,6 +308,23 @@ impl Engine {
         }
     }
 
+    /// Installs the check every state from another node (a merge, a hint) passes before it
+    /// is stored: a node whose clock runs ahead must not make its peers store stamps that
+    /// would win every last-writer-wins race. Set once, before serving.
+    pub fn set_stamp_check(&self, check: StampCheck) {
+        let _ = self.stamp_check.set(check);
+    }
+
+    pub(crate) fn check_stamps(&self, key: &[u8], incoming: &Record) -> Result<(), StorageError> {
+        match self.stamp_check.get() {
+            Some(check) => check(incoming).map_err(|reason| StorageError::ClockDrift {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn admit(&self, key: &[u8]) -> Result<(), StorageError> {
         match self.admission.get() {
             Some(check) => check(key).map_err(|reason| StorageError::NotAdmitted {
@@ -286,19 +353,21 @@ impl Engine {
         self.update_as(key, true, false, f)
     }
 
-    /// Read-modify-write of one key. With `replace_corrupt`, a stored state that fails its
-    /// checksum is treated as absent (so a state from a replica replaces it) instead of failing.
+    /// Read-modify-write of one key. With `merge` (a replica's state is merged in), a stored
+    /// state that fails its checksum is treated as absent (so the replica's state replaces it)
+    /// instead of failing, and the result may be over `max_record_bytes` (see
+    /// [`Engine::serialize_checked`]).
     fn update_as<T>(
         &self,
         key: &[u8],
         ship: bool,
-        replace_corrupt: bool,
+        merge: bool,
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
         let _guard = lock(self.stripe(key));
         self.admit(key)?;
         let old = match self.get(key) {
-            Err(StorageError::Corrupt { key: shown, reason }) if replace_corrupt => {
+            Err(StorageError::Corrupt { key: shown, reason }) if merge => {
                 self.corrupt_replaced.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = %shown, %reason, "replacing a corrupt stored state with a replica's state");
                 None
@@ -307,7 +376,7 @@ impl Engine {
         };
         let Update { record, out } = f(old.as_ref())?;
         if let Some(new) = record {
-            let plain = self.serialize_checked(&new)?;
+            let plain = self.serialize_checked(key, &new, old.as_ref(), merge)?;
             self.commit_all(&[(key, old.as_ref(), &new, plain)], ship)?;
         }
         Ok(out)
@@ -318,6 +387,12 @@ impl Engine {
     /// an older copy arriving late from another replica cannot bring the key back.
     fn purge_deadline(&self, rec: &Record) -> Option<u64> {
         let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
+        if rec.is_marker() {
+            // Kept one grace period after the purge that left it (which came a grace period
+            // after the deadline).
+            let deadline = Stamp::new(rec.horizon, 0).unix_millis();
+            return Some(deadline.saturating_add(grace.saturating_mul(2)));
+        }
         if !rec.exists() {
             Some(rec.version().unix_millis().saturating_add(grace))
         } else {
@@ -329,16 +404,40 @@ impl Engine {
         self.purge_deadline(rec).map(|d| (d, TtlTag::Purge)).into_iter().collect()
     }
 
-    /// The uncompressed payload of a new state, refused over `max_record_bytes`.
-    fn serialize_checked(&self, rec: &Record) -> Result<Vec<u8>, StorageError> {
-        let plain = codec::serialize(rec);
-        if plain.len() > self.cfg.max_record_bytes {
-            return Err(StorageError::RecordTooLarge {
-                actual: plain.len(),
-                limit: self.cfg.max_record_bytes,
-            });
+    /// The uncompressed payload of a new state of `key`, checked against `max_record_bytes`.
+    ///
+    /// A client write (`merge` false) may not grow a state past the limit; one that does not
+    /// grow it (a removal from a set that merges made oversized) is taken. A merge of replica
+    /// states is taken up to the codec's bound ([`geokv_core::MAX_RECORD_BYTES`]) and counted
+    /// when over the limit: both states were within it, and refusing their merge would leave
+    /// the replicas (or regions) apart for good and stall whatever carries the merge.
+    pub(crate) fn serialize_checked(
+        &self,
+        key: &[u8],
+        new: &Record,
+        old: Option<&Record>,
+        merge: bool,
+    ) -> Result<Vec<u8>, StorageError> {
+        let plain = codec::serialize(new);
+        let limit = self.cfg.max_record_bytes;
+        if plain.len() <= limit {
+            return Ok(plain);
         }
-        Ok(plain)
+        if merge {
+            if plain.len() > geokv_core::MAX_RECORD_BYTES {
+                return Err(StorageError::RecordTooLarge {
+                    actual: plain.len(),
+                    limit: geokv_core::MAX_RECORD_BYTES,
+                });
+            }
+            self.oversized_merges.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key = %String::from_utf8_lossy(key), bytes = plain.len(), limit, "a merged state is over limits.max_record_bytes; stored (writes that would grow it are refused)");
+            return Ok(plain);
+        }
+        if old.is_some_and(|o| codec::serialize(o).len() >= plain.len()) {
+            return Ok(plain);
+        }
+        Err(StorageError::RecordTooLarge { actual: plain.len(), limit })
     }
 
     /// Commits changes of several keys in one `WriteBatch` (one WAL write and sync), each with
@@ -434,18 +533,22 @@ impl Engine {
                 }
             }
             let current = latest.get(key).map(|(r, _)| r).or(original[key].as_ref());
-            let outcome =
-                f(i, current).map_err(StorageError::from).and_then(|Update { record, out }| match record {
-                    Some(new) => {
-                        let plain = self.serialize_checked(&new)?;
-                        if !latest.contains_key(key) {
-                            order.push(key);
-                        }
-                        latest.insert(key, (new, plain));
-                        Ok(out)
+            let outcome = match f(i, current).map_err(StorageError::from) {
+                Ok(Update { record: Some(new), out }) => {
+                    self.serialize_checked(key, &new, current, false).map(|plain| (Some((new, plain)), out))
+                }
+                Ok(Update { record: None, out }) => Ok((None, out)),
+                Err(e) => Err(e),
+            };
+            let outcome = outcome.map(|(change, out)| {
+                if let Some(change) = change {
+                    if !latest.contains_key(key) {
+                        order.push(key);
                     }
-                    None => Ok(out),
-                });
+                    latest.insert(key, change);
+                }
+                out
+            });
             results.push(outcome);
         }
         let changes: Vec<Change<'_>> = order
@@ -471,6 +574,7 @@ impl Engine {
     /// A stored state that fails its checksum cannot be merged: it is replaced by `incoming`
     /// (counted in [`Stats::corrupt_replaced`]); the replicas that sent it hold the rest.
     pub fn merge_as(&self, key: &[u8], incoming: &Record, ship: bool) -> Result<bool, StorageError> {
+        self.check_stamps(key, incoming)?;
         self.update_as(key, ship, true, |current| {
             let merged = match current {
                 Some(cur) => {
@@ -586,6 +690,13 @@ impl Engine {
             self.db.write_opt(b, &self.wopts)?;
             return Ok(false);
         }
+        if let Some(marker) = rec.expired_marker(now_ms) {
+            // An expired key leaves a marker of its deadline for one more grace period: a
+            // replica still holding the expired state cannot bring it back into a new lifetime.
+            let plain = codec::serialize(&marker);
+            self.commit_all(&[(key, Some(&rec), &marker, plain)], false)?;
+            return Ok(true);
+        }
         b.delete_cf(self.cf(CF_DATA), key);
         b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key));
         self.db.write_opt(b, &self.wopts)?;
@@ -635,6 +746,7 @@ impl Engine {
         if cut == 0 {
             return Ok(0);
         }
+        self.save_log_high_water()?;
         let mut b = WriteBatch::default();
         b.delete_range_cf(self.cf(CF_LOG), log_key(0), log_key(cut + 1));
         self.db.write_opt(b, &self.wopts)?;
@@ -654,6 +766,7 @@ impl Engine {
             writes: self.writes.load(Ordering::Relaxed),
             corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
             corrupt_replaced: self.corrupt_replaced.load(Ordering::Relaxed),
+            oversized_merges: self.oversized_merges.load(Ordering::Relaxed),
             last_seq: self.committed_seq(),
             estimated_keys: prop("rocksdb.estimate-num-keys"),
             live_data_bytes: prop("rocksdb.estimate-live-data-size"),

@@ -27,6 +27,11 @@ pub enum StorageError {
     #[error("key {key:?} may not be stored here: {reason}")]
     NotAdmitted { key: String, reason: String },
 
+    /// A state from another node carries a stamp further ahead of this node's clock than
+    /// `max_clock_drift_ms` allows; nothing was stored.
+    #[error("the state of key {key:?} sent by another node was refused: {reason}")]
+    ClockDrift { key: String, reason: String },
+
     /// The operation itself was refused (wrong type, limits, ...).
     #[error(transparent)]
     Core(#[from] CoreError),

@@ -21,7 +21,9 @@ mod keys;
 
 pub use config::StorageConfig;
 #[cfg(feature = "engine")]
-pub use engine::{Admission, CommitObserver, Engine, EraseReport, LogEntry, ScanPage, Stats, Update};
+pub use engine::{
+    Admission, CommitObserver, Engine, EraseReport, LogEntry, ScanPage, StampCheck, Stats, Update,
+};
 #[cfg(feature = "engine")]
 pub use error::StorageError;
 #[cfg(feature = "engine")]

@@ -78,7 +78,8 @@ fn report_json(r: &proto::ResidencyReport) -> Json {
     json!({ "node_id": r.node_id, "region": r.region, "version": r.version, "phase": r.phase, "ok": r.ok,
         "error": r.error, "keys_scanned": r.keys_scanned, "keys_erased": r.keys_erased,
         "ttl_entries_erased": r.ttl_entries_erased, "log_entries_erased": r.log_entries_erased,
-        "hints_erased": r.hints_erased, "keys_reshipped": r.keys_reshipped, "millis": r.millis })
+        "hints_erased": r.hints_erased, "keys_reshipped": r.keys_reshipped,
+        "keys_handed_over": r.keys_handed_over, "keys_kept": r.keys_kept, "millis": r.millis })
 }
 
 async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
@@ -91,6 +92,7 @@ async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
     let (mut failed, mut erased, mut reshipped, mut version) = (0, 0, 0, 0);
+    let (mut handed, mut kept) = (0, 0);
     while let Some(r) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", s.message()))? {
         version = version.max(r.version);
         if !r.ok {
@@ -98,21 +100,23 @@ async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
         }
         erased += r.keys_erased;
         reshipped += r.keys_reshipped;
+        handed += r.keys_handed_over;
+        kept += r.keys_kept;
         let human = if !r.ok {
             format!("node {:<3} {:<12} {:<8} FAILED: {}", r.node_id, r.region, r.phase, r.error)
         } else if r.phase == "adopted" {
             format!("node {:<3} {:<12} adopted version {}", r.node_id, r.region, r.version)
         } else {
             format!(
-                "node {:<3} {:<12} enforced version {}: scanned {} keys, erased {} (+{} TTL entries, {} change-log entries, {} hints), re-shipped {}, {} ms",
-                r.node_id, r.region, r.version, r.keys_scanned, r.keys_erased, r.ttl_entries_erased,
-                r.log_entries_erased, r.hints_erased, r.keys_reshipped, r.millis
+                "node {:<3} {:<12} enforced version {}: scanned {} keys, handed over {} to the regions now holding them, erased {} (+{} TTL entries, {} change-log entries, {} hints), re-shipped {}, {} ms",
+                r.node_id, r.region, r.version, r.keys_scanned, r.keys_handed_over, r.keys_erased,
+                r.ttl_entries_erased, r.log_entries_erased, r.hints_erased, r.keys_reshipped, r.millis
             )
         };
         print(js, report_json(&r), human);
     }
     if !js {
-        println!("policy version {version}: {erased} keys erased, {reshipped} re-shipped, {failed} node reports failed");
+        println!("policy version {version}: {handed} keys handed over, {erased} erased, {kept} kept until their new regions have them, {reshipped} re-shipped, {failed} node reports failed");
     }
     if failed > 0 {
         bail!("{failed} node(s) did not take the policy; they take it from their peers when they are back (geokv residency explain shows where copies are)");

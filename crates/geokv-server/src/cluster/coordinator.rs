@@ -1,7 +1,8 @@
 //! Quorum writes and reads over the key's replicas.
 //!
-//! Writes: a home replica of the key applies the operation to its own state (so its HLC and
-//! its counter/set identity stamp it), then sends the resulting full state to the other
+//! Writes: a home replica of the key first reads the key at the request's level and merges
+//! what it finds (so a replica that missed writes does not build on a stale state), applies
+//! the operation to its own state (so its HLC and its counter/set identity stamp it), then sends the resulting full state to the other
 //! targets (healthy home replicas and stand-ins holding hints for the unhealthy ones) and
 //! answers once W of them, itself included, have it durably. A node that is not a home replica
 //! forwards the write to one that is. A target that fails during the write gets a durable hint
@@ -122,15 +123,18 @@ impl Cluster {
         action: Action,
         level: Level,
     ) -> Result<Applied, Status> {
-        if matches!(action, Action::Cas { .. }) {
-            // Compare against what a quorum holds, not only this replica's copy.
-            if let Some(merged) = self.read(key.clone(), level).await? {
-                let (node, k) = (self.node.clone(), key.clone());
-                tokio::task::spawn_blocking(move || node.engine().merge(&k, &merged))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .map_err(to_status)?;
-            }
+        // Every operation depends on the key's current state: its type (a wrong-type write is
+        // refused), its value (Append, CAS), its members (SetRemove), its observed counter
+        // (Delete), and the outcome reported. This replica may have missed writes that a
+        // quorum acknowledged (it was unreachable, or wiped), so it first reads the key at the
+        // request's level and merges what it finds: with R + W > N every write acknowledged
+        // at QUORUM is seen by a write at QUORUM, and the new state carries it.
+        if let Some(merged) = self.read(key.clone(), level).await? {
+            let (node, k) = (self.node.clone(), key.clone());
+            tokio::task::spawn_blocking(move || node.engine().merge(&k, &merged))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(to_status)?;
         }
         let node = self.node.clone();
         let k = key.clone();
@@ -413,7 +417,18 @@ impl Cluster {
             .map_err(|_| Status::deadline_exceeded("fetch timed out"))?;
         match resp {
             Ok(r) if r.get_ref().state.is_empty() => Ok(None),
-            Ok(r) => decode(&r.into_inner().state).map(Some),
+            Ok(r) => {
+                let rec = decode(&r.into_inner().state)?;
+                // A replica whose clock ran ahead may hold stamps from the future: such a state
+                // is neither served nor merged anywhere (it would win every LWW race).
+                let v = rec.version();
+                self.node.observe_remote_time(v.time, v.node).map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "node {node} holds a state of the key stamped beyond max_clock_drift_ms ahead of this node's clock ({e}); its answer is not used"
+                    ))
+                })?;
+                Ok(Some(rec))
+            }
             Err(s) => Err(s),
         }
     }

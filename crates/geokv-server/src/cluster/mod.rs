@@ -8,6 +8,7 @@
 mod anti_entropy;
 mod coordinator;
 mod gossip;
+mod handover;
 mod moves;
 mod peers;
 mod residency;

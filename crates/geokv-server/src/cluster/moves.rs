@@ -260,6 +260,11 @@ impl Cluster {
                     bytes += size;
                 }
             }
+            if keys > 0 {
+                // Should this node own some of these keys again, it holds less than it once
+                // wrote to them: from now on it writes as a new actor.
+                node.renew_actor()?;
+            }
             Ok::<_, geokv_storage::StorageError>((keys, bytes))
         })
         .await

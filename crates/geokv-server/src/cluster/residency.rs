@@ -98,16 +98,66 @@ impl Cluster {
             }
         }
         let started = Instant::now();
+        let mut report = self.residency_report("enforced");
+        report.version = installed.version;
+        // Twice: the second pass catches a write that passed the previous policy's admission
+        // check just before this one was installed, and landed behind the first scan.
+        let mut kept = (0, Vec::new());
+        for _ in 0..2 {
+            let (policy, region) = (installed.clone(), self.region.clone());
+            let doomed = move |key: &[u8]| !policy.policy.allows(key, &region);
+            // Hand over first: a key is erased only once every region that may hold it has it.
+            let handover = self.hand_over(&installed, doomed.clone()).await.map_err(Status::internal)?;
+            report.keys_handed_over += handover.handed.len() as u64;
+            kept = (handover.kept, handover.errors);
+            let this = self.clone();
+            let erased = tokio::task::spawn_blocking(move || {
+                let engine = this.node.engine();
+                engine.erase_where(|key| {
+                    doomed(key)
+                        && handover.handed.get(key).is_some_and(|v| {
+                            // Unchanged since it was shipped (or already gone).
+                            engine.get(key).ok().is_some_and(|r| r.is_none_or(|r| r.version() == *v))
+                        })
+                })
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+            if erased.keys + erased.hints > 0 {
+                // Should the policy let this region hold these keys again, this node will hold
+                // less than it once wrote to them: from now on it writes as a new actor.
+                self.node.renew_actor().map_err(|e| Status::internal(e.to_string()))?;
+            }
+            report.keys_erased += erased.keys;
+            report.ttl_entries_erased += erased.ttl_entries;
+            report.log_entries_erased += erased.log_entries;
+            report.hints_erased += erased.hints;
+        }
+        report.keys_kept = kept.0;
         let this = self.clone();
-        let mut report = tokio::task::spawn_blocking(move || this.enforce_blocking(&installed))
+        let complete = kept.0 == 0;
+        let installed_now = installed.clone();
+        report = tokio::task::spawn_blocking(move || this.finish_enforce(&installed_now, report, complete))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::internal)?;
         report.millis = started.elapsed().as_millis() as u64;
+        if !complete {
+            // Not marked enforced: the residency sync runs it again.
+            report.ok = false;
+            report.error = format!(
+                "{} keys this region may no longer hold are kept until every region allowed to hold them has them: {}",
+                kept.0,
+                kept.1.join("; ")
+            );
+            tracing::warn!(kept = kept.0, errors = ?kept.1, "residency enforcement kept keys it could not hand over");
+        }
         *last = Some(report.clone());
         tracing::info!(
             version = report.version,
             erased = report.keys_erased,
+            handed_over = report.keys_handed_over,
             reshipped = report.keys_reshipped,
             millis = report.millis,
             "residency policy enforced"
@@ -115,20 +165,15 @@ impl Cluster {
         Ok(report)
     }
 
-    fn enforce_blocking(&self, installed: &Installed) -> Result<pb::ResidencyReport, String> {
+    /// After the erasing: compacts, re-logs for shipping the keys other regions may now hold,
+    /// and (when nothing was kept back) marks the policy enforced on this node.
+    fn finish_enforce(
+        &self,
+        installed: &Installed,
+        mut report: pb::ResidencyReport,
+        complete: bool,
+    ) -> Result<pb::ResidencyReport, String> {
         let engine = self.node.engine();
-        let doomed = |key: &[u8]| !installed.policy.allows(key, &self.region);
-        let mut report = self.residency_report("enforced");
-        report.version = installed.version;
-        // Twice: the second pass catches a write that passed the previous policy's admission
-        // check just before this one was installed, and landed behind the first scan.
-        for _ in 0..2 {
-            let erased = engine.erase_where(doomed).map_err(|e| e.to_string())?;
-            report.keys_erased += erased.keys;
-            report.ttl_entries_erased += erased.ttl_entries;
-            report.log_entries_erased += erased.log_entries;
-            report.hints_erased += erased.hints;
-        }
         engine.compact_all().map_err(|e| e.to_string())?;
         let previous = self.residency.enforced(engine)?.and_then(|s| self.residency.enforced_policy(&s));
         let view = self.view();
@@ -150,8 +195,10 @@ impl Cluster {
                 report.keys_reshipped += 1;
             }
         }
-        self.residency
-            .mark_enforced(engine, &Saved { version: installed.version, text: installed.text.clone() })?;
+        if complete {
+            self.residency
+                .mark_enforced(engine, &Saved { version: installed.version, text: installed.text.clone() })?;
+        }
         Ok(report)
     }
 

@@ -1,7 +1,8 @@
 //! Scan across the replicas of a region.
 //!
 //! Every reachable node returns a page of its own states (tombstones included, so a delete on
-//! one replica hides the key's older value on another) from the same start key. A key is
+//! one replica hides the key's older value on another) from the same start key; of each key,
+//! only the states of its home replicas count (as for a Get), not copies a move left behind. A key is
 //! complete up to the smallest last key among nodes that had more to give; the coordinator
 //! merges each complete key's states, drops what is not visible, and returns up to `limit`
 //! keys. The page token resumes after the last key it returned, or, when the visible keys ran
@@ -37,7 +38,7 @@ impl Cluster {
         let mut pages = Vec::new();
         for id in &nodes {
             match self.scan_node(*id, &start, &req.prefix, limit).await {
-                Ok(page) => pages.push(page),
+                Ok(page) => pages.push((*id, page)),
                 Err(e) => tracing::debug!(node = id, error = %e, "scan: node did not answer"),
             }
         }
@@ -50,11 +51,17 @@ impl Cluster {
                 "{QUORUM_FAILED}: a scan at this consistency level tolerates {allowed} missing nodes and {missing} did not answer"
             )));
         }
-        let bound: Option<Vec<u8>> = pages.iter().filter_map(|(_, more)| more.clone()).min();
+        let bound: Option<Vec<u8>> = pages.iter().filter_map(|(_, (_, more))| more.clone()).min();
         let mut merged: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
-        for (items, _) in pages {
+        for (id, (items, _)) in pages {
             for (key, rec) in items {
                 if bound.as_ref().is_some_and(|b| &key > b) {
+                    continue;
+                }
+                // Only the key's home replicas count, as for a Get: a node that no longer owns
+                // the key (a copy left behind by a move, before `cleanup`) may hold a state
+                // the owners have long replaced or forgotten.
+                if !view.home(&key).contains(&id) {
                     continue;
                 }
                 match merged.get_mut(&key) {

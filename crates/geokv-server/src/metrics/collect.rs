@@ -43,6 +43,7 @@ fn storage(node: &Node, m: &Metrics) {
     sync_counter(&m.storage_writes, s.writes);
     sync_counter(&m.storage_corrupt_reads, s.corrupt_reads);
     sync_counter(&m.storage_corrupt_replaced, s.corrupt_replaced);
+    sync_counter(&m.storage_oversized_merges, s.oversized_merges);
     m.hints_pending.set(node.engine().hint_count() as i64);
 }
 
@@ -93,6 +94,7 @@ fn replication(s: &geokv_proto::v1::ReplicationStatusResponse, m: &Metrics) {
     sync_counter(&m.repl_batches_received, s.batches_received);
     sync_counter(&m.repl_deltas_applied, s.deltas_applied);
     sync_counter(&m.drift_rejections, s.drift_rejections);
+    sync_counter(&m.deltas_set_aside, s.deltas_set_aside);
     for d in &s.destinations {
         let pair = [s.region.as_str(), d.destination.as_str()];
         m.lag_seconds.with_label_values(&pair).set(d.oldest_unacked_ms as f64 / 1000.0);

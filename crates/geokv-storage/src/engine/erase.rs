@@ -47,6 +47,7 @@ impl Engine {
         report.keys += self.erase_states(&pending)?;
         report.ttl_entries =
             self.delete_where(CF_TTL, |k, _| parse_ttl_key(k).is_some_and(|e| doomed(&e.key)))?;
+        self.save_log_high_water()?;
         report.log_entries = self
             .delete_where(CF_LOG, |_, v| postcard::from_bytes::<LogEntry>(v).is_ok_and(|e| doomed(&e.key)))?;
         report.hints = self.delete_where(CF_HINTS, |k, _| k.len() >= 8 && doomed(&k[8..]))?;
@@ -103,7 +104,7 @@ impl Engine {
     pub fn reship(&self, key: &[u8]) -> Result<bool, StorageError> {
         let _guard = lock(self.stripe(key));
         let Some(rec) = self.get(key)? else { return Ok(false) };
-        let plain = self.serialize_checked(&rec)?;
+        let plain = self.serialize_checked(key, &rec, Some(&rec), true)?;
         self.commit_all(&[(key, Some(&rec), &rec, plain)], true)?;
         Ok(true)
     }

@@ -13,6 +13,7 @@ impl Engine {
 
     /// Keeps `state` as a durable hint for `target` (merged with any hint already kept).
     pub fn put_hint(&self, target: NodeId, key: &[u8], state: &Record) -> Result<(), StorageError> {
+        self.check_stamps(key, state)?;
         let hk = Self::hint_key(target, key);
         let _guard = lock(self.stripe(&hk));
         self.admit(key)?;

@@ -411,3 +411,42 @@ fn an_injected_commit_delay_slows_every_commit_and_is_timed_with_it() {
     assert_eq!(e.commit_delay(), std::time::Duration::ZERO);
     run(&e, b"k", put("2", None), NOW).unwrap();
 }
+
+/// Scenario 7 of the data-loss issue: erasing the newest change-log entries (residency
+/// enforcement) and restarting must not hand out their sequence numbers again: a destination
+/// that acknowledged them would never be sent the new entries.
+#[test]
+fn change_log_sequence_numbers_never_go_back_after_an_erase_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path(), StorageConfig::default());
+        run(&e, b"kept", put("1", None), NOW).unwrap();
+        for i in 0..5 {
+            run(&e, format!("doomed:{i}").as_bytes(), put("x", None), NOW).unwrap();
+        }
+        assert_eq!(e.committed_seq(), 6);
+        e.erase_where(|k| k.starts_with(b"doomed:")).unwrap();
+    }
+    let e = open(dir.path(), StorageConfig::default());
+    run(&e, b"after", put("2", None), NOW).unwrap();
+    let log = e.log_since(6, 10).unwrap();
+    assert_eq!(log.iter().map(|l| (l.seq, l.key.clone())).collect::<Vec<_>>(), vec![(7, b"after".to_vec())]);
+}
+
+/// The same after trimming a log down to nothing.
+#[test]
+fn change_log_sequence_numbers_never_go_back_after_a_full_trim_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig { changelog_retention_entries: 0, ..StorageConfig::default() };
+    {
+        let e = open(dir.path(), cfg.clone());
+        for i in 0..4 {
+            run(&e, format!("k{i}").as_bytes(), put("x", None), NOW).unwrap();
+        }
+        assert_eq!(e.trim_log().unwrap(), 4);
+        assert!(e.log_since(0, 10).unwrap().is_empty());
+    }
+    let e = open(dir.path(), cfg);
+    run(&e, b"after", put("2", None), NOW).unwrap();
+    assert_eq!(e.log_since(0, 10).unwrap().iter().map(|l| l.seq).collect::<Vec<_>>(), vec![5]);
+}

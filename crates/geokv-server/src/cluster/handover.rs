@@ -1,0 +1,209 @@
+//! Handing keys over before residency enforcement erases them.
+//!
+//! A policy change can take a key away from this region and give it to another (`p:` moves
+//! from A to B). B never held the key, so erasing it here first would lose it everywhere.
+//! Enforcement therefore first ships the state of every key it is about to erase (its own
+//! copies and the hints it keeps) to every other region the new policy lets hold it, over the
+//! same `Replicate` stream the cross-region replicator uses (the receiver merges each delta
+//! into its home replicas at QUORUM before it acknowledges). Only keys that every such region
+//! acknowledged, and whose state has not changed since it was shipped, are erased; the others
+//! stay, are counted as kept, and the next enforcement (the residency sync retries it) tries
+//! again. A region behind a cut link, or with no node answering, keeps the key here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use geokv_core::{Crdt, Record, Stamp};
+use geokv_proto::v1 as pb;
+use geokv_replication::{Batch, Delta};
+use tokio::sync::mpsc;
+
+use super::coordinator::encode;
+use super::Cluster;
+use crate::residency::Installed;
+
+/// Uncompressed bytes of deltas per handover batch.
+const HANDOVER_BATCH_BYTES: usize = 1024 * 1024;
+/// How long one destination node gets to acknowledge all the batches of a handover.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a handover did: the keys it may erase (with the version every allowed region now
+/// has) and how many it must keep, with why.
+#[derive(Default)]
+pub(crate) struct Handover {
+    pub handed: HashMap<Vec<u8>, Stamp>,
+    pub kept: u64,
+    pub errors: Vec<String>,
+}
+
+impl Cluster {
+    /// The states this node holds of the keys `doomed` picks: its own copy merged with the
+    /// hints it keeps for other nodes.
+    fn doomed_states(&self, doomed: &dyn Fn(&[u8]) -> bool) -> Result<BTreeMap<Vec<u8>, Record>, String> {
+        let engine = self.node.engine();
+        let mut states: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        engine
+            .for_each(|key, rec| {
+                if doomed(key) {
+                    states.insert(key.to_vec(), rec.clone());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        for target in engine.hint_targets().map_err(|e| e.to_string())? {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = engine.hints_for(target, after.as_deref(), 1024).map_err(|e| e.to_string())?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (key, rec) in page.into_iter().filter(|(k, _)| doomed(k)) {
+                    states.entry(key).and_modify(|s| s.merge(&rec)).or_insert(rec);
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// Ships the states of the keys `doomed` picks to every other region the installed policy
+    /// lets hold them; see the module comment.
+    pub(crate) async fn hand_over(
+        self: &Arc<Self>,
+        installed: &Installed,
+        doomed: impl Fn(&[u8]) -> bool + Send + 'static,
+    ) -> Result<Handover, String> {
+        let this = self.clone();
+        let states = tokio::task::spawn_blocking(move || this.doomed_states(&doomed))
+            .await
+            .map_err(|e| e.to_string())??;
+        let mut out = Handover::default();
+        // Per destination region, the keys it must acknowledge.
+        let mut by_region: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut needs: HashMap<Vec<u8>, BTreeSet<String>> = HashMap::new();
+        for key in states.keys() {
+            let regions: BTreeSet<String> = installed
+                .policy
+                .rule_for(key)
+                .allowed
+                .iter()
+                .filter(|r| **r != self.region)
+                .cloned()
+                .collect();
+            for r in &regions {
+                by_region.entry(r.clone()).or_default().push(key.clone());
+            }
+            needs.insert(key.clone(), regions);
+        }
+        for (region, keys) in by_region {
+            match self.ship_to_region(&region, &keys, &states, installed.version).await {
+                Ok(()) => {
+                    for k in &keys {
+                        if let Some(n) = needs.get_mut(k) {
+                            n.remove(&region);
+                        }
+                    }
+                }
+                Err(e) => out.errors.push(format!("region {region}: {e}")),
+            }
+        }
+        for (key, left) in needs {
+            if left.is_empty() {
+                let version = states[&key].version();
+                out.handed.insert(key, version);
+            } else {
+                out.kept += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends `keys` (states from `states`) to one node of `region` after another until one
+    /// acknowledges every batch.
+    async fn ship_to_region(
+        &self,
+        region: &str,
+        keys: &[Vec<u8>],
+        states: &BTreeMap<Vec<u8>, Record>,
+        residency_version: u64,
+    ) -> Result<(), String> {
+        if self.replicator().is_some_and(|r| r.is_cut(region)) {
+            return Err("the link to it is cut".into());
+        }
+        let mut batches = Vec::new();
+        let mut batch = self.handover_batch(0);
+        let mut bytes = 0;
+        for key in keys {
+            let state = encode(&states[key]);
+            bytes += key.len() + state.len();
+            batch.deltas.push(Delta { stamp: states[key].version().time, key: key.clone(), state });
+            if bytes >= HANDOVER_BATCH_BYTES {
+                let next = self.handover_batch(batch.last_seq);
+                batches.push(std::mem::replace(&mut batch, next));
+                bytes = 0;
+            }
+        }
+        if !batch.deltas.is_empty() {
+            batches.push(batch);
+        }
+        let messages: Vec<pb::ReplicationBatch> = batches
+            .iter()
+            .map(|b| pb::ReplicationBatch { payload: b.encode(3).0, last_seq: b.last_seq, residency_version })
+            .collect();
+        let nodes: Vec<(u64, String)> =
+            self.all_nodes().into_iter().filter(|(_, r, _)| r == region).map(|(id, _, a)| (id, a)).collect();
+        if nodes.is_empty() {
+            return Err("it has no nodes".into());
+        }
+        let mut last = String::new();
+        // A receiver with an older policy refuses at first and fetches ours: try a few rounds.
+        for round in 0..3 {
+            for (id, addr) in &nodes {
+                match tokio::time::timeout(HANDOVER_TIMEOUT, self.ship_batches(*id, addr, &messages)).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => last = format!("node {id}: {e}"),
+                    Err(_) => last = format!("node {id}: no acknowledgement within {HANDOVER_TIMEOUT:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500 * (round + 1))).await;
+        }
+        Err(last)
+    }
+
+    fn handover_batch(&self, after: u64) -> Batch {
+        Batch {
+            origin_region: self.region.clone(),
+            origin_node: self.me,
+            after_seq: after,
+            last_seq: after + 1,
+            hlc: self.node.hlc_now(),
+            deltas: Vec::new(),
+        }
+    }
+
+    /// Streams `messages` to one node and waits for an acknowledgement of each.
+    async fn ship_batches(
+        &self,
+        id: u64,
+        addr: &str,
+        messages: &[pb::ReplicationBatch],
+    ) -> Result<(), String> {
+        let mut client = self.peers.client(id, addr).ok_or("unusable peer address")?;
+        let (tx, rx) = mpsc::channel(messages.len().max(1));
+        for m in messages {
+            tx.send(m.clone()).await.map_err(|e| e.to_string())?;
+        }
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut acks = client.replicate(stream).await.map_err(|s| s.message().to_string())?.into_inner();
+        for m in messages {
+            let ack = acks
+                .message()
+                .await
+                .map_err(|s| s.message().to_string())?
+                .ok_or("the destination closed the stream")?;
+            if !ack.ok || ack.last_seq != m.last_seq {
+                return Err(format!("batch refused: {}", ack.error));
+            }
+        }
+        drop(tx);
+        Ok(())
+    }
+}
