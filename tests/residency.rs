@@ -497,7 +497,11 @@ async fn moving_a_prefix_to_another_region_hands_its_keys_over_before_erasing_th
     assert_absent(&cluster, &us, &keys, "before the move, us-east holds none");
 
     let reports = apply(&cluster, eu[1], &p_only_in("us-east"));
-    let handed: u64 = eu.iter().map(|&i| enforced(&reports, i)["keys_handed_over"].as_u64().unwrap()).sum();
+    // Every key reads through us-east, and through eu-west (forwarded there).
+    wait_readable(&cluster, us[0], &keys, proto::Consistency::Quorum).await;
+    wait_everywhere(&cluster, &us, &keys, "after the move, us-east holds every key").await;
+    let handed: u64 =
+        eu.iter().map(|&i| enforced(&reports, i)["keys_handed_over"].as_u64().unwrap_or_default()).sum();
     for &i in &eu {
         let r = enforced(&reports, i);
         assert_eq!(r["ok"], true, "{r}");
@@ -505,11 +509,43 @@ async fn moving_a_prefix_to_another_region_hands_its_keys_over_before_erasing_th
         assert_eq!(r["keys_erased"], 20, "node {} erases each key once it is handed over: {r}", i + 1);
     }
     assert_eq!(handed, 3 * 20, "each eu-west node hands over its copy of every key");
-    // Every key reads through us-east, and through eu-west (forwarded there).
-    wait_readable(&cluster, us[0], &keys, proto::Consistency::Quorum).await;
-    wait_everywhere(&cluster, &us, &keys, "after the move, us-east holds every key").await;
     wait_readable(&cluster, eu[2], &keys, proto::Consistency::Quorum).await;
     let got = quorum(cluster.client(us[1]).await).get(&keys[7]).await.unwrap().expect("present");
     assert_eq!(got.value.and_then(|v| v.kind), Some(proto::value::Kind::Register(b"moved".to_vec())));
     assert_absent_except_manifest(&cluster, &eu, &keys, "after the move, eu-west");
+}
+
+/// Scenario 7 of the data-loss issue: residency enforcement erases the newest change-log
+/// entries (keys another region now holds alone), the node restarts, and its next writes must
+/// still get sequence numbers past what the other region acknowledged, or they are never
+/// shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_after_an_erase_of_the_newest_log_entries_and_a_restart_are_still_shipped() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start_regions_with_policy(&THREE_REGIONS[..2], 1, 1, DEFAULT_RULE);
+    let (eu, us) = (0, 1);
+    let writer = quorum(cluster.client(eu).await);
+    let mut keys = vec![key("global:", 0)];
+    keys.extend((0..5).map(|i| key("p:", i)));
+    for k in &keys {
+        let acked =
+            wait_until(Duration::from_secs(30), || async { writer.put(k, b"v", None).await.is_ok() }).await;
+        assert!(acked, "put of {:?}", String::from_utf8_lossy(k));
+    }
+    wait_everywhere(&cluster, &[us], &keys, "before the move").await;
+    // The p: keys (the newest entries of eu-west's log) move to us-east alone.
+    let reports = apply(&cluster, eu, &p_only_in("us-east"));
+    assert_eq!(enforced(&reports, eu)["keys_erased"], 5, "{reports:?}");
+    cluster.nodes[eu].restart();
+    let writer = quorum(cluster.client(eu).await);
+    let late = key("global:late:", 1);
+    let acked =
+        wait_until(Duration::from_secs(30), || async { writer.put(&late, b"v", None).await.is_ok() }).await;
+    assert!(acked, "a write after the restart");
+    // Replication brings it over in well under a second; anti-entropy (every 60 s) would
+    // bring it too, so wait for less than that.
+    let shipped =
+        wait_until(Duration::from_secs(30), || async { held(&cluster, us, &[late.clone()]).await == 1 })
+            .await;
+    assert!(shipped, "a write after the erase and the restart never reached us-east");
 }
