@@ -122,6 +122,9 @@ async fn a_partitioned_node_fails_quorum_writes_while_the_majority_writes_and_al
         let key = format!("minority-{i}");
         let err = one.put(key.as_bytes(), b"m", None).await.unwrap_err();
         assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+        // The coordinator reads the key before it writes; that read fails, so nothing is
+        // stored anywhere (the message says so).
+        assert!(err.to_string().contains("nothing was written"), "{err}");
     }
     // The majority side reaches its quorum.
     for i in 0..20 {
@@ -134,17 +137,18 @@ async fn a_partitioned_node_fails_quorum_writes_while_the_majority_writes_and_al
         assert!(now.unreachable.is_empty());
     }
     let healed_at = Instant::now();
-    // Healed: node 1 reads every write at ALL: the majority's acknowledged ones, and its own
-    // unacknowledged ones (applied locally, never rolled back).
+    // Healed: node 1 reads every write at ALL: the majority's acknowledged ones; its own
+    // refused ones were never stored, so they read as absent.
     let one_all = all(cluster.client(0).await);
-    let mut expected: Vec<(Vec<u8>, Vec<u8>)> =
-        (0..20).map(|i| (format!("majority-{i}").into_bytes(), format!("v{i}").into_bytes())).collect();
-    expected.extend((0..5).map(|i| (format!("minority-{i}").into_bytes(), b"m".to_vec())));
-    expected.push((b"before".to_vec(), b"0".to_vec()));
+    let mut expected: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        (0..20).map(|i| (format!("majority-{i}").into_bytes(), Some(format!("v{i}").into_bytes()))).collect();
+    expected.extend((0..5).map(|i| (format!("minority-{i}").into_bytes(), None)));
+    expected.push((b"before".to_vec(), Some(b"0".to_vec())));
     let missing = std::cell::RefCell::new(String::new());
     let healed = wait_until(Duration::from_secs(30), || async {
         for (key, value) in &expected {
-            if read(&one_all, key).await.as_ref() != Some(value) {
+            let answered = one_all.get(key).await.is_ok();
+            if !answered || read(&one_all, key).await != *value {
                 *missing.borrow_mut() = String::from_utf8_lossy(key).into_owned();
                 return false;
             }
@@ -169,6 +173,7 @@ async fn a_one_way_cut_fails_the_cut_off_nodes_writes_and_its_peers_calls_are_se
     cluster.inject_faults(0, partition(&[2, 3])).await.unwrap();
     let err = one.put(b"from-one", b"x", None).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert!(err.to_string().contains("nothing was written"), "{err}");
     put_until_acked(&two, b"from-two", b"y").await;
 
     // A call from node 2 is served by node 1, but node 2 never gets the answer.
@@ -205,7 +210,7 @@ async fn a_one_way_cut_fails_the_cut_off_nodes_writes_and_its_peers_calls_are_se
     let one_all = all(cluster.client(0).await);
     let healed = wait_until(Duration::from_secs(30), || async {
         read(&one_all, b"from-two").await.as_deref() == Some(b"y")
-            && read(&one_all, b"from-one").await.as_deref() == Some(b"x")
+            && one_all.get(b"from-one").await.is_ok_and(|e| e.is_none())
     })
     .await;
     assert!(healed, "after the cut healed, node 1 reads every write at ALL");

@@ -169,6 +169,19 @@ pub const FAST_CLUSTER: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\n
 /// it as `extra` (it opens its own section, after FAST_CLUSTER's `[cluster]`).
 pub const FAULTS_ENABLED: &str = "[faults]\nenabled = true\n";
 
+/// Runs `start` up to three times (a port picked free may be taken before a node binds it);
+/// panics with the last error, naming `what`.
+fn with_retries(what: &str, start: impl Fn() -> Result<TestCluster, String>) -> TestCluster {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match start() {
+            Ok(c) => return c,
+            Err(e) => last = e,
+        }
+    }
+    panic!("could not start {what}: {last}");
+}
+
 /// FAST_CLUSTER and `extra` for a node's config: the settings `extra` gives itself (its first
 /// lines belong to FAST_CLUSTER's `[cluster]` section) replace FAST_CLUSTER's, and its lines
 /// `storage.KEY = VALUE` go into the `[storage]` section. Returns (FAST_CLUSTER, what follows
@@ -193,14 +206,9 @@ impl TestCluster {
     /// One region of `n` nodes with replication factor `rf`, with `extra` appended to every
     /// node's config (after FAST_CLUSTER; open a section, e.g. [`FAULTS_ENABLED`]).
     pub fn start_region(n: usize, rf: usize, extra: &str) -> TestCluster {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, rf, extra) {
-                Ok(c) => return c,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start a {n}-node region: {last}");
+        with_retries(&format!("a {n}-node region"), || {
+            Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, rf, extra)
+        })
     }
 
     /// Replaces the faults in force on node `i` (0-based), through its peer port; the answer
@@ -220,14 +228,7 @@ impl TestCluster {
     /// Starts `n` nodes. Ports are picked free just before the nodes bind them, so another
     /// process can take one in between: then the whole cluster is started again on new ports.
     pub fn start(n: usize) -> TestCluster {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(n) {
-                Ok(c) => return c,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start a {n}-node cluster: {last}");
+        with_retries(&format!("a {n}-node cluster"), || Self::try_start(n))
     }
 
     fn try_start(n: usize) -> Result<TestCluster, String> {
@@ -248,7 +249,7 @@ impl TestCluster {
         n: usize,
         top: &[(&str, &str)],
     ) -> TestCluster {
-        Self::start_regions_full(regions, per_region, n, top, None)
+        Self::start_regions_with_extra_top(regions, per_region, n, "", top, None)
     }
 
     /// [`TestCluster::start_regions`] (WAN links emulated) with `extra` appended to every
@@ -261,15 +262,21 @@ impl TestCluster {
         extra: &str,
         policy: Option<&str>,
     ) -> TestCluster {
+        Self::start_regions_with_extra_top(regions, per_region, n, extra, &[], policy)
+    }
+
+    fn start_regions_with_extra_top(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        extra: &str,
+        top: &[(&str, &str)],
+        policy: Option<&str>,
+    ) -> TestCluster {
         let extra = format!("[replication]\nemulate_wan = true\n{extra}");
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start_regions_with(regions, per_region, n, &extra, &[], policy) {
-                Ok(c) => return c,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start the regions: {last}");
+        with_retries("the regions", || {
+            Self::try_start_regions_with(regions, per_region, n, &extra, top, policy)
+        })
     }
 
     /// [`TestCluster::start_regions`] with a residency policy (the text of its file).
@@ -279,31 +286,7 @@ impl TestCluster {
         n: usize,
         policy: &str,
     ) -> TestCluster {
-        Self::start_regions_full(regions, per_region, n, &[], Some(policy))
-    }
-
-    fn start_regions_full(
-        regions: &[(&str, [f64; 2])],
-        per_region: usize,
-        n: usize,
-        top: &[(&str, &str)],
-        policy: Option<&str>,
-    ) -> TestCluster {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start_regions_with(
-                regions,
-                per_region,
-                n,
-                "[replication]\nemulate_wan = true\n",
-                top,
-                policy,
-            ) {
-                Ok(c) => return c,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start the regions: {last}");
+        Self::start_regions_with_extra_top(regions, per_region, n, "", &[], Some(policy))
     }
 
     fn try_start_regions(
@@ -498,14 +481,9 @@ impl TestCluster {
         let extra = format!(
             "anti_entropy_interval_ms = 600000\nhandoff_interval_ms = 600000\n{more}{FAULTS_ENABLED}"
         );
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, rf, &extra) {
-                Ok(c) => return c,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start a {n}-node region: {last}");
+        with_retries(&format!("a {n}-node region"), || {
+            Self::try_start_regions(&[("eu-west", [-6.26, 53.35])], n, rf, &extra)
+        })
     }
 
     /// [`TestCluster::start_regions`] with fault injection enabled on every node, and
@@ -515,13 +493,8 @@ impl TestCluster {
     pub fn start_regions_faulty(regions: &[(&str, [f64; 2])], per_region: usize, n: usize) -> TestCluster {
         let extra =
             format!("anti_entropy_interval_ms = 3000\n[replication]\nemulate_wan = true\n{FAULTS_ENABLED}");
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start_regions_with(regions, per_region, n, &extra, &[], None) {
-                Ok(c) => return c,
-                Err(e) => last = e,
-            }
-        }
-        panic!("could not start the regions: {last}");
+        with_retries("the regions", || {
+            Self::try_start_regions_with(regions, per_region, n, &extra, &[], None)
+        })
     }
 }

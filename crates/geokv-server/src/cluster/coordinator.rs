@@ -129,7 +129,19 @@ impl Cluster {
         // quorum acknowledged (it was unreachable, or wiped), so it first reads the key at the
         // request's level and merges what it finds: with R + W > N every write acknowledged
         // at QUORUM is seen by a write at QUORUM, and the new state carries it.
-        if let Some(merged) = self.read(key.clone(), level).await? {
+        let current = self.read(key.clone(), level).await.map_err(|s| {
+            if s.message().starts_with(QUORUM_FAILED) {
+                Status::unavailable(format!(
+                    "{QUORUM_FAILED}: a {} write first reads the key from the replicas a {} read needs, and that failed ({}); nothing was written",
+                    level_name(level),
+                    level_name(level),
+                    s.message().trim_start_matches(QUORUM_FAILED).trim_start_matches(": ")
+                ))
+            } else {
+                s
+            }
+        })?;
+        if let Some(merged) = current {
             let (node, k) = (self.node.clone(), key.clone());
             tokio::task::spawn_blocking(move || node.engine().merge(&k, &merged))
                 .await
