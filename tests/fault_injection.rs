@@ -198,7 +198,10 @@ async fn a_one_way_cut_fails_the_cut_off_nodes_writes_and_its_peers_calls_are_se
     let err = peer1.merge(merge).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains("response dropped by fault injection"), "{}", err.message());
-    let held = peer1.fetch(pb::FetchRequest { key: b"served-unanswered".to_vec() }).await.unwrap();
+    let held = peer1
+        .fetch(pb::FetchRequest { key: b"served-unanswered".to_vec(), ..Default::default() })
+        .await
+        .unwrap();
     assert!(!held.into_inner().state.is_empty(), "node 1 applied the merge it could not answer");
     assert!(fault_count(cluster.nodes[0].metrics_addr, "inbound_response_lost").await > 0);
     // Calls from nodes it can reach are answered.

@@ -333,8 +333,12 @@ async fn cross_region_anti_entropy_repairs_what_the_log_never_shipped() {
     let client = cluster.client(eu).await;
     client.put(b"template", b"x", None).await.unwrap();
     let mut eu_peer = peer(&cluster, eu).await;
-    let state =
-        eu_peer.fetch(pb::FetchRequest { key: b"template".to_vec() }).await.unwrap().into_inner().state;
+    let state = eu_peer
+        .fetch(pb::FetchRequest { key: b"template".to_vec(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
     for i in 0..50 {
         let key = format!("unshipped-{i}").into_bytes();
         eu_peer

@@ -438,8 +438,12 @@ impl TestCluster {
         c: &mut geokv_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>,
         key: &[u8],
     ) -> Option<Option<geokv_core::Record>> {
-        let state =
-            c.fetch(geokv_proto::v1::FetchRequest { key: key.to_vec() }).await.ok()?.into_inner().state;
+        let state = c
+            .fetch(geokv_proto::v1::FetchRequest { key: key.to_vec(), ..Default::default() })
+            .await
+            .ok()?
+            .into_inner()
+            .state;
         if state.is_empty() {
             return Some(None);
         }

@@ -132,7 +132,7 @@ pub fn apply_as(
     }
     let outcome = match op {
         Op::Delete => {
-            rec.clear(stamp);
+            rec.delete(stamp, now_ms);
             return Ok(Applied { record: rec, outcome: OpOutcome::Deleted { existed: visible } });
         }
         Op::Put { value, .. } => {
@@ -329,6 +329,27 @@ mod tests {
             x.merge(&y);
             assert_eq!(x.view(NOW + 30), Some(View::Set(vec![m("new")])));
         }
+    }
+
+    /// A delete of a key that had expired does not bring back an increment made before the
+    /// deadline that the deleter had not seen; one it had not seen on a live key keeps the
+    /// deadline its writer gave.
+    #[test]
+    fn a_delete_keeps_unobserved_increments_under_their_ttl_and_closes_expired_keys() {
+        let l = Limits::default();
+        let at = |ms: u64, node: u64| Stamp::new(Stamp::ntp_from_millis(ms), node);
+        let inc = |delta, ttl_ms| Op::Increment { delta, ttl_ms };
+        let base = apply(None, &inc(1, Some(100)), at(NOW, 1), NOW, &l).unwrap().record;
+        let other = apply(Some(&base), &inc(7, None), at(NOW + 50, 2), NOW + 50, &l).unwrap().record;
+        // Deleted after the deadline by a replica that had not seen the +7.
+        let mut late = apply(Some(&base), &Op::Delete, at(NOW + 200, 1), NOW + 200, &l).unwrap().record;
+        late.merge(&other);
+        assert_eq!(late.view(NOW + 300), None, "the expired counter stays gone");
+        // Deleted before the deadline: the +7 survives, and expires at its deadline.
+        let mut early = apply(Some(&base), &Op::Delete, at(NOW + 60, 1), NOW + 60, &l).unwrap().record;
+        early.merge(&other);
+        assert_eq!(early.view(NOW + 70), Some(View::Counter(7)));
+        assert_eq!(early.view(NOW + 100), None, "the survivor keeps its TTL");
     }
 
     /// Scenario 4: a node that lost its own set dots (its data was wiped) writes as a new

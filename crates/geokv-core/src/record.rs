@@ -144,11 +144,27 @@ impl Record {
     /// lifetime that ended expired, everything it held is gone for good: its deadline becomes
     /// the horizon, here and in every state this one is merged into.
     pub(crate) fn begin_lifetime(&mut self, stamp: Stamp, now_ms: u64) {
+        self.close_if_expired(now_ms);
+        self.clear(stamp);
+    }
+
+    /// Deletes the key at `stamp`: everything this state observed is gone (an observed
+    /// reset). The TTL stays as it was, so increments and adds the delete did not observe keep
+    /// the deadline their writers gave them; a key that had expired is closed at its deadline
+    /// first, so no write made before it can surface through the delete.
+    pub(crate) fn delete(&mut self, stamp: Stamp, now_ms: u64) {
+        self.close_if_expired(now_ms);
+        let expiry = self.expiry.clone();
+        self.clear(stamp);
+        self.expiry = expiry;
+    }
+
+    /// When the key expired by `now_ms`, makes its deadline the horizon.
+    fn close_if_expired(&mut self, now_ms: u64) {
         if let Some(deadline) = self.expiry.val.filter(|&d| d <= now_ms) {
             self.horizon = self.horizon.max(Stamp::ntp_from_millis(deadline));
             self.forget_before_horizon();
         }
-        self.clear(stamp);
     }
 
     /// What the sweeper keeps of an expired key when it purges it: no content, only the

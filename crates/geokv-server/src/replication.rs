@@ -336,7 +336,8 @@ impl Replicator {
         msg: pb::ReplicationBatch,
         expected_after: &mut Option<u64>,
     ) -> pb::ReplicationAck {
-        let refuse = |error: String| pb::ReplicationAck { last_seq: msg.last_seq, ok: false, error };
+        let refuse =
+            |error: String| pb::ReplicationAck { last_seq: msg.last_seq, ok: false, error, not_applied: 0 };
         let batch = match Batch::decode(&msg.payload) {
             Ok(b) => b,
             Err(e) => return refuse(e.to_string()),
@@ -367,6 +368,8 @@ impl Replicator {
         }
         let mut tasks = tokio::task::JoinSet::new();
         let mut failure = None;
+        let set_aside_before = self.deltas_set_aside.load(Ordering::Relaxed);
+        let mut not_applied = 0;
         let mut settle = |done: Result<Result<(), tonic::Status>, tokio::task::JoinError>| match done {
             Ok(Ok(())) => {
                 self.deltas_applied.fetch_add(1, Ordering::Relaxed);
@@ -384,6 +387,7 @@ impl Replicator {
             if !residency.allows_here(&delta.key) {
                 // The sender's policy is older than ours: this region may not hold the key.
                 residency.stats.dropped_deltas.fetch_add(1, Ordering::Relaxed);
+                not_applied += 1;
                 continue;
             }
             if tasks.len() >= APPLY_PARALLELISM {
@@ -402,6 +406,7 @@ impl Replicator {
                 // the batch goes on.
                 self.drift_rejections.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(origin = %batch.origin_region, key = %String::from_utf8_lossy(&delta.key), error = %e, "a replicated state was set aside: its stamp is beyond the maximum clock drift");
+                not_applied += 1;
                 continue;
             }
             let cluster = self.cluster.clone();
@@ -413,8 +418,10 @@ impl Replicator {
         if let Some(e) = failure {
             return refuse(format!("a delta could not be applied: {e}"));
         }
+        // (Another batch applied at once may count here too: a handover then retries.)
+        not_applied += self.deltas_set_aside.load(Ordering::Relaxed).saturating_sub(set_aside_before);
         *expected_after = Some(batch.last_seq);
-        pb::ReplicationAck { last_seq: batch.last_seq, ok: true, error: String::new() }
+        pb::ReplicationAck { last_seq: batch.last_seq, ok: true, error: String::new(), not_applied }
     }
 
     pub fn status(&self) -> pb::ReplicationStatusResponse {

@@ -200,11 +200,14 @@ impl Cluster {
         let timeout = self.peers.timeout();
         // A peer whose copy is corrupt answers DATA_LOSS: exchange as if it had none, so the
         // merge pushed back below replaces its corrupt state.
-        let theirs = match with_deadline(timeout, client.fetch(pb::FetchRequest { key: key.clone() })).await {
-            Ok(r) => r.state,
-            Err(s) if s.code() == tonic::Code::DataLoss => Vec::new(),
-            Err(s) => return Err(s),
-        };
+        let theirs =
+            match with_deadline(timeout, client.fetch(pb::FetchRequest { key: key.clone(), writer_hlc: 0 }))
+                .await
+            {
+                Ok(r) => r.state,
+                Err(s) if s.code() == tonic::Code::DataLoss => Vec::new(),
+                Err(s) => return Err(s),
+            };
         self.stats.ae_state_bytes_received.fetch_add(theirs.len() as u64, Ordering::Relaxed);
         let node = self.node.clone();
         let k = key.clone();

@@ -129,7 +129,8 @@ impl Cluster {
         // quorum acknowledged (it was unreachable, or wiped), so it first reads the key at the
         // request's level and merges what it finds: with R + W > N every write acknowledged
         // at QUORUM is seen by a write at QUORUM, and the new state carries it.
-        let current = self.read(key.clone(), level).await.map_err(|s| {
+        let writer = Some(self.node.hlc_now());
+        let current = self.read_as(key.clone(), level, writer).await.map_err(|s| {
             if s.message().starts_with(QUORUM_FAILED) {
                 Status::unavailable(format!(
                     "{QUORUM_FAILED}: a {} write first reads the key from the replicas a {} read needs, and that failed ({}); nothing was written",
@@ -319,8 +320,9 @@ impl Cluster {
         let mut last_error = None;
         for &target in home.iter().filter(|&&h| self.healthy(h)) {
             let Some(mut client) = self.client(target) else { continue };
-            // The remote coordinator may itself wait up to a timeout for its replicas.
-            let call = tokio::time::timeout(2 * self.peers.timeout(), client.coordinate(req.clone()));
+            // The remote coordinator may itself wait up to a timeout for its replicas
+            // (it reads the key first, then sends the new state: two rounds to its replicas.)
+            let call = tokio::time::timeout(3 * self.peers.timeout(), client.coordinate(req.clone()));
             let result = call.await.unwrap_or_else(|_| {
                 Err(Status::unavailable(format!("{QUORUM_FAILED}: node {target} did not answer in time; the write may or may not have been applied")))
             });
@@ -350,6 +352,17 @@ impl Cluster {
 
     /// Reads a key from `level` of its healthy home replicas and merges their states.
     pub async fn read(self: &Arc<Self>, key: Vec<u8>, level: Level) -> Result<Option<Record>, Status> {
+        self.read_as(key, level, None).await
+    }
+
+    /// [`Cluster::read`]; `writer`: this node's HLC time when the read comes before a write it
+    /// coordinates (replicas refuse it when this node's clock runs too far ahead of theirs).
+    async fn read_as(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        level: Level,
+        writer: Option<u64>,
+    ) -> Result<Option<Record>, Status> {
         self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let view = self.view();
         let (home, n) = (view.home(&key), view.n());
@@ -368,7 +381,7 @@ impl Cluster {
         for node in candidates {
             let (this, tx, key) = (self.clone(), tx.clone(), key.clone());
             tokio::spawn(crate::trace::inherit(async move {
-                let _ = tx.send((node, this.fetch(node, key).await));
+                let _ = tx.send((node, this.fetch(node, key, writer).await));
             }));
         }
         drop(tx);
@@ -415,7 +428,7 @@ impl Cluster {
     }
 
     /// One replica's state of a key.
-    async fn fetch(&self, node: NodeId, key: Vec<u8>) -> Result<Option<Record>, Status> {
+    async fn fetch(&self, node: NodeId, key: Vec<u8>, writer: Option<u64>) -> Result<Option<Record>, Status> {
         if node == self.me {
             let n = self.node.clone();
             return tokio::task::spawn_blocking(move || n.engine().get(&key))
@@ -424,9 +437,12 @@ impl Cluster {
                 .map_err(to_status);
         }
         let mut client = self.client(node).ok_or_else(|| Status::internal("unknown peer"))?;
-        let resp = tokio::time::timeout(self.peers.timeout(), client.fetch(pb::FetchRequest { key }))
-            .await
-            .map_err(|_| Status::deadline_exceeded("fetch timed out"))?;
+        let resp = tokio::time::timeout(
+            self.peers.timeout(),
+            client.fetch(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0) }),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded("fetch timed out"))?;
         match resp {
             Ok(r) if r.get_ref().state.is_empty() => Ok(None),
             Ok(r) => {

@@ -28,25 +28,28 @@ const HANDOVER_BATCH_BYTES: usize = 1024 * 1024;
 /// How long one destination node gets to acknowledge all the batches of a handover.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What a handover did: the keys it may erase (with the version every allowed region now
-/// has) and how many it must keep, with why.
+/// What a handover did: the keys it may erase, each with the version of this node's own
+/// copy when it was shipped (`None`: only hints), and why the others must stay.
 #[derive(Default)]
 pub(crate) struct Handover {
-    pub handed: HashMap<Vec<u8>, Stamp>,
-    pub kept: u64,
+    pub handed: HashMap<Vec<u8>, Option<Stamp>>,
     pub errors: Vec<String>,
 }
+
+/// The states of the keys to hand over: each merged with the hints kept for it, and the
+/// version of this node's own copy.
+type Doomed = BTreeMap<Vec<u8>, (Record, Option<Stamp>)>;
 
 impl Cluster {
     /// The states this node holds of the keys `doomed` picks: its own copy merged with the
     /// hints it keeps for other nodes.
-    fn doomed_states(&self, doomed: &dyn Fn(&[u8]) -> bool) -> Result<BTreeMap<Vec<u8>, Record>, String> {
+    pub(crate) fn doomed_states(&self, doomed: &dyn Fn(&[u8]) -> bool) -> Result<Doomed, String> {
         let engine = self.node.engine();
-        let mut states: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        let mut states: Doomed = BTreeMap::new();
         engine
             .for_each(|key, rec| {
                 if doomed(key) {
-                    states.insert(key.to_vec(), rec.clone());
+                    states.insert(key.to_vec(), (rec.clone(), Some(rec.version())));
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -57,7 +60,7 @@ impl Cluster {
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
                 for (key, rec) in page.into_iter().filter(|(k, _)| doomed(k)) {
-                    states.entry(key).and_modify(|s| s.merge(&rec)).or_insert(rec);
+                    states.entry(key).and_modify(|(s, _)| s.merge(&rec)).or_insert((rec, None));
                 }
             }
         }
@@ -107,10 +110,8 @@ impl Cluster {
         }
         for (key, left) in needs {
             if left.is_empty() {
-                let version = states[&key].version();
-                out.handed.insert(key, version);
-            } else {
-                out.kept += 1;
+                let own = states[&key].1;
+                out.handed.insert(key, own);
             }
         }
         Ok(out)
@@ -122,7 +123,7 @@ impl Cluster {
         &self,
         region: &str,
         keys: &[Vec<u8>],
-        states: &BTreeMap<Vec<u8>, Record>,
+        states: &Doomed,
         residency_version: u64,
     ) -> Result<(), String> {
         if self.replicator().is_some_and(|r| r.is_cut(region)) {
@@ -132,9 +133,10 @@ impl Cluster {
         let mut batch = self.handover_batch(0);
         let mut bytes = 0;
         for key in keys {
-            let state = encode(&states[key]);
+            let rec = &states[key].0;
+            let state = encode(rec);
             bytes += key.len() + state.len();
-            batch.deltas.push(Delta { stamp: states[key].version().time, key: key.clone(), state });
+            batch.deltas.push(Delta { stamp: rec.version().time, key: key.clone(), state });
             if bytes >= HANDOVER_BATCH_BYTES {
                 let next = self.handover_batch(batch.last_seq);
                 batches.push(std::mem::replace(&mut batch, next));
@@ -201,6 +203,11 @@ impl Cluster {
                 .ok_or("the destination closed the stream")?;
             if !ack.ok || ack.last_seq != m.last_seq {
                 return Err(format!("batch refused: {}", ack.error));
+            }
+            if ack.not_applied > 0 {
+                // Its policy (a newer version?) does not let it hold some of them, or it set
+                // them aside: they are not handed over.
+                return Err(format!("{} of the states were not applied there", ack.not_applied));
             }
         }
         drop(tx);

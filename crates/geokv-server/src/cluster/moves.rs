@@ -253,17 +253,18 @@ impl Cluster {
                     foreign.push((key.to_vec(), geokv_storage::codec::serialize(rec).len() as u64));
                 }
             })?;
+            if !foreign.is_empty() {
+                // Should this node own some of these keys again, it will hold less than it once
+                // wrote to them: from now on it writes as a new actor (renewed first, so a
+                // failure leaves the copies for the next cleanup).
+                node.renew_actor()?;
+            }
             let (mut keys, mut bytes) = (0, 0);
             for (key, size) in foreign {
                 if node.engine().drop_copy(&key)? {
                     keys += 1;
                     bytes += size;
                 }
-            }
-            if keys > 0 {
-                // Should this node own some of these keys again, it holds less than it once
-                // wrote to them: from now on it writes as a new actor.
-                node.renew_actor()?;
             }
             Ok::<_, geokv_storage::StorageError>((keys, bytes))
         })

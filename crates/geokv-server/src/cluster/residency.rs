@@ -102,41 +102,55 @@ impl Cluster {
         report.version = installed.version;
         // Twice: the second pass catches a write that passed the previous policy's admission
         // check just before this one was installed, and landed behind the first scan.
-        let mut kept = (0, Vec::new());
+        let mut errors = Vec::new();
         for _ in 0..2 {
             let (policy, region) = (installed.clone(), self.region.clone());
             let doomed = move |key: &[u8]| !policy.policy.allows(key, &region);
             // Hand over first: a key is erased only once every region that may hold it has it.
             let handover = self.hand_over(&installed, doomed.clone()).await.map_err(Status::internal)?;
             report.keys_handed_over += handover.handed.len() as u64;
-            kept = (handover.kept, handover.errors);
+            errors = handover.errors;
+            if handover.handed.is_empty() {
+                continue;
+            }
+            // Should the policy let this region hold these keys again, this node will hold less
+            // than it once wrote to them: from now on it writes as a new actor (renewed before
+            // the erase, so a failure here leaves the keys for the next run).
+            self.node.renew_actor().map_err(|e| Status::internal(e.to_string()))?;
             let this = self.clone();
             let erased = tokio::task::spawn_blocking(move || {
                 let engine = this.node.engine();
                 engine.erase_where(|key| {
                     doomed(key)
-                        && handover.handed.get(key).is_some_and(|v| {
-                            // Unchanged since it was shipped (or already gone).
-                            engine.get(key).ok().is_some_and(|r| r.is_none_or(|r| r.version() == *v))
+                        && handover.handed.get(key).is_some_and(|own| {
+                            // This node's copy is the one shipped (or gone): nothing newer is lost.
+                            engine
+                                .get(key)
+                                .ok()
+                                .is_some_and(|r| r.is_none() || r.map(|r| r.version()) == *own)
                         })
                 })
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
-            if erased.keys + erased.hints > 0 {
-                // Should the policy let this region hold these keys again, this node will hold
-                // less than it once wrote to them: from now on it writes as a new actor.
-                self.node.renew_actor().map_err(|e| Status::internal(e.to_string()))?;
-            }
             report.keys_erased += erased.keys;
             report.ttl_entries_erased += erased.ttl_entries;
             report.log_entries_erased += erased.log_entries;
             report.hints_erased += erased.hints;
         }
-        report.keys_kept = kept.0;
+        // What is still here of the keys this region may no longer hold (not handed over, or
+        // changed since): kept, and the enforcement runs again.
+        let (this, policy, region) = (self.clone(), installed.clone(), self.region.clone());
+        let left = tokio::task::spawn_blocking(move || {
+            this.doomed_states(&|key: &[u8]| !policy.policy.allows(key, &region)).map(|d| d.len() as u64)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::internal)?;
+        report.keys_kept = left;
         let this = self.clone();
-        let complete = kept.0 == 0;
+        let complete = left == 0;
         let installed_now = installed.clone();
         report = tokio::task::spawn_blocking(move || this.finish_enforce(&installed_now, report, complete))
             .await
@@ -146,12 +160,15 @@ impl Cluster {
         if !complete {
             // Not marked enforced: the residency sync runs it again.
             report.ok = false;
+            let why = if errors.is_empty() {
+                "they changed while being handed over".to_string()
+            } else {
+                errors.join("; ")
+            };
             report.error = format!(
-                "{} keys this region may no longer hold are kept until every region allowed to hold them has them: {}",
-                kept.0,
-                kept.1.join("; ")
+                "{left} keys this region may no longer hold are kept until every region allowed to hold them has them: {why}"
             );
-            tracing::warn!(kept = kept.0, errors = ?kept.1, "residency enforcement kept keys it could not hand over");
+            tracing::warn!(kept = left, %why, "residency enforcement kept keys it could not hand over");
         }
         *last = Some(report.clone());
         tracing::info!(

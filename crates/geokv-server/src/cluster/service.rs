@@ -115,7 +115,15 @@ impl ClusterRpc for ClusterService {
     }
 
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
-        let key = req.into_inner().key;
+        let req = req.into_inner();
+        if req.writer_hlc > 0 {
+            self.cluster.node().observe_remote_time(req.writer_hlc, 0).map_err(|e| {
+                Status::failed_precondition(format!(
+                    "the coordinating node's clock is beyond max_clock_drift_ms ahead of this replica's ({e}); it may not write until the clocks agree (check NTP)"
+                ))
+            })?;
+        }
+        let key = req.key;
         let state = self.blocking(move |n| n.engine().get(&key)).await?;
         Ok(Response::new(pb::FetchResponse { state: state.as_ref().map(encode).unwrap_or_default() }))
     }
