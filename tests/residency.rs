@@ -367,6 +367,11 @@ async fn eu_only_keys_written_through_every_region_never_reach_other_regions_dis
 
 /// Runs `geokv --json residency apply` with `policy` against node `i`; returns its reports.
 fn apply(cluster: &TestCluster, i: usize, policy: &str) -> Vec<serde_json::Value> {
+    apply_expecting(cluster, i, policy, true)
+}
+
+/// [`apply`], expecting the command to succeed (`true`) or to report a failed node (`false`).
+fn apply_expecting(cluster: &TestCluster, i: usize, policy: &str, success: bool) -> Vec<serde_json::Value> {
     let file = cluster.dir.path().join(format!("policy-{}.toml", std::process::id() ^ rand_tag()));
     std::fs::write(&file, policy).unwrap();
     let out = Command::new(BIN)
@@ -375,9 +380,10 @@ fn apply(cluster: &TestCluster, i: usize, policy: &str) -> Vec<serde_json::Value
         .args(["--peer", &cluster.peer_addrs[i].to_string()])
         .output()
         .unwrap();
-    assert!(
+    assert_eq!(
         out.status.success(),
-        "apply failed: {}\n{}",
+        success,
+        "apply: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
@@ -544,8 +550,51 @@ async fn writes_after_an_erase_of_the_newest_log_entries_and_a_restart_are_still
     assert!(acked, "a write after the restart");
     // Replication brings it over in well under a second; anti-entropy (every 60 s) would
     // bring it too, so wait for less than that.
-    let shipped =
-        wait_until(Duration::from_secs(30), || async { held(&cluster, us, &[late.clone()]).await == 1 })
-            .await;
+    let shipped = wait_until(Duration::from_secs(30), || async {
+        held(&cluster, us, std::slice::from_ref(&late)).await == 1
+    })
+    .await;
     assert!(shipped, "a write after the erase and the restart never reached us-east");
+}
+
+/// Moving a prefix to a region that cannot be reached (its link is cut) erases nothing: the
+/// keys stay where they are, the report says how many and why, and once the link is back the
+/// enforcement (retried by the residency sync) hands them over and erases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_moved_to_an_unreachable_region_stays_until_that_region_has_it() {
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start_regions_with_policy(&THREE_REGIONS[..2], 1, 1, &p_only_in("eu-west"));
+    let (eu, us) = (0, 1);
+    let keys: Vec<Vec<u8>> = (0..10).map(|i| key("p:", i)).collect();
+    let writer = quorum(cluster.client(eu).await);
+    for k in &keys {
+        let acked =
+            wait_until(Duration::from_secs(30), || async { writer.put(k, b"v", None).await.is_ok() }).await;
+        assert!(acked, "put of {:?}", String::from_utf8_lossy(k));
+    }
+    set_link_cut(&cluster, eu, "us-east", true).await;
+    let reports = apply_expecting(&cluster, eu, &p_only_in("us-east"), false);
+    let r = enforced(&reports, eu);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["keys_erased"], 0, "{r}");
+    assert_eq!(r["keys_kept"], 10, "{r}");
+    assert!(r["error"].as_str().unwrap_or_default().contains("us-east"), "{r}");
+    assert_eq!(held(&cluster, eu, &keys).await, keys.len(), "eu-west keeps every key");
+    set_link_cut(&cluster, eu, "us-east", false).await;
+    // The residency sync enforces again (30 s after adoption at the latest).
+    let moved = wait_until(Duration::from_secs(120), || async {
+        held(&cluster, us, &keys).await == keys.len() && held(&cluster, eu, &keys).await == 0
+    })
+    .await;
+    assert!(moved, "after the link is back, the keys move to us-east and leave eu-west");
+}
+
+/// Cuts (or heals) the emulated link from node `i`'s region to region `to`.
+async fn set_link_cut(cluster: &TestCluster, i: usize, to: &str, cut: bool) {
+    let mut c = peer(cluster, i).await;
+    let status = c.replication_status(pb::ReplicationStatusRequest {}).await.expect("status").into_inner();
+    let mut link =
+        status.destinations.iter().find(|d| d.destination == to).and_then(|d| d.link).unwrap_or_default();
+    link.cut = cut;
+    c.set_link(pb::SetLinkRequest { destination: to.into(), link: Some(link) }).await.expect("set link");
 }
