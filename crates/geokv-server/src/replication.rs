@@ -368,8 +368,8 @@ impl Replicator {
         }
         let mut tasks = tokio::task::JoinSet::new();
         let mut failure = None;
-        let set_aside_before = self.deltas_set_aside.load(Ordering::Relaxed);
-        let mut not_applied = 0;
+        // Deltas of this batch not applied: not allowed here, and set aside.
+        let (mut dropped, mut set_aside) = (0, 0);
         let mut settle = |done: Result<Result<(), tonic::Status>, tokio::task::JoinError>| match done {
             Ok(Ok(())) => {
                 self.deltas_applied.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +377,7 @@ impl Replicator {
             // Refused for good (its merge would be over the codec's bound, ...): set aside and
             // counted, so one delta can never stall the stream (and the purges waiting on it).
             Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                set_aside += 1;
                 self.deltas_set_aside.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %s.message(), "a replicated state was refused here and set aside");
             }
@@ -387,7 +388,7 @@ impl Replicator {
             if !residency.allows_here(&delta.key) {
                 // The sender's policy is older than ours: this region may not hold the key.
                 residency.stats.dropped_deltas.fetch_add(1, Ordering::Relaxed);
-                not_applied += 1;
+                dropped += 1;
                 continue;
             }
             if tasks.len() >= APPLY_PARALLELISM {
@@ -395,22 +396,20 @@ impl Replicator {
                     settle(done);
                 }
             }
-            let rec = match decode(&delta.state) {
-                Ok(rec) => rec,
-                Err(s) => return refuse(s.message().to_string()),
-            };
-            let v = rec.version();
-            if let Err(e) = self.cluster.node().observe_remote_time(v.time, v.node) {
-                // The batch's clock was fine, but this state carries a stamp from the future
-                // (its writer's clock ran ahead): set aside, counted, never stored; the rest of
-                // the batch goes on.
-                self.drift_rejections.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(origin = %batch.origin_region, key = %String::from_utf8_lossy(&delta.key), error = %e, "a replicated state was set aside: its stamp is beyond the maximum clock drift");
-                not_applied += 1;
-                continue;
-            }
             let cluster = self.cluster.clone();
-            tasks.spawn(async move { cluster.apply_remote(delta.key, rec).await });
+            tasks.spawn(async move {
+                let rec = decode(&delta.state)?;
+                // The batch's clock may be fine while this state carries a stamp from the future
+                // (its writer's clock ran ahead): refused for good, so set aside.
+                let v = rec.version();
+                cluster.node().observe_remote_time(v.time, v.node).map_err(|e| {
+                    tonic::Status::failed_precondition(format!(
+                        "key {:?}: its stamp is beyond max_clock_drift_ms ahead of this node's clock ({e})",
+                        crate::residency::shown_key(&delta.key)
+                    ))
+                })?;
+                cluster.apply_remote(delta.key, rec).await
+            });
         }
         while let Some(done) = tasks.join_next().await {
             settle(done);
@@ -418,8 +417,7 @@ impl Replicator {
         if let Some(e) = failure {
             return refuse(format!("a delta could not be applied: {e}"));
         }
-        // (Another batch applied at once may count here too: a handover then retries.)
-        not_applied += self.deltas_set_aside.load(Ordering::Relaxed).saturating_sub(set_aside_before);
+        let not_applied = dropped + set_aside;
         *expected_after = Some(batch.last_seq);
         pb::ReplicationAck { last_seq: batch.last_seq, ok: true, error: String::new(), not_applied }
     }

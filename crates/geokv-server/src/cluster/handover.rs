@@ -17,7 +17,6 @@ use std::time::Duration;
 use geokv_core::{Crdt, Record, Stamp};
 use geokv_proto::v1 as pb;
 use geokv_replication::{Batch, Delta};
-use tokio::sync::mpsc;
 
 use super::coordinator::encode;
 use super::Cluster;
@@ -189,11 +188,7 @@ impl Cluster {
         messages: &[pb::ReplicationBatch],
     ) -> Result<(), String> {
         let mut client = self.peers.client(id, addr).ok_or("unusable peer address")?;
-        let (tx, rx) = mpsc::channel(messages.len().max(1));
-        for m in messages {
-            tx.send(m.clone()).await.map_err(|e| e.to_string())?;
-        }
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let stream = futures::stream::iter(messages.to_vec());
         let mut acks = client.replicate(stream).await.map_err(|s| s.message().to_string())?.into_inner();
         for m in messages {
             let ack = acks
@@ -210,7 +205,6 @@ impl Cluster {
                 return Err(format!("{} of the states were not applied there", ack.not_applied));
             }
         }
-        drop(tx);
         Ok(())
     }
 }

@@ -103,9 +103,10 @@ impl Cluster {
         // Twice: the second pass catches a write that passed the previous policy's admission
         // check just before this one was installed, and landed behind the first scan.
         let mut errors = Vec::new();
+        let (policy, region) = (installed.clone(), self.region.clone());
+        let doomed = move |key: &[u8]| !policy.policy.allows(key, &region);
         for _ in 0..2 {
-            let (policy, region) = (installed.clone(), self.region.clone());
-            let doomed = move |key: &[u8]| !policy.policy.allows(key, &region);
+            let doomed = doomed.clone();
             // Hand over first: a key is erased only once every region that may hold it has it.
             let handover = self.hand_over(&installed, doomed.clone()).await.map_err(Status::internal)?;
             report.keys_handed_over += handover.handed.len() as u64;
@@ -141,13 +142,11 @@ impl Cluster {
         }
         // What is still here of the keys this region may no longer hold (not handed over, or
         // changed since): kept, and the enforcement runs again.
-        let (this, policy, region) = (self.clone(), installed.clone(), self.region.clone());
-        let left = tokio::task::spawn_blocking(move || {
-            this.doomed_states(&|key: &[u8]| !policy.policy.allows(key, &region)).map(|d| d.len() as u64)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::internal)?;
+        let this = self.clone();
+        let left = tokio::task::spawn_blocking(move || this.doomed_states(&doomed).map(|d| d.len() as u64))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::internal)?;
         report.keys_kept = left;
         let this = self.clone();
         let complete = left == 0;
