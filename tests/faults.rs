@@ -420,6 +420,21 @@ async fn run_op(c: Client, key: &[u8], action: &Action) -> Outcome {
             Action::SetAdd { member } => {
                 c.set_add(key, vec![member.clone()], None).await.map(|r| ok(r.version))
             }
+            Action::SetRemove { member } => {
+                c.set_remove(key, vec![member.clone()]).await.map(|r| ok(r.version))
+            }
+            Action::Expiring { value, ttl_ms } => {
+                c.put(key, value, Some(Duration::from_millis(*ttl_ms))).await.map(|r| ok(r.version))
+            }
+            Action::Delete => c.delete(key).await.map(|r| ok(r.version)),
+            Action::Append { chunk } => c.append(key, chunk, None).await.map(|r| ok(r.version)),
+            Action::Cas { value, expect } => {
+                let expected = expect.map(|s| pb::Version { hlc: s.time, node_id: s.node });
+                c.compare_and_swap(key, expected, value, None).await.map(|r| match (r.succeeded, r.current) {
+                    (true, Some(e)) => ok(e.version),
+                    _ => ok(None),
+                })
+            }
             Action::Read => c.get(key).await.map(|e| {
                 let (version, o) = observed(e);
                 Outcome::Ok { version, observed: Some(o) }

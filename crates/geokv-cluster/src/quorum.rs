@@ -23,6 +23,15 @@ impl Level {
             Level::All => n,
         }
     }
+
+    /// The level's name as clients write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::One => "ONE",
+            Level::Quorum => "QUORUM",
+            Level::All => "ALL",
+        }
+    }
 }
 
 /// Where a round stands.

@@ -7,6 +7,7 @@
 //! Does not own: storage, networking, clocks. Everything here is a pure function of its inputs
 //! (time is passed in), so it is tested without disks or sockets.
 
+mod cas;
 mod counter;
 mod crdt;
 mod error;
@@ -16,6 +17,7 @@ mod orset;
 mod record;
 mod stamp;
 
+pub use cas::{cas_holds, Expect};
 pub use counter::{PnCounter, Totals};
 pub use crdt::Crdt;
 pub use error::CoreError;

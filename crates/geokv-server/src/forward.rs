@@ -14,7 +14,7 @@ use std::time::Duration;
 use geokv_proto::v1 as pb;
 use pb::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 pub use crate::residency::FORWARDED_FROM;
 
@@ -90,9 +90,10 @@ impl Forwarder {
     }
 }
 
-/// A connection failure (nothing was sent), as opposed to an answer.
+/// A connection failure, as opposed to an answer.
 fn unreachable(s: &Status) -> bool {
-    s.code() == Code::Unavailable && !s.message().starts_with(crate::cluster::QUORUM_FAILED)
+    use geokv_protocol::PeerError;
+    matches!(crate::status::peer_error(s.clone()), PeerError::NeverSent(_) | PeerError::Transport(_))
 }
 
 /// The key a batch write item is about (None for an empty item).

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use geokv_core::{apply_as, CoreError, Kind, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
+use geokv_core::{apply_as, CoreError, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
 use geokv_storage::{Engine, StorageError, Update};
 
 use crate::{Clock, ServerConfig};
@@ -35,14 +35,7 @@ fn view_bytes(view: &View) -> usize {
     }
 }
 
-/// The condition of a compare-and-swap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expect {
-    /// The key must be absent (never written, deleted or expired).
-    Absent,
-    /// The key's current version must be exactly this one.
-    Version(Stamp),
-}
+pub use geokv_core::Expect;
 
 #[derive(Clone, Debug, Default)]
 pub struct ScanRequest {
@@ -289,22 +282,8 @@ impl Node {
         let op = Op::Put { value, ttl_ms };
         op.validate(&self.limits)?;
         self.engine.update(key, |current| {
-            let visible = current.filter(|r| r.is_visible(now));
-            if let Some(r) = visible {
-                if r.kind.val != Kind::Register {
-                    return Err(CoreError::WrongType {
-                        op: "CompareAndSwap",
-                        expected: Kind::Register,
-                        actual: r.kind.val,
-                    });
-                }
-            }
-            let matches = match (expect, visible) {
-                (Expect::Absent, None) => true,
-                (Expect::Version(v), Some(r)) => r.version() == v,
-                _ => false,
-            };
-            if !matches {
+            let (holds, visible) = geokv_core::cas_holds(current, expect, now)?;
+            if !holds {
                 return Ok(Update { record: None, out: (false, visible.cloned()) });
             }
             let applied = apply_as(current, &op, self.stamp_after(current), self.actor(), now, &self.limits)?;

@@ -1,19 +1,13 @@
 //! Maps node errors to gRPC status codes with messages a person can act on.
 
 use geokv_core::CoreError;
+use geokv_protocol::{Failure, Kind, PeerError};
 use geokv_storage::StorageError;
 use tonic::{Code, Status};
 
 pub fn code_of(err: &StorageError) -> Code {
     match err {
-        StorageError::Core(core) => match core {
-            CoreError::InvalidArgument(_) | CoreError::TooLarge { .. } | CoreError::TooMany { .. } => {
-                Code::InvalidArgument
-            }
-            CoreError::WrongType { .. } => Code::FailedPrecondition,
-            CoreError::Overflow { .. } => Code::OutOfRange,
-            CoreError::StaleStamp { .. } => Code::Aborted,
-        },
+        StorageError::Core(core) => code_for(Kind::of(core)),
         StorageError::RecordTooLarge { .. }
         | StorageError::NotAdmitted { .. }
         | StorageError::ClockDrift { .. } => Code::FailedPrecondition,
@@ -40,4 +34,89 @@ pub fn to_status(err: StorageError) -> Status {
 
 pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
+}
+
+/// Metadata of a status that carries a coordinator's [`Failure`]: `maybe-applied` or
+/// `not-applied`. A forwarding node reads it to tell a coordinator's final answer from a
+/// failed connection (both may be `UNAVAILABLE`), and the client sees whether a failed write
+/// may have been stored.
+pub const FAILURE_METADATA: &str = "geokv-failure";
+
+pub fn code_for(kind: Kind) -> Code {
+    match kind {
+        Kind::Unavailable => Code::Unavailable,
+        Kind::InvalidArgument => Code::InvalidArgument,
+        Kind::FailedPrecondition => Code::FailedPrecondition,
+        Kind::DataLoss => Code::DataLoss,
+        Kind::ResourceExhausted => Code::ResourceExhausted,
+        Kind::OutOfRange => Code::OutOfRange,
+        Kind::Aborted => Code::Aborted,
+        Kind::Internal => Code::Internal,
+        Kind::Other => Code::Unknown,
+    }
+}
+
+pub fn kind_of(code: Code) -> Kind {
+    match code {
+        Code::Unavailable => Kind::Unavailable,
+        Code::InvalidArgument => Kind::InvalidArgument,
+        Code::FailedPrecondition => Kind::FailedPrecondition,
+        Code::DataLoss => Kind::DataLoss,
+        Code::ResourceExhausted => Kind::ResourceExhausted,
+        Code::OutOfRange => Kind::OutOfRange,
+        Code::Aborted => Kind::Aborted,
+        Code::Internal => Kind::Internal,
+        _ => Kind::Other,
+    }
+}
+
+/// A coordinator's failure as the status a client (or a forwarding node) receives.
+pub fn failure_status(f: Failure) -> Status {
+    let mut s = Status::new(code_for(f.kind), f.message);
+    let applied = if f.maybe_applied { "maybe-applied" } else { "not-applied" };
+    s.metadata_mut().insert(FAILURE_METADATA, tonic::metadata::MetadataValue::from_static(applied));
+    s
+}
+
+/// What a failed call to a peer means for the protocol: a coordinator's final answer (it
+/// carries [`FAILURE_METADATA`]), a refusal (any code but those of a failed connection), or a
+/// connection that failed before or during the call.
+pub fn peer_error(s: Status) -> PeerError {
+    if let Some(applied) = s.metadata().get(FAILURE_METADATA) {
+        let maybe_applied = applied.as_bytes() != b"not-applied";
+        let f = Failure { kind: kind_of(s.code()), maybe_applied, message: s.message().to_string() };
+        return PeerError::Answered(f);
+    }
+    let from_connection = std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>());
+    if never_sent(&s) {
+        return PeerError::NeverSent(s.message().to_string());
+    }
+    match s.code() {
+        Code::DeadlineExceeded => PeerError::TimedOut(s.message().to_string()),
+        _ if from_connection => PeerError::Transport(s.message().to_string()),
+        Code::Unavailable | Code::Cancelled | Code::Unknown => PeerError::Transport(s.message().to_string()),
+        code => PeerError::Answered(Failure::refused(kind_of(code), s.message())),
+    }
+}
+
+/// Whether a failed call certainly never reached the peer: no connection could be made.
+/// (Any other transport failure may have come after the peer ran the request.)
+fn never_sent(s: &Status) -> bool {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+            ) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }

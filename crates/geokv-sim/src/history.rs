@@ -7,23 +7,63 @@ use std::sync::Mutex;
 
 use geokv_core::Stamp;
 
-/// What a client asked. Each key of a history holds one type, so the checker knows how to read
-/// it from the operations on it.
+/// What a client asked. Each key of a history holds one type (its first write's family), so
+/// the checker knows how to read it from the operations on it. Values, chunks and members are
+/// unique within a history where a rule needs to tell writes apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Set a register to a value unique within the history.
+    /// Set a register.
     Put { value: Vec<u8> },
+    /// Set a register with a TTL (keys written only this way must end absent).
+    Expiring { value: Vec<u8>, ttl_ms: u64 },
+    /// Delete the key.
+    Delete,
+    /// Compare-and-swap a register: `expect` the version it must be at (`None`: absent).
+    Cas { value: Vec<u8>, expect: Option<Stamp> },
+    /// Append a chunk (ending in `;`) to a register.
+    Append { chunk: Vec<u8> },
     /// Add to a counter.
     Increment { delta: i64 },
     /// Add one member to a set.
     SetAdd { member: Vec<u8> },
+    /// Remove one member from a set.
+    SetRemove { member: Vec<u8> },
     /// Read the key.
     Read,
+}
+
+/// The type of key an operation writes (`None`: it writes any type, or reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Register,
+    Expiring,
+    Log,
+    Counter,
+    Set,
 }
 
 impl Action {
     pub fn is_write(&self) -> bool {
         !matches!(self, Action::Read)
+    }
+
+    pub fn family(&self) -> Option<Family> {
+        match self {
+            Action::Put { .. } | Action::Cas { .. } => Some(Family::Register),
+            Action::Expiring { .. } => Some(Family::Expiring),
+            Action::Append { .. } => Some(Family::Log),
+            Action::Increment { .. } => Some(Family::Counter),
+            Action::SetAdd { .. } | Action::SetRemove { .. } => Some(Family::Set),
+            Action::Delete | Action::Read => None,
+        }
+    }
+
+    /// The register value this write sets, if it sets one.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            Action::Put { value } | Action::Expiring { value, .. } | Action::Cas { value, .. } => Some(value),
+            _ => None,
+        }
     }
 }
 
@@ -89,9 +129,19 @@ impl Event {
         matches!(self.outcome, Outcome::Ok { .. })
     }
 
-    /// Whether the write may have taken effect (acknowledged or unknown).
+    /// Whether the write may have taken effect (acknowledged or unknown). A compare-and-swap
+    /// acknowledged without a version found its condition false and wrote nothing.
     pub fn may_have_applied(&self) -> bool {
-        !matches!(self.outcome, Outcome::Failed(_))
+        match (&self.action, &self.outcome) {
+            (_, Outcome::Failed(_)) => false,
+            (Action::Cas { .. }, Outcome::Ok { version, .. }) => version.is_some(),
+            _ => true,
+        }
+    }
+
+    /// Acknowledged as written (a swap whose condition held, any other acknowledged write).
+    pub fn acked_write(&self) -> bool {
+        self.action.is_write() && self.ok_version().is_some()
     }
 }
 

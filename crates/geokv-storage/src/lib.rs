@@ -1,4 +1,7 @@
-//! geokv-storage: the RocksDB engine of one node.
+//! geokv-storage: the store of one node.
+//!
+//! The protocol's view of a store is [`ReplicaStore`]; the RocksDB [`Engine`] and the
+//! in-memory [`MemStore`] implement it and pass one conformance suite ([`store::conformance`]).
 //!
 //! Owns: the on-disk layout (column families `data`, `ttl`, `log`, `meta`), the versioned and
 //! checksummed value encoding ([`codec`]), and read-modify-write of one key committed in a
@@ -18,6 +21,10 @@ mod engine;
 mod error;
 #[cfg(feature = "engine")]
 mod keys;
+#[cfg(feature = "engine")]
+mod mem;
+#[cfg(feature = "engine")]
+pub mod store;
 
 pub use config::StorageConfig;
 #[cfg(feature = "engine")]
@@ -28,3 +35,7 @@ pub use engine::{
 pub use error::StorageError;
 #[cfg(feature = "engine")]
 pub use keys::{DueEntry, TtlTag};
+#[cfg(feature = "engine")]
+pub use mem::MemStore;
+#[cfg(feature = "engine")]
+pub use store::ReplicaStore;

@@ -4,8 +4,15 @@
 //! Coordinates are planar degrees (longitude as x, latitude as y): good for fences drawn
 //! around countries and continents, not for fences that cross the antimeridian (±180°
 //! longitude) or contain a pole, which validation refuses or which must be split.
+//!
+//! The geometry is the `geo` crate's, on its robust (exact-sign) orientation predicates:
+//! collinearity by its kernel's `orient2d`, edge crossings by `line_intersection`, area by
+//! `Area`, and containment by `Intersects` (inside or on the boundary).
 
-use geo_types::{Coord, LineString, Point, Polygon};
+use geo::kernels::{Kernel, Orientation, RobustKernel};
+use geo::line_intersection::{line_intersection, LineIntersection};
+use geo::{Area, Intersects};
+use geo_types::{Coord, Line, LineString, Point, Polygon};
 
 /// Why a list of vertices is not a usable fence.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,91 +70,38 @@ pub fn fence_polygon(vertices: &[[f64; 2]]) -> Result<Polygon<f64>, FenceError> 
     if distinct.len() < 3 {
         return Err(FenceError::TooFewVertices(distinct.len()));
     }
-    if ring.iter().all(|&c| cross(ring[0], ring[1], c).abs() < 1e-12) {
+    if ring.iter().all(|&c| RobustKernel::orient2d(ring[0], ring[1], c) == Orientation::Collinear) {
         return Err(FenceError::ZeroArea);
     }
+    // Edge by edge rather than `geo::Validation`, which says that a ring intersects itself but
+    // not where: the error names the two edges.
     let n = ring.len();
-    let edge = |i: usize| (ring[i], ring[(i + 1) % n]);
+    let edge = |i: usize| Line::new(ring[i], ring[(i + 1) % n]);
     for a in 0..n {
         for b in a + 1..n {
             let adjacent = b == a + 1 || (a == 0 && b == n - 1);
-            let (p1, p2) = edge(a);
-            let (q1, q2) = edge(b);
-            let crosses = if adjacent {
+            let crosses = match line_intersection(edge(a), edge(b)) {
+                None => false,
                 // Neighbours share one vertex; they may only meet there (no folding back).
-                let shared = if b == a + 1 { p2 } else { p1 };
-                let (other_p, other_q) = if b == a + 1 { (p1, q2) } else { (p2, q1) };
-                collinear_overlap(shared, other_p, other_q)
-            } else {
-                segments_intersect(p1, p2, q1, q2)
+                Some(LineIntersection::SinglePoint { .. }) => !adjacent,
+                Some(LineIntersection::Collinear { .. }) => true,
             };
             if crosses {
                 return Err(FenceError::SelfIntersecting { a, b });
             }
         }
     }
-    if signed_area(&ring).abs() < 1e-12 {
+    ring.push(ring[0]);
+    let polygon = Polygon::new(LineString::new(ring), vec![]);
+    if polygon.unsigned_area() < 1e-12 {
         return Err(FenceError::ZeroArea);
     }
-    ring.push(ring[0]);
-    Ok(Polygon::new(LineString::new(ring), vec![]))
+    Ok(polygon)
 }
 
 /// Whether `p` lies inside `fence` or on its boundary.
 pub fn fence_contains(fence: &Polygon<f64>, p: Point<f64>) -> bool {
-    let ring = &fence.exterior().0;
-    let c = p.0;
-    let mut inside = false;
-    for w in ring.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        if on_segment(a, b, c) {
-            return true;
-        }
-        if (a.y > c.y) != (b.y > c.y) {
-            let x = a.x + (c.y - a.y) * (b.x - a.x) / (b.y - a.y);
-            if c.x < x {
-                inside = !inside;
-            }
-        }
-    }
-    inside
-}
-
-fn signed_area(ring: &[Coord<f64>]) -> f64 {
-    let n = ring.len();
-    (0..n).map(|i| ring[i].x * ring[(i + 1) % n].y - ring[(i + 1) % n].x * ring[i].y).sum::<f64>() / 2.0
-}
-
-fn cross(o: Coord<f64>, a: Coord<f64>, b: Coord<f64>) -> f64 {
-    (a.x - o.x) * (b.y - o.y) - (a.y - o.y) * (b.x - o.x)
-}
-
-fn on_segment(a: Coord<f64>, b: Coord<f64>, c: Coord<f64>) -> bool {
-    cross(a, b, c).abs() < 1e-12
-        && c.x >= a.x.min(b.x)
-        && c.x <= a.x.max(b.x)
-        && c.y >= a.y.min(b.y)
-        && c.y <= a.y.max(b.y)
-}
-
-fn segments_intersect(p1: Coord<f64>, p2: Coord<f64>, q1: Coord<f64>, q2: Coord<f64>) -> bool {
-    let d1 = cross(q1, q2, p1);
-    let d2 = cross(q1, q2, p2);
-    let d3 = cross(p1, p2, q1);
-    let d4 = cross(p1, p2, q2);
-    if ((d1 > 0.0 && d2 < 0.0) || (d1 < 0.0 && d2 > 0.0))
-        && ((d3 > 0.0 && d4 < 0.0) || (d3 < 0.0 && d4 > 0.0))
-    {
-        return true;
-    }
-    on_segment(q1, q2, p1) || on_segment(q1, q2, p2) || on_segment(p1, p2, q1) || on_segment(p1, p2, q2)
-}
-
-/// Whether two edges that share vertex `shared` and continue to `p` and `q` fold back over
-/// each other (point the same way along one line).
-fn collinear_overlap(shared: Coord<f64>, p: Coord<f64>, q: Coord<f64>) -> bool {
-    cross(shared, p, q).abs() < 1e-12
-        && (p.x - shared.x) * (q.x - shared.x) + (p.y - shared.y) * (q.y - shared.y) > 0.0
+    fence.intersects(&p)
 }
 
 #[cfg(test)]
@@ -207,5 +161,21 @@ mod tests {
         assert!(fence_polygon(&[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]).is_ok());
         let e = fence_polygon(&[[0.0, 0.0], [2.0, 2.0], [2.0, 0.0], [0.0, 2.0]]).unwrap_err().to_string();
         assert!(e.contains("crosses itself"), "{e}");
+    }
+
+    #[test]
+    fn rings_that_fold_back_or_touch_themselves_are_refused() {
+        // Edge 1 runs up the east side and edge 2 comes back down over it (a spike).
+        assert_eq!(
+            fence_polygon(&[[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [4.0, 2.0], [0.0, 4.0]]),
+            Err(FenceError::SelfIntersecting { a: 1, b: 2 })
+        );
+        // Two triangles meeting at one vertex (an hourglass): edges 1 and 4 touch at [1, 1].
+        assert_eq!(
+            fence_polygon(&[[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.0, 2.0], [1.0, 1.0]]),
+            Err(FenceError::SelfIntersecting { a: 1, b: 4 })
+        );
+        // A vertex in the middle of a straight side is fine.
+        assert!(fence_polygon(&[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]]).is_ok());
     }
 }

@@ -1,81 +1,30 @@
-//! Quorum writes and reads over the key's replicas.
+//! The driver of the region's quorum protocol (`geokv-protocol`): takes a snapshot of the
+//! key's replicas, lets the protocol's coordinators decide, and carries out their commands
+//! over gRPC (peers) and RocksDB (this node), feeding the results back.
 //!
-//! Writes: a home replica of the key first reads the key at the request's level and merges
-//! what it finds (so a replica that missed writes does not build on a stale state), applies
-//! the operation to its own state (so its HLC and its counter/set identity stamp it), then sends the resulting full state to the other
-//! targets (healthy home replicas and stand-ins holding hints for the unhealthy ones) and
-//! answers once W of them, itself included, have it durably. A node that is not a home replica
-//! forwards the write to one that is. A target that fails during the write gets a durable hint
-//! on the coordinator, handed off when it answers again.
-//!
-//! Reads: ask the healthy home replicas, merge the first R states (never "pick the newest":
-//! counters and sets need the merge), answer, and send the merge to replicas that were behind
-//! (read repair).
+//! A write's commands run in a task of their own, so sends still under way when the client
+//! is answered go on (and leave hints if they fail). A read answers as soon as its
+//! coordinator does; its repairs go on in the background.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use geokv_cluster::{Health, Level, Outcome, ReadRound, WriteRound};
-use geokv_core::{NodeId, Op, OpOutcome, Record};
+use geokv_cluster::{Health, Level};
+use geokv_core::{NodeId, Record};
 use geokv_proto::v1 as pb;
+use geokv_protocol::{
+    route, Command, Failure, Forwarder, PeerError, ReadCoordinator, Replicas, ReplicateRound, Route,
+    WriteCoordinator,
+};
 use geokv_storage::codec;
 use geokv_topology::Target;
-use tokio::sync::mpsc;
-use tonic::{Code, Status};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
 
-use super::{Cluster, QUORUM_FAILED};
-use crate::node::Expect;
-use crate::status::to_status;
+use super::Cluster;
+use crate::status::{failure_status, peer_error, to_status};
 
-/// A write a coordinator applies.
-#[derive(Clone, Debug)]
-pub enum Action {
-    Op(Op),
-    Cas { expect: Expect, value: Vec<u8>, ttl_ms: Option<u64> },
-}
-
-/// What the coordinator did.
-#[derive(Clone, Debug)]
-pub enum Applied {
-    Written(OpOutcome, Record),
-    /// A compare-and-swap whose condition did not hold; the state it found (None if absent).
-    CasFailed(Option<Record>),
-}
-
-/// Whether a failed call certainly never reached the peer: no connection could be made.
-/// (Any other transport failure may have come after the peer ran the request.)
-pub fn never_sent(s: &Status) -> bool {
-    use std::io::ErrorKind;
-    let mut source = std::error::Error::source(s);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::AddrNotAvailable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::HostUnreachable
-            ) {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Whether running a write again gives the same result: a put, delete or set change does; an
-/// increment or append would count twice, and a compare-and-swap would find its own write.
-fn repeatable(action: &Action) -> bool {
-    matches!(action, Action::Op(Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. }))
-}
-
-/// Whether a peer's error means it could not be reached (as opposed to an answer it gave).
-pub fn is_transport(s: &Status) -> bool {
-    let from_connection = std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
-    from_connection
-        || matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
-            && !s.message().starts_with(QUORUM_FAILED)
-}
+pub use geokv_protocol::{Action, Applied};
 
 pub fn encode(rec: &Record) -> Vec<u8> {
     codec::encode(rec, 1024, 1)
@@ -85,15 +34,21 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Status> {
     codec::decode(bytes).map_err(|e| Status::data_loss(format!("a replica sent a corrupt state: {e}")))
 }
 
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::One => "ONE",
-        Level::Quorum => "QUORUM",
-        Level::All => "ALL",
-    }
+/// What a command carried out in the background reports back to its coordinator.
+enum Event {
+    Fetched(NodeId, Result<Option<Record>, PeerError>),
+    Sent(NodeId, Result<(), PeerError>),
 }
 
 impl Cluster {
+    /// The key's replicas as this node sees them now.
+    pub(crate) fn replicas(&self, key: &[u8]) -> Replicas {
+        let view = self.view();
+        let now = self.node.now_ms();
+        let healthy = |id| view.health(id, now) == Health::Alive;
+        Replicas::new(self.me, view.owners(), view.n(), key, healthy, view.incoming(key))
+    }
+
     /// Runs a client write: here if this node is a home replica of the key, else forwarded.
     pub async fn write(
         self: &Arc<Self>,
@@ -101,73 +56,122 @@ impl Cluster {
         action: Action,
         level: Level,
     ) -> Result<Applied, Status> {
-        let home = self.view().home(&key);
-        // A compare-and-swap runs on the first healthy home replica, so concurrent CAS calls
-        // through different nodes meet on one coordinator while it is up. It is still not
-        // linearizable (no consensus): a coordinator change during a failure can let two CAS
-        // calls both succeed.
-        let here = match action {
-            Action::Cas { .. } => home.iter().find(|&&h| self.healthy(h)) == Some(&self.me),
-            Action::Op(_) => home.contains(&self.me),
-        };
-        if here {
-            return self.coordinate(key, action, level).await;
+        let replicas = self.replicas(&key);
+        match route(&action, &replicas) {
+            Route::Here => self.coordinate_with(replicas, key, action, level).await,
+            Route::Forward(candidates) => self.forward(key, action, level, replicas, candidates).await,
         }
-        self.forward(key, action, level, &home).await
     }
 
-    /// Applies a write at this replica and replicates the new state to a write quorum.
+    /// Coordinates a write on this node (a home replica of the key).
     pub async fn coordinate(
         self: &Arc<Self>,
         key: Vec<u8>,
         action: Action,
         level: Level,
     ) -> Result<Applied, Status> {
-        // Every operation depends on the key's current state: its type (a wrong-type write is
-        // refused), its value (Append, CAS), its members (SetRemove), its observed counter
-        // (Delete), and the outcome reported. This replica may have missed writes that a
-        // quorum acknowledged (it was unreachable, or wiped), so it first reads the key at the
-        // request's level and merges what it finds: with R + W > N every write acknowledged
-        // at QUORUM is seen by a write at QUORUM, and the new state carries it.
-        let writer = Some(self.node.hlc_now());
-        let current = self.read_as(key.clone(), level, writer).await.map_err(|s| {
-            if s.message().starts_with(QUORUM_FAILED) {
-                Status::unavailable(format!(
-                    "{QUORUM_FAILED}: a {} write first reads the key from the replicas a {} read needs, and that failed ({}); nothing was written",
-                    level_name(level),
-                    level_name(level),
-                    s.message().trim_start_matches(QUORUM_FAILED).trim_start_matches(": ")
-                ))
-            } else {
-                s
+        let replicas = self.replicas(&key);
+        self.coordinate_with(replicas, key, action, level).await
+    }
+
+    async fn coordinate_with(
+        self: &Arc<Self>,
+        replicas: Replicas,
+        key: Vec<u8>,
+        action: Action,
+        level: Level,
+    ) -> Result<Applied, Status> {
+        let (machine, cmds) = WriteCoordinator::start(replicas, level, self.node.hlc_now());
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(crate::trace::inherit(async move {
+            this.drive_write(machine, cmds, key, action, answer_tx).await;
+        }));
+        answer_rx.await.map_err(|_| Status::internal("the write's coordinator stopped without an answer"))?
+    }
+
+    /// Carries out a write coordinator's commands until it expects nothing more.
+    async fn drive_write(
+        self: Arc<Self>,
+        mut machine: WriteCoordinator,
+        cmds: Vec<Command<Applied>>,
+        key: Vec<u8>,
+        action: Action,
+        answer: oneshot::Sender<Result<Applied, Status>>,
+    ) {
+        let mut answer = Some(answer);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut queue: VecDeque<Command<Applied>> = cmds.into();
+        loop {
+            while let Some(cmd) = queue.pop_front() {
+                match cmd {
+                    Command::MergeLocal { state } => {
+                        let (node, k) = (self.node.clone(), key.clone());
+                        if let Err(s) =
+                            blocking(move || node.engine().merge(&k, &state).map_err(to_status)).await
+                        {
+                            return respond(&mut answer, Err(s));
+                        }
+                    }
+                    Command::Apply => match self.apply(&key, action.clone()).await {
+                        Ok(applied) => queue.extend(machine.on_applied(applied)),
+                        // The store refused the write: nothing was stored.
+                        Err(s) => return respond(&mut answer, Err(s)),
+                    },
+                    Command::Respond(r) => respond(&mut answer, r.map_err(failure_status)),
+                    other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
+                }
             }
-        })?;
-        if let Some(merged) = current {
-            let (node, k) = (self.node.clone(), key.clone());
-            tokio::task::spawn_blocking(move || node.engine().merge(&k, &merged))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(to_status)?;
+            if machine.done() {
+                return;
+            }
+            let Some(event) = rx.recv().await else { return };
+            queue.extend(match event {
+                Event::Fetched(node, r) => machine.on_fetched(node, r),
+                Event::Sent(node, r) => machine.on_sent(node, r),
+            });
         }
-        let node = self.node.clone();
-        let k = key.clone();
-        let applied = tokio::task::spawn_blocking(move || match action {
-            Action::Op(op) => node.write(&k, &op).map(|(out, rec)| Applied::Written(out, rec)),
+    }
+
+    /// Applies a client write to this node's state (stamped by this node's HLC).
+    async fn apply(&self, key: &[u8], action: Action) -> Result<Applied, Status> {
+        let (node, k) = (self.node.clone(), key.to_vec());
+        blocking(move || match action {
+            Action::Op(op) => {
+                node.write(&k, &op).map(|(out, rec)| Applied::Written(out, rec)).map_err(to_status)
+            }
             Action::Cas { expect, value, ttl_ms } => {
                 let now = node.now_ms();
-                node.compare_and_swap(&k, expect, value, ttl_ms, now).map(|(ok, rec)| match (ok, rec) {
-                    (true, Some(rec)) => Applied::Written(OpOutcome::Put, rec),
+                let swapped = node.compare_and_swap(&k, expect, value, ttl_ms, now).map_err(to_status)?;
+                Ok(match swapped {
+                    (true, Some(rec)) => Applied::Written(geokv_core::OpOutcome::Put, rec),
                     (_, rec) => Applied::CasFailed(rec),
                 })
             }
         })
         .await
-        .map_err(|e| Status::internal(format!("write task failed: {e}")))?
-        .map_err(to_status)?;
-        if let Applied::Written(_, rec) = &applied {
-            self.replicate(&key, rec, level, true).await?;
-        }
-        Ok(applied)
+    }
+
+    /// Carries out a command whose result comes back as an [`Event`] (or not at all).
+    fn carry_out(self: &Arc<Self>, cmd: Command<()>, key: &[u8], tx: &mpsc::UnboundedSender<Event>) {
+        let (this, key, tx) = (self.clone(), key.to_vec(), tx.clone());
+        let task = async move {
+            match cmd {
+                Command::Fetch { node, writer } => {
+                    let _ = tx.send(Event::Fetched(node, this.fetch(node, key, writer).await));
+                }
+                Command::Repair { node, state } => this.repair(node, key, state).await,
+                Command::Send { target, state, ship } => {
+                    let _ =
+                        tx.send(Event::Sent(target.node, this.send_state(target, &key, &state, ship).await));
+                }
+                Command::KeepHint { home, state } => this.keep_hint(home, &key, &state).await,
+                Command::MergeLocal { .. } | Command::Apply | Command::Call { .. } | Command::Respond(_) => {
+                    unreachable!("carried out by the coordinator's own loop")
+                }
+            }
+        };
+        tokio::spawn(crate::trace::inherit(task));
     }
 
     /// Sends `rec` (already stored here) to the key's other targets; returns once `level` of
@@ -180,95 +184,70 @@ impl Cluster {
         level: Level,
         ship: bool,
     ) -> Result<(), Status> {
-        let view = self.view();
-        let now = self.node.now_ms();
-        let healthy = |id| id == self.me || view.health(id, now) == Health::Alive;
-        let n = view.n();
-        let placement = view.owners().placement(key, n, healthy);
-        let needed = level.required(n);
-        let mut round = WriteRound::new(placement.targets.clone(), needed);
-        if placement.home.contains(&self.me) {
-            round.ack(self.me);
-        }
-        let mut others: Vec<Target> =
-            placement.targets.iter().copied().filter(|t| t.node != self.me).collect();
-        // Nodes taking the key over (joining, or replacing a leaving node) get it too, outside
-        // the quorum; a hint is kept for those that are down.
-        for node in view.incoming(key).into_iter().filter(|&id| id != self.me) {
-            if healthy(node) {
-                others.push(Target { node, hint_for: None });
-            } else {
-                self.keep_hint(node, key, rec).await;
-            }
-        }
-        let state = encode(rec);
-        // Unhealthy home replicas that no stand-in covers (the region has no spare node): the
-        // coordinator keeps their hints itself.
-        for &home in placement.home.iter().filter(|&&h| !healthy(h)) {
-            if !placement.targets.iter().any(|t| t.hint_for == Some(home)) {
-                self.keep_hint(home, key, rec).await;
-            }
-        }
+        let (mut round, cmds) = ReplicateRound::start(&self.replicas(key), level, rec.clone(), ship);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for target in others {
-            let (this, tx, key, state, rec) =
-                (self.clone(), tx.clone(), key.to_vec(), state.clone(), rec.clone());
-            tokio::spawn(crate::trace::inherit(async move {
-                let ok = this.send_state(target, &key, state, &rec, ship).await;
-                let _ = tx.send((target.node, ok));
-            }));
-        }
-        drop(tx);
-        while round.outcome() == Outcome::Pending {
+        let mut queue: VecDeque<Command<()>> = cmds.into();
+        let mut answer = None;
+        loop {
+            while let Some(cmd) = queue.pop_front() {
+                match cmd {
+                    Command::Respond(r) => answer = Some(r),
+                    other => self.carry_out(other, key, &tx),
+                }
+            }
+            if let Some(r) = answer.take() {
+                if !round.done() {
+                    // The rest of the round goes on without the caller.
+                    let (this, key) = (self.clone(), key.to_vec());
+                    tokio::spawn(crate::trace::inherit(async move {
+                        while let Some(Event::Sent(node, r)) = rx.recv().await {
+                            for cmd in round.on_sent(node, r) {
+                                this.carry_out(cmd, &key, &tx);
+                            }
+                            if round.done() {
+                                return;
+                            }
+                        }
+                    }));
+                }
+                return r.map_err(failure_status);
+            }
             match rx.recv().await {
-                Some((node, true)) => round.ack(node),
-                Some((node, false)) => round.fail(node),
-                None => break,
-            };
-        }
-        match round.outcome() {
-            Outcome::Reached => Ok(()),
-            _ => Err(Status::unavailable(format!(
-                "{QUORUM_FAILED}: a {} write needs {needed} of {} replicas, {} acknowledged ({:?}); the write is stored on those and not rolled back; unreachable replicas get it by hinted handoff",
-                level_name(level),
-                n,
-                round.acked().len(),
-                round.acked()
-            ))),
+                Some(Event::Sent(node, r)) => queue.extend(round.on_sent(node, r)),
+                Some(Event::Fetched(..)) => {}
+                None => return Err(Status::internal("the replication round stopped without an answer")),
+            }
         }
     }
 
-    /// Sends a state to one target; on failure keeps a durable hint for a home replica.
-    async fn send_state(&self, target: Target, key: &[u8], state: Vec<u8>, rec: &Record, ship: bool) -> bool {
-        let req = pb::MergeRequest { key: key.to_vec(), state, hint_for: target.hint_for, ship };
+    /// Sends a state to one target.
+    async fn send_state(
+        &self,
+        target: Target,
+        key: &[u8],
+        rec: &Record,
+        ship: bool,
+    ) -> Result<(), PeerError> {
+        let req = pb::MergeRequest { key: key.to_vec(), state: encode(rec), hint_for: target.hint_for, ship };
         // Backpressure: a replica with too many sends in flight gets a hint instead.
-        let slot = self.slot(target.node).await;
-        let result = match (slot.is_some(), self.client(target.node)) {
-            (false, _) => Err(Status::unavailable("too many sends in flight to this replica")),
-            (true, None) => Err(Status::internal("unknown peer")),
-            (true, Some(mut c)) => {
-                match tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut c, req)).await {
-                    Ok(r) => r.map(|_| ()),
-                    Err(_) => Err(Status::deadline_exceeded("merge timed out")),
-                }
-            }
+        let Some(_slot) = self.slot(target.node).await else {
+            return Err(PeerError::NeverSent("too many sends in flight to this replica".into()));
         };
-        drop(slot);
-        match result {
-            Ok(()) => true,
-            Err(s) if is_transport(&s) => {
-                // Unreachable: keep the state for it, to hand off when it answers again.
-                let home = target.hint_for.unwrap_or(target.node);
-                self.keep_hint(home, key, rec).await;
-                false
-            }
-            Err(s) => {
-                // The replica answered and refused (its state would exceed its limits, its copy
-                // is corrupt, ...): a hint would be refused the same way.
-                tracing::warn!(node = target.node, error = %s, "replica refused a state");
-                false
-            }
+        let Some(mut client) = self.client(target.node) else {
+            return Err(PeerError::Answered(Failure::refused(
+                geokv_protocol::Kind::Internal,
+                "unknown peer",
+            )));
+        };
+        let result = match tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await
+        {
+            Ok(r) => r.map(|_| ()).map_err(peer_error),
+            Err(_) => Err(PeerError::TimedOut("merge timed out".into())),
+        };
+        if let Err(PeerError::Answered(f)) = &result {
+            tracing::warn!(node = target.node, error = %f, "replica refused a state");
         }
+        result
     }
 
     /// Sends a replica state (`Merge`) to a peer. With injected faults it may go out a second
@@ -289,197 +268,167 @@ impl Cluster {
 
     async fn keep_hint(&self, home: NodeId, key: &[u8], rec: &Record) {
         let (node, key, rec) = (self.node.clone(), key.to_vec(), rec.clone());
-        let kept = tokio::task::spawn_blocking(move || node.engine().put_hint(home, &key, &rec)).await;
-        if !matches!(kept, Ok(Ok(()))) {
+        if blocking(move || node.engine().put_hint(home, &key, &rec).map_err(to_status)).await.is_err() {
             tracing::error!(home, "could not keep a hint; anti-entropy must repair this replica");
         }
     }
 
-    /// Hands a write to a home replica of the key, trying them in ring order.
+    /// Hands a write to a home replica of the key, by the protocol's retry rules.
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         key: Vec<u8>,
         action: Action,
         level: Level,
-        home: &[NodeId],
+        replicas: Replicas,
+        candidates: Vec<NodeId>,
     ) -> Result<Applied, Status> {
-        let retry_safe = repeatable(&action);
-        let mut req =
-            pb::CoordinateRequest { key, consistency: level_to_pb(level) as i32, ..Default::default() };
-        match action {
-            Action::Op(op) => req.op = postcard::to_allocvec(&op).expect("ops serialize"),
-            Action::Cas { expect, value, ttl_ms } => {
-                req.cas = true;
-                req.op = postcard::to_allocvec(&Op::Put { value, ttl_ms }).expect("ops serialize");
-                match expect {
-                    Expect::Absent => req.expect_absent = true,
-                    Expect::Version(v) => (req.expected_hlc, req.expected_node) = (v.time, v.node),
+        let (mut machine, mut cmds) = Forwarder::start(&action, replicas.home(), candidates);
+        let req = coordinate_request(&key, &action, level);
+        loop {
+            let mut next = Vec::new();
+            for cmd in cmds {
+                match cmd {
+                    Command::Respond(r) => return r.map_err(failure_status),
+                    Command::Call { node } if node == self.me => {
+                        let result = self.coordinate(key.clone(), action.clone(), level).await;
+                        next.extend(machine.on_called(node, result.map_err(peer_error)));
+                    }
+                    Command::Call { node } => {
+                        let result = self.call_coordinator(node, req.clone()).await;
+                        next.extend(machine.on_called(node, result));
+                    }
+                    _ => unreachable!("a forward only calls and answers"),
                 }
             }
+            cmds = next;
         }
-        let mut last_error = None;
-        for &target in home.iter().filter(|&&h| self.healthy(h)) {
-            let Some(mut client) = self.client(target) else { continue };
-            // The remote coordinator may itself wait up to a timeout for its replicas
-            // (it reads the key first, then sends the new state: two rounds to its replicas.)
-            let call = tokio::time::timeout(3 * self.peers.timeout(), client.coordinate(req.clone()));
-            let result = call.await.unwrap_or_else(|_| {
-                Err(Status::unavailable(format!("{QUORUM_FAILED}: node {target} did not answer in time; the write may or may not have been applied")))
-            });
-            match result {
-                Ok(resp) => return decode_applied(resp.into_inner()),
-                // The coordinator ran the write and refused it, or could not reach a quorum:
-                // the answer is final (retrying elsewhere could apply it twice).
-                Err(s) if !is_transport(&s) => return Err(s),
-                // The call may have failed after the coordinator ran it (its answer lost):
-                // only a write that may run twice moves on to the next home replica.
-                Err(s) if !retry_safe && !never_sent(&s) => {
-                    return Err(Status::unavailable(format!(
-                        "{QUORUM_FAILED}: the call to node {target} failed ({}); it may have applied the write, which is not retried elsewhere because running it twice would apply it twice; the write may or may not have been applied",
-                        s.message()
-                    )))
-                }
-                Err(s) => {
-                    last_error = Some(s);
-                }
-            }
+    }
+
+    async fn call_coordinator(&self, node: NodeId, req: pb::CoordinateRequest) -> Result<Applied, PeerError> {
+        let Some(mut client) = self.client(node) else {
+            return Err(PeerError::NeverSent(format!("node {node} has no known address")));
+        };
+        // The remote coordinator may itself wait up to a timeout for its replicas (it reads
+        // the key first, then sends the new state: two rounds to its replicas).
+        let deadline = 3 * self.peers.timeout();
+        match tokio::time::timeout(deadline, client.coordinate(req)).await {
+            Err(_) => Err(PeerError::TimedOut(format!("no answer within {} ms", deadline.as_millis()))),
+            Ok(Err(s)) => Err(peer_error(s)),
+            Ok(Ok(resp)) => decode_applied(resp.into_inner()).map_err(peer_error),
         }
-        Err(Status::unavailable(format!(
-            "{QUORUM_FAILED}: no home replica of the key ({home:?}) could coordinate the write{}",
-            last_error.map(|e| format!(" (last error: {})", e.message())).unwrap_or_default()
-        )))
     }
 
     /// Reads a key from `level` of its healthy home replicas and merges their states.
     pub async fn read(self: &Arc<Self>, key: Vec<u8>, level: Level) -> Result<Option<Record>, Status> {
-        self.read_as(key, level, None).await
-    }
-
-    /// [`Cluster::read`]; `writer`: this node's HLC time when the read comes before a write it
-    /// coordinates (replicas refuse it when this node's clock runs too far ahead of theirs).
-    async fn read_as(
-        self: &Arc<Self>,
-        key: Vec<u8>,
-        level: Level,
-        writer: Option<u64>,
-    ) -> Result<Option<Record>, Status> {
         self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let view = self.view();
-        let (home, n) = (view.home(&key), view.n());
-        let needed = level.required(n);
-        let candidates: Vec<NodeId> = home.iter().copied().filter(|&h| self.healthy(h)).collect();
-        if candidates.len() < needed {
-            return Err(Status::unavailable(format!(
-                "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas, {} are reachable",
-                level_name(level),
-                n,
-                candidates.len()
-            )));
-        }
-        let mut round = ReadRound::new(candidates.clone(), needed);
+        let (mut machine, cmds) = ReadCoordinator::start(&self.replicas(&key), level, None);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for node in candidates {
-            let (this, tx, key) = (self.clone(), tx.clone(), key.clone());
-            tokio::spawn(crate::trace::inherit(async move {
-                let _ = tx.send((node, this.fetch(node, key, writer).await));
-            }));
-        }
-        drop(tx);
-        let mut refused: Option<Status> = None;
-        // Replicas whose stored state failed its checksum: not counted toward the quorum (their
-        // state is unknown), repaired with the merged state once the others answered.
-        let mut corrupt = Vec::new();
-        while round.outcome() == Outcome::Pending {
-            match rx.recv().await {
-                Some((node, Ok(state))) => round.answer(node, state),
-                Some((node, Err(s))) => {
-                    if s.code() == tonic::Code::DataLoss {
-                        tracing::warn!(node, key = %String::from_utf8_lossy(&key), "a replica holds a corrupt state; repairing it from the others");
-                        corrupt.push(node);
-                    }
-                    if !is_transport(&s) {
-                        refused = Some(s);
-                    }
-                    round.fail(node)
+        let mut queue: VecDeque<Command<Option<Record>>> = cmds.into();
+        loop {
+            while let Some(cmd) = queue.pop_front() {
+                match cmd {
+                    Command::Respond(r) => return r.map_err(failure_status),
+                    other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
                 }
-                None => break,
-            };
-        }
-        if round.outcome() != Outcome::Reached {
-            // A replica's own answer (a corrupt state, ...) says more than "too few answered".
-            if let Some(s) = refused {
-                return Err(s);
             }
-            return Err(Status::unavailable(format!(
-                "{QUORUM_FAILED}: a {} read needs {needed} of {} replicas and too few answered",
-                level_name(level),
-                n
-            )));
-        }
-        let merged = round.merged();
-        if let Some(m) = &merged {
-            for stale in round.stale(m).into_iter().chain(corrupt) {
-                let this = self.clone();
-                let (key, m) = (key.clone(), m.clone());
-                tokio::spawn(crate::trace::inherit(async move { this.repair(stale, key, m).await }));
+            match rx.recv().await {
+                Some(Event::Fetched(node, r)) => {
+                    if let Err(PeerError::Answered(f)) = &r {
+                        if f.kind == geokv_protocol::Kind::DataLoss {
+                            tracing::warn!(node, key = %String::from_utf8_lossy(&key), "a replica holds a corrupt state; repairing it from the others");
+                        }
+                    }
+                    queue.extend(machine.on_fetched(node, r));
+                }
+                Some(Event::Sent(..)) => {}
+                None => return Err(Status::internal("the read stopped without an answer")),
             }
         }
-        Ok(merged)
     }
 
     /// One replica's state of a key.
-    async fn fetch(&self, node: NodeId, key: Vec<u8>, writer: Option<u64>) -> Result<Option<Record>, Status> {
+    async fn fetch(
+        &self,
+        node: NodeId,
+        key: Vec<u8>,
+        writer: Option<u64>,
+    ) -> Result<Option<Record>, PeerError> {
         if node == self.me {
             let n = self.node.clone();
-            return tokio::task::spawn_blocking(move || n.engine().get(&key))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(to_status);
+            return blocking(move || n.engine().get(&key).map_err(to_status)).await.map_err(peer_error);
         }
-        let mut client = self.client(node).ok_or_else(|| Status::internal("unknown peer"))?;
-        let resp = tokio::time::timeout(
-            self.peers.timeout(),
-            client.fetch(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0) }),
-        )
-        .await
-        .map_err(|_| Status::deadline_exceeded("fetch timed out"))?;
-        match resp {
-            Ok(r) if r.get_ref().state.is_empty() => Ok(None),
-            Ok(r) => {
-                let rec = decode(&r.into_inner().state)?;
-                // A replica whose clock ran ahead may hold stamps from the future: such a state
-                // is neither served nor merged anywhere (it would win every LWW race).
-                let v = rec.version();
-                self.node.observe_remote_time(v.time, v.node).map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "node {node} holds a state of the key stamped beyond max_clock_drift_ms ahead of this node's clock ({e}); its answer is not used"
-                    ))
-                })?;
-                Ok(Some(rec))
-            }
-            Err(s) => Err(s),
+        let Some(mut client) = self.client(node) else {
+            return Err(PeerError::NeverSent(format!("node {node} has no known address")));
+        };
+        let call = client.fetch(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0) });
+        let resp = match tokio::time::timeout(self.peers.timeout(), call).await {
+            Err(_) => return Err(PeerError::TimedOut("fetch timed out".into())),
+            Ok(r) => r.map_err(peer_error)?.into_inner(),
+        };
+        if resp.state.is_empty() {
+            return Ok(None);
         }
+        let rec = decode(&resp.state).map_err(peer_error)?;
+        // A replica whose clock ran ahead may hold stamps from the future: such a state is
+        // neither served nor merged anywhere (it would win every LWW race).
+        let v = rec.version();
+        self.node.observe_remote_time(v.time, v.node).map_err(|e| {
+            PeerError::Answered(Failure::refused(
+                geokv_protocol::Kind::FailedPrecondition,
+                format!("node {node} holds a state of the key stamped beyond max_clock_drift_ms ahead of this node's clock ({e}); its answer is not used"),
+            ))
+        })?;
+        Ok(Some(rec))
     }
 
     /// Read repair: brings one replica up to the merged state.
     async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
-        if node == self.me {
+        let changed = if node == self.me {
             let n = self.node.clone();
-            if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || n.engine().merge(&key, &merged)).await {
-                self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            return;
+            blocking(move || n.engine().merge(&key, &merged).map_err(to_status)).await.unwrap_or(false)
+        } else {
+            let Some(mut client) = self.client(node) else { return };
+            let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None, ship: false };
+            let sent = tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await;
+            matches!(sent, Ok(Ok(resp)) if resp.get_ref().changed)
+        };
+        if changed {
+            self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let Some(mut client) = self.client(node) else { return };
-        let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None, ship: false };
-        if let Ok(Ok(resp)) =
-            tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await
-        {
-            if resp.into_inner().changed {
-                self.stats.read_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs storage work on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+}
+
+fn respond(answer: &mut Option<oneshot::Sender<Result<Applied, Status>>>, r: Result<Applied, Status>) {
+    if let Some(tx) = answer.take() {
+        let _ = tx.send(r);
+    }
+}
+
+fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::CoordinateRequest {
+    let mut req = pb::CoordinateRequest {
+        key: key.to_vec(),
+        consistency: level_to_pb(level) as i32,
+        ..Default::default()
+    };
+    match action.clone() {
+        Action::Op(op) => req.op = postcard::to_allocvec(&op).expect("ops serialize"),
+        Action::Cas { expect, value, ttl_ms } => {
+            req.cas = true;
+            req.op = postcard::to_allocvec(&geokv_core::Op::Put { value, ttl_ms }).expect("ops serialize");
+            match expect {
+                geokv_core::Expect::Absent => req.expect_absent = true,
+                geokv_core::Expect::Version(v) => (req.expected_hlc, req.expected_node) = (v.time, v.node),
             }
         }
     }
+    req
 }
 
 pub fn level_to_pb(level: Level) -> pb::Consistency {
@@ -495,7 +444,7 @@ fn decode_applied(resp: pb::CoordinateResponse) -> Result<Applied, Status> {
     if resp.outcome.is_empty() {
         return Ok(Applied::CasFailed(state));
     }
-    let outcome: OpOutcome = postcard::from_bytes(&resp.outcome)
+    let outcome: geokv_core::OpOutcome = postcard::from_bytes(&resp.outcome)
         .map_err(|e| Status::internal(format!("coordinator sent an undecodable outcome: {e}")))?;
     let rec = state.ok_or_else(|| Status::internal("coordinator sent no state for a write"))?;
     Ok(Applied::Written(outcome, rec))

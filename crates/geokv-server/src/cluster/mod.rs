@@ -31,7 +31,7 @@ pub use service::{level_of, ClusterService};
 use crate::{ClusterConfig, Node};
 
 /// Prefix of the message of a request that failed for want of replicas (`UNAVAILABLE`).
-pub const QUORUM_FAILED: &str = "quorum not reached";
+pub use geokv_protocol::QUORUM_FAILED;
 
 /// Counters of a node's cluster work.
 #[derive(Default)]

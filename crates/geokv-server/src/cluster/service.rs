@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status};
 use super::coordinator::{decode, encode, Action, Applied};
 use super::Cluster;
 use crate::convert;
-use crate::node::Expect;
 use crate::status::to_status;
+use geokv_core::Expect;
 
 pub struct ClusterService {
     cluster: Arc<Cluster>,
@@ -96,10 +96,11 @@ impl ClusterRpc for ClusterService {
             .check_key(&req.key)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let rec = decode(&req.state)?;
+        let me = self.cluster.node().id();
         let changed = self
-            .blocking(move |n| match req.hint_for {
-                Some(home) => n.engine().put_hint(home, &req.key, &rec).map(|_| true),
-                None => n.engine().merge_as(&req.key, &rec, req.ship),
+            .blocking(move |n| match geokv_protocol::keep(me, req.hint_for) {
+                geokv_protocol::Keep::Hint(home) => n.engine().put_hint(home, &req.key, &rec).map(|_| true),
+                geokv_protocol::Keep::Merge => n.engine().merge_as(&req.key, &rec, req.ship),
             })
             .await?;
         Ok(Response::new(pb::MergeResponse { changed }))

@@ -8,7 +8,7 @@ use geokv_proto::v1 as pb;
 
 use std::sync::atomic::Ordering;
 
-use super::coordinator::{encode, is_transport};
+use super::coordinator::encode;
 use super::Cluster;
 
 /// Offers kept hints to their nodes each `handoff_interval_ms`, when those answer probes.
@@ -87,7 +87,7 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
                         delivered += usize::from(removed);
                         cluster.stats.hints_delivered.fetch_add(u64::from(removed), Ordering::Relaxed);
                     }
-                    Err(s) if is_transport(&s) => break 'pages,
+                    Err(s) if crate::status::peer_error(s.clone()).unreachable() => break 'pages,
                     Err(s) => {
                         tracing::warn!(target, error = %s, "a hint was refused; kept for a later round")
                     }

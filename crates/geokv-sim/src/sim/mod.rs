@@ -7,20 +7,21 @@
 //! cluster is quiet (no hints, every change shipped, nothing under way) plus two anti-entropy
 //! rounds; then every replica's state is gathered and [`check`](crate::check::check)ed.
 
+mod clients;
+mod drive;
 pub mod node;
 pub mod schedule;
 
 use std::collections::BTreeMap;
 
-use geokv_cluster::Level;
-use geokv_core::{NodeId, Op};
+use geokv_core::NodeId;
 use geokv_topology::Ring;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::check::{check, Finals, ReplicaState, Report};
 use crate::history::{Action, Event, Observed, Outcome};
-use node::{Ctx, Msg, Node, Request, Timer};
+use node::{Ctx, Msg, Node, Timer};
 pub use schedule::{Fault, Schedule, Step};
 
 /// An endpoint of the simulated network.
@@ -67,6 +68,17 @@ pub enum Bug {
     /// A forwarded write whose connection failed is tried on the next home replica whatever
     /// it is (the server's behaviour before the fix: increments applied twice).
     RetryAnyForward,
+    /// A coordinator writes without reading the key from the other replicas first (every
+    /// replica is taken to have nothing): the server's behaviour before the data-loss fixes.
+    SkipReadFirst,
+    /// A set removal is computed without the state it removes from (it observes no adds).
+    RemoveWithoutContext,
+    /// A compare-and-swap whose condition fails still writes its value.
+    SwapIgnoresCondition,
+    /// A write of the wrong type replaces the key instead of being refused.
+    WrongTypeOverwrites,
+    /// The request layer drops TTLs.
+    TtlDropped,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +92,11 @@ pub struct SimConfig {
     pub registers: usize,
     pub counters: usize,
     pub sets: usize,
+    /// Keys written only with TTLs.
+    pub expiring: usize,
+    /// Per region: append-only keys and sets with removes that only that region's clients write.
+    pub logs: usize,
+    pub local_sets: usize,
     pub bug: Option<Bug>,
 }
 
@@ -93,6 +110,9 @@ impl Default for SimConfig {
             registers: 6,
             counters: 3,
             sets: 3,
+            expiring: 2,
+            logs: 2,
+            local_sets: 2,
             bug: None,
         }
     }
@@ -142,6 +162,9 @@ struct Pending {
 struct Client {
     region: usize,
     pending: Option<Pending>,
+    /// The version each key had at this client's last read of it (`None`: absent), which its
+    /// compare-and-swaps expect.
+    last_read: BTreeMap<Vec<u8>, Option<geokv_core::Stamp>>,
 }
 
 /// The deadline for the cluster to go quiet after the fault window.
@@ -183,7 +206,13 @@ impl World {
             }
         }
         let clients = (0..layout.regions)
-            .flat_map(|region| (0..cfg.clients_per_region).map(move |_| Client { region, pending: None }))
+            .flat_map(|region| {
+                (0..cfg.clients_per_region).map(move |_| Client {
+                    region,
+                    pending: None,
+                    last_read: BTreeMap::new(),
+                })
+            })
             .collect();
         World {
             rng: SmallRng::seed_from_u64(schedule.seed),
@@ -341,8 +370,8 @@ impl World {
     /// (as gRPC does with UNAVAILABLE), whichever of the two it was.
     fn connection_failed(&mut self, from: Addr, to: Addr, msg: &Msg) {
         let (caller, id) = match *msg {
-            Msg::Req { id, .. } => (from, id),
-            Msg::Resp { id, .. } => (to, id),
+            Msg::Coordinate { id, .. } => (from, id),
+            Msg::Coordinated { id, .. } => (to, id),
             _ => return,
         };
         if let Addr::Node(_) = caller {
@@ -355,85 +384,6 @@ impl World {
                 },
             );
         }
-    }
-
-    fn key(&mut self, kind: u32) -> Vec<u8> {
-        let (prefix, count) = match kind {
-            0 => ("reg", self.cfg.registers),
-            1 => ("ctr", self.cfg.counters),
-            _ => ("set", self.cfg.sets),
-        };
-        format!("{prefix}-{}", self.rng.gen_range(0..count.max(1))).into_bytes()
-    }
-
-    fn client_next(&mut self, c: u32) {
-        if self.now >= self.cfg.fault_window_ms {
-            return;
-        }
-        self.next_request += 1;
-        let id = self.next_request;
-        let kind = self.rng.gen_range(0..3);
-        let key = self.key(kind);
-        let (action, request, quorum) = if self.rng.gen_bool(0.4) {
-            let (action, op) = match kind {
-                0 => {
-                    let value = format!("c{c}-{id}").into_bytes();
-                    (Action::Put { value: value.clone() }, Op::Put { value, ttl_ms: None })
-                }
-                1 => {
-                    let delta = self.rng.gen_range(1..=5);
-                    (Action::Increment { delta }, Op::Increment { delta, ttl_ms: None })
-                }
-                _ => {
-                    // Members come from a small pool, so sets stay small and adds repeat.
-                    let member = format!("m{}", self.rng.gen_range(0..16)).into_bytes();
-                    (
-                        Action::SetAdd { member: member.clone() },
-                        Op::SetAdd { members: vec![member], ttl_ms: None },
-                    )
-                }
-            };
-            (action, Request::Write(op), self.rng.gen_bool(0.85))
-        } else {
-            (Action::Read, Request::Read, self.rng.gen_bool(0.75))
-        };
-        let level = if quorum { Level::Quorum } else { Level::One };
-        let region = self.clients[c as usize].region;
-        let node = self.cfg.layout.node(region, self.rng.gen_range(0..self.cfg.layout.nodes_per_region));
-        self.clients[c as usize].pending =
-            Some(Pending { id, key: key.clone(), action, quorum, invoked: self.now });
-        self.send(Addr::Client(c), Addr::Node(node), Msg::Req { id, key, req: request, level }, 0);
-        self.at(self.now + CLIENT_TIMEOUT_MS, Ev::ClientTimeout(c, id));
-    }
-
-    fn client_answer(&mut self, c: u32, msg: Msg) {
-        let Msg::Resp { id, answer } = msg else { return };
-        if self.clients[c as usize].pending.as_ref().is_none_or(|p| p.id != id) {
-            return;
-        }
-        let outcome = match answer {
-            Ok((version, observed)) => Outcome::Ok { version, observed },
-            Err(e) if e.starts_with("refused") => Outcome::Failed(e),
-            Err(e) => Outcome::Unknown(e),
-        };
-        self.client_done(c, outcome);
-    }
-
-    fn client_done(&mut self, c: u32, outcome: Outcome) {
-        let client = &mut self.clients[c as usize];
-        let Some(p) = client.pending.take() else { return };
-        self.history.push(Event {
-            client: c,
-            region: Layout::region_name(client.region),
-            key: p.key,
-            quorum: p.quorum,
-            action: p.action,
-            invoked_ms: p.invoked,
-            completed_ms: self.now,
-            outcome,
-        });
-        let think = self.rng.gen_range(5..60);
-        self.at(self.now + think, Ev::ClientNext(c));
     }
 
     fn block(&mut self, a: NodeId, b: NodeId, on: bool) {
@@ -479,17 +429,15 @@ impl World {
                     }
                 }
             }
-            Fault::Crash { node } => {
-                let count = self.crashed.entry(node).or_default();
-                *count = (*count as i64 + sign) as u32;
-                match (on, *count) {
-                    (true, 1) => {
-                        self.nodes.get_mut(&node).expect("node").crash();
-                        self.deferred.remove(&node);
-                    }
-                    (false, 0) => self.with_node(node, |n, ctx| n.start(ctx)),
-                    _ => {}
+            Fault::Crash { node } => self.fault_crash(node, sign),
+            Fault::Wipe { node } => {
+                if on {
+                    self.nodes.get_mut(&node).expect("node").wipe();
                 }
+                self.fault_crash(node, sign);
+            }
+            Fault::ClockJump { node, ms } => {
+                self.nodes.get_mut(&node).expect("node").clock_offset_ms += sign * ms
             }
             Fault::Pause { node } => {
                 let count = self.paused.entry(node).or_default();
@@ -522,14 +470,28 @@ impl World {
         }
     }
 
+    /// A crash (`sign` 1) or its end (-1): the node stops at the first, restarts at the last.
+    fn fault_crash(&mut self, node: NodeId, sign: i64) {
+        let count = self.crashed.entry(node).or_default();
+        *count = (*count as i64 + sign) as u32;
+        match (sign > 0, *count) {
+            (true, 1) => {
+                self.nodes.get_mut(&node).expect("node").crash();
+                self.deferred.remove(&node);
+            }
+            (false, 0) => self.with_node(node, |n, ctx| n.start(ctx)),
+            _ => {}
+        }
+    }
+
     fn check_quiet(&mut self) {
         let layout = &self.cfg.layout;
         let quiet = self.nodes.values().all(|n| n.up && !n.paused && n.quiet(layout))
             && self.clients.iter().all(|c| c.pending.is_none());
         match (quiet, self.quiet_since) {
             (true, None) => self.quiet_since = Some(self.now),
-            // Quiet through two anti-entropy rounds: done.
-            (true, Some(since)) if self.now >= since + 2 * node::ANTI_ENTROPY_EVERY_MS + 500 => {
+            // Quiet through three anti-entropy rounds (each node meets every peer): done.
+            (true, Some(since)) if self.now >= since + 3 * node::ANTI_ENTROPY_EVERY_MS + 500 => {
                 self.quiesced = true;
                 self.done = true;
             }

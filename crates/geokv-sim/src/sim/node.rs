@@ -1,19 +1,20 @@
-//! One simulated node: the regional write/read protocol (coordinate, forward, quorum rounds,
-//! stand-ins and hints, read repair, anti-entropy) and the cross-region replicator (change
-//! log, durable cursor per destination region, batches, drift check, apply at QUORUM), written
-//! over the same sans-IO parts the server uses: `geokv_core::apply` and the CRDT merge,
-//! `Ring::placement`, `WriteRound`/`ReadRound` and `Level`. Handlers take a [`Ctx`] and
-//! return nothing: what a node sends and the timers it sets are collected there, so the node
-//! does no I/O and reads no clock.
+//! One simulated node: its store (an in-memory map of CRDT states), hints, change log and
+//! cursors, its clock, and the background work of the region and the replicator (pings,
+//! hinted handoff, anti-entropy, shipping and receiving batches). Client requests, forwarded
+//! writes and states from other regions run through `geokv-protocol`'s coordinators (see
+//! [`super::drive`]). Handlers take a [`Ctx`] and return nothing: what a node sends and the
+//! timers it sets are collected there, so the node does no I/O and reads no clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use geokv_cluster::{Level, Outcome, ReadRound, WriteRound};
-use geokv_core::{apply, Crdt, Limits, NodeId, Op, Record, Stamp};
-use geokv_topology::{Ring, Target};
+use geokv_cluster::Level;
+use geokv_core::{Crdt, NodeId, Record, Stamp};
+use geokv_protocol::{Action, Applied, Failure, Kind, PeerError};
+use geokv_topology::Ring;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
+use super::drive::{Input, Job, Reply};
 use super::{Addr, Bug, Layout};
 use crate::history::Observed;
 
@@ -36,15 +37,15 @@ const BATCH_ENTRIES: usize = 32;
 /// Unix milliseconds at simulated time 0 (the HLC wants a plausible wall clock).
 const EPOCH_MS: u64 = 1_767_225_600_000;
 
-/// What a client (or a forwarding node) asks a node to do.
+/// What a client asks a node to do.
 #[derive(Clone, Debug)]
 pub enum Request {
-    Write(Op),
+    Write(Action),
     Read,
 }
 
-/// The answer: the version and what was read, or why the outcome is unknown.
-pub type Answer = Result<(Option<Stamp>, Option<Observed>), String>;
+/// The answer: the version and what was read, or why the request failed.
+pub type Answer = Result<(Option<Stamp>, Option<Observed>), Failure>;
 
 #[derive(Clone, Debug)]
 pub enum Msg {
@@ -57,6 +58,17 @@ pub enum Msg {
     Resp {
         id: u64,
         answer: Answer,
+    },
+    /// A write forwarded to a home replica of its key.
+    Coordinate {
+        id: u64,
+        key: Key,
+        action: Action,
+        level: Level,
+    },
+    Coordinated {
+        id: u64,
+        result: Result<Applied, Failure>,
     },
     /// The connection of call `id` failed: the request or its answer was lost on the way (the
     /// caller cannot tell which, so the request may have run).
@@ -72,14 +84,16 @@ pub enum Msg {
     },
     MergeAck {
         id: u64,
+        result: Result<(), Failure>,
     },
     Fetch {
         id: u64,
         key: Key,
+        writer: Option<u64>,
     },
     Fetched {
         id: u64,
-        rec: Option<Record>,
+        result: Result<Option<Record>, Failure>,
     },
     Ping,
     Pong,
@@ -101,7 +115,14 @@ pub enum Msg {
 impl Msg {
     /// Whether handling the message twice is harmless (merges of states, reads, pings).
     pub fn idempotent(&self) -> bool {
-        !matches!(self, Msg::Req { .. } | Msg::Resp { .. } | Msg::CallFailed { .. })
+        !matches!(
+            self,
+            Msg::Req { .. }
+                | Msg::Resp { .. }
+                | Msg::Coordinate { .. }
+                | Msg::Coordinated { .. }
+                | Msg::CallFailed { .. }
+        )
     }
 }
 
@@ -126,33 +147,9 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn send(&mut self, to: Addr, msg: Msg) {
+    pub(crate) fn send(&mut self, to: Addr, msg: Msg) {
         self.sends.push((to, msg, 0));
     }
-}
-
-/// Who waits for a quorum write.
-#[derive(Clone, Debug)]
-enum Owner {
-    Client { to: Addr, id: u64 },
-    Batch(u64),
-}
-
-struct WriteJob {
-    owner: Option<Owner>,
-    key: Key,
-    rec: Record,
-    round: WriteRound,
-    /// Targets that have not answered, with the home replica each holds the write for.
-    outstanding: BTreeMap<NodeId, NodeId>,
-}
-
-struct ReadJob {
-    to: Addr,
-    id: u64,
-    key: Key,
-    round: ReadRound,
-    answered: bool,
 }
 
 /// A batch from another region being applied: acknowledged once every delta reached QUORUM.
@@ -168,17 +165,6 @@ struct InFlight {
     sent_at: u64,
 }
 
-/// A write this node forwarded to a home replica.
-struct Forward {
-    client: Addr,
-    client_id: u64,
-    key: Key,
-    op: Op,
-    level: Level,
-    /// Home replicas tried so far.
-    tried: Vec<NodeId>,
-}
-
 pub struct Node {
     pub id: NodeId,
     pub region: usize,
@@ -186,8 +172,8 @@ pub struct Node {
     pub paused: bool,
     /// Bumped by every crash: timers of an earlier life are ignored.
     pub life: u64,
-    ring: Ring,
-    n: usize,
+    pub(crate) ring: Ring,
+    pub(crate) n: usize,
     // Durable: kept across crashes.
     pub store: BTreeMap<Key, Record>,
     pub hints: BTreeMap<NodeId, BTreeMap<Key, Record>>,
@@ -195,17 +181,18 @@ pub struct Node {
     log: Vec<Key>,
     /// Per destination region, the last sequence it acknowledged.
     cursor: BTreeMap<usize, u64>,
+    /// Renewed when the node loses its data: the actor it writes counter entries and set dots
+    /// as is `actor_id(id, incarnation)`, as on the server.
+    pub incarnation: u64,
     // Volatile.
+    ae_round: usize,
     hlc: u64,
     heard: BTreeMap<NodeId, u64>,
     next_id: u64,
-    writes: BTreeMap<u64, WriteJob>,
-    /// Merge request id -> the write job it belongs to.
-    merge_of: BTreeMap<u64, u64>,
-    reads: BTreeMap<u64, ReadJob>,
-    fetch_of: BTreeMap<u64, (u64, NodeId)>,
-    /// Forwarded writes under way, by the forwarded request's id.
-    forwards: BTreeMap<u64, Forward>,
+    /// Requests under way (see [`super::drive`]).
+    pub(crate) jobs: BTreeMap<u64, Job>,
+    /// Calls to peers under way: message id -> (job, peer).
+    pub(crate) calls: BTreeMap<u64, (u64, NodeId)>,
     /// Hint deliveries under way: request id -> (home, key, state, sent at).
     handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
     batches: BTreeMap<u64, BatchJob>,
@@ -231,14 +218,13 @@ impl Node {
             hints: BTreeMap::new(),
             log: Vec::new(),
             cursor: BTreeMap::new(),
+            incarnation: 1,
+            ae_round: 0,
             hlc: 0,
             heard: BTreeMap::new(),
             next_id: 1,
-            writes: BTreeMap::new(),
-            merge_of: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            fetch_of: BTreeMap::new(),
-            forwards: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            calls: BTreeMap::new(),
             handoffs: BTreeMap::new(),
             batches: BTreeMap::new(),
             inflight: BTreeMap::new(),
@@ -261,11 +247,8 @@ impl Node {
         self.life += 1;
         self.hlc = 0;
         self.heard = self.peers(ctx.layout).into_iter().map(|p| (p, ctx.now)).collect();
-        self.writes.clear();
-        self.merge_of.clear();
-        self.reads.clear();
-        self.fetch_of.clear();
-        self.forwards.clear();
+        self.jobs.clear();
+        self.calls.clear();
         self.handoffs.clear();
         self.batches.clear();
         self.inflight.clear();
@@ -279,6 +262,16 @@ impl Node {
         self.up = false;
     }
 
+    /// Loses everything on disk: states, hints, change log and cursors. The node writes under
+    /// a new actor from now on (it may have lost some of its own CRDT history).
+    pub fn wipe(&mut self) {
+        self.store.clear();
+        self.hints.clear();
+        self.log.clear();
+        self.cursor.clear();
+        self.incarnation += 1;
+    }
+
     fn peers(&self, layout: &Layout) -> Vec<NodeId> {
         (0..layout.nodes_per_region).map(|i| layout.node(self.region, i)).filter(|&p| p != self.id).collect()
     }
@@ -290,17 +283,32 @@ impl Node {
     }
 
     /// A new HLC stamp, newer than `floor` and everything this node issued or observed.
-    fn stamp(&mut self, now: u64, floor: Stamp) -> Stamp {
+    pub(crate) fn stamp(&mut self, now: u64, floor: Stamp) -> Stamp {
         let physical = Stamp::ntp_from_millis(self.physical_ms(now));
         self.hlc = physical.max(self.hlc + 1).max(floor.time + 1);
         Stamp::new(self.hlc, self.id)
     }
 
-    fn healthy(&self, id: NodeId, now: u64) -> bool {
+    /// Whether HLC time `time` is beyond the drift bound ahead of this node's clock.
+    fn ahead(&self, time: u64, now: u64) -> bool {
+        geokv_protocol::beyond_drift(time, self.physical_ms(now), MAX_DRIFT_MS)
+    }
+
+    /// The actor this node writes CRDT state as.
+    pub(crate) fn actor(&self) -> u64 {
+        geokv_core::actor_id(self.id, self.incarnation)
+    }
+
+    /// This node's HLC time now (NTP64), without issuing a stamp.
+    pub(crate) fn stamp_time(&self, now: u64) -> u64 {
+        Stamp::ntp_from_millis(self.physical_ms(now)).max(self.hlc)
+    }
+
+    pub(crate) fn healthy(&self, id: NodeId, now: u64) -> bool {
         id == self.id || self.heard.get(&id).is_some_and(|&t| now.saturating_sub(t) <= SUSPECT_MS)
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
@@ -312,7 +320,7 @@ impl Node {
             .all(|r| self.cursor.get(&r).copied().unwrap_or(0) == self.log.len() as u64);
         self.hints.values().all(BTreeMap::is_empty)
             && shipped
-            && self.writes.is_empty()
+            && self.jobs.is_empty()
             && self.batches.is_empty()
     }
 
@@ -333,13 +341,15 @@ impl Node {
                 ctx.timers.push((ctx.now + SHIP_EVERY_MS, Timer::Ship));
             }
             Timer::AntiEntropy => {
+                // Peers in turn: every pair of the region meets within `peers.len()` rounds.
                 let peers = self.peers(ctx.layout);
-                let peer = peers[ctx.rng.gen_range(0..peers.len())];
+                let peer = peers[self.ae_round % peers.len()];
+                self.ae_round += 1;
                 let states = self.shared_states(peer);
                 ctx.send(Addr::Node(peer), Msg::AntiEntropy { states, reply: true });
                 ctx.timers.push((ctx.now + ANTI_ENTROPY_EVERY_MS, Timer::AntiEntropy));
             }
-            Timer::Deadline(id) => self.deadline(id, ctx),
+            Timer::Deadline(id) => self.feed(id, Input::Timeout, ctx),
         }
     }
 
@@ -350,32 +360,73 @@ impl Node {
             }
         }
         match msg {
-            Msg::Req { id, key, req, level } => self.request(from, id, key, req, level, ctx),
-            Msg::Resp { id, answer } => {
-                if let Some(f) = self.forwards.remove(&id) {
-                    ctx.send(f.client, Msg::Resp { id: f.client_id, answer });
-                }
+            Msg::Req { id, key, req: Request::Write(action), level } => {
+                self.start_write(Reply::Client { to: from, id }, key, action, level, ctx)
+            }
+            Msg::Req { id, key, req: Request::Read, level } => {
+                self.start_read(Reply::Client { to: from, id }, key, level, ctx)
+            }
+            Msg::Resp { .. } => {}
+            Msg::Coordinate { id, key, action, level } => {
+                self.start_write(Reply::Node { to: from, id }, key, action, level, ctx)
+            }
+            Msg::Coordinated { id, result } => {
+                self.answered(id, |n| Input::Called(n, result.map_err(PeerError::Answered)), ctx)
             }
             Msg::CallFailed { id } => {
-                if let Some(f) = self.forwards.remove(&id) {
-                    self.forward_failed(f, ctx);
-                }
+                // The connection broke: the coordinator may have run the write. Planted bug:
+                // the failure is taken as a call that never left.
+                let e = if ctx.bug == Some(Bug::RetryAnyForward) {
+                    PeerError::NeverSent("connection refused".into())
+                } else {
+                    PeerError::Transport("connection reset".into())
+                };
+                self.answered(id, |n| Input::Called(n, Err(e)), ctx)
             }
             Msg::Merge { id, key, rec, hint_for, ship } => {
-                match hint_for {
-                    Some(home) if home != self.id => {
+                if self.ahead(rec.version().time, ctx.now) {
+                    let refused = Failure::refused(
+                        Kind::FailedPrecondition,
+                        "the state is stamped beyond the drift bound",
+                    );
+                    return ctx.send(from, Msg::MergeAck { id, result: Err(refused) });
+                }
+                match geokv_protocol::keep(self.id, hint_for) {
+                    geokv_protocol::Keep::Hint(home) => {
                         merge_into(self.hints.entry(home).or_default(), &key, &rec);
                     }
-                    _ => self.merge_local(&key, &rec, ship),
+                    geokv_protocol::Keep::Merge => self.merge_local(&key, &rec, ship),
                 }
                 // The acknowledgement leaves once the write is on disk.
-                ctx.sends.push((from, Msg::MergeAck { id }, self.disk_delay_ms));
+                ctx.sends.push((from, Msg::MergeAck { id, result: Ok(()) }, self.disk_delay_ms));
             }
-            Msg::MergeAck { id } => self.merge_acked(from, id, ctx),
-            Msg::Fetch { id, key } => {
-                ctx.send(from, Msg::Fetched { id, rec: self.store.get(&key).cloned() });
+            Msg::MergeAck { id, result } => {
+                self.handed_off(id);
+                self.answered(id, |n| Input::Sent(n, result.map_err(PeerError::Answered)), ctx)
             }
-            Msg::Fetched { id, rec } => self.fetched(id, rec, ctx),
+            Msg::Fetch { id, key, writer } => {
+                let result = match writer {
+                    // The coordinator's clock runs too far ahead of this replica's: it may not
+                    // write until the clocks agree.
+                    Some(w) if self.ahead(w, ctx.now) => {
+                        Err(Failure::refused(Kind::FailedPrecondition, "the coordinator's clock is ahead"))
+                    }
+                    _ => Ok(self.store.get(&key).cloned()),
+                };
+                ctx.send(from, Msg::Fetched { id, result });
+            }
+            Msg::Fetched { id, result } => {
+                // A replica whose clock ran ahead may hold stamps from the future: its answer
+                // is not used.
+                let result = match result {
+                    Ok(Some(rec)) if self.ahead(rec.version().time, ctx.now) => Err(Failure::refused(
+                        Kind::FailedPrecondition,
+                        "the replica's state is stamped beyond the drift bound",
+                    )),
+                    other => other,
+                };
+                self.answered(id, |n| Input::Fetched(n, result.map_err(PeerError::Answered)), ctx)
+            }
             Msg::Ping => ctx.send(from, Msg::Pong),
             Msg::Pong => {}
             Msg::Batch { last_seq, hlc_ms, deltas } => {
@@ -401,7 +452,7 @@ impl Node {
                     return;
                 }
                 for (key, rec) in &states {
-                    if self.home(key).contains(&self.id) {
+                    if self.home(key).contains(&self.id) && !self.ahead(rec.version().time, ctx.now) {
                         self.merge_local(key, rec, false);
                     }
                 }
@@ -424,7 +475,7 @@ impl Node {
             .collect()
     }
 
-    fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) {
+    pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) {
         let changed = merge_into(&mut self.store, key, rec);
         self.hlc = self.hlc.max(rec.version().time);
         if changed && ship {
@@ -432,229 +483,16 @@ impl Node {
         }
     }
 
-    fn request(&mut self, from: Addr, id: u64, key: Key, req: Request, level: Level, ctx: &mut Ctx) {
-        match req {
-            Request::Read => self.start_read(from, id, key, level, ctx),
-            Request::Write(op) => {
-                let home = self.home(&key);
-                if home.contains(&self.id) {
-                    return self.coordinate(from, id, key, op, level, ctx);
-                }
-                let f = Forward { client: from, client_id: id, key, op, level, tried: Vec::new() };
-                self.forward(f, ctx);
-            }
-        }
-    }
-
-    /// Sends a write to the next healthy home replica not tried yet.
-    fn forward(&mut self, mut f: Forward, ctx: &mut Ctx) {
-        let now = ctx.now;
-        let next = self.home(&f.key).into_iter().find(|&h| !f.tried.contains(&h) && self.healthy(h, now));
-        let Some(to) = next else {
-            let answer = Err("no home replica could coordinate the write".to_string());
-            return ctx.send(f.client, Msg::Resp { id: f.client_id, answer });
-        };
-        f.tried.push(to);
-        let fid = self.next();
-        let req = Msg::Req { id: fid, key: f.key.clone(), req: Request::Write(f.op.clone()), level: f.level };
-        self.forwards.insert(fid, f);
-        ctx.send(Addr::Node(to), req);
-        ctx.timers.push((ctx.now + 2 * REQUEST_TIMEOUT_MS, Timer::Deadline(fid)));
-    }
-
-    /// A forwarded call failed on its connection: the home replica may have run it. Only a
-    /// write that may run twice (put, delete, set change) is tried on the next home replica,
-    /// as the server does.
-    fn forward_failed(&mut self, f: Forward, ctx: &mut Ctx) {
-        let repeatable =
-            matches!(f.op, Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. });
-        if repeatable || ctx.bug == Some(Bug::RetryAnyForward) {
-            return self.forward(f, ctx);
-        }
-        let answer = Err("the forwarded write's connection failed; it may have been applied".to_string());
-        ctx.send(f.client, Msg::Resp { id: f.client_id, answer });
-    }
-
-    fn coordinate(&mut self, from: Addr, id: u64, key: Key, op: Op, level: Level, ctx: &mut Ctx) {
-        let current = self.store.get(&key).cloned();
-        let floor = current.as_ref().map(Record::version).unwrap_or(Stamp::ZERO);
-        let stamp = self.stamp(ctx.now, floor);
-        let now_ms = self.physical_ms(ctx.now);
-        let applied = match apply(current.as_ref(), &op, stamp, now_ms, &Limits::default()) {
-            Ok(a) => a,
-            Err(e) => return ctx.send(from, Msg::Resp { id, answer: Err(format!("refused: {e}")) }),
-        };
-        self.merge_local(&key, &applied.record, true);
-        let rec = self.store.get(&key).cloned().unwrap_or(applied.record);
-        self.replicate(Owner::Client { to: from, id }, key, rec, level, true, ctx);
-    }
-
-    /// Sends a stored state to the key's other targets and waits for `level` home replicas.
-    fn replicate(&mut self, owner: Owner, key: Key, rec: Record, level: Level, ship: bool, ctx: &mut Ctx) {
-        let now = ctx.now;
-        let placement = self.ring.placement(&key, self.n, |id| self.healthy(id, now));
-        let needed = if ctx.bug == Some(Bug::AckWithoutQuorum) { 1 } else { level.required(self.n) };
-        let mut round = WriteRound::new(placement.targets.clone(), needed);
-        if placement.home.contains(&self.id) {
-            round.ack(self.id);
-        }
-        // Unhealthy home replicas no stand-in covers: the coordinator keeps their hints.
-        let down: Vec<NodeId> = placement.home.iter().copied().filter(|&h| !self.healthy(h, now)).collect();
-        for home in down {
-            if !placement.targets.iter().any(|t| t.hint_for == Some(home)) {
-                merge_into(self.hints.entry(home).or_default(), &key, &rec);
-            }
-        }
-        let job = self.next();
-        let mut outstanding = BTreeMap::new();
-        let me = self.id;
-        for Target { node, hint_for } in placement.targets.into_iter().filter(|t| t.node != me) {
-            let mid = self.next();
-            self.merge_of.insert(mid, job);
-            outstanding.insert(node, hint_for.unwrap_or(node));
-            ctx.send(
-                Addr::Node(node),
-                Msg::Merge { id: mid, key: key.clone(), rec: rec.clone(), hint_for, ship },
-            );
-        }
-        let version = rec.version();
-        let mut w = WriteJob { owner: Some(owner), key, rec, round, outstanding };
-        if w.round.outcome() != Outcome::Pending {
-            self.settle(&mut w, version, ctx);
-        }
-        if w.outstanding.is_empty() {
-            return;
-        }
-        self.writes.insert(job, w);
-        // The timer fires after the (possibly slow) local write.
-        ctx.timers.push((ctx.now + REQUEST_TIMEOUT_MS + self.disk_delay_ms, Timer::Deadline(job)));
-    }
-
-    /// Answers the owner of a write job whose round has an outcome.
-    fn settle(&mut self, w: &mut WriteJob, version: Stamp, ctx: &mut Ctx) {
-        let reached = w.round.outcome() == Outcome::Reached;
-        match w.owner.take() {
-            Some(Owner::Client { to, id }) => {
-                let answer =
-                    if reached { Ok((Some(version), None)) } else { Err("quorum not reached".to_string()) };
-                ctx.sends.push((to, Msg::Resp { id, answer }, self.disk_delay_ms));
-            }
-            Some(Owner::Batch(b)) => self.batch_delta_done(b, reached, ctx),
-            None => {}
-        }
-    }
-
-    fn merge_acked(&mut self, from: Addr, mid: u64, ctx: &mut Ctx) {
-        if let Some((home, key, rec, _)) = self.handoffs.remove(&mid) {
-            // Delivered: drop the hint unless a newer state arrived for it meanwhile.
+    /// A hint delivery was acknowledged: drop the hint unless a newer state arrived for it
+    /// meanwhile.
+    fn handed_off(&mut self, id: u64) {
+        if let Some((home, key, rec, _)) = self.handoffs.remove(&id) {
             if let Some(hs) = self.hints.get_mut(&home) {
                 if hs.get(&key) == Some(&rec) {
                     hs.remove(&key);
                 }
             }
-            return;
         }
-        let (Some(job), Addr::Node(node)) = (self.merge_of.remove(&mid), from) else { return };
-        let Some(mut w) = self.writes.remove(&job) else { return };
-        w.outstanding.remove(&node);
-        let before = w.round.outcome();
-        w.round.ack(node);
-        if before == Outcome::Pending && w.round.outcome() != Outcome::Pending {
-            let version = w.rec.version();
-            self.settle(&mut w, version, ctx);
-        }
-        if !w.outstanding.is_empty() {
-            self.writes.insert(job, w);
-        }
-    }
-
-    fn deadline(&mut self, id: u64, ctx: &mut Ctx) {
-        if let Some(f) = self.forwards.remove(&id) {
-            ctx.send(
-                f.client,
-                Msg::Resp { id: f.client_id, answer: Err("forwarded write timed out".into()) },
-            );
-        }
-        if let Some(mut w) = self.writes.remove(&id) {
-            // Targets that never answered get a hint here, handed off when they are back.
-            for (&node, &home) in &w.outstanding {
-                w.round.fail(node);
-                if ctx.bug != Some(Bug::NoRepair) {
-                    merge_into(self.hints.entry(home).or_default(), &w.key, &w.rec);
-                }
-            }
-            let version = w.rec.version();
-            self.settle(&mut w, version, ctx);
-        }
-        if let Some(r) = self.reads.remove(&id) {
-            if !r.answered {
-                ctx.send(r.to, Msg::Resp { id: r.id, answer: Err("read timed out".into()) });
-            }
-        }
-    }
-
-    fn start_read(&mut self, from: Addr, id: u64, key: Key, level: Level, ctx: &mut Ctx) {
-        let now = ctx.now;
-        let home = self.home(&key);
-        let replicas: Vec<NodeId> = home.iter().copied().filter(|&h| self.healthy(h, now)).collect();
-        let round = ReadRound::new(replicas.clone(), level.required(self.n));
-        let job = self.next();
-        self.reads.insert(job, ReadJob { to: from, id, key: key.clone(), round, answered: false });
-        for r in replicas {
-            if r == self.id {
-                let rec = self.store.get(&key).cloned();
-                self.answer_read(job, r, rec, ctx);
-            } else {
-                let fid = self.next();
-                self.fetch_of.insert(fid, (job, r));
-                ctx.send(Addr::Node(r), Msg::Fetch { id: fid, key: key.clone() });
-            }
-        }
-        self.answer_read(job, 0, None, ctx);
-        ctx.timers.push((ctx.now + REQUEST_TIMEOUT_MS, Timer::Deadline(job)));
-    }
-
-    fn fetched(&mut self, fid: u64, rec: Option<Record>, ctx: &mut Ctx) {
-        if let Some((job, node)) = self.fetch_of.remove(&fid) {
-            self.answer_read(job, node, rec, ctx);
-        }
-    }
-
-    /// Counts one replica's answer (node 0: only re-evaluate) and answers at R, with repair.
-    fn answer_read(&mut self, job: u64, node: NodeId, rec: Option<Record>, ctx: &mut Ctx) {
-        let now_ms = self.physical_ms(ctx.now);
-        let Some(r) = self.reads.get_mut(&job) else { return };
-        if node != 0 {
-            r.round.answer(node, rec);
-        }
-        if r.answered {
-            return;
-        }
-        let answer = match r.round.outcome() {
-            Outcome::Pending => return,
-            Outcome::Impossible => Err("too few replicas for the read".to_string()),
-            Outcome::Reached => {
-                let merged = r.round.merged();
-                if let Some(m) = &merged {
-                    for stale in r.round.stale(m) {
-                        ctx.send(
-                            Addr::Node(stale),
-                            Msg::Merge {
-                                id: 0,
-                                key: r.key.clone(),
-                                rec: m.clone(),
-                                hint_for: None,
-                                ship: false,
-                            },
-                        );
-                    }
-                }
-                let version = merged.as_ref().map(Record::version);
-                Ok((version, Some(Observed::from_view(merged.and_then(|m| m.view(now_ms))))))
-            }
-        };
-        r.answered = true;
-        ctx.send(r.to, Msg::Resp { id: r.id, answer });
     }
 
     fn hand_off(&mut self, ctx: &mut Ctx) {
@@ -734,12 +572,12 @@ impl Node {
             } else {
                 rec
             };
-            self.replicate(Owner::Batch(b), key, state, Level::Quorum, false, ctx);
+            self.start_replicate(b, key, state, ctx);
         }
         self.batch_delta_done(b, true, ctx);
     }
 
-    fn batch_delta_done(&mut self, b: u64, ok: bool, ctx: &mut Ctx) {
+    pub(crate) fn batch_delta_done(&mut self, b: u64, ok: bool, ctx: &mut Ctx) {
         let Some(job) = self.batches.get_mut(&b) else { return };
         job.pending -= 1;
         job.failed |= !ok;
@@ -751,7 +589,7 @@ impl Node {
 }
 
 /// Merges `rec` into a map's state for `key`; whether the state changed.
-fn merge_into(map: &mut BTreeMap<Key, Record>, key: &[u8], rec: &Record) -> bool {
+pub(crate) fn merge_into(map: &mut BTreeMap<Key, Record>, key: &[u8], rec: &Record) -> bool {
     match map.get_mut(key) {
         Some(cur) => {
             let before = cur.clone();

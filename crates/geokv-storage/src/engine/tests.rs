@@ -450,3 +450,14 @@ fn change_log_sequence_numbers_never_go_back_after_a_full_trim_and_a_restart() {
     run(&e, b"after", put("2", None), NOW).unwrap();
     assert_eq!(e.log_since(0, 10).unwrap().iter().map(|l| l.seq).collect::<Vec<_>>(), vec![5]);
 }
+
+#[test]
+fn the_rocksdb_engine_passes_the_conformance_suite() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    crate::store::conformance::run_all(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open(dir.path(), StorageConfig::default());
+        dirs.borrow_mut().push(dir);
+        e
+    });
+}

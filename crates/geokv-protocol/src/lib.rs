@@ -1,0 +1,60 @@
+//! geokv-protocol: the replica protocol of a region, without I/O.
+//!
+//! Owns the decisions a node makes for a client request: where it runs ([`route`]), how a
+//! home replica coordinates a write ([`WriteCoordinator`]: read first, apply, fan out, count
+//! acknowledgements, keep hints), how a quorum read merges and repairs ([`ReadCoordinator`]),
+//! how a state is sent to a key's replicas ([`ReplicateRound`], also used for states from
+//! other regions), how a write is forwarded and when a failed forward may be retried
+//! ([`Forwarder`]), and where a replica keeps a state it is sent ([`keep`]).
+//!
+//! Each coordinator is a state machine: it takes events (a replica's answer, the store's
+//! result, a deadline) and returns [`Command`]s (fetch, merge, apply, send, keep a hint,
+//! call, respond). It never touches a socket, a disk or a clock: the server carries the
+//! commands out over gRPC and RocksDB, the simulator over its simulated network and an
+//! in-memory store, and the tests below assert the exact commands each event produces.
+//!
+//! Does not own: the ring and placement (`geokv-topology`), quorum arithmetic and the
+//! membership view (`geokv-cluster`), CRDT semantics (`geokv-core`), transports and stores.
+
+mod command;
+mod error;
+mod forward;
+mod read;
+mod replicas;
+mod write;
+
+#[cfg(test)]
+mod testing;
+
+pub use command::Command;
+pub use error::{Failure, Kind, PeerError, QUORUM_FAILED};
+pub use forward::{ForwardCommand, Forwarder};
+pub use read::{ReadCommand, ReadCoordinator};
+pub use replicas::{keep, repeatable, route, Keep, Replicas, Route};
+pub use write::{ReplicateRound, WriteCommand, WriteCoordinator};
+
+use geokv_core::{Expect, Op, OpOutcome, Record, Stamp};
+
+/// Whether HLC time `stamp_time` (NTP64) lies beyond `max_drift_ms` ahead of a node's clock
+/// (`local_ms`, Unix milliseconds). A state stamped that far ahead is neither stored nor
+/// served (it would win every last-writer-wins race), and a coordinator whose clock runs that
+/// far ahead may not write.
+pub fn beyond_drift(stamp_time: u64, local_ms: u64, max_drift_ms: u64) -> bool {
+    Stamp::new(stamp_time, 0).unix_millis() > local_ms.saturating_add(max_drift_ms)
+}
+
+/// A client write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Op(Op),
+    Cas { expect: Expect, value: Vec<u8>, ttl_ms: Option<u64> },
+}
+
+/// What a coordinator did with a write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// Written: the operation's outcome and the key's new state.
+    Written(OpOutcome, Record),
+    /// A compare-and-swap whose condition did not hold; the state it found (None if absent).
+    CasFailed(Option<Record>),
+}

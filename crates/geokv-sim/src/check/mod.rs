@@ -1,0 +1,255 @@
+//! Judges a [`History`](crate::history) and the replicas' final states, after every fault was
+//! healed and the cluster went quiet:
+//!
+//! - **convergence**: every replica of a key, in every region, holds the same value and version;
+//! - **final states** by type of key (registers, expiring registers, logs, counters, sets):
+//!   see [`finals`];
+//! - **read-after-write**: a QUORUM read that starts after a QUORUM write to the same key was
+//!   acknowledged in the same region returns that write's version or a newer one (and, for a
+//!   register at that very version, its value; for a set, its member);
+//! - **staleness** (a figure, not a rule): for each acknowledged write and each other region,
+//!   the time from the acknowledgement until a read there first returned it or something newer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use geokv_core::Stamp;
+
+use crate::history::{Action, Event, Observed, Outcome};
+
+mod finals;
+
+use finals::check_final;
+
+/// One key's state at one replica at the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub replica: String,
+    pub region: String,
+    pub observed: Observed,
+    /// The record's version (`None`: the replica holds nothing for the key).
+    pub version: Option<Stamp>,
+}
+
+/// Final states of every key of the history at each of its replicas.
+pub type Finals = BTreeMap<Vec<u8>, Vec<ReplicaState>>;
+
+/// What the checker found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub violations: Vec<String>,
+    pub ok: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    /// QUORUM reads checked against earlier acknowledged QUORUM writes of their region.
+    pub raw_checked: usize,
+    /// Milliseconds from a write's acknowledgement until another region read it, sorted.
+    pub staleness_ms: Vec<u64>,
+    /// (write, region) pairs no later read in that region observed.
+    pub staleness_unobserved: usize,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The `q`-quantile (0..=1) of the staleness figures.
+    pub fn staleness_quantile(&self, q: f64) -> Option<u64> {
+        let n = self.staleness_ms.len();
+        (n > 0).then(|| self.staleness_ms[((n - 1) as f64 * q).round() as usize])
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ok, {} failed, {} unknown; {} read-after-write checks; staleness p50 {} ms, p99 {} ms over {} (write, region) pairs, {} unobserved; {} violations",
+            self.ok,
+            self.failed,
+            self.unknown,
+            self.raw_checked,
+            self.staleness_quantile(0.5).map_or("-".into(), |v| v.to_string()),
+            self.staleness_quantile(0.99).map_or("-".into(), |v| v.to_string()),
+            self.staleness_ms.len(),
+            self.staleness_unobserved,
+            self.violations.len()
+        )?;
+        for v in self.violations.iter().take(20) {
+            write!(f, "\n  - {v}")?;
+        }
+        if self.violations.len() > 20 {
+            write!(f, "\n  ... and {} more", self.violations.len() - 20)?;
+        }
+        Ok(())
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// Checks a history against the final states; `regions` must all hold every key.
+pub fn check(events: &[Event], finals: &Finals, regions: &[String]) -> Report {
+    let mut report = Report::default();
+    for e in events {
+        match e.outcome {
+            Outcome::Ok { .. } => report.ok += 1,
+            Outcome::Failed(_) => report.failed += 1,
+            Outcome::Unknown(_) => report.unknown += 1,
+        }
+    }
+    let mut by_key: BTreeMap<&[u8], Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        by_key.entry(&e.key).or_default().push(e);
+    }
+    for (key, evs) in &by_key {
+        let states = finals.get(*key).map(Vec::as_slice).unwrap_or(&[]);
+        check_convergence(key, states, regions, &mut report.violations);
+        if let Some(first) = states.first() {
+            check_final(key, evs, first, &mut report.violations);
+        }
+        check_read_after_write(key, evs, &mut report);
+        measure_staleness(evs, &mut report);
+    }
+    report.staleness_ms.sort_unstable();
+    report
+}
+
+fn check_convergence(key: &[u8], states: &[ReplicaState], regions: &[String], out: &mut Vec<String>) {
+    for region in regions {
+        if !states.iter().any(|s| &s.region == region) {
+            out.push(format!("key {}: no replica state gathered in region {region}", show(key)));
+        }
+    }
+    if let Some(first) = states.first() {
+        for s in &states[1..] {
+            if (&s.observed, s.version) != (&first.observed, first.version) {
+                out.push(format!(
+                    "key {}: replicas diverge after heal: {} ({}) holds {:?} @ {:?}, {} ({}) holds {:?} @ {:?}",
+                    show(key),
+                    first.replica,
+                    first.region,
+                    first.observed,
+                    first.version,
+                    s.replica,
+                    s.region,
+                    s.observed,
+                    s.version
+                ));
+            }
+        }
+    }
+}
+
+/// Acknowledged QUORUM writes of one key in one region, sorted by completion, with the running
+/// maximum of their versions.
+struct Acked<'a> {
+    completed: Vec<u64>,
+    max_version: Vec<Stamp>,
+    events: Vec<&'a Event>,
+}
+
+fn check_read_after_write(key: &[u8], evs: &[&Event], report: &mut Report) {
+    let mut acked: BTreeMap<&str, Acked> = BTreeMap::new();
+    let mut writes: Vec<&Event> =
+        evs.iter().copied().filter(|e| e.quorum && e.action.is_write() && e.ok_version().is_some()).collect();
+    writes.sort_by_key(|e| e.completed_ms);
+    for w in writes {
+        let a = acked.entry(&w.region).or_insert_with(|| Acked {
+            completed: vec![],
+            max_version: vec![],
+            events: vec![],
+        });
+        let v = w.ok_version().unwrap_or(Stamp::ZERO);
+        let m = a.max_version.last().copied().unwrap_or(Stamp::ZERO).max(v);
+        a.completed.push(w.completed_ms);
+        a.max_version.push(m);
+        a.events.push(w);
+    }
+    for r in evs.iter().filter(|e| e.quorum && e.action == Action::Read) {
+        let Outcome::Ok { version, observed } = &r.outcome else { continue };
+        let Some(a) = acked.get(r.region.as_str()) else { continue };
+        // Writes acknowledged strictly before the read started.
+        let n = a.completed.partition_point(|&c| c < r.invoked_ms);
+        if n == 0 {
+            continue;
+        }
+        report.raw_checked += 1;
+        let needed = a.max_version[n - 1];
+        if version.is_none_or(|v| v < needed) {
+            report.violations.push(format!(
+                "key {}: QUORUM read in {} invoked at {} ms returned version {:?}, older than {:?} acknowledged there before it",
+                show(key),
+                r.region,
+                r.invoked_ms,
+                version,
+                needed
+            ));
+            continue;
+        }
+        for w in &a.events[..n] {
+            let at_its_version = *version == w.ok_version();
+            match (&w.action, observed) {
+                (action, Some(Observed::Register(seen)))
+                    if at_its_version && action.value().is_some_and(|v| v != seen.as_slice()) =>
+                {
+                    report.violations.push(format!(
+                        "key {}: read at the version of the write of {} returned {}",
+                        show(key),
+                        show(action.value().unwrap_or_default()),
+                        show(seen)
+                    ));
+                }
+                (Action::Delete, Some(seen)) if at_its_version && *seen != Observed::Absent => {
+                    report.violations.push(format!(
+                        "key {}: read at the version of a delete returned {seen:?}",
+                        show(key)
+                    ));
+                }
+                // (A remove of the member may have come after the add.)
+                (Action::SetAdd { member }, Some(Observed::Set(seen)))
+                    if !seen.contains(member) && !removed_ever(evs, member) =>
+                {
+                    report.violations.push(format!(
+                        "key {}: QUORUM read in {} misses {} acknowledged there before it",
+                        show(key),
+                        r.region,
+                        show(member)
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether any remove of `member` may have applied.
+fn removed_ever(evs: &[&Event], member: &[u8]) -> bool {
+    evs.iter().any(|e| e.may_have_applied() && e.action == Action::SetRemove { member: member.to_vec() })
+}
+
+fn measure_staleness(evs: &[&Event], report: &mut Report) {
+    let regions: BTreeSet<&str> = evs.iter().map(|e| e.region.as_str()).collect();
+    for w in evs.iter().filter(|e| e.action.is_write()) {
+        let Some(v) = w.ok_version() else { continue };
+        for region in regions.iter().filter(|&&r| r != w.region) {
+            let seen = evs
+                .iter()
+                .filter(|r| {
+                    r.action == Action::Read && r.region == *region && r.completed_ms >= w.completed_ms
+                })
+                .filter(|r| r.ok_version().is_some_and(|rv| rv >= v))
+                .map(|r| r.completed_ms - w.completed_ms)
+                .min();
+            match seen {
+                Some(ms) => report.staleness_ms.push(ms),
+                None => report.staleness_unobserved += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! An in-memory [`ReplicaStore`]: the store of the simulator's nodes and of tests that need a
+//! replica's store without a disk. Same semantics as the RocksDB engine for everything the
+//! protocol uses (the conformance suite checks it); no admission, stamp or size checks, no TTL
+//! index, nothing survives the process.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use geokv_core::{CoreError, Crdt, NodeId, Record};
+
+use crate::{LogEntry, ReplicaStore, StorageError, Update};
+
+#[derive(Default)]
+struct Inner {
+    data: BTreeMap<Vec<u8>, Record>,
+    hints: BTreeMap<(NodeId, Vec<u8>), Record>,
+    log: Vec<LogEntry>,
+    last_seq: u64,
+    cursors: BTreeMap<String, u64>,
+}
+
+/// A node's store in memory.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every stored state, in key order.
+    pub fn states(&self) -> Vec<(Vec<u8>, Record)> {
+        self.lock().data.iter().map(|(k, r)| (k.clone(), r.clone())).collect()
+    }
+
+    /// Whether any hint is kept.
+    pub fn has_hints(&self) -> bool {
+        !self.lock().hints.is_empty()
+    }
+
+    /// Forgets everything (a wiped disk); sequence numbers go on from where they were.
+    pub fn wipe(&self) {
+        let mut i = self.lock();
+        let last_seq = i.last_seq;
+        *i = Inner { last_seq, ..Inner::default() };
+    }
+}
+
+impl Inner {
+    fn store(&mut self, key: &[u8], rec: Record, ship: bool) {
+        self.last_seq += 1;
+        let bytes = (key.len() + crate::codec::serialize(&rec).len()) as u64;
+        let entry = LogEntry { seq: self.last_seq, key: key.to_vec(), version: rec.version(), ship, bytes };
+        self.log.push(entry);
+        self.data.insert(key.to_vec(), rec);
+    }
+}
+
+impl ReplicaStore for MemStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        Ok(self.lock().data.get(key).cloned())
+    }
+
+    fn update<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
+    ) -> Result<T, StorageError> {
+        let mut i = self.lock();
+        let Update { record, out } = f(i.data.get(key))?;
+        if let Some(rec) = record {
+            i.store(key, rec, true);
+        }
+        Ok(out)
+    }
+
+    fn merge_as(&self, key: &[u8], incoming: &Record, ship: bool) -> Result<bool, StorageError> {
+        let mut i = self.lock();
+        let merged = match i.data.get(key) {
+            Some(cur) => {
+                let mut m = cur.clone();
+                m.merge(incoming);
+                if m == *cur {
+                    return Ok(false);
+                }
+                m
+            }
+            None => incoming.clone(),
+        };
+        i.store(key, merged, ship);
+        Ok(true)
+    }
+
+    fn put_hint(&self, target: NodeId, key: &[u8], state: &Record) -> Result<(), StorageError> {
+        let mut i = self.lock();
+        i.hints.entry((target, key.to_vec())).and_modify(|h| h.merge(state)).or_insert_with(|| state.clone());
+        Ok(())
+    }
+
+    fn hint_targets(&self) -> Result<Vec<NodeId>, StorageError> {
+        let mut targets: Vec<NodeId> = self.lock().hints.keys().map(|(t, _)| *t).collect();
+        targets.dedup();
+        Ok(targets)
+    }
+
+    fn hints_for(
+        &self,
+        target: NodeId,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>, StorageError> {
+        let i = self.lock();
+        Ok(i.hints
+            .range((target, Vec::new())..)
+            .take_while(|((t, _), _)| *t == target)
+            .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+            .take(max)
+            .map(|((_, k), r)| (k.clone(), r.clone()))
+            .collect())
+    }
+
+    fn remove_hint(&self, target: NodeId, key: &[u8], handed_off: &Record) -> Result<bool, StorageError> {
+        let mut i = self.lock();
+        let id = (target, key.to_vec());
+        if i.hints.get(&id) != Some(handed_off) {
+            return Ok(false);
+        }
+        i.hints.remove(&id);
+        Ok(true)
+    }
+
+    fn committed_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    fn log_since(&self, after: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
+        Ok(self.lock().log.iter().filter(|e| e.seq > after).take(max).cloned().collect())
+    }
+
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StorageError> {
+        self.lock().cursors.insert(name.to_string(), seq);
+        Ok(())
+    }
+
+    fn cursor(&self, name: &str) -> Result<u64, StorageError> {
+        Ok(self.lock().cursors.get(name).copied().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_memory_store_passes_the_conformance_suite() {
+        crate::store::conformance::run_all(MemStore::new);
+    }
+
+    #[test]
+    fn a_wipe_forgets_states_and_hints_but_not_the_sequence() {
+        let s = MemStore::new();
+        s.merge_as(b"k", &Record::default(), true).unwrap();
+        let seq = s.committed_seq();
+        s.wipe();
+        assert_eq!(s.get(b"k").unwrap(), None);
+        assert!(!s.has_hints());
+        assert_eq!(s.committed_seq(), seq);
+    }
+}
