@@ -44,7 +44,27 @@ pub fn consistency(raw: i32) -> Result<pb::Consistency, Status> {
 
 /// The quorum level of a request's consistency field (UNSPECIFIED means QUORUM).
 pub fn level(raw: i32) -> Result<geokv_cluster::Level, Status> {
-    Ok(crate::cluster::level_of(consistency(raw)?))
+    Ok(level_of(consistency(raw)?))
+}
+
+/// Levels as the coordinator counts them; UNSPECIFIED means QUORUM. (The one conversion
+/// between the wire's consistency and the protocol's level, both ways.)
+pub fn level_of(c: pb::Consistency) -> geokv_cluster::Level {
+    use geokv_cluster::Level;
+    match c {
+        pb::Consistency::One => Level::One,
+        pb::Consistency::All => Level::All,
+        pb::Consistency::Quorum | pb::Consistency::Unspecified => Level::Quorum,
+    }
+}
+
+pub fn level_to_pb(level: geokv_cluster::Level) -> pb::Consistency {
+    use geokv_cluster::Level;
+    match level {
+        Level::One => pb::Consistency::One,
+        Level::Quorum => pb::Consistency::Quorum,
+        Level::All => pb::Consistency::All,
+    }
 }
 
 /// Response fields shared by every write outcome.

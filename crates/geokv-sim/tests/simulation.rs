@@ -25,7 +25,7 @@ const STAND_IN_HINT_SEED: u64 = 200;
 const RETRY_PROMISE_SEED: u64 = 204;
 
 /// Exposes the forward-retry bug (see `seed_exposes_the_forward_retry_bug_and_passes_with_the_fix`).
-const FORWARD_RETRY_SEED: u64 = 11;
+const FORWARD_RETRY_SEED: u64 = 6;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

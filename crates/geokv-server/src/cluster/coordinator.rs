@@ -414,7 +414,7 @@ fn respond(answer: &mut Option<oneshot::Sender<Result<Applied, Status>>>, r: Res
 fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::CoordinateRequest {
     let mut req = pb::CoordinateRequest {
         key: key.to_vec(),
-        consistency: level_to_pb(level) as i32,
+        consistency: crate::convert::level_to_pb(level) as i32,
         ..Default::default()
     };
     match action.clone() {
@@ -429,14 +429,6 @@ fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::Coordina
         }
     }
     req
-}
-
-pub fn level_to_pb(level: Level) -> pb::Consistency {
-    match level {
-        Level::One => pb::Consistency::One,
-        Level::Quorum => pb::Consistency::Quorum,
-        Level::All => pb::Consistency::All,
-    }
 }
 
 fn decode_applied(resp: pb::CoordinateResponse) -> Result<Applied, Status> {

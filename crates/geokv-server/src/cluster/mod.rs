@@ -26,7 +26,7 @@ use geokv_topology::Topology;
 
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
 pub use coordinator::{Action, Applied};
-pub use service::{level_of, ClusterService};
+pub use service::ClusterService;
 
 use crate::{ClusterConfig, Node};
 

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use geokv_cluster::Level;
 use geokv_core::{Op, Stamp};
 use geokv_proto::v1 as pb;
 use pb::cluster_server::Cluster as ClusterRpc;
@@ -310,14 +309,5 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         self.cluster.anti_entropy_round().await;
         Ok(Response::new(self.cluster.stats().await))
-    }
-}
-
-/// Levels as the coordinator counts them; UNSPECIFIED means QUORUM.
-pub fn level_of(c: pb::Consistency) -> Level {
-    match c {
-        pb::Consistency::One => Level::One,
-        pb::Consistency::All => Level::All,
-        pb::Consistency::Quorum | pb::Consistency::Unspecified => Level::Quorum,
     }
 }

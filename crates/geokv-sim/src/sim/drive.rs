@@ -14,7 +14,7 @@ use geokv_protocol::{
     ReplicateRound, WriteCoordinator,
 };
 
-use super::node::{merge_into, Ctx, Key, Msg, Node, Timer, REQUEST_TIMEOUT_MS};
+use super::node::{Ctx, Key, Msg, Node, Timer, REQUEST_TIMEOUT_MS};
 use super::{Addr, Bug};
 use crate::history::Observed;
 
@@ -175,7 +175,7 @@ impl Node {
         while let Some(cmd) = queue.pop_front() {
             match cmd {
                 Command::Fetch { node, .. } if node == self.id => {
-                    let state = self.store.get(&job.key).cloned();
+                    let state = self.state(&job.key);
                     queue.extend(job.machine.feed(Input::Fetched(node, Ok(state))));
                 }
                 // Planted bug: the write's first read takes every other replica to have nothing.
@@ -219,7 +219,7 @@ impl Node {
                 Command::KeepHint { home, state } => {
                     // Planted bug: no hint is kept.
                     if ctx.bug != Some(Bug::NoRepair) {
-                        merge_into(self.hints.entry(home).or_default(), &job.key, &state);
+                        self.keep_hint(home, &job.key, &state);
                     }
                 }
                 Command::Call { node } => {
@@ -259,7 +259,7 @@ impl Node {
         bug: Option<Bug>,
     ) -> Result<Applied, Failure> {
         let now_ms = self.physical_ms(now);
-        let current = self.store.get(key).cloned();
+        let current = self.state(key);
         let refused = |e: geokv_core::CoreError| Failure::refused(Kind::of(&e), format!("refused: {e}"));
         let stamp = self.stamp(now, current.as_ref().map(Record::version).unwrap_or_default());
         let actor = self.actor();

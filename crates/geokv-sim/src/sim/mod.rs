@@ -11,6 +11,7 @@ mod clients;
 mod drive;
 pub mod node;
 pub mod schedule;
+mod xregion;
 
 use std::collections::BTreeMap;
 
@@ -513,11 +514,13 @@ impl World {
                 let any = &self.nodes[&self.cfg.layout.node(r, 0)];
                 for id in any.home(key) {
                     let n = &self.nodes[&id];
-                    let rec = n.store.get(key);
+                    let rec = n.state(key);
                     states.push(ReplicaState {
                         replica: format!("node {id}"),
                         region: Layout::region_name(r),
-                        observed: Observed::from_view(rec.and_then(|r| r.view(n.physical_ms(self.now)))),
+                        observed: Observed::from_view(
+                            rec.as_ref().and_then(|r| r.view(n.physical_ms(self.now))),
+                        ),
                         version: rec.map(|r| r.version()),
                     });
                 }

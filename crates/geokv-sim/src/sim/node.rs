@@ -5,16 +5,18 @@
 //! [`super::drive`]). Handlers take a [`Ctx`] and return nothing: what a node sends and the
 //! timers it sets are collected there, so the node does no I/O and reads no clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use geokv_cluster::Level;
-use geokv_core::{Crdt, NodeId, Record, Stamp};
+use geokv_core::{NodeId, Record, Stamp};
 use geokv_protocol::{Action, Applied, Failure, Kind, PeerError};
+use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
 use super::drive::{Input, Job, Reply};
+use super::xregion::{BatchJob, InFlight};
 use super::{Addr, Bug, Layout};
 use crate::history::Observed;
 
@@ -33,7 +35,7 @@ pub const HANDOFF_EVERY_MS: u64 = 200;
 pub const SHIP_EVERY_MS: u64 = 50;
 pub const ANTI_ENTROPY_EVERY_MS: u64 = 1_000;
 /// Change-log entries per batch.
-const BATCH_ENTRIES: usize = 32;
+pub(crate) const BATCH_ENTRIES: usize = 32;
 /// Unix milliseconds at simulated time 0 (the HLC wants a plausible wall clock).
 const EPOCH_MS: u64 = 1_767_225_600_000;
 
@@ -152,19 +154,6 @@ impl Ctx<'_> {
     }
 }
 
-/// A batch from another region being applied: acknowledged once every delta reached QUORUM.
-struct BatchJob {
-    from: NodeId,
-    last_seq: u64,
-    pending: usize,
-    failed: bool,
-}
-
-struct InFlight {
-    last_seq: u64,
-    sent_at: u64,
-}
-
 pub struct Node {
     pub id: NodeId,
     pub region: usize,
@@ -174,19 +163,15 @@ pub struct Node {
     pub life: u64,
     pub(crate) ring: Ring,
     pub(crate) n: usize,
-    // Durable: kept across crashes.
-    pub store: BTreeMap<Key, Record>,
-    pub hints: BTreeMap<NodeId, BTreeMap<Key, Record>>,
-    /// The change log: keys changed by this region's writes, in order (sequence = index + 1).
-    log: Vec<Key>,
-    /// Per destination region, the last sequence it acknowledged.
-    cursor: BTreeMap<usize, u64>,
+    /// Durable, kept across crashes: states, hints, the change log and the replicator's
+    /// cursors (named after the destination region).
+    pub store: MemStore,
     /// Renewed when the node loses its data: the actor it writes counter entries and set dots
     /// as is `actor_id(id, incarnation)`, as on the server.
     pub incarnation: u64,
     // Volatile.
     ae_round: usize,
-    hlc: u64,
+    pub(crate) hlc: u64,
     heard: BTreeMap<NodeId, u64>,
     next_id: u64,
     /// Requests under way (see [`super::drive`]).
@@ -195,9 +180,9 @@ pub struct Node {
     pub(crate) calls: BTreeMap<u64, (u64, NodeId)>,
     /// Hint deliveries under way: request id -> (home, key, state, sent at).
     handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
-    batches: BTreeMap<u64, BatchJob>,
-    inflight: BTreeMap<usize, InFlight>,
-    ship_target: BTreeMap<usize, usize>,
+    pub(crate) batches: BTreeMap<u64, BatchJob>,
+    pub(crate) inflight: BTreeMap<usize, InFlight>,
+    pub(crate) ship_target: BTreeMap<usize, usize>,
     // Faults.
     pub clock_offset_ms: i64,
     pub clock_drift_ppm: i64,
@@ -214,10 +199,7 @@ impl Node {
             life: 0,
             ring,
             n,
-            store: BTreeMap::new(),
-            hints: BTreeMap::new(),
-            log: Vec::new(),
-            cursor: BTreeMap::new(),
+            store: MemStore::new(),
             incarnation: 1,
             ae_round: 0,
             hlc: 0,
@@ -265,10 +247,7 @@ impl Node {
     /// Loses everything on disk: states, hints, change log and cursors. The node writes under
     /// a new actor from now on (it may have lost some of its own CRDT history).
     pub fn wipe(&mut self) {
-        self.store.clear();
-        self.hints.clear();
-        self.log.clear();
-        self.cursor.clear();
+        self.store.wipe();
         self.incarnation += 1;
     }
 
@@ -315,13 +294,13 @@ impl Node {
 
     /// Whether nothing is left to do: no hints, no unshipped changes, no requests under way.
     pub fn quiet(&self, layout: &Layout) -> bool {
-        let shipped = (0..layout.regions)
-            .filter(|&r| r != self.region)
-            .all(|r| self.cursor.get(&r).copied().unwrap_or(0) == self.log.len() as u64);
-        self.hints.values().all(BTreeMap::is_empty)
-            && shipped
-            && self.jobs.is_empty()
-            && self.batches.is_empty()
+        let shipped = (0..layout.regions).filter(|&r| r != self.region).all(|r| self.unshipped(r).is_empty());
+        !self.store.has_hints() && shipped && self.jobs.is_empty() && self.batches.is_empty()
+    }
+
+    /// The state of `key` in this node's store.
+    pub fn state(&self, key: &[u8]) -> Option<Record> {
+        self.store.get(key).expect("the in-memory store does not fail")
     }
 
     pub fn on_timer(&mut self, timer: Timer, ctx: &mut Ctx) {
@@ -392,9 +371,7 @@ impl Node {
                     return ctx.send(from, Msg::MergeAck { id, result: Err(refused) });
                 }
                 match geokv_protocol::keep(self.id, hint_for) {
-                    geokv_protocol::Keep::Hint(home) => {
-                        merge_into(self.hints.entry(home).or_default(), &key, &rec);
-                    }
+                    geokv_protocol::Keep::Hint(home) => self.keep_hint(home, &key, &rec),
                     geokv_protocol::Keep::Merge => self.merge_local(&key, &rec, ship),
                 }
                 // The acknowledgement leaves once the write is on disk.
@@ -411,7 +388,7 @@ impl Node {
                     Some(w) if self.ahead(w, ctx.now) => {
                         Err(Failure::refused(Kind::FailedPrecondition, "the coordinator's clock is ahead"))
                     }
-                    _ => Ok(self.store.get(&key).cloned()),
+                    _ => Ok(self.state(&key)),
                 };
                 ctx.send(from, Msg::Fetched { id, result });
             }
@@ -440,7 +417,7 @@ impl Node {
                 if self.inflight.get(&region).is_some_and(|f| f.last_seq == last_seq) {
                     self.inflight.remove(&region);
                     if ok {
-                        self.cursor.insert(region, last_seq);
+                        let _ = self.store.set_cursor(&Layout::region_name(region), last_seq);
                     } else {
                         *self.ship_target.entry(region).or_default() += 1;
                     }
@@ -465,48 +442,46 @@ impl Node {
 
     /// States of the keys both this node and `peer` are home replicas of.
     fn shared_states(&self, peer: NodeId) -> Vec<(Key, Record)> {
-        self.store
-            .iter()
-            .filter(|(k, _)| {
-                let home = self.home(k);
-                home.contains(&self.id) && home.contains(&peer)
-            })
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect()
+        let mut states = self.store.states();
+        states.retain(|(k, _)| {
+            let home = self.home(k);
+            home.contains(&self.id) && home.contains(&peer)
+        });
+        states
     }
 
+    /// Merges a state into this node's store (logging the change; `ship`: for the
+    /// cross-region replicator).
     pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) {
-        let changed = merge_into(&mut self.store, key, rec);
+        self.store.merge_as(key, rec, ship).expect("the in-memory store does not fail");
         self.hlc = self.hlc.max(rec.version().time);
-        if changed && ship {
-            self.log.push(key.to_vec());
-        }
+    }
+
+    pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) {
+        self.store.put_hint(home, key, rec).expect("the in-memory store does not fail");
     }
 
     /// A hint delivery was acknowledged: drop the hint unless a newer state arrived for it
     /// meanwhile.
     fn handed_off(&mut self, id: u64) {
         if let Some((home, key, rec, _)) = self.handoffs.remove(&id) {
-            if let Some(hs) = self.hints.get_mut(&home) {
-                if hs.get(&key) == Some(&rec) {
-                    hs.remove(&key);
-                }
-            }
+            let _ = self.store.remove_hint(home, &key, &rec);
         }
     }
 
     fn hand_off(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
+        let targets = self.store.hint_targets().expect("the in-memory store does not fail");
         let homes: Vec<NodeId> =
-            self.hints.keys().copied().filter(|&h| h != self.id && self.healthy(h, now)).collect();
-        if let Some(mine) = self.hints.remove(&self.id) {
-            for (key, rec) in mine {
+            targets.iter().copied().filter(|&h| h != self.id && self.healthy(h, now)).collect();
+        if targets.contains(&self.id) {
+            for (key, rec) in self.store.hints_for(self.id, None, usize::MAX).unwrap_or_default() {
                 self.merge_local(&key, &rec, false);
+                let _ = self.store.remove_hint(self.id, &key, &rec);
             }
         }
         for home in homes {
-            let pending: Vec<(Key, Record)> =
-                self.hints[&home].iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+            let pending = self.store.hints_for(home, None, usize::MAX).unwrap_or_default();
             for (key, rec) in pending {
                 if self.handoffs.values().any(|(h, k, _, _)| *h == home && *k == key) {
                     continue;
@@ -518,87 +493,5 @@ impl Node {
         }
         // Deliveries whose acknowledgement never came are retried on a later tick.
         self.handoffs.retain(|_, (_, _, _, sent)| now.saturating_sub(*sent) < REQUEST_TIMEOUT_MS);
-    }
-
-    fn ship(&mut self, ctx: &mut Ctx) {
-        for region in (0..ctx.layout.regions).filter(|&r| r != self.region) {
-            if let Some(f) = self.inflight.get(&region) {
-                if ctx.now.saturating_sub(f.sent_at) < BATCH_TIMEOUT_MS {
-                    continue;
-                }
-                // Lost on the way: resend from the cursor, to another node.
-                self.inflight.remove(&region);
-                *self.ship_target.entry(region).or_default() += 1;
-            }
-            let cursor = self.cursor.get(&region).copied().unwrap_or(0) as usize;
-            if cursor >= self.log.len() {
-                continue;
-            }
-            let last = (cursor + BATCH_ENTRIES).min(self.log.len());
-            let keys: BTreeSet<&Key> = self.log[cursor..last].iter().collect();
-            let deltas =
-                keys.into_iter().filter_map(|k| self.store.get(k).map(|r| (k.clone(), r.clone()))).collect();
-            let target = ctx.layout.node(
-                region,
-                self.ship_target.get(&region).copied().unwrap_or(0) % ctx.layout.nodes_per_region,
-            );
-            let hlc_ms = Stamp::new(self.hlc, self.id).unix_millis().max(self.physical_ms(ctx.now));
-            ctx.send(Addr::Node(target), Msg::Batch { last_seq: last as u64, hlc_ms, deltas });
-            self.inflight.insert(region, InFlight { last_seq: last as u64, sent_at: ctx.now });
-        }
-    }
-
-    fn receive_batch(
-        &mut self,
-        from: Addr,
-        last_seq: u64,
-        hlc_ms: u64,
-        deltas: Vec<(Key, Record)>,
-        ctx: &mut Ctx,
-    ) {
-        let Addr::Node(origin) = from else { return };
-        if hlc_ms > self.physical_ms(ctx.now) + MAX_DRIFT_MS {
-            return ctx.send(from, Msg::BatchAck { last_seq, ok: false });
-        }
-        let b = self.next();
-        self.batches.insert(b, BatchJob { from: origin, last_seq, pending: deltas.len() + 1, failed: false });
-        for (key, rec) in deltas {
-            if ctx.bug == Some(Bug::SkipRemoteDeltas) {
-                continue;
-            }
-            let state = if self.home(&key).contains(&self.id) {
-                self.merge_local(&key, &rec, false);
-                self.store.get(&key).cloned().unwrap_or(rec)
-            } else {
-                rec
-            };
-            self.start_replicate(b, key, state, ctx);
-        }
-        self.batch_delta_done(b, true, ctx);
-    }
-
-    pub(crate) fn batch_delta_done(&mut self, b: u64, ok: bool, ctx: &mut Ctx) {
-        let Some(job) = self.batches.get_mut(&b) else { return };
-        job.pending -= 1;
-        job.failed |= !ok;
-        if job.pending == 0 {
-            let job = self.batches.remove(&b).expect("present");
-            ctx.send(Addr::Node(job.from), Msg::BatchAck { last_seq: job.last_seq, ok: !job.failed });
-        }
-    }
-}
-
-/// Merges `rec` into a map's state for `key`; whether the state changed.
-pub(crate) fn merge_into(map: &mut BTreeMap<Key, Record>, key: &[u8], rec: &Record) -> bool {
-    match map.get_mut(key) {
-        Some(cur) => {
-            let before = cur.clone();
-            cur.merge(rec);
-            *cur != before
-        }
-        None => {
-            map.insert(key.to_vec(), rec.clone());
-            true
-        }
     }
 }
