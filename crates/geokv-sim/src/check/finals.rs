@@ -14,7 +14,8 @@
 //!   write of another type at QUORUM after an acknowledged QUORUM increment in the same region
 //!   is refused;
 //! - **sets** (add-wins): nothing that was never added; an acknowledged add is there unless a
-//!   remove of the member may have applied after the add began; a member is gone after an
+//!   remove of the member may have applied after the add began (one whose outcome is unknown
+//!   may take effect at any time); a member is gone after an
 //!   acknowledged QUORUM remove that came after every add of it, each acknowledged at QUORUM in
 //!   the remove's region.
 
@@ -205,8 +206,11 @@ impl Rules<'_> {
         let mut found = Vec::new();
         for a in self.writes.iter().filter(|e| e.acked_write()) {
             let Action::SetAdd { member } = &a.action else { continue };
-            let removable =
-                removes(member).into_iter().any(|r| r.may_have_applied() && r.completed_ms > a.invoked_ms);
+            // A remove whose outcome is unknown may take effect any time after it began (its
+            // coordinator may run it after the client gave up), so after the add too.
+            let removable = removes(member)
+                .into_iter()
+                .any(|r| r.may_have_applied() && (r.completed_ms > a.invoked_ms || !r.is_ok()));
             if !removable && !members.contains(member) {
                 found.push(format!("acknowledged add of {} is lost", show(member)));
             }
