@@ -90,10 +90,15 @@ impl Forwarder {
     }
 }
 
-/// A connection failure, as opposed to an answer.
+/// A connection failure (`UNAVAILABLE` that is not a coordinator's answer), as opposed to an
+/// answer.
 fn unreachable(s: &Status) -> bool {
     use geokv_protocol::PeerError;
-    matches!(crate::status::peer_error(s.clone()), PeerError::NeverSent(_) | PeerError::Transport(_))
+    match crate::status::peer_error(s.clone()) {
+        PeerError::NeverSent(_) => true,
+        PeerError::Transport(_) => s.code() == tonic::Code::Unavailable,
+        PeerError::TimedOut(_) | PeerError::Answered(_) => false,
+    }
 }
 
 /// The key a batch write item is about (None for an empty item).

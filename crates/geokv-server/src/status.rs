@@ -1,7 +1,7 @@
 //! Maps node errors to gRPC status codes with messages a person can act on.
 
 use geokv_core::CoreError;
-use geokv_protocol::{Failure, Kind, PeerError};
+use geokv_protocol::{Failure, Kind, PeerError, QUORUM_FAILED};
 use geokv_storage::StorageError;
 use tonic::{Code, Status};
 
@@ -91,11 +91,30 @@ pub fn peer_error(s: Status) -> PeerError {
     if never_sent(&s) {
         return PeerError::NeverSent(s.message().to_string());
     }
+    let message = s.message().to_string();
     match s.code() {
-        Code::DeadlineExceeded => PeerError::TimedOut(s.message().to_string()),
-        _ if from_connection => PeerError::Transport(s.message().to_string()),
-        Code::Unavailable | Code::Cancelled | Code::Unknown => PeerError::Transport(s.message().to_string()),
-        code => PeerError::Answered(Failure::refused(kind_of(code), s.message())),
+        Code::DeadlineExceeded => PeerError::TimedOut(message),
+        _ if from_connection => PeerError::Transport(message),
+        // A coordinator of an earlier version (no metadata) that could not reach a quorum.
+        Code::Unavailable if message.starts_with(QUORUM_FAILED) => {
+            let maybe_applied = !message.ends_with("nothing was written");
+            PeerError::Answered(Failure { kind: Kind::Unavailable, maybe_applied, message })
+        }
+        Code::Unavailable | Code::Cancelled | Code::Unknown => PeerError::Transport(message),
+        // Refusals before anything is stored; any other answer (an internal or storage
+        // failure) may come after the write was stored.
+        code => {
+            let refused = matches!(
+                code,
+                Code::InvalidArgument
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::NotFound
+            );
+            PeerError::Answered(Failure { kind: kind_of(code), maybe_applied: !refused, message })
+        }
     }
 }
 
@@ -119,4 +138,33 @@ fn never_sent(s: &Status) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coordinators_failure_survives_the_wire_with_its_promise() {
+        for maybe_applied in [false, true] {
+            let f =
+                Failure { kind: Kind::Unavailable, maybe_applied, message: "quorum not reached: x".into() };
+            assert_eq!(peer_error(failure_status(f.clone())), PeerError::Answered(f));
+        }
+    }
+
+    #[test]
+    fn answers_without_metadata_are_classified_by_code() {
+        let refused = peer_error(Status::failed_precondition("wrong type"));
+        assert!(matches!(refused, PeerError::Answered(Failure { maybe_applied: false, .. })), "{refused:?}");
+        let internal = peer_error(Status::internal("storage failed"));
+        assert!(matches!(internal, PeerError::Answered(Failure { maybe_applied: true, .. })), "{internal:?}");
+        assert!(matches!(peer_error(Status::unavailable("connection reset")), PeerError::Transport(_)));
+        assert!(matches!(peer_error(Status::deadline_exceeded("slow")), PeerError::TimedOut(_)));
+        // An older coordinator's quorum failure is its answer, with its promise.
+        let old = peer_error(Status::unavailable("quorum not reached: the read failed; nothing was written"));
+        assert!(matches!(old, PeerError::Answered(Failure { maybe_applied: false, .. })), "{old:?}");
+        let old = peer_error(Status::unavailable("quorum not reached: 1 acknowledged"));
+        assert!(matches!(old, PeerError::Answered(Failure { maybe_applied: true, .. })), "{old:?}");
+    }
 }

@@ -119,6 +119,8 @@ impl Cluster {
                         Err(s) => return respond(&mut answer, Err(s)),
                     },
                     Command::Respond(r) => respond(&mut answer, r.map_err(failure_status)),
+                    // Durable before the write is answered.
+                    Command::KeepHint { home, state } => self.keep_hint(home, &key, &state).await,
                     other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
                 }
             }
@@ -192,6 +194,7 @@ impl Cluster {
             while let Some(cmd) = queue.pop_front() {
                 match cmd {
                     Command::Respond(r) => answer = Some(r),
+                    Command::KeepHint { home, state } => self.keep_hint(home, key, &state).await,
                     other => self.carry_out(other, key, &tx),
                 }
             }
@@ -300,6 +303,9 @@ impl Cluster {
                     _ => unreachable!("a forward only calls and answers"),
                 }
             }
+            if next.is_empty() {
+                return Err(Status::internal("the forward stopped without an answer"));
+            }
             cmds = next;
         }
     }
@@ -314,7 +320,15 @@ impl Cluster {
         match tokio::time::timeout(deadline, client.coordinate(req)).await {
             Err(_) => Err(PeerError::TimedOut(format!("no answer within {} ms", deadline.as_millis()))),
             Ok(Err(s)) => Err(peer_error(s)),
-            Ok(Ok(resp)) => decode_applied(resp.into_inner()).map_err(peer_error),
+            // The coordinator answered that it wrote: an answer we cannot read may hide a write.
+            Ok(Ok(resp)) => decode_applied(resp.into_inner()).map_err(|s| {
+                let message = format!("{}; the write may or may not have been applied", s.message());
+                PeerError::Answered(Failure {
+                    kind: geokv_protocol::Kind::Internal,
+                    maybe_applied: true,
+                    message,
+                })
+            }),
         }
     }
 
