@@ -5,7 +5,10 @@
 //! acknowledgements, keep hints), how a quorum read merges and repairs ([`ReadCoordinator`]),
 //! how a state is sent to a key's replicas ([`ReplicateRound`], also used for states from
 //! other regions), how a write is forwarded and when a failed forward may be retried
-//! ([`Forwarder`]), and where a replica keeps a state it is sent ([`keep`]).
+//! ([`Forwarder`]), where a replica keeps a state it is sent ([`keep`]), what becomes of the
+//! hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and exchange the keys
+//! they differ on ([`Exchange`], Merkle anti-entropy), and what a cross-region batch carries
+//! and how a received one is taken in and acknowledged ([`xregion`]).
 //!
 //! Each coordinator is a state machine: it takes events (a replica's answer, the store's
 //! result, a deadline) and returns [`Command`]s (fetch, merge, apply, send, keep a hint,
@@ -16,19 +19,24 @@
 //! Does not own: the ring and placement (`geokv-topology`), quorum arithmetic and the
 //! membership view (`geokv-cluster`), CRDT semantics (`geokv-core`), transports and stores.
 
+pub mod anti_entropy;
 mod command;
 mod error;
 mod forward;
+pub mod handoff;
 mod read;
 mod replicas;
 mod write;
+pub mod xregion;
 
 #[cfg(test)]
 mod testing;
 
+pub use anti_entropy::{shared, AeCommand, Exchange, Outcome, DIGEST_BUCKETS_PER_CALL};
 pub use command::Command;
 pub use error::{Failure, Kind, PeerError, QUORUM_FAILED};
 pub use forward::{ForwardCommand, Forwarder};
+pub use handoff::{delivered, hint_plan, Delivered, HintPlan};
 pub use read::{ReadCommand, ReadCoordinator};
 pub use replicas::{keep, repeatable, route, Keep, Replicas, Route};
 pub use write::{ReplicateRound, WriteCommand, WriteCoordinator};

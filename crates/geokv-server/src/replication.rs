@@ -12,13 +12,16 @@
 //! copies are harmless): a write acknowledged at QUORUM reaches other regions even if any one
 //! replica dies right after. The emulated WAN link of the pair sits in front of the stream.
 //!
+//! What goes in a batch and how a received one is taken in and acknowledged are the protocol's
+//! rules (`geokv_protocol::xregion`), shared with the simulator; this file runs them.
+//!
 //! **Receiving.** Batches of a stream must follow each other (`after_seq` is the previous
 //! batch's `last_seq`); a gap (a batch the link lost) is refused and the sender resends from
 //! its cursor. A batch whose HLC stamp is beyond `max_clock_drift_ms` ahead is refused and
 //! counted. Each delta is merged into the key's home replicas of this region at QUORUM; the
 //! batch is acknowledged once all are.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +30,7 @@ use futures::Stream;
 use geokv_cluster::Level;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::{xregion, Failure, Kind};
 use geokv_replication::{default_delay_ms, Batch, Delta, Link, LinkParams, Outbox, Plan};
 use geokv_topology::Topology;
 use tokio::sync::mpsc;
@@ -342,13 +346,6 @@ impl Replicator {
             Ok(b) => b,
             Err(e) => return refuse(e.to_string()),
         };
-        if expected_after.is_some_and(|after| after != batch.after_seq) {
-            return refuse(format!(
-                "batch after {} arrived where {} was expected (a batch was lost); resend from the cursor",
-                batch.after_seq,
-                expected_after.unwrap_or_default()
-            ));
-        }
         let residency = self.cluster.residency();
         if msg.residency_version > residency.version() {
             // The sender holds a newer policy (which may allow this region keys ours does
@@ -360,40 +357,47 @@ impl Replicator {
                 residency.version()
             ));
         }
-        self.batches_received.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.cluster.node().observe_remote_time(batch.hlc, batch.origin_node) {
-            self.drift_rejections.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(origin = %batch.origin_region, node = batch.origin_node, error = %e, "replication batch refused: its clock is beyond the maximum drift");
-            return refuse(format!("stamp beyond the maximum clock drift: {e}"));
+        // The protocol's rules for a received batch (`geokv_protocol::xregion`): it follows
+        // the previous one of its stream, and its clock is within the drift bound.
+        let clock = self.cluster.node().observe_remote_time(batch.hlc, batch.origin_node);
+        let clock_refused = clock.is_err();
+        if let Err(f) = xregion::check_batch(*expected_after, batch.after_seq, clock) {
+            if clock_refused {
+                self.drift_rejections.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(origin = %batch.origin_region, node = batch.origin_node, error = %f.message, "replication batch refused");
+            }
+            return refuse(f.message);
         }
+        self.batches_received.fetch_add(1, Ordering::Relaxed);
         let mut tasks = tokio::task::JoinSet::new();
-        let mut failure = None;
-        // Deltas of this batch not applied: not allowed here, and set aside.
-        let (mut dropped, mut set_aside) = (0, 0);
-        let mut settle = |done: Result<Result<(), tonic::Status>, tokio::task::JoinError>| match done {
-            Ok(Ok(())) => {
+        let mut tally = xregion::BatchTally::default();
+        let settle = |tally: &mut xregion::BatchTally,
+                      done: Result<Result<(), tonic::Status>, tokio::task::JoinError>| {
+            let result = match done {
+                Ok(r) => r.map_err(|s| Failure::refused(crate::status::kind_of(s.code()), s.message())),
+                Err(e) => Err(Failure::refused(Kind::Internal, e.to_string())),
+            };
+            let message = result.as_ref().err().map(|f| f.message.clone());
+            if tally.on_applied(result) {
+                // Refused for good (its merge would be over the codec's bound, a stamp from
+                // the future): set aside and counted, so one delta can never stall the stream
+                // (and the purges waiting on it).
+                self.deltas_set_aside.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = ?message, "a replicated state was refused here and set aside");
+            } else if message.is_none() {
                 self.deltas_applied.fetch_add(1, Ordering::Relaxed);
             }
-            // Refused for good (its merge would be over the codec's bound, ...): set aside and
-            // counted, so one delta can never stall the stream (and the purges waiting on it).
-            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
-                set_aside += 1;
-                self.deltas_set_aside.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %s.message(), "a replicated state was refused here and set aside");
-            }
-            Ok(Err(s)) => failure = Some(s.message().to_string()),
-            Err(e) => failure = Some(e.to_string()),
         };
         for delta in batch.deltas {
             if !residency.allows_here(&delta.key) {
                 // The sender's policy is older than ours: this region may not hold the key.
                 residency.stats.dropped_deltas.fetch_add(1, Ordering::Relaxed);
-                dropped += 1;
+                tally.on_dropped();
                 continue;
             }
             if tasks.len() >= APPLY_PARALLELISM {
                 if let Some(done) = tasks.join_next().await {
-                    settle(done);
+                    settle(&mut tally, done);
                 }
             }
             let cluster = self.cluster.clone();
@@ -412,12 +416,12 @@ impl Replicator {
             });
         }
         while let Some(done) = tasks.join_next().await {
-            settle(done);
+            settle(&mut tally, done);
         }
-        if let Some(e) = failure {
-            return refuse(format!("a delta could not be applied: {e}"));
-        }
-        let not_applied = dropped + set_aside;
+        let not_applied = match tally.ack() {
+            Ok(n) => n,
+            Err(e) => return refuse(e),
+        };
         *expected_after = Some(batch.last_seq);
         pb::ReplicationAck { last_seq: batch.last_seq, ok: true, error: String::new(), not_applied }
     }
@@ -497,9 +501,10 @@ impl Replicator {
     }
 }
 
-/// The next batch after change-log position `after`: the current state of every key changed
-/// by a shipped entry (once per key), up to the size limits. `None` when the log has nothing
-/// new.
+/// The next batch after change-log position `after`, by the protocol's rule
+/// (`geokv_protocol::xregion::next_batch`): the current state of every key changed by a
+/// shipped entry (once per key) the destination may hold, up to the size limits. `None` when
+/// the log has nothing new.
 fn build_batch(
     node: &crate::Node,
     region: &str,
@@ -507,31 +512,26 @@ fn build_batch(
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Option<Batch>, String> {
     let entries = node.engine().log_since(after, MAX_BATCH_ENTRIES).map_err(|e| e.to_string())?;
-    let Some(first) = entries.first() else { return Ok(None) };
-    let mut batch = Batch {
+    let listed = entries.iter().map(|e| xregion::Entry { seq: e.seq, key: &e.key, ship: e.ship });
+    let state_of = |key: &[u8]| -> Result<Option<(Delta, usize)>, String> {
+        let Some(rec) = node.engine().get(key).map_err(|e| e.to_string())? else { return Ok(None) };
+        let state = encode(&rec);
+        let size = state.len();
+        Ok(Some((Delta { stamp: rec.version().time, key: key.to_vec(), state }, size)))
+    };
+    let Some(xregion::NextBatch { last_seq, states: deltas }) =
+        xregion::next_batch(listed, keep, state_of, MAX_BATCH_BYTES)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Batch {
         origin_region: region.to_owned(),
         origin_node: node.id(),
         after_seq: after,
-        last_seq: first.seq,
+        last_seq,
         hlc: 0,
-        deltas: Vec::new(),
-    };
-    let mut seen = BTreeSet::new();
-    let mut bytes = 0;
-    for e in entries {
-        batch.last_seq = e.seq;
-        if !e.ship || !keep(&e.key) || !seen.insert(e.key.clone()) {
-            continue;
-        }
-        let Some(rec) = node.engine().get(&e.key).map_err(|e| e.to_string())? else { continue };
-        let state = encode(&rec);
-        bytes += e.key.len() + state.len();
-        batch.deltas.push(Delta { stamp: rec.version().time, key: e.key, state });
-        if bytes >= MAX_BATCH_BYTES {
-            break;
-        }
-    }
-    Ok(Some(batch))
+        deltas: deltas.into_iter().map(|(_, d)| d).collect(),
+    }))
 }
 
 fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
@@ -555,7 +555,7 @@ impl Cluster {
         rec: geokv_core::Record,
     ) -> Result<(), tonic::Status> {
         let home = self.view().home(&key);
-        let state = if home.contains(&self.node().id()) {
+        let state = if xregion::merges_here(home.contains(&self.node().id())) {
             let (node, k) = (self.node().clone(), key.clone());
             tokio::task::spawn_blocking(move || {
                 node.engine().merge_as(&k, &rec, false)?;

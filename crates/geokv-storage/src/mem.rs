@@ -135,6 +135,13 @@ impl ReplicaStore for MemStore {
         Ok(true)
     }
 
+    fn drop_hints_for(&self, target: NodeId) -> Result<u64, StorageError> {
+        let mut i = self.lock();
+        let before = i.hints.len();
+        i.hints.retain(|(t, _), _| *t != target);
+        Ok((before - i.hints.len()) as u64)
+    }
+
     fn committed_seq(&self) -> u64 {
         self.lock().last_seq
     }

@@ -41,6 +41,9 @@ pub trait ReplicaStore {
     /// Drops a hint once handed off, unless it changed since (then `false`).
     fn remove_hint(&self, target: NodeId, key: &[u8], handed_off: &Record) -> Result<bool, StorageError>;
 
+    /// Drops every hint kept for `target` (a node that left); returns how many.
+    fn drop_hints_for(&self, target: NodeId) -> Result<u64, StorageError>;
+
     /// The highest sequence number below which every change-log entry is committed.
     fn committed_seq(&self) -> u64;
 
@@ -90,6 +93,10 @@ impl ReplicaStore for crate::Engine {
 
     fn remove_hint(&self, target: NodeId, key: &[u8], handed_off: &Record) -> Result<bool, StorageError> {
         crate::Engine::remove_hint(self, target, key, handed_off)
+    }
+
+    fn drop_hints_for(&self, target: NodeId) -> Result<u64, StorageError> {
+        crate::Engine::drop_hints_for(self, target)
     }
 
     fn committed_seq(&self) -> u64 {
@@ -204,6 +211,8 @@ pub mod conformance {
         assert!(s.remove_hint(9, b"k1", &merged).unwrap());
         assert_eq!(s.hints_for(9, None, 10).unwrap().len(), 1);
         assert_eq!(s.get(b"k1").unwrap(), None, "hints are not the node's own states");
+        assert_eq!(s.drop_hints_for(9).unwrap(), 1);
+        assert_eq!(s.hint_targets().unwrap(), vec![4], "only the hints for the node that left go");
     }
 
     pub fn cursors_start_at_zero_and_keep_what_was_saved<S: ReplicaStore>(s: &S) {

@@ -1,14 +1,14 @@
-//! Merkle anti-entropy between the replicas of a region.
+//! Merkle anti-entropy between the replicas of a region, and with the other regions' nodes.
 //!
-//! A round with peer P: compare the Merkle summaries of the keys both replicate (root, then
-//! buckets), fetch P's per-key digests of the differing buckets, and for every key whose digest
-//! differs, pull P's state, merge it here, and push the merge back. Only differing keys travel.
+//! The exchange itself (summaries, differing buckets a few at a time, per-key digests, fetch,
+//! merge here, push back) is the protocol's `geokv_protocol::anti_entropy::Exchange`; this file
+//! runs its commands against the store and the peer's gRPC service.
 //!
 //! Summaries are computed by a scan of the node's data per round (not maintained
 //! incrementally), which costs O(keys) of local reads per round; rounds are spaced by
 //! `cluster.anti_entropy_interval_ms`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use geokv_cluster::merkle::{self, Summary};
 use geokv_cluster::Membership;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::anti_entropy::{shared, AeCommand, Digests, Exchange};
 use geokv_storage::codec;
 use tonic::Status;
 
@@ -24,8 +25,6 @@ use super::Cluster;
 
 /// Deadline of a peer's summary or digest scan.
 const AE_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-/// Buckets whose key digests one `Digests` call carries.
-const DIGEST_BUCKETS_PER_CALL: usize = 512;
 
 /// Awaits a node-to-node call for at most `deadline`.
 pub(super) async fn with_deadline<T>(
@@ -46,7 +45,7 @@ impl Cluster {
         if !home.contains(&self.me) {
             return false;
         }
-        match view.info(peer).map(|i| i.region.as_str()) {
+        let peer_replicates = match view.info(peer).map(|i| i.region.as_str()) {
             Some(region) if region == self.region => home.contains(&peer),
             Some(region) => {
                 self.residency.allows(key, region)
@@ -56,7 +55,8 @@ impl Cluster {
                         .is_some_and(|(ring, n)| ring.preference_list(key, *n).contains(&peer))
             }
             None => false,
-        }
+        };
+        shared(&home, self.me, peer_replicates)
     }
 
     /// Digests of the keys shared with `peer`, optionally only in some buckets.
@@ -132,88 +132,112 @@ impl Cluster {
         self.stats.ae_rounds.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// One exchange with `peer`, driven by the protocol's state machine
+    /// (`geokv_protocol::anti_entropy::Exchange`): this driver only runs its commands.
     async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), Status> {
         let mut client = self.client(peer).ok_or_else(|| Status::internal("unknown peer"))?;
-        let this = self.clone();
-        let (mine, compared) = tokio::task::spawn_blocking(move || this.summary_for(peer))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(crate::status::to_status)?;
-        self.stats.ae_keys_compared.fetch_add(compared as u64, Ordering::Relaxed);
-        let theirs =
-            with_deadline(AE_SCAN_TIMEOUT, client.summary(pb::SummaryRequest { peer: self.me })).await?;
-        self.stats.ae_summary_bytes.fetch_add(theirs.leaves.len() as u64 * 8, Ordering::Relaxed);
-        let theirs = Summary { leaves: theirs.leaves };
-        if mine.root() == theirs.root() {
-            return Ok(());
-        }
-        // Digests travel a few buckets at a time, so a replica that differs everywhere (a new or
-        // wiped node) is repaired in bounded messages rather than one huge one.
-        let mut failed = 0u64;
-        for leaves in mine.differing(&theirs).chunks(DIGEST_BUCKETS_PER_CALL) {
-            failed += self.repair_buckets(&mut client, peer, leaves).await?;
-        }
-        if failed > 0 {
-            return Err(Status::unavailable(format!(
-                "{failed} keys could not be exchanged; the next round retries them"
-            )));
+        let (mut exchange, first) = Exchange::start();
+        let mut todo: VecDeque<AeCommand> = first.into();
+        while let Some(command) = todo.pop_front() {
+            let next = match command {
+                AeCommand::Summarize => {
+                    let this = self.clone();
+                    let (mine, compared) = tokio::task::spawn_blocking(move || this.summary_for(peer))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(crate::status::to_status)?;
+                    self.stats.ae_keys_compared.fetch_add(compared as u64, Ordering::Relaxed);
+                    exchange.on_local_summary(mine)
+                }
+                AeCommand::AskSummary => {
+                    let theirs =
+                        with_deadline(AE_SCAN_TIMEOUT, client.summary(pb::SummaryRequest { peer: self.me }))
+                            .await
+                            .map(|s| {
+                                self.stats
+                                    .ae_summary_bytes
+                                    .fetch_add(s.leaves.len() as u64 * 8, Ordering::Relaxed);
+                                Summary { leaves: s.leaves }
+                            })
+                            .map_err(crate::status::peer_error);
+                    exchange.on_peer_summary(theirs)
+                }
+                AeCommand::Digests { leaves } => {
+                    let digests = self.both_digests(&mut client, peer, leaves).await?;
+                    exchange.on_digests(digests)
+                }
+                AeCommand::Fetch { key } => {
+                    let request = pb::FetchRequest { key: key.clone(), writer_hlc: 0 };
+                    let theirs = match with_deadline(self.peers.timeout(), client.fetch(request)).await {
+                        Ok(r) => {
+                            self.stats
+                                .ae_state_bytes_received
+                                .fetch_add(r.state.len() as u64, Ordering::Relaxed);
+                            if r.state.is_empty() {
+                                Ok(None)
+                            } else {
+                                decode(&r.state).map(Some).map_err(crate::status::peer_error)
+                            }
+                        }
+                        Err(s) => Err(crate::status::peer_error(s)),
+                    };
+                    exchange.on_fetched(key, theirs)
+                }
+                AeCommand::MergeAndPush { key, theirs } => {
+                    let pushed = self.merge_and_push(&mut client, key.clone(), theirs.map(|b| *b)).await;
+                    if let Err(e) = &pushed {
+                        tracing::debug!(peer, error = %e, "anti-entropy exchange failed");
+                    }
+                    exchange.on_pushed(key, pushed.map_err(crate::status::peer_error))
+                }
+                AeCommand::Done(Ok(outcome)) if outcome.failed > 0 => {
+                    return Err(Status::unavailable(format!(
+                        "{} keys could not be exchanged; the next round retries them",
+                        outcome.failed
+                    )))
+                }
+                AeCommand::Done(Ok(_)) => return Ok(()),
+                AeCommand::Done(Err(why)) => return Err(Status::unavailable(why)),
+            };
+            todo.extend(next);
         }
         Ok(())
     }
 
-    /// Compares and repairs the keys of some buckets. Returns how many keys failed.
-    async fn repair_buckets(
+    /// This node's and the peer's digests of the keys in some buckets.
+    async fn both_digests(
         self: &Arc<Self>,
         client: &mut super::peers::PeerClient,
         peer: NodeId,
-        leaves: &[u32],
-    ) -> Result<u64, Status> {
-        let leaves = leaves.to_vec();
+        leaves: Vec<u32>,
+    ) -> Result<Result<(Digests, Digests), geokv_protocol::PeerError>, Status> {
         let request = pb::DigestsRequest { peer: self.me, leaves: leaves.clone() };
-        let their_digests: BTreeMap<Vec<u8>, u64> = with_deadline(AE_SCAN_TIMEOUT, client.digests(request))
-            .await?
-            .digests
-            .into_iter()
-            .map(|d| (d.key, d.digest))
-            .collect();
-        let this = self.clone();
-        let my_digests: BTreeMap<Vec<u8>, u64> =
-            tokio::task::spawn_blocking(move || this.local_digests(peer, Some(&leaves)))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(crate::status::to_status)?;
+        let theirs: Digests = match with_deadline(AE_SCAN_TIMEOUT, client.digests(request)).await {
+            Ok(r) => r.digests.into_iter().map(|d| (d.key, d.digest)).collect(),
+            Err(s) => return Ok(Err(crate::status::peer_error(s))),
+        };
         self.stats
             .ae_summary_bytes
-            .fetch_add(their_digests.keys().map(|k| k.len() as u64 + 8).sum::<u64>(), Ordering::Relaxed);
-        let mut failed = 0u64;
-        for key in merkle::differing_keys(&my_digests, &their_digests) {
-            if let Err(e) = self.exchange(client, key).await {
-                failed += 1;
-                tracing::debug!(peer, error = %e, "anti-entropy exchange failed");
-            }
-        }
-        Ok(failed)
+            .fetch_add(theirs.keys().map(|k| k.len() as u64 + 8).sum::<u64>(), Ordering::Relaxed);
+        let this = self.clone();
+        let mine = tokio::task::spawn_blocking(move || this.local_digests(peer, Some(&leaves)))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(crate::status::to_status)?;
+        Ok(Ok((mine, theirs)))
     }
 
-    /// Pulls the peer's state of `key`, merges it here, and pushes the merge back.
-    async fn exchange(&self, client: &mut super::peers::PeerClient, key: Vec<u8>) -> Result<(), Status> {
-        let timeout = self.peers.timeout();
-        // A peer whose copy is corrupt answers DATA_LOSS: exchange as if it had none, so the
-        // merge pushed back below replaces its corrupt state.
-        let theirs =
-            match with_deadline(timeout, client.fetch(pb::FetchRequest { key: key.clone(), writer_hlc: 0 }))
-                .await
-            {
-                Ok(r) => r.state,
-                Err(s) if s.code() == tonic::Code::DataLoss => Vec::new(),
-                Err(s) => return Err(s),
-            };
-        self.stats.ae_state_bytes_received.fetch_add(theirs.len() as u64, Ordering::Relaxed);
+    /// Merges the peer's state of `key` (if any) here and pushes the merged state back.
+    async fn merge_and_push(
+        &self,
+        client: &mut super::peers::PeerClient,
+        key: Vec<u8>,
+        theirs: Option<geokv_core::Record>,
+    ) -> Result<(), Status> {
         let node = self.node.clone();
         let k = key.clone();
-        let incoming = if theirs.is_empty() { None } else { Some(decode(&theirs)?) };
         let merged = tokio::task::spawn_blocking(move || {
-            if let Some(rec) = &incoming {
+            if let Some(rec) = &theirs {
                 node.engine().merge(&k, rec)?;
             }
             node.engine().get(&k)
@@ -225,7 +249,7 @@ impl Cluster {
             let state = encode(&rec);
             self.stats.ae_state_bytes_sent.fetch_add(state.len() as u64, Ordering::Relaxed);
             let req = pb::MergeRequest { key, state, hint_for: None, ship: false };
-            with_deadline(timeout, self.send_merge(client, req)).await?;
+            with_deadline(self.peers.timeout(), self.send_merge(client, req)).await?;
         }
         self.stats.ae_keys_repaired.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -8,6 +8,8 @@ use geokv_proto::v1 as pb;
 
 use std::sync::atomic::Ordering;
 
+use geokv_protocol::handoff::{self, hint_plan, Delivered, HintPlan};
+
 use super::coordinator::encode;
 use super::Cluster;
 
@@ -28,68 +30,72 @@ pub fn spawn_handoff(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
     ))
 }
 
-/// One round of hinted handoff: every hint kept for every node that answers probes, a page
-/// at a time. A hint the target refuses (not a transport failure) is logged and left for a
-/// later round without holding up the others; a transport failure ends the round for that
-/// target. Returns how many hints were delivered.
+/// One round of hinted handoff: every hint kept for every node, a page at a time, by the
+/// protocol's rules (`geokv_protocol::handoff`): hints for a node that left are dropped,
+/// hints kept for this node itself are merged here, hints for a node that answers probes
+/// are delivered; a refusal keeps the hint for a later round without holding up the others,
+/// an unreachable target ends the round for that target. Returns how many hints were
+/// delivered (or merged here).
 pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
-    let node = cluster.node.clone();
-    let targets = tokio::task::spawn_blocking(move || node.engine().hint_targets())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let targets = blocking(cluster, |e| e.hint_targets()).await?;
     let mut delivered = 0;
     for target in targets {
-        if cluster.view().info(target).is_some_and(|i| i.status == Status::Left) {
-            // The node left the region: its ranges have new owners, which have the key from
-            // its other replicas (anti-entropy backs that up).
-            let node = cluster.node.clone();
-            let dropped = tokio::task::spawn_blocking(move || node.engine().drop_hints_for(target))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            tracing::info!(target, dropped, "dropped the hints kept for a node that left");
-            continue;
-        }
-        if target == cluster.me || !cluster.healthy(target) {
-            continue;
-        }
-        let Some(mut client) = cluster.client(target) else { continue };
+        let left = cluster.view().info(target).is_some_and(|i| i.status == Status::Left);
+        let plan = hint_plan(cluster.me, target, left, target != cluster.me && cluster.healthy(target));
+        let mut client = match plan {
+            HintPlan::Wait => continue,
+            HintPlan::Drop => {
+                let dropped = blocking(cluster, move |e| e.drop_hints_for(target)).await?;
+                tracing::info!(target, dropped, "dropped the hints kept for a node that left");
+                continue;
+            }
+            HintPlan::MergeHere => None,
+            HintPlan::Deliver => match cluster.client(target) {
+                Some(c) => Some(c),
+                None => continue,
+            },
+        };
         let mut after: Option<Vec<u8>> = None;
         'pages: loop {
-            let (node, from) = (cluster.node.clone(), after.clone());
-            let hints =
-                tokio::task::spawn_blocking(move || node.engine().hints_for(target, from.as_deref(), 256))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+            let from = after.clone();
+            let hints = blocking(cluster, move |e| e.hints_for(target, from.as_deref(), 256)).await?;
             let Some((last, _)) = hints.last() else { break };
             after = Some(last.clone());
             for (key, rec) in hints {
-                let req =
-                    pb::MergeRequest { key: key.clone(), state: encode(&rec), hint_for: None, ship: false };
-                let sent =
-                    match tokio::time::timeout(cluster.peers.timeout(), cluster.send_merge(&mut client, req))
-                        .await
-                    {
-                        Ok(r) => r.map(|_| ()),
-                        Err(_) => Err(tonic::Status::deadline_exceeded("handoff timed out")),
-                    };
-                match sent {
-                    Ok(()) => {
-                        let node = cluster.node.clone();
-                        let removed = tokio::task::spawn_blocking(move || {
-                            node.engine().remove_hint(target, &key, &rec)
+                let sent = match client.as_mut() {
+                    None => {
+                        let (k, r) = (key.clone(), rec.clone());
+                        blocking(cluster, move |e| e.merge_as(&k, &r, false).map(|_| ())).await.map_err(|e| {
+                            geokv_protocol::PeerError::Answered(geokv_protocol::Failure::refused(
+                                geokv_protocol::Kind::Internal,
+                                e,
+                            ))
                         })
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
+                    }
+                    Some(client) => {
+                        let req = pb::MergeRequest {
+                            key: key.clone(),
+                            state: encode(&rec),
+                            hint_for: None,
+                            ship: false,
+                        };
+                        match tokio::time::timeout(cluster.peers.timeout(), cluster.send_merge(client, req))
+                            .await
+                        {
+                            Ok(r) => r.map(|_| ()).map_err(crate::status::peer_error),
+                            Err(_) => Err(geokv_protocol::PeerError::TimedOut("handoff timed out".into())),
+                        }
+                    }
+                };
+                match handoff::delivered(&sent) {
+                    Delivered::Remove => {
+                        let removed = blocking(cluster, move |e| e.remove_hint(target, &key, &rec)).await?;
                         delivered += usize::from(removed);
                         cluster.stats.hints_delivered.fetch_add(u64::from(removed), Ordering::Relaxed);
                     }
-                    Err(s) if crate::status::peer_error(s.clone()).unreachable() => break 'pages,
-                    Err(s) => {
-                        tracing::warn!(target, error = %s, "a hint was refused; kept for a later round")
+                    Delivered::StopTarget => break 'pages,
+                    Delivered::KeepAndGoOn => {
+                        tracing::warn!(target, error = ?sent.err(), "a hint was refused; kept for a later round")
                     }
                 }
             }
@@ -99,6 +105,20 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
         tracing::info!(delivered, "hints handed off");
     }
     Ok(delivered)
+}
+
+/// Runs `f` on this node's engine on the blocking pool; errors as strings for the log.
+async fn blocking<T, E, F>(cluster: &Arc<Cluster>, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce(&geokv_storage::Engine) -> Result<T, E> + Send + 'static,
+{
+    let node = cluster.node.clone();
+    tokio::task::spawn_blocking(move || f(node.engine()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Runs an anti-entropy round with every healthy peer each `anti_entropy_interval_ms`.

@@ -321,7 +321,7 @@ impl Node {
                 });
                 ctx.sends.push((to, Msg::Coordinated { id, result }, self.disk_delay_ms));
             }
-            Reply::Batch(b) => self.batch_delta_done(b, r.is_ok(), ctx),
+            Reply::Batch(b) => self.batch_delta_done(b, r.map(|_| ()), ctx),
         }
     }
 }

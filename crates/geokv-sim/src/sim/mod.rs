@@ -10,6 +10,7 @@
 mod clients;
 mod drive;
 pub mod node;
+mod region;
 pub mod schedule;
 mod xregion;
 

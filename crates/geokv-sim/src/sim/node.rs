@@ -16,7 +16,8 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 
 use super::drive::{Input, Job, Reply};
-use super::xregion::{BatchJob, InFlight};
+use super::region::AeRun;
+use super::xregion::{BatchJob, BatchMsg, InFlight};
 use super::{Addr, Bug, Layout};
 use crate::history::Observed;
 
@@ -99,18 +100,28 @@ pub enum Msg {
     },
     Ping,
     Pong,
-    Batch {
-        last_seq: u64,
-        hlc_ms: u64,
-        deltas: Vec<(Key, Record)>,
-    },
+    Batch(BatchMsg),
     BatchAck {
         last_seq: u64,
         ok: bool,
     },
-    AntiEntropy {
-        states: Vec<(Key, Record)>,
-        reply: bool,
+    /// Anti-entropy exchange `xid`: the Merkle summary of the keys the two share, please.
+    AeSummary {
+        xid: u64,
+    },
+    AeSummaryIs {
+        xid: u64,
+        leaves: Vec<u64>,
+    },
+    /// The digests of the shared keys in these buckets, please.
+    AeDigests {
+        xid: u64,
+        leaves: Vec<u32>,
+    },
+    AeDigestsAre {
+        xid: u64,
+        leaves: Vec<u32>,
+        digests: Vec<(Key, u64)>,
     },
 }
 
@@ -170,7 +181,9 @@ pub struct Node {
     /// as is `actor_id(id, incarnation)`, as on the server.
     pub incarnation: u64,
     // Volatile.
-    ae_round: usize,
+    pub(crate) ae_round: usize,
+    /// The anti-entropy exchange this node runs, if any.
+    pub(crate) ae: Option<AeRun>,
     pub(crate) hlc: u64,
     heard: BTreeMap<NodeId, u64>,
     next_id: u64,
@@ -179,10 +192,12 @@ pub struct Node {
     /// Calls to peers under way: message id -> (job, peer).
     pub(crate) calls: BTreeMap<u64, (u64, NodeId)>,
     /// Hint deliveries under way: request id -> (home, key, state, sent at).
-    handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
+    pub(crate) handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
     pub(crate) batches: BTreeMap<u64, BatchJob>,
     pub(crate) inflight: BTreeMap<usize, InFlight>,
     pub(crate) ship_target: BTreeMap<usize, usize>,
+    /// Streams of batches from other regions: sender -> (stream, where the next batch starts).
+    pub(crate) streams: BTreeMap<NodeId, (u64, u64)>,
     // Faults.
     pub clock_offset_ms: i64,
     pub clock_drift_ppm: i64,
@@ -202,6 +217,7 @@ impl Node {
             store: MemStore::new(),
             incarnation: 1,
             ae_round: 0,
+            ae: None,
             hlc: 0,
             heard: BTreeMap::new(),
             next_id: 1,
@@ -211,6 +227,7 @@ impl Node {
             batches: BTreeMap::new(),
             inflight: BTreeMap::new(),
             ship_target: BTreeMap::new(),
+            streams: BTreeMap::new(),
             clock_offset_ms: 0,
             clock_drift_ppm: 0,
             disk_delay_ms: 0,
@@ -232,8 +249,10 @@ impl Node {
         self.jobs.clear();
         self.calls.clear();
         self.handoffs.clear();
+        self.ae = None;
         self.batches.clear();
         self.inflight.clear();
+        self.streams.clear();
         for t in [Timer::Ping, Timer::Handoff, Timer::Ship, Timer::AntiEntropy] {
             let jitter = ctx.rng.gen_range(0..50);
             ctx.timers.push((ctx.now + jitter, t));
@@ -269,7 +288,7 @@ impl Node {
     }
 
     /// Whether HLC time `time` is beyond the drift bound ahead of this node's clock.
-    fn ahead(&self, time: u64, now: u64) -> bool {
+    pub(crate) fn ahead(&self, time: u64, now: u64) -> bool {
         geokv_protocol::beyond_drift(time, self.physical_ms(now), MAX_DRIFT_MS)
     }
 
@@ -320,12 +339,8 @@ impl Node {
                 ctx.timers.push((ctx.now + SHIP_EVERY_MS, Timer::Ship));
             }
             Timer::AntiEntropy => {
-                // Peers in turn: every pair of the region meets within `peers.len()` rounds.
                 let peers = self.peers(ctx.layout);
-                let peer = peers[self.ae_round % peers.len()];
-                self.ae_round += 1;
-                let states = self.shared_states(peer);
-                ctx.send(Addr::Node(peer), Msg::AntiEntropy { states, reply: true });
+                self.anti_entropy_tick(&peers, ctx);
                 ctx.timers.push((ctx.now + ANTI_ENTROPY_EVERY_MS, Timer::AntiEntropy));
             }
             Timer::Deadline(id) => self.feed(id, Input::Timeout, ctx),
@@ -337,6 +352,9 @@ impl Node {
             if ctx.layout.region_of(peer) == self.region {
                 self.heard.insert(peer, ctx.now);
             }
+        }
+        if self.on_exchange_msg(&msg, ctx) {
+            return;
         }
         match msg {
             Msg::Req { id, key, req: Request::Write(action), level } => {
@@ -378,7 +396,9 @@ impl Node {
                 ctx.sends.push((from, Msg::MergeAck { id, result: Ok(()) }, self.disk_delay_ms));
             }
             Msg::MergeAck { id, result } => {
-                self.handed_off(id);
+                if self.on_handoff_ack(id, &result) {
+                    return;
+                }
                 self.answered(id, |n| Input::Sent(n, result.map_err(PeerError::Answered)), ctx)
             }
             Msg::Fetch { id, key, writer } => {
@@ -406,9 +426,7 @@ impl Node {
             }
             Msg::Ping => ctx.send(from, Msg::Pong),
             Msg::Pong => {}
-            Msg::Batch { last_seq, hlc_ms, deltas } => {
-                self.receive_batch(from, last_seq, hlc_ms, deltas, ctx)
-            }
+            Msg::Batch(batch) => self.receive_batch(from, batch, ctx),
             Msg::BatchAck { last_seq, ok } => {
                 let region = match from {
                     Addr::Node(p) => ctx.layout.region_of(p),
@@ -423,31 +441,9 @@ impl Node {
                     }
                 }
             }
-            Msg::AntiEntropy { states, reply } => {
-                let Addr::Node(peer) = from else { return };
-                if ctx.bug == Some(Bug::NoRepair) {
-                    return;
-                }
-                for (key, rec) in &states {
-                    if self.home(key).contains(&self.id) && !self.ahead(rec.version().time, ctx.now) {
-                        self.merge_local(key, rec, false);
-                    }
-                }
-                if reply {
-                    ctx.send(from, Msg::AntiEntropy { states: self.shared_states(peer), reply: false });
-                }
-            }
+            Msg::AeSummary { .. } | Msg::AeDigests { .. } => self.on_exchange_request(from, msg, ctx),
+            Msg::AeSummaryIs { .. } | Msg::AeDigestsAre { .. } => {}
         }
-    }
-
-    /// States of the keys both this node and `peer` are home replicas of.
-    fn shared_states(&self, peer: NodeId) -> Vec<(Key, Record)> {
-        let mut states = self.store.states();
-        states.retain(|(k, _)| {
-            let home = self.home(k);
-            home.contains(&self.id) && home.contains(&peer)
-        });
-        states
     }
 
     /// Merges a state into this node's store (logging the change; `ship`: for the
@@ -459,39 +455,5 @@ impl Node {
 
     pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) {
         self.store.put_hint(home, key, rec).expect("the in-memory store does not fail");
-    }
-
-    /// A hint delivery was acknowledged: drop the hint unless a newer state arrived for it
-    /// meanwhile.
-    fn handed_off(&mut self, id: u64) {
-        if let Some((home, key, rec, _)) = self.handoffs.remove(&id) {
-            let _ = self.store.remove_hint(home, &key, &rec);
-        }
-    }
-
-    fn hand_off(&mut self, ctx: &mut Ctx) {
-        let now = ctx.now;
-        let targets = self.store.hint_targets().expect("the in-memory store does not fail");
-        let homes: Vec<NodeId> =
-            targets.iter().copied().filter(|&h| h != self.id && self.healthy(h, now)).collect();
-        if targets.contains(&self.id) {
-            for (key, rec) in self.store.hints_for(self.id, None, usize::MAX).unwrap_or_default() {
-                self.merge_local(&key, &rec, false);
-                let _ = self.store.remove_hint(self.id, &key, &rec);
-            }
-        }
-        for home in homes {
-            let pending = self.store.hints_for(home, None, usize::MAX).unwrap_or_default();
-            for (key, rec) in pending {
-                if self.handoffs.values().any(|(h, k, _, _)| *h == home && *k == key) {
-                    continue;
-                }
-                let mid = self.next();
-                self.handoffs.insert(mid, (home, key.clone(), rec.clone(), now));
-                ctx.send(Addr::Node(home), Msg::Merge { id: mid, key, rec, hint_for: None, ship: false });
-            }
-        }
-        // Deliveries whose acknowledgement never came are retried on a later tick.
-        self.handoffs.retain(|_, (_, _, _, sent)| now.saturating_sub(*sent) < REQUEST_TIMEOUT_MS);
     }
 }

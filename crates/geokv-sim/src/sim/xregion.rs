@@ -1,27 +1,43 @@
-//! The cross-region replicator of a simulated node: ships the change log's entries for other
-//! regions in batches from a durable cursor per destination, and applies batches from other
-//! regions (the drift check, then each state through the protocol's replicate round at
-//! QUORUM), acknowledging a batch once every state in it reached its quorum.
-
-use std::collections::BTreeSet;
+//! The cross-region replicator of a simulated node, as a driver of `geokv_protocol::xregion`:
+//! ships the change log's entries for other regions in batches from a durable cursor per
+//! destination ([`next_batch`]), and takes in batches from other regions ([`check_batch`],
+//! each state through the protocol's replicate round at QUORUM, [`BatchTally`] for the
+//! acknowledgement). Batches travel on a stream per sender and destination that starts anew
+//! after a resend, as on the server.
 
 use geokv_core::{NodeId, Record, Stamp};
-use geokv_storage::ReplicaStore;
+use geokv_protocol::xregion::{check_batch, merges_here, next_batch, BatchTally, Entry, NextBatch};
+use geokv_protocol::{Failure, Kind};
+use geokv_storage::{codec, ReplicaStore};
 
 use super::node::{Ctx, Key, Msg, Node, BATCH_ENTRIES, BATCH_TIMEOUT_MS, MAX_DRIFT_MS};
 use super::{Addr, Bug, Layout};
 
-/// A batch from another region being applied: acknowledged once every delta reached QUORUM.
+/// Bytes of states after which a batch stops.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// A batch from another region being applied: acknowledged once every state in it settled.
 pub(crate) struct BatchJob {
     from: NodeId,
     last_seq: u64,
     pending: usize,
-    failed: bool,
+    tally: BatchTally,
 }
 
 pub(crate) struct InFlight {
     pub(crate) last_seq: u64,
     sent_at: u64,
+}
+
+/// A batch as it travels.
+#[derive(Clone, Debug)]
+pub struct BatchMsg {
+    /// The sender's stream to this region: a new one after every resend.
+    pub stream: u64,
+    pub after_seq: u64,
+    pub last_seq: u64,
+    pub hlc_ms: u64,
+    pub deltas: Vec<(Key, Record)>,
 }
 
 impl Node {
@@ -39,51 +55,66 @@ impl Node {
                 if ctx.now.saturating_sub(f.sent_at) < BATCH_TIMEOUT_MS {
                     continue;
                 }
-                // Lost on the way: resend from the cursor, to another node.
+                // Lost on the way: resend from the cursor, to another node, on a new stream.
                 self.inflight.remove(&region);
                 *self.ship_target.entry(region).or_default() += 1;
             }
             let name = Layout::region_name(region);
             let cursor = self.store.cursor(&name).unwrap_or(0);
             let page = self.store.log_since(cursor, BATCH_ENTRIES).unwrap_or_default();
-            let Some(last) = page.last().map(|e| e.seq) else { continue };
-            let keys: BTreeSet<&Key> = page.iter().filter(|e| e.ship).map(|e| &e.key).collect();
-            if keys.is_empty() {
-                // Nothing to ship in this page (repairs, states from other regions).
-                let _ = self.store.set_cursor(&name, last);
+            let entries = page.iter().map(|e| Entry { seq: e.seq, key: &e.key, ship: e.ship });
+            let state_of = |key: &[u8]| {
+                Ok::<_, ()>(self.state(key).map(|r| {
+                    let size = codec::serialize(&r).len();
+                    (r, size)
+                }))
+            };
+            let Ok(Some(NextBatch { last_seq, states: deltas })) =
+                next_batch(entries, |_| true, state_of, BATCH_BYTES)
+            else {
                 continue;
-            }
-            let deltas: Vec<(Key, Record)> =
-                keys.into_iter().filter_map(|k| self.state(k).map(|r| (k.clone(), r))).collect();
-            let target = ctx.layout.node(
-                region,
-                self.ship_target.get(&region).copied().unwrap_or(0) % ctx.layout.nodes_per_region,
-            );
+            };
+            let stream = self.ship_target.get(&region).copied().unwrap_or(0);
+            let target = ctx.layout.node(region, stream % ctx.layout.nodes_per_region);
             let hlc_ms = Stamp::new(self.hlc, self.id).unix_millis().max(self.physical_ms(ctx.now));
-            ctx.send(Addr::Node(target), Msg::Batch { last_seq: last, hlc_ms, deltas });
-            self.inflight.insert(region, InFlight { last_seq: last, sent_at: ctx.now });
+            let msg = BatchMsg { stream: stream as u64, after_seq: cursor, last_seq, hlc_ms, deltas };
+            ctx.send(Addr::Node(target), Msg::Batch(msg));
+            self.inflight.insert(region, InFlight { last_seq, sent_at: ctx.now });
         }
     }
 
-    pub(crate) fn receive_batch(
-        &mut self,
-        from: Addr,
-        last_seq: u64,
-        hlc_ms: u64,
-        deltas: Vec<(Key, Record)>,
-        ctx: &mut Ctx,
-    ) {
+    pub(crate) fn receive_batch(&mut self, from: Addr, batch: BatchMsg, ctx: &mut Ctx) {
         let Addr::Node(origin) = from else { return };
-        if hlc_ms > self.physical_ms(ctx.now) + MAX_DRIFT_MS {
+        let last_seq = batch.last_seq;
+        let expected = self.streams.get(&origin).filter(|(s, _)| *s == batch.stream).map(|&(_, after)| after);
+        let clock_ok = if batch.hlc_ms > self.physical_ms(ctx.now) + MAX_DRIFT_MS {
+            Err(format!("batch clock {} ms is ahead", batch.hlc_ms))
+        } else {
+            Ok(())
+        };
+        if check_batch(expected, batch.after_seq, clock_ok).is_err() {
             return ctx.send(from, Msg::BatchAck { last_seq, ok: false });
         }
         let b = self.next();
-        self.batches.insert(b, BatchJob { from: origin, last_seq, pending: deltas.len() + 1, failed: false });
-        for (key, rec) in deltas {
+        let job = BatchJob {
+            from: origin,
+            last_seq,
+            pending: batch.deltas.len() + 1,
+            tally: BatchTally::default(),
+        };
+        self.batches.insert(b, job);
+        self.streams.insert(origin, (batch.stream, last_seq));
+        for (key, rec) in batch.deltas {
             if ctx.bug == Some(Bug::SkipRemoteDeltas) {
                 continue;
             }
-            let state = if self.home(&key).contains(&self.id) {
+            if self.ahead(rec.version().time, ctx.now) {
+                // Its writer's clock ran ahead: refused for good, set aside.
+                let refused = Failure::refused(Kind::FailedPrecondition, "stamped beyond the drift bound");
+                self.batch_delta_done(b, Err(refused), ctx);
+                continue;
+            }
+            let state = if merges_here(self.home(&key).contains(&self.id)) {
                 self.merge_local(&key, &rec, false);
                 self.state(&key).unwrap_or(rec)
             } else {
@@ -91,16 +122,21 @@ impl Node {
             };
             self.start_replicate(b, key, state, ctx);
         }
-        self.batch_delta_done(b, true, ctx);
+        self.batch_delta_done(b, Ok(()), ctx);
     }
 
-    pub(crate) fn batch_delta_done(&mut self, b: u64, ok: bool, ctx: &mut Ctx) {
+    pub(crate) fn batch_delta_done(&mut self, b: u64, result: Result<(), Failure>, ctx: &mut Ctx) {
         let Some(job) = self.batches.get_mut(&b) else { return };
         job.pending -= 1;
-        job.failed |= !ok;
+        job.tally.on_applied(result);
         if job.pending == 0 {
             let job = self.batches.remove(&b).expect("present");
-            ctx.send(Addr::Node(job.from), Msg::BatchAck { last_seq: job.last_seq, ok: !job.failed });
+            let ok = job.tally.ack().is_ok();
+            if !ok {
+                // The stream's order no longer holds: the sender resends from its cursor.
+                self.streams.remove(&job.from);
+            }
+            ctx.send(Addr::Node(job.from), Msg::BatchAck { last_seq: job.last_seq, ok });
         }
     }
 }

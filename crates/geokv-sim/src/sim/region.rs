@@ -1,0 +1,238 @@
+//! The background work of a simulated node in its region: hinted handoff and Merkle
+//! anti-entropy, as drivers of `geokv-protocol`'s rules ([`hint_plan`], [`delivered`]) and
+//! exchange machine ([`Exchange`]). What is decided here is only what the server's driver
+//! decides too: which peer's turn it is, and when a stalled exchange is given up.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use geokv_cluster::merkle::{self, Summary};
+use geokv_core::{NodeId, Record};
+use geokv_protocol::{
+    delivered, hint_plan, AeCommand, Delivered, Exchange, Failure, HintPlan, Kind, PeerError,
+};
+use geokv_storage::{codec, ReplicaStore};
+
+use super::node::{Ctx, Key, Msg, Node, REQUEST_TIMEOUT_MS};
+use super::{Addr, Bug};
+
+/// How long an anti-entropy exchange may take before it is given up.
+const EXCHANGE_TIMEOUT_MS: u64 = 5 * REQUEST_TIMEOUT_MS;
+
+/// An anti-entropy exchange under way with `peer`.
+pub(crate) struct AeRun {
+    /// Tells its messages from those of earlier exchanges.
+    xid: u64,
+    peer: NodeId,
+    started: u64,
+    ex: Exchange,
+    fetches: BTreeMap<u64, Key>,
+    pushes: BTreeMap<u64, Key>,
+}
+
+impl Node {
+    /// States of the keys both this node and `peer` are home replicas of, with their digests.
+    fn shared_digests(&self, peer: NodeId) -> BTreeMap<Key, u64> {
+        let mut out = BTreeMap::new();
+        for (key, rec) in self.store.states() {
+            let home = self.home(&key);
+            if geokv_protocol::shared(&home, self.id, home.contains(&peer)) {
+                let digest = merkle::digest(&key, &codec::serialize(&rec));
+                out.insert(key, digest);
+            }
+        }
+        out
+    }
+
+    fn summary_with(&self, peer: NodeId) -> Summary {
+        let mut s = Summary::default();
+        for (key, digest) in self.shared_digests(peer) {
+            s.add(&key, digest);
+        }
+        s
+    }
+
+    fn digests_with(&self, peer: NodeId, leaves: &[u32]) -> Vec<(Key, u64)> {
+        let mut d: Vec<(Key, u64)> = self.shared_digests(peer).into_iter().collect();
+        d.retain(|(k, _)| leaves.contains(&merkle::leaf_of(k)));
+        d
+    }
+
+    /// The anti-entropy timer: starts an exchange with the next peer in turn (every pair of
+    /// the region meets within `peers` rounds), unless one is under way.
+    pub(crate) fn anti_entropy_tick(&mut self, peers: &[NodeId], ctx: &mut Ctx) {
+        if ctx.bug == Some(Bug::NoRepair) {
+            return;
+        }
+        if self.ae.as_ref().is_some_and(|r| ctx.now.saturating_sub(r.started) < EXCHANGE_TIMEOUT_MS) {
+            return;
+        }
+        let peer = peers[self.ae_round % peers.len()];
+        self.ae_round += 1;
+        let (ex, cmds) = Exchange::start();
+        let xid = self.next();
+        self.ae = Some(AeRun {
+            xid,
+            peer,
+            started: ctx.now,
+            ex,
+            fetches: BTreeMap::new(),
+            pushes: BTreeMap::new(),
+        });
+        self.run_exchange(cmds, ctx);
+    }
+
+    /// Carries out an exchange's commands.
+    fn run_exchange(&mut self, cmds: Vec<AeCommand>, ctx: &mut Ctx) {
+        let mut queue = VecDeque::from(cmds);
+        while let Some(cmd) = queue.pop_front() {
+            let Some(run) = &self.ae else { return };
+            let (xid, peer) = (run.xid, run.peer);
+            let to = Addr::Node(peer);
+            let more = match cmd {
+                AeCommand::Summarize => {
+                    let s = self.summary_with(peer);
+                    self.exchange().on_local_summary(s)
+                }
+                AeCommand::AskSummary => {
+                    ctx.send(to, Msg::AeSummary { xid });
+                    Vec::new()
+                }
+                AeCommand::Digests { leaves } => {
+                    ctx.send(to, Msg::AeDigests { xid, leaves });
+                    Vec::new()
+                }
+                AeCommand::Fetch { key } => {
+                    let id = self.next();
+                    self.ae_run().fetches.insert(id, key.clone());
+                    ctx.send(to, Msg::Fetch { id, key, writer: None });
+                    Vec::new()
+                }
+                AeCommand::MergeAndPush { key, theirs } => self.merge_and_push(key, theirs.map(|b| *b), ctx),
+                AeCommand::Done(_) => {
+                    self.ae = None;
+                    Vec::new()
+                }
+            };
+            queue.extend(more);
+        }
+    }
+
+    fn ae_run(&mut self) -> &mut AeRun {
+        self.ae.as_mut().expect("an exchange is under way")
+    }
+
+    fn exchange(&mut self) -> &mut Exchange {
+        &mut self.ae_run().ex
+    }
+
+    fn merge_and_push(&mut self, key: Key, theirs: Option<Record>, ctx: &mut Ctx) -> Vec<AeCommand> {
+        if let Some(rec) = theirs {
+            // The store refuses a state stamped beyond the drift bound (as RocksDB's does).
+            if self.ahead(rec.version().time, ctx.now) {
+                let refused = Failure::refused(Kind::FailedPrecondition, "stamped beyond the drift bound");
+                return self.exchange().on_pushed(key, Err(PeerError::Answered(refused)));
+            }
+            self.merge_local(&key, &rec, false);
+        }
+        match self.state(&key) {
+            Some(rec) => {
+                let id = self.next();
+                let run = self.ae_run();
+                run.pushes.insert(id, key.clone());
+                let peer = run.peer;
+                ctx.send(Addr::Node(peer), Msg::Merge { id, key, rec, hint_for: None, ship: false });
+                Vec::new()
+            }
+            None => self.exchange().on_pushed(key, Ok(())),
+        }
+    }
+
+    /// A peer's answer in an exchange this node runs; false if the message is not one.
+    pub(crate) fn on_exchange_msg(&mut self, msg: &Msg, ctx: &mut Ctx) -> bool {
+        let Some(run) = &self.ae else { return false };
+        let (xid, peer) = (run.xid, run.peer);
+        let cmds = match msg {
+            Msg::AeSummaryIs { xid: x, leaves } if *x == xid => {
+                self.exchange().on_peer_summary(Ok(Summary { leaves: leaves.clone() }))
+            }
+            Msg::AeDigestsAre { xid: x, leaves, digests } if *x == xid => {
+                let mine: BTreeMap<Key, u64> = self.digests_with(peer, leaves).into_iter().collect();
+                self.exchange().on_digests(Ok((mine, digests.iter().cloned().collect())))
+            }
+            Msg::Fetched { id, result } => {
+                let Some(key) = self.ae_run().fetches.remove(id) else { return false };
+                self.exchange().on_fetched(key, result.clone().map_err(PeerError::Answered))
+            }
+            Msg::MergeAck { id, result } => {
+                let Some(key) = self.ae_run().pushes.remove(id) else { return false };
+                self.exchange().on_pushed(key, result.clone().map_err(PeerError::Answered))
+            }
+            _ => return false,
+        };
+        self.run_exchange(cmds, ctx);
+        true
+    }
+
+    /// A peer's request in an exchange it runs with this node.
+    pub(crate) fn on_exchange_request(&mut self, from: Addr, msg: Msg, ctx: &mut Ctx) {
+        let Addr::Node(peer) = from else { return };
+        match msg {
+            Msg::AeSummary { xid } => {
+                ctx.send(from, Msg::AeSummaryIs { xid, leaves: self.summary_with(peer).leaves });
+            }
+            Msg::AeDigests { xid, leaves } => {
+                let digests = self.digests_with(peer, &leaves);
+                ctx.send(from, Msg::AeDigestsAre { xid, leaves, digests });
+            }
+            _ => {}
+        }
+    }
+
+    /// One handoff round: the hints kept for each node, by the protocol's plan.
+    pub(crate) fn hand_off(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        let targets = self.store.hint_targets().expect("the in-memory store does not fail");
+        for target in targets {
+            match hint_plan(self.id, target, false, self.healthy(target, now)) {
+                HintPlan::Drop => {
+                    let _ = self.store.drop_hints_for(target);
+                }
+                HintPlan::MergeHere => {
+                    for (key, rec) in self.store.hints_for(target, None, usize::MAX).unwrap_or_default() {
+                        self.merge_local(&key, &rec, false);
+                        let _ = self.store.remove_hint(target, &key, &rec);
+                    }
+                }
+                HintPlan::Wait => {}
+                HintPlan::Deliver => {
+                    for (key, rec) in self.store.hints_for(target, None, usize::MAX).unwrap_or_default() {
+                        if self.handoffs.values().any(|(h, k, _, _)| *h == target && *k == key) {
+                            continue;
+                        }
+                        let mid = self.next();
+                        self.handoffs.insert(mid, (target, key.clone(), rec.clone(), now));
+                        let msg = Msg::Merge { id: mid, key, rec, hint_for: None, ship: false };
+                        ctx.send(Addr::Node(target), msg);
+                    }
+                }
+            }
+        }
+        // Deliveries whose acknowledgement never came are retried on a later round.
+        self.handoffs.retain(|_, (_, _, _, sent)| now.saturating_sub(*sent) < REQUEST_TIMEOUT_MS);
+    }
+
+    /// The answer to a hint delivery; false if `id` is not one.
+    pub(crate) fn on_handoff_ack(&mut self, id: u64, result: &Result<(), Failure>) -> bool {
+        let Some((home, key, rec, _)) = self.handoffs.remove(&id) else { return false };
+        let result = result.clone().map_err(PeerError::Answered);
+        match delivered(&result) {
+            // Removed only if the hint still holds the state delivered.
+            Delivered::Remove => {
+                let _ = self.store.remove_hint(home, &key, &rec);
+            }
+            // Kept for a later round (the sim's deliveries of one round are already sent).
+            Delivered::StopTarget | Delivered::KeepAndGoOn => {}
+        }
+        true
+    }
+}
