@@ -63,7 +63,7 @@ pub struct Node {
     limits: Limits,
     clock: Arc<dyn Clock>,
     pub(crate) sweep_batch: usize,
-    metrics: crate::metrics::Metrics,
+    metrics: crate::ops::metrics::Metrics,
     faults: Arc<crate::faults::Faults>,
 }
 
@@ -96,7 +96,7 @@ impl Node {
                 format!("its stamp is beyond max_clock_drift_ms ahead of this node's clock (the sender's clock runs ahead): {e}")
             })
         }));
-        let metrics = crate::metrics::Metrics::new(clock.now_ms());
+        let metrics = crate::ops::metrics::Metrics::new(clock.now_ms());
         let commits = metrics.commit_seconds.clone();
         engine.set_commit_observer(Arc::new(move |took| commits.observe(took.as_secs_f64())));
         let faults = Arc::new(crate::faults::Faults::new(cfg.node_id, cfg.faults.enabled, &metrics));
@@ -144,7 +144,7 @@ impl Node {
     }
 
     /// This node's metrics.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &crate::ops::metrics::Metrics {
         &self.metrics
     }
 

@@ -12,8 +12,8 @@ use tonic::transport::server::TcpIncoming;
 
 use geokv_topology::Topology;
 
-use crate::cluster::ClusterService;
-use crate::service::KvService;
+use crate::api::kv::KvService;
+use crate::region::ClusterService;
 use crate::{sweeper, Clock, Cluster, Node, ServerConfig};
 
 /// Streams a connection may reset before the server accepts them, on the node-to-node and
@@ -76,7 +76,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// configured address. Returns once the listener is bound.
 pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningServer, String> {
     let metrics_listener = match &cfg.metrics.listen {
-        Some(listen) => Some(crate::metrics::http::bind(listen).await?),
+        Some(listen) => Some(crate::ops::metrics::http::bind(listen).await?),
         None => None,
     };
     let node = Arc::new(Node::open(&cfg, clock).map_err(|e| e.to_string())?);
@@ -118,7 +118,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             }));
             background.extend(cluster.start().await?);
             let replicator =
-                crate::replication::Replicator::new(cluster.clone(), &topology, cfg.replication.clone())?;
+                crate::xregion::Replicator::new(cluster.clone(), &topology, cfg.replication.clone())?;
             cluster.set_replicator(replicator.clone());
             background.extend(replicator.spawn());
             tracing::info!(region = cluster.region(), %peer_addr, "joined regional cluster");
@@ -152,7 +152,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
-            let (addr, task) = crate::metrics::http::serve(listener, node.clone(), cluster.clone())?;
+            let (addr, task) = crate::ops::metrics::http::serve(listener, node.clone(), cluster.clone())?;
             background.push(task);
             tracing::info!(%addr, "metrics and status page serving");
             Some(addr)

@@ -54,7 +54,7 @@ pub fn spawn(node: Arc<Node>, interval: Duration) -> tokio::task::JoinHandle<()>
             loop {
                 tick.tick().await;
                 let n = node.clone();
-                match tokio::task::spawn_blocking(move || n.sweep_once()).await {
+                match crate::blocking::run(move || n.sweep_once()).await {
                     Ok(Ok(r)) if r != SweepReport::default() => {
                         tracing::debug!(purged = r.purged, errors = r.errors, trimmed = r.trimmed, "sweep")
                     }

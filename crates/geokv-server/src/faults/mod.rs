@@ -83,7 +83,7 @@ pub struct Faults {
 }
 
 impl Faults {
-    pub fn new(me: NodeId, enabled: bool, metrics: &crate::metrics::Metrics) -> Self {
+    pub fn new(me: NodeId, enabled: bool, metrics: &crate::ops::metrics::Metrics) -> Self {
         Faults {
             me,
             enabled,
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn a_node_without_the_config_section_refuses_faults() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::metrics::Metrics::new(0);
+        let metrics = crate::ops::metrics::Metrics::new(0);
         let faults = Faults::new(1, false, &metrics);
         let err = faults.replace(FaultSpec::default(), &engine(dir.path())).unwrap_err();
         assert!(matches!(err, FaultsError::Disabled));
@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn a_request_replaces_every_fault_and_an_empty_one_clears_them() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::metrics::Metrics::new(0);
+        let metrics = crate::ops::metrics::Metrics::new(0);
         let (faults, engine) = (Faults::new(1, true, &metrics), engine(dir.path()));
         let req =
             pb::InjectFaultsRequest { unreachable: vec![3, 2, 3], disk_delay_ms: 7, ..Default::default() };
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn invalid_faults_are_refused_and_leave_the_old_ones_in_force() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::metrics::Metrics::new(0);
+        let metrics = crate::ops::metrics::Metrics::new(0);
         let (faults, engine) = (Faults::new(1, true, &metrics), engine(dir.path()));
         faults.replace(FaultSpec { unreachable: [2].into(), ..Default::default() }, &engine).unwrap();
         let err =

@@ -24,11 +24,11 @@ use geokv_topology::Policy;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::anti_entropy::with_deadline;
-use super::Cluster;
+use crate::region::anti_entropy::with_deadline;
+use crate::region::Cluster;
 use crate::residency::{Installed, Saved};
 
-use super::peers::PeerClient;
+use crate::peer::client::PeerClient;
 
 /// Runs `call` on a node's client (None: its address is unusable) within `deadline`.
 async fn call_node<T, Fut>(
@@ -80,9 +80,8 @@ impl Cluster {
     /// Installs a newer policy version on this node (see `AdoptResidency`).
     pub async fn adopt_residency(self: &Arc<Self>, offered: Saved) -> Result<pb::ResidencyReport, Status> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.residency.adopt(this.node.engine(), &offered))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        crate::blocking::run(move || this.residency.adopt(this.node.engine(), &offered))
+            .await?
             .map_err(Status::failed_precondition)?;
         Ok(self.residency_report("adopted"))
     }
@@ -119,7 +118,7 @@ impl Cluster {
             // the erase, so a failure here leaves the keys for the next run).
             self.node.renew_actor().map_err(|e| Status::internal(e.to_string()))?;
             let this = self.clone();
-            let erased = tokio::task::spawn_blocking(move || {
+            let erased = crate::blocking::run(move || {
                 let engine = this.node.engine();
                 engine.erase_where(|key| {
                     doomed(key)
@@ -132,8 +131,7 @@ impl Cluster {
                         })
                 })
             })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .await?
             .map_err(|e| Status::internal(e.to_string()))?;
             report.keys_erased += erased.keys;
             report.ttl_entries_erased += erased.ttl_entries;
@@ -143,17 +141,15 @@ impl Cluster {
         // What is still here of the keys this region may no longer hold (not handed over, or
         // changed since): kept, and the enforcement runs again.
         let this = self.clone();
-        let left = tokio::task::spawn_blocking(move || this.doomed_states(&doomed).map(|d| d.len() as u64))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        let left = crate::blocking::run(move || this.doomed_states(&doomed).map(|d| d.len() as u64))
+            .await?
             .map_err(Status::internal)?;
         report.keys_kept = left;
         let this = self.clone();
         let complete = left == 0;
         let installed_now = installed.clone();
-        report = tokio::task::spawn_blocking(move || this.finish_enforce(&installed_now, report, complete))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        report = crate::blocking::run(move || this.finish_enforce(&installed_now, report, complete))
+            .await?
             .map_err(Status::internal)?;
         report.millis = started.elapsed().as_millis() as u64;
         if !complete {
@@ -364,7 +360,7 @@ impl Cluster {
     /// Whether this node holds a state of `key` or hints for it.
     pub async fn holds(&self, key: Vec<u8>) -> Result<pb::HoldsResponse, Status> {
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             let state = node.engine().get(&key)?;
             let hints = node.engine().hints_of(&key)?;
             Ok(pb::HoldsResponse {
@@ -373,9 +369,8 @@ impl Cluster {
                 hints,
             })
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(crate::status::to_status)
+        .await?
+        .map_err(crate::api::status::to_status)
     }
 
     /// Asks node `id` for its policy; adopts and enforces it if it is newer than ours.

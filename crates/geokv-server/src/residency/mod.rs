@@ -6,6 +6,9 @@
 //! a node holds is saved in its storage: version 0 is the file the topology names, runtime
 //! applies count up from 1 and win over the file from then on.
 
+pub(crate) mod apply;
+pub(crate) mod handover;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -274,5 +277,5 @@ fn write_saved(engine: &Engine, name: &str, saved: &Saved) -> Result<(), String>
 /// A key as an error message shows it: printable, and cut after 64 characters (a message
 /// travels in a header, and the key may not have been validated yet).
 pub fn shown_key(key: &[u8]) -> String {
-    crate::metrics::hot::key_label(key, 64)
+    crate::ops::metrics::hot::key_label(key, 64)
 }

@@ -12,8 +12,8 @@ use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
 use tonic::Status;
 
-use super::anti_entropy::with_deadline;
-use super::Cluster;
+use crate::region::anti_entropy::with_deadline;
+use crate::region::Cluster;
 
 /// How long one node may take to answer the status calls.
 const STATUS_DEADLINE: Duration = Duration::from_millis(1500);
@@ -65,7 +65,7 @@ impl Cluster {
         let stats = with_deadline(STATUS_DEADLINE, a.stats(pb::StatsRequest {}));
         let repl = with_deadline(STATUS_DEADLINE, b.replication_status(pb::ReplicationStatusRequest {}));
         let (stats, repl) = tokio::join!(stats, repl);
-        let message = |s: Status| format!("{}: {}", crate::metrics::code_name(s.code()), s.message());
+        let message = |s: Status| format!("{}: {}", crate::ops::metrics::code_name(s.code()), s.message());
         Ok((stats.map_err(message)?, repl.map_err(message)?))
     }
 }

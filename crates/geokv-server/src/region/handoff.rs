@@ -1,4 +1,5 @@
-//! Background work of a cluster node: handing off hints, anti-entropy rounds.
+//! Hinted handoff: the driver of `geokv_protocol::handoff` over the engine's hints and the
+//! peer service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +83,7 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
                         match tokio::time::timeout(cluster.peers.timeout(), cluster.send_merge(client, req))
                             .await
                         {
-                            Ok(r) => r.map(|_| ()).map_err(crate::status::peer_error),
+                            Ok(r) => r.map(|_| ()).map_err(crate::api::status::peer_error),
                             Err(_) => Err(geokv_protocol::PeerError::TimedOut("handoff timed out".into())),
                         }
                     }
@@ -115,24 +116,5 @@ where
     F: FnOnce(&geokv_storage::Engine) -> Result<T, E> + Send + 'static,
 {
     let node = cluster.node.clone();
-    tokio::task::spawn_blocking(move || f(node.engine()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-}
-
-/// Runs an anti-entropy round with every healthy peer each `anti_entropy_interval_ms`.
-pub fn spawn_anti_entropy(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            let period = Duration::from_millis(cluster.cfg.anti_entropy_interval_ms);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                cluster.anti_entropy_round().await;
-            }
-        },
-        tracing::info_span!("anti_entropy"),
-    ))
+    crate::blocking::run(move || f(node.engine())).await?.map_err(|e| e.to_string())
 }

@@ -36,7 +36,7 @@ use geokv_topology::Topology;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cluster::{coordinator_decode as decode, coordinator_encode as encode};
+use crate::region::{coordinator_decode as decode, coordinator_encode as encode};
 use crate::Cluster;
 
 /// Batches in flight to one destination.
@@ -255,9 +255,8 @@ impl Replicator {
                     }
                     let node = self.cluster.node().clone();
                     let name = cursor_name(&dest.region);
-                    tokio::task::spawn_blocking(move || node.engine().set_cursor(&name, cursor))
-                        .await
-                        .map_err(|e| e.to_string())?
+                    crate::blocking::run(move || node.engine().set_cursor(&name, cursor))
+                        .await?
                         .map_err(|e| e.to_string())?;
                 }
                 // Also wakes a full window up now and then, to notice a missing acknowledgement.
@@ -284,9 +283,8 @@ impl Replicator {
         if lock(&dest.link).params.cut {
             // Nothing gets through: only note how old the oldest change waiting is.
             let node = self.cluster.node().clone();
-            let first = tokio::task::spawn_blocking(move || node.engine().log_since(after, 1))
-                .await
-                .map_err(|e| e.to_string())?
+            let first = crate::blocking::run(move || node.engine().log_since(after, 1))
+                .await?
                 .map_err(|e| e.to_string())?;
             if let Some(entry) = first.first() {
                 lock(&dest.outbox).waiting(entry.version.unix_millis());
@@ -300,9 +298,7 @@ impl Replicator {
         let residency = self.cluster.residency().clone();
         let residency_version = residency.version();
         let keep = move |key: &[u8]| residency.allows(key, &region);
-        let built = tokio::task::spawn_blocking(move || build_batch(&node, &this_region, after, keep))
-            .await
-            .map_err(|e| e.to_string())??;
+        let built = crate::blocking::run(move || build_batch(&node, &this_region, after, keep)).await??;
         let Some(mut batch) = built else { return Ok(()) };
         batch.hlc = self.cluster.node().hlc_now();
         let oldest = batch.deltas.iter().map(|d| geokv_core::Stamp::new(d.stamp, 0).unix_millis()).min();
@@ -374,7 +370,7 @@ impl Replicator {
         let settle = |tally: &mut xregion::BatchTally,
                       done: Result<Result<(), tonic::Status>, tokio::task::JoinError>| {
             let result = match done {
-                Ok(r) => r.map_err(|s| Failure::refused(crate::status::kind_of(s.code()), s.message())),
+                Ok(r) => r.map_err(|s| Failure::refused(crate::api::status::kind_of(s.code()), s.message())),
                 Err(e) => Err(Failure::refused(Kind::Internal, e.to_string())),
             };
             let message = result.as_ref().err().map(|f| f.message.clone());
@@ -557,13 +553,12 @@ impl Cluster {
         let home = self.view().home(&key);
         let state = if xregion::merges_here(home.contains(&self.node().id())) {
             let (node, k) = (self.node().clone(), key.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::run(move || {
                 node.engine().merge_as(&k, &rec, false)?;
                 Ok::<_, geokv_storage::StorageError>(node.engine().get(&k)?.unwrap_or(rec))
             })
-            .await
-            .map_err(|e| tonic::Status::internal(e.to_string()))?
-            .map_err(crate::status::to_status)?
+            .await?
+            .map_err(crate::api::status::to_status)?
         } else {
             rec
         };

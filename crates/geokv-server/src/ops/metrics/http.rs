@@ -50,7 +50,7 @@ pub fn serve(
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let text = tokio::task::spawn_blocking(move || {
+    let text = crate::blocking::run(move || {
         super::collect::refresh(&ctx.node, ctx.cluster.as_ref());
         ctx.node.metrics().encode()
     })

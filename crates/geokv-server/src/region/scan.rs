@@ -18,8 +18,8 @@ use tonic::Status;
 
 use super::coordinator::decode;
 use super::{Cluster, QUORUM_FAILED};
+use crate::api::status::to_status;
 use crate::node::{page_token, ScanRequest, ScanResult};
-use crate::status::to_status;
 
 /// One node's page: its states in key order, and where its page stopped (None: its end).
 type NodePage = (Vec<(Vec<u8>, Record)>, Option<Vec<u8>>);
@@ -28,10 +28,7 @@ impl Cluster {
     pub async fn scan(self: &Arc<Self>, req: ScanRequest, level: Level) -> Result<ScanResult, Status> {
         let node = self.node.clone();
         let r = req.clone();
-        let (start, limit) = tokio::task::spawn_blocking(move || node.scan_bounds(&r))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(to_status)?;
+        let (start, limit) = crate::blocking::run(move || node.scan_bounds(&r)).await?.map_err(to_status)?;
         let view = self.view();
         let nodes: Vec<NodeId> =
             std::iter::once(self.me).chain(view.peers()).filter(|&id| self.healthy(id)).collect();
@@ -96,9 +93,8 @@ impl Cluster {
         if id == self.me {
             let node = self.node.clone();
             let (start, prefix) = (start.to_vec(), prefix.to_vec());
-            let page = tokio::task::spawn_blocking(move || node.scan_states(&start, &prefix, want, |_| true))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
+            let page = crate::blocking::run(move || node.scan_states(&start, &prefix, want, |_| true))
+                .await?
                 .map_err(to_status)?;
             return Ok((page.items, page.resume_after));
         }

@@ -8,7 +8,7 @@ use geokv_proto::v1 as pb;
 use pb::kv_server::Kv;
 use tonic::{Request, Response, Status};
 
-use crate::service::KvService;
+use crate::api::kv::KvService;
 
 /// What a request tells the metrics: its consistency level and its keys.
 trait Observe {
@@ -50,7 +50,7 @@ impl Observe for pb::BatchWriteRequest {
         self.consistency
     }
     fn keys(&self) -> Vec<&[u8]> {
-        self.ops.iter().filter_map(crate::forward::op_key).collect()
+        self.ops.iter().filter_map(crate::api::forward::op_key).collect()
     }
 }
 

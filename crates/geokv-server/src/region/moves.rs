@@ -28,7 +28,7 @@ use tonic::Status as RpcStatus;
 
 use super::coordinator::{decode, encode};
 use super::Cluster;
-use crate::status::to_status;
+use crate::api::status::to_status;
 
 /// How long a node waits for its peers to see a status change.
 const SEEN_DEADLINE: Duration = Duration::from_secs(60);
@@ -135,11 +135,10 @@ impl Cluster {
             }
             keys += states.len() as u64;
             let node = self.node.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::run(move || {
                 states.iter().try_for_each(|(k, rec)| node.engine().merge(k, rec).map(|_| ()))
             })
-            .await
-            .map_err(internal)?
+            .await?
             .map_err(to_status)?;
             match page.resume_after {
                 Some(after) => start = [after.as_slice(), &[0]].concat(),
@@ -192,12 +191,10 @@ impl Cluster {
         loop {
             let node = self.node.clone();
             let from = start.clone();
-            let page = tokio::task::spawn_blocking(move || {
-                node.scan_states(&from, &[], STREAM_PAGE as usize, |_| true)
-            })
-            .await
-            .map_err(internal)?
-            .map_err(to_status)?;
+            let page =
+                crate::blocking::run(move || node.scan_states(&from, &[], STREAM_PAGE as usize, |_| true))
+                    .await?
+                    .map_err(to_status)?;
             let view = self.view();
             let mut sends = JoinSet::new();
             for (key, rec) in &page.items {
@@ -246,7 +243,7 @@ impl Cluster {
             ));
         }
         let (node, me) = (self.node.clone(), self.me);
-        let (keys, bytes) = tokio::task::spawn_blocking(move || {
+        let (keys, bytes) = crate::blocking::run(move || {
             let mut foreign = Vec::new();
             node.engine().for_each(|key, rec| {
                 if !view.home(key).contains(&me) {
@@ -268,8 +265,7 @@ impl Cluster {
             }
             Ok::<_, geokv_storage::StorageError>((keys, bytes))
         })
-        .await
-        .map_err(internal)?
+        .await?
         .map_err(to_status)?;
         tracing::info!(keys, bytes, "cleanup: dropped copies of keys this node no longer replicates");
         Ok(self.report(keys, bytes))

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::Cluster;
-use crate::status::{failure_status, peer_error, to_status};
+use crate::api::status::{failure_status, peer_error, to_status};
 
 pub use geokv_protocol::{Action, Applied};
 
@@ -257,7 +257,7 @@ impl Cluster {
     /// time, on its own (merges are idempotent: the duplicate must change nothing).
     pub(crate) async fn send_merge(
         &self,
-        client: &mut super::peers::PeerClient,
+        client: &mut crate::peer::client::PeerClient,
         req: pb::MergeRequest,
     ) -> Result<tonic::Response<pb::MergeResponse>, Status> {
         if self.node.faults().duplicates() {
@@ -416,7 +416,7 @@ impl Cluster {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+    crate::blocking::run(f).await?
 }
 
 fn respond(answer: &mut Option<oneshot::Sender<Result<Applied, Status>>>, r: Result<Applied, Status>) {
@@ -428,7 +428,7 @@ fn respond(answer: &mut Option<oneshot::Sender<Result<Applied, Status>>>, r: Res
 fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::CoordinateRequest {
     let mut req = pb::CoordinateRequest {
         key: key.to_vec(),
-        consistency: crate::convert::level_to_pb(level) as i32,
+        consistency: crate::api::convert::level_to_pb(level) as i32,
         ..Default::default()
     };
     match action.clone() {

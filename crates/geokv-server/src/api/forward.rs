@@ -94,7 +94,7 @@ impl Forwarder {
 /// answer.
 fn unreachable(s: &Status) -> bool {
     use geokv_protocol::PeerError;
-    match crate::status::peer_error(s.clone()) {
+    match crate::api::status::peer_error(s.clone()) {
         PeerError::NeverSent(_) => true,
         PeerError::Transport(_) => s.code() == tonic::Code::Unavailable,
         PeerError::TimedOut(_) | PeerError::Answered(_) => false,

@@ -4,7 +4,7 @@ use geokv_core::{OpOutcome, Record, Stamp, View};
 use geokv_proto::v1 as pb;
 use tonic::Status;
 
-use crate::status::invalid;
+use crate::api::status::invalid;
 
 pub fn version(s: Stamp) -> pb::Version {
     pb::Version { hlc: s.time, node_id: s.node }

@@ -7,10 +7,10 @@ use geokv_proto::v1 as pb;
 use pb::cluster_server::Cluster as ClusterRpc;
 use tonic::{Request, Response, Status};
 
-use super::coordinator::{decode, encode, Action, Applied};
-use super::Cluster;
-use crate::convert;
-use crate::status::to_status;
+use crate::api::convert;
+use crate::api::status::to_status;
+use crate::region::coordinator::{decode, encode, Action, Applied};
+use crate::region::Cluster;
 use geokv_core::Expect;
 
 pub struct ClusterService {
@@ -22,7 +22,7 @@ impl ClusterService {
         ClusterService { cluster }
     }
 
-    fn replicator(&self) -> Result<&std::sync::Arc<crate::replication::Replicator>, Status> {
+    fn replicator(&self) -> Result<&std::sync::Arc<crate::xregion::Replicator>, Status> {
         self.cluster
             .replicator()
             .ok_or_else(|| Status::unavailable("replication is not running on this node yet"))
@@ -33,10 +33,7 @@ impl ClusterService {
         f: impl FnOnce(&crate::Node) -> Result<T, geokv_storage::StorageError> + Send + 'static,
     ) -> Result<T, Status> {
         let node = self.cluster.node().clone();
-        tokio::task::spawn_blocking(move || f(&node))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(to_status)
+        crate::blocking::run(move || f(&node)).await?.map_err(to_status)
     }
 }
 
@@ -61,7 +58,7 @@ impl ClusterRpc for ClusterService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(crate::replication::ack_stream(rx))))
+        Ok(Response::new(Box::pin(crate::xregion::ack_stream(rx))))
     }
 
     async fn replication_status(
@@ -173,10 +170,7 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<pb::SummaryResponse>, Status> {
         let peer = req.into_inner().peer;
         let c = self.cluster.clone();
-        let (summary, _) = tokio::task::spawn_blocking(move || c.summary_for(peer))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(to_status)?;
+        let (summary, _) = crate::blocking::run(move || c.summary_for(peer)).await?.map_err(to_status)?;
         Ok(Response::new(pb::SummaryResponse { leaves: summary.leaves }))
     }
 
@@ -186,10 +180,8 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<pb::DigestsResponse>, Status> {
         let req = req.into_inner();
         let c = self.cluster.clone();
-        let digests = tokio::task::spawn_blocking(move || c.digests_for(req.peer, &req.leaves))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(to_status)?;
+        let digests =
+            crate::blocking::run(move || c.digests_for(req.peer, &req.leaves)).await?.map_err(to_status)?;
         Ok(Response::new(pb::DigestsResponse { digests }))
     }
 
@@ -261,7 +253,7 @@ impl ClusterRpc for ClusterService {
                 let _ = tx.send(Err(s)).await;
             }
         });
-        Ok(Response::new(Box::pin(crate::replication::ack_stream(rx))))
+        Ok(Response::new(Box::pin(crate::xregion::ack_stream(rx))))
     }
 
     async fn explain_residency(

@@ -1,21 +1,21 @@
-//! A node's part in its regional cluster: the coordinator of quorum writes and reads, the
-//! node-to-node gRPC service, probing of peers, and hinted handoff.
+//! The region driver: a node's part in its regional cluster. `Cluster` holds the membership
+//! view and runs the protocol's machines (`geokv-protocol`) over the peer client: quorum
+//! writes and reads (`coordinator.rs`), hinted handoff (`handoff.rs`), Merkle anti-entropy
+//! (`anti_entropy.rs`), membership by gossip (`gossip.rs`), joins, leaves and cleanup
+//! (`moves.rs`), and the cluster-wide scan (`scan.rs`).
 //!
-//! The decisions (placement, quorum bookkeeping, failure detection) are the sans-IO state
-//! machines of `geokv-topology` and `geokv-cluster`; this module feeds them with gRPC answers
-//! and timers.
+//! The decisions (placement, quorum bookkeeping, failure detection, what to send and when a
+//! round is done) are sans-IO: `geokv-topology`, `geokv-cluster` and `geokv-protocol`; this
+//! module feeds them gRPC answers and timers. Its neighbours by direction of traffic:
+//! `crate::api` (client requests), `crate::peer` (node-to-node calls), `crate::xregion`
+//! (other regions), `crate::residency`, `crate::ops`.
 
-mod anti_entropy;
-mod coordinator;
-mod gossip;
-mod handover;
-mod moves;
-mod peers;
-mod residency;
-mod scan;
-mod service;
-mod status;
-mod tasks;
+pub(crate) mod anti_entropy;
+pub(crate) mod coordinator;
+pub(crate) mod gossip;
+pub(crate) mod handoff;
+pub(crate) mod moves;
+pub(crate) mod scan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -24,9 +24,9 @@ use geokv_cluster::{Health, MemberInfo, Membership, Status};
 use geokv_core::NodeId;
 use geokv_topology::Topology;
 
+pub use crate::peer::ClusterService;
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
 pub use coordinator::{Action, Applied};
-pub use service::ClusterService;
 
 use crate::{ClusterConfig, Node};
 
@@ -47,24 +47,24 @@ pub struct ClusterStats {
 }
 
 pub struct Cluster {
-    node: Arc<Node>,
-    stats: ClusterStats,
+    pub(crate) node: Arc<Node>,
+    pub(crate) stats: ClusterStats,
     /// Held while an anti-entropy round runs.
-    ae_lock: tokio::sync::Mutex<()>,
-    me: NodeId,
-    region: String,
+    pub(crate) ae_lock: tokio::sync::Mutex<()>,
+    pub(crate) me: NodeId,
+    pub(crate) region: String,
     /// The membership view, replaced (not mutated) on each change so a request routes by one
     /// consistent snapshot.
-    view: RwLock<Arc<Membership>>,
-    peers: peers::Peers,
-    gossip: OnceLock<gossip::Handle>,
-    replicator: OnceLock<Arc<crate::replication::Replicator>>,
+    pub(crate) view: RwLock<Arc<Membership>>,
+    pub(crate) peers: crate::peer::client::Peers,
+    pub(crate) gossip: OnceLock<gossip::Handle>,
+    pub(crate) replicator: OnceLock<Arc<crate::xregion::Replicator>>,
     /// Rings of the other regions (from the topology) with their replication factors, for
     /// cross-region anti-entropy.
-    remote_rings: std::collections::BTreeMap<String, (geokv_topology::Ring, usize)>,
+    pub(crate) remote_rings: std::collections::BTreeMap<String, (geokv_topology::Ring, usize)>,
     /// The residency policy this node holds and enforces.
-    residency: Arc<crate::residency::Residency>,
-    cfg: ClusterConfig,
+    pub(crate) residency: Arc<crate::residency::Residency>,
+    pub(crate) cfg: ClusterConfig,
 }
 
 /// A node of the deployment and the addresses this node dials it at.
@@ -147,7 +147,7 @@ impl Cluster {
             me,
             region: spec.region.clone(),
             view: RwLock::new(Arc::new(view)),
-            peers: peers::Peers::new(cfg.request_timeout_ms, node.faults().clone()),
+            peers: crate::peer::client::Peers::new(cfg.request_timeout_ms, node.faults().clone()),
             gossip: OnceLock::new(),
             replicator: OnceLock::new(),
             remote_rings: topology
@@ -184,11 +184,11 @@ impl Cluster {
     }
 
     /// Attaches the cross-region replicator (once, at start).
-    pub(crate) fn set_replicator(&self, r: Arc<crate::replication::Replicator>) {
+    pub(crate) fn set_replicator(&self, r: Arc<crate::xregion::Replicator>) {
         let _ = self.replicator.set(r);
     }
 
-    pub(crate) fn replicator(&self) -> Option<&Arc<crate::replication::Replicator>> {
+    pub(crate) fn replicator(&self) -> Option<&Arc<crate::xregion::Replicator>> {
         self.replicator.get()
     }
 
@@ -269,12 +269,12 @@ impl Cluster {
     }
 
     /// A client of node `id`, if the view knows its address.
-    pub(crate) fn client(&self, id: NodeId) -> Option<peers::PeerClient> {
+    pub(crate) fn client(&self, id: NodeId) -> Option<crate::peer::client::PeerClient> {
         let addr = self.view().info(id)?.peer_addr.clone();
         self.peers.client(id, &addr)
     }
 
-    /// A slot for one state send to `id` (see [`peers::MAX_IN_FLIGHT_PER_PEER`]).
+    /// A slot for one state send to `id` (see [`crate::peer::client::MAX_IN_FLIGHT_PER_PEER`]).
     pub(crate) async fn slot(&self, id: NodeId) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let addr = self.view().info(id)?.peer_addr.clone();
         self.peers.slot(id, &addr).await
@@ -283,8 +283,8 @@ impl Cluster {
     /// Starts gossip, hinted handoff, anti-entropy, and the join if this node is joining.
     pub async fn start(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
         let mut tasks = gossip::start(self.clone()).await?;
-        tasks.push(tasks::spawn_handoff(self.clone()));
-        tasks.push(tasks::spawn_anti_entropy(self.clone()));
+        tasks.push(handoff::spawn_handoff(self.clone()));
+        tasks.push(anti_entropy::spawn_anti_entropy(self.clone()));
         tasks.push(self.spawn_residency_sync());
         if self.view().me().status == Status::Joining {
             tasks.push(self.spawn_join());
@@ -299,7 +299,7 @@ impl Cluster {
         // the blocking pool.
         let node = self.node.clone();
         let (hints_pending, storage) =
-            tokio::task::spawn_blocking(move || (node.engine().hint_count(), node.engine().stats()))
+            crate::blocking::run(move || (node.engine().hint_count(), node.engine().stats()))
                 .await
                 .unwrap_or_default();
         let s = &self.stats;

@@ -18,8 +18,8 @@ use geokv_core::{Crdt, Record, Stamp};
 use geokv_proto::v1 as pb;
 use geokv_replication::{Batch, Delta};
 
-use super::coordinator::encode;
-use super::Cluster;
+use crate::region::coordinator::encode;
+use crate::region::Cluster;
 use crate::residency::Installed;
 
 /// Uncompressed bytes of deltas per handover batch.
@@ -74,9 +74,7 @@ impl Cluster {
         doomed: impl Fn(&[u8]) -> bool + Send + 'static,
     ) -> Result<Handover, String> {
         let this = self.clone();
-        let states = tokio::task::spawn_blocking(move || this.doomed_states(&doomed))
-            .await
-            .map_err(|e| e.to_string())??;
+        let states = crate::blocking::run(move || this.doomed_states(&doomed)).await??;
         let mut out = Handover::default();
         // Per destination region, the keys it must acknowledge.
         let mut by_region: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();

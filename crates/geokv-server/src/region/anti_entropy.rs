@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use geokv_cluster::merkle::{self, Summary};
 use geokv_cluster::Membership;
@@ -24,10 +25,10 @@ use super::coordinator::{decode, encode};
 use super::Cluster;
 
 /// Deadline of a peer's summary or digest scan.
-const AE_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const AE_SCAN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Awaits a node-to-node call for at most `deadline`.
-pub(super) async fn with_deadline<T>(
+pub(crate) async fn with_deadline<T>(
     deadline: std::time::Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, Status> {
@@ -35,6 +36,22 @@ pub(super) async fn with_deadline<T>(
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(Status::deadline_exceeded(format!("no answer within {deadline:?}"))),
     }
+}
+
+/// Runs an anti-entropy round with every healthy peer each `anti_entropy_interval_ms`.
+pub fn spawn_anti_entropy(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let period = Duration::from_millis(cluster.cfg.anti_entropy_interval_ms);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                cluster.anti_entropy_round().await;
+            }
+        },
+        tracing::info_span!("anti_entropy"),
+    ))
 }
 
 impl Cluster {
@@ -142,10 +159,9 @@ impl Cluster {
             let next = match command {
                 AeCommand::Summarize => {
                     let this = self.clone();
-                    let (mine, compared) = tokio::task::spawn_blocking(move || this.summary_for(peer))
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .map_err(crate::status::to_status)?;
+                    let (mine, compared) = crate::blocking::run(move || this.summary_for(peer))
+                        .await?
+                        .map_err(crate::api::status::to_status)?;
                     self.stats.ae_keys_compared.fetch_add(compared as u64, Ordering::Relaxed);
                     exchange.on_local_summary(mine)
                 }
@@ -159,7 +175,7 @@ impl Cluster {
                                     .fetch_add(s.leaves.len() as u64 * 8, Ordering::Relaxed);
                                 Summary { leaves: s.leaves }
                             })
-                            .map_err(crate::status::peer_error);
+                            .map_err(crate::api::status::peer_error);
                     exchange.on_peer_summary(theirs)
                 }
                 AeCommand::Digests { leaves } => {
@@ -176,10 +192,10 @@ impl Cluster {
                             if r.state.is_empty() {
                                 Ok(None)
                             } else {
-                                decode(&r.state).map(Some).map_err(crate::status::peer_error)
+                                decode(&r.state).map(Some).map_err(crate::api::status::peer_error)
                             }
                         }
-                        Err(s) => Err(crate::status::peer_error(s)),
+                        Err(s) => Err(crate::api::status::peer_error(s)),
                     };
                     exchange.on_fetched(key, theirs)
                 }
@@ -188,7 +204,7 @@ impl Cluster {
                     if let Err(e) = &pushed {
                         tracing::debug!(peer, error = %e, "anti-entropy exchange failed");
                     }
-                    exchange.on_pushed(key, pushed.map_err(crate::status::peer_error))
+                    exchange.on_pushed(key, pushed.map_err(crate::api::status::peer_error))
                 }
                 AeCommand::Done(Ok(outcome)) if outcome.failed > 0 => {
                     return Err(Status::unavailable(format!(
@@ -207,44 +223,42 @@ impl Cluster {
     /// This node's and the peer's digests of the keys in some buckets.
     async fn both_digests(
         self: &Arc<Self>,
-        client: &mut super::peers::PeerClient,
+        client: &mut crate::peer::client::PeerClient,
         peer: NodeId,
         leaves: Vec<u32>,
     ) -> Result<Result<(Digests, Digests), geokv_protocol::PeerError>, Status> {
         let request = pb::DigestsRequest { peer: self.me, leaves: leaves.clone() };
         let theirs: Digests = match with_deadline(AE_SCAN_TIMEOUT, client.digests(request)).await {
             Ok(r) => r.digests.into_iter().map(|d| (d.key, d.digest)).collect(),
-            Err(s) => return Ok(Err(crate::status::peer_error(s))),
+            Err(s) => return Ok(Err(crate::api::status::peer_error(s))),
         };
         self.stats
             .ae_summary_bytes
             .fetch_add(theirs.keys().map(|k| k.len() as u64 + 8).sum::<u64>(), Ordering::Relaxed);
         let this = self.clone();
-        let mine = tokio::task::spawn_blocking(move || this.local_digests(peer, Some(&leaves)))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(crate::status::to_status)?;
+        let mine = crate::blocking::run(move || this.local_digests(peer, Some(&leaves)))
+            .await?
+            .map_err(crate::api::status::to_status)?;
         Ok(Ok((mine, theirs)))
     }
 
     /// Merges the peer's state of `key` (if any) here and pushes the merged state back.
     async fn merge_and_push(
         &self,
-        client: &mut super::peers::PeerClient,
+        client: &mut crate::peer::client::PeerClient,
         key: Vec<u8>,
         theirs: Option<geokv_core::Record>,
     ) -> Result<(), Status> {
         let node = self.node.clone();
         let k = key.clone();
-        let merged = tokio::task::spawn_blocking(move || {
+        let merged = crate::blocking::run(move || {
             if let Some(rec) = &theirs {
                 node.engine().merge(&k, rec)?;
             }
             node.engine().get(&k)
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(crate::status::to_status)?;
+        .await?
+        .map_err(crate::api::status::to_status)?;
         if let Some(rec) = merged {
             let state = encode(&rec);
             self.stats.ae_state_bytes_sent.fetch_add(state.len() as u64, Ordering::Relaxed);

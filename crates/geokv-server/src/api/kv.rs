@@ -10,12 +10,12 @@ use geokv_core::{Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Action, Applied, Cluster};
-use crate::convert::{self, entry, level, write_meta, WriteMeta};
-use crate::forward::{is_forwarded, Forwarder};
+use crate::api::convert::{self, entry, level, write_meta, WriteMeta};
+use crate::api::forward::{is_forwarded, Forwarder};
+use crate::api::status::{invalid, to_status};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
+use crate::region::{Action, Applied, Cluster};
 use crate::residency::Route;
-use crate::status::{invalid, to_status};
 
 /// Keys of one BatchGet read at once.
 const BATCH_READ_PARALLELISM: usize = 32;
@@ -84,10 +84,7 @@ impl KvService {
         f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, Status> {
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || f(&node))
-            .await
-            .map_err(|e| Status::internal(format!("request task failed: {e}")))?
-            .map_err(to_status)
+        crate::blocking::run(move || f(&node)).await?.map_err(to_status)
     }
 
     /// Applies one write at `level` and returns its outcome and the key's new version and TTL.
@@ -276,7 +273,7 @@ impl KvService {
         let mut settled: Vec<Option<pb::WriteResult>> = vec![None; req.ops.len()];
         let mut remote: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
         for (i, op) in req.ops.iter().enumerate() {
-            let Some(key) = crate::forward::op_key(op) else { continue };
+            let Some(key) = crate::api::forward::op_key(op) else { continue };
             match self.destination(key, forwarded) {
                 Ok(None) => {}
                 Ok(Some(addrs)) => remote.entry(addrs).or_default().push(i),
@@ -498,7 +495,7 @@ impl KvService {
                 .filter(|(k, _)| installed.policy.allows(k, residency.region()))
                 .map(|(k, rec)| entry(k, &rec, now, keys_only))
                 .collect(),
-            crate::forward::token_key(&local.next_page_token),
+            crate::api::forward::token_key(&local.next_page_token),
         )];
         if !forwarded {
             for rule in installed.policy.rules() {
@@ -528,11 +525,11 @@ impl KvService {
                 let mine = |k: &[u8]| installed.policy.rule_for(k).name == rule.name;
                 sources.push((
                     page.entries.into_iter().filter(|e| mine(&e.key)).collect(),
-                    crate::forward::token_key(&page.next_page_token),
+                    crate::api::forward::token_key(&page.next_page_token),
                 ));
             }
         }
-        let (entries, next) = crate::forward::merge_pages(sources, limit);
+        let (entries, next) = crate::api::forward::merge_pages(sources, limit);
         Ok(Response::new(pb::ScanResponse { entries, next_page_token: crate::node::page_token(next) }))
     }
 }
