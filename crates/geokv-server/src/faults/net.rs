@@ -1,5 +1,5 @@
 //! The gRPC glue of network faults: [`FaultyChannel`] sits under every peer client (see
-//! `cluster::peers`) and carries out [`Faults::plan_call`]; [`LoseAnswersLayer`] sits on the
+//! `peer::client`) and carries out [`Faults::plan_call`]; [`LoseAnswersLayer`] sits on the
 //! node-to-node server and replaces the answers to callers this node cannot send to.
 //!
 //! A lost call ends in `UNAVAILABLE`, as a refused connection does, so callers treat it as

@@ -18,6 +18,7 @@ use geokv_cluster::Membership;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
 use geokv_protocol::anti_entropy::{shared, AeCommand, Digests, Exchange};
+use geokv_protocol::{Failure, Kind, PeerError};
 use geokv_storage::codec;
 use tonic::Status;
 
@@ -192,7 +193,14 @@ impl Cluster {
                             if r.state.is_empty() {
                                 Ok(None)
                             } else {
-                                decode(&r.state).map(Some).map_err(crate::api::status::peer_error)
+                                // A state this node cannot decode is not the peer's corrupt
+                                // copy: the key fails and the next round retries it.
+                                decode(&r.state).map(Some).map_err(|s| {
+                                    PeerError::Answered(Failure::refused(
+                                        Kind::Internal,
+                                        format!("this node cannot decode the peer's state: {}", s.message()),
+                                    ))
+                                })
                             }
                         }
                         Err(s) => Err(crate::api::status::peer_error(s)),
@@ -215,9 +223,13 @@ impl Cluster {
                 AeCommand::Done(Ok(_)) => return Ok(()),
                 AeCommand::Done(Err(why)) => return Err(Status::unavailable(why)),
             };
-            todo.extend(next);
+            // Follow-ups first: a fetched state is merged and pushed before the next fetch, so
+            // one state at a time is held, not a whole chunk's.
+            for command in next.into_iter().rev() {
+                todo.push_front(command);
+            }
         }
-        Ok(())
+        Err(Status::internal("the anti-entropy exchange stopped without an outcome"))
     }
 
     /// This node's and the peer's digests of the keys in some buckets.

@@ -342,6 +342,11 @@ impl Replicator {
             Ok(b) => b,
             Err(e) => return refuse(e.to_string()),
         };
+        // The protocol's rules for a received batch (`geokv_protocol::xregion`): it follows
+        // the previous one of its stream (checked first, before the clock moves) ...
+        if let Err(f) = xregion::check_batch(*expected_after, batch.after_seq, Ok(())) {
+            return refuse(f.message);
+        }
         let residency = self.cluster.residency();
         if msg.residency_version > residency.version() {
             // The sender holds a newer policy (which may allow this region keys ours does
@@ -353,18 +358,14 @@ impl Replicator {
                 residency.version()
             ));
         }
-        // The protocol's rules for a received batch (`geokv_protocol::xregion`): it follows
-        // the previous one of its stream, and its clock is within the drift bound.
+        self.batches_received.fetch_add(1, Ordering::Relaxed);
+        // ... and its clock is within the drift bound.
         let clock = self.cluster.node().observe_remote_time(batch.hlc, batch.origin_node);
-        let clock_refused = clock.is_err();
-        if let Err(f) = xregion::check_batch(*expected_after, batch.after_seq, clock) {
-            if clock_refused {
-                self.drift_rejections.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(origin = %batch.origin_region, node = batch.origin_node, error = %f.message, "replication batch refused");
-            }
+        if let Err(f) = xregion::check_batch(None, batch.after_seq, clock) {
+            self.drift_rejections.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(origin = %batch.origin_region, node = batch.origin_node, error = %f.message, "replication batch refused: its clock is beyond the maximum drift");
             return refuse(f.message);
         }
-        self.batches_received.fetch_add(1, Ordering::Relaxed);
         let mut tasks = tokio::task::JoinSet::new();
         let mut tally = xregion::BatchTally::default();
         let settle = |tally: &mut xregion::BatchTally,
