@@ -1,7 +1,8 @@
 //! The background work of a simulated node in its region: hinted handoff and Merkle
 //! anti-entropy, as drivers of `geokv-protocol`'s rules ([`hint_plan`], [`delivered`]) and
 //! exchange machine ([`Exchange`]). What is decided here is only what the server's driver
-//! decides too: which peer's turn it is, and when a stalled exchange is given up.
+//! decides too: which peer's turn it is (one that answers probes), when a call has waited
+//! too long (the key fails, the exchange goes on), and when a stalled exchange is given up.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,8 +26,9 @@ pub(crate) struct AeRun {
     peer: NodeId,
     started: u64,
     ex: Exchange,
-    fetches: BTreeMap<u64, Key>,
-    pushes: BTreeMap<u64, Key>,
+    /// Fetches and pushes under way: their keys and when they were sent.
+    fetches: BTreeMap<u64, (Key, u64)>,
+    pushes: BTreeMap<u64, (Key, u64)>,
 }
 
 impl Node {
@@ -63,11 +65,17 @@ impl Node {
         if ctx.bug == Some(Bug::NoRepair) {
             return;
         }
+        self.expire_exchange_calls(ctx);
         if self.ae.as_ref().is_some_and(|r| ctx.now.saturating_sub(r.started) < EXCHANGE_TIMEOUT_MS) {
             return;
         }
         let peer = peers[self.ae_round % peers.len()];
         self.ae_round += 1;
+        // Like the server, an exchange is started only with a peer that answers probes.
+        if !self.healthy(peer, ctx.now) {
+            self.ae = None;
+            return;
+        }
         let (ex, cmds) = Exchange::start();
         let xid = self.next();
         self.ae = Some(AeRun {
@@ -78,6 +86,26 @@ impl Node {
             fetches: BTreeMap::new(),
             pushes: BTreeMap::new(),
         });
+        self.run_exchange(cmds, ctx);
+    }
+
+    /// Fetches and pushes of the exchange under way with no answer within the request
+    /// timeout fail (the server's calls have the same deadline): their keys are left for a
+    /// later exchange, and the exchange goes on.
+    fn expire_exchange_calls(&mut self, ctx: &mut Ctx) {
+        let Some(run) = self.ae.as_mut() else { return };
+        let late = |sent: &u64| ctx.now.saturating_sub(*sent) >= REQUEST_TIMEOUT_MS;
+        let fetches: Vec<u64> = run.fetches.iter().filter(|(_, (_, t))| late(t)).map(|(id, _)| *id).collect();
+        let pushes: Vec<u64> = run.pushes.iter().filter(|(_, (_, t))| late(t)).map(|(id, _)| *id).collect();
+        let mut cmds = Vec::new();
+        for id in fetches {
+            let Some((key, _)) = self.ae_run().fetches.remove(&id) else { continue };
+            cmds.extend(self.exchange().on_fetched(key, Err(PeerError::TimedOut("no answer".into()))));
+        }
+        for id in pushes {
+            let Some((key, _)) = self.ae_run().pushes.remove(&id) else { continue };
+            cmds.extend(self.exchange().on_pushed(key, Err(PeerError::TimedOut("no answer".into()))));
+        }
         self.run_exchange(cmds, ctx);
     }
 
@@ -103,7 +131,8 @@ impl Node {
                 }
                 AeCommand::Fetch { key } => {
                     let id = self.next();
-                    self.ae_run().fetches.insert(id, key.clone());
+                    let now = ctx.now;
+                    self.ae_run().fetches.insert(id, (key.clone(), now));
                     ctx.send(to, Msg::Fetch { id, key, writer: None });
                     Vec::new()
                 }
@@ -138,7 +167,7 @@ impl Node {
             Some(rec) => {
                 let id = self.next();
                 let run = self.ae_run();
-                run.pushes.insert(id, key.clone());
+                run.pushes.insert(id, (key.clone(), ctx.now));
                 let peer = run.peer;
                 ctx.send(Addr::Node(peer), Msg::Merge { id, key, rec, hint_for: None, ship: false });
                 Vec::new()
@@ -160,11 +189,11 @@ impl Node {
                 self.exchange().on_digests(Ok((mine, digests.iter().cloned().collect())))
             }
             Msg::Fetched { id, result } => {
-                let Some(key) = self.ae_run().fetches.remove(id) else { return false };
+                let Some((key, _)) = self.ae_run().fetches.remove(id) else { return false };
                 self.exchange().on_fetched(key, result.clone().map_err(PeerError::Answered))
             }
             Msg::MergeAck { id, result } => {
-                let Some(key) = self.ae_run().pushes.remove(id) else { return false };
+                let Some((key, _)) = self.ae_run().pushes.remove(id) else { return false };
                 self.exchange().on_pushed(key, result.clone().map_err(PeerError::Answered))
             }
             _ => return false,
