@@ -1,15 +1,14 @@
 //! Hinted handoff: the driver of `geokv_protocol::handoff` over the engine's hints and the
 //! peer service.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use geokv_cluster::Status;
 use geokv_proto::v1 as pb;
-
-use std::sync::atomic::Ordering;
-
 use geokv_protocol::handoff::{self, hint_plan, Delivered, HintPlan};
+use geokv_protocol::{Failure, Kind, PeerError};
 
 use super::coordinator::encode;
 use super::Cluster;
@@ -66,12 +65,9 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
                 let sent = match client.as_mut() {
                     None => {
                         let (k, r) = (key.clone(), rec.clone());
-                        blocking(cluster, move |e| e.merge_as(&k, &r, false).map(|_| ())).await.map_err(|e| {
-                            geokv_protocol::PeerError::Answered(geokv_protocol::Failure::refused(
-                                geokv_protocol::Kind::Internal,
-                                e,
-                            ))
-                        })
+                        blocking(cluster, move |e| e.merge_as(&k, &r, false).map(|_| ()))
+                            .await
+                            .map_err(|e| PeerError::Answered(Failure::refused(Kind::Internal, e)))
                     }
                     Some(client) => {
                         let req = pb::MergeRequest {
@@ -84,7 +80,7 @@ pub async fn handoff_once(cluster: &Arc<Cluster>) -> Result<usize, String> {
                             .await
                         {
                             Ok(r) => r.map(|_| ()).map_err(crate::api::status::peer_error),
-                            Err(_) => Err(geokv_protocol::PeerError::TimedOut("handoff timed out".into())),
+                            Err(_) => Err(PeerError::TimedOut("handoff timed out".into())),
                         }
                     }
                 };
