@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use geokv_client::Client;
@@ -22,6 +23,9 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     /// The metrics endpoint, when the config asks for one.
     pub metrics_addr: Option<SocketAddr>,
+    /// Set when the server says it votes in quorum reads ("geokv serving reads"): a node on a
+    /// new data directory first recovers its keys from its peers.
+    serving: Arc<AtomicBool>,
 }
 
 /// Writes a config file for node 1 in `dir` with `extra` TOML appended.
@@ -59,9 +63,14 @@ impl ServerProcess {
             .expect("spawn geokv server");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let serving = Arc::new(AtomicBool::new(false));
+        let serves = serving.clone();
         std::thread::spawn(move || {
             let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.trim() == "geokv serving reads" {
+                    serves.store(true, Ordering::SeqCst);
+                }
                 if let Some(m) = line.strip_prefix("geokv metrics on http://") {
                     metrics = m.trim().strip_suffix("/metrics").map(str::to_string);
                 }
@@ -80,7 +89,31 @@ impl ServerProcess {
                 return Err(format!("geokv server did not start (status: {:?})", child.wait()));
             }
         };
-        Ok(ServerProcess { child: Some(child), addr, config: config.to_path_buf(), data_dir, metrics_addr })
+        Ok(ServerProcess {
+            child: Some(child),
+            addr,
+            config: config.to_path_buf(),
+            data_dir,
+            metrics_addr,
+            serving,
+        })
+    }
+
+    /// Whether the server said it votes in quorum reads.
+    pub fn serving_reads(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most `timeout`) until the server votes in quorum reads; whether it does.
+    pub fn wait_serving_reads(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.serving_reads() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     pub fn endpoint(&self) -> String {
@@ -334,6 +367,13 @@ impl TestCluster {
         for (i, _) in client_ports.iter().enumerate() {
             let node = cluster.start_node(i + 1, false)?;
             cluster.nodes.push(node);
+        }
+        // New data directories: each node serves reads once its first exchanges with its
+        // region's peers are done (empty with empty: at once).
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            if !node.wait_serving_reads(Duration::from_secs(60)) {
+                return Err(format!("node {} did not start serving reads within 60 s", i + 1));
+            }
         }
         Ok(cluster)
     }

@@ -7,8 +7,9 @@
 //! other regions), how a write is forwarded and when a failed forward may be retried
 //! ([`Forwarder`]), where a replica keeps a state it is sent ([`keep`]), what becomes of the
 //! hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and exchange the keys
-//! they differ on ([`Exchange`], Merkle anti-entropy), and what a cross-region batch carries
-//! and how a received one is taken in and acknowledged ([`xregion`]).
+//! they differ on ([`Exchange`], Merkle anti-entropy), what a cross-region batch carries
+//! and how a received one is taken in and acknowledged ([`xregion`]), and when a replica that
+//! lost its data may vote in quorum reads again ([`recovery`]).
 //!
 //! Each coordinator is a state machine: it takes events (a replica's answer, the store's
 //! result, a deadline) and returns [`Command`]s (fetch, merge, apply, send, keep a hint,
@@ -25,6 +26,7 @@ mod error;
 mod forward;
 pub mod handoff;
 mod read;
+pub mod recovery;
 mod replicas;
 mod write;
 pub mod xregion;
@@ -38,6 +40,7 @@ pub use error::{Failure, Kind, PeerError, QUORUM_FAILED};
 pub use forward::{ForwardCommand, Forwarder};
 pub use handoff::{delivered, hint_plan, Delivered, HintPlan};
 pub use read::{ReadCommand, ReadCoordinator};
+pub use recovery::{vote, Recovery};
 pub use replicas::{keep, repeatable, route, Keep, Replicas, Route};
 pub use write::{ReplicateRound, WriteCommand, WriteCoordinator};
 

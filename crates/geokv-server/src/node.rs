@@ -17,6 +17,8 @@ pub type NodeError = StorageError;
 
 const PAGE_TOKEN_V1: u8 = 1;
 const DEFAULT_SCAN_LIMIT: usize = 100;
+/// Meta entry: 1 while the node recovers the keys of a new data directory, 0 after.
+const RECOVERING_META: &str = "recovering";
 
 /// The page token that resumes a scan after `last` (empty when the scan is complete).
 pub fn page_token(last: Option<Vec<u8>>) -> Vec<u8> {
@@ -102,7 +104,10 @@ impl Node {
         let faults = Arc::new(crate::faults::Faults::new(cfg.node_id, cfg.faults.enabled, &metrics));
         let mut incarnation = engine.incarnation()?;
         if incarnation == 0 {
-            // A new data directory (or one from before incarnations): a new actor.
+            // A new data directory (or one from before incarnations): a new actor, and the
+            // node recovers its keys from its peers before it votes in quorum reads (the
+            // mark is saved first, so a crash in between cannot skip it).
+            engine.put_meta(RECOVERING_META, &[1])?;
             incarnation = Stamp::from_uhlc(&hlc.new_timestamp()).time;
             engine.renew_incarnation(incarnation)?;
         }
@@ -127,6 +132,17 @@ impl Node {
     /// The actor this node's writes make counter entries and set dots as.
     pub fn actor(&self) -> u64 {
         self.actor.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this node started on a new data directory and has not recovered its keys
+    /// from its peers yet (see `geokv_protocol::recovery`); saved, so a restart keeps it.
+    pub fn recovering(&self) -> Result<bool, StorageError> {
+        Ok(self.engine.get_meta(RECOVERING_META)?.is_some_and(|v| v == [1]))
+    }
+
+    /// Saves that this node has recovered its keys.
+    pub fn set_recovered(&self) -> Result<(), StorageError> {
+        self.engine.put_meta(RECOVERING_META, &[0])
     }
 
     /// Renews this node's incarnation, and so its actor: called after it dropped state of keys
@@ -366,5 +382,38 @@ impl Node {
         let mut start = last.to_vec();
         start.push(0);
         Ok(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Node {
+        Node::open(&ServerConfig::new(1, dir.to_path_buf()), Arc::new(crate::SystemClock)).unwrap()
+    }
+
+    #[test]
+    fn a_new_data_directory_recovers_under_a_new_actor_and_a_restart_keeps_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path());
+        assert!(first.recovering().unwrap(), "a new directory starts recovering");
+        let actor = first.actor();
+        drop(first);
+        // A restart during recovery recovers again, under the same actor.
+        let again = open(dir.path());
+        assert!(again.recovering().unwrap());
+        assert_eq!(again.actor(), actor);
+        again.set_recovered().unwrap();
+        drop(again);
+        let recovered = open(dir.path());
+        assert!(!recovered.recovering().unwrap(), "the end of recovery is saved");
+        assert_eq!(recovered.actor(), actor);
+        drop(recovered);
+        // The disk is wiped: a new actor (its old dots may be gone), and recovery again.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let wiped = open(dir.path());
+        assert!(wiped.recovering().unwrap());
+        assert_ne!(wiped.actor(), actor);
     }
 }

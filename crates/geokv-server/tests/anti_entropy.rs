@@ -53,6 +53,14 @@ async fn try_start_region(dir: &std::path::Path) -> Result<Vec<RunningServer>, S
             }
         }
     }
+    // New data directories: every node first completes its (empty) exchanges with its peers,
+    // before the test loads data or counts exchanged keys.
+    for s in &servers {
+        let c = s.cluster.as_ref().expect("a cluster node");
+        tokio::time::timeout(std::time::Duration::from_secs(30), c.serving_reads())
+            .await
+            .map_err(|_| "a node did not start serving reads within 30 s".to_string())?;
+    }
     Ok(servers)
 }
 

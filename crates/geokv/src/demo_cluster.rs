@@ -98,6 +98,15 @@ impl DemoCluster {
             let server = serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg)?;
             nodes.push(DemoNode { region, server });
         }
+        // New data directories: each node serves reads once its first exchanges with its
+        // region's peers (empty, like it) are done.
+        for node in &nodes {
+            if let Some(c) = &node.server.cluster {
+                tokio::time::timeout(std::time::Duration::from_secs(30), c.serving_reads())
+                    .await
+                    .context("a node did not start serving reads within 30 s")?;
+            }
+        }
         Ok(DemoCluster { nodes })
     }
 

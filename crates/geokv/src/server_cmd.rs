@@ -60,6 +60,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     println!("geokv listening on {}", server.addr);
     std::io::stdout().flush()?;
+    // Then, once the node votes in quorum reads (a node on a new data directory first
+    // recovers its keys from its peers): scripts and tests that read at once wait for it.
+    let cluster = server.cluster.clone();
+    tokio::spawn(async move {
+        if let Some(c) = cluster {
+            c.serving_reads().await;
+        }
+        println!("geokv serving reads");
+        let _ = std::io::stdout().flush();
+    });
     wait_for_signal().await?;
     tracing::info!("shutting down");
     server.shutdown().await.map_err(anyhow::Error::msg)?;

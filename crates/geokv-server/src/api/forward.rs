@@ -50,13 +50,17 @@ impl Forwarder {
         Ok(KvClient::new(channel).max_decoding_message_size(usize::MAX))
     }
 
-    /// Sends `req` with `call` to the first of `addrs` that can be reached. Only connection
-    /// failures move on to the next address: any answer (including a timeout, after which a
-    /// write may or may not have been applied) is final.
+    /// Sends `req` with `call` to the first of `addrs` that answers. A call that never left
+    /// (no connection) moves on to the next address. A call whose connection broke may have
+    /// been served (its answer lost): it moves on only if the request is `repeatable` (a read,
+    /// a put, a delete, a set change), the rule of `geokv_protocol::Forwarder` inside a region;
+    /// an increment, append or compare-and-swap answers that it may or may not have been
+    /// applied. Any answer, and a timeout, is final.
     pub async fn call<Req, Resp, F, Fut>(
         &self,
         addrs: &[String],
         req: Req,
+        repeatable: bool,
         mut call: F,
     ) -> Result<Response<Resp>, Status>
     where
@@ -64,40 +68,49 @@ impl Forwarder {
         F: FnMut(KvClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        use geokv_protocol::{Failure, Kind, PeerError};
         let mut last = None;
+        let mut maybe_applied = false;
         for addr in addrs {
             let client = self.client(addr)?;
             let mut r = Request::new(req.clone());
             r.metadata_mut().insert(FORWARDED_FROM, self.from.clone());
             r.set_timeout(self.timeout);
             crate::trace::tag(&mut r);
-            match tokio::time::timeout(self.timeout, call(client, r)).await {
+            let status = match tokio::time::timeout(self.timeout, call(client, r)).await {
                 Ok(Ok(resp)) => return Ok(Response::new(resp.into_inner())),
-                Ok(Err(s)) if unreachable(&s) => last = Some(format!("{addr}: {}", s.message())),
-                Ok(Err(s)) => return Err(s),
+                Ok(Err(s)) => s,
                 Err(_) => {
                     return Err(Status::deadline_exceeded(format!(
                         "the forwarded request to {addr} got no answer within {:?}; a write may or may not have been applied",
                         self.timeout
                     )))
                 }
+            };
+            match crate::api::status::peer_error(status.clone()) {
+                PeerError::NeverSent(m) => last = Some(format!("{addr}: {m}")),
+                PeerError::Transport(m) if status.code() == tonic::Code::Unavailable => {
+                    if !repeatable {
+                        return Err(crate::api::status::failure_status(Failure {
+                            kind: Kind::Unavailable,
+                            maybe_applied: true,
+                            message: format!("the request forwarded to {addr} lost its connection ({m}); it may have been applied there, and it is not sent elsewhere because running it twice would apply it twice; the write may or may not have been applied"),
+                        }));
+                    }
+                    maybe_applied = true;
+                    last = Some(format!("{addr}: {m}"));
+                }
+                _ => return Err(status),
             }
         }
-        Err(Status::unavailable(format!(
-            "no node of the regions allowed to hold the key could be reached to forward the request ({})",
-            last.unwrap_or_else(|| "no nodes".into())
-        )))
-    }
-}
-
-/// A connection failure (`UNAVAILABLE` that is not a coordinator's answer), as opposed to an
-/// answer.
-fn unreachable(s: &Status) -> bool {
-    use geokv_protocol::PeerError;
-    match crate::api::status::peer_error(s.clone()) {
-        PeerError::NeverSent(_) => true,
-        PeerError::Transport(_) => s.code() == tonic::Code::Unavailable,
-        PeerError::TimedOut(_) | PeerError::Answered(_) => false,
+        Err(crate::api::status::failure_status(Failure {
+            kind: Kind::Unavailable,
+            maybe_applied,
+            message: format!(
+                "no node of the regions allowed to hold the key could be reached to forward the request ({})",
+                last.unwrap_or_else(|| "no nodes".into())
+            ),
+        }))
     }
 }
 
@@ -112,6 +125,13 @@ pub fn op_key(op: &pb::WriteOp) -> Option<&[u8]> {
         W::SetAdd(s) => &s.key,
         W::SetRemove(s) => &s.key,
     })
+}
+
+/// Whether a batch write item may run twice with the same result (see
+/// `geokv_protocol::repeatable`): a put, delete or set change; not an increment or append.
+pub fn repeatable_op(op: &pb::WriteOp) -> bool {
+    use pb::write_op::Op as W;
+    matches!(op.op, Some(W::Put(_) | W::Delete(_) | W::SetAdd(_) | W::SetRemove(_)))
 }
 
 /// One source of a scan's entries: its entries in key order, and the key its page stopped at
@@ -152,6 +172,67 @@ mod tests {
 
     fn keys(v: &[pb::Entry]) -> Vec<String> {
         v.iter().map(|e| String::from_utf8_lossy(&e.key).into_owned()).collect()
+    }
+
+    /// A scripted forward: the first address's connection broke after the request left (the
+    /// status a reset connection gives), the second would answer.
+    async fn forward_after_a_broken_call(
+        repeatable: bool,
+    ) -> (Result<Response<pb::GetResponse>, Status>, usize) {
+        let f = Forwarder::new("eu-west", Duration::from_secs(5));
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let addrs = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let answer = f
+            .call(&addrs, pb::GetRequest::default(), repeatable, |_, _| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    match n {
+                        0 => {
+                            Err(Status::unavailable("error reading a body from connection: connection reset"))
+                        }
+                        _ => Ok(Response::new(pb::GetResponse::default())),
+                    }
+                }
+            })
+            .await;
+        (answer, calls.into_inner())
+    }
+
+    #[tokio::test]
+    async fn a_broken_forward_moves_on_only_when_running_it_twice_is_harmless() {
+        let (answer, calls) = forward_after_a_broken_call(true).await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(calls, 2, "a repeatable request is sent to the next address");
+        let (answer, calls) = forward_after_a_broken_call(false).await;
+        assert_eq!(calls, 1, "an increment is not sent twice");
+        let s = answer.expect_err("the broken call is the answer");
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("may or may not have been applied"), "{s:?}");
+        assert_eq!(
+            s.metadata().get(crate::api::status::FAILURE_METADATA).map(|v| v.as_bytes()),
+            Some(&b"maybe-applied"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forward_that_never_left_moves_on_whatever_the_request() {
+        let f = Forwarder::new("eu-west", Duration::from_secs(5));
+        // Nothing listens on port 1 of loopback: the connection is refused, nothing was sent.
+        let addrs = ["127.0.0.1:1".to_string(), "127.0.0.1:1".to_string()];
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let answer = f
+            .call(&addrs, pb::GetRequest::default(), false, |mut c, r| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { c.get(r).await }
+            })
+            .await;
+        assert_eq!(calls.into_inner(), 2, "refused connections move on");
+        let s = answer.expect_err("nothing answers");
+        assert!(s.message().starts_with("no node of the regions"), "{s:?}");
+        assert_eq!(
+            s.metadata().get(crate::api::status::FAILURE_METADATA).map(|v| v.as_bytes()),
+            Some(&b"not-applied"[..])
+        );
     }
 
     #[test]

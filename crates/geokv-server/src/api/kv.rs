@@ -33,12 +33,12 @@ pub struct KvService {
 /// Serves a single-key request through another region when the key's residency rule says so
 /// (or refuses it), and returns from the handler.
 macro_rules! route_key {
-    ($self:ident, $req:ident, $method:ident) => {
+    ($self:ident, $req:ident, $method:ident, $repeatable:expr) => {
         let forwarded = is_forwarded(&$req);
         if let Some(addrs) = $self.destination(&$req.get_ref().key, forwarded)? {
             return $self
                 .forwarder()?
-                .call(&addrs, $req.into_inner(), |mut c, r| async move { c.$method(r).await })
+                .call(&addrs, $req.into_inner(), $repeatable, |mut c, r| async move { c.$method(r).await })
                 .await;
         }
     };
@@ -162,7 +162,7 @@ impl KvService {
         &self,
         req: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        route_key!(self, req, get);
+        route_key!(self, req, get, true);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let now = self.node.now_ms();
@@ -174,7 +174,7 @@ impl KvService {
         &self,
         req: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        route_key!(self, req, put);
+        route_key!(self, req, put, true);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let (_, meta) = self.write(req.key, Op::Put { value: req.value, ttl_ms: req.ttl_ms }, level).await?;
@@ -185,7 +185,7 @@ impl KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        route_key!(self, req, delete);
+        route_key!(self, req, delete, true);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         match self.write(req.key, Op::Delete, level).await? {
@@ -222,8 +222,10 @@ impl KvService {
                 keys: slots.iter().map(|&i| req.keys[i].clone()).collect(),
                 consistency: req.consistency,
             };
-            let got =
-                self.forwarder()?.call(&addrs, sub, |mut c, r| async move { c.batch_get(r).await }).await?;
+            let got = self
+                .forwarder()?
+                .call(&addrs, sub, true, |mut c, r| async move { c.batch_get(r).await })
+                .await?;
             for (slot, result) in slots.into_iter().zip(got.into_inner().results) {
                 results[slot] = Some(result);
             }
@@ -285,8 +287,12 @@ impl KvService {
                 ops: slots.iter().map(|&i| req.ops[i].clone()).collect(),
                 consistency: req.consistency,
             };
-            let sent =
-                self.forwarder()?.call(&addrs, sub, |mut c, r| async move { c.batch_write(r).await }).await;
+            // Sent to a second node after a broken call only if every item may run twice.
+            let repeatable = sub.ops.iter().all(crate::api::forward::repeatable_op);
+            let sent = self
+                .forwarder()?
+                .call(&addrs, sub, repeatable, |mut c, r| async move { c.batch_write(r).await })
+                .await;
             match sent {
                 Ok(resp) => {
                     for (slot, result) in slots.into_iter().zip(resp.into_inner().results) {
@@ -337,7 +343,7 @@ impl KvService {
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        route_key!(self, req, compare_and_swap);
+        route_key!(self, req, compare_and_swap, false);
         use pb::compare_and_swap_request::Expected;
         let req = req.into_inner();
         let level = level(req.consistency)?;
@@ -380,7 +386,7 @@ impl KvService {
         &self,
         req: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
-        route_key!(self, req, increment);
+        route_key!(self, req, increment, false);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         match self.write(req.key, Op::Increment { delta: req.delta, ttl_ms: req.ttl_ms }, level).await? {
@@ -397,7 +403,7 @@ impl KvService {
         &self,
         req: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        route_key!(self, req, append);
+        route_key!(self, req, append, false);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         match self.write(req.key, Op::Append { value: req.value, ttl_ms: req.ttl_ms }, level).await? {
@@ -414,7 +420,7 @@ impl KvService {
         &self,
         req: Request<pb::SetAddRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
-        route_key!(self, req, set_add);
+        route_key!(self, req, set_add, true);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let op = Op::SetAdd { members: req.members, ttl_ms: req.ttl_ms };
@@ -425,7 +431,7 @@ impl KvService {
         &self,
         req: Request<pb::SetRemoveRequest>,
     ) -> Result<Response<pb::SetChangeResponse>, Status> {
-        route_key!(self, req, set_remove);
+        route_key!(self, req, set_remove, true);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         set_change(self.write(req.key, Op::SetRemove { members: req.members }, level).await?)
@@ -435,7 +441,7 @@ impl KvService {
         &self,
         req: Request<pb::SetMembersRequest>,
     ) -> Result<Response<pb::SetMembersResponse>, Status> {
-        route_key!(self, req, set_members);
+        route_key!(self, req, set_members, true);
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let now = self.node.now_ms();
@@ -519,8 +525,10 @@ impl KvService {
                     keys_only,
                 };
                 let addrs = residency.forward_addrs(rule);
-                let page =
-                    self.forwarder()?.call(&addrs, sub, |mut c, r| async move { c.scan(r).await }).await?;
+                let page = self
+                    .forwarder()?
+                    .call(&addrs, sub, true, |mut c, r| async move { c.scan(r).await })
+                    .await?;
                 let page = page.into_inner();
                 let mine = |k: &[u8]| installed.policy.rule_for(k).name == rule.name;
                 sources.push((

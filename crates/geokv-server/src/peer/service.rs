@@ -120,6 +120,9 @@ impl ClusterRpc for ClusterService {
                 ))
             })?;
         }
+        if req.vote {
+            self.cluster.vote().map_err(crate::api::status::failure_status)?;
+        }
         let key = req.key;
         let state = self.blocking(move |n| n.engine().get(&key)).await?;
         Ok(Response::new(pb::FetchResponse { state: state.as_ref().map(encode).unwrap_or_default() }))
@@ -190,6 +193,9 @@ impl ClusterRpc for ClusterService {
         req: Request<pb::ScanStatesRequest>,
     ) -> Result<Response<pb::ScanStatesResponse>, Status> {
         let req = req.into_inner();
+        if req.future_replica.is_none() {
+            self.cluster.vote().map_err(crate::api::status::failure_status)?;
+        }
         let limit = (req.limit as usize).clamp(1, self.cluster.node().limits().max_scan_limit + 1);
         let view = self.cluster.view();
         let keep = move |key: &[u8]| {

@@ -44,6 +44,8 @@ pub fn spawn_anti_entropy(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> 
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let period = Duration::from_millis(cluster.cfg.anti_entropy_interval_ms);
+            // A node on a new data directory recovers first (`recovery.rs`).
+            cluster.recover().await;
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -152,7 +154,7 @@ impl Cluster {
 
     /// One exchange with `peer`, driven by the protocol's state machine
     /// (`geokv_protocol::anti_entropy::Exchange`): this driver only runs its commands.
-    async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), Status> {
+    pub(crate) async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), Status> {
         let mut client = self.client(peer).ok_or_else(|| Status::internal("unknown peer"))?;
         let (mut exchange, first) = Exchange::start();
         let mut todo: VecDeque<AeCommand> = first.into();
@@ -184,7 +186,7 @@ impl Cluster {
                     exchange.on_digests(digests)
                 }
                 AeCommand::Fetch { key } => {
-                    let request = pb::FetchRequest { key: key.clone(), writer_hlc: 0 };
+                    let request = pb::FetchRequest { key: key.clone(), writer_hlc: 0, vote: false };
                     let theirs = match with_deadline(self.peers.timeout(), client.fetch(request)).await {
                         Ok(r) => {
                             self.stats
@@ -214,14 +216,17 @@ impl Cluster {
                     }
                     exchange.on_pushed(key, pushed.map_err(crate::api::status::peer_error))
                 }
-                AeCommand::Done(Ok(outcome)) if outcome.failed > 0 => {
-                    return Err(Status::unavailable(format!(
-                        "{} keys could not be exchanged; the next round retries them",
-                        outcome.failed
-                    )))
+                AeCommand::Done(result) => {
+                    self.exchanged(peer, &result).await;
+                    return match result {
+                        Ok(outcome) if outcome.failed > 0 => Err(Status::unavailable(format!(
+                            "{} keys could not be exchanged; the next round retries them",
+                            outcome.failed
+                        ))),
+                        Ok(_) => Ok(()),
+                        Err(why) => Err(Status::unavailable(why)),
+                    };
                 }
-                AeCommand::Done(Ok(_)) => return Ok(()),
-                AeCommand::Done(Err(why)) => return Err(Status::unavailable(why)),
             };
             // Follow-ups first: a fetched state is merged and pushed before the next fetch, so
             // one state at a time is held, not a whole chunk's.

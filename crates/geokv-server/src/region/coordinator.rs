@@ -368,13 +368,14 @@ impl Cluster {
         writer: Option<u64>,
     ) -> Result<Option<Record>, PeerError> {
         if node == self.me {
+            self.vote().map_err(PeerError::Answered)?;
             let n = self.node.clone();
             return blocking(move || n.engine().get(&key).map_err(to_status)).await.map_err(peer_error);
         }
         let Some(mut client) = self.client(node) else {
             return Err(PeerError::NeverSent(format!("node {node} has no known address")));
         };
-        let call = client.fetch(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0) });
+        let call = client.fetch(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0), vote: true });
         let resp = match tokio::time::timeout(self.peers.timeout(), call).await {
             Err(_) => return Err(PeerError::TimedOut("fetch timed out".into())),
             Ok(r) => r.map_err(peer_error)?.into_inner(),

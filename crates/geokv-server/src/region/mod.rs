@@ -2,7 +2,8 @@
 //! view and runs the protocol's machines (`geokv-protocol`) over the peer client: quorum
 //! writes and reads (`coordinator.rs`), hinted handoff (`handoff.rs`), Merkle anti-entropy
 //! (`anti_entropy.rs`), membership by gossip (`gossip.rs`), joins, leaves and cleanup
-//! (`moves.rs`), and the cluster-wide scan (`scan.rs`).
+//! (`moves.rs`), recovering the keys of a new data directory (`recovery.rs`), and the
+//! cluster-wide scan (`scan.rs`).
 //!
 //! The decisions (placement, quorum bookkeeping, failure detection, what to send and when a
 //! round is done) are sans-IO: `geokv-topology`, `geokv-cluster` and `geokv-protocol`; this
@@ -15,6 +16,7 @@ pub(crate) mod coordinator;
 pub(crate) mod gossip;
 pub(crate) mod handoff;
 pub(crate) mod moves;
+pub(crate) mod recovery;
 pub(crate) mod scan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +53,10 @@ pub struct Cluster {
     pub(crate) stats: ClusterStats,
     /// Held while an anti-entropy round runs.
     pub(crate) ae_lock: tokio::sync::Mutex<()>,
+    /// Set while this node recovers the keys of a new data directory (`recovery.rs`).
+    pub(crate) recovery: std::sync::Mutex<Option<geokv_protocol::Recovery>>,
+    /// Whether this node votes in quorum reads (false while it recovers).
+    pub(crate) serving: tokio::sync::watch::Sender<bool>,
     pub(crate) me: NodeId,
     pub(crate) region: String,
     /// The membership view, replaced (not mutated) on each change so a request routes by one
@@ -143,7 +149,10 @@ impl Cluster {
             node.now_ms(),
             grace,
         );
+        let recovering = node.recovering().map_err(|e| format!("cannot read the recovery mark: {e}"))?;
         let cluster = Arc::new(Cluster {
+            recovery: std::sync::Mutex::new(recovering.then(geokv_protocol::Recovery::new)),
+            serving: tokio::sync::watch::Sender::new(!recovering),
             me,
             region: spec.region.clone(),
             view: RwLock::new(Arc::new(view)),

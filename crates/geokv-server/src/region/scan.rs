@@ -91,6 +91,7 @@ impl Cluster {
         // One more than the page so the coordinator can tell whether the page is full.
         let want = limit + 1;
         if id == self.me {
+            self.vote().map_err(crate::api::status::failure_status)?;
             let node = self.node.clone();
             let (start, prefix) = (start.to_vec(), prefix.to_vec());
             let page = crate::blocking::run(move || node.scan_states(&start, &prefix, want, |_| true))

@@ -175,8 +175,9 @@ impl Node {
         while let Some(cmd) = queue.pop_front() {
             match cmd {
                 Command::Fetch { node, .. } if node == self.id => {
-                    let state = self.state(&job.key);
-                    queue.extend(job.machine.feed(Input::Fetched(node, Ok(state))));
+                    let state =
+                        self.vote(ctx.bug).map(|()| self.state(&job.key)).map_err(PeerError::Answered);
+                    queue.extend(job.machine.feed(Input::Fetched(node, state)));
                 }
                 // Planted bug: the write's first read takes every other replica to have nothing.
                 Command::Fetch { node, .. }
@@ -186,7 +187,10 @@ impl Node {
                 }
                 Command::Fetch { node, writer } => {
                     let call = self.call(id, node);
-                    ctx.send(Addr::Node(node), Msg::Fetch { id: call, key: job.key.clone(), writer });
+                    ctx.send(
+                        Addr::Node(node),
+                        Msg::Fetch { id: call, key: job.key.clone(), writer, vote: true },
+                    );
                 }
                 Command::Repair { node, state } if node == self.id => {
                     self.merge_local(&job.key, &state, false)

@@ -81,6 +81,9 @@ pub enum Bug {
     WrongTypeOverwrites,
     /// The request layer drops TTLs.
     TtlDropped,
+    /// A node restarted on an empty store votes in quorum reads before it has recovered its
+    /// keys (the behaviour before recovery existed).
+    RecoveringVotes,
 }
 
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use geokv_cluster::Level;
 use geokv_core::{NodeId, Record, Stamp};
-use geokv_protocol::{Action, Applied, Failure, Kind, PeerError};
+use geokv_protocol::{Action, Applied, Failure, Kind, PeerError, Recovery};
 use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
 use rand::rngs::SmallRng;
@@ -35,6 +35,8 @@ pub const PING_EVERY_MS: u64 = 100;
 pub const HANDOFF_EVERY_MS: u64 = 200;
 pub const SHIP_EVERY_MS: u64 = 50;
 pub const ANTI_ENTROPY_EVERY_MS: u64 = 1_000;
+/// How often a recovering node tries an exchange with a peer it still waits for.
+pub const RECOVERY_EVERY_MS: u64 = 200;
 /// Change-log entries per batch.
 pub(crate) const BATCH_ENTRIES: usize = 32;
 /// Unix milliseconds at simulated time 0 (the HLC wants a plausible wall clock).
@@ -93,6 +95,8 @@ pub enum Msg {
         id: u64,
         key: Key,
         writer: Option<u64>,
+        /// A vote in a quorum read (a recovering replica refuses it), not an anti-entropy fetch.
+        vote: bool,
     },
     Fetched {
         id: u64,
@@ -180,6 +184,10 @@ pub struct Node {
     /// Renewed when the node loses its data: the actor it writes counter entries and set dots
     /// as is `actor_id(id, incarnation)`, as on the server.
     pub incarnation: u64,
+    /// Set when the node lost its data (durable, as the server's flag): it votes in no quorum
+    /// read until it has completed an exchange with every peer (`geokv_protocol::recovery`).
+    /// The peers it has synced with are volatile: a crash starts them over.
+    pub recovery: Option<Recovery>,
     // Volatile.
     pub(crate) ae_round: usize,
     /// The anti-entropy exchange this node runs, if any.
@@ -216,6 +224,7 @@ impl Node {
             n,
             store: MemStore::new(),
             incarnation: 1,
+            recovery: None,
             ae_round: 0,
             ae: None,
             hlc: 0,
@@ -250,6 +259,9 @@ impl Node {
         self.calls.clear();
         self.handoffs.clear();
         self.ae = None;
+        if self.recovery.is_some() {
+            self.recovery = Some(Recovery::new());
+        }
         self.batches.clear();
         self.inflight.clear();
         self.streams.clear();
@@ -268,6 +280,28 @@ impl Node {
     pub fn wipe(&mut self) {
         self.store.wipe();
         self.incarnation += 1;
+        self.recovery = Some(Recovery::new());
+    }
+
+    /// Whether this node may vote in a quorum read (see `geokv_protocol::recovery`).
+    /// (Planted bug: a recovering node votes.)
+    pub(crate) fn vote(&self, bug: Option<Bug>) -> Result<(), Failure> {
+        if bug == Some(Bug::RecoveringVotes) {
+            return Ok(());
+        }
+        let waiting =
+            self.recovery.as_ref().map(|r| r.waiting_for(self.id, self.ring.nodes().iter().copied()));
+        geokv_protocol::vote(self.id, waiting.as_deref())
+    }
+
+    /// An anti-entropy exchange this node ran with `peer` ended: a recovering node may be
+    /// recovered now.
+    pub(crate) fn exchanged(&mut self, peer: NodeId, result: &Result<geokv_protocol::Outcome, String>) {
+        let Some(r) = self.recovery.as_mut() else { return };
+        r.on_exchange(peer, result);
+        if r.waiting_for(self.id, self.ring.nodes().iter().copied()).is_empty() {
+            self.recovery = None;
+        }
     }
 
     fn peers(&self, layout: &Layout) -> Vec<NodeId> {
@@ -339,9 +373,15 @@ impl Node {
                 ctx.timers.push((ctx.now + SHIP_EVERY_MS, Timer::Ship));
             }
             Timer::AntiEntropy => {
-                let peers = self.peers(ctx.layout);
-                self.anti_entropy_tick(&peers, ctx);
-                ctx.timers.push((ctx.now + ANTI_ENTROPY_EVERY_MS, Timer::AntiEntropy));
+                // A recovering node exchanges with the peers it still waits for, promptly.
+                let (peers, every) = match &self.recovery {
+                    Some(r) => (r.waiting_for(self.id, self.ring.nodes().iter().copied()), RECOVERY_EVERY_MS),
+                    None => (self.peers(ctx.layout), ANTI_ENTROPY_EVERY_MS),
+                };
+                if !peers.is_empty() {
+                    self.anti_entropy_tick(&peers, ctx);
+                }
+                ctx.timers.push((ctx.now + every, Timer::AntiEntropy));
             }
             Timer::Deadline(id) => self.feed(id, Input::Timeout, ctx),
         }
@@ -401,13 +441,14 @@ impl Node {
                 }
                 self.answered(id, |n| Input::Sent(n, result.map_err(PeerError::Answered)), ctx)
             }
-            Msg::Fetch { id, key, writer } => {
+            Msg::Fetch { id, key, writer, vote } => {
                 let result = match writer {
                     // The coordinator's clock runs too far ahead of this replica's: it may not
                     // write until the clocks agree.
                     Some(w) if self.ahead(w, ctx.now) => {
                         Err(Failure::refused(Kind::FailedPrecondition, "the coordinator's clock is ahead"))
                     }
+                    _ if vote => self.vote(ctx.bug).map(|()| self.state(&key)),
                     _ => Ok(self.state(&key)),
                 };
                 ctx.send(from, Msg::Fetched { id, result });

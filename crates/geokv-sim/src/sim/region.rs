@@ -133,12 +133,13 @@ impl Node {
                     let id = self.next();
                     let now = ctx.now;
                     self.ae_run().fetches.insert(id, (key.clone(), now));
-                    ctx.send(to, Msg::Fetch { id, key, writer: None });
+                    ctx.send(to, Msg::Fetch { id, key, writer: None, vote: false });
                     Vec::new()
                 }
                 AeCommand::MergeAndPush { key, theirs } => self.merge_and_push(key, theirs.map(|b| *b), ctx),
-                AeCommand::Done(_) => {
+                AeCommand::Done(result) => {
                     self.ae = None;
+                    self.exchanged(peer, &result);
                     Vec::new()
                 }
             };

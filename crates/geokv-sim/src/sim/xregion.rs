@@ -99,6 +99,7 @@ impl Node {
         let job = BatchJob {
             from: origin,
             last_seq,
+            // One step per delta, and one for the receipt.
             pending: batch.deltas.len() + 1,
             tally: BatchTally::default(),
         };
@@ -122,13 +123,21 @@ impl Node {
             };
             self.start_replicate(b, key, state, ctx);
         }
-        self.batch_delta_done(b, Ok(()), ctx);
+        // The receipt itself is done (its own pending step, so the batch cannot be
+        // acknowledged while its deltas are still being started).
+        self.batch_step(b, ctx);
     }
 
     pub(crate) fn batch_delta_done(&mut self, b: u64, result: Result<(), Failure>, ctx: &mut Ctx) {
         let Some(job) = self.batches.get_mut(&b) else { return };
-        job.pending -= 1;
         job.tally.on_applied(result);
+        self.batch_step(b, ctx);
+    }
+
+    /// One of a batch's pending steps ended; the last one acknowledges the batch.
+    fn batch_step(&mut self, b: u64, ctx: &mut Ctx) {
+        let Some(job) = self.batches.get_mut(&b) else { return };
+        job.pending -= 1;
         if job.pending == 0 {
             let job = self.batches.remove(&b).expect("present");
             let ok = job.tally.ack().is_ok();

@@ -67,6 +67,7 @@ fn members(cluster: &Cluster, m: &Metrics) {
             m.peer_up.with_label_values(&[&member.id.to_string(), &member.region]).set(up);
         }
     }
+    m.recovering.set(i64::from(cluster.recovery_waiting().is_some()));
     let own = cluster.ownership();
     m.ownership.with_label_values(&["primary"]).set(own.primary);
     m.ownership.with_label_values(&["replica"]).set(own.replica);
