@@ -345,10 +345,16 @@ impl Node {
         self.next_id
     }
 
-    /// Whether nothing is left to do: no hints, no unshipped changes, no requests under way.
+    /// Whether nothing is left to do: no hints, no unshipped changes, no requests under way,
+    /// no recovery.
     pub fn quiet(&self, layout: &Layout) -> bool {
         let shipped = (0..layout.regions).filter(|&r| r != self.region).all(|r| self.unshipped(r).is_empty());
-        !self.store.has_hints() && shipped && self.jobs.is_empty() && self.batches.is_empty()
+        // A node still recovering its keys has work left too.
+        !self.store.has_hints()
+            && shipped
+            && self.jobs.is_empty()
+            && self.batches.is_empty()
+            && self.recovery.is_none()
     }
 
     /// The state of `key` in this node's store.
