@@ -29,6 +29,10 @@ impl Cluster {
     /// Whether this node may vote in a quorum read (a client read, a write's first read, a
     /// scan page): the refusal (`UNAVAILABLE`) while it recovers.
     pub(crate) fn vote(&self) -> Result<(), Failure> {
+        // Every quorum read asks this: once recovered, no lock and no ring walk.
+        if *self.serving.borrow() {
+            return Ok(());
+        }
         geokv_protocol::vote(self.me, self.recovery_waiting().as_deref())
     }
 
