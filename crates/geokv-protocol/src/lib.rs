@@ -1,15 +1,16 @@
 //! geokv-protocol: the replica protocol of a region, without I/O.
 //!
-//! Owns the decisions a node makes for a client request: where it runs ([`route`]), how a
-//! home replica coordinates a write ([`WriteCoordinator`]: read first, apply, fan out, count
-//! acknowledgements, keep hints), how a quorum read merges and repairs ([`ReadCoordinator`]),
-//! how a state is sent to a key's replicas ([`ReplicateRound`], also used for states from
-//! other regions), how a write is forwarded and when a failed forward may be retried
-//! ([`Forwarder`]), where a replica keeps a state it is sent ([`keep`]), what becomes of the
-//! hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and exchange the keys
-//! they differ on ([`Exchange`], Merkle anti-entropy), what a cross-region batch carries
-//! and how a received one is taken in and acknowledged ([`xregion`]), and when a replica that
-//! lost its data may vote in quorum reads again ([`recovery`]).
+//! Owns the decisions a node makes for a client request: where it runs ([`route`]), in what
+//! order a batch's items run ([`batch`]), how a home replica coordinates a write
+//! ([`WriteCoordinator`]: read first, apply, fan out, count acknowledgements, keep hints), how
+//! a quorum read merges and repairs ([`ReadCoordinator`]), how a scan merges the pages of a
+//! region's nodes ([`ScanRound`]), how a state is sent to a key's replicas ([`ReplicateRound`],
+//! also used for states from other regions), how a write is forwarded and when a failed forward
+//! may be retried ([`Forwarder`]), where a replica keeps a state it is sent ([`keep`]), what
+//! becomes of the hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and
+//! exchange the keys they differ on ([`Exchange`], Merkle anti-entropy), what a cross-region
+//! batch carries and how a received one is taken in and acknowledged ([`xregion`]), and when a
+//! replica that lost its data may vote in quorum reads again ([`recovery`]).
 //!
 //! Each coordinator is a state machine: it takes events (a replica's answer, the store's
 //! result, a deadline) and returns [`Command`]s (fetch, merge, apply, send, keep a hint,
@@ -21,6 +22,7 @@
 //! membership view (`geokv-cluster`), CRDT semantics (`geokv-core`), transports and stores.
 
 pub mod anti_entropy;
+pub mod batch;
 mod command;
 mod error;
 mod forward;
@@ -28,6 +30,7 @@ pub mod handoff;
 mod read;
 pub mod recovery;
 mod replicas;
+pub mod scan;
 mod write;
 pub mod xregion;
 
@@ -42,6 +45,7 @@ pub use handoff::{delivered, hint_plan, Delivered, HintPlan};
 pub use read::{ReadCommand, ReadCoordinator};
 pub use recovery::{vote, Recovery};
 pub use replicas::{keep, repeatable, route, Keep, Replicas, Route};
+pub use scan::{NodePage, ScanAnswer, ScanRound};
 pub use write::{ReplicateRound, WriteCommand, WriteCoordinator};
 
 use geokv_core::{Expect, Op, OpOutcome, Record, Stamp};

@@ -22,6 +22,12 @@ impl From<TaskFailed> for tonic::Status {
     }
 }
 
+impl From<tokio::task::JoinError> for TaskFailed {
+    fn from(e: tokio::task::JoinError) -> Self {
+        TaskFailed(e.to_string())
+    }
+}
+
 impl From<TaskFailed> for String {
     fn from(e: TaskFailed) -> Self {
         e.to_string()
@@ -30,7 +36,7 @@ impl From<TaskFailed> for String {
 
 /// Runs `f` on the blocking pool and returns what it returned.
 pub async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, TaskFailed> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| TaskFailed(e.to_string()))
+    tokio::task::spawn_blocking(f).await.map_err(TaskFailed::from)
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub enum Action {
     SetRemove { member: Vec<u8> },
     /// Read the key.
     Read,
+    /// The key as a scan answered it: a visible key with its version and value, or (version
+    /// `None`, observed `Absent`) a key the scan's page covered and did not return.
+    Scanned,
 }
 
 /// The type of key an operation writes (`None`: it writes any type, or reads).
@@ -44,7 +47,12 @@ pub enum Family {
 
 impl Action {
     pub fn is_write(&self) -> bool {
-        !matches!(self, Action::Read)
+        !self.is_read()
+    }
+
+    /// A read of the key: a Get, or a scan's answer for it.
+    pub fn is_read(&self) -> bool {
+        matches!(self, Action::Read | Action::Scanned)
     }
 
     pub fn family(&self) -> Option<Family> {
@@ -54,7 +62,7 @@ impl Action {
             Action::Append { .. } => Some(Family::Log),
             Action::Increment { .. } => Some(Family::Counter),
             Action::SetAdd { .. } | Action::SetRemove { .. } => Some(Family::Set),
-            Action::Delete | Action::Read => None,
+            Action::Delete | Action::Read | Action::Scanned => None,
         }
     }
 

@@ -38,8 +38,8 @@ const RETRY_PROMISE_SEED: u64 = 204;
 
 /// Exposes the forward-retry bug (see `seed_exposes_the_forward_retry_bug_and_passes_with_the_fix`;
 /// seed 6 until the simulator ran handoff, anti-entropy and batches through the protocol crate,
-/// which changed every schedule).
-const FORWARD_RETRY_SEED: u64 = 1;
+/// then seed 1 until clients scanned and sent batches; each change redrew every schedule).
+const FORWARD_RETRY_SEED: u64 = 13;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -156,6 +156,13 @@ fn the_checker_catches_deliberate_bugs() {
         (Bug::WrongTypeOverwrites, "on a counter"),
         // Keys expire everywhere.
         (Bug::TtlDropped, "written only with TTLs"),
+        // A QUORUM scan answers each key as a QUORUM read would.
+        (Bug::ScanLocalOnly, "QUORUM scan in"),
+        // A batch runs a key's items in the client's order.
+        (Bug::BatchReversed, "an earlier item of the same batch"),
+        // A tombstone outlives every outage (the grace period), so a deleted value cannot
+        // come back.
+        (Bug::PurgeEarly, "is older than acknowledged write version"),
     ];
     for (bug, rule) in planted {
         let cfg = SimConfig { bug: Some(bug), ..SimConfig::default() };

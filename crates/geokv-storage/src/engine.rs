@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::keys::{log_key, parse_ttl_key, ttl_key, DueEntry, TtlTag};
+use crate::purge::{self, Purge};
 use crate::{StorageConfig, StorageError};
 
 const CF_DATA: &str = "data";
@@ -33,9 +34,6 @@ const LAYOUT_VERSION: u8 = 2;
 const LOCK_STRIPES: usize = 1024;
 /// Most tombstones or expired keys one scan page steps over before it returns what it has.
 const MAX_SKIPPED_PER_PAGE: usize = 10_000;
-/// A state changed less than this before the oldest change a tailer has not consumed yet is
-/// not purged (HLC times of one node's log entries are close to, not exactly, in log order).
-const SHIP_MARGIN_MS: u64 = 60_000;
 /// When a purge waits for tailers, it is tried again this much later.
 const PURGE_RETRY_MS: u64 = 60_000;
 
@@ -75,6 +73,42 @@ pub struct ScanPage {
     /// `Some(k)`: more keys may follow; the next page starts strictly after `k` (the last key
     /// returned, or the last one examined when the page stopped stepping over dead keys).
     pub resume_after: Option<Vec<u8>>,
+}
+
+/// Builds a scan page from a store's entries in key order from the page's first key (an
+/// entry's state is `None` once its key no longer starts with `prefix`): at most `limit`
+/// entries and about `max_bytes` of response (always at least one entry). `size` says how big
+/// an entry's response is, or `None` to skip it (tombstones, expired keys, keys a caller
+/// refuses); a page stops after stepping over `MAX_SKIPPED_PER_PAGE` skipped keys. Shared by
+/// the RocksDB engine and the in-memory store.
+pub(crate) fn page(
+    entries: impl Iterator<Item = Result<(Vec<u8>, Option<Record>), StorageError>>,
+    prefix: &[u8],
+    limit: usize,
+    max_bytes: usize,
+    size: impl Fn(&[u8], &Record) -> Option<usize>,
+) -> Result<ScanPage, StorageError> {
+    let mut items: Vec<(Vec<u8>, Record)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut skipped = 0usize;
+    for entry in entries {
+        let (k, rec) = entry?;
+        let Some(rec) = rec.filter(|_| k.starts_with(prefix)) else { break };
+        let Some(entry_bytes) = size(&k, &rec) else {
+            skipped += 1;
+            if skipped >= MAX_SKIPPED_PER_PAGE {
+                return Ok(ScanPage { items, resume_after: Some(k) });
+            }
+            continue;
+        };
+        bytes = bytes.saturating_add(entry_bytes);
+        if items.len() == limit || (!items.is_empty() && bytes > max_bytes) {
+            let last = items.last().map(|(k, _)| k.clone());
+            return Ok(ScanPage { items, resume_after: last });
+        }
+        items.push((k, rec));
+    }
+    Ok(ScanPage { items, resume_after: None })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -382,26 +416,13 @@ impl Engine {
         Ok(out)
     }
 
-    /// When a record may be removed for good: a tombstone `tombstone_grace_secs` after its
-    /// delete, a key with a TTL that long after it expires. Until then the state is kept so that
-    /// an older copy arriving late from another replica cannot bring the key back.
-    fn purge_deadline(&self, rec: &Record) -> Option<u64> {
-        let grace = self.cfg.tombstone_grace_secs.saturating_mul(1000);
-        if rec.is_marker() {
-            // Kept one grace period after the purge that left it (which came a grace period
-            // after the deadline).
-            let deadline = Stamp::new(rec.horizon, 0).unix_millis();
-            return Some(deadline.saturating_add(grace.saturating_mul(2)));
-        }
-        if !rec.exists() {
-            Some(rec.version().unix_millis().saturating_add(grace))
-        } else {
-            rec.expiry.val.map(|deadline| deadline.saturating_add(grace))
-        }
+    /// The grace period before a tombstone or an expired key is purged (see [`crate::purge`]).
+    pub fn grace_ms(&self) -> u64 {
+        self.cfg.tombstone_grace_secs.saturating_mul(1000)
     }
 
     fn index_entries(&self, rec: &Record) -> Vec<(u64, TtlTag)> {
-        self.purge_deadline(rec).map(|d| (d, TtlTag::Purge)).into_iter().collect()
+        purge::deadline(rec, self.grace_ms()).map(|d| (d, TtlTag::Purge)).into_iter().collect()
     }
 
     /// The uncompressed payload of a new state of `key`, checked against `max_record_bytes`.
@@ -602,31 +623,13 @@ impl Engine {
         size: impl Fn(&[u8], &Record) -> Option<usize>,
     ) -> Result<ScanPage, StorageError> {
         let from = if start < prefix { prefix } else { start };
-        let mut items: Vec<(Vec<u8>, Record)> = Vec::new();
-        let mut bytes = 0usize;
-        let mut skipped = 0usize;
         let iter = self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::From(from, Direction::Forward));
-        for item in iter {
+        let entries = iter.map(|item| {
             let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let rec = self.decode(&k, &v)?;
-            let Some(entry_bytes) = size(&k, &rec) else {
-                skipped += 1;
-                if skipped >= MAX_SKIPPED_PER_PAGE {
-                    return Ok(ScanPage { items, resume_after: Some(k.into_vec()) });
-                }
-                continue;
-            };
-            bytes = bytes.saturating_add(entry_bytes);
-            if items.len() == limit || (!items.is_empty() && bytes > max_bytes) {
-                let last = items.last().map(|(k, _)| k.clone());
-                return Ok(ScanPage { items, resume_after: last });
-            }
-            items.push((k.into_vec(), rec));
-        }
-        Ok(ScanPage { items, resume_after: None })
+            let rec = if k.starts_with(prefix) { Some(self.decode(&k, &v)?) } else { None };
+            Ok((k.into_vec(), rec))
+        });
+        page(entries, prefix, limit, max_bytes, size)
     }
 
     /// Calls `f` with every stored key and state, in key order (tombstones included).
@@ -673,34 +676,37 @@ impl Engine {
     pub fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
         let _guard = lock(self.stripe(key));
         let Some(rec) = self.get(key)? else { return Ok(false) };
-        let Some(deadline) = self.purge_deadline(&rec) else { return Ok(false) };
         let mut b = WriteBatch::default();
-        if deadline > now_ms || rec.is_visible(now_ms) {
-            b.put_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key), []);
-            self.db.write_opt(b, &self.wopts)?;
-            return Ok(false);
+        match purge::plan(&rec, now_ms, self.grace_ms(), || self.unshipped_since_ms())? {
+            None => Ok(false),
+            Some(Purge::NotDue(deadline)) => {
+                b.put_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key), []);
+                self.db.write_opt(b, &self.wopts)?;
+                Ok(false)
+            }
+            Some(Purge::WaitForTailers) => {
+                // The change may not have reached every tailer (another region) yet: purging
+                // it now could lose a delete there. Try again later.
+                b.put_cf(self.cf(CF_TTL), ttl_key(now_ms + PURGE_RETRY_MS, TtlTag::Purge, key), []);
+                self.db.write_opt(b, &self.wopts)?;
+                Ok(false)
+            }
+            Some(Purge::Marker(marker)) => {
+                // An expired key leaves a marker of its deadline for one more grace period: a
+                // replica still holding the expired state cannot bring it back into a new
+                // lifetime.
+                let plain = codec::serialize(&marker);
+                self.commit_all(&[(key, Some(&rec), &*marker, plain)], false)?;
+                Ok(true)
+            }
+            Some(Purge::Remove) => {
+                let deadline = purge::deadline(&rec, self.grace_ms()).unwrap_or(now_ms);
+                b.delete_cf(self.cf(CF_DATA), key);
+                b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key));
+                self.db.write_opt(b, &self.wopts)?;
+                Ok(true)
+            }
         }
-        if self
-            .unshipped_since_ms()?
-            .is_some_and(|since| rec.version().unix_millis() + SHIP_MARGIN_MS >= since)
-        {
-            // The change may not have reached every tailer (another region) yet: purging it
-            // now could lose a delete there. Try again later.
-            b.put_cf(self.cf(CF_TTL), ttl_key(now_ms + PURGE_RETRY_MS, TtlTag::Purge, key), []);
-            self.db.write_opt(b, &self.wopts)?;
-            return Ok(false);
-        }
-        if let Some(marker) = rec.expired_marker(now_ms) {
-            // An expired key leaves a marker of its deadline for one more grace period: a
-            // replica still holding the expired state cannot bring it back into a new lifetime.
-            let plain = codec::serialize(&marker);
-            self.commit_all(&[(key, Some(&rec), &marker, plain)], false)?;
-            return Ok(true);
-        }
-        b.delete_cf(self.cf(CF_DATA), key);
-        b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key));
-        self.db.write_opt(b, &self.wopts)?;
-        Ok(true)
     }
 
     /// HLC time (ms) of the oldest change-log entry some tailer has not consumed yet, if any.

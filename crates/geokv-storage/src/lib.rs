@@ -23,6 +23,7 @@ mod error;
 mod keys;
 #[cfg(feature = "engine")]
 mod mem;
+pub mod purge;
 #[cfg(feature = "engine")]
 pub mod store;
 

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use geokv_core::{CoreError, Crdt, NodeId, Record};
 
-use crate::{LogEntry, ReplicaStore, StorageError, Update};
+use crate::purge::Purge;
+use crate::{LogEntry, ReplicaStore, ScanPage, StorageError, Update};
 
 #[derive(Default)]
 struct Inner {
@@ -20,14 +21,34 @@ struct Inner {
 }
 
 /// A node's store in memory.
-#[derive(Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
+    /// The grace period before a tombstone or an expired key is purged.
+    grace_ms: u64,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        let grace_ms = crate::StorageConfig::default().tombstone_grace_secs.saturating_mul(1000);
+        MemStore { inner: Mutex::default(), grace_ms }
+    }
 }
 
 impl MemStore {
     pub fn new() -> MemStore {
         MemStore::default()
+    }
+
+    /// A store that purges tombstones and expired keys `grace_ms` after their time.
+    pub fn with_grace_ms(grace_ms: u64) -> MemStore {
+        MemStore { grace_ms, ..MemStore::default() }
+    }
+
+    /// The HLC time (Unix milliseconds) of the oldest change a tailer has not consumed, as
+    /// the engine's: from the smallest saved cursor.
+    fn unshipped_since_ms(i: &Inner) -> Option<u64> {
+        let floor = i.cursors.values().copied().min()?;
+        i.log.iter().find(|e| e.seq > floor).map(|e| e.version.unix_millis())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -42,6 +63,11 @@ impl MemStore {
     /// Whether any hint is kept.
     pub fn has_hints(&self) -> bool {
         !self.lock().hints.is_empty()
+    }
+
+    /// Drops `key`'s state without a trace (for tests that need a store that lost a key).
+    pub fn forget(&self, key: &[u8]) {
+        self.lock().data.remove(key);
     }
 
     /// Forgets everything (a wiped disk); sequence numbers go on from where they were.
@@ -157,6 +183,41 @@ impl ReplicaStore for MemStore {
 
     fn cursor(&self, name: &str) -> Result<u64, StorageError> {
         Ok(self.lock().cursors.get(name).copied().unwrap_or(0))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        max_bytes: usize,
+        size: impl Fn(&[u8], &Record) -> Option<usize>,
+    ) -> Result<ScanPage, StorageError> {
+        let from = if start < prefix { prefix } else { start };
+        let i = self.lock();
+        let entries = i.data.range(from.to_vec()..).map(|(k, r)| Ok((k.clone(), Some(r.clone()))));
+        crate::engine::page(entries, prefix, limit, max_bytes, size)
+    }
+
+    fn grace_ms(&self) -> u64 {
+        self.grace_ms
+    }
+
+    fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
+        let mut i = self.lock();
+        let Some(rec) = i.data.get(key).cloned() else { return Ok(false) };
+        let unshipped = || Ok::<_, StorageError>(MemStore::unshipped_since_ms(&i));
+        match crate::purge::plan(&rec, now_ms, self.grace_ms, unshipped)? {
+            None | Some(Purge::NotDue(_)) | Some(Purge::WaitForTailers) => Ok(false),
+            Some(Purge::Marker(marker)) => {
+                i.store(key, *marker, false);
+                Ok(true)
+            }
+            Some(Purge::Remove) => {
+                i.data.remove(key);
+                Ok(true)
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use geokv_core::{CoreError, NodeId, Record};
 
-use crate::{LogEntry, StorageError, Update};
+use crate::{LogEntry, ScanPage, StorageError, Update};
 
 /// A node's store as the replica protocol uses it: key states, hints for unreachable
 /// replicas, the change log the cross-region replicator tails, and its cursors.
@@ -55,6 +55,26 @@ pub trait ReplicaStore {
 
     /// Tailer `name`'s saved cursor (0 if none).
     fn cursor(&self, name: &str) -> Result<u64, StorageError>;
+
+    /// One page of stored states (tombstones and expired states included unless `size`
+    /// skips them) from `start` (inclusive) whose keys begin with `prefix`: at most `limit`
+    /// entries and about `max_bytes`; `size` gives an entry's response size or `None` to
+    /// step over it.
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        max_bytes: usize,
+        size: impl Fn(&[u8], &Record) -> Option<usize>,
+    ) -> Result<ScanPage, StorageError>;
+
+    /// The grace period before a tombstone or an expired key is purged (see [`crate::purge`]).
+    fn grace_ms(&self) -> u64;
+
+    /// Removes `key`'s state for good (or, for an expired key, replaces it by a marker of its
+    /// deadline) if [`crate::purge::plan`] says so at `now_ms`; whether it did.
+    fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError>;
 }
 
 impl ReplicaStore for crate::Engine {
@@ -114,6 +134,25 @@ impl ReplicaStore for crate::Engine {
     fn cursor(&self, name: &str) -> Result<u64, StorageError> {
         crate::Engine::cursor(self, name)
     }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        max_bytes: usize,
+        size: impl Fn(&[u8], &Record) -> Option<usize>,
+    ) -> Result<ScanPage, StorageError> {
+        crate::Engine::scan(self, start, prefix, limit, max_bytes, size)
+    }
+
+    fn grace_ms(&self) -> u64 {
+        crate::Engine::grace_ms(self)
+    }
+
+    fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
+        crate::Engine::purge_if_due(self, key, now_ms)
+    }
 }
 
 /// The behaviour every [`ReplicaStore`] must have. Each function takes a fresh, empty store
@@ -143,6 +182,8 @@ pub mod conformance {
         changes_are_logged_in_order_and_unchanged_merges_are_not(&fresh());
         hints_merge_page_and_drop_only_when_unchanged(&fresh());
         cursors_start_at_zero_and_keep_what_was_saved(&fresh());
+        scans_page_by_prefix_limit_and_size(&fresh());
+        purges_tombstones_and_expired_keys_after_the_grace_period(&fresh());
     }
 
     pub fn updates_store_what_they_decide<S: ReplicaStore>(s: &S) {
@@ -220,5 +261,61 @@ pub mod conformance {
         s.set_cursor("to-eu", 42).unwrap();
         s.set_cursor("to-us", 7).unwrap();
         assert_eq!((s.cursor("to-eu").unwrap(), s.cursor("to-us").unwrap()), (42, 7));
+    }
+
+    pub fn scans_page_by_prefix_limit_and_size<S: ReplicaStore>(s: &S) {
+        let put = |v: &str, t| state(&Op::Put { value: v.as_bytes().to_vec(), ttl_ms: None }, 1, t);
+        for (i, k) in ["a1", "b1", "b2", "b3", "b4", "c1"].into_iter().enumerate() {
+            s.merge_as(k.as_bytes(), &put(k, i as u64 + 1), false).unwrap();
+        }
+        let keys = |p: &crate::ScanPage| p.items.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let all = s.scan(b"", b"b", 10, usize::MAX, |_, _| Some(1)).unwrap();
+        assert_eq!(keys(&all), vec![b"b1".to_vec(), b"b2".to_vec(), b"b3".to_vec(), b"b4".to_vec()]);
+        assert_eq!(all.resume_after, None, "a page that reached the prefix's end says so");
+        let first = s.scan(b"b2", b"b", 2, usize::MAX, |_, _| Some(1)).unwrap();
+        assert_eq!(
+            keys(&first),
+            vec![b"b2".to_vec(), b"b3".to_vec()],
+            "from start, inclusive, at most limit"
+        );
+        assert_eq!(first.resume_after, Some(b"b3".to_vec()), "a full page resumes after its last key");
+        let small = s.scan(b"", b"b", 10, 2, |_, _| Some(1)).unwrap();
+        assert_eq!(keys(&small), vec![b"b1".to_vec(), b"b2".to_vec()], "about max_bytes per page");
+        let one = s.scan(b"", b"b", 10, 0, |_, _| Some(5)).unwrap();
+        assert_eq!(keys(&one).len(), 1, "a page holds at least one entry");
+        let skip = s.scan(b"", b"b", 10, usize::MAX, |k, _| (k != b"b2").then_some(1)).unwrap();
+        assert_eq!(keys(&skip), vec![b"b1".to_vec(), b"b3".to_vec(), b"b4".to_vec()], "skipped keys");
+        assert_eq!(skip.items[0].1, put("b1", 2), "a page carries the stored states");
+    }
+
+    pub fn purges_tombstones_and_expired_keys_after_the_grace_period<S: ReplicaStore>(s: &S) {
+        let grace = s.grace_ms();
+        let put = state(&Op::Put { value: b"v".to_vec(), ttl_ms: None }, 1, 1);
+        let at = |t: u64| Stamp::new(Stamp::ntp_from_millis(NOW + t), 1);
+        let gone =
+            apply(Some(&put), &Op::Delete, at(2), NOW + 2, &Limits::default()).expect("applies").record;
+        s.merge_as(b"live", &put, false).unwrap();
+        s.merge_as(b"gone", &gone, false).unwrap();
+        assert!(!s.purge_if_due(b"live", NOW + 10 * grace).unwrap(), "a live key is never purged");
+        assert!(!s.purge_if_due(b"gone", NOW + 1 + grace).unwrap(), "a tombstone is kept its grace period");
+        assert!(s.get(b"gone").unwrap().is_some());
+        assert!(s.purge_if_due(b"gone", NOW + 2 + grace).unwrap(), "then removed");
+        assert_eq!(s.get(b"gone").unwrap(), None);
+        assert!(!s.purge_if_due(b"absent", NOW).unwrap());
+        let ttl = apply(
+            None,
+            &Op::Put { value: b"t".to_vec(), ttl_ms: Some(5) },
+            at(3),
+            NOW + 3,
+            &Limits::default(),
+        )
+        .expect("applies")
+        .record;
+        s.merge_as(b"ttl", &ttl, false).unwrap();
+        assert!(s.purge_if_due(b"ttl", NOW + 8 + grace).unwrap(), "an expired key is replaced");
+        let marker = s.get(b"ttl").unwrap().expect("by a marker");
+        assert!(marker.is_marker(), "{marker:?}");
+        assert!(s.purge_if_due(b"ttl", NOW + 8 + 2 * grace).unwrap(), "which goes a grace period later");
+        assert_eq!(s.get(b"ttl").unwrap(), None);
     }
 }

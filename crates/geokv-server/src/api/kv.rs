@@ -116,19 +116,21 @@ impl KvService {
         level: Level,
     ) -> Vec<Result<(OpOutcome, Record), Status>> {
         let mut out: Vec<Option<Result<(OpOutcome, Record), Status>>> = Vec::with_capacity(items.len());
-        let mut by_key: BTreeMap<Vec<u8>, Vec<(usize, Op)>> = BTreeMap::new();
+        let mut valid = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Ok((key, op)) => {
-                    by_key.entry(key).or_default().push((i, op));
+                    valid.push((key, (i, op)));
                     out.push(None);
                 }
                 Err(e) => out.push(Some(Err(to_status(e.into())))),
             }
         }
+        // A key's items one after another, in order; keys concurrently (`geokv_protocol::batch`).
+        let by_key = geokv_protocol::batch::by_key(valid);
         let mut writes = futures::stream::iter(by_key.into_iter().map(|(key, ops)| async move {
             let mut done = Vec::with_capacity(ops.len());
-            for (i, op) in ops {
+            for (_, (i, op)) in ops {
                 done.push((i, self.write_record(key.clone(), op, level).await));
             }
             done

@@ -36,6 +36,23 @@ pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
 }
 
+impl From<crate::region::MoveError> for Status {
+    fn from(e: crate::region::MoveError) -> Self {
+        use crate::region::MoveError;
+        let message = e.to_string();
+        match e {
+            MoveError::Refused(_) => Status::failed_precondition(message),
+            MoveError::Unavailable(_) => Status::unavailable(message),
+            MoveError::Peer { error: PeerError::Answered(f), .. } => Status::new(code_for(f.kind), message),
+            MoveError::Peer { error: PeerError::TimedOut(_), .. } => Status::deadline_exceeded(message),
+            MoveError::Peer { .. } => Status::unavailable(message),
+            MoveError::Corrupt { .. } => Status::data_loss(message),
+            MoveError::Storage(e) => to_status(e),
+            MoveError::Task(e) => e.into(),
+        }
+    }
+}
+
 /// Metadata of a status that carries a coordinator's [`Failure`]: `maybe-applied` or
 /// `not-applied`. A forwarding node reads it to tell a coordinator's final answer from a
 /// failed connection (both may be `UNAVAILABLE`), and the client sees whether a failed write

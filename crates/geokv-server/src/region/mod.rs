@@ -29,11 +29,9 @@ use geokv_topology::Topology;
 pub use crate::peer::ClusterService;
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
 pub use coordinator::{Action, Applied};
+pub use moves::MoveError;
 
 use crate::{ClusterConfig, Node};
-
-/// Prefix of the message of a request that failed for want of replicas (`UNAVAILABLE`).
-pub use geokv_protocol::QUORUM_FAILED;
 
 /// Counters of a node's cluster work.
 #[derive(Default)]

@@ -23,12 +23,14 @@ use std::time::Duration;
 use geokv_cluster::Status;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::PeerError;
+use geokv_storage::StorageError;
 use tokio::task::JoinSet;
-use tonic::Status as RpcStatus;
 
-use super::coordinator::{decode, encode};
+use super::coordinator::encode;
 use super::Cluster;
-use crate::api::status::to_status;
+use crate::api::status::peer_error;
+use crate::blocking::TaskFailed;
 
 /// How long a node waits for its peers to see a status change.
 const SEEN_DEADLINE: Duration = Duration::from_secs(60);
@@ -37,13 +39,35 @@ const STREAM_PAGE: u32 = 512;
 /// State sends in flight while a leaving node streams its keys out.
 const STREAM_PARALLELISM: usize = 32;
 
-fn internal(e: impl std::fmt::Display) -> RpcStatus {
-    RpcStatus::internal(e.to_string())
+/// Why a join, leave or cleanup did not finish (converted to a gRPC status once, in
+/// `api::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    /// The move may not run now; the message says what to do first.
+    #[error("{0}")]
+    Refused(String),
+    /// Gossip or the peers did not take part in time; the move can be retried.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A call to a peer did not succeed.
+    #[error("{what} node {node} failed: {error}; the move can be retried")]
+    Peer { what: &'static str, node: NodeId, error: PeerError },
+    /// A peer sent a state that does not decode.
+    #[error("node {node} sent a corrupt state: {reason}")]
+    Corrupt { node: NodeId, reason: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
 impl Cluster {
-    fn gossip(&self) -> Result<&super::gossip::Handle, RpcStatus> {
-        self.gossip.get().ok_or_else(|| RpcStatus::unavailable("gossip is not running on this node"))
+    fn gossip(&self) -> Result<&super::gossip::Handle, MoveError> {
+        self.gossip.get().ok_or_else(|| MoveError::Unavailable("gossip is not running on this node".into()))
+    }
+
+    async fn set_status(&self, status: Status) -> Result<(), MoveError> {
+        self.gossip()?.set_status(status).await.map(|_| ()).map_err(MoveError::Unavailable)
     }
 
     fn report(&self, keys: u64, bytes: u64) -> pb::MoveReport {
@@ -52,7 +76,7 @@ impl Cluster {
 
     /// Waits until every peer of the region that is alive reports this node's current info
     /// (its version or a later one).
-    async fn wait_until_seen(&self) -> Result<(), RpcStatus> {
+    async fn wait_until_seen(&self) -> Result<(), MoveError> {
         let deadline = tokio::time::Instant::now() + SEEN_DEADLINE;
         let pause = Duration::from_millis(self.cfg.probe_interval_ms);
         loop {
@@ -67,7 +91,7 @@ impl Cluster {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(RpcStatus::unavailable(format!(
+                return Err(MoveError::Unavailable(format!(
                     "peers {unseen:?} did not learn this node's new status within {SEEN_DEADLINE:?}; retry once they are reachable"
                 )));
             }
@@ -86,7 +110,7 @@ impl Cluster {
     }
 
     /// Runs this node's join to the end (see the module docs). Idempotent.
-    pub async fn join(self: &Arc<Self>) -> Result<pb::MoveReport, RpcStatus> {
+    pub async fn join(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
         if self.view().me().status != Status::Joining {
             return Ok(self.report(0, 0));
         }
@@ -103,7 +127,7 @@ impl Cluster {
             keys += k;
             bytes += b;
         }
-        self.gossip()?.set_status(Status::Normal).await.map_err(RpcStatus::unavailable)?;
+        self.set_status(Status::Normal).await?;
         tracing::info!(keys, bytes, "joined the region: streamed in its ranges and took them over");
         if let Err(e) = self.wait_until_seen().await {
             tracing::warn!(error = %e, "joined, but not every peer has seen it yet");
@@ -113,8 +137,10 @@ impl Cluster {
     }
 
     /// Streams in from `owner` the states of every key this node will replicate.
-    async fn stream_from(&self, owner: NodeId) -> Result<(u64, u64), RpcStatus> {
-        let mut client = self.client(owner).ok_or_else(|| RpcStatus::internal("unknown owner"))?;
+    async fn stream_from(&self, owner: NodeId) -> Result<(u64, u64), MoveError> {
+        let failed = |error| MoveError::Peer { what: "streaming from", node: owner, error };
+        let mut client =
+            self.client(owner).ok_or_else(|| failed(PeerError::NeverSent("not a member".into())))?;
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut start = Vec::new();
         loop {
@@ -126,20 +152,22 @@ impl Cluster {
             };
             let page = tokio::time::timeout(4 * self.peers.timeout(), client.scan_states(req))
                 .await
-                .map_err(|_| RpcStatus::deadline_exceeded(format!("streaming from node {owner} timed out")))??
+                .map_err(|_| failed(PeerError::TimedOut("no page in time".into())))?
+                .map_err(|s| failed(peer_error(s)))?
                 .into_inner();
             let mut states = Vec::with_capacity(page.items.len());
             for item in page.items {
                 bytes += item.state.len() as u64;
-                states.push((item.key, decode(&item.state)?));
+                let rec = geokv_storage::codec::decode(&item.state)
+                    .map_err(|e| MoveError::Corrupt { node: owner, reason: e.to_string() })?;
+                states.push((item.key, rec));
             }
             keys += states.len() as u64;
             let node = self.node.clone();
             crate::blocking::run(move || {
                 states.iter().try_for_each(|(k, rec)| node.engine().merge(k, rec).map(|_| ()))
             })
-            .await?
-            .map_err(to_status)?;
+            .await??;
             match page.resume_after {
                 Some(after) => start = [after.as_slice(), &[0]].concat(),
                 None => return Ok((keys, bytes)),
@@ -148,35 +176,35 @@ impl Cluster {
     }
 
     /// Takes this node off the ring (see the module docs). Idempotent once left.
-    pub async fn leave(self: &Arc<Self>) -> Result<pb::MoveReport, RpcStatus> {
+    pub async fn leave(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
         let view = self.view();
         match view.me().status {
             Status::Left => return Ok(self.report(0, 0)),
             Status::Joining => {
-                return Err(RpcStatus::failed_precondition(
-                    "this node is still joining; let the join finish before it leaves",
+                return Err(MoveError::Refused(
+                    "this node is still joining; let the join finish before it leaves".into(),
                 ))
             }
             Status::Normal | Status::Leaving => {}
         }
         let remaining = view.owners().nodes().len() - 1;
         if remaining < view.n() {
-            return Err(RpcStatus::failed_precondition(format!(
+            return Err(MoveError::Refused(format!(
                 "the region would keep {remaining} nodes, fewer than its replication factor {}; add a node first",
                 view.n()
             )));
         }
         if view.members().any(|m| m.id != self.me && matches!(m.status, Status::Joining | Status::Leaving)) {
-            return Err(RpcStatus::failed_precondition(
-                "another node of the region is joining or leaving; one move at a time",
+            return Err(MoveError::Refused(
+                "another node of the region is joining or leaving; one move at a time".into(),
             ));
         }
         if view.me().status == Status::Normal {
-            self.gossip()?.set_status(Status::Leaving).await.map_err(RpcStatus::unavailable)?;
+            self.set_status(Status::Leaving).await?;
         }
         self.wait_until_seen().await?;
         let (keys, bytes) = self.stream_out().await?;
-        self.gossip()?.set_status(Status::Left).await.map_err(RpcStatus::unavailable)?;
+        self.set_status(Status::Left).await?;
         tracing::info!(keys, bytes, "left the region: streamed its keys to their next owners");
         if let Err(e) = self.wait_until_seen().await {
             tracing::warn!(error = %e, "left, but not every peer has seen it yet");
@@ -185,7 +213,7 @@ impl Cluster {
     }
 
     /// Sends every key this node holds to the nodes that take it over when it is gone.
-    async fn stream_out(self: &Arc<Self>) -> Result<(u64, u64), RpcStatus> {
+    async fn stream_out(self: &Arc<Self>) -> Result<(u64, u64), MoveError> {
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut start = Vec::new();
         loop {
@@ -193,15 +221,14 @@ impl Cluster {
             let from = start.clone();
             let page =
                 crate::blocking::run(move || node.scan_states(&from, &[], STREAM_PAGE as usize, |_| true))
-                    .await?
-                    .map_err(to_status)?;
+                    .await??;
             let view = self.view();
             let mut sends = JoinSet::new();
             for (key, rec) in &page.items {
                 let state = encode(rec);
                 for target in view.incoming(key) {
                     if sends.len() >= STREAM_PARALLELISM {
-                        sends.join_next().await.expect("non-empty").map_err(internal)??;
+                        sends.join_next().await.expect("non-empty").map_err(TaskFailed::from)??;
                     }
                     keys += 1;
                     bytes += state.len() as u64;
@@ -210,7 +237,7 @@ impl Cluster {
                 }
             }
             while let Some(done) = sends.join_next().await {
-                done.map_err(internal)??;
+                done.map_err(TaskFailed::from)??;
             }
             match page.resume_after {
                 Some(after) => start = [after.as_slice(), &[0]].concat(),
@@ -219,27 +246,24 @@ impl Cluster {
         }
     }
 
-    async fn push_state(&self, target: NodeId, key: Vec<u8>, state: Vec<u8>) -> Result<(), RpcStatus> {
-        let mut client = self.client(target).ok_or_else(|| RpcStatus::internal("unknown node"))?;
+    async fn push_state(&self, target: NodeId, key: Vec<u8>, state: Vec<u8>) -> Result<(), MoveError> {
+        let failed = |error| MoveError::Peer { what: "streaming to", node: target, error };
+        let mut client =
+            self.client(target).ok_or_else(|| failed(PeerError::NeverSent("not a member".into())))?;
         let req = pb::MergeRequest { key, state, hint_for: None, ship: false };
         match tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(s)) => Err(RpcStatus::new(
-                s.code(),
-                format!("streaming to node {target} failed: {}; the leave can be retried", s.message()),
-            )),
-            Err(_) => Err(RpcStatus::unavailable(format!(
-                "streaming to node {target} timed out; the leave can be retried"
-            ))),
+            Ok(Err(s)) => Err(failed(peer_error(s))),
+            Err(_) => Err(failed(PeerError::TimedOut("no answer in time".into()))),
         }
     }
 
     /// Drops this node's copies of keys it does not replicate (see the module docs).
-    pub async fn cleanup(self: &Arc<Self>) -> Result<pb::MoveReport, RpcStatus> {
+    pub async fn cleanup(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
         let view = self.view();
         if view.in_transition() {
-            return Err(RpcStatus::failed_precondition(
-                "a node of the region is joining or leaving; clean up once it has finished",
+            return Err(MoveError::Refused(
+                "a node of the region is joining or leaving; clean up once it has finished".into(),
             ));
         }
         let (node, me) = (self.node.clone(), self.me);
@@ -263,10 +287,9 @@ impl Cluster {
                     bytes += size;
                 }
             }
-            Ok::<_, geokv_storage::StorageError>((keys, bytes))
+            Ok::<_, StorageError>((keys, bytes))
         })
-        .await?
-        .map_err(to_status)?;
+        .await??;
         tracing::info!(keys, bytes, "cleanup: dropped copies of keys this node no longer replicates");
         Ok(self.report(keys, bytes))
     }

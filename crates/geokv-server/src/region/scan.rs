@@ -1,28 +1,19 @@
-//! Scan across the replicas of a region.
-//!
-//! Every reachable node returns a page of its own states (tombstones included, so a delete on
-//! one replica hides the key's older value on another) from the same start key; of each key,
-//! only the states of its home replicas count (as for a Get), not copies a move left behind. A key is
-//! complete up to the smallest last key among nodes that had more to give; the coordinator
-//! merges each complete key's states, drops what is not visible, and returns up to `limit`
-//! keys. The page token resumes after the last key it returned, or, when the visible keys ran
-//! short, after the last complete key.
+//! Scan across the replicas of a region: the server's driver of
+//! [`geokv_protocol::ScanRound`] (which nodes count, the bound, merging, the next page).
+//! Every node believed up is asked for a page of its own states at once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use geokv_cluster::Level;
-use geokv_core::{Crdt, NodeId, Record};
+use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::{NodePage, PeerError, ScanRound};
 use tonic::Status;
 
 use super::coordinator::decode;
-use super::{Cluster, QUORUM_FAILED};
-use crate::api::status::to_status;
+use super::Cluster;
+use crate::api::status::{failure_status, to_status};
 use crate::node::{page_token, ScanRequest, ScanResult};
-
-/// One node's page: its states in key order, and where its page stopped (None: its end).
-type NodePage = (Vec<(Vec<u8>, Record)>, Option<Vec<u8>>);
 
 impl Cluster {
     pub async fn scan(self: &Arc<Self>, req: ScanRequest, level: Level) -> Result<ScanResult, Status> {
@@ -32,72 +23,40 @@ impl Cluster {
         let view = self.view();
         let nodes: Vec<NodeId> =
             std::iter::once(self.me).chain(view.peers()).filter(|&id| self.healthy(id)).collect();
-        let mut pages = Vec::new();
-        for id in &nodes {
-            match self.scan_node(*id, &start, &req.prefix, limit).await {
-                Ok(page) => pages.push((*id, page)),
-                Err(e) => tracing::debug!(node = id, error = %e, "scan: node did not answer"),
+        let (mut round, ask) = ScanRound::start(nodes, view.peers().len() + 1, view.n(), level, limit);
+        let want = round.want();
+        let pages = futures::future::join_all(ask.into_iter().map(|id| {
+            let (start, prefix) = (&start, &req.prefix);
+            async move { (id, self.scan_node(id, start, prefix, want).await) }
+        }))
+        .await;
+        for (id, page) in pages {
+            if let Err(e) = &page {
+                tracing::debug!(node = id, error = %e, "scan: node did not answer");
             }
-        }
-        // Every key must be read from `level` of its N replicas: with M nodes answering out of
-        // the region's, at most N - R may be missing.
-        let missing = view.peers().len() + 1 - pages.len();
-        let allowed = view.n().saturating_sub(level.required(view.n()));
-        if missing > allowed {
-            return Err(Status::unavailable(format!(
-                "{QUORUM_FAILED}: a scan at this consistency level tolerates {allowed} missing nodes and {missing} did not answer"
-            )));
-        }
-        let bound: Option<Vec<u8>> = pages.iter().filter_map(|(_, (_, more))| more.clone()).min();
-        let mut merged: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
-        for (id, (items, _)) in pages {
-            for (key, rec) in items {
-                if bound.as_ref().is_some_and(|b| &key > b) {
-                    continue;
-                }
-                // Only the key's home replicas count, as for a Get: a node that no longer owns
-                // the key (a copy left behind by a move, before `cleanup`) may hold a state
-                // the owners have long replaced or forgotten.
-                if !view.home(&key).contains(&id) {
-                    continue;
-                }
-                match merged.get_mut(&key) {
-                    Some(m) => m.merge(&rec),
-                    None => {
-                        merged.insert(key, rec);
-                    }
-                }
-            }
+            round.on_page(id, page.map_err(|e| PeerError::Transport(e.message().to_string())));
         }
         let now = self.node.now_ms();
-        let mut visible: Vec<(Vec<u8>, Record)> =
-            merged.into_iter().filter(|(_, r)| r.is_visible(now)).collect();
-        let next = if visible.len() > limit {
-            visible.truncate(limit);
-            visible.last().map(|(k, _)| k.clone())
-        } else {
-            bound
-        };
-        Ok(ScanResult { items: visible, now, next_page_token: page_token(next) })
+        let answer = round.finish(|key| view.home(key), now).map_err(failure_status)?;
+        Ok(ScanResult { items: answer.items, now, next_page_token: page_token(answer.next) })
     }
 
+    /// Node `id`'s page of `want` states from `start`.
     async fn scan_node(
         &self,
         id: NodeId,
         start: &[u8],
         prefix: &[u8],
-        limit: usize,
+        want: usize,
     ) -> Result<NodePage, Status> {
-        // One more than the page so the coordinator can tell whether the page is full.
-        let want = limit + 1;
         if id == self.me {
-            self.vote().map_err(crate::api::status::failure_status)?;
+            self.vote().map_err(failure_status)?;
             let node = self.node.clone();
             let (start, prefix) = (start.to_vec(), prefix.to_vec());
             let page = crate::blocking::run(move || node.scan_states(&start, &prefix, want, |_| true))
                 .await?
                 .map_err(to_status)?;
-            return Ok((page.items, page.resume_after));
+            return Ok(NodePage { items: page.items, more: page.resume_after });
         }
         let mut client = self.client(id).ok_or_else(|| Status::internal("unknown peer"))?;
         let req = pb::ScanStatesRequest {
@@ -112,6 +71,6 @@ impl Cluster {
             .into_inner();
         let items =
             resp.items.into_iter().map(|i| Ok((i.key, decode(&i.state)?))).collect::<Result<_, Status>>()?;
-        Ok((items, resp.resume_after))
+        Ok(NodePage { items, more: resp.resume_after })
     }
 }

@@ -1,7 +1,9 @@
 //! Rules on a key's final state, by the type of the key (the family of its first write), each
 //! the documented guarantee of its operations (docs/value-model.md):
 //!
-//! - every key: the final version is no older than any acknowledged write's;
+//! - every key: the final version is no older than any acknowledged write's; no replica holds
+//!   the key only if a delete, an expiry or a set removal may have left a state the sweeper
+//!   purged (each distinct state the replicas hold is judged);
 //! - **registers** (Put, CAS, Delete): the final value is one some write may have set (a swap
 //!   whose condition failed sets nothing); the write acknowledged at the final version set it;
 //!   a key some write set ends absent only if a delete may have applied;
@@ -35,7 +37,12 @@ pub(super) fn check_final(key: &[u8], evs: &[&Event], fin: &ReplicaState, out: &
             ));
         }
     }
-    if newest_acked.is_some() && fin.version.is_none() {
+    // A tombstone, an expired key or an emptied set is purged after its grace period.
+    let purged = writes.iter().any(|e| {
+        e.may_have_applied()
+            && matches!(e.action, Action::Delete | Action::Expiring { .. } | Action::SetRemove { .. })
+    });
+    if newest_acked.is_some() && fin.version.is_none() && !purged {
         out.push(format!("key {}: acknowledged writes but no replica holds the key", show(key)));
     }
     let rules = Rules { key, writes: &writes, observed: &fin.observed, out };
@@ -131,6 +138,7 @@ impl Rules<'_> {
                 self.violation(format!("chunk {} was never appended", show(c)));
             }
         }
+        self.batch_order(&chunks);
         let appends: Vec<&Event> =
             self.writes.iter().copied().filter(|e| matches!(e.action, Action::Append { .. })).collect();
         for a in appends.iter().filter(|a| a.acked_write() && a.quorum) {
@@ -149,6 +157,31 @@ impl Rules<'_> {
                 self.violation(format!(
                     "acknowledged append of {} is lost, and no append raced it",
                     show(chunk)
+                ));
+            }
+        }
+    }
+
+    /// A batch runs a key's items in the client's order: of two chunks appended by one batch
+    /// (`<request>.<item>;`), the earlier item, once acknowledged, comes first in the log.
+    fn batch_order(&mut self, chunks: &[Vec<u8>]) {
+        let item = |c: &[u8]| {
+            let text = std::str::from_utf8(c.strip_suffix(b";")?).ok()?;
+            let (batch, i) = text.rsplit_once('.')?;
+            Some((batch.to_string(), i.parse::<usize>().ok()?))
+        };
+        for (p, c) in chunks.iter().enumerate() {
+            let Some((batch, i)) = item(c) else { continue };
+            let acked = self
+                .writes
+                .iter()
+                .any(|e| e.acked_write() && e.action == Action::Append { chunk: c.clone() });
+            let later_first = chunks[..p].iter().find(|d| item(d).is_some_and(|(b, j)| b == batch && j > i));
+            if let (true, Some(d)) = (acked, later_first) {
+                self.violation(format!(
+                    "chunk {} precedes chunk {}, an earlier item of the same batch that was acknowledged",
+                    show(d),
+                    show(c)
                 ));
             }
         }

@@ -1,12 +1,15 @@
 //! Judges a [`History`](crate::history) and the replicas' final states, after every fault was
 //! healed and the cluster went quiet:
 //!
-//! - **convergence**: every replica of a key, in every region, holds the same value and version;
+//! - **convergence**: every replica of a key, in every region, holds the same value and version
+//!   (or, for an absent key, nothing where another still holds its tombstone);
 //! - **final states** by type of key (registers, expiring registers, logs, counters, sets):
 //!   see [`finals`];
 //! - **read-after-write**: a QUORUM read that starts after a QUORUM write to the same key was
 //!   acknowledged in the same region returns that write's version or a newer one (and, for a
-//!   register at that very version, its value; for a set, its member);
+//!   register at that very version, its value; for a set, its member); a QUORUM scan answers
+//!   each key its page covers the same way, and leaves a key out only if a delete, an expiry
+//!   or a set removal not older than those writes may hide it;
 //! - **staleness** (a figure, not a rule): for each acknowledged write and each other region,
 //!   the time from the acknowledgement until a read there first returned it or something newer.
 
@@ -107,8 +110,16 @@ pub fn check(events: &[Event], finals: &Finals, regions: &[String]) -> Report {
     for (key, evs) in &by_key {
         let states = finals.get(*key).map(Vec::as_slice).unwrap_or(&[]);
         check_convergence(key, states, regions, &mut report.violations);
-        if let Some(first) = states.first() {
-            check_final(key, evs, first, &mut report.violations);
+        // Each distinct state a replica holds (after a divergence, each is judged); a replica
+        // that holds nothing is judged only if none holds anything (it may have purged a
+        // tombstone another still holds).
+        let mut judged: Vec<(&Observed, Option<Stamp>)> = Vec::new();
+        let any_held = states.iter().any(|s| s.version.is_some());
+        for s in states.iter().filter(|s| s.version.is_some() || !any_held) {
+            if !judged.contains(&(&s.observed, s.version)) {
+                judged.push((&s.observed, s.version));
+                check_final(key, evs, s, &mut report.violations);
+            }
         }
         check_read_after_write(key, evs, &mut report);
         measure_staleness(evs, &mut report);
@@ -125,7 +136,12 @@ fn check_convergence(key: &[u8], states: &[ReplicaState], regions: &[String], ou
     }
     if let Some(first) = states.first() {
         for s in &states[1..] {
-            if (&s.observed, s.version) != (&first.observed, first.version) {
+            // A replica that purged a tombstone (or expiry marker) holds nothing where another
+            // still holds it: both read as absent.
+            let purged = s.observed == Observed::Absent
+                && first.observed == Observed::Absent
+                && (s.version.is_none() || first.version.is_none());
+            if (&s.observed, s.version) != (&first.observed, first.version) && !purged {
                 out.push(format!(
                     "key {}: replicas diverge after heal: {} ({}) holds {:?} @ {:?}, {} ({}) holds {:?} @ {:?}",
                     show(key),
@@ -168,7 +184,7 @@ fn check_read_after_write(key: &[u8], evs: &[&Event], report: &mut Report) {
         a.max_version.push(m);
         a.events.push(w);
     }
-    for r in evs.iter().filter(|e| e.quorum && e.action == Action::Read) {
+    for r in evs.iter().filter(|e| e.quorum && e.action.is_read()) {
         let Outcome::Ok { version, observed } = &r.outcome else { continue };
         let Some(a) = acked.get(r.region.as_str()) else { continue };
         // Writes acknowledged strictly before the read started.
@@ -178,9 +194,24 @@ fn check_read_after_write(key: &[u8], evs: &[&Event], report: &mut Report) {
         }
         report.raw_checked += 1;
         let needed = a.max_version[n - 1];
+        if r.action == Action::Scanned && version.is_none() {
+            // A scan left the key out: only a delete, an expiry or a removal of a set's last
+            // member at least as new as the writes acknowledged before it may hide it.
+            if !hidden(evs, r, needed) {
+                report.violations.push(format!(
+                    "key {}: QUORUM scan in {} invoked at {} ms left the key out, though {:?} was acknowledged there before it and no delete, expiry or removal may hide it",
+                    show(key),
+                    r.region,
+                    r.invoked_ms,
+                    needed
+                ));
+            }
+            continue;
+        }
         if version.is_none_or(|v| v < needed) {
+            let what = if r.action == Action::Scanned { "scan" } else { "read" };
             report.violations.push(format!(
-                "key {}: QUORUM read in {} invoked at {} ms returned version {:?}, older than {:?} acknowledged there before it",
+                "key {}: QUORUM {what} in {} invoked at {} ms returned version {:?}, older than {:?} acknowledged there before it",
                 show(key),
                 r.region,
                 r.invoked_ms,
@@ -225,6 +256,18 @@ fn check_read_after_write(key: &[u8], evs: &[&Event], report: &mut Report) {
     }
 }
 
+/// Whether a delete, a write with a TTL or a set removal (a set without members does not
+/// exist) that may have applied, not older than `needed` and begun before scan answer `r`
+/// completed, may explain why the scan left the key out.
+fn hidden(evs: &[&Event], r: &Event, needed: Stamp) -> bool {
+    evs.iter().any(|e| {
+        matches!(e.action, Action::Delete | Action::Expiring { .. } | Action::SetRemove { .. })
+            && e.may_have_applied()
+            && e.invoked_ms < r.completed_ms
+            && e.ok_version().is_none_or(|v| v >= needed)
+    })
+}
+
 /// Whether any remove of `member` may have applied.
 fn removed_ever(evs: &[&Event], member: &[u8]) -> bool {
     evs.iter().any(|e| e.may_have_applied() && e.action == Action::SetRemove { member: member.to_vec() })
@@ -237,9 +280,7 @@ fn measure_staleness(evs: &[&Event], report: &mut Report) {
         for region in regions.iter().filter(|&&r| r != w.region) {
             let seen = evs
                 .iter()
-                .filter(|r| {
-                    r.action == Action::Read && r.region == *region && r.completed_ms >= w.completed_ms
-                })
+                .filter(|r| r.action.is_read() && r.region == *region && r.completed_ms >= w.completed_ms)
                 .filter(|r| r.ok_version().is_some_and(|rv| rv >= v))
                 .map(|r| r.completed_ms - w.completed_ms)
                 .min();

@@ -138,3 +138,59 @@ fn a_region_without_the_key_is_reported() {
     let f = finals(&[("a", Observed::Register(b"x".to_vec()), 5)]);
     assert!(check(&h, &f, &regions()).violations.iter().any(|v| v.contains("region b")));
 }
+
+#[test]
+fn a_scan_answers_each_key_as_a_read_and_leaves_out_only_hidden_keys() {
+    let x = || Some(Observed::Register(b"x".to_vec()));
+    let left_out = Outcome::Ok { version: None, observed: Some(Observed::Absent) };
+    let f =
+        finals(&[("a", Observed::Register(b"x".to_vec()), 5), ("b", Observed::Register(b"x".to_vec()), 5)]);
+    // Returned at the acknowledged version: passes, and counts as a checked read.
+    let h = vec![ev("a", put("x"), (0, 10), ok(5, None)), ev("a", Action::Scanned, (11, 20), ok(5, x()))];
+    let r = check(&h, &f, &regions());
+    assert!(r.passed() && r.raw_checked == 1, "{r}");
+    // Returned older than acknowledged before it.
+    let h = vec![ev("a", put("x"), (0, 10), ok(5, None)), ev("a", Action::Scanned, (11, 20), ok(4, x()))];
+    let r = check(&h, &f, &regions());
+    assert!(r.violations.iter().any(|v| v.contains("QUORUM scan in a")), "{r}");
+    // Left out, with nothing to hide it.
+    let h =
+        vec![ev("a", put("x"), (0, 10), ok(5, None)), ev("a", Action::Scanned, (11, 20), left_out.clone())];
+    let r = check(&h, &f, &regions());
+    assert!(r.violations.iter().any(|v| v.contains("left the key out")), "{r}");
+    // Left out after a delete that may have applied, begun before the scan ended.
+    let gone = finals(&[("a", Observed::Absent, 6), ("b", Observed::Absent, 6)]);
+    let h = vec![
+        ev("a", put("x"), (0, 10), ok(5, None)),
+        ev("b", Action::Delete, (15, 40), Outcome::Unknown("t".into())),
+        ev("a", Action::Scanned, (11, 20), left_out.clone()),
+    ];
+    assert!(check(&h, &gone, &regions()).passed());
+    // A delete older than the acknowledged put hides nothing.
+    let h = vec![
+        ev("b", Action::Delete, (0, 1), ok(2, None)),
+        ev("a", put("x"), (0, 10), ok(5, None)),
+        ev("a", Action::Scanned, (11, 20), left_out),
+    ];
+    assert!(check(&h, &f, &regions()).violations.iter().any(|v| v.contains("left the key out")));
+}
+
+#[test]
+fn a_batch_appends_a_keys_items_in_order() {
+    let append = |c: &str| Action::Append { chunk: c.into() };
+    let log =
+        |v: &str| finals(&[("a", Observed::Register(v.into()), 9), ("b", Observed::Register(v.into()), 9)]);
+    let h = vec![
+        ev("a", append("c0-7.0;"), (0, 10), ok(5, None)),
+        ev("a", append("c0-7.1;"), (0, 10), ok(6, None)),
+    ];
+    assert!(check(&h, &log("c0-7.0;c0-7.1;"), &regions()).passed());
+    let r = check(&h, &log("c0-7.1;c0-7.0;"), &regions());
+    assert!(r.violations.iter().any(|v| v.contains("an earlier item of the same batch")), "{r}");
+    // An earlier item whose outcome is unknown may have landed late.
+    let h = vec![
+        ev("a", append("c0-7.0;"), (0, 10), Outcome::Unknown("t".into())),
+        ev("a", append("c0-7.1;"), (0, 10), ok(6, None)),
+    ];
+    assert!(check(&h, &log("c0-7.1;c0-7.0;"), &regions()).passed());
+}

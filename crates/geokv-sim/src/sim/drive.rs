@@ -55,6 +55,11 @@ pub(crate) enum Reply {
     },
     /// A state of a batch from another region.
     Batch(u64),
+    /// Item `index` of a client batch.
+    Item {
+        batch: u64,
+        index: usize,
+    },
 }
 
 pub(crate) struct Job {
@@ -306,18 +311,21 @@ impl Node {
 
     fn answer(&mut self, reply: Reply, r: Result<Out, Failure>, ctx: &mut Ctx) {
         let now_ms = self.physical_ms(ctx.now);
+        let client_answer = |r: Result<Out, Failure>| {
+            r.map(|out| match out {
+                Out::Applied(Applied::Written(_, rec)) => (Some(rec.version()), None),
+                Out::Applied(Applied::CasFailed(_)) | Out::Replicated => (None, None),
+                Out::Read(merged) => {
+                    let version = merged.as_ref().map(Record::version);
+                    (version, Some(Observed::from_view(merged.and_then(|m| m.view(now_ms)))))
+                }
+            })
+        };
         match reply {
             Reply::Client { to, id } => {
-                let answer = r.map(|out| match out {
-                    Out::Applied(Applied::Written(_, rec)) => (Some(rec.version()), None),
-                    Out::Applied(Applied::CasFailed(_)) | Out::Replicated => (None, None),
-                    Out::Read(merged) => {
-                        let version = merged.as_ref().map(Record::version);
-                        (version, Some(Observed::from_view(merged.and_then(|m| m.view(now_ms)))))
-                    }
-                });
-                ctx.sends.push((to, Msg::Resp { id, answer }, self.disk_delay_ms));
+                ctx.sends.push((to, Msg::Resp { id, answer: client_answer(r) }, self.disk_delay_ms));
             }
+            Reply::Item { batch, index } => self.item_done(batch, index, client_answer(r), ctx),
             Reply::Node { to, id } => {
                 let result = r.map(|out| match out {
                     Out::Applied(a) => a,

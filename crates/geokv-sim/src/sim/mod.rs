@@ -7,10 +7,12 @@
 //! cluster is quiet (no hints, every change shipped, nothing under way) plus two anti-entropy
 //! rounds; then every replica's state is gathered and [`check`](crate::check::check)ed.
 
+mod batch;
 mod clients;
 mod drive;
 pub mod node;
 mod region;
+pub mod scan;
 pub mod schedule;
 mod xregion;
 
@@ -84,6 +86,13 @@ pub enum Bug {
     /// A node restarted on an empty store votes in quorum reads before it has recovered its
     /// keys (the behaviour before recovery existed).
     RecoveringVotes,
+    /// A scan reads the coordinator's own store only.
+    ScanLocalOnly,
+    /// A batch write runs each key's items in the reverse of the client's order.
+    BatchReversed,
+    /// The sweeper drops deleted and expired keys at once (no grace period, no wait for the
+    /// cross-region replicator).
+    PurgeEarly,
 }
 
 #[derive(Clone, Debug)]
@@ -156,10 +165,21 @@ enum Ev {
     CheckQuiet,
 }
 
+/// What a client asked: one operation on a key, or one page of a scan of the keys starting
+/// with a prefix.
+#[derive(Clone, Debug, PartialEq)]
+enum Asked {
+    One(Action),
+    Scan { limit: usize },
+    BatchWrite(Vec<(Vec<u8>, Action)>),
+    BatchGet(Vec<Vec<u8>>),
+}
+
 struct Pending {
     id: u64,
+    /// The key (a scan: the prefix).
     key: Vec<u8>,
-    action: Action,
+    op: Asked,
     quorum: bool,
     invoked: u64,
 }
@@ -306,7 +326,7 @@ impl World {
             Ev::ClientNext(c) => self.client_next(c),
             Ev::ClientTimeout(c, id) => {
                 if self.clients[c as usize].pending.as_ref().is_some_and(|p| p.id == id) {
-                    self.client_done(c, Outcome::Unknown("client timeout".into()));
+                    self.client_done(c, vec![Outcome::Unknown("client timeout".into())]);
                 }
             }
             Ev::FaultStart(i) => self.fault(i, true),

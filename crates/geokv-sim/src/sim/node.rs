@@ -37,6 +37,11 @@ pub const SHIP_EVERY_MS: u64 = 50;
 pub const ANTI_ENTROPY_EVERY_MS: u64 = 1_000;
 /// How often a recovering node tries an exchange with a peer it still waits for.
 pub const RECOVERY_EVERY_MS: u64 = 200;
+/// How long a tombstone or an expired key is kept before the sweeper purges it: longer than
+/// any fault of a schedule plus the repairs after it (the documented condition: the grace
+/// period exceeds every outage).
+pub const TOMBSTONE_GRACE_MS: u64 = 15_000;
+pub const SWEEP_EVERY_MS: u64 = 500;
 /// Change-log entries per batch.
 pub(crate) const BATCH_ENTRIES: usize = 32;
 /// Unix milliseconds at simulated time 0 (the HLC wants a plausible wall clock).
@@ -47,6 +52,14 @@ const EPOCH_MS: u64 = 1_767_225_600_000;
 pub enum Request {
     Write(Action),
     Read,
+    /// A scan of the keys starting with the request's key: one page of at most `limit` keys.
+    Scan {
+        limit: usize,
+    },
+    /// A batch of writes (the request's key is unused).
+    BatchWrite(Vec<(Key, Action)>),
+    /// A batch of reads (the request's key is unused).
+    BatchGet(Vec<Key>),
 }
 
 /// The answer: the version and what was read, or why the request failed.
@@ -102,6 +115,25 @@ pub enum Msg {
         id: u64,
         result: Result<Option<Record>, Failure>,
     },
+    /// A scan's page of this node's states: `want` states starting with `prefix`.
+    ScanPage {
+        id: u64,
+        prefix: Key,
+        want: usize,
+    },
+    ScanPageIs {
+        id: u64,
+        result: Result<geokv_protocol::NodePage, Failure>,
+    },
+    ScanResp {
+        id: u64,
+        answer: super::scan::ScanReply,
+    },
+    /// A batch's answers, one per item in the request's order.
+    BatchResp {
+        id: u64,
+        answers: Vec<Answer>,
+    },
     Ping,
     Pong,
     Batch(BatchMsg),
@@ -136,6 +168,8 @@ impl Msg {
             self,
             Msg::Req { .. }
                 | Msg::Resp { .. }
+                | Msg::ScanResp { .. }
+                | Msg::BatchResp { .. }
                 | Msg::Coordinate { .. }
                 | Msg::Coordinated { .. }
                 | Msg::CallFailed { .. }
@@ -149,6 +183,8 @@ pub enum Timer {
     Handoff,
     Ship,
     AntiEntropy,
+    /// The sweeper: purges tombstones and expired keys past their grace period.
+    Sweep,
     /// A request this node coordinates or forwarded has waited its deadline.
     Deadline(u64),
 }
@@ -199,6 +235,11 @@ pub struct Node {
     pub(crate) jobs: BTreeMap<u64, Job>,
     /// Calls to peers under way: message id -> (job, peer).
     pub(crate) calls: BTreeMap<u64, (u64, NodeId)>,
+    /// Scans this node coordinates, and their page requests under way (id -> (scan, peer)).
+    pub(crate) scans: BTreeMap<u64, super::scan::ScanJob>,
+    pub(crate) scan_calls: BTreeMap<u64, (u64, NodeId)>,
+    /// Client batches under way.
+    pub(crate) client_batches: BTreeMap<u64, super::batch::ClientBatch>,
     /// Hint deliveries under way: request id -> (home, key, state, sent at).
     pub(crate) handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
     pub(crate) batches: BTreeMap<u64, BatchJob>,
@@ -222,7 +263,7 @@ impl Node {
             life: 0,
             ring,
             n,
-            store: MemStore::new(),
+            store: MemStore::with_grace_ms(TOMBSTONE_GRACE_MS),
             incarnation: 1,
             recovery: None,
             ae_round: 0,
@@ -232,6 +273,9 @@ impl Node {
             next_id: 1,
             jobs: BTreeMap::new(),
             calls: BTreeMap::new(),
+            scans: BTreeMap::new(),
+            scan_calls: BTreeMap::new(),
+            client_batches: BTreeMap::new(),
             handoffs: BTreeMap::new(),
             batches: BTreeMap::new(),
             inflight: BTreeMap::new(),
@@ -257,6 +301,9 @@ impl Node {
         self.heard = self.peers(ctx.layout).into_iter().map(|p| (p, ctx.now)).collect();
         self.jobs.clear();
         self.calls.clear();
+        self.scans.clear();
+        self.scan_calls.clear();
+        self.client_batches.clear();
         self.handoffs.clear();
         self.ae = None;
         if self.recovery.is_some() {
@@ -265,7 +312,7 @@ impl Node {
         self.batches.clear();
         self.inflight.clear();
         self.streams.clear();
-        for t in [Timer::Ping, Timer::Handoff, Timer::Ship, Timer::AntiEntropy] {
+        for t in [Timer::Ping, Timer::Handoff, Timer::Ship, Timer::AntiEntropy, Timer::Sweep] {
             let jitter = ctx.rng.gen_range(0..50);
             ctx.timers.push((ctx.now + jitter, t));
         }
@@ -346,15 +393,21 @@ impl Node {
     }
 
     /// Whether nothing is left to do: no hints, no unshipped changes, no requests under way,
-    /// no recovery.
+    /// no recovery, no tombstone or expired key left to purge (an expiry marker may stay: it
+    /// goes a grace period later, as a tombstone does).
     pub fn quiet(&self, layout: &Layout) -> bool {
         let shipped = (0..layout.regions).filter(|&r| r != self.region).all(|r| self.unshipped(r).is_empty());
         // A node still recovering its keys has work left too.
         !self.store.has_hints()
             && shipped
             && self.jobs.is_empty()
+            && self.scans.is_empty()
+            && self.client_batches.is_empty()
             && self.batches.is_empty()
             && self.recovery.is_none()
+            && !self.store.states().iter().any(|(_, r)| {
+                !r.is_marker() && geokv_storage::purge::deadline(r, self.store.grace_ms()).is_some()
+            })
     }
 
     /// The state of `key` in this node's store.
@@ -389,7 +442,22 @@ impl Node {
                 }
                 ctx.timers.push((ctx.now + every, Timer::AntiEntropy));
             }
-            Timer::Deadline(id) => self.feed(id, Input::Timeout, ctx),
+            Timer::Sweep => {
+                let now_ms = self.physical_ms(ctx.now);
+                for (key, rec) in self.store.states() {
+                    // Planted bug: what is not visible is dropped at once.
+                    if ctx.bug == Some(Bug::PurgeEarly) && !rec.is_visible(now_ms) {
+                        self.store.forget(&key);
+                    }
+                    self.store.purge_if_due(&key, now_ms).expect("the in-memory store does not fail");
+                }
+                ctx.timers.push((ctx.now + SWEEP_EVERY_MS, Timer::Sweep));
+            }
+            Timer::Deadline(id) => {
+                if !self.finish_scan(id, ctx) {
+                    self.feed(id, Input::Timeout, ctx)
+                }
+            }
         }
     }
 
@@ -409,7 +477,21 @@ impl Node {
             Msg::Req { id, key, req: Request::Read, level } => {
                 self.start_read(Reply::Client { to: from, id }, key, level, ctx)
             }
-            Msg::Resp { .. } => {}
+            Msg::Req { id, key, req: Request::Scan { limit }, level } => {
+                self.start_scan(from, id, key, limit, level, ctx)
+            }
+            Msg::Req { id, req: Request::BatchWrite(items), level, .. } => {
+                self.start_batch_write(from, id, items, level, ctx)
+            }
+            Msg::Req { id, req: Request::BatchGet(keys), level, .. } => {
+                self.start_batch_get(from, id, keys, level, ctx)
+            }
+            Msg::Resp { .. } | Msg::ScanResp { .. } | Msg::BatchResp { .. } => {}
+            Msg::ScanPage { id, prefix, want } => {
+                let result = self.page(&prefix, want, ctx.bug);
+                ctx.send(from, Msg::ScanPageIs { id, result });
+            }
+            Msg::ScanPageIs { id, result } => self.on_page_answer(id, result, ctx),
             Msg::Coordinate { id, key, action, level } => {
                 self.start_write(Reply::Node { to: from, id }, key, action, level, ctx)
             }
