@@ -11,8 +11,21 @@ use geokv_sim::sim::{run, run_schedule, Bug, Fault, Schedule, SimConfig, SimRun,
 const SHARDS: u64 = 4;
 
 /// Seeds that once found a bug, kept as regression tests (see docs/testing.md).
-const REGRESSIONS: &[u64] =
-    &[FORWARD_RETRY_SEED, RETRY_PROMISE_SEED, STAND_IN_HINT_SEED, UNKNOWN_REMOVE_SEED, RECOVERING_QUIET_SEED];
+const REGRESSIONS: &[u64] = &[
+    FORWARD_RETRY_SEED,
+    RETRY_PROMISE_SEED,
+    STAND_IN_HINT_SEED,
+    UNKNOWN_REMOVE_SEED,
+    RECOVERING_QUIET_SEED,
+    EXPIRED_MARKER_SEED,
+];
+
+/// Found when the sweeper first ran in the simulation (a checker bug, not a store bug): a
+/// node whose clock had jumped back wrote a TTL key with an HLC stamp ahead of its wall clock,
+/// so the key's deadline, and the expiry marker stamped with it, came before the write's
+/// stamp. The marker reads as absent, as it should; the checker no longer takes its older
+/// stamp for a lost write.
+const EXPIRED_MARKER_SEED: u64 = 1177;
 
 /// Found when wipes were first drawn: a wiped node restarted while a split kept it from two
 /// of its peers, and the run ended (the cluster looked quiet) before it had recovered, with

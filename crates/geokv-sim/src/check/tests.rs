@@ -194,3 +194,15 @@ fn a_batch_appends_a_keys_items_in_order() {
     ];
     assert!(check(&h, &log("c0-7.1;c0-7.0;"), &regions()).passed());
 }
+
+#[test]
+fn an_expired_keys_marker_may_be_stamped_before_the_last_write() {
+    // The marker carries the deadline (wall clock), the write an HLC stamp that ran ahead.
+    let h = vec![ev("a", Action::Expiring { value: "x".into(), ttl_ms: 100 }, (0, 10), ok(9, None))];
+    let f = finals(&[("a", Observed::Absent, 5), ("b", Observed::Absent, 5)]);
+    assert!(check(&h, &f, &regions()).passed());
+    // Not for a key written without a TTL.
+    let h = vec![ev("a", put("x"), (0, 10), ok(9, None)), ev("a", Action::Delete, (20, 30), ok(10, None))];
+    let r = check(&h, &f, &regions());
+    assert!(r.violations.iter().any(|v| v.contains("older than acknowledged")), "{r}");
+}
