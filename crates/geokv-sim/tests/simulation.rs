@@ -18,7 +18,13 @@ const REGRESSIONS: &[u64] = &[
     UNKNOWN_REMOVE_SEED,
     RECOVERING_QUIET_SEED,
     EXPIRED_MARKER_SEED,
+    UNKNOWN_SWAP_SEED,
 ];
+
+/// Found the same day (a checker bug): the only write of a register was a compare-and-swap
+/// whose outcome was unknown (its connection broke), and the key ended absent, which the
+/// register rule took for a lost write. A write of unknown outcome may not have applied.
+const UNKNOWN_SWAP_SEED: u64 = 1529;
 
 /// Found when the sweeper first ran in the simulation (a checker bug, not a store bug): a
 /// node whose clock had jumped back wrote a TTL key with an HLC stamp ahead of its wall clock,

@@ -6,7 +6,7 @@
 //!   purged (each distinct state the replicas hold is judged);
 //! - **registers** (Put, CAS, Delete): the final value is one some write may have set (a swap
 //!   whose condition failed sets nothing); the write acknowledged at the final version set it;
-//!   a key some write set ends absent only if a delete may have applied;
+//!   a key an acknowledged write set ends absent only if a delete may have applied;
 //! - **expiring registers** (every write has a TTL): absent everywhere once every deadline
 //!   passed;
 //! - **logs** (Append): each chunk at most once (an append is never applied twice), each one
@@ -100,7 +100,8 @@ impl Rules<'_> {
             }
             Observed::Absent => {
                 let deleted = self.writes.iter().any(|e| e.action == Action::Delete && e.may_have_applied());
-                let set = self.writes.iter().any(|e| e.may_have_applied() && e.action.value().is_some());
+                // (A write whose outcome is unknown may not have applied at all.)
+                let set = self.writes.iter().any(|e| e.acked_write() && e.action.value().is_some());
                 if set && !deleted {
                     self.violation("written, never deleted, and ends absent".into());
                 }
