@@ -53,6 +53,32 @@ impl From<crate::region::MoveError> for Status {
     }
 }
 
+impl From<crate::region::CoordinatorError> for Status {
+    fn from(e: crate::region::CoordinatorError) -> Self {
+        use crate::region::CoordinatorError;
+        let message = e.to_string();
+        match e {
+            CoordinatorError::Failed(f) => failure_status(f),
+            CoordinatorError::InvalidKey(_) => Status::invalid_argument(message),
+            CoordinatorError::Corrupt(_) => Status::data_loss(message),
+            CoordinatorError::BadAnswer(_) | CoordinatorError::NoAnswer(_) => Status::internal(message),
+            CoordinatorError::Storage(e) => to_status(e),
+            CoordinatorError::Task(e) => e.into(),
+        }
+    }
+}
+
+/// A failure of this node's own part in a round (its vote in a read, a write forwarded to
+/// itself) as the protocol takes a peer's: what a peer answering with the same status means.
+impl From<crate::region::CoordinatorError> for PeerError {
+    fn from(e: crate::region::CoordinatorError) -> Self {
+        match e {
+            crate::region::CoordinatorError::Failed(f) => PeerError::Answered(f),
+            other => peer_error(other.into()),
+        }
+    }
+}
+
 /// Metadata of a status that carries a coordinator's [`Failure`]: `maybe-applied` or
 /// `not-applied`. A forwarding node reads it to tell a coordinator's final answer from a
 /// failed connection (both may be `UNAVAILABLE`), and the client sees whether a failed write
@@ -183,5 +209,36 @@ mod tests {
         assert!(matches!(old, PeerError::Answered(Failure { maybe_applied: false, .. })), "{old:?}");
         let old = peer_error(Status::unavailable("quorum not reached: 1 acknowledged"));
         assert!(matches!(old, PeerError::Answered(Failure { maybe_applied: true, .. })), "{old:?}");
+    }
+
+    #[test]
+    fn a_coordinators_errors_keep_their_codes_and_messages() {
+        use crate::region::CoordinatorError;
+        let f = Failure::quorum("1 of 2 acknowledged", true);
+        let s = Status::from(CoordinatorError::Failed(f.clone()));
+        assert_eq!((s.code(), s.message()), (Code::Unavailable, f.message.as_str()));
+        assert_eq!(PeerError::from(CoordinatorError::Failed(f.clone())), PeerError::Answered(f));
+        let s = Status::from(CoordinatorError::NoAnswer("read"));
+        assert_eq!((s.code(), s.message()), (Code::Internal, "the read stopped without an answer"));
+        let s = Status::from(CoordinatorError::NoAnswer("write's coordinator"));
+        assert_eq!(s.message(), "the write's coordinator stopped without an answer");
+        let corrupt = geokv_storage::codec::DecodeError::UnknownFlags(9);
+        let s = Status::from(CoordinatorError::Corrupt(corrupt.clone()));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::DataLoss, format!("a replica sent a corrupt state: {corrupt}").as_str())
+        );
+        let s = Status::from(CoordinatorError::InvalidKey(CoreError::InvalidArgument("key is empty".into())));
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "invalid argument: key is empty"));
+        // This node's own refusal counts as a peer's: nothing stored.
+        let refused = CoordinatorError::Storage(StorageError::Core(CoreError::InvalidArgument("no".into())));
+        let e = PeerError::from(refused);
+        assert!(
+            matches!(
+                &e,
+                PeerError::Answered(Failure { kind: Kind::InvalidArgument, maybe_applied: false, .. })
+            ),
+            "{e:?}"
+        );
     }
 }

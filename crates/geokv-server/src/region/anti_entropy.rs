@@ -197,10 +197,10 @@ impl Cluster {
                             } else {
                                 // A state this node cannot decode is not the peer's corrupt
                                 // copy: the key fails and the next round retries it.
-                                decode(&r.state).map(Some).map_err(|s| {
+                                decode(&r.state).map(Some).map_err(|e| {
                                     PeerError::Answered(Failure::refused(
                                         Kind::Internal,
-                                        format!("this node cannot decode the peer's state: {}", s.message()),
+                                        format!("this node cannot decode the peer's state: {e}"),
                                     ))
                                 })
                             }

@@ -16,22 +16,50 @@ use geokv_protocol::{
     route, Command, Failure, Forwarder, PeerError, ReadCoordinator, Replicas, ReplicateRound, Route,
     WriteCoordinator,
 };
-use geokv_storage::codec;
+use geokv_storage::{codec, StorageError};
 use geokv_topology::Target;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::Cluster;
-use crate::api::status::{failure_status, peer_error, to_status};
+use crate::api::status::peer_error;
+use crate::blocking::TaskFailed;
 
 pub use geokv_protocol::{Action, Applied};
+
+/// Why a write, read or replication round this node drives failed (converted to a gRPC status
+/// once, in `api::status`; a failure of this node's own part in a round becomes the
+/// [`PeerError`] a peer's answer with that status would be).
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The protocol's answer: too few replicas, or a refusal (with its promise whether the
+    /// write may have been stored).
+    #[error("{0}")]
+    Failed(Failure),
+    /// The key is out of the node's limits.
+    #[error("{0}")]
+    InvalidKey(geokv_core::CoreError),
+    /// A replica (or a coordinator) sent a state that does not decode.
+    #[error("a replica sent a corrupt state: {0}")]
+    Corrupt(#[from] codec::DecodeError),
+    /// A coordinator this node forwarded a write to answered with something it cannot read.
+    #[error("coordinator sent {0}")]
+    BadAnswer(String),
+    /// A driver's loop ended before its state machine answered (a bug).
+    #[error("the {0} stopped without an answer")]
+    NoAnswer(&'static str),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
 
 pub fn encode(rec: &Record) -> Vec<u8> {
     codec::encode(rec, 1024, 1)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Record, Status> {
-    codec::decode(bytes).map_err(|e| Status::data_loss(format!("a replica sent a corrupt state: {e}")))
+pub fn decode(bytes: &[u8]) -> Result<Record, CoordinatorError> {
+    Ok(codec::decode(bytes)?)
 }
 
 /// What a command carried out in the background reports back to its coordinator.
@@ -55,7 +83,7 @@ impl Cluster {
         key: Vec<u8>,
         action: Action,
         level: Level,
-    ) -> Result<Applied, Status> {
+    ) -> Result<Applied, CoordinatorError> {
         let replicas = self.replicas(&key);
         match route(&action, &replicas) {
             Route::Here => self.coordinate_with(replicas, key, action, level).await,
@@ -69,7 +97,7 @@ impl Cluster {
         key: Vec<u8>,
         action: Action,
         level: Level,
-    ) -> Result<Applied, Status> {
+    ) -> Result<Applied, CoordinatorError> {
         let replicas = self.replicas(&key);
         self.coordinate_with(replicas, key, action, level).await
     }
@@ -80,14 +108,14 @@ impl Cluster {
         key: Vec<u8>,
         action: Action,
         level: Level,
-    ) -> Result<Applied, Status> {
+    ) -> Result<Applied, CoordinatorError> {
         let (machine, cmds) = WriteCoordinator::start(replicas, level, self.node.hlc_now());
         let (answer_tx, answer_rx) = oneshot::channel();
         let this = self.clone();
         tokio::spawn(crate::trace::inherit(async move {
             this.drive_write(machine, cmds, key, action, answer_tx).await;
         }));
-        answer_rx.await.map_err(|_| Status::internal("the write's coordinator stopped without an answer"))?
+        answer_rx.await.map_err(|_| CoordinatorError::NoAnswer("write's coordinator"))?
     }
 
     /// Carries out a write coordinator's commands until it expects nothing more.
@@ -97,7 +125,7 @@ impl Cluster {
         cmds: Vec<Command<Applied>>,
         key: Vec<u8>,
         action: Action,
-        answer: oneshot::Sender<Result<Applied, Status>>,
+        answer: oneshot::Sender<Answer>,
     ) {
         let mut answer = Some(answer);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -107,18 +135,16 @@ impl Cluster {
                 match cmd {
                     Command::MergeLocal { state } => {
                         let (node, k) = (self.node.clone(), key.clone());
-                        if let Err(s) =
-                            blocking(move || node.engine().merge(&k, &state).map_err(to_status)).await
-                        {
-                            return respond(&mut answer, Err(s));
+                        if let Err(e) = blocking(move || node.engine().merge(&k, &state)).await {
+                            return respond(&mut answer, Err(e));
                         }
                     }
                     Command::Apply => match self.apply(&key, action.clone()).await {
                         Ok(applied) => queue.extend(machine.on_applied(applied)),
                         // The store refused the write: nothing was stored.
-                        Err(s) => return respond(&mut answer, Err(s)),
+                        Err(e) => return respond(&mut answer, Err(e)),
                     },
-                    Command::Respond(r) => respond(&mut answer, r.map_err(failure_status)),
+                    Command::Respond(r) => respond(&mut answer, r.map_err(CoordinatorError::Failed)),
                     // Durable before the write is answered.
                     Command::KeepHint { home, state } => self.keep_hint(home, &key, &state).await,
                     other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
@@ -136,15 +162,13 @@ impl Cluster {
     }
 
     /// Applies a client write to this node's state (stamped by this node's HLC).
-    async fn apply(&self, key: &[u8], action: Action) -> Result<Applied, Status> {
+    async fn apply(&self, key: &[u8], action: Action) -> Result<Applied, CoordinatorError> {
         let (node, k) = (self.node.clone(), key.to_vec());
         blocking(move || match action {
-            Action::Op(op) => {
-                node.write(&k, &op).map(|(out, rec)| Applied::Written(out, rec)).map_err(to_status)
-            }
+            Action::Op(op) => node.write(&k, &op).map(|(out, rec)| Applied::Written(out, rec)),
             Action::Cas { expect, value, ttl_ms } => {
                 let now = node.now_ms();
-                let swapped = node.compare_and_swap(&k, expect, value, ttl_ms, now).map_err(to_status)?;
+                let swapped = node.compare_and_swap(&k, expect, value, ttl_ms, now)?;
                 Ok(match swapped {
                     (true, Some(rec)) => Applied::Written(geokv_core::OpOutcome::Put, rec),
                     (_, rec) => Applied::CasFailed(rec),
@@ -185,7 +209,7 @@ impl Cluster {
         rec: &Record,
         level: Level,
         ship: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CoordinatorError> {
         let (mut round, cmds) = ReplicateRound::start(&self.replicas(key), level, rec.clone(), ship);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut queue: VecDeque<Command<()>> = cmds.into();
@@ -213,12 +237,12 @@ impl Cluster {
                         }
                     }));
                 }
-                return r.map_err(failure_status);
+                return r.map_err(CoordinatorError::Failed);
             }
             match rx.recv().await {
                 Some(Event::Sent(node, r)) => queue.extend(round.on_sent(node, r)),
                 Some(Event::Fetched(..)) => {}
-                None => return Err(Status::internal("the replication round stopped without an answer")),
+                None => return Err(CoordinatorError::NoAnswer("replication round")),
             }
         }
     }
@@ -271,8 +295,8 @@ impl Cluster {
 
     async fn keep_hint(&self, home: NodeId, key: &[u8], rec: &Record) {
         let (node, key, rec) = (self.node.clone(), key.to_vec(), rec.clone());
-        if blocking(move || node.engine().put_hint(home, &key, &rec).map_err(to_status)).await.is_err() {
-            tracing::error!(home, "could not keep a hint; anti-entropy must repair this replica");
+        if let Err(e) = blocking(move || node.engine().put_hint(home, &key, &rec)).await {
+            tracing::error!(home, error = %e, "could not keep a hint; anti-entropy must repair this replica");
         }
     }
 
@@ -284,17 +308,17 @@ impl Cluster {
         level: Level,
         replicas: Replicas,
         candidates: Vec<NodeId>,
-    ) -> Result<Applied, Status> {
+    ) -> Result<Applied, CoordinatorError> {
         let (mut machine, mut cmds) = Forwarder::start(&action, replicas.home(), candidates);
         let req = coordinate_request(&key, &action, level);
         loop {
             let mut next = Vec::new();
             for cmd in cmds {
                 match cmd {
-                    Command::Respond(r) => return r.map_err(failure_status),
+                    Command::Respond(r) => return r.map_err(CoordinatorError::Failed),
                     Command::Call { node } if node == self.me => {
                         let result = self.coordinate(key.clone(), action.clone(), level).await;
-                        next.extend(machine.on_called(node, result.map_err(peer_error)));
+                        next.extend(machine.on_called(node, result.map_err(PeerError::from)));
                     }
                     Command::Call { node } => {
                         let result = self.call_coordinator(node, req.clone()).await;
@@ -304,7 +328,7 @@ impl Cluster {
                 }
             }
             if next.is_empty() {
-                return Err(Status::internal("the forward stopped without an answer"));
+                return Err(CoordinatorError::NoAnswer("forward"));
             }
             cmds = next;
         }
@@ -321,8 +345,8 @@ impl Cluster {
             Err(_) => Err(PeerError::TimedOut(format!("no answer within {} ms", deadline.as_millis()))),
             Ok(Err(s)) => Err(peer_error(s)),
             // The coordinator answered that it wrote: an answer we cannot read may hide a write.
-            Ok(Ok(resp)) => decode_applied(resp.into_inner()).map_err(|s| {
-                let message = format!("{}; the write may or may not have been applied", s.message());
+            Ok(Ok(resp)) => decode_applied(resp.into_inner()).map_err(|e| {
+                let message = format!("{e}; the write may or may not have been applied");
                 PeerError::Answered(Failure {
                     kind: geokv_protocol::Kind::Internal,
                     maybe_applied: true,
@@ -333,15 +357,19 @@ impl Cluster {
     }
 
     /// Reads a key from `level` of its healthy home replicas and merges their states.
-    pub async fn read(self: &Arc<Self>, key: Vec<u8>, level: Level) -> Result<Option<Record>, Status> {
-        self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    pub async fn read(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        level: Level,
+    ) -> Result<Option<Record>, CoordinatorError> {
+        self.node.limits().check_key(&key).map_err(CoordinatorError::InvalidKey)?;
         let (mut machine, cmds) = ReadCoordinator::start(&self.replicas(&key), level, None);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut queue: VecDeque<Command<Option<Record>>> = cmds.into();
         loop {
             while let Some(cmd) = queue.pop_front() {
                 match cmd {
-                    Command::Respond(r) => return r.map_err(failure_status),
+                    Command::Respond(r) => return r.map_err(CoordinatorError::Failed),
                     other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
                 }
             }
@@ -355,7 +383,7 @@ impl Cluster {
                     queue.extend(machine.on_fetched(node, r));
                 }
                 Some(Event::Sent(..)) => {}
-                None => return Err(Status::internal("the read stopped without an answer")),
+                None => return Err(CoordinatorError::NoAnswer("read")),
             }
         }
     }
@@ -370,7 +398,7 @@ impl Cluster {
         if node == self.me {
             self.vote().map_err(PeerError::Answered)?;
             let n = self.node.clone();
-            return blocking(move || n.engine().get(&key).map_err(to_status)).await.map_err(peer_error);
+            return blocking(move || n.engine().get(&key)).await.map_err(PeerError::from);
         }
         let Some(mut client) = self.client(node) else {
             return Err(PeerError::NeverSent(format!("node {node} has no known address")));
@@ -383,7 +411,7 @@ impl Cluster {
         if resp.state.is_empty() {
             return Ok(None);
         }
-        let rec = decode(&resp.state).map_err(peer_error)?;
+        let rec = decode(&resp.state).map_err(PeerError::from)?;
         // A replica whose clock ran ahead may hold stamps from the future: such a state is
         // neither served nor merged anywhere (it would win every LWW race).
         let v = rec.version();
@@ -400,7 +428,10 @@ impl Cluster {
     async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
         let changed = if node == self.me {
             let n = self.node.clone();
-            blocking(move || n.engine().merge(&key, &merged).map_err(to_status)).await.unwrap_or(false)
+            blocking(move || n.engine().merge(&key, &merged)).await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "read repair could not merge the state here");
+                false
+            })
         } else {
             let Some(mut client) = self.client(node) else { return };
             let req = pb::MergeRequest { key, state: encode(&merged), hint_for: None, ship: false };
@@ -415,12 +446,15 @@ impl Cluster {
 
 /// Runs storage work on tokio's blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    crate::blocking::run(f).await?
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, CoordinatorError> {
+    Ok(crate::blocking::run(f).await??)
 }
 
-fn respond(answer: &mut Option<oneshot::Sender<Result<Applied, Status>>>, r: Result<Applied, Status>) {
+/// What a write's coordinator answers its caller.
+type Answer = Result<Applied, CoordinatorError>;
+
+fn respond(answer: &mut Option<oneshot::Sender<Answer>>, r: Answer) {
     if let Some(tx) = answer.take() {
         let _ = tx.send(r);
     }
@@ -446,13 +480,13 @@ fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::Coordina
     req
 }
 
-fn decode_applied(resp: pb::CoordinateResponse) -> Result<Applied, Status> {
+fn decode_applied(resp: pb::CoordinateResponse) -> Result<Applied, CoordinatorError> {
     let state = if resp.state.is_empty() { None } else { Some(decode(&resp.state)?) };
     if resp.outcome.is_empty() {
         return Ok(Applied::CasFailed(state));
     }
     let outcome: geokv_core::OpOutcome = postcard::from_bytes(&resp.outcome)
-        .map_err(|e| Status::internal(format!("coordinator sent an undecodable outcome: {e}")))?;
-    let rec = state.ok_or_else(|| Status::internal("coordinator sent no state for a write"))?;
+        .map_err(|e| CoordinatorError::BadAnswer(format!("an undecodable outcome: {e}")))?;
+    let rec = state.ok_or_else(|| CoordinatorError::BadAnswer("no state for a write".into()))?;
     Ok(Applied::Written(outcome, rec))
 }

@@ -28,7 +28,7 @@ use geokv_topology::Topology;
 
 pub use crate::peer::ClusterService;
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
-pub use coordinator::{Action, Applied};
+pub use coordinator::{Action, Applied, CoordinatorError};
 pub use moves::MoveError;
 
 use crate::{ClusterConfig, Node};

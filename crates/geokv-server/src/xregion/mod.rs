@@ -563,6 +563,6 @@ impl Cluster {
         } else {
             rec
         };
-        self.replicate(&key, &state, Level::Quorum, false).await
+        Ok(self.replicate(&key, &state, Level::Quorum, false).await?)
     }
 }
