@@ -416,6 +416,11 @@ impl Engine {
         Ok(out)
     }
 
+    /// `limits.max_record_bytes` (see [`crate::size`]).
+    pub fn max_record_bytes(&self) -> usize {
+        self.cfg.max_record_bytes
+    }
+
     /// The grace period before a tombstone or an expired key is purged (see [`crate::purge`]).
     pub fn grace_ms(&self) -> u64 {
         self.cfg.tombstone_grace_secs.saturating_mul(1000)
@@ -425,13 +430,8 @@ impl Engine {
         purge::deadline(rec, self.grace_ms()).map(|d| (d, TtlTag::Purge)).into_iter().collect()
     }
 
-    /// The uncompressed payload of a new state of `key`, checked against `max_record_bytes`.
-    ///
-    /// A client write (`merge` false) may not grow a state past the limit; one that does not
-    /// grow it (a removal from a set that merges made oversized) is taken. A merge of replica
-    /// states is taken up to the codec's bound ([`geokv_core::MAX_RECORD_BYTES`]) and counted
-    /// when over the limit: both states were within it, and refusing their merge would leave
-    /// the replicas (or regions) apart for good and stall whatever carries the merge.
+    /// The uncompressed payload of a new state of `key`, checked against `max_record_bytes` by
+    /// the size rule ([`crate::size`]); an oversized merge is counted and logged.
     pub(crate) fn serialize_checked(
         &self,
         key: &[u8],
@@ -441,24 +441,11 @@ impl Engine {
     ) -> Result<Vec<u8>, StorageError> {
         let plain = codec::serialize(new);
         let limit = self.cfg.max_record_bytes;
-        if plain.len() <= limit {
-            return Ok(plain);
-        }
-        if merge {
-            if plain.len() > geokv_core::MAX_RECORD_BYTES {
-                return Err(StorageError::RecordTooLarge {
-                    actual: plain.len(),
-                    limit: geokv_core::MAX_RECORD_BYTES,
-                });
-            }
+        if crate::size::check(plain.len(), old, limit, merge)? == crate::size::Fits::OversizedMerge {
             self.oversized_merges.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key = %String::from_utf8_lossy(key), bytes = plain.len(), limit, "a merged state is over limits.max_record_bytes; stored (writes that would grow it are refused)");
-            return Ok(plain);
         }
-        if old.is_some_and(|o| codec::serialize(o).len() >= plain.len()) {
-            return Ok(plain);
-        }
-        Err(StorageError::RecordTooLarge { actual: plain.len(), limit })
+        Ok(plain)
     }
 
     /// Commits changes of several keys in one `WriteBatch` (one WAL write and sync), each with

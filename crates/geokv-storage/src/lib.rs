@@ -25,6 +25,8 @@ mod keys;
 mod mem;
 pub mod purge;
 #[cfg(feature = "engine")]
+pub mod size;
+#[cfg(feature = "engine")]
 pub mod store;
 
 pub use config::StorageConfig;

@@ -1,7 +1,7 @@
 //! An in-memory [`ReplicaStore`]: the store of the simulator's nodes and of tests that need a
 //! replica's store without a disk. Same semantics as the RocksDB engine for everything the
-//! protocol uses (the conformance suite checks it); no admission, stamp or size checks, no TTL
-//! index, nothing survives the process.
+//! protocol uses (the conformance suite checks it), the size rule ([`crate::size`]) included;
+//! no admission or stamp checks, no TTL index, nothing survives the process.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -25,12 +25,21 @@ pub struct MemStore {
     inner: Mutex<Inner>,
     /// The grace period before a tombstone or an expired key is purged.
     grace_ms: u64,
+    /// `limits.max_record_bytes`: client writes may not grow a state past it.
+    max_record_bytes: usize,
+    /// Merged states stored although over `max_record_bytes`.
+    oversized_merges: std::sync::atomic::AtomicU64,
 }
 
 impl Default for MemStore {
     fn default() -> Self {
-        let grace_ms = crate::StorageConfig::default().tombstone_grace_secs.saturating_mul(1000);
-        MemStore { inner: Mutex::default(), grace_ms }
+        let cfg = crate::StorageConfig::default();
+        MemStore {
+            inner: Mutex::default(),
+            grace_ms: cfg.tombstone_grace_secs.saturating_mul(1000),
+            max_record_bytes: cfg.max_record_bytes,
+            oversized_merges: Default::default(),
+        }
     }
 }
 
@@ -42,6 +51,25 @@ impl MemStore {
     /// A store that purges tombstones and expired keys `grace_ms` after their time.
     pub fn with_grace_ms(grace_ms: u64) -> MemStore {
         MemStore { grace_ms, ..MemStore::default() }
+    }
+
+    /// The same store with `limits.max_record_bytes` set to `bytes`.
+    pub fn with_max_record_bytes(self, bytes: usize) -> MemStore {
+        MemStore { max_record_bytes: bytes, ..self }
+    }
+
+    /// How many merged states were stored although over `max_record_bytes`.
+    pub fn oversized_merges(&self) -> u64 {
+        self.oversized_merges.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks a new state of `key` against the size rule, counting an oversized merge.
+    fn fits(&self, new: &Record, old: Option<&Record>, merge: bool) -> Result<(), StorageError> {
+        let len = crate::codec::serialize(new).len();
+        if crate::size::check(len, old, self.max_record_bytes, merge)? == crate::size::Fits::OversizedMerge {
+            self.oversized_merges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The HLC time (Unix milliseconds) of the oldest change a tailer has not consumed, as
@@ -101,6 +129,7 @@ impl ReplicaStore for MemStore {
         let mut i = self.lock();
         let Update { record, out } = f(i.data.get(key))?;
         if let Some(rec) = record {
+            self.fits(&rec, i.data.get(key), false)?;
             i.store(key, rec, true);
         }
         Ok(out)
@@ -119,6 +148,7 @@ impl ReplicaStore for MemStore {
             }
             None => incoming.clone(),
         };
+        self.fits(&merged, i.data.get(key), true)?;
         i.store(key, merged, ship);
         Ok(true)
     }
@@ -173,7 +203,10 @@ impl ReplicaStore for MemStore {
     }
 
     fn log_since(&self, after: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
-        Ok(self.lock().log.iter().filter(|e| e.seq > after).take(max).cloned().collect())
+        let i = self.lock();
+        // The log is in sequence order.
+        let from = i.log.partition_point(|e| e.seq <= after);
+        Ok(i.log[from..].iter().take(max).cloned().collect())
     }
 
     fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StorageError> {
@@ -197,6 +230,10 @@ impl ReplicaStore for MemStore {
         let i = self.lock();
         let entries = i.data.range(from.to_vec()..).map(|(k, r)| Ok((k.clone(), Some(r.clone()))));
         crate::engine::page(entries, prefix, limit, max_bytes, size)
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     fn grace_ms(&self) -> u64 {
@@ -227,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_in_memory_store_passes_the_conformance_suite() {
-        crate::store::conformance::run_all(MemStore::new);
+        crate::store::conformance::run_all(|| MemStore::new().with_max_record_bytes(4096));
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub trait ReplicaStore {
     /// The grace period before a tombstone or an expired key is purged (see [`crate::purge`]).
     fn grace_ms(&self) -> u64;
 
+    /// `limits.max_record_bytes`: the size rule ([`crate::size`]) client writes are held to.
+    fn max_record_bytes(&self) -> usize;
+
     /// Removes `key`'s state for good (or, for an expired key, replaces it by a marker of its
     /// deadline) if [`crate::purge::plan`] says so at `now_ms`; whether it did.
     fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError>;
@@ -150,6 +153,10 @@ impl ReplicaStore for crate::Engine {
         crate::Engine::grace_ms(self)
     }
 
+    fn max_record_bytes(&self) -> usize {
+        crate::Engine::max_record_bytes(self)
+    }
+
     fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
         crate::Engine::purge_if_due(self, key, now_ms)
     }
@@ -184,6 +191,7 @@ pub mod conformance {
         cursors_start_at_zero_and_keep_what_was_saved(&fresh());
         scans_page_by_prefix_limit_and_size(&fresh());
         purges_tombstones_and_expired_keys_after_the_grace_period(&fresh());
+        writes_are_held_to_the_size_limit_and_merges_are_not(&fresh());
     }
 
     pub fn updates_store_what_they_decide<S: ReplicaStore>(s: &S) {
@@ -317,5 +325,54 @@ pub mod conformance {
         assert!(marker.is_marker(), "{marker:?}");
         assert!(s.purge_if_due(b"ttl", NOW + 8 + 2 * grace).unwrap(), "which goes a grace period later");
         assert_eq!(s.get(b"ttl").unwrap(), None);
+    }
+
+    /// The size rule ([`crate::size`]): a client write may not grow a state past
+    /// `max_record_bytes` (nothing is stored), a merge of two states within it is stored
+    /// whatever its size, and a write that shrinks an oversized state is taken.
+    pub fn writes_are_held_to_the_size_limit_and_merges_are_not<S: ReplicaStore>(s: &S) {
+        let limit = s.max_record_bytes();
+        assert!(limit <= 64 * 1024, "run the conformance suite with a small limits.max_record_bytes");
+        let member = |prefix: &str, i: usize| format!("{prefix}-{i:06}").into_bytes();
+        // The largest set of one writer's members that stays within the limit.
+        let within = |prefix: &str, node: u64| {
+            let mut n = 1;
+            loop {
+                let members = (0..n + 1).map(|i| member(prefix, i)).collect();
+                let rec = state(&Op::SetAdd { members, ttl_ms: None }, node, 1);
+                if crate::codec::serialize(&rec).len() > limit {
+                    let members = (0..n).map(|i| member(prefix, i)).collect();
+                    return state(&Op::SetAdd { members, ttl_ms: None }, node, 1);
+                }
+                n += 1;
+            }
+        };
+        let (a, b) = (within("a", 1), within("b", 2));
+        s.merge_as(b"big", &a, false).unwrap();
+        // A client write growing the state past the limit is refused and stores nothing.
+        let seq = s.committed_seq();
+        let grown = s.update(b"big", |cur| {
+            let stamp = Stamp::new(Stamp::ntp_from_millis(NOW + 5), 1);
+            let op = Op::SetAdd { members: vec![member("c", 0)], ttl_ms: None };
+            let a = apply(cur, &op, stamp, NOW, &Limits::default())?;
+            Ok(Update { record: Some(a.record), out: () })
+        });
+        assert!(matches!(grown, Err(crate::StorageError::RecordTooLarge { .. })), "{grown:?}");
+        assert_eq!(s.get(b"big").unwrap(), Some(a.clone()), "a refused write stores nothing");
+        assert_eq!(s.committed_seq(), seq, "and logs nothing");
+        // Two states within the limit merge to more: stored.
+        assert!(s.merge_as(b"big", &b, false).unwrap());
+        let mut both = a.clone();
+        both.merge(&b);
+        assert!(crate::codec::serialize(&both).len() > limit);
+        assert_eq!(s.get(b"big").unwrap(), Some(both.clone()), "an oversized merge is stored");
+        // A removal shrinks the oversized state: taken.
+        s.update(b"big", |cur| {
+            let stamp = Stamp::new(Stamp::ntp_from_millis(NOW + 6), 1);
+            let a =
+                apply(cur, &Op::SetRemove { members: vec![member("a", 0)] }, stamp, NOW, &Limits::default())?;
+            Ok(Update { record: Some(a.record), out: () })
+        })
+        .expect("a write that shrinks an oversized state is taken");
     }
 }

@@ -13,6 +13,7 @@ use geokv_protocol::{
     Action, Applied, Command, Failure, ForwardCommand, Forwarder, Kind, PeerError, ReadCoordinator, Replicas,
     ReplicateRound, WriteCoordinator,
 };
+use geokv_storage::ReplicaStore;
 
 use super::node::{Ctx, Key, Msg, Node, Timer, REQUEST_TIMEOUT_MS};
 use super::{Addr, Bug};
@@ -304,7 +305,18 @@ impl Node {
             }
         };
         if let Applied::Written(_, rec) = &applied {
-            self.merge_local(key, rec, true);
+            // Stored as the server's engine stores a client write: held to the size rule
+            // (`geokv_storage::size`), refused whole if it grows the key past the limit.
+            let new = rec.clone();
+            self.store.update(key, |_| Ok(geokv_storage::Update { record: Some(new), out: () })).map_err(
+                |e| match e {
+                    geokv_storage::StorageError::RecordTooLarge { .. } => {
+                        Failure::refused(Kind::FailedPrecondition, e.to_string())
+                    }
+                    other => panic!("the in-memory store does not fail: {other}"),
+                },
+            )?;
+            self.hlc = self.hlc.max(rec.version().time);
         }
         Ok(applied)
     }

@@ -93,6 +93,9 @@ pub enum Bug {
     /// The sweeper drops deleted and expired keys at once (no grace period, no wait for the
     /// cross-region replicator).
     PurgeEarly,
+    /// A merge of replica states over `max_record_bytes` is not stored (the replica keeps its
+    /// own state), as a store that held merges to the client writes' limit would do.
+    OversizedMergeDropped,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +114,9 @@ pub struct SimConfig {
     /// Per region: append-only keys and sets with removes that only that region's clients write.
     pub logs: usize,
     pub local_sets: usize,
+    /// `limits.max_record_bytes` of every node: small, so that client writes are refused for
+    /// growing a key past it and concurrent set additions merge to more (stored anyway).
+    pub max_record_bytes: usize,
     pub bug: Option<Bug>,
 }
 
@@ -127,10 +133,15 @@ impl Default for SimConfig {
             expiring: 2,
             logs: 2,
             local_sets: 2,
+            max_record_bytes: MAX_RECORD_BYTES,
             bug: None,
         }
     }
 }
+
+/// The default `SimConfig::max_record_bytes`: about a set of ten members written from a few
+/// nodes, so the shared sets (16 members, written from every region) reach it.
+pub const MAX_RECORD_BYTES: usize = 400;
 
 /// What one run did and what the checker found.
 pub struct SimRun {
@@ -141,6 +152,8 @@ pub struct SimRun {
     pub sim_ms: u64,
     pub messages: u64,
     pub dropped: u64,
+    /// Merged states stored although over `max_record_bytes`, over all nodes.
+    pub oversized_merges: u64,
 }
 
 /// Runs the schedule drawn from `seed`.
@@ -223,11 +236,12 @@ impl World {
     fn new(schedule: Schedule, cfg: SimConfig) -> World {
         let layout = cfg.layout.clone();
         let mut nodes = BTreeMap::new();
-        for r in 0..layout.regions {
-            let ids: Vec<NodeId> = (0..layout.nodes_per_region).map(|i| layout.node(r, i)).collect();
-            let ring = Ring::new(ids.iter().copied(), 64);
-            for &id in &ids {
-                nodes.insert(id, Node::new(id, r, ring.clone(), cfg.n));
+        let rings: Vec<Ring> = (0..layout.regions)
+            .map(|r| Ring::new((0..layout.nodes_per_region).map(|i| layout.node(r, i)), 64))
+            .collect();
+        for (r, ring) in rings.iter().enumerate() {
+            for &id in ring.nodes() {
+                nodes.insert(id, Node::new(id, r, rings.clone(), cfg.n, cfg.max_record_bytes, cfg.bug));
             }
         }
         let clients = (0..layout.regions)
@@ -558,7 +572,9 @@ impl World {
                 "the cluster did not go quiet within {QUIET_DEADLINE_MS} ms of the heal (hints, unshipped changes or requests left)"
             ));
         }
+        let oversized_merges = self.nodes.values().map(|n| n.store.oversized_merges()).sum();
         SimRun {
+            oversized_merges,
             schedule: self.schedule,
             report,
             history: self.history,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use geokv_cluster::Level;
-use geokv_core::{NodeId, Record, Stamp};
+use geokv_core::{Crdt, NodeId, Record, Stamp};
 use geokv_protocol::{Action, Applied, Failure, Kind, PeerError, Recovery};
 use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 
 use super::drive::{Input, Job, Reply};
-use super::region::AeRun;
+use super::region::{AeRun, Scope};
 use super::xregion::{BatchJob, BatchMsg, InFlight};
 use super::{Addr, Bug, Layout};
 use crate::history::Observed;
@@ -35,6 +35,9 @@ pub const PING_EVERY_MS: u64 = 100;
 pub const HANDOFF_EVERY_MS: u64 = 200;
 pub const SHIP_EVERY_MS: u64 = 50;
 pub const ANTI_ENTROPY_EVERY_MS: u64 = 1_000;
+/// How often a node starts an exchange with a node of another region (the server's
+/// cross-region backstop for what the replicator missed).
+pub const REMOTE_ANTI_ENTROPY_EVERY_MS: u64 = 2_000;
 /// How often a recovering node tries an exchange with a peer it still waits for.
 pub const RECOVERY_EVERY_MS: u64 = 200;
 /// How long a tombstone or an expired key is kept before the sweeper purges it: longer than
@@ -183,6 +186,8 @@ pub enum Timer {
     Handoff,
     Ship,
     AntiEntropy,
+    /// An anti-entropy exchange with the next node of another region.
+    RemoteAntiEntropy,
     /// The sweeper: purges tombstones and expired keys past their grace period.
     Sweep,
     /// A request this node coordinates or forwarded has waited its deadline.
@@ -213,6 +218,8 @@ pub struct Node {
     /// Bumped by every crash: timers of an earlier life are ignored.
     pub life: u64,
     pub(crate) ring: Ring,
+    /// Every region's ring (this node's own at `region`), for exchanges with other regions.
+    pub(crate) rings: Vec<Ring>,
     pub(crate) n: usize,
     /// Durable, kept across crashes: states, hints, the change log and the replicator's
     /// cursors (named after the destination region).
@@ -225,9 +232,11 @@ pub struct Node {
     /// The peers it has synced with are volatile: a crash starts them over.
     pub recovery: Option<Recovery>,
     // Volatile.
-    pub(crate) ae_round: usize,
-    /// The anti-entropy exchange this node runs, if any.
-    pub(crate) ae: Option<AeRun>,
+    /// Turns of the anti-entropy rotations (see [`Scope`]).
+    pub(crate) ae_round: [usize; 2],
+    /// The anti-entropy exchanges this node runs, with a peer of its region and with a node of
+    /// another region (indexed by [`Scope`]).
+    pub(crate) ae: [Option<AeRun>; 2],
     pub(crate) hlc: u64,
     heard: BTreeMap<NodeId, u64>,
     next_id: u64,
@@ -251,23 +260,33 @@ pub struct Node {
     pub clock_offset_ms: i64,
     pub clock_drift_ppm: i64,
     pub disk_delay_ms: u64,
+    /// Planted bug [`Bug::OversizedMergeDropped`].
+    drop_oversized_merges: bool,
 }
 
 impl Node {
-    pub fn new(id: NodeId, region: usize, ring: Ring, n: usize) -> Node {
+    pub fn new(
+        id: NodeId,
+        region: usize,
+        rings: Vec<Ring>,
+        n: usize,
+        max_record_bytes: usize,
+        bug: Option<Bug>,
+    ) -> Node {
         Node {
             id,
             region,
             up: true,
             paused: false,
             life: 0,
-            ring,
+            ring: rings[region].clone(),
+            rings,
             n,
-            store: MemStore::with_grace_ms(TOMBSTONE_GRACE_MS),
+            store: MemStore::with_grace_ms(TOMBSTONE_GRACE_MS).with_max_record_bytes(max_record_bytes),
             incarnation: 1,
             recovery: None,
-            ae_round: 0,
-            ae: None,
+            ae_round: [0, 0],
+            ae: [None, None],
             hlc: 0,
             heard: BTreeMap::new(),
             next_id: 1,
@@ -284,7 +303,13 @@ impl Node {
             clock_offset_ms: 0,
             clock_drift_ppm: 0,
             disk_delay_ms: 0,
+            drop_oversized_merges: bug == Some(Bug::OversizedMergeDropped),
         }
+    }
+
+    /// The region of a node of the deployment.
+    pub(crate) fn region_of(&self, node: NodeId) -> usize {
+        self.rings.iter().position(|r| r.nodes().contains(&node)).expect("a node of the deployment")
     }
 
     /// The key's home replicas in this region.
@@ -305,14 +330,21 @@ impl Node {
         self.scan_calls.clear();
         self.client_batches.clear();
         self.handoffs.clear();
-        self.ae = None;
+        self.ae = [None, None];
         if self.recovery.is_some() {
             self.recovery = Some(Recovery::new());
         }
         self.batches.clear();
         self.inflight.clear();
         self.streams.clear();
-        for t in [Timer::Ping, Timer::Handoff, Timer::Ship, Timer::AntiEntropy, Timer::Sweep] {
+        for t in [
+            Timer::Ping,
+            Timer::Handoff,
+            Timer::Ship,
+            Timer::AntiEntropy,
+            Timer::RemoteAntiEntropy,
+            Timer::Sweep,
+        ] {
             let jitter = ctx.rng.gen_range(0..50);
             ctx.timers.push((ctx.now + jitter, t));
         }
@@ -438,9 +470,19 @@ impl Node {
                     None => (self.peers(ctx.layout), ANTI_ENTROPY_EVERY_MS),
                 };
                 if !peers.is_empty() {
-                    self.anti_entropy_tick(&peers, ctx);
+                    self.anti_entropy_tick(Scope::Region, &peers, ctx);
                 }
                 ctx.timers.push((ctx.now + every, Timer::AntiEntropy));
+            }
+            Timer::RemoteAntiEntropy => {
+                let remote: Vec<NodeId> = (0..self.rings.len())
+                    .filter(|&r| r != self.region)
+                    .flat_map(|r| self.rings[r].nodes().iter().copied())
+                    .collect();
+                if !remote.is_empty() {
+                    self.anti_entropy_tick(Scope::Remote, &remote, ctx);
+                }
+                ctx.timers.push((ctx.now + REMOTE_ANTI_ENTROPY_EVERY_MS, Timer::RemoteAntiEntropy));
             }
             Timer::Sweep => {
                 let now_ms = self.physical_ms(ctx.now);
@@ -578,6 +620,13 @@ impl Node {
     /// Merges a state into this node's store (logging the change; `ship`: for the
     /// cross-region replicator).
     pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) {
+        if self.drop_oversized_merges {
+            let mut merged = self.state(key).unwrap_or_default();
+            merged.merge(rec);
+            if geokv_storage::codec::serialize(&merged).len() > self.store.max_record_bytes() {
+                return;
+            }
+        }
         self.store.merge_as(key, rec, ship).expect("the in-memory store does not fail");
         self.hlc = self.hlc.max(rec.version().time);
     }

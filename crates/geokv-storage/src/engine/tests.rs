@@ -456,7 +456,7 @@ fn the_rocksdb_engine_passes_the_conformance_suite() {
     let dirs = std::cell::RefCell::new(Vec::new());
     crate::store::conformance::run_all(|| {
         let dir = tempfile::tempdir().unwrap();
-        let e = open(dir.path(), StorageConfig::default());
+        let e = open(dir.path(), StorageConfig { max_record_bytes: 4096, ..StorageConfig::default() });
         dirs.borrow_mut().push(dir);
         e
     });
