@@ -79,6 +79,39 @@ impl From<crate::region::CoordinatorError> for PeerError {
     }
 }
 
+impl From<crate::region::AntiEntropyError> for Status {
+    fn from(e: crate::region::AntiEntropyError) -> Self {
+        use crate::region::AntiEntropyError;
+        let message = e.to_string();
+        match e {
+            AntiEntropyError::UnknownPeer | AntiEntropyError::NoOutcome => Status::internal(message),
+            AntiEntropyError::KeysFailed { .. } | AntiEntropyError::Stopped(_) => {
+                Status::unavailable(message)
+            }
+            AntiEntropyError::Peer { error: PeerError::Answered(f), .. } => {
+                Status::new(code_for(f.kind), message)
+            }
+            AntiEntropyError::Peer { error: PeerError::TimedOut(_), .. } => {
+                Status::deadline_exceeded(message)
+            }
+            AntiEntropyError::Peer { .. } => Status::unavailable(message),
+            AntiEntropyError::Storage(e) => to_status(e),
+            AntiEntropyError::Task(e) => e.into(),
+        }
+    }
+}
+
+/// Why the merge here and push back of one key failed, as the exchange takes it: the push's
+/// own failure, or what a peer failing with the same status would mean.
+impl From<crate::region::AntiEntropyError> for PeerError {
+    fn from(e: crate::region::AntiEntropyError) -> Self {
+        match e {
+            crate::region::AntiEntropyError::Peer { error, .. } => error,
+            other => peer_error(other.into()),
+        }
+    }
+}
+
 /// Metadata of a status that carries a coordinator's [`Failure`]: `maybe-applied` or
 /// `not-applied`. A forwarding node reads it to tell a coordinator's final answer from a
 /// failed connection (both may be `UNAVAILABLE`), and the client sees whether a failed write
@@ -240,5 +273,30 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn anti_entropy_errors_keep_their_codes_and_messages() {
+        use crate::region::AntiEntropyError;
+        let s = Status::from(AntiEntropyError::KeysFailed { failed: 3 });
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unavailable, "3 keys could not be exchanged; the next round retries them")
+        );
+        let s = Status::from(AntiEntropyError::Stopped("the peer's summary: gone".into()));
+        assert_eq!((s.code(), s.message()), (Code::Unavailable, "the peer's summary: gone"));
+        let s = Status::from(AntiEntropyError::UnknownPeer);
+        assert_eq!((s.code(), s.message()), (Code::Internal, "unknown peer"));
+        let s = Status::from(AntiEntropyError::NoOutcome);
+        assert_eq!(s.message(), "the anti-entropy exchange stopped without an outcome");
+        // A failed push is the push's own failure; a local one what its status would mean.
+        let timed_out = PeerError::TimedOut("no answer within 1s".into());
+        let e = PeerError::from(AntiEntropyError::Peer { node: 2, error: timed_out.clone() });
+        assert_eq!(e, timed_out);
+        let local = AntiEntropyError::Storage(StorageError::Core(CoreError::InvalidArgument("no".into())));
+        assert!(matches!(
+            PeerError::from(local),
+            PeerError::Answered(Failure { kind: Kind::InvalidArgument, .. })
+        ));
     }
 }

@@ -19,16 +19,45 @@ use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
 use geokv_protocol::anti_entropy::{shared, AeCommand, Digests, Exchange};
 use geokv_protocol::{Failure, Kind, PeerError};
-use geokv_storage::codec;
+use geokv_storage::{codec, StorageError};
 use tonic::Status;
 
 use super::coordinator::{decode, encode};
 use super::Cluster;
+use crate::api::status::peer_error;
+use crate::blocking::TaskFailed;
 
 /// Deadline of a peer's summary or digest scan.
 const AE_SCAN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Awaits a node-to-node call for at most `deadline`.
+/// Why an exchange with a peer did not complete (logged; the next round retries it). The codes
+/// it would have as a gRPC status are in `api::status`.
+#[derive(Debug, thiserror::Error)]
+pub enum AntiEntropyError {
+    /// The peer is not a member this node has a client for.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// Pushing a merged state to the peer failed.
+    #[error("pushing to node {node} failed: {error}")]
+    Peer { node: NodeId, error: PeerError },
+    /// The exchange ended, but some keys failed.
+    #[error("{failed} keys could not be exchanged; the next round retries them")]
+    KeysFailed { failed: u64 },
+    /// The exchange stopped early (the peer's summary or digests could not be had).
+    #[error("{0}")]
+    Stopped(String),
+    /// The driver ran out of commands before the exchange's outcome (a bug).
+    #[error("the anti-entropy exchange stopped without an outcome")]
+    NoOutcome,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
+
+/// Awaits a node-to-node call for at most `deadline`. The error is the transport's answer (or
+/// `DEADLINE_EXCEEDED`): callers that act on it type it with `api::status::peer_error`; the
+/// status page and residency reports show its code.
 pub(crate) async fn with_deadline<T>(
     deadline: std::time::Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -154,17 +183,15 @@ impl Cluster {
 
     /// One exchange with `peer`, driven by the protocol's state machine
     /// (`geokv_protocol::anti_entropy::Exchange`): this driver only runs its commands.
-    pub(crate) async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), Status> {
-        let mut client = self.client(peer).ok_or_else(|| Status::internal("unknown peer"))?;
+    pub(crate) async fn anti_entropy_with(self: &Arc<Self>, peer: NodeId) -> Result<(), AntiEntropyError> {
+        let mut client = self.client(peer).ok_or(AntiEntropyError::UnknownPeer)?;
         let (mut exchange, first) = Exchange::start();
         let mut todo: VecDeque<AeCommand> = first.into();
         while let Some(command) = todo.pop_front() {
             let next = match command {
                 AeCommand::Summarize => {
                     let this = self.clone();
-                    let (mine, compared) = crate::blocking::run(move || this.summary_for(peer))
-                        .await?
-                        .map_err(crate::api::status::to_status)?;
+                    let (mine, compared) = crate::blocking::run(move || this.summary_for(peer)).await??;
                     self.stats.ae_keys_compared.fetch_add(compared as u64, Ordering::Relaxed);
                     exchange.on_local_summary(mine)
                 }
@@ -178,7 +205,7 @@ impl Cluster {
                                     .fetch_add(s.leaves.len() as u64 * 8, Ordering::Relaxed);
                                 Summary { leaves: s.leaves }
                             })
-                            .map_err(crate::api::status::peer_error);
+                            .map_err(peer_error);
                     exchange.on_peer_summary(theirs)
                 }
                 AeCommand::Digests { leaves } => {
@@ -205,26 +232,26 @@ impl Cluster {
                                 })
                             }
                         }
-                        Err(s) => Err(crate::api::status::peer_error(s)),
+                        Err(s) => Err(peer_error(s)),
                     };
                     exchange.on_fetched(key, theirs)
                 }
                 AeCommand::MergeAndPush { key, theirs } => {
-                    let pushed = self.merge_and_push(&mut client, key.clone(), theirs.map(|b| *b)).await;
+                    let pushed =
+                        self.merge_and_push(&mut client, peer, key.clone(), theirs.map(|b| *b)).await;
                     if let Err(e) = &pushed {
                         tracing::debug!(peer, error = %e, "anti-entropy exchange failed");
                     }
-                    exchange.on_pushed(key, pushed.map_err(crate::api::status::peer_error))
+                    exchange.on_pushed(key, pushed.map_err(PeerError::from))
                 }
                 AeCommand::Done(result) => {
                     self.exchanged(peer, &result).await;
                     return match result {
-                        Ok(outcome) if outcome.failed > 0 => Err(Status::unavailable(format!(
-                            "{} keys could not be exchanged; the next round retries them",
-                            outcome.failed
-                        ))),
+                        Ok(outcome) if outcome.failed > 0 => {
+                            Err(AntiEntropyError::KeysFailed { failed: outcome.failed })
+                        }
                         Ok(_) => Ok(()),
-                        Err(why) => Err(Status::unavailable(why)),
+                        Err(why) => Err(AntiEntropyError::Stopped(why)),
                     };
                 }
             };
@@ -234,7 +261,7 @@ impl Cluster {
                 todo.push_front(command);
             }
         }
-        Err(Status::internal("the anti-entropy exchange stopped without an outcome"))
+        Err(AntiEntropyError::NoOutcome)
     }
 
     /// This node's and the peer's digests of the keys in some buckets.
@@ -243,19 +270,17 @@ impl Cluster {
         client: &mut crate::peer::client::PeerClient,
         peer: NodeId,
         leaves: Vec<u32>,
-    ) -> Result<Result<(Digests, Digests), geokv_protocol::PeerError>, Status> {
+    ) -> Result<Result<(Digests, Digests), PeerError>, AntiEntropyError> {
         let request = pb::DigestsRequest { peer: self.me, leaves: leaves.clone() };
         let theirs: Digests = match with_deadline(AE_SCAN_TIMEOUT, client.digests(request)).await {
             Ok(r) => r.digests.into_iter().map(|d| (d.key, d.digest)).collect(),
-            Err(s) => return Ok(Err(crate::api::status::peer_error(s))),
+            Err(s) => return Ok(Err(peer_error(s))),
         };
         self.stats
             .ae_summary_bytes
             .fetch_add(theirs.keys().map(|k| k.len() as u64 + 8).sum::<u64>(), Ordering::Relaxed);
         let this = self.clone();
-        let mine = crate::blocking::run(move || this.local_digests(peer, Some(&leaves)))
-            .await?
-            .map_err(crate::api::status::to_status)?;
+        let mine = crate::blocking::run(move || this.local_digests(peer, Some(&leaves))).await??;
         Ok(Ok((mine, theirs)))
     }
 
@@ -263,9 +288,10 @@ impl Cluster {
     async fn merge_and_push(
         &self,
         client: &mut crate::peer::client::PeerClient,
+        peer: NodeId,
         key: Vec<u8>,
         theirs: Option<geokv_core::Record>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), AntiEntropyError> {
         let node = self.node.clone();
         let k = key.clone();
         let merged = crate::blocking::run(move || {
@@ -274,13 +300,14 @@ impl Cluster {
             }
             node.engine().get(&k)
         })
-        .await?
-        .map_err(crate::api::status::to_status)?;
+        .await??;
         if let Some(rec) = merged {
             let state = encode(&rec);
             self.stats.ae_state_bytes_sent.fetch_add(state.len() as u64, Ordering::Relaxed);
             let req = pb::MergeRequest { key, state, hint_for: None, ship: false };
-            with_deadline(self.peers.timeout(), self.send_merge(client, req)).await?;
+            with_deadline(self.peers.timeout(), self.send_merge(client, req))
+                .await
+                .map_err(|s| AntiEntropyError::Peer { node: peer, error: peer_error(s) })?;
         }
         self.stats.ae_keys_repaired.fetch_add(1, Ordering::Relaxed);
         Ok(())

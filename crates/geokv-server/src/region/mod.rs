@@ -27,6 +27,7 @@ use geokv_core::NodeId;
 use geokv_topology::Topology;
 
 pub use crate::peer::ClusterService;
+pub use anti_entropy::AntiEntropyError;
 pub(crate) use coordinator::{decode as coordinator_decode, encode as coordinator_encode};
 pub use coordinator::{Action, Applied, CoordinatorError};
 pub use moves::MoveError;
