@@ -9,8 +9,9 @@
 //! may be retried ([`Forwarder`]), where a replica keeps a state it is sent ([`keep`]), what
 //! becomes of the hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and
 //! exchange the keys they differ on ([`Exchange`], Merkle anti-entropy), what a cross-region
-//! batch carries and how a received one is taken in and acknowledged ([`xregion`]), and when a
-//! replica that lost its data may vote in quorum reads again ([`recovery`]).
+//! batch carries and how a received one is taken in and acknowledged ([`xregion`]), when a
+//! replica that lost its data may vote in quorum reads again ([`recovery`]), and the steps of
+//! nodes joining and leaving a region and of cleanup ([`moves`]).
 //!
 //! Each coordinator is a state machine: it takes events (a replica's answer, the store's
 //! result, a deadline) and returns [`Command`]s (fetch, merge, apply, send, keep a hint,
@@ -27,6 +28,7 @@ mod command;
 mod error;
 mod forward;
 pub mod handoff;
+pub mod moves;
 mod read;
 pub mod recovery;
 mod replicas;

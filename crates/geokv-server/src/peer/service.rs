@@ -199,8 +199,7 @@ impl ClusterRpc for ClusterService {
         let limit = (req.limit as usize).clamp(1, self.cluster.node().limits().max_scan_limit + 1);
         let view = self.cluster.view();
         let keep = move |key: &[u8]| {
-            req.future_replica
-                .is_none_or(|id| view.future_owners().preference_list(key, view.n()).contains(&id))
+            req.future_replica.is_none_or(|joiner| geokv_protocol::moves::hands_over(&view, key, joiner))
         };
         let (start, prefix) = (req.start.clone(), req.prefix.clone());
         let page = self.blocking(move |n| n.scan_states(&start, &prefix, limit, keep)).await?;

@@ -1,4 +1,5 @@
-//! Nodes joining and leaving a region while it serves: ranges move by streaming.
+//! Nodes joining and leaving a region while it serves: ranges move by streaming. The steps and
+//! which keys go where are `geokv_protocol::moves`'s; this file carries them out.
 //!
 //! **Join**: a node started with `cluster.join = true` is `joining`. Once every reachable peer
 //! sees it so (from then on, coordinators send it every write for its future ranges), it
@@ -23,6 +24,7 @@ use std::time::Duration;
 use geokv_cluster::Status;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::moves::{self, Move, Step};
 use geokv_protocol::PeerError;
 use geokv_storage::StorageError;
 use tokio::task::JoinSet;
@@ -111,29 +113,54 @@ impl Cluster {
 
     /// Runs this node's join to the end (see the module docs). Idempotent.
     pub async fn join(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
-        if self.view().me().status != Status::Joining {
-            return Ok(self.report(0, 0));
-        }
-        self.wait_until_seen().await?;
+        let Some(join) = Move::join(self.view().me().status) else { return Ok(self.report(0, 0)) };
+        let (keys, bytes) = self.run_move(join).await?;
+        tracing::info!(keys, bytes, "joined the region: streamed in its ranges and took them over");
+        Ok(self.report(keys, bytes))
+    }
+
+    /// Carries out the steps of a join or leave (`geokv_protocol::moves`); the keys and bytes
+    /// streamed.
+    async fn run_move(self: &Arc<Self>, mut mv: Move) -> Result<(u64, u64), MoveError> {
         let (mut keys, mut bytes) = (0, 0);
-        let owners: Vec<NodeId> =
-            self.view().owners().nodes().iter().copied().filter(|&id| id != self.me).collect();
-        for owner in owners {
-            if !self.healthy(owner) {
-                tracing::warn!(owner, "join: owner down, its keys come from the other replicas");
-                continue;
-            }
+        while let Some(step) = mv.step() {
+            let (k, b) = match step {
+                Step::Announce(status) => self.set_status(status).await.map(|()| (0, 0))?,
+                Step::WaitSeen => self.wait_until_seen().await.map(|()| (0, 0))?,
+                Step::StreamIn => self.stream_in().await?,
+                Step::StreamOut => self.stream_out().await?,
+                Step::Settle => {
+                    if let Err(e) = self.wait_until_seen().await {
+                        tracing::warn!(error = %e, "moved, but not every peer has seen it yet");
+                    }
+                    (0, 0)
+                }
+                Step::CatchUp => {
+                    self.spawn_catch_up_round();
+                    (0, 0)
+                }
+            };
+            keys += k;
+            bytes += b;
+            mv.advance();
+        }
+        Ok((keys, bytes))
+    }
+
+    /// Streams in, from every owner that is up, the keys this node will replicate.
+    async fn stream_in(&self) -> Result<(u64, u64), MoveError> {
+        let view = self.view();
+        let sources = moves::join_sources(&view, |id| self.healthy(id));
+        for down in view.owners().nodes().iter().filter(|&&id| id != self.me && !sources.contains(&id)) {
+            tracing::warn!(owner = down, "join: owner down, its keys come from the other replicas");
+        }
+        let (mut keys, mut bytes) = (0, 0);
+        for owner in sources {
             let (k, b) = self.stream_from(owner).await?;
             keys += k;
             bytes += b;
         }
-        self.set_status(Status::Normal).await?;
-        tracing::info!(keys, bytes, "joined the region: streamed in its ranges and took them over");
-        if let Err(e) = self.wait_until_seen().await {
-            tracing::warn!(error = %e, "joined, but not every peer has seen it yet");
-        }
-        self.spawn_catch_up_round();
-        Ok(self.report(keys, bytes))
+        Ok((keys, bytes))
     }
 
     /// Streams in from `owner` the states of every key this node will replicate.
@@ -177,38 +204,13 @@ impl Cluster {
 
     /// Takes this node off the ring (see the module docs). Idempotent once left.
     pub async fn leave(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
-        let view = self.view();
-        match view.me().status {
-            Status::Left => return Ok(self.report(0, 0)),
-            Status::Joining => {
-                return Err(MoveError::Refused(
-                    "this node is still joining; let the join finish before it leaves".into(),
-                ))
-            }
-            Status::Normal | Status::Leaving => {}
-        }
-        let remaining = view.owners().nodes().len() - 1;
-        if remaining < view.n() {
-            return Err(MoveError::Refused(format!(
-                "the region would keep {remaining} nodes, fewer than its replication factor {}; add a node first",
-                view.n()
-            )));
-        }
-        if view.members().any(|m| m.id != self.me && matches!(m.status, Status::Joining | Status::Leaving)) {
-            return Err(MoveError::Refused(
-                "another node of the region is joining or leaving; one move at a time".into(),
-            ));
-        }
-        if view.me().status == Status::Normal {
-            self.set_status(Status::Leaving).await?;
-        }
-        self.wait_until_seen().await?;
-        let (keys, bytes) = self.stream_out().await?;
-        self.set_status(Status::Left).await?;
+        let leave = match Move::leave(&self.view()) {
+            Ok(Some(leave)) => leave,
+            Ok(None) => return Ok(self.report(0, 0)),
+            Err(refused) => return Err(MoveError::Refused(refused.message)),
+        };
+        let (keys, bytes) = self.run_move(leave).await?;
         tracing::info!(keys, bytes, "left the region: streamed its keys to their next owners");
-        if let Err(e) = self.wait_until_seen().await {
-            tracing::warn!(error = %e, "left, but not every peer has seen it yet");
-        }
         Ok(self.report(keys, bytes))
     }
 
@@ -226,7 +228,7 @@ impl Cluster {
             let mut sends = JoinSet::new();
             for (key, rec) in &page.items {
                 let state = encode(rec);
-                for target in view.incoming(key) {
+                for target in moves::streams_to(&view, key) {
                     if sends.len() >= STREAM_PARALLELISM {
                         sends.join_next().await.expect("non-empty").map_err(TaskFailed::from)??;
                     }
@@ -261,16 +263,12 @@ impl Cluster {
     /// Drops this node's copies of keys it does not replicate (see the module docs).
     pub async fn cleanup(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
         let view = self.view();
-        if view.in_transition() {
-            return Err(MoveError::Refused(
-                "a node of the region is joining or leaving; clean up once it has finished".into(),
-            ));
-        }
-        let (node, me) = (self.node.clone(), self.me);
+        moves::cleanup_allowed(&view).map_err(|refused| MoveError::Refused(refused.message))?;
+        let node = self.node.clone();
         let (keys, bytes) = crate::blocking::run(move || {
             let mut foreign = Vec::new();
             node.engine().for_each(|key, rec| {
-                if !view.home(key).contains(&me) {
+                if moves::foreign(&view, key) {
                     foreign.push((key.to_vec(), geokv_storage::codec::serialize(rec).len() as u64));
                 }
             })?;
