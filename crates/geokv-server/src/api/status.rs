@@ -112,6 +112,27 @@ impl From<crate::region::AntiEntropyError> for PeerError {
     }
 }
 
+impl From<crate::residency::ResidencyError> for Status {
+    fn from(e: crate::residency::ResidencyError) -> Self {
+        use crate::residency::ResidencyError;
+        let message = e.to_string();
+        match e {
+            ResidencyError::NotAdopted(_) => Status::failed_precondition(message),
+            ResidencyError::InvalidPolicy(_) | ResidencyError::InvalidKey(_) => {
+                Status::invalid_argument(message)
+            }
+            ResidencyError::Enforce(_) | ResidencyError::Saved(_) => Status::internal(message),
+            ResidencyError::Peer { error: PeerError::Answered(f), .. } => {
+                Status::new(code_for(f.kind), message)
+            }
+            ResidencyError::Peer { error: PeerError::TimedOut(_), .. } => Status::deadline_exceeded(message),
+            ResidencyError::Peer { .. } => Status::unavailable(message),
+            ResidencyError::Storage(e) => to_status(e),
+            ResidencyError::Task(e) => e.into(),
+        }
+    }
+}
+
 /// Metadata of a status that carries a coordinator's [`Failure`]: `maybe-applied` or
 /// `not-applied`. A forwarding node reads it to tell a coordinator's final answer from a
 /// failed connection (both may be `UNAVAILABLE`), and the client sees whether a failed write
@@ -298,5 +319,25 @@ mod tests {
             PeerError::from(local),
             PeerError::Answered(Failure { kind: Kind::InvalidArgument, .. })
         ));
+    }
+
+    #[test]
+    fn residency_errors_keep_their_codes_and_messages() {
+        use crate::residency::ResidencyError;
+        let s = Status::from(ResidencyError::NotAdopted("this node already holds another policy".into()));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::FailedPrecondition, "this node already holds another policy")
+        );
+        // Enforcement failures are internal whatever the storage error (as before); a read of a
+        // key's state answers as any storage failure.
+        let e = || StorageError::Core(CoreError::InvalidArgument("no".into()));
+        let s = Status::from(ResidencyError::Enforce(e()));
+        assert_eq!((s.code(), s.message()), (Code::Internal, e().to_string().as_str()));
+        assert_eq!(Status::from(ResidencyError::Storage(e())).code(), Code::InvalidArgument);
+        let s = Status::from(ResidencyError::Saved("cannot save the residency policy: x".into()));
+        assert_eq!((s.code(), s.message()), (Code::Internal, "cannot save the residency policy: x"));
+        let s = Status::from(ResidencyError::InvalidKey(CoreError::InvalidArgument("key is empty".into())));
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "invalid argument: key is empty"));
     }
 }

@@ -20,15 +20,50 @@ use std::time::{Duration, Instant};
 
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::PeerError;
+use geokv_storage::StorageError;
 use geokv_topology::Policy;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::api::status::peer_error;
+use crate::blocking::TaskFailed;
 use crate::region::anti_entropy::with_deadline;
 use crate::region::Cluster;
 use crate::residency::{Installed, Saved};
 
 use crate::peer::client::PeerClient;
+
+/// Why adopting, enforcing, applying or explaining a residency policy failed on this node
+/// (converted to a gRPC status once, in `api::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum ResidencyError {
+    /// The offered policy was not adopted: it does not validate, this node holds another policy
+    /// under its version, or it could not be saved; the message says which.
+    #[error("{0}")]
+    NotAdopted(String),
+    /// The policy text of a request does not validate.
+    #[error("{0}")]
+    InvalidPolicy(geokv_topology::PolicyError),
+    /// The key of a request is out of the node's limits.
+    #[error("{0}")]
+    InvalidKey(geokv_core::CoreError),
+    /// Handing over, erasing, compacting or re-logging this node's data failed; the residency
+    /// sync runs the enforcement again.
+    #[error("{0}")]
+    Enforce(StorageError),
+    /// This node's saved policy could not be read or written.
+    #[error("{0}")]
+    Saved(String),
+    /// A call to another node failed.
+    #[error("asking node {node} failed: {error}")]
+    Peer { node: NodeId, error: PeerError },
+    /// Reading this node's state of a key failed.
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
 
 /// Runs `call` on a node's client (None: its address is unusable) within `deadline`.
 async fn call_node<T, Fut>(
@@ -78,16 +113,19 @@ impl Cluster {
     }
 
     /// Installs a newer policy version on this node (see `AdoptResidency`).
-    pub async fn adopt_residency(self: &Arc<Self>, offered: Saved) -> Result<pb::ResidencyReport, Status> {
+    pub async fn adopt_residency(
+        self: &Arc<Self>,
+        offered: Saved,
+    ) -> Result<pb::ResidencyReport, ResidencyError> {
         let this = self.clone();
         crate::blocking::run(move || this.residency.adopt(this.node.engine(), &offered))
             .await?
-            .map_err(Status::failed_precondition)?;
+            .map_err(ResidencyError::NotAdopted)?;
         Ok(self.residency_report("adopted"))
     }
 
     /// Enforces the installed policy on this node's data (see `EnforceResidency`).
-    pub async fn enforce_residency(self: &Arc<Self>) -> Result<pb::ResidencyReport, Status> {
+    pub async fn enforce_residency(self: &Arc<Self>) -> Result<pb::ResidencyReport, ResidencyError> {
         let mut last = self.residency.job.lock().await;
         let installed = self.residency.installed();
         if let Some(done) = last.as_ref().filter(|r| r.version == installed.version) {
@@ -107,7 +145,7 @@ impl Cluster {
         for _ in 0..2 {
             let doomed = doomed.clone();
             // Hand over first: a key is erased only once every region that may hold it has it.
-            let handover = self.hand_over(&installed, doomed.clone()).await.map_err(Status::internal)?;
+            let handover = self.hand_over(&installed, doomed.clone()).await?;
             report.keys_handed_over += handover.handed.len() as u64;
             errors = handover.errors;
             if handover.handed.is_empty() {
@@ -116,7 +154,7 @@ impl Cluster {
             // Should the policy let this region hold these keys again, this node will hold less
             // than it once wrote to them: from now on it writes as a new actor (renewed before
             // the erase, so a failure here leaves the keys for the next run).
-            self.node.renew_actor().map_err(|e| Status::internal(e.to_string()))?;
+            self.node.renew_actor().map_err(ResidencyError::Enforce)?;
             let this = self.clone();
             let erased = crate::blocking::run(move || {
                 let engine = this.node.engine();
@@ -132,7 +170,7 @@ impl Cluster {
                 })
             })
             .await?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(ResidencyError::Enforce)?;
             report.keys_erased += erased.keys;
             report.ttl_entries_erased += erased.ttl_entries;
             report.log_entries_erased += erased.log_entries;
@@ -143,14 +181,13 @@ impl Cluster {
         let this = self.clone();
         let left = crate::blocking::run(move || this.doomed_states(&doomed).map(|d| d.len() as u64))
             .await?
-            .map_err(Status::internal)?;
+            .map_err(ResidencyError::Enforce)?;
         report.keys_kept = left;
         let this = self.clone();
         let complete = left == 0;
         let installed_now = installed.clone();
-        report = crate::blocking::run(move || this.finish_enforce(&installed_now, report, complete))
-            .await?
-            .map_err(Status::internal)?;
+        report =
+            crate::blocking::run(move || this.finish_enforce(&installed_now, report, complete)).await??;
         report.millis = started.elapsed().as_millis() as u64;
         if !complete {
             // Not marked enforced: the residency sync runs it again.
@@ -184,10 +221,14 @@ impl Cluster {
         installed: &Installed,
         mut report: pb::ResidencyReport,
         complete: bool,
-    ) -> Result<pb::ResidencyReport, String> {
+    ) -> Result<pb::ResidencyReport, ResidencyError> {
         let engine = self.node.engine();
-        engine.compact_all().map_err(|e| e.to_string())?;
-        let previous = self.residency.enforced(engine)?.and_then(|s| self.residency.enforced_policy(&s));
+        engine.compact_all().map_err(ResidencyError::Enforce)?;
+        let previous = self
+            .residency
+            .enforced(engine)
+            .map_err(ResidencyError::Saved)?
+            .and_then(|s| self.residency.enforced_policy(&s));
         let view = self.view();
         let mut reship = Vec::new();
         engine
@@ -201,15 +242,16 @@ impl Cluster {
                     reship.push(key.to_vec());
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(ResidencyError::Enforce)?;
         for key in reship {
-            if engine.reship(&key).map_err(|e| e.to_string())? {
+            if engine.reship(&key).map_err(ResidencyError::Enforce)? {
                 report.keys_reshipped += 1;
             }
         }
         if complete {
             self.residency
-                .mark_enforced(engine, &Saved { version: installed.version, text: installed.text.clone() })?;
+                .mark_enforced(engine, &Saved { version: installed.version, text: installed.text.clone() })
+                .map_err(ResidencyError::Saved)?;
         }
         Ok(report)
     }
@@ -223,7 +265,9 @@ impl Cluster {
     }
 
     /// Validates `text` and has every node adopt, then enforce it; sends one report per node
-    /// and phase to `tx`.
+    /// and phase to `tx`. Feeds the `ApplyResidency` stream, so its errors are statuses (a
+    /// node's failure is its report's error, with the code its `AdoptResidency` or
+    /// `EnforceResidency` answered).
     pub async fn apply_residency(
         self: &Arc<Self>,
         text: String,
@@ -231,8 +275,7 @@ impl Cluster {
         tx: mpsc::Sender<Result<pb::ResidencyReport, Status>>,
     ) -> Result<(), Status> {
         let origin = if origin.is_empty() { "the policy".to_string() } else { origin };
-        Policy::parse(&text, &origin, self.residency.topology())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Policy::parse(&text, &origin, self.residency.topology()).map_err(ResidencyError::InvalidPolicy)?;
         let nodes = self.all_nodes();
         let mut version = self.residency.version();
         let mut asks = tokio::task::JoinSet::new();
@@ -280,7 +323,9 @@ impl Cluster {
         // Phase 2: enforce where adopted (here too).
         let mut calls = tokio::task::JoinSet::new();
         let this = self.clone();
-        calls.spawn(async move { (this.me, this.region.clone(), this.enforce_residency().await) });
+        calls.spawn(async move {
+            (this.me, this.region.clone(), this.enforce_residency().await.map_err(Status::from))
+        });
         for (id, region, addr) in adopted {
             let client = self.peers.client(id, &addr);
             calls.spawn(async move {
@@ -302,8 +347,8 @@ impl Cluster {
     pub async fn explain_residency(
         self: &Arc<Self>,
         key: Vec<u8>,
-    ) -> Result<pb::ResidencyExplanation, Status> {
-        self.node.limits().check_key(&key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    ) -> Result<pb::ResidencyExplanation, ResidencyError> {
+        self.node.limits().check_key(&key).map_err(ResidencyError::InvalidKey)?;
         let installed = self.residency.installed();
         let rule = installed.policy.rule_for(&key).clone();
         let mut calls = tokio::task::JoinSet::new();
@@ -312,7 +357,8 @@ impl Cluster {
             let (this, key) = (self.clone(), key.clone());
             calls.spawn(async move {
                 let held = if id == this.me {
-                    this.holds(key).await
+                    // As this node's `Holds` would answer.
+                    this.holds(key).await.map_err(Status::from)
                 } else {
                     let holds = |mut c: PeerClient| async move { c.holds(pb::HoldsRequest { key }).await };
                     call_node(this.peers.client(id, &addr), Duration::from_secs(5), holds).await
@@ -358,7 +404,7 @@ impl Cluster {
     }
 
     /// Whether this node holds a state of `key` or hints for it.
-    pub async fn holds(&self, key: Vec<u8>) -> Result<pb::HoldsResponse, Status> {
+    pub async fn holds(&self, key: Vec<u8>) -> Result<pb::HoldsResponse, ResidencyError> {
         let node = self.node.clone();
         crate::blocking::run(move || {
             let state = node.engine().get(&key)?;
@@ -370,7 +416,7 @@ impl Cluster {
             })
         })
         .await?
-        .map_err(crate::api::status::to_status)
+        .map_err(ResidencyError::Storage)
     }
 
     /// Asks node `id` for its policy; adopts and enforces it if it is newer than ours.
@@ -378,21 +424,19 @@ impl Cluster {
         self: &Arc<Self>,
         id: NodeId,
         addr: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ResidencyError> {
         let known_version = self.residency.version();
         let ask = |mut c: PeerClient| async move {
             c.get_residency(pb::GetResidencyRequest { known_version }).await
         };
         let theirs = call_node(self.peers.client(id, addr), Duration::from_secs(5), ask)
             .await
-            .map_err(|s| s.message().to_string())?;
+            .map_err(|s| ResidencyError::Peer { node: id, error: peer_error(s) })?;
         if theirs.version <= known_version {
             return Ok(false);
         }
-        self.adopt_residency(Saved { version: theirs.version, text: theirs.text })
-            .await
-            .map_err(|s| s.message().to_string())?;
-        self.enforce_residency().await.map_err(|s| s.message().to_string())?;
+        self.adopt_residency(Saved { version: theirs.version, text: theirs.text }).await?;
+        self.enforce_residency().await?;
         Ok(true)
     }
 

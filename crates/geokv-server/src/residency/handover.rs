@@ -14,10 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use geokv_core::{Crdt, Record, Stamp};
+use geokv_core::{Crdt, NodeId, Record, Stamp};
 use geokv_proto::v1 as pb;
+use geokv_protocol::PeerError;
 use geokv_replication::{Batch, Delta};
+use geokv_storage::StorageError;
 
+use super::apply::ResidencyError;
+use crate::api::status::peer_error;
 use crate::region::coordinator::encode;
 use crate::region::Cluster;
 use crate::residency::Installed;
@@ -26,6 +30,26 @@ use crate::residency::Installed;
 const HANDOVER_BATCH_BYTES: usize = 1024 * 1024;
 /// How long one destination node gets to acknowledge all the batches of a handover.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a region did not take the keys handed over to it: the keys stay here, and the reason is
+/// part of the enforcement's report.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandoverError {
+    #[error("the link to it is cut")]
+    LinkCut,
+    #[error("it has no nodes")]
+    NoNodes,
+    /// The call to a node of the region failed (the last node tried).
+    #[error("node {node}: {error}")]
+    Peer { node: NodeId, error: PeerError },
+    #[error("node {node}: the destination closed the stream")]
+    Closed { node: NodeId },
+    #[error("node {node}: batch refused: {reason}")]
+    Refused { node: NodeId, reason: String },
+    /// Its policy (a newer version?) does not let it hold some of the keys, or it set them aside.
+    #[error("node {node}: {count} of the states were not applied there")]
+    NotApplied { node: NodeId, count: u64 },
+}
 
 /// What a handover did: the keys it may erase, each with the version of this node's own
 /// copy when it was shipped (`None`: only hints), and why the others must stay.
@@ -42,20 +66,18 @@ type Doomed = BTreeMap<Vec<u8>, (Record, Option<Stamp>)>;
 impl Cluster {
     /// The states this node holds of the keys `doomed` picks: its own copy merged with the
     /// hints it keeps for other nodes.
-    pub(crate) fn doomed_states(&self, doomed: &dyn Fn(&[u8]) -> bool) -> Result<Doomed, String> {
+    pub(crate) fn doomed_states(&self, doomed: &dyn Fn(&[u8]) -> bool) -> Result<Doomed, StorageError> {
         let engine = self.node.engine();
         let mut states: Doomed = BTreeMap::new();
-        engine
-            .for_each(|key, rec| {
-                if doomed(key) {
-                    states.insert(key.to_vec(), (rec.clone(), Some(rec.version())));
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        for target in engine.hint_targets().map_err(|e| e.to_string())? {
+        engine.for_each(|key, rec| {
+            if doomed(key) {
+                states.insert(key.to_vec(), (rec.clone(), Some(rec.version())));
+            }
+        })?;
+        for target in engine.hint_targets()? {
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = engine.hints_for(target, after.as_deref(), 1024).map_err(|e| e.to_string())?;
+                let page = engine.hints_for(target, after.as_deref(), 1024)?;
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
                 for (key, rec) in page.into_iter().filter(|(k, _)| doomed(k)) {
@@ -72,9 +94,11 @@ impl Cluster {
         self: &Arc<Self>,
         installed: &Installed,
         doomed: impl Fn(&[u8]) -> bool + Send + 'static,
-    ) -> Result<Handover, String> {
+    ) -> Result<Handover, ResidencyError> {
         let this = self.clone();
-        let states = crate::blocking::run(move || this.doomed_states(&doomed)).await??;
+        let states = crate::blocking::run(move || this.doomed_states(&doomed))
+            .await?
+            .map_err(ResidencyError::Enforce)?;
         let mut out = Handover::default();
         // Per destination region, the keys it must acknowledge.
         let mut by_region: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
@@ -122,9 +146,9 @@ impl Cluster {
         keys: &[Vec<u8>],
         states: &Doomed,
         residency_version: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), HandoverError> {
         if self.replicator().is_some_and(|r| r.is_cut(region)) {
-            return Err("the link to it is cut".into());
+            return Err(HandoverError::LinkCut);
         }
         let mut batches = Vec::new();
         let mut batch = self.handover_batch(0);
@@ -149,17 +173,21 @@ impl Cluster {
             .collect();
         let nodes: Vec<(u64, String)> =
             self.all_nodes().into_iter().filter(|(_, r, _)| r == region).map(|(id, _, a)| (id, a)).collect();
+        let mut last = HandoverError::NoNodes;
         if nodes.is_empty() {
-            return Err("it has no nodes".into());
+            return Err(last);
         }
-        let mut last = String::new();
         // A receiver with an older policy refuses at first and fetches ours: try a few rounds.
         for round in 0..3 {
             for (id, addr) in &nodes {
                 match tokio::time::timeout(HANDOVER_TIMEOUT, self.ship_batches(*id, addr, &messages)).await {
                     Ok(Ok(())) => return Ok(()),
-                    Ok(Err(e)) => last = format!("node {id}: {e}"),
-                    Err(_) => last = format!("node {id}: no acknowledgement within {HANDOVER_TIMEOUT:?}"),
+                    Ok(Err(e)) => last = e,
+                    Err(_) => {
+                        let error =
+                            PeerError::TimedOut(format!("no acknowledgement within {HANDOVER_TIMEOUT:?}"));
+                        last = HandoverError::Peer { node: *id, error };
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(500 * (round + 1))).await;
@@ -184,23 +212,27 @@ impl Cluster {
         id: u64,
         addr: &str,
         messages: &[pb::ReplicationBatch],
-    ) -> Result<(), String> {
-        let mut client = self.peers.client(id, addr).ok_or("unusable peer address")?;
+    ) -> Result<(), HandoverError> {
+        let failed = |error| HandoverError::Peer { node: id, error };
+        let mut client = self
+            .peers
+            .client(id, addr)
+            .ok_or_else(|| failed(PeerError::NeverSent("unusable peer address".into())))?;
         let stream = futures::stream::iter(messages.to_vec());
-        let mut acks = client.replicate(stream).await.map_err(|s| s.message().to_string())?.into_inner();
+        let mut acks = client.replicate(stream).await.map_err(|s| failed(peer_error(s)))?.into_inner();
         for m in messages {
             let ack = acks
                 .message()
                 .await
-                .map_err(|s| s.message().to_string())?
-                .ok_or("the destination closed the stream")?;
+                .map_err(|s| failed(peer_error(s)))?
+                .ok_or(HandoverError::Closed { node: id })?;
             if !ack.ok || ack.last_seq != m.last_seq {
-                return Err(format!("batch refused: {}", ack.error));
+                return Err(HandoverError::Refused { node: id, reason: ack.error });
             }
             if ack.not_applied > 0 {
                 // Its policy (a newer version?) does not let it hold some of them, or it set
                 // them aside: they are not handed over.
-                return Err(format!("{} of the states were not applied there", ack.not_applied));
+                return Err(HandoverError::NotApplied { node: id, count: ack.not_applied });
             }
         }
         Ok(())

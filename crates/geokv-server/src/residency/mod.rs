@@ -9,6 +9,8 @@
 pub(crate) mod apply;
 pub(crate) mod handover;
 
+pub use apply::ResidencyError;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
