@@ -105,7 +105,8 @@ impl Machine {
 
 impl Node {
     fn replicas(&self, key: &[u8], now: u64) -> Replicas {
-        Replicas::new(self.id, &self.ring, self.n, key, |id| self.healthy(id, now), [])
+        let incoming = self.view.incoming(key);
+        Replicas::new(self.id, self.view.owners(), self.n, key, |id| self.healthy(id, now), incoming)
     }
 
     /// A client write or a write forwarded here: coordinated here or forwarded on.

@@ -10,6 +10,9 @@
 mod batch;
 mod clients;
 mod drive;
+mod faults;
+mod moves;
+mod msg;
 pub mod node;
 mod region;
 pub mod scan;
@@ -93,6 +96,8 @@ pub enum Bug {
     /// The sweeper drops deleted and expired keys at once (no grace period, no wait for the
     /// cross-region replicator).
     PurgeEarly,
+    /// A leaving node turns left without streaming its keys to the nodes taking them over.
+    LeaveSkipsStream,
     /// A merge of replica states over `max_record_bytes` is not stored (the replica keeps its
     /// own state), as a store that held merges to the client writes' limit would do.
     OversizedMergeDropped,
@@ -154,6 +159,11 @@ pub struct SimRun {
     pub dropped: u64,
     /// Merged states stored although over `max_record_bytes`, over all nodes.
     pub oversized_merges: u64,
+    /// Nodes that left, came back and joined again; states streamed by moves; copies dropped
+    /// by cleanups.
+    pub rejoins: u64,
+    pub streamed: u64,
+    pub cleaned: u64,
 }
 
 /// Runs the schedule drawn from `seed`.
@@ -224,6 +234,12 @@ struct World {
     crashed: BTreeMap<NodeId, u32>,
     paused: BTreeMap<NodeId, u32>,
     deferred: BTreeMap<NodeId, Vec<Ev>>,
+    /// Nodes that left their region and are away; those due back (their step ended); nodes
+    /// that came back and whose region cleans up once they have joined.
+    gone: std::collections::BTreeSet<NodeId>,
+    rejoin_due: std::collections::BTreeSet<NodeId>,
+    rejoined: std::collections::BTreeSet<NodeId>,
+    rejoins: u64,
     history: Vec<Event>,
     quiet_since: Option<u64>,
     done: bool,
@@ -268,6 +284,10 @@ impl World {
             crashed: BTreeMap::new(),
             paused: BTreeMap::new(),
             deferred: BTreeMap::new(),
+            gone: Default::default(),
+            rejoin_due: Default::default(),
+            rejoined: Default::default(),
+            rejoins: 0,
             history: Vec::new(),
             quiet_since: None,
             done: false,
@@ -425,105 +445,8 @@ impl World {
         }
     }
 
-    fn block(&mut self, a: NodeId, b: NodeId, on: bool) {
-        let count = self.blocked.entry((a, b)).or_default();
-        if on {
-            *count += 1;
-        } else {
-            *count -= 1;
-            if *count == 0 {
-                self.blocked.remove(&(a, b));
-            }
-        }
-    }
-
-    fn fault(&mut self, i: usize, on: bool) {
-        let layout = self.cfg.layout.clone();
-        let sign = if on { 1 } else { -1 };
-        match self.schedule.steps[i].fault.clone() {
-            Fault::SplitRegion { side } => {
-                let r = layout.region_of(side[0]);
-                for b in (0..layout.nodes_per_region).map(|j| layout.node(r, j)).filter(|b| !side.contains(b))
-                {
-                    for &a in &side {
-                        self.block(a, b, on);
-                        self.block(b, a, on);
-                    }
-                }
-            }
-            Fault::OneWay { from, to } => self.block(from, to, on),
-            Fault::CutRegion { region } => {
-                let nodes: Vec<NodeId> = layout.nodes().collect();
-                for &a in nodes.iter().filter(|&&a| layout.region_of(a) == region) {
-                    for &b in nodes.iter().filter(|&&b| layout.region_of(b) != region) {
-                        self.block(a, b, on);
-                        self.block(b, a, on);
-                    }
-                }
-            }
-            Fault::OneWayRegions { from, to } => {
-                for a in (0..layout.nodes_per_region).map(|j| layout.node(from, j)) {
-                    for b in (0..layout.nodes_per_region).map(|j| layout.node(to, j)) {
-                        self.block(a, b, on);
-                    }
-                }
-            }
-            Fault::Crash { node } => self.fault_crash(node, sign),
-            Fault::Wipe { node } => {
-                if on {
-                    self.nodes.get_mut(&node).expect("node").wipe();
-                }
-                self.fault_crash(node, sign);
-            }
-            Fault::ClockJump { node, ms } => {
-                self.nodes.get_mut(&node).expect("node").clock_offset_ms += sign * ms
-            }
-            Fault::Pause { node } => {
-                let count = self.paused.entry(node).or_default();
-                *count = (*count as i64 + sign) as u32;
-                let paused = *count > 0;
-                self.nodes.get_mut(&node).expect("node").paused = paused;
-                if !paused {
-                    for ev in self.deferred.remove(&node).unwrap_or_default() {
-                        self.at(self.now, ev);
-                    }
-                }
-            }
-            Fault::ClockOffset { node, ms } => {
-                self.nodes.get_mut(&node).expect("node").clock_offset_ms += sign * ms
-            }
-            Fault::ClockDrift { node, ppm } => {
-                self.nodes.get_mut(&node).expect("node").clock_drift_ppm += sign * ppm
-            }
-            Fault::SlowDisk { node, ms } => {
-                let n = self.nodes.get_mut(&node).expect("node");
-                n.disk_delay_ms = (n.disk_delay_ms as i64 + sign * ms as i64) as u64;
-            }
-            Fault::Lossy { drop, dup, jitter_ms } => {
-                if on {
-                    self.lossy.push((drop, dup, jitter_ms));
-                } else if let Some(pos) = self.lossy.iter().position(|l| *l == (drop, dup, jitter_ms)) {
-                    self.lossy.remove(pos);
-                }
-            }
-        }
-    }
-
-    /// A crash (`sign` 1) or its end (-1): the node stops at the first, restarts at the last.
-    fn fault_crash(&mut self, node: NodeId, sign: i64) {
-        let count = self.crashed.entry(node).or_default();
-        *count = (*count as i64 + sign) as u32;
-        match (sign > 0, *count) {
-            (true, 1) => {
-                self.nodes.get_mut(&node).expect("node").crash();
-                self.deferred.remove(&node);
-            }
-            (false, 0) => self.with_node(node, |n, ctx| n.start(ctx)),
-            _ => {}
-        }
-    }
-
     fn check_quiet(&mut self) {
+        self.moves_tick();
         let layout = &self.cfg.layout;
         let quiet = self.nodes.values().all(|n| n.up && !n.paused && n.quiet(layout))
             && self.clients.iter().all(|c| c.pending.is_none());
@@ -575,6 +498,9 @@ impl World {
         let oversized_merges = self.nodes.values().map(|n| n.store.oversized_merges()).sum();
         SimRun {
             oversized_merges,
+            rejoins: self.rejoins,
+            streamed: self.nodes.values().map(|n| n.moves.streamed).sum(),
+            cleaned: self.nodes.values().map(|n| n.moves.dropped).sum(),
             schedule: self.schedule,
             report,
             history: self.history,

@@ -7,19 +7,17 @@
 
 use std::collections::BTreeMap;
 
-use geokv_cluster::Level;
+use geokv_cluster::{Health, MemberInfo, Membership, Status};
 use geokv_core::{Crdt, NodeId, Record, Stamp};
-use geokv_protocol::{Action, Applied, Failure, Kind, PeerError, Recovery};
+use geokv_protocol::{Failure, Kind, PeerError, Recovery};
 use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
-use rand::rngs::SmallRng;
 use rand::Rng;
 
 use super::drive::{Input, Job, Reply};
 use super::region::{AeRun, Scope};
-use super::xregion::{BatchJob, BatchMsg, InFlight};
+use super::xregion::{BatchJob, InFlight};
 use super::{Addr, Bug, Layout};
-use crate::history::Observed;
 
 pub type Key = Vec<u8>;
 
@@ -50,165 +48,7 @@ pub(crate) const BATCH_ENTRIES: usize = 32;
 /// Unix milliseconds at simulated time 0 (the HLC wants a plausible wall clock).
 const EPOCH_MS: u64 = 1_767_225_600_000;
 
-/// What a client asks a node to do.
-#[derive(Clone, Debug)]
-pub enum Request {
-    Write(Action),
-    Read,
-    /// A scan of the keys starting with the request's key: one page of at most `limit` keys.
-    Scan {
-        limit: usize,
-    },
-    /// A batch of writes (the request's key is unused).
-    BatchWrite(Vec<(Key, Action)>),
-    /// A batch of reads (the request's key is unused).
-    BatchGet(Vec<Key>),
-}
-
-/// The answer: the version and what was read, or why the request failed.
-pub type Answer = Result<(Option<Stamp>, Option<Observed>), Failure>;
-
-#[derive(Clone, Debug)]
-pub enum Msg {
-    Req {
-        id: u64,
-        key: Key,
-        req: Request,
-        level: Level,
-    },
-    Resp {
-        id: u64,
-        answer: Answer,
-    },
-    /// A write forwarded to a home replica of its key.
-    Coordinate {
-        id: u64,
-        key: Key,
-        action: Action,
-        level: Level,
-    },
-    Coordinated {
-        id: u64,
-        result: Result<Applied, Failure>,
-    },
-    /// The connection of call `id` failed: the request or its answer was lost on the way (the
-    /// caller cannot tell which, so the request may have run).
-    CallFailed {
-        id: u64,
-    },
-    Merge {
-        id: u64,
-        key: Key,
-        rec: Record,
-        hint_for: Option<NodeId>,
-        ship: bool,
-    },
-    MergeAck {
-        id: u64,
-        result: Result<(), Failure>,
-    },
-    Fetch {
-        id: u64,
-        key: Key,
-        writer: Option<u64>,
-        /// A vote in a quorum read (a recovering replica refuses it), not an anti-entropy fetch.
-        vote: bool,
-    },
-    Fetched {
-        id: u64,
-        result: Result<Option<Record>, Failure>,
-    },
-    /// A scan's page of this node's states: `want` states starting with `prefix`.
-    ScanPage {
-        id: u64,
-        prefix: Key,
-        want: usize,
-    },
-    ScanPageIs {
-        id: u64,
-        result: Result<geokv_protocol::NodePage, Failure>,
-    },
-    ScanResp {
-        id: u64,
-        answer: super::scan::ScanReply,
-    },
-    /// A batch's answers, one per item in the request's order.
-    BatchResp {
-        id: u64,
-        answers: Vec<Answer>,
-    },
-    Ping,
-    Pong,
-    Batch(BatchMsg),
-    BatchAck {
-        last_seq: u64,
-        ok: bool,
-    },
-    /// Anti-entropy exchange `xid`: the Merkle summary of the keys the two share, please.
-    AeSummary {
-        xid: u64,
-    },
-    AeSummaryIs {
-        xid: u64,
-        leaves: Vec<u64>,
-    },
-    /// The digests of the shared keys in these buckets, please.
-    AeDigests {
-        xid: u64,
-        leaves: Vec<u32>,
-    },
-    AeDigestsAre {
-        xid: u64,
-        leaves: Vec<u32>,
-        digests: Vec<(Key, u64)>,
-    },
-}
-
-impl Msg {
-    /// Whether handling the message twice is harmless (merges of states, reads, pings).
-    pub fn idempotent(&self) -> bool {
-        !matches!(
-            self,
-            Msg::Req { .. }
-                | Msg::Resp { .. }
-                | Msg::ScanResp { .. }
-                | Msg::BatchResp { .. }
-                | Msg::Coordinate { .. }
-                | Msg::Coordinated { .. }
-                | Msg::CallFailed { .. }
-        )
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Timer {
-    Ping,
-    Handoff,
-    Ship,
-    AntiEntropy,
-    /// An anti-entropy exchange with the next node of another region.
-    RemoteAntiEntropy,
-    /// The sweeper: purges tombstones and expired keys past their grace period.
-    Sweep,
-    /// A request this node coordinates or forwarded has waited its deadline.
-    Deadline(u64),
-}
-
-/// What a handler produced: messages (with extra delay, e.g. a slow disk) and timers.
-pub struct Ctx<'a> {
-    pub now: u64,
-    pub rng: &'a mut SmallRng,
-    pub layout: &'a Layout,
-    pub bug: Option<Bug>,
-    pub sends: Vec<(Addr, Msg, u64)>,
-    pub timers: Vec<(u64, Timer)>,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn send(&mut self, to: Addr, msg: Msg) {
-        self.sends.push((to, msg, 0));
-    }
-}
+pub use super::msg::{Answer, Ctx, Msg, Request, Timer};
 
 pub struct Node {
     pub id: NodeId,
@@ -217,9 +57,15 @@ pub struct Node {
     pub paused: bool,
     /// Bumped by every crash: timers of an earlier life are ignored.
     pub life: u64,
-    pub(crate) ring: Ring,
-    /// Every region's ring (this node's own at `region`), for exchanges with other regions.
+    /// This node's view of its region (`geokv_cluster::Membership`): who owns which keys, who
+    /// is joining or leaving. Learned from the member infos pings and pongs carry. Kept across
+    /// crashes (the server saves it).
+    pub view: Membership,
+    /// Every region's ring as the topology gives it, for exchanges with other regions.
     pub(crate) rings: Vec<Ring>,
+    /// A join or leave under way, and what the operator asked for (see [`super::moves`]).
+    pub(crate) mv: Option<super::moves::MoveRun>,
+    pub(crate) moves: super::moves::MoveState,
     pub(crate) n: usize,
     /// Durable, kept across crashes: states, hints, the change log and the replicator's
     /// cursors (named after the destination region).
@@ -279,8 +125,21 @@ impl Node {
             up: true,
             paused: false,
             life: 0,
-            ring: rings[region].clone(),
+            view: Membership::new(
+                member(id, region, Status::Normal, 1),
+                rings[region]
+                    .nodes()
+                    .iter()
+                    .filter(|&&p| p != id)
+                    .map(|&p| member(p, region, Status::Normal, 1)),
+                n,
+                64,
+                0,
+                SUSPECT_MS,
+            ),
             rings,
+            mv: None,
+            moves: Default::default(),
             n,
             store: MemStore::with_grace_ms(TOMBSTONE_GRACE_MS).with_max_record_bytes(max_record_bytes),
             incarnation: 1,
@@ -312,9 +171,18 @@ impl Node {
         self.rings.iter().position(|r| r.nodes().contains(&node)).expect("a node of the deployment")
     }
 
-    /// The key's home replicas in this region.
+    /// The key's home replicas in this region (owners: normal and leaving nodes).
     pub fn home(&self, key: &[u8]) -> Vec<NodeId> {
-        self.ring.preference_list(key, self.n)
+        self.view.home(key)
+    }
+
+    /// The nodes of the region's ring, now and once the moves under way are done.
+    pub(crate) fn ring_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> =
+            self.view.owners().nodes().iter().chain(self.view.future_owners().nodes()).copied().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
     /// Starts (or restarts) the node: volatile state is rebuilt, timers armed, and every peer
@@ -331,6 +199,9 @@ impl Node {
         self.client_batches.clear();
         self.handoffs.clear();
         self.ae = [None, None];
+        self.mv = None;
+        self.moves.seen_by.clear();
+        self.moves.catch_up.clear();
         if self.recovery.is_some() {
             self.recovery = Some(Recovery::new());
         }
@@ -343,11 +214,21 @@ impl Node {
             Timer::Ship,
             Timer::AntiEntropy,
             Timer::RemoteAntiEntropy,
+            Timer::Move,
             Timer::Sweep,
         ] {
             let jitter = ctx.rng.gen_range(0..50);
             ctx.timers.push((ctx.now + jitter, t));
         }
+    }
+
+    /// Comes back on an empty disk after leaving, to join the region again: a new actor, a
+    /// recovering store, and a joining info newer than the one its peers remember.
+    pub fn rejoin(&mut self, now: u64) {
+        self.wipe();
+        let floor = self.physical_ms(now);
+        let joining = self.view.me().next(Status::Joining, floor);
+        self.view.set_me(joining);
     }
 
     pub fn crash(&mut self) {
@@ -368,17 +249,17 @@ impl Node {
         if bug == Some(Bug::RecoveringVotes) {
             return Ok(());
         }
-        let waiting =
-            self.recovery.as_ref().map(|r| r.waiting_for(self.id, self.ring.nodes().iter().copied()));
+        let waiting = self.recovery.as_ref().map(|r| r.waiting_for(self.id, self.ring_nodes()));
         geokv_protocol::vote(self.id, waiting.as_deref())
     }
 
     /// An anti-entropy exchange this node ran with `peer` ended: a recovering node may be
     /// recovered now.
     pub(crate) fn exchanged(&mut self, peer: NodeId, result: &Result<geokv_protocol::Outcome, String>) {
+        let ring = self.ring_nodes();
         let Some(r) = self.recovery.as_mut() else { return };
         r.on_exchange(peer, result);
-        if r.waiting_for(self.id, self.ring.nodes().iter().copied()).is_empty() {
+        if r.waiting_for(self.id, ring).is_empty() {
             self.recovery = None;
         }
     }
@@ -437,6 +318,7 @@ impl Node {
             && self.client_batches.is_empty()
             && self.batches.is_empty()
             && self.recovery.is_none()
+            && self.moves_done()
             && !self.store.states().iter().any(|(_, r)| {
                 !r.is_marker() && geokv_storage::purge::deadline(r, self.store.grace_ms()).is_some()
             })
@@ -451,7 +333,7 @@ impl Node {
         match timer {
             Timer::Ping => {
                 for p in self.peers(ctx.layout) {
-                    ctx.send(Addr::Node(p), Msg::Ping);
+                    ctx.send(Addr::Node(p), Msg::Ping(self.view.me().clone()));
                 }
                 ctx.timers.push((ctx.now + PING_EVERY_MS, Timer::Ping));
             }
@@ -466,8 +348,12 @@ impl Node {
             Timer::AntiEntropy => {
                 // A recovering node exchanges with the peers it still waits for, promptly.
                 let (peers, every) = match &self.recovery {
-                    Some(r) => (r.waiting_for(self.id, self.ring.nodes().iter().copied()), RECOVERY_EVERY_MS),
-                    None => (self.peers(ctx.layout), ANTI_ENTROPY_EVERY_MS),
+                    Some(r) => (r.waiting_for(self.id, self.ring_nodes()), RECOVERY_EVERY_MS),
+                    // After a move, an exchange with every peer now (`Step::CatchUp`).
+                    None if !self.moves.catch_up.is_empty() => {
+                        (vec![self.moves.catch_up.remove(0)], RECOVERY_EVERY_MS)
+                    }
+                    None => (self.view.peers(), ANTI_ENTROPY_EVERY_MS),
                 };
                 if !peers.is_empty() {
                     self.anti_entropy_tick(Scope::Region, &peers, ctx);
@@ -494,6 +380,10 @@ impl Node {
                     self.store.purge_if_due(&key, now_ms).expect("the in-memory store does not fail");
                 }
                 ctx.timers.push((ctx.now + SWEEP_EVERY_MS, Timer::Sweep));
+            }
+            Timer::Move => {
+                self.move_tick(ctx);
+                ctx.timers.push((ctx.now + super::moves::MOVE_EVERY_MS, Timer::Move));
             }
             Timer::Deadline(id) => {
                 if !self.finish_scan(id, ctx) {
@@ -566,7 +456,7 @@ impl Node {
                 ctx.sends.push((from, Msg::MergeAck { id, result: Ok(()) }, self.disk_delay_ms));
             }
             Msg::MergeAck { id, result } => {
-                if self.on_handoff_ack(id, &result) {
+                if self.on_handoff_ack(id, &result) || self.on_stream_ack(id, &result) {
                     return;
                 }
                 self.answered(id, |n| Input::Sent(n, result.map_err(PeerError::Answered)), ctx)
@@ -595,8 +485,18 @@ impl Node {
                 };
                 self.answered(id, |n| Input::Fetched(n, result.map_err(PeerError::Answered)), ctx)
             }
-            Msg::Ping => ctx.send(from, Msg::Pong),
-            Msg::Pong => {}
+            Msg::Ping(info) => {
+                let sees = self.view.info(info.id).map_or(0, |i| i.version);
+                self.view.learn(info, Health::Alive);
+                let sees = sees.max(self.view.info(peer_of(from)).map_or(0, |i| i.version));
+                ctx.send(from, Msg::Pong { info: self.view.me().clone(), sees });
+            }
+            Msg::Pong { info, sees } => {
+                self.view.learn(info, Health::Alive);
+                self.moves.seen_by.insert(peer_of(from), sees);
+            }
+            Msg::StreamPage { id, start, joiner } => self.stream_page(from, id, start, joiner, ctx),
+            Msg::StreamPageIs { id, items, next } => self.on_stream_page(id, items, next, ctx),
             Msg::Batch(batch) => self.receive_batch(from, batch, ctx),
             Msg::BatchAck { last_seq, ok } => {
                 let region = match from {
@@ -633,5 +533,24 @@ impl Node {
 
     pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) {
         self.store.put_hint(home, key, rec).expect("the in-memory store does not fail");
+    }
+}
+
+/// A node's member info as the simulation gossips it (no addresses).
+pub(crate) fn member(id: NodeId, region: usize, status: Status, version: u64) -> MemberInfo {
+    MemberInfo {
+        id,
+        version,
+        status,
+        region: Layout::region_name(region),
+        client_addr: String::new(),
+        peer_addr: String::new(),
+    }
+}
+
+fn peer_of(from: Addr) -> NodeId {
+    match from {
+        Addr::Node(id) => id,
+        Addr::Client(_) => 0,
     }
 }

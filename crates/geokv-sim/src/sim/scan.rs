@@ -14,6 +14,9 @@ use crate::history::Observed;
 /// A scan this node coordinates for a client.
 pub(crate) struct ScanJob {
     round: ScanRound,
+    /// The region as this node saw it when the scan began: whose pages count is decided on
+    /// it, as the server's driver does (a move finishing meanwhile changes nothing).
+    view: geokv_cluster::Membership,
     client: Addr,
     id: u64,
 }
@@ -32,11 +35,10 @@ impl Node {
         level: Level,
         ctx: &mut Ctx,
     ) {
-        let mut nodes: Vec<NodeId> = std::iter::once(self.id)
-            .chain(self.ring.nodes().iter().copied().filter(|&p| p != self.id))
-            .filter(|&p| self.healthy(p, ctx.now))
-            .collect();
-        let mut region_nodes = self.ring.nodes().len();
+        // As on the server: this node and its peers (joining ones too) that are believed up.
+        let mut nodes: Vec<NodeId> =
+            std::iter::once(self.id).chain(self.view.peers()).filter(|&p| self.healthy(p, ctx.now)).collect();
+        let mut region_nodes = self.view.peers().len() + 1;
         // Planted bug: the scan reads this node's store only (the region taken to be this
         // node alone).
         if ctx.bug == Some(Bug::ScanLocalOnly) {
@@ -46,7 +48,7 @@ impl Node {
         let want = round.want();
         let job = self.next();
         ctx.timers.push((ctx.now + REQUEST_TIMEOUT_MS, Timer::Deadline(job)));
-        self.scans.insert(job, ScanJob { round, client, id });
+        self.scans.insert(job, ScanJob { round, view: self.view.clone(), client, id });
         for node in ask {
             if node == self.id {
                 let page = self.page(&prefix, want, ctx.bug).map_err(PeerError::Answered);
@@ -85,10 +87,10 @@ impl Node {
     /// Answers scan `job` with what it has (its deadline passed, or every node answered).
     /// Returns whether `job` was a scan.
     pub(crate) fn finish_scan(&mut self, job: u64, ctx: &mut Ctx) -> bool {
-        let Some(ScanJob { round, client, id }) = self.scans.remove(&job) else { return false };
+        let Some(ScanJob { round, view, client, id }) = self.scans.remove(&job) else { return false };
         self.scan_calls.retain(|_, (j, _)| *j != job);
         let now_ms = self.physical_ms(ctx.now);
-        let answer: ScanReply = round.finish(|key| self.home(key), now_ms).map(|a| {
+        let answer: ScanReply = round.finish(|key| view.home(key), now_ms).map(|a| {
             let items = a
                 .items
                 .into_iter()

@@ -39,6 +39,12 @@ pub enum Fault {
     ClockDrift { node: NodeId, ppm: i64 },
     /// Every durable write on the node takes `ms` longer.
     SlowDisk { node: NodeId, ms: u64 },
+    /// The node leaves its region (`geokv_protocol::moves`: leaving, its keys streamed to the
+    /// nodes taking them over, left) and goes away; at the step's end (or once it has left)
+    /// it comes back on an empty disk and joins again (joining, streaming in, normal), after
+    /// which every node of the region cleans up. Drawn in one schedule in three, from a
+    /// generator of its own, never on the node a wipe hits.
+    Move { node: NodeId },
     /// Messages between nodes are dropped or duplicated with these probabilities and delayed
     /// by up to `jitter_ms` more (which reorders them).
     Lossy { drop: f64, dup: f64, jitter_ms: u64 },
@@ -80,6 +86,20 @@ impl Schedule {
             let start_ms = wipes.gen_range(0..window_ms * 3 / 4);
             let end_ms = (start_ms + wipes.gen_range(200..=window_ms / 2)).min(window_ms);
             steps.push(Step { start_ms, end_ms, fault: Fault::Wipe { node } });
+        }
+        let wiped = steps.iter().find_map(|s| match s.fault {
+            Fault::Wipe { node } => Some(node),
+            _ => None,
+        });
+        let mut moves = SmallRng::seed_from_u64(seed ^ 0x6d0e_5eed);
+        if moves.gen_ratio(1, 3) {
+            let node =
+                layout.node(moves.gen_range(0..layout.regions), moves.gen_range(0..layout.nodes_per_region));
+            let start_ms = moves.gen_range(0..window_ms / 2);
+            let end_ms = (start_ms + moves.gen_range(1_000..=window_ms / 2)).min(window_ms);
+            if Some(node) != wiped {
+                steps.push(Step { start_ms, end_ms, fault: Fault::Move { node } });
+            }
         }
         steps.sort_by_key(|s| s.start_ms);
         Schedule { seed, steps }
