@@ -15,6 +15,7 @@ mod limits;
 mod op;
 mod orset;
 mod record;
+mod show;
 mod stamp;
 
 pub use cas::{cas_holds, Expect};
@@ -25,6 +26,7 @@ pub use limits::{Limits, MAX_RECORD_BYTES, RECORD_OVERHEAD};
 pub use op::{apply, apply_as, Applied, Op, OpOutcome};
 pub use orset::{Dot, OrSet};
 pub use record::{Kind, Record, RecordV1, View};
+pub use show::key_label;
 pub use stamp::Stamp;
 
 /// Identifies a node (and the actor it writes CRDT state as). Unique within a deployment.

@@ -10,8 +10,9 @@
 //! becomes of the hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and
 //! exchange the keys they differ on ([`Exchange`], Merkle anti-entropy), what a cross-region
 //! batch carries and how a received one is taken in and acknowledged ([`xregion`]), when a
-//! replica that lost its data may vote in quorum reads again ([`recovery`]), and the steps of
-//! nodes joining and leaving a region and of cleanup ([`moves`]).
+//! replica that lost its data may vote in quorum reads again ([`recovery`]), the steps of
+//! nodes joining and leaving a region and of cleanup ([`moves`]), and where a client request
+//! runs under the residency policy ([`residency`]).
 //!
 //! Each coordinator is a state machine: it takes events (a replica's answer, the store's
 //! result, a deadline) and returns [`Command`]s (fetch, merge, apply, send, keep a hint,
@@ -32,6 +33,7 @@ pub mod moves;
 mod read;
 pub mod recovery;
 mod replicas;
+pub mod residency;
 pub mod scan;
 mod write;
 pub mod xregion;

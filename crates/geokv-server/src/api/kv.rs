@@ -526,7 +526,9 @@ impl KvService {
                     consistency: req.consistency,
                     keys_only,
                 };
-                let addrs = residency.forward_addrs(rule);
+                let regions =
+                    geokv_topology::Policy::forward_order(rule, residency.region(), residency.topology());
+                let addrs = residency.forward_addrs(&regions);
                 let page = self
                     .forwarder()?
                     .call(&addrs, sub, true, |mut c, r| async move { c.scan(r).await })

@@ -14,8 +14,9 @@ pub use apply::ResidencyError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use geokv_protocol::residency::{residence, Residence};
 use geokv_storage::Engine;
-use geokv_topology::{OnForeign, Policy, Topology};
+use geokv_topology::{Policy, Topology};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -204,47 +205,32 @@ impl Residency {
 
     /// Where a client request for `key` goes (checked before the key's size is: a refusal
     /// names at most the key's first 64 characters). `forwarded`: the request came from another
-    /// region already (it is served here or refused, never forwarded again).
+    /// region already (it is served here or refused, never forwarded again). The decision is
+    /// `geokv_protocol::residency::residence`; this picks the nodes of the allowed regions.
     pub fn route(&self, key: &[u8], forwarded: bool) -> Result<Route, Status> {
         let installed = self.installed();
-        let rule = installed.policy.rule_for(key);
-        if rule.allows(&self.region) {
-            return Ok(Route::Local);
+        match residence(&installed.policy, installed.version, &self.topology, &self.region, key, forwarded) {
+            Residence::Here => Ok(Route::Local),
+            Residence::Refused(refused) => {
+                self.stats.rejects.fetch_add(1, Ordering::Relaxed);
+                Err(crate::api::status::failure_status(refused))
+            }
+            Residence::Forward { rule, regions } => {
+                self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+                Ok(Route::Forward { rule, addrs: self.forward_addrs(&regions) })
+            }
         }
-        let allowed = rule.allowed.iter().cloned().collect::<Vec<_>>().join(", ");
-        let line = if rule.line > 0 { format!(" (line {})", rule.line) } else { String::new() };
-        if forwarded {
-            self.stats.rejects.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::failed_precondition(format!(
-                "key {:?} was forwarded to region {}, which may not hold it either: residency rule {:?}{line} of policy version {} allows only {allowed}; the regions hold different policy versions, retry shortly",
-                shown_key(key),
-                self.region,
-                rule.name,
-                installed.version
-            )));
-        }
-        if rule.on_foreign == OnForeign::Reject {
-            self.stats.rejects.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::failed_precondition(format!(
-                "key {:?} may not be held in region {}: residency rule {:?}{line} allows only {allowed}; send the request to a node of {allowed}",
-                shown_key(key),
-                self.region,
-                rule.name
-            )));
-        }
-        self.stats.forwards.fetch_add(1, Ordering::Relaxed);
-        Ok(Route::Forward { rule: rule.name.clone(), addrs: self.forward_addrs(rule) })
     }
 
-    /// Client addresses of the nodes of the regions `rule` allows, nearest region first; the
-    /// nodes of a region in turn from one request to the next.
-    pub fn forward_addrs(&self, rule: &geokv_topology::Rule) -> Vec<String> {
+    /// Client addresses of the nodes of `regions` (nearest first), the nodes of a region in
+    /// turn from one request to the next.
+    pub fn forward_addrs(&self, regions: &[String]) -> Vec<String> {
         let turn = self.spread.fetch_add(1, Ordering::Relaxed) as usize;
         let mut addrs = Vec::new();
-        for region in Policy::forward_order(rule, &self.region, &self.topology) {
+        for region in regions {
             let mut nodes: Vec<String> = self
                 .topology
-                .nodes_in(&region)
+                .nodes_in(region)
                 .values()
                 .map(|n| n.client_addr_from(&self.region).to_string())
                 .collect();
@@ -276,8 +262,4 @@ fn write_saved(engine: &Engine, name: &str, saved: &Saved) -> Result<(), String>
     engine.put_meta(name, &raw).map_err(|e| format!("cannot save the residency policy: {e}"))
 }
 
-/// A key as an error message shows it: printable, and cut after 64 characters (a message
-/// travels in a header, and the key may not have been validated yet).
-pub fn shown_key(key: &[u8]) -> String {
-    crate::ops::metrics::hot::key_label(key, 64)
-}
+pub use geokv_protocol::residency::shown_key;
