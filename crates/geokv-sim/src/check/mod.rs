@@ -95,6 +95,12 @@ fn show(key: &[u8]) -> String {
 
 /// Checks a history against the final states; `regions` must all hold every key.
 pub fn check(events: &[Event], finals: &Finals, regions: &[String]) -> Report {
+    check_held(events, finals, |_| regions.to_vec())
+}
+
+/// Checks a history against the final states, where each key is held by the regions
+/// `regions_of` gives (its residency rule's); `finals` has the states of those regions only.
+pub fn check_held(events: &[Event], finals: &Finals, regions_of: impl Fn(&[u8]) -> Vec<String>) -> Report {
     let mut report = Report::default();
     for e in events {
         match e.outcome {
@@ -109,7 +115,7 @@ pub fn check(events: &[Event], finals: &Finals, regions: &[String]) -> Report {
     }
     for (key, evs) in &by_key {
         let states = finals.get(*key).map(Vec::as_slice).unwrap_or(&[]);
-        check_convergence(key, states, regions, &mut report.violations);
+        check_convergence(key, states, &regions_of(key), &mut report.violations);
         // Each distinct state a replica holds (after a divergence, each is judged); a replica
         // that holds nothing is judged only if none holds anything (it may have purged a
         // tombstone another still holds).

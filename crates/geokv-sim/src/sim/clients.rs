@@ -69,6 +69,21 @@ impl World {
             }
         } else if self.rng.gen_bool(0.1) {
             (Vec::new(), self.batch_write(c, &unique, region, quorum), true)
+        } else if self.cfg.residency && self.rng.gen_bool(0.1) {
+            // A register only one region may hold (`sim::residency`): forwarded there, or
+            // refused, depending on its rule.
+            let prefix = if self.rng.gen_bool(0.7) {
+                super::residency::PINNED
+            } else {
+                super::residency::REGION_1_ONLY
+            };
+            let key = format!("{prefix}{}", self.pick(2)).into_bytes();
+            let action = match self.pick(3) {
+                0 => Action::Read,
+                1 => Action::Delete,
+                _ => Action::Put { value: unique.into_bytes() },
+            };
+            (key, Asked::One(action), quorum)
         } else {
             let (key, action, quorum) = self.next_write(c, unique, region, quorum);
             (key, Asked::One(action), quorum)
@@ -216,7 +231,7 @@ impl World {
             Request::BatchWrite(items) => items.len() as u64,
             _ => 1,
         };
-        self.send(Addr::Client(c), Addr::Node(node), Msg::Req { id, key, req, level }, 0);
+        self.send(Addr::Client(c), Addr::Node(node), Msg::Req { id, key, req, level, client: None }, 0);
         self.at(self.now + items * CLIENT_TIMEOUT_MS, Ev::ClientTimeout(c, id));
     }
 

@@ -15,6 +15,7 @@ mod moves;
 mod msg;
 pub mod node;
 mod region;
+pub mod residency;
 pub mod scan;
 pub mod schedule;
 mod xregion;
@@ -26,7 +27,7 @@ use geokv_topology::Ring;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::check::{check, Finals, ReplicaState, Report};
+use crate::check::{check_held, Finals, ReplicaState, Report};
 use crate::history::{Action, Event, Observed, Outcome};
 use node::{Ctx, Msg, Node, Timer};
 pub use schedule::{Fault, Schedule, Step};
@@ -96,8 +97,9 @@ pub enum Bug {
     /// The sweeper drops deleted and expired keys at once (no grace period, no wait for the
     /// cross-region replicator).
     PurgeEarly,
-    /// A leaving node turns left without streaming its keys to the nodes taking them over.
-    LeaveSkipsStream,
+    /// The replicator ships keys to every region, whatever the residency policy, and
+    /// receivers take them.
+    ShipEverywhere,
     /// A merge of replica states over `max_record_bytes` is not stored (the replica keeps its
     /// own state), as a store that held merges to the client writes' limit would do.
     OversizedMergeDropped,
@@ -122,6 +124,8 @@ pub struct SimConfig {
     /// `limits.max_record_bytes` of every node: small, so that client writes are refused for
     /// growing a key past it and concurrent set additions merge to more (stored anyway).
     pub max_record_bytes: usize,
+    /// Clients also write and read registers only one region may hold (`sim::residency`).
+    pub residency: bool,
     pub bug: Option<Bug>,
 }
 
@@ -139,6 +143,7 @@ impl Default for SimConfig {
             logs: 2,
             local_sets: 2,
             max_record_bytes: MAX_RECORD_BYTES,
+            residency: true,
             bug: None,
         }
     }
@@ -252,12 +257,16 @@ impl World {
     fn new(schedule: Schedule, cfg: SimConfig) -> World {
         let layout = cfg.layout.clone();
         let mut nodes = BTreeMap::new();
+        let residency = std::sync::Arc::new(residency::SimResidency::new(&layout, cfg.n));
         let rings: Vec<Ring> = (0..layout.regions)
             .map(|r| Ring::new((0..layout.nodes_per_region).map(|i| layout.node(r, i)), 64))
             .collect();
         for (r, ring) in rings.iter().enumerate() {
             for &id in ring.nodes() {
-                nodes.insert(id, Node::new(id, r, rings.clone(), cfg.n, cfg.max_record_bytes, cfg.bug));
+                nodes.insert(
+                    id,
+                    Node::new(id, r, rings.clone(), cfg.n, cfg.max_record_bytes, residency.clone(), cfg.bug),
+                );
             }
         }
         let clients = (0..layout.regions)
@@ -469,10 +478,23 @@ impl World {
     fn finish(self) -> SimRun {
         let mut finals = Finals::new();
         let keys: std::collections::BTreeSet<&Vec<u8>> = self.history.iter().map(|e| &e.key).collect();
+        let mut misplaced = Vec::new();
         for key in keys {
             let mut states = Vec::new();
             for r in 0..self.cfg.layout.regions {
                 let any = &self.nodes[&self.cfg.layout.node(r, 0)];
+                // Residency: no node of a region the key's rule excludes holds it.
+                if !any.residency.allows(key, r) {
+                    for n in self.nodes.values().filter(|n| n.region == r && n.state(key).is_some()) {
+                        misplaced.push(format!(
+                            "key {}: node {} of {} holds it, which its residency rule does not allow",
+                            String::from_utf8_lossy(key),
+                            n.id,
+                            Layout::region_name(r)
+                        ));
+                    }
+                    continue;
+                }
                 for id in any.home(key) {
                     let n = &self.nodes[&id];
                     let rec = n.state(key);
@@ -488,8 +510,12 @@ impl World {
             }
             finals.insert(key.clone(), states);
         }
-        let regions: Vec<String> = (0..self.cfg.layout.regions).map(Layout::region_name).collect();
-        let mut report = check(&self.history, &finals, &regions);
+        let residency = self.nodes.values().next().expect("nodes").residency.clone();
+        let regions = self.cfg.layout.regions;
+        let mut report = check_held(&self.history, &finals, |key| {
+            (0..regions).filter(|&r| residency.allows(key, r)).map(Layout::region_name).collect()
+        });
+        report.violations.extend(misplaced);
         if !self.quiesced {
             report.violations.push(format!(
                 "the cluster did not go quiet within {QUIET_DEADLINE_MS} ms of the heal (hints, unshipped changes or requests left)"

@@ -12,7 +12,7 @@ use geokv_protocol::moves::{self, Move, MoveKind, Step};
 use geokv_protocol::Failure;
 
 use super::node::{Ctx, Key, Msg, Node, REQUEST_TIMEOUT_MS};
-use super::{Addr, Bug};
+use super::Addr;
 
 /// How often a node looks at the step of its move.
 pub const MOVE_EVERY_MS: u64 = 100;
@@ -263,10 +263,7 @@ impl Node {
         let now = ctx.now;
         if !self.run().streaming_out {
             self.run().streaming_out = true;
-            // Planted bug: the leaving node hands its keys to nobody.
-            let states =
-                if ctx.bug == Some(Bug::LeaveSkipsStream) { Vec::new() } else { self.store.states() };
-            for (key, rec) in states {
+            for (key, rec) in self.store.states() {
                 for target in moves::streams_to(&self.view, &key) {
                     let id = self.next();
                     self.run().sends.insert(id, now);

@@ -36,6 +36,9 @@ pub enum Msg {
         key: Key,
         req: Request,
         level: Level,
+        /// Set when another region forwarded the request here (residency): the client to
+        /// answer.
+        client: Option<Addr>,
     },
     Resp {
         id: u64,

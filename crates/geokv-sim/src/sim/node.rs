@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use geokv_cluster::{Health, MemberInfo, Membership, Status};
 use geokv_core::{Crdt, NodeId, Record, Stamp};
+use geokv_protocol::residency::Residence;
 use geokv_protocol::{Failure, Kind, PeerError, Recovery};
 use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
@@ -63,6 +64,8 @@ pub struct Node {
     pub view: Membership,
     /// Every region's ring as the topology gives it, for exchanges with other regions.
     pub(crate) rings: Vec<Ring>,
+    /// The residency policy every node holds (see [`super::residency`]).
+    pub(crate) residency: std::sync::Arc<super::residency::SimResidency>,
     /// A join or leave under way, and what the operator asked for (see [`super::moves`]).
     pub(crate) mv: Option<super::moves::MoveRun>,
     pub(crate) moves: super::moves::MoveState,
@@ -117,6 +120,7 @@ impl Node {
         rings: Vec<Ring>,
         n: usize,
         max_record_bytes: usize,
+        residency: std::sync::Arc<super::residency::SimResidency>,
         bug: Option<Bug>,
     ) -> Node {
         Node {
@@ -138,6 +142,7 @@ impl Node {
                 SUSPECT_MS,
             ),
             rings,
+            residency,
             mv: None,
             moves: Default::default(),
             n,
@@ -402,14 +407,23 @@ impl Node {
         if self.on_exchange_msg(&msg, ctx) {
             return;
         }
+        let msg = match msg {
+            Msg::Req { id, key, req: req @ (Request::Write(_) | Request::Read), level, client } => {
+                match self.reside(from, id, key, req, level, client, ctx) {
+                    Some(msg) => msg,
+                    None => return,
+                }
+            }
+            other => other,
+        };
         match msg {
-            Msg::Req { id, key, req: Request::Write(action), level } => {
-                self.start_write(Reply::Client { to: from, id }, key, action, level, ctx)
+            Msg::Req { id, key, req: Request::Write(action), level, client } => {
+                self.start_write(Reply::Client { to: client.unwrap_or(from), id }, key, action, level, ctx)
             }
-            Msg::Req { id, key, req: Request::Read, level } => {
-                self.start_read(Reply::Client { to: from, id }, key, level, ctx)
+            Msg::Req { id, key, req: Request::Read, level, client } => {
+                self.start_read(Reply::Client { to: client.unwrap_or(from), id }, key, level, ctx)
             }
-            Msg::Req { id, key, req: Request::Scan { limit }, level } => {
+            Msg::Req { id, key, req: Request::Scan { limit }, level, .. } => {
                 self.start_scan(from, id, key, limit, level, ctx)
             }
             Msg::Req { id, req: Request::BatchWrite(items), level, .. } => {
@@ -514,6 +528,37 @@ impl Node {
             }
             Msg::AeSummary { .. } | Msg::AeDigests { .. } => self.on_exchange_request(from, msg, ctx),
             Msg::AeSummaryIs { .. } | Msg::AeDigestsAre { .. } => {}
+        }
+    }
+
+    /// The residency routing of a client's single-key request
+    /// (`geokv_protocol::residency::residence`): the request back if it runs here; otherwise
+    /// it is refused, or forwarded to a node of the nearest allowed region (which answers the
+    /// client), and `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn reside(
+        &mut self,
+        from: Addr,
+        id: u64,
+        key: Key,
+        req: Request,
+        level: geokv_cluster::Level,
+        client: Option<Addr>,
+        ctx: &mut Ctx,
+    ) -> Option<Msg> {
+        let to = client.unwrap_or(from);
+        match self.residency.residence(&key, self.region, client.is_some()) {
+            Residence::Here => Some(Msg::Req { id, key, req, level, client }),
+            Residence::Refused(refused) => {
+                ctx.send(to, Msg::Resp { id, answer: Err(refused) });
+                None
+            }
+            Residence::Forward { regions, .. } => {
+                let region = super::residency::region_index(&regions[0]);
+                let node = ctx.layout.node(region, ctx.rng.gen_range(0..ctx.layout.nodes_per_region));
+                ctx.send(Addr::Node(node), Msg::Req { id, key, req, level, client: Some(to) });
+                None
+            }
         }
     }
 

@@ -46,10 +46,12 @@ impl Node {
     /// `shared_with`; every region may hold every key of the simulation).
     fn shared_digests(&self, peer: NodeId) -> BTreeMap<Key, u64> {
         let mut out = BTreeMap::new();
-        let peer_ring = &self.rings[self.region_of(peer)];
+        let peer_region = self.region_of(peer);
+        let peer_ring = &self.rings[peer_region];
         for (key, rec) in self.store.states() {
             let home = self.home(&key);
-            let peer_replicates = peer_ring.preference_list(&key, self.n).contains(&peer);
+            let peer_replicates = self.residency.allows(&key, peer_region)
+                && peer_ring.preference_list(&key, self.n).contains(&peer);
             if geokv_protocol::shared(&home, self.id, peer_replicates) {
                 let digest = merkle::digest(&key, &codec::serialize(&rec));
                 out.insert(key, digest);

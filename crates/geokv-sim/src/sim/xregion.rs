@@ -69,9 +69,12 @@ impl Node {
                     (r, size)
                 }))
             };
-            let Ok(Some(NextBatch { last_seq, states: deltas })) =
-                next_batch(entries, |_| true, state_of, BATCH_BYTES)
-            else {
+            let Ok(Some(NextBatch { last_seq, states: deltas })) = next_batch(
+                entries,
+                |key| self.residency.allows(key, region) || ctx.bug == Some(Bug::ShipEverywhere),
+                state_of,
+                BATCH_BYTES,
+            ) else {
                 continue;
             };
             let stream = self.ship_target.get(&region).copied().unwrap_or(0);
@@ -107,6 +110,11 @@ impl Node {
         self.streams.insert(origin, (batch.stream, last_seq));
         for (key, rec) in batch.deltas {
             if ctx.bug == Some(Bug::SkipRemoteDeltas) {
+                continue;
+            }
+            // A key this region may not hold is dropped (a sender on an older policy).
+            if !self.residency.allows(&key, self.region) && ctx.bug != Some(Bug::ShipEverywhere) {
+                self.batch_delta_done(b, Ok(()), ctx);
                 continue;
             }
             if self.ahead(rec.version().time, ctx.now) {
