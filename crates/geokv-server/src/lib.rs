@@ -13,7 +13,7 @@
 //! - the node itself: the configuration file ([`ServerConfig`]), the node's operations over
 //!   its engine with its hybrid logical clock ([`Node`]), the sweeper (TTL expiry, tombstone
 //!   purge, change-log trimming), the process runtime, request tracing, and fault injection
-//!   for test clusters (`faults/`); blocking storage work runs through `blocking::run`.
+//!   for test clusters (the `geokv-testkit` crate); blocking storage work runs through `blocking::run`.
 //!
 //! Does not own: CRDT semantics (`geokv-core`), the on-disk layout (`geokv-storage`), any
 //! protocol decision (`geokv-protocol`).
@@ -22,7 +22,7 @@ mod api;
 mod blocking;
 mod clock;
 mod config;
-mod faults;
+use geokv_testkit as faults;
 mod node;
 mod ops;
 mod peer;

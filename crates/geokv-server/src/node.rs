@@ -101,7 +101,13 @@ impl Node {
         let metrics = crate::ops::metrics::Metrics::new(clock.now_ms());
         let commits = metrics.commit_seconds.clone();
         engine.set_commit_observer(Arc::new(move |took| commits.observe(took.as_secs_f64())));
-        let faults = Arc::new(crate::faults::Faults::new(cfg.node_id, cfg.faults.enabled, &metrics));
+        let faults = Arc::new(crate::faults::Faults::new(
+            cfg.node_id,
+            cfg.faults.enabled,
+            metrics.faults_injected.clone(),
+            metrics.faults_active.clone(),
+            crate::clock::set_fault_skew,
+        ));
         let mut incarnation = engine.incarnation()?;
         if incarnation == 0 {
             // A new data directory (or one from before incarnations): a new actor, and the

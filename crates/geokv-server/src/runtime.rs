@@ -104,7 +104,10 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             let peer_reflection = reflection().build_v1().map_err(|e| e.to_string())?;
             let peer_server = tonic::transport::Server::builder()
                 .layer(crate::trace::RequestIdLayer { server: "peer" })
-                .layer(crate::faults::net::LoseAnswersLayer { faults: node.faults().clone() })
+                .layer(crate::faults::net::LoseAnswersLayer {
+                    faults: node.faults().clone(),
+                    caller: crate::trace::caller,
+                })
                 // Peers cancel calls that time out; under load many such resets arrive before the
                 // server accepts the streams, and h2's default (20) answers that with a GOAWAY
                 // that fails every call on the connection. Peers are trusted nodes.

@@ -1,5 +1,7 @@
-//! Runtime fault injection, for test clusters (`[faults] enabled = true`): the `InjectFaults`
-//! RPC on the peer port replaces the faults in force on a node.
+//! geokv-testkit: runtime fault injection, for test clusters (`[faults] enabled = true`): the
+//! `InjectFaults` RPC on the peer port replaces the faults in force on a node. Kept out of the
+//! server crate; the server links it (the real-process tests start the production binary) and
+//! it does nothing unless a node's config enables it.
 //!
 //! Owns: the node's current [`FaultSpec`] and the random draws its decisions take ([`Faults`]),
 //! the gRPC glue ([`net`]: a client service in front of every peer connection, a server layer
@@ -80,17 +82,28 @@ pub struct Faults {
     network: AtomicBool,
     injected: prometheus::IntCounterVec,
     active: prometheus::IntGauge,
+    /// Sets the process-wide clock skew (the server's HLC clock).
+    set_clock: fn(i64, i64),
 }
 
 impl Faults {
-    pub fn new(me: NodeId, enabled: bool, metrics: &crate::ops::metrics::Metrics) -> Self {
+    /// The faults of node `me`, counted in `injected` (by kind) and `active` (whether any is
+    /// in force); `set_clock` applies a clock offset (ms) and drift (ppm).
+    pub fn new(
+        me: NodeId,
+        enabled: bool,
+        injected: prometheus::IntCounterVec,
+        active: prometheus::IntGauge,
+        set_clock: fn(i64, i64),
+    ) -> Self {
         Faults {
             me,
             enabled,
             spec: RwLock::new(Arc::new(FaultSpec::default())),
             network: AtomicBool::new(false),
-            injected: metrics.faults_injected.clone(),
-            active: metrics.faults_active.clone(),
+            injected,
+            active,
+            set_clock,
         }
     }
 
@@ -117,7 +130,7 @@ impl Faults {
         };
         self.network.store(spec.affects_network(), Ordering::Relaxed);
         engine.set_commit_delay(spec.disk_delay());
-        crate::clock::set_fault_skew(spec.clock_offset_ms, spec.clock_drift_ppm);
+        (self.set_clock)(spec.clock_offset_ms, spec.clock_drift_ppm);
         self.active.set(i64::from(!spec.is_clear()));
         tracing::info!(
             unreachable = ?spec.unreachable,
@@ -219,11 +232,30 @@ mod tests {
         Engine::open(dir, 1, geokv_storage::StorageConfig::default()).unwrap()
     }
 
+    struct Metrics {
+        faults_injected: prometheus::IntCounterVec,
+        faults_active: prometheus::IntGauge,
+    }
+
+    impl Metrics {
+        fn new() -> Metrics {
+            let opts = prometheus::Opts::new("injected", "faults injected");
+            Metrics {
+                faults_injected: prometheus::IntCounterVec::new(opts, &["kind"]).unwrap(),
+                faults_active: prometheus::IntGauge::new("active", "faults active").unwrap(),
+            }
+        }
+
+        fn faults(&self, me: NodeId, enabled: bool) -> Faults {
+            Faults::new(me, enabled, self.faults_injected.clone(), self.faults_active.clone(), |_, _| {})
+        }
+    }
+
     #[test]
     fn a_node_without_the_config_section_refuses_faults() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::ops::metrics::Metrics::new(0);
-        let faults = Faults::new(1, false, &metrics);
+        let metrics = Metrics::new();
+        let faults = metrics.faults(1, false);
         let err = faults.replace(FaultSpec::default(), &engine(dir.path())).unwrap_err();
         assert!(matches!(err, FaultsError::Disabled));
         let status = tonic::Status::from(err);
@@ -234,8 +266,8 @@ mod tests {
     #[test]
     fn a_request_replaces_every_fault_and_an_empty_one_clears_them() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::ops::metrics::Metrics::new(0);
-        let (faults, engine) = (Faults::new(1, true, &metrics), engine(dir.path()));
+        let metrics = Metrics::new();
+        let (faults, engine) = (metrics.faults(1, true), engine(dir.path()));
         let req =
             pb::InjectFaultsRequest { unreachable: vec![3, 2, 3], disk_delay_ms: 7, ..Default::default() };
         let now = faults.replace(req.into(), &engine).unwrap();
@@ -259,8 +291,8 @@ mod tests {
     #[test]
     fn invalid_faults_are_refused_and_leave_the_old_ones_in_force() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::ops::metrics::Metrics::new(0);
-        let (faults, engine) = (Faults::new(1, true, &metrics), engine(dir.path()));
+        let metrics = Metrics::new();
+        let (faults, engine) = (metrics.faults(1, true), engine(dir.path()));
         faults.replace(FaultSpec { unreachable: [2].into(), ..Default::default() }, &engine).unwrap();
         let err =
             faults.replace(FaultSpec { drop_probability: 2.0, ..Default::default() }, &engine).unwrap_err();

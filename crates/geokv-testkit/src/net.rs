@@ -80,16 +80,18 @@ impl tower::Service<http::Request<Body>> for FaultyChannel {
 }
 
 /// Replaces the answer to every call from a node this node cannot send to (the call is served:
-/// only the response is lost). The caller names itself in `crate::trace::FROM_HEADER`.
+/// only the response is lost). `caller` reads which node a call came from (the server names
+/// itself in a header: `geokv_server::trace`).
 #[derive(Clone)]
 pub struct LoseAnswersLayer {
     pub faults: Arc<Faults>,
+    pub caller: fn(&http::HeaderMap) -> Option<NodeId>,
 }
 
 impl<S> tower::Layer<S> for LoseAnswersLayer {
     type Service = LoseAnswers<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        LoseAnswers { inner, faults: self.faults.clone() }
+        LoseAnswers { inner, faults: self.faults.clone(), caller: self.caller }
     }
 }
 
@@ -97,6 +99,7 @@ impl<S> tower::Layer<S> for LoseAnswersLayer {
 pub struct LoseAnswers<S> {
     inner: S,
     faults: Arc<Faults>,
+    caller: fn(&http::HeaderMap) -> Option<NodeId>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for LoseAnswers<S>
@@ -114,7 +117,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let from = crate::trace::caller(req.headers());
+        let from = (self.caller)(req.headers());
         let lose = from.is_some_and(|from| self.faults.loses_responses_to(from));
         let served = self.inner.call(req);
         if !lose {
