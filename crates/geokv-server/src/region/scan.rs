@@ -7,7 +7,7 @@ use std::sync::Arc;
 use geokv_cluster::Level;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
-use geokv_protocol::{NodePage, PeerError, ScanRound};
+use geokv_protocol::{NodePage, ScanRound};
 use tonic::Status;
 
 use super::coordinator::decode;
@@ -34,7 +34,7 @@ impl Cluster {
             if let Err(e) = &page {
                 tracing::debug!(node = id, error = %e, "scan: node did not answer");
             }
-            round.on_page(id, page.map_err(|e| PeerError::Transport(e.message().to_string())));
+            round.on_page(id, page.map_err(crate::api::status::peer_error));
         }
         let now = self.node.now_ms();
         let answer = round.finish(|key| view.home(key), now).map_err(failure_status)?;
