@@ -15,7 +15,10 @@
 //!
 //! **Cleanup**: once no move is in progress, a node drops its copies of keys it no longer
 //! replicates ([`foreign`]), and from then on writes as a new actor (should it own such a key
-//! again, it holds less than it once wrote to it).
+//! again, it holds less than it once wrote to it). A copy is dropped only once every home
+//! replica of the key has taken it ([`hand_over_to`]): it may be the only one (a write at ONE
+//! whose sends the replicas refused, stamped by a clock that ran ahead, found by the
+//! simulator); a copy not taken stays for the next cleanup.
 
 use geokv_cluster::{Membership, Status};
 use geokv_core::NodeId;
@@ -141,6 +144,12 @@ pub fn hands_over(view: &Membership, key: &[u8], joiner: NodeId) -> bool {
 /// Where a leaving node sends its state of `key`: the nodes taking the key over.
 pub fn streams_to(view: &Membership, key: &[u8]) -> Vec<NodeId> {
     view.incoming(key)
+}
+
+/// Where a cleanup sends its copy of a foreign `key` before dropping it: every home replica of
+/// the key; the copy is dropped only once all of them have acknowledged it.
+pub fn hand_over_to(view: &Membership, key: &[u8]) -> Vec<NodeId> {
+    view.home(key)
 }
 
 /// Whether this node's copy of `key` is one a cleanup drops: it is not a home replica.

@@ -13,6 +13,9 @@ const SHARDS: u64 = 4;
 /// Seeds that once found a bug, kept as regression tests (see docs/testing.md).
 const REGRESSIONS: &[u64] = &[
     FORWARD_RETRY_SEED,
+    CLEANUP_SEED,
+    28683,
+    33878,
     RETRY_PROMISE_SEED,
     STAND_IN_HINT_SEED,
     UNKNOWN_REMOVE_SEED,
@@ -20,6 +23,14 @@ const REGRESSIONS: &[u64] = &[
     EXPIRED_MARKER_SEED,
     UNKNOWN_SWAP_SEED,
 ];
+
+/// Found by the 30-minute soak the day nodes first left and rejoined (seeds 8949, 28683 and
+/// 33878; a store bug): a node whose clock had jumped ahead acknowledged a write at ONE that
+/// every peer refused (stamped beyond the drift bound, so not hinted): its copy was the only
+/// one. A node then left and joined again, the key's ring changed, and the cleanup after it
+/// dropped that copy as foreign. A cleanup now hands each copy to the key's home replicas and
+/// drops it only once all of them took it (`geokv_protocol::moves::hand_over_to`).
+const CLEANUP_SEED: u64 = 8949;
 
 /// Found the same day (a checker bug): the only write of a register was a compare-and-swap
 /// whose outcome was unknown (its connection broke), and the key ended absent, which the
@@ -217,6 +228,14 @@ fn seed_exposes_the_forward_retry_bug_and_passes_with_the_fix() {
     let r = run(FORWARD_RETRY_SEED, &buggy);
     assert!(r.report.violations.iter().any(|v| v.contains("counter ends at")), "{}", explain(&r));
     check_seed(FORWARD_RETRY_SEED, &SimConfig::default());
+}
+
+#[test]
+fn seed_exposes_the_cleanup_drop_bug_and_passes_with_the_fix() {
+    let buggy = SimConfig { bug: Some(Bug::CleanupDropsAtOnce), ..SimConfig::default() };
+    let r = run(CLEANUP_SEED, &buggy);
+    assert!(r.report.violations.iter().any(|v| v.contains("older than acknowledged")), "{}", explain(&r));
+    check_seed(CLEANUP_SEED, &SimConfig::default());
 }
 
 /// The hole soaking with wipes found (seeds 6292 and 27394 before recovery existed): writes

@@ -14,8 +14,9 @@
 //! Writes that were in flight while a status change spread can miss the streamed copy; the
 //! first anti-entropy round after the move (started right away) repairs them.
 //!
-//! **Cleanup** (`Cleanup` RPC, `geokv cleanup`): once no move is in progress, drops this node's
-//! copies of keys it no longer replicates.
+//! **Cleanup** (`Cleanup` RPC, `geokv cleanup`): once no move is in progress, hands each copy
+//! of a key this node no longer replicates to the key's home replicas, and drops it once they
+//! all took it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -260,16 +261,19 @@ impl Cluster {
         }
     }
 
-    /// Drops this node's copies of keys it does not replicate (see the module docs).
+    /// Drops this node's copies of keys it does not replicate (see the module docs): each is
+    /// first handed to every home replica of its key (`moves::hand_over_to`; it may be the
+    /// only copy) and dropped once all of them took it. Copies not taken stay; the cleanup
+    /// then fails with UNAVAILABLE saying how many, and can be run again.
     pub async fn cleanup(self: &Arc<Self>) -> Result<pb::MoveReport, MoveError> {
         let view = self.view();
         moves::cleanup_allowed(&view).map_err(|refused| MoveError::Refused(refused.message))?;
-        let node = self.node.clone();
-        let (keys, bytes) = crate::blocking::run(move || {
+        let (node, v) = (self.node.clone(), view.clone());
+        let foreign = crate::blocking::run(move || {
             let mut foreign = Vec::new();
             node.engine().for_each(|key, rec| {
-                if moves::foreign(&view, key) {
-                    foreign.push((key.to_vec(), geokv_storage::codec::serialize(rec).len() as u64));
+                if moves::foreign(&v, key) {
+                    foreign.push((key.to_vec(), rec.clone()));
                 }
             })?;
             if !foreign.is_empty() {
@@ -278,17 +282,50 @@ impl Cluster {
                 // failure leaves the copies for the next cleanup).
                 node.renew_actor()?;
             }
-            let (mut keys, mut bytes) = (0, 0);
-            for (key, size) in foreign {
-                if node.engine().drop_copy(&key)? {
-                    keys += 1;
-                    bytes += size;
-                }
-            }
-            Ok::<_, StorageError>((keys, bytes))
+            Ok::<_, StorageError>(foreign)
         })
         .await??;
-        tracing::info!(keys, bytes, "cleanup: dropped copies of keys this node no longer replicates");
+        let (mut keys, mut bytes, mut kept) = (0u64, 0u64, Vec::new());
+        for (key, rec) in foreign {
+            let state = encode(&rec);
+            let mut handed = Ok(());
+            for target in moves::hand_over_to(&view, &key) {
+                handed = self.push_state(target, key.clone(), state.clone()).await;
+                if handed.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = handed {
+                kept.push(e);
+                continue;
+            }
+            let node = self.node.clone();
+            let size = state.len() as u64;
+            let dropped = crate::blocking::run(move || {
+                // Only the state handed over goes.
+                if node.engine().get(&key)?.as_ref() != Some(&rec) {
+                    return Ok(false);
+                }
+                node.engine().drop_copy(&key)
+            })
+            .await??;
+            if dropped {
+                keys += 1;
+                bytes += size;
+            }
+        }
+        tracing::info!(
+            keys,
+            bytes,
+            kept = kept.len(),
+            "cleanup: dropped copies of keys this node no longer replicates"
+        );
+        if let Some(first) = kept.first() {
+            return Err(MoveError::Unavailable(format!(
+                "cleanup dropped {keys} copies and kept {} that a home replica did not take (first: {first}); run cleanup again",
+                kept.len()
+            )));
+        }
         Ok(self.report(keys, bytes))
     }
 

@@ -97,6 +97,9 @@ pub enum Bug {
     /// The sweeper drops deleted and expired keys at once (no grace period, no wait for the
     /// cross-region replicator).
     PurgeEarly,
+    /// A cleanup drops a node's foreign copies without handing them to the keys' home
+    /// replicas first (the behaviour before seed 8949).
+    CleanupDropsAtOnce,
     /// The replicator ships keys to every region, whatever the residency policy, and
     /// receivers take them.
     ShipEverywhere,

@@ -12,7 +12,7 @@ use geokv_protocol::moves::{self, Move, MoveKind, Step};
 use geokv_protocol::Failure;
 
 use super::node::{Ctx, Key, Msg, Node, REQUEST_TIMEOUT_MS};
-use super::Addr;
+use super::{Addr, Bug};
 
 /// How often a node looks at the step of its move.
 pub const MOVE_EVERY_MS: u64 = 100;
@@ -50,9 +50,23 @@ pub(crate) struct MoveState {
     pub catch_up: Vec<NodeId>,
     /// When a failed attempt starts over.
     retry_at: u64,
+    /// A cleanup's attempt under way: when it began, the copies being handed over, and the
+    /// ids of their sends.
+    cleanup_started: Option<u64>,
+    handing: BTreeMap<Key, Handing>,
+    handoff_ids: BTreeMap<u64, Key>,
     /// Keys streamed and copies dropped, for the run's report.
     pub streamed: u64,
     pub dropped: u64,
+}
+
+impl MoveState {
+    /// A restart forgets a cleanup's attempt under way (it is asked again).
+    pub(crate) fn restart(&mut self) {
+        self.cleanup_started = None;
+        self.handing.clear();
+        self.handoff_ids.clear();
+    }
 }
 
 impl Node {
@@ -294,31 +308,93 @@ impl Node {
         true
     }
 
-    /// A cleanup asked for runs once no move is under way in the region.
+    /// A cleanup asked for runs once no move is under way in the region: each foreign copy is
+    /// sent to the key's home replicas (`moves::hand_over_to`) and dropped once all of them
+    /// have taken it; a cleanup with copies left over is tried again later.
     fn cleanup_if_asked(&mut self, ctx: &mut Ctx) {
         if !self.moves.cleanup_asked {
             return;
         }
-        if moves::cleanup_allowed(&self.view).is_err() {
-            self.moves.retry_at = ctx.now + RETRY_MS;
+        let now = ctx.now;
+        if let Some(started) = self.moves.cleanup_started {
+            let waiting = self.moves.handing.values().any(|h| h.waiting > 0 && !h.failed);
+            if waiting && now.saturating_sub(started) < REQUEST_TIMEOUT_MS {
+                return;
+            }
+            // Done with this attempt: what was not taken everywhere stays.
+            let left = self.moves.handing.values().any(|h| h.waiting > 0 || h.failed);
+            self.moves.handing.clear();
+            self.moves.handoff_ids.clear();
+            self.moves.cleanup_started = None;
+            if left {
+                self.moves.retry_at = now + RETRY_MS;
+            } else {
+                self.moves.cleanup_asked = false;
+            }
             return;
         }
-        self.moves.cleanup_asked = false;
-        let foreign: Vec<Key> = self
-            .store
-            .states()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| moves::foreign(&self.view, k))
-            .collect();
+        if moves::cleanup_allowed(&self.view).is_err() {
+            self.moves.retry_at = now + RETRY_MS;
+            return;
+        }
+        let foreign: Vec<(Key, Record)> =
+            self.store.states().into_iter().filter(|(k, _)| moves::foreign(&self.view, k)).collect();
         if foreign.is_empty() {
+            self.moves.cleanup_asked = false;
             return;
         }
         // As on the server: a new actor first, then the copies go.
         self.incarnation += 1;
-        for key in foreign {
-            self.store.forget(&key);
-            self.moves.dropped += 1;
+        // Planted bug: the copies go at once, without being handed over (the behaviour
+        // before seed 8949).
+        if ctx.bug == Some(Bug::CleanupDropsAtOnce) {
+            for (key, _) in foreign {
+                self.store.forget(&key);
+                self.moves.dropped += 1;
+            }
+            self.moves.cleanup_asked = false;
+            return;
+        }
+        self.moves.cleanup_started = Some(now);
+        for (key, rec) in foreign {
+            let targets = moves::hand_over_to(&self.view, &key);
+            self.moves
+                .handing
+                .insert(key.clone(), Handing { waiting: targets.len(), failed: false, rec: rec.clone() });
+            for target in targets {
+                let id = self.next();
+                self.moves.handoff_ids.insert(id, key.clone());
+                let msg = Msg::Merge { id, key: key.clone(), rec: rec.clone(), hint_for: None, ship: false };
+                ctx.send(Addr::Node(target), msg);
+            }
         }
     }
+
+    /// The answer to a copy a cleanup handed over; false if `id` is not one. A copy every home
+    /// replica took is dropped, if it is still the state handed over.
+    pub(crate) fn on_cleanup_ack(&mut self, id: u64, result: &Result<(), Failure>) -> bool {
+        let Some(key) = self.moves.handoff_ids.remove(&id) else { return false };
+        let Some(h) = self.moves.handing.get_mut(&key) else { return true };
+        if result.is_err() {
+            h.failed = true;
+            return true;
+        }
+        h.waiting -= 1;
+        if h.waiting == 0 && !h.failed {
+            let handed = h.rec.clone();
+            if self.state(&key).as_ref() == Some(&handed) {
+                self.store.forget(&key);
+                self.moves.dropped += 1;
+            }
+        }
+        true
+    }
+}
+
+/// A foreign copy a cleanup is handing over: acknowledgements still awaited, whether a home
+/// replica refused it, and the state sent.
+pub(crate) struct Handing {
+    waiting: usize,
+    failed: bool,
+    rec: Record,
 }

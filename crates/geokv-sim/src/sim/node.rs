@@ -207,6 +207,7 @@ impl Node {
         self.mv = None;
         self.moves.seen_by.clear();
         self.moves.catch_up.clear();
+        self.moves.restart();
         if self.recovery.is_some() {
             self.recovery = Some(Recovery::new());
         }
@@ -470,7 +471,10 @@ impl Node {
                 ctx.sends.push((from, Msg::MergeAck { id, result: Ok(()) }, self.disk_delay_ms));
             }
             Msg::MergeAck { id, result } => {
-                if self.on_handoff_ack(id, &result) || self.on_stream_ack(id, &result) {
+                if self.on_handoff_ack(id, &result)
+                    || self.on_stream_ack(id, &result)
+                    || self.on_cleanup_ack(id, &result)
+                {
                     return;
                 }
                 self.answered(id, |n| Input::Sent(n, result.map_err(PeerError::Answered)), ctx)
