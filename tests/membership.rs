@@ -219,3 +219,44 @@ async fn a_node_leaves_under_load_and_every_key_keeps_its_replicas() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A cleanup drops a copy only once every home replica of its key took it (the copy may be the
+/// only one): while node 1 cannot reach its peers, a cleanup keeps every copy and fails saying
+/// so; once it can, the cleanup drops them, and every key still reads back at ALL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_keeps_the_copies_no_home_replica_took() {
+    let mut cluster = TestCluster::start_region_without_repair_and(3, 3, "");
+    let client = cluster.client(0).await.with_consistency(proto::Consistency::Quorum);
+    let expected = preload(&client, "c-", 300).await;
+    let new = cluster.add_node();
+    let joined = wait_until(Duration::from_secs(90), || async {
+        cluster.member_field(new, 4, "status") == "normal" && cluster.member_field(0, 4, "status") == "normal"
+    })
+    .await;
+    assert!(joined, "node 4 became an owner");
+    let ring = Ring::new(1..=4, 256);
+    let not_mine: Vec<&[u8]> =
+        expected.keys().filter(|k| !ring.preference_list(k, 3).contains(&1)).map(|k| k.as_slice()).collect();
+    let held = held_by(&cluster, 0, &not_mine).await;
+    assert!(held > 0, "node 1 holds copies of keys it no longer replicates");
+    let cleanup = || {
+        std::process::Command::new(support::BIN)
+            .args(["--json", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
+            .output()
+            .unwrap()
+    };
+
+    let cut = geokv_proto::v1::InjectFaultsRequest { unreachable: vec![2, 3, 4], ..Default::default() };
+    cluster.inject_faults(0, cut).await.expect("faults on node 1");
+    let out = cleanup();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a cleanup whose copies no replica took must fail");
+    assert!(stderr.contains("run cleanup again") && stderr.contains(&format!("kept {held}")), "{stderr}");
+    assert_eq!(held_by(&cluster, 0, &not_mine).await, held, "no copy was dropped");
+
+    cluster.inject_faults(0, Default::default()).await.expect("faults cleared on node 1");
+    let out = cleanup();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(held_by(&cluster, 0, &not_mine).await, 0, "every copy was handed over, then dropped");
+    assert_all_readable(&cluster.client(0).await, &expected).await;
+}
