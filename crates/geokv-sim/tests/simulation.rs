@@ -29,7 +29,8 @@ const REGRESSIONS: &[u64] = &[
 /// every peer refused (stamped beyond the drift bound, so not hinted): its copy was the only
 /// one. A node then left and joined again, the key's ring changed, and the cleanup after it
 /// dropped that copy as foreign. A cleanup now hands each copy to the key's home replicas and
-/// drops it only once all of them took it (`geokv_protocol::moves::hand_over_to`).
+/// drops it only once all of them took it (`geokv_protocol::moves::hand_over_to`). Since
+/// schedules were redrawn, `jump_during_a_rejoin` sets the same trap on purpose.
 const CLEANUP_SEED: u64 = 8949;
 
 /// Found the same day (a checker bug): the only write of a register was a compare-and-swap
@@ -70,8 +71,9 @@ const RETRY_PROMISE_SEED: u64 = 204;
 /// seed 6 until the simulator ran handoff, anti-entropy and batches through the protocol crate,
 /// then seed 1 until clients scanned and sent batches, then 13 until nodes ran cross-region
 /// anti-entropy, then 6 until nodes joined and left, then 1 until clients wrote keys only one
-/// region may hold; each change redrew every schedule).
-const FORWARD_RETRY_SEED: u64 = 6;
+/// region may hold, then 6 until residency policies changed; each change redrew every
+/// schedule).
+const FORWARD_RETRY_SEED: u64 = 4;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -97,6 +99,7 @@ fn shard(index: u64) {
     let started = Instant::now();
     let (mut runs, mut ops, mut unknown, mut raw, mut oversized) = (0u64, 0usize, 0usize, 0usize, 0u64);
     let (mut rejoins, mut streamed, mut cleaned) = (0u64, 0u64, 0u64);
+    let (mut changes, mut erased, mut kept) = (0u64, 0u64, 0u64);
     let mut staleness = Vec::new();
     let mut seed = index;
     loop {
@@ -116,13 +119,16 @@ fn shard(index: u64) {
         rejoins += r.rejoins;
         streamed += r.streamed;
         cleaned += r.cleaned;
+        changes += r.policy_changes;
+        erased += r.erased;
+        kept += r.kept_rounds;
         staleness.extend(r.report.staleness_quantile(0.99));
         seed += SHARDS;
     }
     staleness.sort_unstable();
     let p = |q: f64| staleness.get(((staleness.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
     println!(
-        "shard {index}: {runs} schedules passed in {:.1} s: {ops} operations ({unknown} unknown), {raw} read-after-write checks, {oversized} oversized merges stored, {rejoins} nodes left and joined again ({streamed} states streamed, {cleaned} copies cleaned up); per-run staleness p99: median {} ms, worst {} ms",
+        "shard {index}: {runs} schedules passed in {:.1} s: {ops} operations ({unknown} unknown), {raw} read-after-write checks, {oversized} oversized merges stored, {rejoins} nodes left and joined again ({streamed} states streamed, {cleaned} copies cleaned up), {changes} residency changes ({erased} keys erased, {kept} enforcement rounds kept keys back); per-run staleness p99: median {} ms, worst {} ms",
         started.elapsed().as_secs_f64(),
         p(0.5),
         p(1.0)
@@ -162,8 +168,8 @@ fn replay() {
     let r = run(seed, &SimConfig::default());
     println!("{}", explain(&r));
     println!(
-        "{} simulated ms, {} messages, {} dropped, {} oversized merges stored, {} rejoins ({} states streamed, {} copies cleaned up)",
-        r.sim_ms, r.messages, r.dropped, r.oversized_merges, r.rejoins, r.streamed, r.cleaned
+        "{} simulated ms, {} messages, {} dropped, {} oversized merges stored, {} rejoins ({} states streamed, {} copies cleaned up), {} residency changes ({} keys erased, {} enforcement rounds kept keys back)",
+        r.sim_ms, r.messages, r.dropped, r.oversized_merges, r.rejoins, r.streamed, r.cleaned, r.policy_changes, r.erased, r.kept_rounds
     );
     assert!(r.report.passed());
 }
@@ -207,6 +213,11 @@ fn the_checker_catches_deliberate_bugs() {
         (Bug::OversizedMergeDropped, ""),
         // A key stays in the regions its residency rule allows.
         (Bug::ShipEverywhere, "which its residency rule does not allow"),
+        // A residency change loses no acknowledged write: keys are handed over before they are
+        // erased (a lost write breaks whichever final-state rule its key's type has).
+        (Bug::EraseWithoutHandover, ""),
+        // Every node ends on the same residency policy.
+        (Bug::NoPolicySync, "residency policies did not converge"),
     ];
     for (bug, rule) in planted {
         let cfg = SimConfig { bug: Some(bug), ..SimConfig::default() };
@@ -230,11 +241,37 @@ fn seed_exposes_the_forward_retry_bug_and_passes_with_the_fix() {
     check_seed(FORWARD_RETRY_SEED, &SimConfig::default());
 }
 
+/// The schedule of the cleanup hole (`CLEANUP_SEED`), drawn on purpose: node C of region 0
+/// leaves and comes back (200..2,500 ms) while node A's clock has jumped past the drift bound
+/// (1,000..7,000 ms). A's writes at ONE are refused by every peer (and not hinted), so A's copy
+/// is the only one; C, joining again, skips A's states stamped beyond the bound when it
+/// streams them in; and the cleanup after C's join finds A's copies foreign.
+fn jump_during_a_rejoin(seed: u64) -> Schedule {
+    let layout = SimConfig::default().layout;
+    let (a, c) = (layout.node(0, 2), layout.node(0, 0));
+    let step = |start_ms, end_ms, fault| Step { start_ms, end_ms, fault };
+    Schedule {
+        seed,
+        steps: vec![
+            step(200, 2_500, Fault::Move { node: c }),
+            step(1_000, 7_000, Fault::ClockJump { node: a, ms: 2_000 }),
+        ],
+    }
+}
+
 #[test]
-fn seed_exposes_the_cleanup_drop_bug_and_passes_with_the_fix() {
+fn a_cleanup_drops_no_copy_a_home_replica_did_not_take() {
     let buggy = SimConfig { bug: Some(Bug::CleanupDropsAtOnce), ..SimConfig::default() };
-    let r = run(CLEANUP_SEED, &buggy);
-    assert!(r.report.violations.iter().any(|v| v.contains("older than acknowledged")), "{}", explain(&r));
+    let caught = (0..20).find(|&seed| {
+        let r = run_schedule(jump_during_a_rejoin(seed), &buggy);
+        r.report.violations.iter().any(|v| v.contains("older than acknowledged"))
+    });
+    let Some(seed) = caught else { panic!("a cleanup dropping copies at once went unnoticed over 20 seeds") };
+    println!("CleanupDropsAtOnce caught by the rejoin schedule with seed {seed}");
+    for seed in 0..=seed {
+        let r = run_schedule(jump_during_a_rejoin(seed), &SimConfig::default());
+        assert!(r.report.passed(), "{}", explain(&r));
+    }
     check_seed(CLEANUP_SEED, &SimConfig::default());
 }
 

@@ -1,13 +1,15 @@
 //! An in-memory [`ReplicaStore`]: the store of the simulator's nodes and of tests that need a
 //! replica's store without a disk. Same semantics as the RocksDB engine for everything the
-//! protocol uses (the conformance suite checks it), the size rule ([`crate::size`]) included;
-//! no admission or stamp checks, no TTL index, nothing survives the process.
+//! protocol uses (the conformance suite checks it), the size rule ([`crate::size`]) and the
+//! admission check ([`MemStore::set_admission`]) included; no stamp checks, no TTL index,
+//! nothing survives the process.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use geokv_core::{CoreError, Crdt, NodeId, Record};
 
+use crate::engine::{Admission, EraseReport};
 use crate::purge::Purge;
 use crate::{LogEntry, ReplicaStore, ScanPage, StorageError, Update};
 
@@ -29,6 +31,8 @@ pub struct MemStore {
     max_record_bytes: usize,
     /// Merged states stored although over `max_record_bytes`.
     oversized_merges: std::sync::atomic::AtomicU64,
+    /// Which keys may be stored at all (as [`crate::Engine::set_admission`]).
+    admission: Option<Admission>,
 }
 
 impl Default for MemStore {
@@ -39,6 +43,7 @@ impl Default for MemStore {
             grace_ms: cfg.tombstone_grace_secs.saturating_mul(1000),
             max_record_bytes: cfg.max_record_bytes,
             oversized_merges: Default::default(),
+            admission: None,
         }
     }
 }
@@ -56,6 +61,46 @@ impl MemStore {
     /// The same store with `limits.max_record_bytes` set to `bytes`.
     pub fn with_max_record_bytes(self, bytes: usize) -> MemStore {
         MemStore { max_record_bytes: bytes, ..self }
+    }
+
+    /// Installs the check every write of a key (client write, merge, hint) passes before
+    /// anything is stored, as the engine's (a residency policy).
+    pub fn set_admission(&mut self, check: Admission) {
+        self.admission = Some(check);
+    }
+
+    fn admit(&self, key: &[u8]) -> Result<(), StorageError> {
+        match &self.admission {
+            Some(check) => check(key).map_err(|reason| StorageError::NotAdmitted {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes every trace of the keys `doomed` picks: states (tombstones included), change-log
+    /// entries and hints, as [`crate::Engine::erase_where`].
+    pub fn erase_where(&self, doomed: impl Fn(&[u8]) -> bool) -> EraseReport {
+        let mut i = self.lock();
+        let mut report = EraseReport::default();
+        let before = (i.data.len(), i.log.len(), i.hints.len());
+        i.data.retain(|k, _| !doomed(k));
+        i.log.retain(|e| !doomed(&e.key));
+        i.hints.retain(|(_, k), _| !doomed(k));
+        report.keys = (before.0 - i.data.len()) as u64;
+        report.log_entries = (before.1 - i.log.len()) as u64;
+        report.hints = (before.2 - i.hints.len()) as u64;
+        report
+    }
+
+    /// Logs `key`'s current state again for shipping, as [`crate::Engine::reship`]. Returns
+    /// whether the key had a state.
+    pub fn reship(&self, key: &[u8]) -> bool {
+        let mut i = self.lock();
+        let Some(rec) = i.data.get(key).cloned() else { return false };
+        i.store(key, rec, true);
+        true
     }
 
     /// How many merged states were stored although over `max_record_bytes`.
@@ -126,6 +171,7 @@ impl ReplicaStore for MemStore {
         key: &[u8],
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError>,
     ) -> Result<T, StorageError> {
+        self.admit(key)?;
         let mut i = self.lock();
         let Update { record, out } = f(i.data.get(key))?;
         if let Some(rec) = record {
@@ -136,6 +182,7 @@ impl ReplicaStore for MemStore {
     }
 
     fn merge_as(&self, key: &[u8], incoming: &Record, ship: bool) -> Result<bool, StorageError> {
+        self.admit(key)?;
         let mut i = self.lock();
         let merged = match i.data.get(key) {
             Some(cur) => {
@@ -154,6 +201,7 @@ impl ReplicaStore for MemStore {
     }
 
     fn put_hint(&self, target: NodeId, key: &[u8], state: &Record) -> Result<(), StorageError> {
+        self.admit(key)?;
         let mut i = self.lock();
         i.hints.entry((target, key.to_vec())).and_modify(|h| h.merge(state)).or_insert_with(|| state.clone());
         Ok(())
@@ -276,5 +324,46 @@ mod tests {
         assert_eq!(s.get(b"k").unwrap(), None);
         assert!(!s.has_hints());
         assert_eq!(s.committed_seq(), seq);
+    }
+
+    #[test]
+    fn admission_refuses_before_storing_and_an_erase_leaves_no_trace() {
+        let state = |t: u64| {
+            let put = geokv_core::Op::Put { value: vec![1], ttl_ms: None };
+            let stamp = geokv_core::Stamp::new(geokv_core::Stamp::ntp_from_millis(1_700_000_000_000 + t), 1);
+            geokv_core::apply(None, &put, stamp, 1_700_000_000_000, &geokv_core::Limits::default())
+                .expect("applies")
+                .record
+        };
+        let mut s = MemStore::new();
+        s.set_admission(std::sync::Arc::new(|k: &[u8]| {
+            if k.starts_with(b"no:") {
+                Err("not here".to_string())
+            } else {
+                Ok(())
+            }
+        }));
+        for refused in [
+            s.merge_as(b"no:1", &state(5), true).unwrap_err(),
+            s.put_hint(2, b"no:1", &state(5)).unwrap_err(),
+        ] {
+            assert!(matches!(refused, StorageError::NotAdmitted { ref reason, .. } if reason == "not here"));
+        }
+        assert_eq!(s.get(b"no:1").unwrap(), None);
+        assert!(!s.has_hints());
+        s.merge_as(b"a:1", &state(5), true).unwrap();
+        s.merge_as(b"b:1", &state(6), true).unwrap();
+        s.put_hint(3, b"a:1", &state(7)).unwrap();
+        let report = s.erase_where(|k| k.starts_with(b"a:"));
+        assert_eq!((report.keys, report.log_entries, report.hints), (1, 1, 1));
+        assert_eq!(s.get(b"a:1").unwrap(), None);
+        assert!(!s.has_hints());
+        assert!(s.log_since(0, 10).unwrap().iter().all(|e| e.key == b"b:1"));
+        // A reship logs the current state again, for shipping.
+        let seq = s.committed_seq();
+        assert!(s.reship(b"b:1") && !s.reship(b"a:1"));
+        let entries = s.log_since(seq, 10).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].ship && entries[0].key == b"b:1");
     }
 }

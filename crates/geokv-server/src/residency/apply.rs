@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::residency::change;
 use geokv_protocol::PeerError;
 use geokv_storage::StorageError;
 use geokv_topology::Policy;
@@ -141,7 +142,7 @@ impl Cluster {
         // check just before this one was installed, and landed behind the first scan.
         let mut errors = Vec::new();
         let (policy, region) = (installed.clone(), self.region.clone());
-        let doomed = move |key: &[u8]| !policy.policy.allows(key, &region);
+        let doomed = move |key: &[u8]| change::doomed(&policy.policy, &region, key);
         for _ in 0..2 {
             let doomed = doomed.clone();
             // Hand over first: a key is erased only once every region that may hold it has it.
@@ -162,10 +163,7 @@ impl Cluster {
                     doomed(key)
                         && handover.handed.get(key).is_some_and(|own| {
                             // This node's copy is the one shipped (or gone): nothing newer is lost.
-                            engine
-                                .get(key)
-                                .ok()
-                                .is_some_and(|r| r.is_none() || r.map(|r| r.version()) == *own)
+                            engine.get(key).is_ok_and(|r| change::erasable(*own, r.map(|r| r.version())))
                         })
                 })
             })
@@ -235,10 +233,9 @@ impl Cluster {
             .for_each(|key, _| {
                 report.keys_scanned += 1;
                 let Some(prev) = &previous else { return };
-                let rule = installed.policy.rule_for(key);
-                let newly = rule.allowed.iter().any(|r| *r != self.region && !prev.allows(key, r));
                 // One node per region re-ships a key: its first home replica.
-                if newly && view.home(key).first() == Some(&self.me) {
+                let first_home = view.home(key).first() == Some(&self.me);
+                if change::reships(prev, &installed.policy, &self.region, key, first_home) {
                     reship.push(key.to_vec());
                 }
             })
@@ -277,7 +274,7 @@ impl Cluster {
         let origin = if origin.is_empty() { "the policy".to_string() } else { origin };
         Policy::parse(&text, &origin, self.residency.topology()).map_err(ResidencyError::InvalidPolicy)?;
         let nodes = self.all_nodes();
-        let mut version = self.residency.version();
+        let mut held = vec![self.residency.version()];
         let mut asks = tokio::task::JoinSet::new();
         for (id, _, addr) in &nodes {
             let client = self.peers.client(*id, addr);
@@ -293,9 +290,9 @@ impl Cluster {
             });
         }
         while let Some(v) = asks.join_next().await {
-            version = version.max(v.ok().flatten().unwrap_or(0));
+            held.extend(v.ok().flatten());
         }
-        let offered = Saved { version: version + 1, text };
+        let offered = Saved { version: change::next_version(held), text };
         // Phase 1: adopt everywhere.
         let mut adopted = vec![];
         let mine = self.adopt_residency(offered.clone()).await?;

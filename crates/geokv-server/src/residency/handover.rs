@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use geokv_core::{Crdt, NodeId, Record, Stamp};
 use geokv_proto::v1 as pb;
+use geokv_protocol::residency::change;
 use geokv_protocol::PeerError;
 use geokv_replication::{Batch, Delta};
 use geokv_storage::StorageError;
@@ -104,14 +105,7 @@ impl Cluster {
         let mut by_region: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut needs: HashMap<Vec<u8>, BTreeSet<String>> = HashMap::new();
         for key in states.keys() {
-            let regions: BTreeSet<String> = installed
-                .policy
-                .rule_for(key)
-                .allowed
-                .iter()
-                .filter(|r| **r != self.region)
-                .cloned()
-                .collect();
+            let regions: BTreeSet<String> = change::hand_over_regions(&installed.policy, &self.region, key);
             for r in &regions {
                 by_region.entry(r.clone()).or_default().push(key.clone());
             }

@@ -14,6 +14,7 @@ pub use apply::ResidencyError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use geokv_protocol::residency::change::{self, Adoption};
 use geokv_protocol::residency::{residence, Residence};
 use geokv_storage::Engine;
 use geokv_topology::{Policy, Topology};
@@ -116,16 +117,7 @@ impl Residency {
         let (check, here) = (current.clone(), region.to_owned());
         engine.set_admission(Arc::new(move |key: &[u8]| {
             let installed = check.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            let rule = installed.policy.rule_for(key);
-            if rule.allows(&here) {
-                return Ok(());
-            }
-            Err(format!(
-                "residency rule {:?} (policy version {}) allows only {}",
-                rule.name,
-                installed.version,
-                rule.allowed.iter().cloned().collect::<Vec<_>>().join(", ")
-            ))
+            change::admission(&installed.policy, installed.version, &here, key)
         }));
         Ok(Arc::new(Residency {
             region: region.to_owned(),
@@ -161,17 +153,14 @@ impl Residency {
     }
 
     /// Validates and installs a newer policy version (saved before it takes effect). Returns
-    /// whether it changed anything; an equal version with other text is a conflict.
+    /// whether it changed anything; an equal version with another text is decided by
+    /// `geokv_protocol::residency::change::adoption` (the greater text wins everywhere).
     pub fn adopt(&self, engine: &Engine, offered: &Saved) -> Result<bool, String> {
         let mine = self.installed();
-        if offered.version < mine.version || (offered.version == mine.version && offered.text == mine.text) {
-            return Ok(false);
-        }
-        if offered.version == mine.version {
-            return Err(format!(
-                "this node already holds another policy as version {}; apply the policy again to get a new version",
-                mine.version
-            ));
+        match change::adoption((mine.version, &mine.text), (offered.version, &offered.text)) {
+            Adoption::Ignore => return Ok(false),
+            Adoption::Keep(why) => return Err(why),
+            Adoption::Adopt => {}
         }
         let policy =
             parse(offered, &self.topology, &format!("residency policy version {}", offered.version))?;
@@ -263,3 +252,44 @@ fn write_saved(engine: &Engine, name: &str, saved: &Saved) -> Result<(), String>
 }
 
 pub use geokv_protocol::residency::shown_key;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPOLOGY: &str = "vnodes_per_node = 8\n[[regions]]\nname = \"a\"\nlocation = [0.0, 0.0]\njurisdiction = \"x\"\nreplication_factor = 1\n[[regions]]\nname = \"b\"\nlocation = [10.0, 0.0]\njurisdiction = \"y\"\nreplication_factor = 1\n[[nodes]]\nid = 1\nregion = \"a\"\nclient_addr = \"127.0.0.1:1\"\npeer_addr = \"127.0.0.1:2\"\n[[nodes]]\nid = 2\nregion = \"b\"\nclient_addr = \"127.0.0.1:3\"\npeer_addr = \"127.0.0.1:4\"\n";
+
+    fn only(region: &str) -> String {
+        format!("[[rules]]\nname = \"default\"\nprefix = \"\"\neverywhere = true\n[[rules]]\nname = \"p\"\nprefix = \"p:\"\nregions = [\"{region}\"]\n")
+    }
+
+    #[test]
+    fn a_tie_between_two_applies_goes_to_the_greater_text_and_admission_follows_the_policy() {
+        let topology = Arc::new(Topology::parse(TOPOLOGY, "test").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), 1, Default::default()).unwrap();
+        let r = Residency::open("a", topology, &engine).unwrap();
+        let write = |key: &[u8]| {
+            engine.merge(key, &geokv_core::Record::default()).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(write(b"p:1").is_ok(), "version 0 lets region a hold every key");
+        let (to_a, to_b) = (only("a"), only("b"));
+        assert!(to_b > to_a);
+        assert_eq!(r.adopt(&engine, &Saved { version: 1, text: to_a.clone() }), Ok(true));
+        assert!(write(b"p:2").is_ok());
+        // The same version with the greater text wins the tie ...
+        assert_eq!(r.adopt(&engine, &Saved { version: 1, text: to_b.clone() }), Ok(true));
+        assert_eq!((r.version(), r.installed().text.clone()), (1, to_b.clone()));
+        let refused = write(b"p:3").unwrap_err();
+        assert!(refused.contains("residency rule \"p\" (policy version 1) allows only b"), "{refused}");
+        // ... and the lesser one is refused, saying why, wherever the greater one is held.
+        let kept = r.adopt(&engine, &Saved { version: 1, text: to_a }).unwrap_err();
+        assert!(kept.contains("wins the tie") && kept.contains("apply the policy again"), "{kept}");
+        assert_eq!(r.adopt(&engine, &Saved { version: 0, text: String::new() }), Ok(false));
+        // Saved: a restart holds version 1 with the winning text.
+        drop(r);
+        let again =
+            Residency::open("a", Arc::new(Topology::parse(TOPOLOGY, "test").unwrap()), &engine).unwrap();
+        assert_eq!((again.version(), again.installed().text.clone()), (1, to_b));
+    }
+}

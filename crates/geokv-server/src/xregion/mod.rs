@@ -30,6 +30,7 @@ use futures::Stream;
 use geokv_cluster::Level;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
+use geokv_protocol::residency::change;
 use geokv_protocol::{xregion, Failure, Kind};
 use geokv_replication::{default_delay_ms, Batch, Delta, Link, LinkParams, Outbox, Plan};
 use geokv_topology::Topology;
@@ -348,15 +349,11 @@ impl Replicator {
             return refuse(f.message);
         }
         let residency = self.cluster.residency();
-        if msg.residency_version > residency.version() {
+        if let Err(f) = change::on_sender_version(msg.residency_version, residency.version()) {
             // The sender holds a newer policy (which may allow this region keys ours does
             // not): fetch it before taking its deltas.
             self.cluster.sync_residency_soon(batch.origin_node);
-            return refuse(format!(
-                "the sender holds residency policy version {} and this node {}; fetching it, resend shortly",
-                msg.residency_version,
-                residency.version()
-            ));
+            return refuse(f.message);
         }
         self.batches_received.fetch_add(1, Ordering::Relaxed);
         // ... and its clock is within the drift bound.

@@ -69,18 +69,24 @@ impl World {
             }
         } else if self.rng.gen_bool(0.1) {
             (Vec::new(), self.batch_write(c, &unique, region, quorum), true)
-        } else if self.cfg.residency && self.rng.gen_bool(0.1) {
-            // A register only one region may hold (`sim::residency`): forwarded there, or
-            // refused, depending on its rule.
-            let prefix = if self.rng.gen_bool(0.7) {
-                super::residency::PINNED
-            } else {
-                super::residency::REGION_1_ONLY
+        } else if self.cfg.residency && self.rng.gen_bool(0.15) {
+            // A key only some regions may hold (`sim::residency`): forwarded there, or refused,
+            // depending on its rule; the moving keys' regions change during the run.
+            let (prefix, counter) = match self.pick(10) {
+                0..=3 => (super::residency::PINNED, false),
+                4 | 5 => (super::residency::REGION_1_ONLY, false),
+                6..=8 => (super::residency::MOVING, false),
+                _ => (super::residency::MOVING, true),
             };
-            let key = format!("{prefix}{}", self.pick(2)).into_bytes();
-            let action = match self.pick(3) {
-                0 => Action::Read,
-                1 => Action::Delete,
+            let key = if counter {
+                format!("{prefix}ctr-{}", self.pick(2)).into_bytes()
+            } else {
+                format!("{prefix}{}", self.pick(2)).into_bytes()
+            };
+            let action = match (self.pick(3), counter) {
+                (0, _) => Action::Read,
+                (_, true) => Action::Increment { delta: self.rng.gen_range(1..=5) },
+                (1, false) => Action::Delete,
                 _ => Action::Put { value: unique.into_bytes() },
             };
             (key, Asked::One(action), quorum)

@@ -200,14 +200,18 @@ impl Node {
                     );
                 }
                 Command::Repair { node, state } if node == self.id => {
-                    self.merge_local(&job.key, &state, false)
+                    let _ = self.merge_local(&job.key, &state, false);
                 }
                 Command::Repair { node, state } => {
                     let msg =
                         Msg::Merge { id: 0, key: job.key.clone(), rec: state, hint_for: None, ship: false };
                     ctx.send(Addr::Node(node), msg);
                 }
-                Command::MergeLocal { state } => self.merge_local(&job.key, &state, false),
+                Command::MergeLocal { state } => {
+                    if let Err(f) = self.merge_local(&job.key, &state, false) {
+                        return self.answer(job.reply, Err(f), ctx);
+                    }
+                }
                 Command::Apply => {
                     let action = job.action.clone().expect("a write job holds its action");
                     match self.apply_local(&job.key, &action, ctx.now, ctx.bug) {
@@ -230,7 +234,7 @@ impl Node {
                 Command::KeepHint { home, state } => {
                     // Planted bug: no hint is kept.
                     if ctx.bug != Some(Bug::NoRepair) {
-                        self.keep_hint(home, &job.key, &state);
+                        let _ = self.keep_hint(home, &job.key, &state);
                     }
                 }
                 Command::Call { node } => {
@@ -298,7 +302,7 @@ impl Node {
                 if !holds {
                     // Planted bug: the failed swap writes anyway.
                     if bug == Some(Bug::SwapIgnoresCondition) {
-                        self.merge_local(key, &a.record, true);
+                        let _ = self.merge_local(key, &a.record, true);
                     }
                     return Ok(Applied::CasFailed(visible));
                 }
@@ -314,7 +318,7 @@ impl Node {
                     geokv_storage::StorageError::RecordTooLarge { .. } => {
                         Failure::refused(Kind::FailedPrecondition, e.to_string())
                     }
-                    other => panic!("the in-memory store does not fail: {other}"),
+                    other => super::node::stored(other),
                 },
             )?;
             self.hlc = self.hlc.max(rec.version().time);

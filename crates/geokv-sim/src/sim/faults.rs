@@ -87,6 +87,11 @@ impl World {
                     self.rejoin_due.insert(node);
                 }
             }
+            Fault::Residency { node, regions } => {
+                if on {
+                    self.apply_residency(node, &regions);
+                }
+            }
             Fault::Lossy { drop, dup, jitter_ms } => {
                 if on {
                     self.lossy.push((drop, dup, jitter_ms));
@@ -95,6 +100,31 @@ impl World {
                 }
             }
         }
+    }
+
+    /// An operator at `node` applies a policy under which the moving keys may be held only in
+    /// `regions`, as the server's `ApplyResidency` does: the version is one above every
+    /// version the nodes it reaches hold, and those nodes adopt it (each enforces it on its
+    /// next residency step). A node it cannot reach (down, paused, cut off either way) learns
+    /// it from its peers later. Nothing happens if the operator's node is down.
+    fn apply_residency(&mut self, node: NodeId, regions: &[usize]) {
+        let reachable = |w: &World, b: NodeId| {
+            let n = &w.nodes[&b];
+            n.up && !n.paused
+                && (b == node || !(w.blocked.contains_key(&(node, b)) || w.blocked.contains_key(&(b, node))))
+        };
+        if !reachable(self, node) {
+            return;
+        }
+        let reached: Vec<NodeId> = self.nodes.keys().copied().filter(|&b| reachable(self, b)).collect();
+        let version = geokv_protocol::residency::change::next_version(
+            reached.iter().map(|b| self.nodes[b].policy_version().0),
+        );
+        let text = self.nodes[&node].residency.text(regions);
+        for b in reached {
+            let _ = self.nodes.get_mut(&b).expect("node").adopt(version, text.clone());
+        }
+        self.policy_changes += 1;
     }
 
     /// A crash (`sign` 1) or its end (-1): the node stops at the first, restarts at the last.

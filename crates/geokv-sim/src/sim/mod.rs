@@ -10,6 +10,7 @@
 mod batch;
 mod clients;
 mod drive;
+mod enforce;
 mod faults;
 mod moves;
 mod msg;
@@ -101,8 +102,14 @@ pub enum Bug {
     /// replicas first (the behaviour before seed 8949).
     CleanupDropsAtOnce,
     /// The replicator ships keys to every region, whatever the residency policy, and
-    /// receivers take them.
+    /// receivers take them (their stores have no admission check either).
     ShipEverywhere,
+    /// Nodes never answer when asked for their residency policy: a node an apply did not
+    /// reach keeps the old one.
+    NoPolicySync,
+    /// A residency enforcement erases the keys its region may no longer hold without handing
+    /// them to the regions that may (the data-loss hole the handover closes).
+    EraseWithoutHandover,
     /// A merge of replica states over `max_record_bytes` is not stored (the replica keeps its
     /// own state), as a store that held merges to the client writes' limit would do.
     OversizedMergeDropped,
@@ -172,6 +179,11 @@ pub struct SimRun {
     pub rejoins: u64,
     pub streamed: u64,
     pub cleaned: u64,
+    /// Residency changes applied; keys erased by enforcement; enforcement rounds that kept
+    /// keys back (not every region took them yet).
+    pub policy_changes: u64,
+    pub erased: u64,
+    pub kept_rounds: u64,
 }
 
 /// Runs the schedule drawn from `seed`.
@@ -248,6 +260,8 @@ struct World {
     rejoin_due: std::collections::BTreeSet<NodeId>,
     rejoined: std::collections::BTreeSet<NodeId>,
     rejoins: u64,
+    /// Residency changes the operator applied.
+    policy_changes: u64,
     history: Vec<Event>,
     quiet_since: Option<u64>,
     done: bool,
@@ -300,6 +314,7 @@ impl World {
             rejoin_due: Default::default(),
             rejoined: Default::default(),
             rejoins: 0,
+            policy_changes: 0,
             history: Vec::new(),
             quiet_since: None,
             done: false,
@@ -487,7 +502,7 @@ impl World {
             for r in 0..self.cfg.layout.regions {
                 let any = &self.nodes[&self.cfg.layout.node(r, 0)];
                 // Residency: no node of a region the key's rule excludes holds it.
-                if !any.residency.allows(key, r) {
+                if !any.allows(key, r) {
                     for n in self.nodes.values().filter(|n| n.region == r && n.state(key).is_some()) {
                         misplaced.push(format!(
                             "key {}: node {} of {} holds it, which its residency rule does not allow",
@@ -513,12 +528,30 @@ impl World {
             }
             finals.insert(key.clone(), states);
         }
-        let residency = self.nodes.values().next().expect("nodes").residency.clone();
+        let any = self.nodes.values().next().expect("nodes");
         let regions = self.cfg.layout.regions;
-        let mut report = check_held(&self.history, &finals, |key| {
-            (0..regions).filter(|&r| residency.allows(key, r)).map(Layout::region_name).collect()
-        });
+        // During a residency change, a read in a region newly allowed to hold a key may miss
+        // writes not handed over yet: read-after-write is not promised for the moving keys.
+        let changed = self.policy_changes > 0;
+        let moving = |key: &[u8]| changed && key.starts_with(residency::MOVING.as_bytes());
+        let mut report = check_held(
+            &self.history,
+            &finals,
+            |key| (0..regions).filter(|&r| any.allows(key, r)).map(Layout::region_name).collect(),
+            moving,
+        );
         report.violations.extend(misplaced);
+        // Every node ends on the same policy.
+        let policy = any.policy_version();
+        for n in self.nodes.values().filter(|n| n.policy_version() != policy) {
+            report.violations.push(format!(
+                "residency policies did not converge: node {} holds version {}, node {} version {} (or another text)",
+                n.id,
+                n.policy_version().0,
+                any.id,
+                policy.0
+            ));
+        }
         if !self.quiesced {
             report.violations.push(format!(
                 "the cluster did not go quiet within {QUIET_DEADLINE_MS} ms of the heal (hints, unshipped changes or requests left)"
@@ -530,6 +563,9 @@ impl World {
             rejoins: self.rejoins,
             streamed: self.nodes.values().map(|n| n.moves.streamed).sum(),
             cleaned: self.nodes.values().map(|n| n.moves.dropped).sum(),
+            policy_changes: self.policy_changes,
+            erased: self.nodes.values().map(|n| n.enforcement.erased).sum(),
+            kept_rounds: self.nodes.values().map(|n| n.enforcement.kept_rounds).sum(),
             schedule: self.schedule,
             report,
             history: self.history,

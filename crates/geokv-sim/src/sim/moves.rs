@@ -256,7 +256,7 @@ impl Node {
         self.moves.streamed += items.len() as u64;
         for (key, rec) in items {
             if !self.ahead(rec.version().time, ctx.now) {
-                self.merge_local(&key, &rec, false);
+                let _ = self.merge_local(&key, &rec, false);
             }
         }
         let run = self.run();

@@ -101,6 +101,23 @@ pub enum Msg {
         id: u64,
         answers: Vec<Answer>,
     },
+    /// Which residency policy do you hold?
+    PolicyAsk,
+    PolicyIs {
+        version: u64,
+        text: String,
+    },
+    /// States of keys the sender's region may no longer hold, for the home replicas of this
+    /// region (see [`super::enforce`]), sent under policy `version`.
+    Handover {
+        id: u64,
+        version: u64,
+        deltas: Vec<(Key, Record)>,
+    },
+    HandoverAck {
+        id: u64,
+        ok: bool,
+    },
     /// A probe, carrying the sender's member info (gossip).
     Ping(MemberInfo),
     /// The answer: the responder's info, and the version of the prober's info it holds.
@@ -172,6 +189,9 @@ pub enum Timer {
     Sweep,
     /// The next step of a join, leave or cleanup (see [`super::moves`]).
     Move,
+    /// A residency policy comparison, and the enforcement's next step (see
+    /// [`super::enforce`]).
+    Residency,
     /// A request this node coordinates or forwarded has waited its deadline.
     Deadline(u64),
 }

@@ -64,8 +64,13 @@ pub struct Node {
     pub view: Membership,
     /// Every region's ring as the topology gives it, for exchanges with other regions.
     pub(crate) rings: Vec<Ring>,
-    /// The residency policy every node holds (see [`super::residency`]).
+    /// The deployment's topology for residency decisions (see [`super::residency`]).
     pub(crate) residency: std::sync::Arc<super::residency::SimResidency>,
+    /// The residency policy this node holds (durable; the store's admission check reads it).
+    pub(crate) policy: super::residency::SharedPolicy,
+    /// Residency changes: what was enforced last, the enforcement under way (see
+    /// [`super::enforce`]).
+    pub(crate) enforcement: super::enforce::Enforcement,
     /// A join or leave under way, and what the operator asked for (see [`super::moves`]).
     pub(crate) mv: Option<super::moves::MoveRun>,
     pub(crate) moves: super::moves::MoveState,
@@ -123,6 +128,17 @@ impl Node {
         residency: std::sync::Arc<super::residency::SimResidency>,
         bug: Option<Bug>,
     ) -> Node {
+        let policy = std::sync::Arc::new(std::sync::RwLock::new(residency.initial()));
+        let mut store = MemStore::with_grace_ms(TOMBSTONE_GRACE_MS).with_max_record_bytes(max_record_bytes);
+        // The store refuses keys this node's region may not hold, as the engine's admission
+        // (planted bug `ShipEverywhere`: no admission check either).
+        if bug != Some(Bug::ShipEverywhere) {
+            let (check, here) = (policy.clone(), Layout::region_name(region));
+            store.set_admission(std::sync::Arc::new(move |key: &[u8]| {
+                let held = check.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                geokv_protocol::residency::change::admission(&held.policy, held.version, &here, key)
+            }));
+        }
         Node {
             id,
             region,
@@ -142,11 +158,19 @@ impl Node {
                 SUSPECT_MS,
             ),
             rings,
+            enforcement: super::enforce::Enforcement {
+                enforced: {
+                    let h = policy.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (h.version, h.text.clone())
+                },
+                ..Default::default()
+            },
+            policy,
             residency,
             mv: None,
             moves: Default::default(),
             n,
-            store: MemStore::with_grace_ms(TOMBSTONE_GRACE_MS).with_max_record_bytes(max_record_bytes),
+            store,
             incarnation: 1,
             recovery: None,
             ae_round: [0, 0],
@@ -214,6 +238,7 @@ impl Node {
         self.batches.clear();
         self.inflight.clear();
         self.streams.clear();
+        self.enforcement.run = None;
         for t in [
             Timer::Ping,
             Timer::Handoff,
@@ -222,6 +247,7 @@ impl Node {
             Timer::RemoteAntiEntropy,
             Timer::Move,
             Timer::Sweep,
+            Timer::Residency,
         ] {
             let jitter = ctx.rng.gen_range(0..50);
             ctx.timers.push((ctx.now + jitter, t));
@@ -245,6 +271,12 @@ impl Node {
     /// a new actor from now on (it may have lost some of its own CRDT history).
     pub fn wipe(&mut self) {
         self.store.wipe();
+        // The saved policy went with the disk: the node starts over on the topology's policy
+        // file (version 0, enforced on the empty store at once) and learns newer ones from its
+        // peers, as the server does.
+        let initial = self.residency.initial();
+        self.enforcement.enforced = (initial.version, initial.text.clone());
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = initial;
         self.incarnation += 1;
         self.recovery = Some(Recovery::new());
     }
@@ -325,6 +357,8 @@ impl Node {
             && self.batches.is_empty()
             && self.recovery.is_none()
             && self.moves_done()
+            && !self.enforce_pending()
+            && self.enforcement.run.is_none()
             && !self.store.states().iter().any(|(_, r)| {
                 !r.is_marker() && geokv_storage::purge::deadline(r, self.store.grace_ms()).is_some()
             })
@@ -386,6 +420,10 @@ impl Node {
                     self.store.purge_if_due(&key, now_ms).expect("the in-memory store does not fail");
                 }
                 ctx.timers.push((ctx.now + SWEEP_EVERY_MS, Timer::Sweep));
+            }
+            Timer::Residency => {
+                self.residency_tick(ctx);
+                ctx.timers.push((ctx.now + super::enforce::SYNC_EVERY_MS, Timer::Residency));
             }
             Timer::Move => {
                 self.move_tick(ctx);
@@ -463,12 +501,12 @@ impl Node {
                     );
                     return ctx.send(from, Msg::MergeAck { id, result: Err(refused) });
                 }
-                match geokv_protocol::keep(self.id, hint_for) {
+                let result = match geokv_protocol::keep(self.id, hint_for) {
                     geokv_protocol::Keep::Hint(home) => self.keep_hint(home, &key, &rec),
                     geokv_protocol::Keep::Merge => self.merge_local(&key, &rec, ship),
-                }
+                };
                 // The acknowledgement leaves once the write is on disk.
-                ctx.sends.push((from, Msg::MergeAck { id, result: Ok(()) }, self.disk_delay_ms));
+                ctx.sends.push((from, Msg::MergeAck { id, result }, self.disk_delay_ms));
             }
             Msg::MergeAck { id, result } => {
                 if self.on_handoff_ack(id, &result)
@@ -530,6 +568,14 @@ impl Node {
                     }
                 }
             }
+            Msg::PolicyAsk if ctx.bug == Some(Bug::NoPolicySync) => {}
+            Msg::PolicyAsk => {
+                let (version, text) = self.policy_version();
+                ctx.send(from, Msg::PolicyIs { version, text });
+            }
+            Msg::PolicyIs { version, text } => self.on_policy(version, text),
+            Msg::Handover { id, version, deltas } => self.receive_handover(from, id, version, deltas, ctx),
+            Msg::HandoverAck { id, ok } => self.on_handover_ack(id, ok),
             Msg::AeSummary { .. } | Msg::AeDigests { .. } => self.on_exchange_request(from, msg, ctx),
             Msg::AeSummaryIs { .. } | Msg::AeDigestsAre { .. } => {}
         }
@@ -551,7 +597,8 @@ impl Node {
         ctx: &mut Ctx,
     ) -> Option<Msg> {
         let to = client.unwrap_or(from);
-        match self.residency.residence(&key, self.region, client.is_some()) {
+        let residence = self.residency.residence(&self.held(), &key, self.region, client.is_some());
+        match residence {
             Residence::Here => Some(Msg::Req { id, key, req, level, client }),
             Residence::Refused(refused) => {
                 ctx.send(to, Msg::Resp { id, answer: Err(refused) });
@@ -567,21 +614,34 @@ impl Node {
     }
 
     /// Merges a state into this node's store (logging the change; `ship`: for the
-    /// cross-region replicator).
-    pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) {
+    /// cross-region replicator). Refused if the node's residency policy keeps the key out of
+    /// its region (the store's admission check).
+    pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) -> Result<(), Failure> {
         if self.drop_oversized_merges {
             let mut merged = self.state(key).unwrap_or_default();
             merged.merge(rec);
             if geokv_storage::codec::serialize(&merged).len() > self.store.max_record_bytes() {
-                return;
+                return Ok(());
             }
         }
-        self.store.merge_as(key, rec, ship).expect("the in-memory store does not fail");
+        self.store.merge_as(key, rec, ship).map_err(stored)?;
         self.hlc = self.hlc.max(rec.version().time);
+        Ok(())
     }
 
-    pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) {
-        self.store.put_hint(home, key, rec).expect("the in-memory store does not fail");
+    pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) -> Result<(), Failure> {
+        self.store.put_hint(home, key, rec).map_err(stored)
+    }
+}
+
+/// A store's refusal: the residency admission check (the in-memory store fails no other way
+/// on these paths).
+pub(crate) fn stored(e: geokv_storage::StorageError) -> Failure {
+    match e {
+        geokv_storage::StorageError::NotAdmitted { .. } => {
+            Failure::refused(Kind::FailedPrecondition, e.to_string())
+        }
+        other => panic!("the in-memory store does not fail: {other}"),
     }
 }
 

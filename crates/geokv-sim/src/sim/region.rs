@@ -50,8 +50,8 @@ impl Node {
         let peer_ring = &self.rings[peer_region];
         for (key, rec) in self.store.states() {
             let home = self.home(&key);
-            let peer_replicates = self.residency.allows(&key, peer_region)
-                && peer_ring.preference_list(&key, self.n).contains(&peer);
+            let peer_replicates =
+                self.allows(&key, peer_region) && peer_ring.preference_list(&key, self.n).contains(&peer);
             if geokv_protocol::shared(&home, self.id, peer_replicates) {
                 let digest = merkle::digest(&key, &codec::serialize(&rec));
                 out.insert(key, digest);
@@ -189,7 +189,9 @@ impl Node {
                 let refused = Failure::refused(Kind::FailedPrecondition, "stamped beyond the drift bound");
                 return self.exchange(scope).on_pushed(key, Err(PeerError::Answered(refused)));
             }
-            self.merge_local(&key, &rec, false);
+            if let Err(refused) = self.merge_local(&key, &rec, false) {
+                return self.exchange(scope).on_pushed(key, Err(PeerError::Answered(refused)));
+            }
         }
         match self.state(&key) {
             Some(rec) => {
@@ -260,8 +262,9 @@ impl Node {
                 }
                 HintPlan::MergeHere => {
                     for (key, rec) in self.store.hints_for(target, None, usize::MAX).unwrap_or_default() {
-                        self.merge_local(&key, &rec, false);
-                        let _ = self.store.remove_hint(target, &key, &rec);
+                        if self.merge_local(&key, &rec, false).is_ok() {
+                            let _ = self.store.remove_hint(target, &key, &rec);
+                        }
                     }
                 }
                 HintPlan::Wait => {}

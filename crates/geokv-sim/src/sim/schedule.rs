@@ -45,6 +45,12 @@ pub enum Fault {
     /// which every node of the region cleans up. Drawn in one schedule in three, from a
     /// generator of its own, never on the node a wipe hits.
     Move { node: NodeId },
+    /// At the step's start, an operator at `node` applies a residency policy under which the
+    /// moving keys (`residency::MOVING`) may be held only in `regions`: narrowed, widened or
+    /// moved (`geokv_protocol::residency::change`; the nodes the apply reaches adopt it, the
+    /// others learn it from their peers, and each enforces it). Nothing happens at the end.
+    /// Drawn in one schedule in two, once or twice, from a generator of its own.
+    Residency { node: NodeId, regions: Vec<usize> },
     /// Messages between nodes are dropped or duplicated with these probabilities and delayed
     /// by up to `jitter_ms` more (which reorders them).
     Lossy { drop: f64, dup: f64, jitter_ms: u64 },
@@ -99,6 +105,20 @@ impl Schedule {
             let end_ms = (start_ms + moves.gen_range(1_000..=window_ms / 2)).min(window_ms);
             if Some(node) != wiped {
                 steps.push(Step { start_ms, end_ms, fault: Fault::Move { node } });
+            }
+        }
+        let mut changes = SmallRng::seed_from_u64(seed ^ 0x0e51_de9c);
+        if changes.gen_ratio(1, 2) {
+            for _ in 0..changes.gen_range(1..=2) {
+                let node = layout.node(
+                    changes.gen_range(0..layout.regions),
+                    changes.gen_range(0..layout.nodes_per_region),
+                );
+                // A non-empty set of regions, drawn as a bit mask.
+                let mask = changes.gen_range(1..(1u32 << layout.regions));
+                let regions = (0..layout.regions).filter(|r| mask & (1 << r) != 0).collect();
+                let start_ms = changes.gen_range(0..window_ms * 3 / 4);
+                steps.push(Step { start_ms, end_ms: start_ms, fault: Fault::Residency { node, regions } });
             }
         }
         steps.sort_by_key(|s| s.start_ms);

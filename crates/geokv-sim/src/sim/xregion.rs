@@ -6,6 +6,7 @@
 //! after a resend, as on the server.
 
 use geokv_core::{NodeId, Record, Stamp};
+use geokv_protocol::residency::change;
 use geokv_protocol::xregion::{check_batch, merges_here, next_batch, BatchTally, Entry, NextBatch};
 use geokv_protocol::{Failure, Kind};
 use geokv_storage::{codec, ReplicaStore};
@@ -19,7 +20,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// A batch from another region being applied: acknowledged once every state in it settled.
 pub(crate) struct BatchJob {
     from: NodeId,
-    last_seq: u64,
+    reply: Reply,
     pending: usize,
     tally: BatchTally,
 }
@@ -27,6 +28,14 @@ pub(crate) struct BatchJob {
 pub(crate) struct InFlight {
     pub(crate) last_seq: u64,
     sent_at: u64,
+}
+
+/// What a batch being applied answers when it is done.
+pub(crate) enum Reply {
+    /// A batch of the replicator's stream: its last sequence number.
+    Stream(u64),
+    /// A residency handover: its id (acknowledged only if every state was applied).
+    Handover(u64),
 }
 
 /// A batch as it travels.
@@ -37,6 +46,8 @@ pub struct BatchMsg {
     pub after_seq: u64,
     pub last_seq: u64,
     pub hlc_ms: u64,
+    /// The sender's residency policy version.
+    pub residency_version: u64,
     pub deltas: Vec<(Key, Record)>,
 }
 
@@ -71,7 +82,7 @@ impl Node {
             };
             let Ok(Some(NextBatch { last_seq, states: deltas })) = next_batch(
                 entries,
-                |key| self.residency.allows(key, region) || ctx.bug == Some(Bug::ShipEverywhere),
+                |key| self.allows(key, region) || ctx.bug == Some(Bug::ShipEverywhere),
                 state_of,
                 BATCH_BYTES,
             ) else {
@@ -80,7 +91,15 @@ impl Node {
             let stream = self.ship_target.get(&region).copied().unwrap_or(0);
             let target = ctx.layout.node(region, stream % ctx.layout.nodes_per_region);
             let hlc_ms = Stamp::new(self.hlc, self.id).unix_millis().max(self.physical_ms(ctx.now));
-            let msg = BatchMsg { stream: stream as u64, after_seq: cursor, last_seq, hlc_ms, deltas };
+            let residency_version = self.held().version;
+            let msg = BatchMsg {
+                stream: stream as u64,
+                after_seq: cursor,
+                last_seq,
+                hlc_ms,
+                residency_version,
+                deltas,
+            };
             ctx.send(Addr::Node(target), Msg::Batch(msg));
             self.inflight.insert(region, InFlight { last_seq, sent_at: ctx.now });
         }
@@ -98,23 +117,43 @@ impl Node {
         if check_batch(expected, batch.after_seq, clock_ok).is_err() {
             return ctx.send(from, Msg::BatchAck { last_seq, ok: false });
         }
+        if change::on_sender_version(batch.residency_version, self.held().version).is_err() {
+            // The sender holds a newer policy: fetch it before taking its deltas.
+            ctx.send(from, Msg::PolicyAsk);
+            return ctx.send(from, Msg::BatchAck { last_seq, ok: false });
+        }
+        self.streams.insert(origin, (batch.stream, last_seq));
+        self.take_deltas(origin, Reply::Stream(last_seq), batch.deltas, ctx);
+    }
+
+    /// Applies the deltas of a batch or a handover from `origin`: each through the protocol's
+    /// replicate round at QUORUM; the answer leaves once every one settled.
+    pub(crate) fn take_deltas(
+        &mut self,
+        origin: NodeId,
+        reply: Reply,
+        deltas: Vec<(Key, Record)>,
+        ctx: &mut Ctx,
+    ) {
         let b = self.next();
         let job = BatchJob {
             from: origin,
-            last_seq,
+            reply,
             // One step per delta, and one for the receipt.
-            pending: batch.deltas.len() + 1,
+            pending: deltas.len() + 1,
             tally: BatchTally::default(),
         };
         self.batches.insert(b, job);
-        self.streams.insert(origin, (batch.stream, last_seq));
-        for (key, rec) in batch.deltas {
+        for (key, rec) in deltas {
             if ctx.bug == Some(Bug::SkipRemoteDeltas) {
                 continue;
             }
             // A key this region may not hold is dropped (a sender on an older policy).
-            if !self.residency.allows(&key, self.region) && ctx.bug != Some(Bug::ShipEverywhere) {
-                self.batch_delta_done(b, Ok(()), ctx);
+            if !self.allows(&key, self.region) && ctx.bug != Some(Bug::ShipEverywhere) {
+                if let Some(job) = self.batches.get_mut(&b) {
+                    job.tally.on_dropped();
+                }
+                self.batch_step(b, ctx);
                 continue;
             }
             if self.ahead(rec.version().time, ctx.now) {
@@ -124,7 +163,10 @@ impl Node {
                 continue;
             }
             let state = if merges_here(self.home(&key).contains(&self.id)) {
-                self.merge_local(&key, &rec, false);
+                if let Err(f) = self.merge_local(&key, &rec, false) {
+                    self.batch_delta_done(b, Err(f), ctx);
+                    continue;
+                }
                 self.state(&key).unwrap_or(rec)
             } else {
                 rec
@@ -148,12 +190,21 @@ impl Node {
         job.pending -= 1;
         if job.pending == 0 {
             let job = self.batches.remove(&b).expect("present");
-            let ok = job.tally.ack().is_ok();
-            if !ok {
-                // The stream's order no longer holds: the sender resends from its cursor.
-                self.streams.remove(&job.from);
+            match job.reply {
+                Reply::Stream(last_seq) => {
+                    let ok = job.tally.ack().is_ok();
+                    if !ok {
+                        // The stream's order no longer holds: the sender resends from its cursor.
+                        self.streams.remove(&job.from);
+                    }
+                    ctx.send(Addr::Node(job.from), Msg::BatchAck { last_seq, ok });
+                }
+                Reply::Handover(id) => {
+                    // Handed over only if every state was applied here.
+                    let ok = job.tally.ack() == Ok(0);
+                    ctx.send(Addr::Node(job.from), Msg::HandoverAck { id, ok });
+                }
             }
-            ctx.send(Addr::Node(job.from), Msg::BatchAck { last_seq: job.last_seq, ok });
         }
     }
 }

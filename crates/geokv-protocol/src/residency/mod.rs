@@ -12,6 +12,8 @@ use geokv_topology::{OnForeign, Policy, Topology};
 
 use crate::{Failure, Kind};
 
+pub mod change;
+
 /// Where a client request for a key runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Residence {
@@ -68,8 +70,8 @@ pub fn residence(
 mod tests {
     use super::*;
 
-    const THREE_REGIONS: &str = include_str!("../../../topology/three-regions.toml");
-    const EXAMPLE: &str = include_str!("../../../topology/residency.toml");
+    const THREE_REGIONS: &str = include_str!("../../../../topology/three-regions.toml");
+    const EXAMPLE: &str = include_str!("../../../../topology/residency.toml");
 
     fn setup() -> (Topology, Policy) {
         let t = Topology::parse(THREE_REGIONS, "three-regions.toml").unwrap();
