@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use geokv_cluster::Level;
-use geokv_core::{apply_as, cas_holds, Limits, NodeId, OpOutcome, Record};
+use geokv_core::{apply_as, cas_holds, Crdt, Limits, NodeId, OpOutcome, Record};
 use geokv_protocol::{
     Action, Applied, Command, Failure, ForwardCommand, Forwarder, Kind, PeerError, ReadCoordinator, Replicas,
     ReplicateRound, WriteCoordinator,
@@ -318,7 +318,7 @@ impl Node {
                     geokv_storage::StorageError::RecordTooLarge { .. } => {
                         Failure::refused(Kind::FailedPrecondition, e.to_string())
                     }
-                    other => super::node::stored(other),
+                    other => stored(other),
                 },
             )?;
             self.hlc = self.hlc.max(rec.version().time);
@@ -363,5 +363,38 @@ impl Machine {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+impl Node {
+    /// Merges a state into this node's store (logging the change; `ship`: for the
+    /// cross-region replicator). Refused if the node's residency policy keeps the key out of
+    /// its region (the store's admission check).
+    pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) -> Result<(), Failure> {
+        if self.drop_oversized_merges {
+            let mut merged = self.state(key).unwrap_or_default();
+            merged.merge(rec);
+            if geokv_storage::codec::serialize(&merged).len() > self.store.max_record_bytes() {
+                return Ok(());
+            }
+        }
+        self.store.merge_as(key, rec, ship).map_err(stored)?;
+        self.hlc = self.hlc.max(rec.version().time);
+        Ok(())
+    }
+
+    pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) -> Result<(), Failure> {
+        self.store.put_hint(home, key, rec).map_err(stored)
+    }
+}
+
+/// A store's refusal: the residency admission check (the in-memory store fails no other way
+/// on these paths).
+pub(crate) fn stored(e: geokv_storage::StorageError) -> Failure {
+    match e {
+        geokv_storage::StorageError::NotAdmitted { .. } => {
+            Failure::refused(Kind::FailedPrecondition, e.to_string())
+        }
+        other => panic!("the in-memory store does not fail: {other}"),
     }
 }

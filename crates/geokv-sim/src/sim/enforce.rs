@@ -1,4 +1,5 @@
-//! Residency changes on a simulated node, as the server carries them out
+//! Residency on a simulated node: the routing of a client request ([`Node::reside`]), and
+//! policy changes, as the server carries them out
 //! (`residency/apply.rs`, `residency/handover.rs`) with the decisions of
 //! `geokv_protocol::residency::change`:
 //!
@@ -20,9 +21,11 @@ use geokv_core::{NodeId, Record, Stamp};
 use geokv_protocol::residency::change::{self, Adoption};
 use geokv_storage::ReplicaStore;
 
-use super::node::{Ctx, Key, Msg, Node};
+use super::node::{Ctx, Key, Msg, Node, Request};
 use super::residency::region_index;
 use super::{Addr, Bug, Layout};
+use geokv_protocol::residency::Residence;
+use rand::Rng;
 
 /// How often a node compares its policy version with the next node's (and checks whether its
 /// policy still waits to be enforced).
@@ -269,5 +272,37 @@ impl Node {
         }
         let Addr::Node(origin) = from else { return };
         self.take_deltas(origin, super::xregion::Reply::Handover(id), deltas, ctx);
+    }
+
+    /// The residency routing of a client's single-key request
+    /// (`geokv_protocol::residency::residence`): the request back if it runs here; otherwise
+    /// it is refused, or forwarded to a node of the nearest allowed region (which answers the
+    /// client), and `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn reside(
+        &mut self,
+        from: Addr,
+        id: u64,
+        key: Key,
+        req: Request,
+        level: geokv_cluster::Level,
+        client: Option<Addr>,
+        ctx: &mut Ctx,
+    ) -> Option<Msg> {
+        let to = client.unwrap_or(from);
+        let residence = self.residency.residence(&self.held(), &key, self.region, client.is_some());
+        match residence {
+            Residence::Here => Some(Msg::Req { id, key, req, level, client }),
+            Residence::Refused(refused) => {
+                ctx.send(to, Msg::Resp { id, answer: Err(refused) });
+                None
+            }
+            Residence::Forward { regions, .. } => {
+                let region = super::residency::region_index(&regions[0]);
+                let node = ctx.layout.node(region, ctx.rng.gen_range(0..ctx.layout.nodes_per_region));
+                ctx.send(Addr::Node(node), Msg::Req { id, key, req, level, client: Some(to) });
+                None
+            }
+        }
     }
 }

@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 
 use geokv_cluster::{Health, MemberInfo, Membership, Status};
-use geokv_core::{Crdt, NodeId, Record, Stamp};
-use geokv_protocol::residency::Residence;
+use geokv_core::{NodeId, Record, Stamp};
 use geokv_protocol::{Failure, Kind, PeerError, Recovery};
 use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
@@ -115,7 +114,7 @@ pub struct Node {
     pub clock_drift_ppm: i64,
     pub disk_delay_ms: u64,
     /// Planted bug [`Bug::OversizedMergeDropped`].
-    drop_oversized_merges: bool,
+    pub(crate) drop_oversized_merges: bool,
 }
 
 impl Node {
@@ -579,69 +578,6 @@ impl Node {
             Msg::AeSummary { .. } | Msg::AeDigests { .. } => self.on_exchange_request(from, msg, ctx),
             Msg::AeSummaryIs { .. } | Msg::AeDigestsAre { .. } => {}
         }
-    }
-
-    /// The residency routing of a client's single-key request
-    /// (`geokv_protocol::residency::residence`): the request back if it runs here; otherwise
-    /// it is refused, or forwarded to a node of the nearest allowed region (which answers the
-    /// client), and `None`.
-    #[allow(clippy::too_many_arguments)]
-    fn reside(
-        &mut self,
-        from: Addr,
-        id: u64,
-        key: Key,
-        req: Request,
-        level: geokv_cluster::Level,
-        client: Option<Addr>,
-        ctx: &mut Ctx,
-    ) -> Option<Msg> {
-        let to = client.unwrap_or(from);
-        let residence = self.residency.residence(&self.held(), &key, self.region, client.is_some());
-        match residence {
-            Residence::Here => Some(Msg::Req { id, key, req, level, client }),
-            Residence::Refused(refused) => {
-                ctx.send(to, Msg::Resp { id, answer: Err(refused) });
-                None
-            }
-            Residence::Forward { regions, .. } => {
-                let region = super::residency::region_index(&regions[0]);
-                let node = ctx.layout.node(region, ctx.rng.gen_range(0..ctx.layout.nodes_per_region));
-                ctx.send(Addr::Node(node), Msg::Req { id, key, req, level, client: Some(to) });
-                None
-            }
-        }
-    }
-
-    /// Merges a state into this node's store (logging the change; `ship`: for the
-    /// cross-region replicator). Refused if the node's residency policy keeps the key out of
-    /// its region (the store's admission check).
-    pub(crate) fn merge_local(&mut self, key: &[u8], rec: &Record, ship: bool) -> Result<(), Failure> {
-        if self.drop_oversized_merges {
-            let mut merged = self.state(key).unwrap_or_default();
-            merged.merge(rec);
-            if geokv_storage::codec::serialize(&merged).len() > self.store.max_record_bytes() {
-                return Ok(());
-            }
-        }
-        self.store.merge_as(key, rec, ship).map_err(stored)?;
-        self.hlc = self.hlc.max(rec.version().time);
-        Ok(())
-    }
-
-    pub(crate) fn keep_hint(&mut self, home: NodeId, key: &[u8], rec: &Record) -> Result<(), Failure> {
-        self.store.put_hint(home, key, rec).map_err(stored)
-    }
-}
-
-/// A store's refusal: the residency admission check (the in-memory store fails no other way
-/// on these paths).
-pub(crate) fn stored(e: geokv_storage::StorageError) -> Failure {
-    match e {
-        geokv_storage::StorageError::NotAdmitted { .. } => {
-            Failure::refused(Kind::FailedPrecondition, e.to_string())
-        }
-        other => panic!("the in-memory store does not fail: {other}"),
     }
 }
 
