@@ -34,6 +34,23 @@ pub fn shared(home: &[NodeId], me: NodeId, peer_replicates: bool) -> bool {
     home.contains(&me) && peer_replicates
 }
 
+/// Whether `peer` holds `key` (the `peer_replicates` of [`shared`]): a peer of this region if it
+/// is one of the key's home replicas in this node's view (`home`: owners, joins and leaves
+/// included, never the topology's ring, which a move leaves behind); a peer of another region
+/// if `remote` says so (that region may hold the key and its ring gives it to the peer).
+pub fn peer_replicates(
+    home: &[NodeId],
+    peer: NodeId,
+    same_region: bool,
+    remote: impl FnOnce() -> bool,
+) -> bool {
+    if same_region {
+        home.contains(&peer)
+    } else {
+        remote()
+    }
+}
+
 /// What an exchange asks its driver to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AeCommand {
@@ -210,6 +227,17 @@ mod tests {
         assert!(shared(&[1, 2, 3], 1, true));
         assert!(!shared(&[2, 3, 4], 1, true));
         assert!(!shared(&[1, 2, 3], 1, false));
+    }
+
+    #[test]
+    fn a_peer_of_this_region_replicates_what_the_view_gives_it_whatever_the_ring() {
+        // After node 1 left, the view gives the key to 2, 3 and 4: 4 holds it, though the
+        // topology's ring (1, 2, 3) would not say so (seed 2977).
+        let home = [3, 2, 4];
+        assert!(peer_replicates(&home, 4, true, || false));
+        assert!(!peer_replicates(&home, 1, true, || true));
+        assert!(peer_replicates(&home, 21, false, || true));
+        assert!(!peer_replicates(&home, 21, false, || false));
     }
 
     #[test]

@@ -94,17 +94,15 @@ impl Cluster {
         if !home.contains(&self.me) {
             return false;
         }
-        let peer_replicates = match view.info(peer).map(|i| i.region.as_str()) {
-            Some(region) if region == self.region => home.contains(&peer),
-            Some(region) => {
+        let Some(region) = view.info(peer).map(|i| i.region.as_str()) else { return false };
+        let peer_replicates =
+            geokv_protocol::anti_entropy::peer_replicates(&home, peer, region == self.region, || {
                 self.residency.allows(key, region)
                     && self
                         .remote_rings
                         .get(region)
                         .is_some_and(|(ring, n)| ring.preference_list(key, *n).contains(&peer))
-            }
-            None => false,
-        };
+            });
         shared(&home, self.me, peer_replicates)
     }
 

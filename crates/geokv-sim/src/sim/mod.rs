@@ -539,6 +539,7 @@ impl World {
             &finals,
             |key| (0..regions).filter(|&r| any.allows(key, r)).map(Layout::region_name).collect(),
             moving,
+            self.schedule.steps.iter().any(|s| matches!(s.fault, Fault::ClockJump { .. })),
         );
         report.violations.extend(misplaced);
         // Every node ends on the same policy.

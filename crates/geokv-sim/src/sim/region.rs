@@ -42,16 +42,20 @@ pub(crate) struct AeRun {
 
 impl Node {
     /// States of the keys both this node and `peer` are home replicas of, with their digests.
-    /// A node of another region replicates the keys its region's ring gives it (the server's
-    /// `shared_with`; every region may hold every key of the simulation).
+    /// A peer of this region replicates the keys this node's view gives it; a node of another
+    /// region the keys its region may hold and its ring gives it (the server's `shared_with`).
     fn shared_digests(&self, peer: NodeId) -> BTreeMap<Key, u64> {
         let mut out = BTreeMap::new();
         let peer_region = self.region_of(peer);
         let peer_ring = &self.rings[peer_region];
         for (key, rec) in self.store.states() {
             let home = self.home(&key);
-            let peer_replicates =
-                self.allows(&key, peer_region) && peer_ring.preference_list(&key, self.n).contains(&peer);
+            let peer_replicates = geokv_protocol::anti_entropy::peer_replicates(
+                &home,
+                peer,
+                peer_region == self.region,
+                || self.allows(&key, peer_region) && peer_ring.preference_list(&key, self.n).contains(&peer),
+            );
             if geokv_protocol::shared(&home, self.id, peer_replicates) {
                 let digest = merkle::digest(&key, &codec::serialize(&rec));
                 out.insert(key, digest);
