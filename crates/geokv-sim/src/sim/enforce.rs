@@ -136,32 +136,30 @@ impl Node {
     fn start_enforce(&mut self, ctx: &mut Ctx) {
         let of = self.policy_version();
         let (version, region) = (of.0, Layout::region_name(self.region));
-        let held = self.policy.clone();
-        let doomed = move |key: &[u8]| {
-            change::doomed(
-                &held.read().unwrap_or_else(std::sync::PoisonError::into_inner).policy,
-                &region,
-                key,
-            )
+        let (states, handovers) = {
+            let held = self.held();
+            let states = self.doomed_states(&|k| change::doomed(&held.policy, &region, k));
+            let handovers: BTreeMap<Key, BTreeSet<usize>> = states
+                .keys()
+                .map(|k| {
+                    let regions = change::hand_over_regions(&held.policy, &region, k);
+                    (k.clone(), regions.iter().map(|r| region_index(r)).collect())
+                })
+                .collect();
+            (states, handovers)
         };
-        let states = self.doomed_states(&doomed);
         let mut run =
             EnforceRun { of, states, needs: BTreeMap::new(), waiting: BTreeMap::new(), started: ctx.now };
         let mut by_region: BTreeMap<usize, Vec<Key>> = BTreeMap::new();
-        for key in run.states.keys() {
-            let regions: BTreeSet<usize> =
-                change::hand_over_regions(&self.held().policy, &Layout::region_name(self.region), key)
-                    .iter()
-                    .map(|r| region_index(r))
-                    .collect();
+        for (key, regions) in handovers {
             // Planted bug: nothing is handed over; the keys are erased at once.
             if ctx.bug != Some(Bug::EraseWithoutHandover) {
                 for &r in &regions {
                     by_region.entry(r).or_default().push(key.clone());
                 }
-                run.needs.insert(key.clone(), regions);
+                run.needs.insert(key, regions);
             } else {
-                run.needs.insert(key.clone(), BTreeSet::new());
+                run.needs.insert(key, BTreeSet::new());
             }
         }
         self.enforcement.handover_turn = self.enforcement.handover_turn.wrapping_add(1);
