@@ -7,8 +7,10 @@
 # persistence and runs redis-benchmark (SET/GET, 50 clients, 256-byte values, with and without
 # pipelining 16); then geokv in release mode: one node, one region of 3 nodes at QUORUM, and 3
 # regions of 3 nodes with emulated WAN links (writes in every region, replication on, lag
-# probes eu-west -> us-east), each driven by `geokv bench`. Prints a table with geokv/Redis
-# ratios and writes every figure as JSON (default bench/results/latest.json).
+# probes eu-west -> us-east), each driven by `geokv bench`; the one node (GET) and the region
+# (QUORUM PUT) run again with TLS on every port and link and a client certificate, compared
+# with their plaintext runs. Prints a table with geokv/Redis ratios and writes every figure as
+# JSON (default bench/results/latest.json).
 # Environment: DURATION (s per geokv run, default 10), CLIENTS (50), VALUE (256),
 # RECORDS (100000), CARGO_TARGET_DIR (default $HOME/.cache/geokv-target).
 set -euo pipefail
@@ -106,6 +108,28 @@ gbench single_get --endpoint "$E" bench --workload c --distribution uniform --re
 gbench single_put --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load
 gbench single_batch100 --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --batch 100
 
+# certs DIR TOPOLOGY: a CA, node certificates and the client certificate `bench` in DIR; sets
+# TLS_FLAGS (the client's --ca/--cert/--key).
+certs() {
+  "$BIN" certs create --topology "$2" --dir "$1" --client bench --days 2 > /dev/null
+  TLS_FLAGS=(--ca "$1/ca.pem" --cert "$1/client-bench.pem" --key "$1/client-bench.key")
+}
+echo "== geokv, one node, TLS"
+P=$(free_port)
+mkdir -p "$WORK/single-tls"
+printf '[[regions]]\nname = "local"\nlocation = [0.0, 0.0]\njurisdiction = "xx"\nreplication_factor = 1\n[[nodes]]\nid = 1\nregion = "local"\nclient_addr = "127.0.0.1:%s"\npeer_addr = "127.0.0.1:%s"\n' \
+  "$P" "$(free_port)" > "$WORK/single-tls/topology.toml"
+certs "$WORK/single-tls/certs" "$WORK/single-tls/topology.toml"
+start_node "$WORK/single-tls" "node_id = 1
+listen = \"127.0.0.1:$P\"
+data_dir = \"$WORK/single-tls/data\"
+[tls]
+ca = \"$WORK/single-tls/certs/ca.pem\"
+cert = \"$WORK/single-tls/certs/node-1.pem\"
+key = \"$WORK/single-tls/certs/node-1.key\""
+gbench single_get_tls "${TLS_FLAGS[@]}" --endpoint "https://127.0.0.1:$P" bench --workload c --distribution uniform --records "$RECORDS"
+kill "${PIDS[-1]}" 2>/dev/null || true
+
 # topology REGIONS... : writes $WORK/topo-<n>/topology.toml with 3 nodes per region, starts them.
 # Sets NODES (client endpoints), PEERS (peer addresses), in node order.
 start_regions() {
@@ -129,12 +153,25 @@ start_regions() {
       NODES+=("http://127.0.0.1:$c"); PEERS+=("127.0.0.1:$p"); REGION_OF+=("$name")
     done
   done
+  if [ "${TLS:-0}" = 1 ]; then certs "$dir/certs" "$topo"; fi
   for i in $(seq 1 "$id"); do
+    # Plaintext says so (a node of several refuses to start otherwise); TLS names its files.
+    local insecure="insecure = true" tls=""
+    if [ "${TLS:-0}" = 1 ]; then
+      insecure=""
+      tls="[tls]
+ca = \"$dir/certs/ca.pem\"
+cert = \"$dir/certs/node-$i.pem\"
+key = \"$dir/certs/node-$i.key\"
+gossip_key = \"$dir/certs/gossip.key\""
+    fi
     start_node "$dir/node-$i" "node_id = $i
 data_dir = \"$dir/node-$i/data\"
 topology = \"$topo\"
+$insecure
 [replication]
-emulate_wan = ${EMULATE_WAN:-false}"
+emulate_wan = ${EMULATE_WAN:-false}
+$tls"
   done
 }
 join() { local IFS=,; echo "$*"; }
@@ -148,6 +185,13 @@ gbench region_get --consistency quorum bench --endpoints "$EPS" --workload c --d
 gbench region_put --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load
 for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
 PIDS=("${PIDS[0]}")  # only Redis is left running
+
+echo "== geokv, one region of 3 nodes, QUORUM, TLS on every port and link"
+TLS=1 start_regions "$WORK/region-tls" "eu-west:-6.26:53.35"
+EPS=$(join "${NODES[@]}")
+gbench region_put_tls "${TLS_FLAGS[@]}" --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load
+for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
+PIDS=("${PIDS[0]}")
 
 echo "== geokv, 3 regions x 3 nodes, emulated WAN (Dublin, Ashburn, Singapore), writes local"
 EMULATE_WAN=true start_regions "$WORK/regions" "eu-west:-6.26:53.35" "us-east:-77.49:39.04" "ap-southeast:103.82:1.35"
@@ -189,6 +233,10 @@ g("geokv 1 node", "PUT (update, fsync)", "single_put", "update", redis_set, "red
 g("geokv 1 node", "BatchWrite x100, keys/s", "single_batch100", "update", redis_set_p16, "redis SET -P 16", keys=True)
 g("geokv 3 nodes QUORUM", "GET (read)", "region_get", "read", redis_get, "redis GET")
 g("geokv 3 nodes QUORUM", "PUT (update)", "region_put", "update", redis_set, "redis SET")
+single_get = op("single_get", "read")["ops_per_sec"]
+region_put = op("region_put", "update")["ops_per_sec"]
+g("geokv 1 node TLS", "GET (read)", "single_get_tls", "read", single_get, "geokv 1 node GET plaintext")
+g("geokv 3 nodes TLS", "QUORUM PUT (update)", "region_put_tls", "update", region_put, "geokv 3 nodes PUT plaintext")
 g("geokv 3 regions x 3", "PUT, writes local", "regions_put", "update", redis_set, "redis SET")
 g("geokv 3 regions x 3", "PUT paced (steady)", "regions_put_steady", "update", None, None)
 g("geokv 3 regions x 3", "PUT paced at 5,000/s", "regions_put_5k", "update", None, None)

@@ -19,11 +19,19 @@ COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml)
 WAN="${PROJECT}_wan"
 AP_NODES=(7 8 9)
 
-# g NODE ARGS...: the geokv CLI inside node NODE's container, against that node.
+# g NODE ARGS...: the geokv CLI inside node NODE's container, against that node (over TLS,
+# as the `demo` client: the container's GEOKV_CA, GEOKV_CERT and GEOKV_KEY).
 g() {
   local n=$1
   shift
-  docker exec "geokv-node$n" /usr/local/bin/geokv --endpoint http://127.0.0.1:7400 "$@"
+  docker exec "geokv-node$n" /usr/local/bin/geokv --endpoint https://127.0.0.1:7400 "$@"
+}
+# p NODE ARGS...: the geokv CLI inside node NODE's container, against its peer port, which only
+# the deployment's nodes may call: it presents the node's own certificate.
+p() {
+  local n=$1
+  shift
+  docker exec "geokv-node$n" /usr/local/bin/geokv --cert "/certs/node-$n.pem" --key "/certs/node-$n.key" "$@"
 }
 region_of() { case $1 in 1|2|3) echo eu-west ;; 4|5|6) echo us-east ;; *) echo ap-southeast ;; esac; }
 wan_ip() { echo "10.30.0.$((10 + $1))"; }
@@ -47,7 +55,7 @@ healthy() {
 
 all_alive() {
   local s
-  s=$(docker exec geokv-node1 /usr/local/bin/geokv --json status --peer 127.0.0.1:7500) || return 1
+  s=$(p 1 --json status --peer 127.0.0.1:7500) || return 1
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if len(d["nodes"])==9 and all(n["reachable"] and n["health"]=="alive" for n in d["nodes"]) else 1)' "$s"
 }
 
@@ -68,7 +76,7 @@ up() {
   if [ "${GEOKV_MONITORING:-}" = 1 ]; then echo "  prometheus http://$(docker port geokv-prometheus 9090 | head -1)/"; fi
 }
 
-status() { docker exec geokv-node1 /usr/local/bin/geokv status --peer 127.0.0.1:7500; }
+status() { p 1 status --peer 127.0.0.1:7500; }
 
 partition() {
   for n in "${AP_NODES[@]}"; do docker network disconnect "$WAN" "geokv-node$n"; done
@@ -94,14 +102,14 @@ converged() {
   [ "$a" = "$b" ] && [ "$b" = "$c" ] && [ "$a" = "$1" ]
 }
 lag_over() { # lag_over FROM TO MS: the lag matrix shows at least MS from FROM to TO
-  docker exec geokv-node1 /usr/local/bin/geokv --json status --peer 127.0.0.1:7500 | python3 -c '
+  p 1 --json status --peer 127.0.0.1:7500 | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 c = [c for c in d["lags"] if c["origin"] == sys.argv[1] and c["destination"] == sys.argv[2]][0]
 sys.exit(0 if c["lag_ms"] >= int(sys.argv[3]) else 1)' "$1" "$2" "$3"
 }
 drained() {
-  docker exec geokv-node1 /usr/local/bin/geokv --json status --peer 127.0.0.1:7500 | python3 -c '
+  p 1 --json status --peer 127.0.0.1:7500 | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 ok = all(c["nodes_reporting"] > 0 and c["lag_ms"] == 0 and c["backlog_entries"] == 0 for c in d["lags"])
@@ -125,9 +133,19 @@ tour() {
   step "residency: eu:user: keys stay in the EU (written via Singapore, forwarded), us:phi: only in us-east"
   g 7 put eu:user:42 "Aoife, Dublin"
   echo "  read via Ashburn: $(g 4 get eu:user:42)"
-  docker exec geokv-node7 /usr/local/bin/geokv residency explain eu:user:42 --peer 127.0.0.1:7500 | sed 's/^/  /'
+  p 7 residency explain eu:user:42 --peer 127.0.0.1:7500 | sed 's/^/  /'
   if out=$(g 1 put us:phi:7 "record" 2>&1); then echo "a us:phi: key was accepted in eu-west" >&2; exit 1; fi
   echo "  put us:phi:7 via Dublin refused: $(echo "$out" | grep -o 'FailedPrecondition[^.]*' | head -1)"
+
+  step "security: TLS on every port and link; principals get what their roles grant"
+  if out=$(docker exec geokv-node1 /usr/local/bin/geokv --ca "" --cert "" --key "" --endpoint http://127.0.0.1:7400 get tour:greeting 2>&1); then
+    echo "a plaintext client was served" >&2; exit 1
+  fi
+  echo "  plaintext client refused: $(echo "$out" | grep -o 'Unauthenticated' | head -1)"
+  guest=(--cert /certs/client-guest.pem --key /certs/client-guest.key)
+  echo "  guest reads tour:greeting: $(g 1 "${guest[@]}" get tour:greeting)"
+  if out=$(g 1 "${guest[@]}" put tour:greeting "defaced" 2>&1); then echo "the guest could write" >&2; exit 1; fi
+  echo "  guest put tour:greeting refused: $(echo "$out" | grep -o 'PermissionDenied' | head -1)"
 
   step "partition: ap-southeast cut off the WAN; both sides keep accepting writes"
   partition

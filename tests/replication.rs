@@ -19,7 +19,7 @@ fn quorum(c: Client) -> Client {
 }
 
 async fn peer(cluster: &TestCluster, i: usize) -> ClusterClient<tonic::transport::Channel> {
-    ClusterClient::connect(format!("http://{}", cluster.peer_addrs[i])).await.expect("peer service")
+    cluster.peer_client(i).await.expect("peer service")
 }
 
 /// Cuts or heals the link from every node of `from` to region `to`.
@@ -67,7 +67,18 @@ async fn snapshot(cluster: &TestCluster, i: usize) -> Option<(Option<Vec<u8>>, i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_in_three_regions_converge_through_cuts_and_heals() {
-    let cluster = TestCluster::start_regions(&THREE_REGIONS, 2, 2);
+    converge_through_cuts_and_heals(TestCluster::start_regions(&THREE_REGIONS, 2, 2)).await;
+}
+
+/// The same with TLS on every port and mutual TLS on every link (in a region and between
+/// regions): certificates from a CA made for the test, the test's clients presenting a client
+/// certificate and its link changes made as a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_on_every_link_three_regions_converge_through_cuts_and_heals() {
+    converge_through_cuts_and_heals(TestCluster::start_regions_tls(&THREE_REGIONS, 2, 2, "", None)).await;
+}
+
+async fn converge_through_cuts_and_heals(cluster: TestCluster) {
     let regions: Vec<&str> = THREE_REGIONS.iter().map(|r| r.0).collect();
     let mut increments = 0i64;
     let mut added = BTreeSet::new();
@@ -224,9 +235,15 @@ fn the_demo_runs_its_whole_tour_across_three_regions() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for expected in
-        ["visible in us-east", "visible in ap-southeast", "converged in", "ap-southeast cut off", "lag ms"]
-    {
+    for expected in [
+        "visible in us-east",
+        "visible in ap-southeast",
+        "converged in",
+        "ap-southeast cut off",
+        "lag ms",
+        "a plaintext client is refused: Unauthenticated",
+        "the viewer's put is refused: PermissionDenied",
+    ] {
         assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
     }
     // Residency: the EU-only key's copies are all in eu-west; the us-east-only key is refused.

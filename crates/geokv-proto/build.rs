@@ -3,7 +3,11 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let files = [root.join("geokv/v1/kv.proto"), root.join("geokv/v1/cluster.proto")];
+    let files = [
+        root.join("geokv/v1/kv.proto"),
+        root.join("geokv/v1/cluster.proto"),
+        root.join("geokv/v1/admin.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

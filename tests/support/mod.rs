@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use geokv_client::Client;
+use geokv_client::{Client, Security};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_geokv");
 
@@ -26,6 +28,8 @@ pub struct ServerProcess {
     /// Set when the server says it votes in quorum reads ("geokv serving reads"): a node on a
     /// new data directory first recovers its keys from its peers.
     serving: Arc<AtomicBool>,
+    /// How [`ServerProcess::client`] connects (TLS and a client certificate in a TLS cluster).
+    pub security: Security,
 }
 
 /// Writes a config file for node 1 in `dir` with `extra` TOML appended.
@@ -71,7 +75,10 @@ impl ServerProcess {
                 if line.trim() == "geokv serving reads" {
                     serves.store(true, Ordering::SeqCst);
                 }
-                if let Some(m) = line.strip_prefix("geokv metrics on http://") {
+                let metrics_line = line
+                    .strip_prefix("geokv metrics on http://")
+                    .or_else(|| line.strip_prefix("geokv metrics on https://"));
+                if let Some(m) = metrics_line {
                     metrics = m.trim().strip_suffix("/metrics").map(str::to_string);
                 }
                 if let Some(addr) = line.strip_prefix("geokv listening on ") {
@@ -96,6 +103,7 @@ impl ServerProcess {
             data_dir,
             metrics_addr,
             serving,
+            security: Security::none(),
         })
     }
 
@@ -117,11 +125,12 @@ impl ServerProcess {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.security.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.endpoint()).await.expect("connect to test server")
+        Client::connect_with(&self.endpoint(), &self.security).await.expect("connect to test server")
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -135,7 +144,8 @@ impl ServerProcess {
     /// Starts the same node again (same config and data directory), on a new port.
     pub fn restart(&mut self) {
         self.kill9();
-        let again = ServerProcess::start_with_config(&self.config, self.data_dir.clone());
+        let mut again = ServerProcess::start_with_config(&self.config, self.data_dir.clone());
+        again.security = self.security.clone();
         *self = again;
     }
 }
@@ -186,7 +196,13 @@ pub struct TestCluster {
     /// `cluster.suspect_timeout_ms` of every node (FAST_CLUSTER's, unless a test with a
     /// heavier load asks for more patience).
     suspect_timeout_ms: u64,
+    /// Whether the nodes run with TLS (certificates from `geokv_tls` in `certs_dir()`); else
+    /// they run `insecure = true`.
+    tls: bool,
 }
+
+/// The client principal whose certificate a TLS cluster's test clients present.
+pub const TEST_CLIENT: &str = "test-client";
 
 /// Three regions at real city locations (Dublin, Ashburn, Singapore).
 pub const THREE_REGIONS: [(&str, [f64; 2]); 3] =
@@ -251,11 +267,23 @@ impl TestCluster {
         i: usize,
         faults: geokv_proto::v1::InjectFaultsRequest,
     ) -> Result<geokv_proto::v1::InjectFaultsResponse, tonic::Status> {
-        use geokv_proto::v1::cluster_client::ClusterClient;
-        let mut c = ClusterClient::connect(format!("http://{}", self.peer_addrs[i]))
+        let mut c = self
+            .peer_client(i)
             .await
             .map_err(|e| tonic::Status::unavailable(format!("cannot connect to node {}: {e}", i + 1)))?;
         c.inject_faults(faults).await.map(tonic::Response::into_inner)
+    }
+
+    /// [`TestCluster::start_regions_with_extra`] with TLS on every port and every link:
+    /// certificates for every node and for [`TEST_CLIENT`] from a CA made for the test.
+    pub fn start_regions_tls(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        extra: &str,
+        policy: Option<&str>,
+    ) -> TestCluster {
+        Self::start_regions_with_extra_top(regions, per_region, n, extra, &[], policy, true)
     }
 
     /// Starts `n` nodes. Ports are picked free just before the nodes bind them, so another
@@ -282,7 +310,7 @@ impl TestCluster {
         n: usize,
         top: &[(&str, &str)],
     ) -> TestCluster {
-        Self::start_regions_with_extra_top(regions, per_region, n, "", top, None)
+        Self::start_regions_with_extra_top(regions, per_region, n, "", top, None, false)
     }
 
     /// [`TestCluster::start_regions`] (WAN links emulated) with `extra` appended to every
@@ -295,9 +323,10 @@ impl TestCluster {
         extra: &str,
         policy: Option<&str>,
     ) -> TestCluster {
-        Self::start_regions_with_extra_top(regions, per_region, n, extra, &[], policy)
+        Self::start_regions_with_extra_top(regions, per_region, n, extra, &[], policy, false)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_regions_with_extra_top(
         regions: &[(&str, [f64; 2])],
         per_region: usize,
@@ -305,10 +334,11 @@ impl TestCluster {
         extra: &str,
         top: &[(&str, &str)],
         policy: Option<&str>,
+        tls: bool,
     ) -> TestCluster {
         let extra = format!("[replication]\nemulate_wan = true\n{extra}");
         with_retries("the regions", || {
-            Self::try_start_regions_with(regions, per_region, n, &extra, top, policy)
+            Self::try_start_regions_tls(regions, per_region, n, &extra, top, policy, tls)
         })
     }
 
@@ -319,7 +349,7 @@ impl TestCluster {
         n: usize,
         policy: &str,
     ) -> TestCluster {
-        Self::start_regions_with_extra_top(regions, per_region, n, "", &[], Some(policy))
+        Self::start_regions_with_extra_top(regions, per_region, n, "", &[], Some(policy), false)
     }
 
     fn try_start_regions(
@@ -339,6 +369,19 @@ impl TestCluster {
         top: &[(&str, &str)],
         policy: Option<&str>,
     ) -> Result<TestCluster, String> {
+        Self::try_start_regions_tls(regions, per_region, n, extra, top, policy, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn try_start_regions_tls(
+        regions: &[(&str, [f64; 2])],
+        per_region: usize,
+        n: usize,
+        extra: &str,
+        top: &[(&str, &str)],
+        policy: Option<&str>,
+        tls: bool,
+    ) -> Result<TestCluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = TestCluster {
             dir,
@@ -352,6 +395,7 @@ impl TestCluster {
             // Tests with a residency policy load nine nodes hard (thousands of keys through every
             // region): a peer answering probes late under that load is not dead.
             suspect_timeout_ms: if policy.is_some() { 3000 } else { 500 },
+            tls,
         };
         for (name, _) in regions {
             for _ in 0..per_region {
@@ -364,6 +408,9 @@ impl TestCluster {
         }
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         cluster.write_topology(&client_ports);
+        if tls {
+            cluster.issue_certificates();
+        }
         for (i, _) in client_ports.iter().enumerate() {
             let node = cluster.start_node(i + 1, false)?;
             cluster.nodes.push(node);
@@ -417,8 +464,20 @@ impl TestCluster {
             .map(|(_, t)| format!("{t}\n"))
             .collect();
         let (fast, extra) = cluster_section(&self.extra);
+        let (top, tls) = if self.tls {
+            let certs = geokv_tls::layout::node_paths(&self.certs_dir(), id as u64);
+            let ca = geokv_tls::layout::ca_cert_path(&self.certs_dir());
+            let gossip = geokv_tls::layout::gossip_key_path(&self.certs_dir());
+            let files = format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\ngossip_key = {:?}\n",
+                ca, certs.cert, certs.key, gossip
+            );
+            (top, format!("[tls]\n{files}"))
+        } else {
+            (format!("insecure = true\n{top}"), String::new())
+        };
         let text = format!(
-            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{}join = {join}\n{extra}",
+            "node_id = {id}\ndata_dir = {:?}\ntopology = {:?}\n{top}{}join = {join}\n{extra}{tls}",
             node_dir.join("data").display().to_string(),
             self.topology_path().display().to_string(),
             fast.replace(
@@ -427,7 +486,9 @@ impl TestCluster {
             ),
         );
         std::fs::write(&config, text).unwrap();
-        ServerProcess::try_start_with_config(&config, node_dir.join("data"))
+        let mut node = ServerProcess::try_start_with_config(&config, node_dir.join("data"))?;
+        node.security = self.client_security();
+        Ok(node)
     }
 
     /// Starts one more node that joins the running region (`cluster.join = true`); the
@@ -438,6 +499,9 @@ impl TestCluster {
         self.peer_addrs.push(format!("127.0.0.1:{}", free_port()).parse().unwrap());
         self.node_regions.push(self.regions[0].0.clone());
         self.write_topology(&client_ports);
+        if self.tls {
+            self.issue_certificates();
+        }
         let node = self.start_node(self.nodes.len() + 1, true).unwrap_or_else(|e| panic!("{e}"));
         self.nodes.push(node);
         self.nodes.len() - 1
@@ -447,7 +511,11 @@ impl TestCluster {
     /// `geokv peer-stats --json` ("unknown" if the node does not answer or know it).
     pub fn member_field(&self, i: usize, id: u64, field: &str) -> String {
         let peer = self.peer_addrs[i].to_string();
-        let out = Command::new(BIN).args(["--json", "peer-stats", "--peer", &peer]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["--json", "peer-stats", "--peer", &peer])
+            .args(self.peer_cli_args(i))
+            .output()
+            .unwrap();
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         j["members"]
             .as_array()
@@ -465,8 +533,7 @@ impl TestCluster {
     /// The raw states node `i` (0-based) holds for `keys`, read from its node-to-node service
     /// (`None` for a key it lacks; `None` overall if the node does not answer).
     pub async fn replica_states(&self, i: usize, keys: &[&[u8]]) -> Option<Vec<Option<geokv_core::Record>>> {
-        use geokv_proto::v1::cluster_client::ClusterClient;
-        let mut c = ClusterClient::connect(format!("http://{}", self.peer_addrs[i])).await.ok()?;
+        let mut c = self.peer_client(i).await.ok()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             out.push(Self::fetch(&mut c, key).await?);

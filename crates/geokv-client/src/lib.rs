@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use geokv_proto::v1 as proto;
@@ -22,6 +23,8 @@ pub enum ClientError {
     Endpoint { endpoint: String, message: String },
     #[error("cannot connect to {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
+    #[error("TLS settings: {0}")]
+    Tls(String),
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
 }
@@ -55,7 +58,7 @@ pub struct ScanOptions {
 /// A connection to one geokv node. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
-    inner: KvClient<Channel>,
+    inner: KvClient<Transport>,
     consistency: Consistency,
 }
 
@@ -64,21 +67,162 @@ fn ttl_ms(ttl: Option<Duration>) -> Option<u64> {
     ttl.map(|d| d.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
 }
 
+/// How a client proves who it is and checks the node it talks to: TLS with the deployment CA,
+/// optionally a client certificate (`geokv certs client`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// PEM file of the deployment CA; set: TLS.
+    pub ca: Option<PathBuf>,
+    /// PEM files of this client's certificate and key.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the node's certificate must carry (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// A bearer token proving a principal of the deployment's `[auth]` section (sent over TLS
+    /// only).
+    pub token: Option<String>,
+}
+
+/// Adds the bearer token, if any, to every request.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The client's transport: a channel, with the bearer token on every request.
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+impl Security {
+    /// Plaintext.
+    pub fn none() -> Self {
+        Security::default()
+    }
+
+    /// TLS trusting `ca`, with a client certificate when `cert` and `key` are given.
+    pub fn tls(ca: impl Into<PathBuf>, cert_key: Option<(PathBuf, PathBuf)>) -> Self {
+        let (cert, key) = cert_key.map_or((None, None), |(c, k)| (Some(c), Some(k)));
+        Security { ca: Some(ca.into()), cert, key, server_name: None, token: None }
+    }
+
+    /// The same, with a bearer token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn bearer(&self) -> Result<Bearer> {
+        let Some(token) = &self.token else { return Ok(Bearer(None)) };
+        if self.ca.is_none() {
+            return Err(ClientError::Tls(
+                "a token is only sent over TLS: give the deployment CA too (--ca or GEOKV_CA)".into(),
+            ));
+        }
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Tls("the token holds characters a header cannot carry".into()))?;
+        Ok(Bearer(Some(value)))
+    }
+
+    fn client_tls(&self) -> Result<Option<std::sync::Arc<geokv_tls::client::ClientTls>>> {
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err(ClientError::Tls(
+                    "a client certificate needs the deployment CA too (--ca or GEOKV_CA)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let roots = geokv_tls::files::load_roots(ca).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let identity: Option<std::sync::Arc<dyn geokv_tls::rustls::client::ResolvesClientCert>> =
+            match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => {
+                    let certified = geokv_tls::files::load_certified_key(cert, key)
+                        .map_err(|e| ClientError::Tls(e.to_string()))?;
+                    Some(geokv_tls::server::Reloadable::new(certified))
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(ClientError::Tls(
+                        "give both a certificate and its key (--cert and --key), or neither".into(),
+                    ))
+                }
+            };
+        let config = geokv_tls::client::client_config(roots, identity).map_err(ClientError::Tls)?;
+        Ok(Some(geokv_tls::client::ClientTls::new(config)))
+    }
+}
+
+/// A channel to `endpoint` (`host:port`, `http://host:port` or `https://host:port`) with
+/// `security`, connected before it is returned.
+pub async fn channel(endpoint: &str, security: &Security) -> Result<Channel> {
+    let tls = security.client_tls()?;
+    let bare = endpoint.trim_start_matches("http://").trim_start_matches("https://");
+    if endpoint.starts_with("https://") && tls.is_none() {
+        return Err(ClientError::Tls(format!(
+            "{endpoint} is a TLS endpoint: give the deployment CA (--ca or GEOKV_CA)"
+        )));
+    }
+    let uri = format!("http://{bare}");
+    let shown = if tls.is_some() { format!("https://{bare}") } else { uri.clone() };
+    let ep = Endpoint::from_shared(uri)
+        .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), message: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(REQUEST_DEADLINE)
+        .tcp_nodelay(true);
+    let connected = match tls {
+        None => ep.connect().await,
+        Some(tls) => ep.connect_with_connector(tls.connector(security.server_name.clone())).await,
+    };
+    connected.map_err(|e| ClientError::Connect { endpoint: shown, message: describe(&e) })
+}
+
+/// A client of the Admin service at `endpoint` (operating the deployment: status, links,
+/// residency, leave, cleanup), with `security`'s credentials.
+pub async fn admin(
+    endpoint: &str,
+    security: &Security,
+) -> Result<proto::admin_client::AdminClient<Transport>> {
+    let bearer = security.bearer()?;
+    let channel = channel(endpoint, security).await?;
+    Ok(proto::admin_client::AdminClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(256 * 1024 * 1024))
+}
+
+/// A transport error with its causes, which say what failed (refused, bad certificate, ...).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7400`; `http://` is added if missing).
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:7400`; `http://` is added if missing),
+    /// plaintext.
     pub async fn connect(endpoint: &str) -> Result<Self> {
-        let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let ep = Endpoint::from_shared(uri.clone())
-            .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), message: e.to_string() })?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(REQUEST_DEADLINE)
-            .tcp_nodelay(true);
-        let channel = ep
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect { endpoint: uri, message: format!("{e:?}") })?;
+        Self::connect_with(endpoint, &Security::none()).await
+    }
+
+    /// Connects to `endpoint` with `security` (TLS when it names a CA).
+    pub async fn connect_with(endpoint: &str, security: &Security) -> Result<Self> {
+        let bearer = security.bearer()?;
+        let channel = channel(endpoint, security).await?;
         Ok(Client {
-            inner: KvClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),
+            inner: KvClient::with_interceptor(channel, bearer).max_decoding_message_size(256 * 1024 * 1024),
             consistency: Consistency::Unspecified,
         })
     }
@@ -90,7 +234,7 @@ impl Client {
     }
 
     /// The generated stub, for requests this wrapper does not shape (tests of bad input).
-    pub fn raw(&self) -> KvClient<Channel> {
+    pub fn raw(&self) -> KvClient<Transport> {
         self.inner.clone()
     }
 

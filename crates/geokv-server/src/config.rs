@@ -45,6 +45,19 @@ pub struct ServerConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub faults: FaultsConfig,
+    /// TLS on every port and mutual TLS between nodes (see docs/security.md). A node of a
+    /// topology with more than one node refuses to start without it unless `insecure = true`.
+    #[serde(default)]
+    pub tls: Option<crate::security::TlsConfig>,
+    /// Run plaintext and unauthenticated in a multi-node topology: only on a network where
+    /// every host that can reach the node's ports is trusted. Not together with `[tls]`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Roles and principals: who may read, write and administer what (see docs/security.md).
+    /// Without it every caller with a certificate of the deployment CA may do everything.
+    /// Needs `[tls]`.
+    #[serde(default)]
+    pub auth: Option<crate::security::auth::AuthConfig>,
 }
 
 /// The `[faults]` section: fault injection, for test clusters only.
@@ -153,6 +166,9 @@ impl ServerConfig {
             replication: crate::ReplicationConfig::default(),
             metrics: MetricsConfig::default(),
             faults: FaultsConfig::default(),
+            tls: None,
+            insecure: false,
+            auth: None,
         }
     }
 
@@ -161,7 +177,11 @@ impl ServerConfig {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        Self::parse(&text, &shown)
+        let mut cfg = Self::parse(&text, &shown)?;
+        if let (Some(tls), Some(dir)) = (cfg.tls.as_mut(), path.parent()) {
+            tls.relative_to(dir);
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
@@ -247,6 +267,25 @@ impl ServerConfig {
                 "is 0".into(),
                 "use a positive number of milliseconds",
             ));
+        }
+        if self.tls.is_some() && self.insecure {
+            return Err(invalid(
+                "insecure",
+                "is true while a [tls] section is set".into(),
+                "remove `insecure = true` to run with TLS, or the [tls] section to run plaintext",
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            if self.tls.is_none() {
+                return Err(invalid(
+                    "auth",
+                    "is set without a [tls] section".into(),
+                    "add [tls]: certificates and tokens are only safe over TLS",
+                ));
+            }
+            if let Err((problem, fix)) = auth.validate() {
+                return Err(invalid("auth", problem, &fix));
+            }
         }
         if self.max_clock_drift_ms == 0 {
             return Err(invalid(

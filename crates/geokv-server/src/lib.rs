@@ -29,6 +29,7 @@ mod peer;
 mod region;
 mod residency;
 mod runtime;
+pub mod security;
 mod sweeper;
 pub mod trace;
 mod xregion;
@@ -40,5 +41,6 @@ pub use config::{ClusterConfig, ConfigError, FaultsConfig, MetricsConfig, Server
 pub use node::{Expect, Node, NodeError, ScanRequest, ScanResult};
 pub use region::Cluster;
 pub use runtime::{serve, RunningServer};
+pub use security::TlsConfig;
 pub use sweeper::SweepReport;
 pub use xregion::ReplicationConfig;

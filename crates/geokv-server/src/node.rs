@@ -67,6 +67,8 @@ pub struct Node {
     pub(crate) sweep_batch: usize,
     metrics: crate::ops::metrics::Metrics,
     faults: Arc<crate::faults::Faults>,
+    /// This node's TLS, when its config has a `[tls]` section (set once, at start).
+    tls: std::sync::OnceLock<Arc<crate::security::NodeTls>>,
 }
 
 impl Node {
@@ -119,6 +121,7 @@ impl Node {
         }
         let actor = std::sync::atomic::AtomicU64::new(geokv_core::actor_id(cfg.node_id, incarnation));
         Ok(Node {
+            tls: std::sync::OnceLock::new(),
             actor,
             faults,
             metrics,
@@ -159,6 +162,16 @@ impl Node {
         self.engine.renew_incarnation(incarnation)?;
         self.actor.store(geokv_core::actor_id(self.id, incarnation), std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Sets this node's TLS (once, before it makes or takes any call).
+    pub(crate) fn set_tls(&self, tls: Arc<crate::security::NodeTls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// This node's TLS: `None` when it runs plaintext.
+    pub(crate) fn tls(&self) -> Option<&Arc<crate::security::NodeTls>> {
+        self.tls.get()
     }
 
     pub fn limits(&self) -> &Limits {

@@ -8,12 +8,14 @@ use geokv_proto::v1::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use geokv_topology::Topology;
 
 use crate::api::kv::KvService;
 use crate::region::ClusterService;
+use crate::security::gate::{Directory, GateLayer, Port};
+use crate::security::listen::incoming;
+use crate::security::{Alpn, NodeTls};
 use crate::{sweeper, Clock, Cluster, Node, ServerConfig};
 
 /// Streams a connection may reset before the server accepts them, on the node-to-node and
@@ -59,12 +61,6 @@ impl RunningServer {
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: small gRPC frames must not wait for the
-/// peer's delayed ACK (tens of milliseconds per request otherwise).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// Reflection over every service this node serves, so generic clients (grpcurl) work.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
@@ -79,12 +75,36 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         Some(listen) => Some(crate::ops::metrics::http::bind(listen).await?),
         None => None,
     };
+    // The topology and TLS files first: a bad one stops the start before any data is opened.
+    let topology = match &cfg.topology {
+        Some(path) => Some((Topology::load(path).map_err(|e| e.to_string())?, path.clone())),
+        None => None,
+    };
+    let tls = match &cfg.tls {
+        Some(t) => Some(NodeTls::load(&t.for_node(cfg.node_id)).map_err(|e| format!("[tls]: {e}"))?),
+        None => None,
+    };
+    if let Some((topology, path)) = &topology {
+        if topology.nodes.len() > 1 && tls.is_none() && !cfg.insecure {
+            return Err(format!(
+                "node {} is one of {} nodes of topology {} and has no [tls] section: its ports would be open to anyone who reaches them. Add a [tls] section (create the certificates with `geokv certs create`), or set `insecure = true` to run plaintext on a network you trust",
+                cfg.node_id,
+                topology.nodes.len(),
+                path.display()
+            ));
+        }
+    }
     let node = Arc::new(Node::open(&cfg, clock).map_err(|e| e.to_string())?);
     let mut background = Vec::new();
-    let (listen, cluster, peer_addr) = match &cfg.topology {
+    if let Some(t) = &tls {
+        t.count_into(node.metrics().auth_rejected.clone());
+        node.set_tls(t.clone());
+        background.push(t.spawn_watch());
+    }
+    let mut directory = Directory::default();
+    let (listen, cluster, peer_addr) = match topology {
         None => (cfg.listen_addr(), None, None),
-        Some(path) => {
-            let topology = Topology::load(path).map_err(|e| e.to_string())?;
+        Some((topology, path)) => {
             let spec = topology.node(cfg.node_id).ok_or_else(|| {
                 format!(
                     "node_id {} is not a node of topology {}; add it or fix node_id",
@@ -92,6 +112,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                     path.display()
                 )
             })?;
+            directory = Directory::of(&topology);
             let (client_addr, peer_addr) = (spec.client_addr, spec.peer_addr);
             let cluster = Cluster::new(node.clone(), &topology, cfg.cluster.clone())?;
             let peer_listener = TcpListener::bind(spec.listen_addr(peer_addr))
@@ -102,8 +123,16 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                     .max_decoding_message_size(512 * 1024 * 1024)
                     .max_encoding_message_size(512 * 1024 * 1024);
             let peer_reflection = reflection().build_v1().map_err(|e| e.to_string())?;
+            let gate = GateLayer {
+                port: Port::Peer,
+                node: cfg.node_id,
+                tls: tls.clone(),
+                directory: Arc::new(directory.clone()),
+                auth: None,
+            };
             let peer_server = tonic::transport::Server::builder()
                 .layer(crate::trace::RequestIdLayer { server: "peer" })
+                .layer(gate)
                 .layer(crate::faults::net::LoseAnswersLayer {
                     faults: node.faults().clone(),
                     caller: crate::trace::caller,
@@ -114,8 +143,11 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                 .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
                 .add_service(peer_reflection)
                 .add_service(peer_service);
+            let peer_tls = tls.clone();
             background.push(tokio::spawn(async move {
-                if let Err(e) = peer_server.serve_with_incoming(incoming(peer_listener)).await {
+                if let Err(e) =
+                    peer_server.serve_with_incoming(incoming(peer_listener, peer_tls, Alpn::Grpc)).await
+                {
                     tracing::error!(error = %e, "node-to-node service stopped");
                 }
             }));
@@ -144,18 +176,33 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .layer(crate::trace::RequestIdLayer { server: "client" })
+        .layer(GateLayer {
+            port: Port::Client,
+            node: cfg.node_id,
+            tls: tls.clone(),
+            directory: Arc::new(directory),
+            auth: cfg.auth.as_ref().map(|a| Arc::new(crate::security::auth::Authorizer::new(a))),
+        })
         .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(kv);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), async {
-        let _ = stopped.await;
-    }));
+        .add_service(kv)
+        .add_optional_service(cluster.as_ref().map(|c| {
+            geokv_proto::v1::admin_server::AdminServer::new(crate::api::admin::AdminService::new(c.clone()))
+        }));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        incoming(listener, tls.clone(), Alpn::Grpc),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
-            let (addr, task) = crate::ops::metrics::http::serve(listener, node.clone(), cluster.clone())?;
+            let auth = cfg.auth.as_ref().map(|a| Arc::new(crate::security::auth::Authorizer::new(a)));
+            let (addr, task) =
+                crate::ops::metrics::http::serve(listener, node.clone(), cluster.clone(), auth)?;
             background.push(task);
             tracing::info!(%addr, "metrics and status page serving");
             Some(addr)

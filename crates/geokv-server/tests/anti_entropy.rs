@@ -42,6 +42,8 @@ async fn try_start_region(dir: &std::path::Path) -> Result<Vec<RunningServer>, S
     for id in 1..=3 {
         let mut cfg = ServerConfig::new(id, dir.join(format!("node-{id}")));
         cfg.topology = Some(path.clone());
+        // In-process nodes on loopback, plaintext: said so, as a multi-node topology requires.
+        cfg.insecure = true;
         cfg.storage.sync = false;
         match serve(cfg, Arc::new(SystemClock)).await {
             Ok(s) => servers.push(s),

@@ -329,7 +329,9 @@ pub async fn run(
         if args.endpoints.is_empty() { vec![default_endpoint.to_string()] } else { args.endpoints.clone() };
     let mut clients = Vec::new();
     for ep in &endpoints {
-        let mut c = Client::connect(ep).await.with_context(|| format!("connecting to {ep}"))?;
+        let mut c = Client::connect_with(ep, &crate::client_cmd::security())
+            .await
+            .with_context(|| format!("connecting to {ep}"))?;
         if let Some(l) = level {
             c = c.with_consistency(crate::client_cmd::level_to_proto(l));
         }
@@ -357,7 +359,9 @@ pub async fn run(
     let shipped_before = shipped(&args.repl_peers).await?;
     let probes = match &args.lag_endpoint {
         Some(ep) => {
-            let reader = Client::connect(ep).await.with_context(|| format!("connecting to {ep}"))?;
+            let reader = Client::connect_with(ep, &crate::client_cmd::security())
+                .await
+                .with_context(|| format!("connecting to {ep}"))?;
             Some(tokio::spawn(lag_probes(clients[0].clone(), reader, args.lag_probes_per_sec, deadline)))
         }
         None => None,
@@ -467,8 +471,8 @@ pub async fn run(
 async fn shipped(peers: &[String]) -> anyhow::Result<(u64, u64, u64)> {
     let mut sum = (0, 0, 0);
     for peer in peers {
-        let mut c = crate::client_cmd::peer_client(peer).await?;
-        let s = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+        let mut c = crate::admin_conn::AdminConn::open(Some(peer)).await?;
+        let s = c.replication_status(proto::ReplicationStatusRequest {}).await?;
         for d in s.destinations {
             sum.0 += d.deltas_sent;
             sum.1 += d.raw_bytes;

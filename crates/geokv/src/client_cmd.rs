@@ -9,6 +9,7 @@ use clap::Subcommand;
 use geokv_client::{op, proto, Client, ScanOptions};
 use serde_json::{json, Value as Json};
 
+use crate::admin_conn::AdminConn;
 use crate::output::*;
 use crate::{ClientOpts, Level};
 
@@ -90,34 +91,43 @@ pub enum ClientCommand {
         ttl: Option<Duration>,
     },
     /// Show a cluster node's view: peers' health, anti-entropy, hints and read-repair counters.
-    /// Talks to the node's peer address (from the topology), not its client endpoint.
+    /// Talks to the Admin service at --endpoint, or with --peer to the node's peer address.
     PeerStats {
-        /// The node's peer address, e.g. 127.0.0.1:7501.
+        /// The node's peer address (its node-to-node service, which only a node certificate may
+        /// call with TLS); without it, the Admin service at --endpoint.
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
     /// Take a node off its region's ring: it streams its keys to their next owners, then
-    /// turns "left" (it can be stopped then). Talks to the node's peer address.
+    /// turns "left" (it can be stopped then).
     Leave {
+        /// The node's peer address (its node-to-node service, which only a node certificate may
+        /// call with TLS); without it, the Admin service at --endpoint.
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
     /// Drop a node's copies of keys it no longer replicates, after joins and leaves have
-    /// finished. Talks to the node's peer address.
+    /// finished.
     Cleanup {
+        /// The node's peer address (its node-to-node service, which only a node certificate may
+        /// call with TLS); without it, the Admin service at --endpoint.
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
     /// Show a node's cross-region replication: per destination region the lag (age of the
     /// oldest unacknowledged change), backlog, bytes before/after compression and link.
     ReplStatus {
+        /// The node's peer address (its node-to-node service, which only a node certificate may
+        /// call with TLS); without it, the Admin service at --endpoint.
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
     /// Change the emulated WAN link from a node to another region (its other settings kept).
     Link {
+        /// The node's peer address (its node-to-node service, which only a node certificate may
+        /// call with TLS); without it, the Admin service at --endpoint.
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
         /// Destination region.
         #[arg(long)]
         to: String,
@@ -197,17 +207,17 @@ pub(crate) fn print(json: bool, j: Json, human: String) {
 
 pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
     match &cmd {
-        ClientCommand::PeerStats { peer } => return peer_stats(peer, opts.json).await,
+        ClientCommand::PeerStats { peer } => return peer_stats(peer.as_deref(), opts.json).await,
         ClientCommand::Leave { peer } | ClientCommand::Cleanup { peer } => {
-            return move_cmd(peer, matches!(cmd, ClientCommand::Leave { .. }), opts.json).await
+            return move_cmd(peer.as_deref(), matches!(cmd, ClientCommand::Leave { .. }), opts.json).await
         }
-        ClientCommand::ReplStatus { peer } => return repl_status(peer, opts.json).await,
+        ClientCommand::ReplStatus { peer } => return repl_status(peer.as_deref(), opts.json).await,
         ClientCommand::Link { peer, to, delay_ms, jitter_ms, loss, cut } => {
-            return set_link(peer, to, (*delay_ms, *jitter_ms, *loss, *cut), opts.json).await
+            return set_link(peer.as_deref(), to, (*delay_ms, *jitter_ms, *loss, *cut), opts.json).await
         }
         _ => {}
     }
-    let mut client = Client::connect(&opts.endpoint).await?;
+    let mut client = Client::connect_with(&opts.endpoint, &security()).await?;
     if let Some(level) = opts.consistency {
         client = client.with_consistency(level_to_proto(level));
     }
@@ -403,22 +413,37 @@ async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// The endpoint and TLS settings of this process's connections, from the global flags (set
+/// once in main).
+static CONNECTION: std::sync::OnceLock<(String, geokv_client::Security)> = std::sync::OnceLock::new();
+
+pub(crate) fn set_connection(endpoint: String, security: geokv_client::Security) {
+    let _ = CONNECTION.set((endpoint, security));
+}
+
+pub(crate) fn security() -> geokv_client::Security {
+    CONNECTION.get().map(|c| c.1.clone()).unwrap_or_default()
+}
+
+pub(crate) fn endpoint() -> String {
+    CONNECTION.get().map(|c| c.0.clone()).unwrap_or_default()
+}
+
 pub(crate) async fn peer_client(
     peer: &str,
 ) -> anyhow::Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>> {
-    let uri = if peer.contains("://") { peer.to_string() } else { format!("http://{peer}") };
-    proto::cluster_client::ClusterClient::connect(uri.clone())
+    let channel = geokv_client::channel(peer, &security())
         .await
-        .with_context(|| format!("cannot connect to {uri}"))
+        .with_context(|| format!("cannot connect to {peer}"))?;
+    Ok(proto::cluster_client::ClusterClient::new(channel))
 }
 
 fn link_json(l: &proto::LinkSettings) -> Json {
     json!({ "delay_ms": l.delay_ms, "jitter_ms": l.jitter_ms, "loss": l.loss, "cut": l.cut })
 }
 
-async fn repl_status(peer: &str, js: bool) -> anyhow::Result<()> {
-    let s =
-        peer_client(peer).await?.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+async fn repl_status(peer: Option<&str>, js: bool) -> anyhow::Result<()> {
+    let s = AdminConn::open(peer).await?.replication_status(proto::ReplicationStatusRequest {}).await?;
     let dests: Vec<Json> = s
         .destinations
         .iter()
@@ -454,13 +479,13 @@ async fn repl_status(peer: &str, js: bool) -> anyhow::Result<()> {
 }
 
 async fn set_link(
-    peer: &str,
+    peer: Option<&str>,
     to: &str,
     (delay_ms, jitter_ms, loss, cut): (Option<u64>, Option<u64>, Option<f64>, Option<bool>),
     js: bool,
 ) -> anyhow::Result<()> {
-    let mut c = peer_client(peer).await?;
-    let status = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
+    let mut c = AdminConn::open(peer).await?;
+    let status = c.replication_status(proto::ReplicationStatusRequest {}).await?;
     let current = status.destinations.iter().find(|d| d.destination == to).with_context(|| {
         let known: Vec<&str> = status.destinations.iter().map(|d| d.destination.as_str()).collect();
         format!("node {} in {} replicates to {known:?}, not to {to:?}", status.node_id, status.region)
@@ -475,12 +500,12 @@ async fn set_link(
     Ok(())
 }
 
-async fn move_cmd(peer: &str, leave: bool, js: bool) -> anyhow::Result<()> {
-    let mut c = peer_client(peer).await?;
+async fn move_cmd(peer: Option<&str>, leave: bool, js: bool) -> anyhow::Result<()> {
+    let mut c = AdminConn::open(peer).await?;
     let r = if leave {
-        c.leave(proto::LeaveRequest {}).await?.into_inner()
+        c.leave(proto::LeaveRequest {}).await?
     } else {
-        c.cleanup(proto::CleanupRequest {}).await?.into_inner()
+        c.cleanup(proto::CleanupRequest {}).await?
     };
     let verb = if leave { "streamed" } else { "dropped" };
     let j = json!({ "keys": r.keys, "bytes": r.bytes, "status": r.status });
@@ -488,9 +513,8 @@ async fn move_cmd(peer: &str, leave: bool, js: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn peer_stats(peer: &str, js: bool) -> anyhow::Result<()> {
-    let mut c = peer_client(peer).await?;
-    let s = c.stats(proto::StatsRequest {}).await?.into_inner();
+async fn peer_stats(peer: Option<&str>, js: bool) -> anyhow::Result<()> {
+    let s = AdminConn::open(peer).await?.stats(proto::StatsRequest {}).await?;
     let members: Vec<Json> = s
         .members
         .iter()

@@ -21,7 +21,11 @@ pub async fn run(keep_running: bool, data_dir: Option<PathBuf>) -> anyhow::Resul
         let eps: Vec<String> = cluster.in_region(region).map(|n| n.endpoint()).collect();
         println!("  {region:<13} ({lon:>7.2}, {lat:>6.2})  {}", eps.join("  "));
     }
-    println!("WAN links are emulated, with one-way delays from the distances between the regions.\n");
+    println!("WAN links are emulated, with one-way delays from the distances between the regions.");
+    println!(
+        "TLS is on on every port and link: certificates in {} (a CA, one per node, client \"demo\").\n",
+        cluster.certs.display()
+    );
     let result = tour_regions(&cluster).await;
     if let Err(e) = result {
         cluster.shutdown().await;
@@ -30,14 +34,39 @@ pub async fn run(keep_running: bool, data_dir: Option<PathBuf>) -> anyhow::Resul
     if keep_running {
         let eu = cluster.in_region("eu-west").next().map(|n| n.endpoint()).unwrap_or_default();
         let us = cluster.in_region("us-east").next().map(|n| n.endpoint()).unwrap_or_default();
-        let page = cluster.nodes[0].server.metrics_addr.map(|a| format!("http://{a}/")).unwrap_or_default();
+        let page = cluster.nodes[0].server.metrics_addr.map(|a| format!("https://{a}/")).unwrap_or_default();
+        let certs = cluster.certs.display();
         println!(
-            "\nThe cluster keeps running. Try:\n  geokv --endpoint {eu} put greeting hi\n  geokv --endpoint {us} get greeting\n  geokv status --peer {} --watch\n  open {page} (status page; /metrics for Prometheus)\nPress Ctrl-C to stop.",
-            cluster.nodes[0].peer_addr()
+            "\nThe cluster keeps running. Try:\n  export GEOKV_CA={certs}/ca.pem GEOKV_CERT={certs}/client-demo.pem GEOKV_KEY={certs}/client-demo.key\n  geokv --endpoint {eu} put greeting hi\n  geokv --endpoint {us} get greeting\n  geokv --endpoint {eu} status --watch\n  curl --cacert {certs}/ca.pem --cert {certs}/client-demo.pem --key {certs}/client-demo.key {page}status.json\n    (the status page is {page}, /metrics for Prometheus: HTTPS, for a certificate of the demo CA)\nPress Ctrl-C to stop."
         );
         tokio::signal::ctrl_c().await?;
     }
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// The tour's security step: a plaintext client and a read-only token, refused.
+async fn security(cluster: &DemoCluster) -> anyhow::Result<()> {
+    step("security: TLS on every port and link; principals get what their roles grant");
+    let node = cluster.in_region("eu-west").next().context("an eu-west node")?;
+    let plain = Client::connect(&format!("http://{}", node.server.addr)).await?;
+    match plain.get(b"greeting").await {
+        Err(e) if e.code() == Some(tonic::Code::Unauthenticated) => {
+            println!("  a plaintext client is refused: Unauthenticated")
+        }
+        other => anyhow::bail!("a plaintext client was not refused: {other:?}"),
+    }
+    let security = geokv_client::Security::tls(geokv_tls::layout::ca_cert_path(&cluster.certs), None)
+        .with_token(cluster.viewer_token.clone());
+    let viewer = Client::connect_with(&node.endpoint(), &security).await?;
+    let read = viewer.get(b"greeting").await?.map(|e| entry_human(&e)).unwrap_or_default();
+    println!("  the viewer's token reads greeting: {read}");
+    match viewer.put(b"greeting", b"defaced", None).await {
+        Err(e) if e.code() == Some(tonic::Code::PermissionDenied) => {
+            println!("  the viewer's put is refused: PermissionDenied")
+        }
+        other => anyhow::bail!("a read-only token was not refused a write: {other:?}"),
+    }
     Ok(())
 }
 
@@ -114,6 +143,7 @@ async fn tour_regions(cluster: &DemoCluster) -> anyhow::Result<()> {
     println!("  (the register keeps the write with the highest HLC stamp; the counter sums; the set unites)");
 
     residency(cluster, &clients).await?;
+    security(cluster).await?;
 
     step("ap-southeast cut off: both sides keep accepting writes");
     cluster.set_isolated("ap-southeast", true).await?;
@@ -150,8 +180,7 @@ async fn residency(cluster: &DemoCluster, clients: &[(&str, Client)]) -> anyhow:
     let read = us.get(b"eu:user:alice").await?.map(|e| entry_human(&e)).unwrap_or_default();
     println!("  written through ap-southeast, read through us-east (both forwarded to eu-west): {read}");
     let node = cluster.in_region("us-east").next().context("a us-east node")?;
-    let mut peer =
-        proto::cluster_client::ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
+    let mut peer = cluster.peer_client(node).await?;
     let e = peer
         .explain_residency(proto::ExplainResidencyRequest { key: b"eu:user:alice".to_vec() })
         .await?

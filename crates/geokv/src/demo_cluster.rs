@@ -1,12 +1,16 @@
 //! The multi-region cluster of `geokv demo`: three regions of three nodes each, in this
 //! process, on free loopback ports, with temporary data directories and emulated WAN links
-//! (delays from the distances between Dublin, Ashburn and Singapore).
+//! (delays from the distances between Dublin, Ashburn and Singapore). TLS is on on every port
+//! and link, with certificates made at start (`geokv certs create`'s code) in `certs/` of the
+//! data directory; the tour's client presents the `demo` client certificate, and `[auth]` lets
+//! it do everything while a `viewer` token may only read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use geokv_client::{proto, Client};
+use geokv_client::{proto, Client, Security};
+use geokv_server::security::auth::{token_hash, AuthConfig, PrincipalConfig, RoleConfig};
 use geokv_server::{serve, RunningServer, ServerConfig, SystemClock};
 use proto::cluster_client::ClusterClient;
 
@@ -29,9 +33,12 @@ pub struct DemoNode {
     pub server: RunningServer,
 }
 
+/// The client principal of the tour.
+pub const DEMO_CLIENT: &str = "demo";
+
 impl DemoNode {
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.server.addr)
+        format!("https://{}", self.server.addr)
     }
 
     pub fn peer_addr(&self) -> String {
@@ -41,6 +48,36 @@ impl DemoNode {
 
 pub struct DemoCluster {
     pub nodes: Vec<DemoNode>,
+    /// Where the deployment's certificates are.
+    pub certs: PathBuf,
+    /// The token of principal `viewer`, who may only read `greeting`.
+    pub viewer_token: String,
+}
+
+/// The demo's `[auth]`: the tour's client `demo` may do everything; `viewer`, proved by a
+/// token, may read the key `greeting` and nothing else.
+fn demo_auth(viewer_token: &str) -> AuthConfig {
+    let role = |name: &str, read: &[&str], write: &[&str], admin| RoleConfig {
+        name: name.into(),
+        read: read.iter().map(|s| s.to_string()).collect(),
+        write: write.iter().map(|s| s.to_string()).collect(),
+        admin,
+    };
+    AuthConfig {
+        roles: vec![role("operator", &[""], &[""], true), role("viewer", &["greeting"], &[], false)],
+        principals: vec![
+            PrincipalConfig {
+                name: DEMO_CLIENT.into(),
+                roles: vec!["operator".into()],
+                token_sha256: vec![],
+            },
+            PrincipalConfig {
+                name: "viewer".into(),
+                roles: vec!["viewer".into()],
+                token_sha256: vec![token_hash(viewer_token)],
+            },
+        ],
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -85,10 +122,23 @@ impl DemoCluster {
         }
         let topo_path = dir.join("topology.toml");
         std::fs::write(&topo_path, topology)?;
+        let certs = dir.join("certs");
+        let parsed = geokv_topology::Topology::load(&topo_path)?;
+        crate::certs_cmd::create(&parsed, &certs, &[DEMO_CLIENT.to_string()], 30, "geokv demo CA")?;
+        let viewer_token = crate::certs_cmd::new_token();
         let mut nodes = Vec::new();
         for (id, region) in ids {
             let mut cfg = ServerConfig::new(id, dir.join(format!("node-{id}")));
             cfg.topology = Some(topo_path.clone());
+            let node_files = geokv_tls::layout::node_paths(&certs, id);
+            cfg.tls = Some(geokv_server::TlsConfig {
+                ca: geokv_tls::layout::ca_cert_path(&certs),
+                cert: node_files.cert,
+                key: node_files.key,
+                reload_check_ms: 5000,
+                gossip_key: Some(geokv_tls::layout::gossip_key_path(&certs)),
+            });
+            cfg.auth = Some(demo_auth(&viewer_token));
             cfg.storage.sync = false;
             cfg.replication.emulate_wan = true;
             cfg.cluster.probe_interval_ms = 200;
@@ -107,7 +157,27 @@ impl DemoCluster {
                     .context("a node did not start serving reads within 30 s")?;
             }
         }
-        Ok(DemoCluster { nodes })
+        Ok(DemoCluster { nodes, certs, viewer_token })
+    }
+
+    /// How the tour's client connects: TLS, the `demo` client certificate.
+    pub fn client_security(&self) -> Security {
+        let w = geokv_tls::layout::client_paths(&self.certs, DEMO_CLIENT);
+        Security::tls(geokv_tls::layout::ca_cert_path(&self.certs), Some((w.cert, w.key)))
+    }
+
+    /// How the tour reaches a peer port: as node 1 (only nodes may call it).
+    pub fn peer_security(&self) -> Security {
+        let w = geokv_tls::layout::node_paths(&self.certs, 1);
+        Security::tls(geokv_tls::layout::ca_cert_path(&self.certs), Some((w.cert, w.key)))
+    }
+
+    /// A client of a node's peer port.
+    pub async fn peer_client(
+        &self,
+        node: &DemoNode,
+    ) -> anyhow::Result<ClusterClient<tonic::transport::Channel>> {
+        Ok(ClusterClient::new(geokv_client::channel(&node.peer_addr(), &self.peer_security()).await?))
     }
 
     pub fn in_region(&self, region: &str) -> impl Iterator<Item = &DemoNode> {
@@ -118,13 +188,13 @@ impl DemoCluster {
     /// A client of the first node of `region`.
     pub async fn client(&self, region: &str) -> anyhow::Result<Client> {
         let node = self.in_region(region).next().context("no such region")?;
-        Ok(Client::connect(&node.endpoint()).await?)
+        Ok(Client::connect_with(&node.endpoint(), &self.client_security()).await?)
     }
 
     /// Cuts or heals every link between `region` and the others, both ways.
     pub async fn set_isolated(&self, region: &str, cut: bool) -> anyhow::Result<()> {
         for node in &self.nodes {
-            let mut c = ClusterClient::connect(format!("http://{}", node.peer_addr())).await?;
+            let mut c = self.peer_client(node).await?;
             let status = c.replication_status(proto::ReplicationStatusRequest {}).await?.into_inner();
             for d in status.destinations {
                 if node.region == region || d.destination == region {
@@ -142,7 +212,7 @@ impl DemoCluster {
     /// destination), the largest oldest-unacknowledged age over the origin's nodes, the backlog,
     /// the link, and wire bytes before/after compression.
     pub async fn lag_table(&self) -> anyhow::Result<String> {
-        let mut c = ClusterClient::connect(format!("http://{}", self.nodes[0].peer_addr())).await?;
+        let mut c = self.peer_client(&self.nodes[0]).await?;
         let status = c.cluster_status(proto::ClusterStatusRequest {}).await?.into_inner();
         let mut out = format!(
             "{:<14} {:<14} {:>8} {:>10} {:>10} {:>8} {:>12} {:>12}\n",

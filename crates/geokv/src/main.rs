@@ -1,6 +1,8 @@
 //! The `geokv` binary: the server, the command-line client, and the demo.
 
+mod admin_conn;
 mod bench;
+mod certs_cmd;
 mod client_cmd;
 mod demo;
 mod demo_cluster;
@@ -34,6 +36,41 @@ pub struct ClientOpts {
     /// Print JSON instead of human-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of the deployment CA: connect with TLS and trust the nodes it certified.
+    // (Ids of their own: commands have arguments named `key`, and global flags share their
+    // namespace.)
+    #[arg(long = "ca", id = "tls_ca", global = true, env = "GEOKV_CA")]
+    pub ca: Option<PathBuf>,
+    /// PEM file of a client certificate (`geokv certs client`), with --key.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "GEOKV_CERT")]
+    pub cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long = "key", id = "tls_key", global = true, env = "GEOKV_KEY")]
+    pub key: Option<PathBuf>,
+    /// The name the node's certificate must carry (default: the endpoint's host; a node also
+    /// answers to node-<id>.geokv).
+    #[arg(long = "tls-server-name", id = "tls_server_name", global = true, env = "GEOKV_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// A bearer token proving a principal of the deployment (prefer the environment variable:
+    /// a flag shows in the process list).
+    #[arg(long = "token", id = "auth_token", global = true, env = "GEOKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientOpts {
+    /// The TLS settings; an empty value (`--ca ""`) counts as not given, so a flag can switch
+    /// off what an environment variable set.
+    pub fn security(&self) -> geokv_client::Security {
+        let path = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let text = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        geokv_client::Security {
+            ca: path(&self.ca),
+            cert: path(&self.cert),
+            key: path(&self.key),
+            server_name: text(&self.tls_server_name),
+            token: text(&self.token),
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -70,6 +107,12 @@ enum Command {
     /// hints) and the region x region replication lag matrix with backlogs. Asks one node's
     /// peer address; `--watch` refreshes, `--json` for scripts.
     Status(status_cmd::StatusArgs),
+    /// Certificates for TLS: a deployment CA, one certificate per node of a topology (its id
+    /// and region in the names), client certificates.
+    Certs {
+        #[command(subcommand)]
+        command: certs_cmd::CertsCommand,
+    },
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -83,6 +126,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    client_cmd::set_connection(cli.client.endpoint.clone(), cli.client.security());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.command {
@@ -93,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Residency { command } => residency_cmd::run(command, cli.client.json).await,
             Command::Status(args) => status_cmd::run(args, cli.client.json).await,
+            Command::Certs { command } => certs_cmd::run(command),
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }
     })

@@ -9,7 +9,8 @@ use geokv_client::proto;
 use geokv_topology::{Policy, Topology};
 use serde_json::{json, Value as Json};
 
-use crate::client_cmd::{peer_client, print};
+use crate::admin_conn::AdminConn;
+use crate::client_cmd::print;
 use crate::output::bytes_human;
 
 #[derive(Subcommand)]
@@ -25,26 +26,28 @@ pub enum ResidencyCommand {
     },
     /// Apply a policy to every node of every region: each node installs it, then erases the
     /// keys its region may no longer hold and ships keys to regions that may now hold them.
-    /// Prints a line per node as it finishes. Talks to one node's peer address.
+    /// Prints a line per node as it finishes. Talks to the Admin service at --endpoint (or,
+    /// with --peer, to a node's peer address).
     Apply {
         file: PathBuf,
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
     /// Print the rule deciding a key, the regions allowed to hold it, and which nodes hold a
-    /// copy (state or hints) now. Talks to one node's peer address.
+    /// copy (state or hints) now. Talks to the Admin service at --endpoint (or, with --peer,
+    /// to a node's peer address).
     Explain {
         key: String,
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
 }
 
 pub async fn run(cmd: ResidencyCommand, js: bool) -> anyhow::Result<()> {
     match cmd {
         ResidencyCommand::Check { file, topology } => check(&file, &topology, js),
-        ResidencyCommand::Apply { file, peer } => apply(&file, &peer, js).await,
-        ResidencyCommand::Explain { key, peer } => explain(key.into_bytes(), &peer, js).await,
+        ResidencyCommand::Apply { file, peer } => apply(&file, peer.as_deref(), js).await,
+        ResidencyCommand::Explain { key, peer } => explain(key.into_bytes(), peer.as_deref(), js).await,
     }
 }
 
@@ -82,15 +85,14 @@ fn report_json(r: &proto::ResidencyReport) -> Json {
         "keys_handed_over": r.keys_handed_over, "keys_kept": r.keys_kept, "millis": r.millis })
 }
 
-async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
+async fn apply(file: &Path, addr: Option<&str>, js: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let req = proto::ApplyResidencyRequest { text, origin: file.display().to_string() };
-    let mut stream = peer_client(addr)
+    let mut stream = AdminConn::open(addr)
         .await?
         .apply_residency(req)
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let (mut failed, mut erased, mut reshipped, mut version) = (0, 0, 0, 0);
     let (mut handed, mut kept) = (0, 0);
     while let Some(r) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", s.message()))? {
@@ -124,13 +126,12 @@ async fn apply(file: &Path, addr: &str, js: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn explain(key: Vec<u8>, addr: &str, js: bool) -> anyhow::Result<()> {
-    let e = peer_client(addr)
+async fn explain(key: Vec<u8>, addr: Option<&str>, js: bool) -> anyhow::Result<()> {
+    let e = AdminConn::open(addr)
         .await?
         .explain_residency(proto::ExplainResidencyRequest { key: key.clone() })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let line = if e.rule_line > 0 { format!(" (line {})", e.rule_line) } else { String::new() };
     let mut human = format!(
         "key {}\nrule {:?}{line}, prefix {:?}, policy version {}\nallowed regions: {} ({}), elsewhere: {}\n{:<6} {:<12} {:<8} {:<10} {:>6}\n",

@@ -51,12 +51,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let origin =
         args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
     cfg.validate(&origin)?;
+    let cfg_tls = cfg.tls.is_some();
     let server =
         serve(cfg, Arc::new(SystemClock)).await.map_err(anyhow::Error::msg).context("starting the node")?;
     // The bound address on stdout, for scripts and tests that asked for port 0.
     // The metrics line first: scripts that wait for "listening" then have both.
     if let Some(m) = server.metrics_addr {
-        println!("geokv metrics on http://{m}/metrics");
+        let scheme = if cfg_tls { "https" } else { "http" };
+        println!("geokv metrics on {scheme}://{m}/metrics");
     }
     println!("geokv listening on {}", server.addr);
     std::io::stdout().flush()?;

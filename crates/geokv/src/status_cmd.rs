@@ -7,22 +7,24 @@ use clap::Args;
 use geokv_client::proto;
 use geokv_server::metrics::human_bytes;
 
-use crate::client_cmd::peer_client;
+use crate::admin_conn::AdminConn;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Peer address of any node of the deployment (from the topology), e.g. 127.0.0.1:7501.
+    /// Peer address of any node of the deployment (from the topology), e.g. 127.0.0.1:7501
+    /// (its node-to-node service: with TLS, only a node certificate may call it); without it,
+    /// the Admin service at --endpoint.
     #[arg(long)]
-    pub peer: String,
+    pub peer: Option<String>,
     /// Refresh every this many seconds until interrupted.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<u64>,
 }
 
 pub async fn run(args: StatusArgs, json: bool) -> anyhow::Result<()> {
-    let mut client = peer_client(&args.peer).await?;
+    let mut client = AdminConn::open(args.peer.as_deref()).await?;
     loop {
-        let s = client.cluster_status(proto::ClusterStatusRequest {}).await?.into_inner();
+        let s = client.cluster_status(proto::ClusterStatusRequest {}).await?;
         let text = if json { serde_json::to_string_pretty(&s)? } else { render(&s) };
         match args.watch {
             None => {

@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use geokv_proto::v1 as pb;
 use pb::kv_client::KvClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use crate::residency::FORWARDED_FROM;
@@ -28,12 +28,14 @@ pub struct Forwarder {
     from: tonic::metadata::AsciiMetadataValue,
     timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// TLS with this node's certificate; `None`: plaintext.
+    tls: Option<Arc<crate::security::NodeTls>>,
 }
 
 impl Forwarder {
-    pub fn new(region: &str, timeout: Duration) -> Self {
+    pub fn new(region: &str, timeout: Duration, tls: Option<Arc<crate::security::NodeTls>>) -> Self {
         let from = region.parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("other"));
-        Forwarder { from, timeout, channels: Mutex::new(HashMap::new()) }
+        Forwarder { from, timeout, channels: Mutex::new(HashMap::new()), tls }
     }
 
     fn client(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
@@ -41,11 +43,8 @@ impl Forwarder {
         if let Some(c) = channels.get(addr) {
             return Ok(KvClient::new(c.clone()).max_decoding_message_size(usize::MAX));
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("unusable address {addr}: {e}")))?
-            .connect_timeout(self.timeout)
-            .tcp_nodelay(true);
-        let channel = ep.connect_lazy();
+        let channel = crate::security::lazy_channel(addr, self.timeout, self.tls.as_ref(), None)
+            .map_err(Status::internal)?;
         channels.insert(addr.to_owned(), channel.clone());
         Ok(KvClient::new(channel).max_decoding_message_size(usize::MAX))
     }
@@ -75,6 +74,10 @@ impl Forwarder {
             let client = self.client(addr)?;
             let mut r = Request::new(req.clone());
             r.metadata_mut().insert(FORWARDED_FROM, self.from.clone());
+            // The client this node acts for: the other region authorises it too.
+            if let Some(principal) = crate::security::gate::on_behalf().and_then(|p| p.parse().ok()) {
+                r.metadata_mut().insert(crate::security::gate::ON_BEHALF_HEADER, principal);
+            }
             r.set_timeout(self.timeout);
             crate::trace::tag(&mut r);
             let status = match tokio::time::timeout(self.timeout, call(client, r)).await {
@@ -179,7 +182,7 @@ mod tests {
     async fn forward_after_a_broken_call(
         repeatable: bool,
     ) -> (Result<Response<pb::GetResponse>, Status>, usize) {
-        let f = Forwarder::new("eu-west", Duration::from_secs(5));
+        let f = Forwarder::new("eu-west", Duration::from_secs(5), None);
         let calls = std::sync::atomic::AtomicUsize::new(0);
         let addrs = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
         let answer = f
@@ -216,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_forward_that_never_left_moves_on_whatever_the_request() {
-        let f = Forwarder::new("eu-west", Duration::from_secs(5));
+        let f = Forwarder::new("eu-west", Duration::from_secs(5), None);
         // Nothing listens on port 1 of loopback: the connection is refused, nothing was sent.
         let addrs = ["127.0.0.1:1".to_string(), "127.0.0.1:1".to_string()];
         let calls = std::sync::atomic::AtomicUsize::new(0);

@@ -50,7 +50,7 @@ impl KvService {
             // The remote region may forward inside itself and wait for replicas, for every item
             // of a batch: a deadline for hung nodes, not for slow batches.
             let timeout = std::time::Duration::from_millis(10 * c.cfg().request_timeout_ms);
-            Forwarder::new(c.region(), timeout)
+            Forwarder::new(c.region(), timeout, node.tls().cloned())
         });
         KvService { node, cluster, forwarder }
     }

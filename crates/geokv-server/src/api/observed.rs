@@ -9,11 +9,17 @@ use pb::kv_server::Kv;
 use tonic::{Request, Response, Status};
 
 use crate::api::kv::KvService;
+use crate::security::auth::Access;
+use crate::security::gate::{acting_as, authorize};
 
-/// What a request tells the metrics: its consistency level and its keys.
+/// What a request tells the metrics and the authorization check: its consistency level, its
+/// keys, and (a scan) the prefix it reads.
 trait Observe {
     fn consistency(&self) -> i32;
     fn keys(&self) -> Vec<&[u8]>;
+    fn prefix(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 macro_rules! single_key {
@@ -61,6 +67,9 @@ impl Observe for pb::ScanRequest {
     fn keys(&self) -> Vec<&[u8]> {
         Vec::new()
     }
+    fn prefix(&self) -> Option<&[u8]> {
+        Some(&self.prefix)
+    }
 }
 
 /// The consistency label of a request's raw level.
@@ -96,6 +105,12 @@ impl KvService {
         level_label(req.consistency())
     }
 
+    /// Whether the request's caller may do what it asks; the principal it acts as.
+    fn authorize<T: Observe>(&self, req: &Request<T>, needs: &[Access]) -> Result<Option<String>, Status> {
+        let r = req.get_ref();
+        authorize(req.extensions(), self.node().tls(), needs, &r.keys(), r.prefix())
+    }
+
     fn observe_end<T>(&self, op: &str, level: &str, started: Instant, result: &Result<T, Status>) {
         let code = match result {
             Ok(_) => tonic::Code::Ok,
@@ -106,14 +121,17 @@ impl KvService {
 }
 
 macro_rules! observed {
-    ($($method:ident => $handler:ident ($req:ty) -> $resp:ty;)*) => {
+    ($($method:ident => $handler:ident ($req:ty) -> $resp:ty, needs $needs:expr;)*) => {
         #[tonic::async_trait]
         impl Kv for KvService {
             $(
                 async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
                     let started = Instant::now();
                     let level = self.observe_keys(req.get_ref());
-                    let result = self.$handler(req).await;
+                    let result = match self.authorize(&req, $needs) {
+                        Ok(principal) => acting_as(principal, self.$handler(req)).await,
+                        Err(refused) => Err(refused),
+                    };
                     self.observe_end(stringify!($method), level, started, &result);
                     result
                 }
@@ -122,17 +140,23 @@ macro_rules! observed {
     };
 }
 
+// What each operation needs of the caller's grants. A compare-and-swap reads (a failed one
+// answers the current value) and writes.
+const READ: &[Access] = &[Access::Read];
+const WRITE: &[Access] = &[Access::Write];
+const READ_WRITE: &[Access] = &[Access::Read, Access::Write];
+
 observed! {
-    get => serve_get(pb::GetRequest) -> pb::GetResponse;
-    put => serve_put(pb::PutRequest) -> pb::PutResponse;
-    delete => serve_delete(pb::DeleteRequest) -> pb::DeleteResponse;
-    batch_get => serve_batch_get(pb::BatchGetRequest) -> pb::BatchGetResponse;
-    batch_write => serve_batch_write(pb::BatchWriteRequest) -> pb::BatchWriteResponse;
-    compare_and_swap => serve_compare_and_swap(pb::CompareAndSwapRequest) -> pb::CompareAndSwapResponse;
-    increment => serve_increment(pb::IncrementRequest) -> pb::IncrementResponse;
-    append => serve_append(pb::AppendRequest) -> pb::AppendResponse;
-    set_add => serve_set_add(pb::SetAddRequest) -> pb::SetChangeResponse;
-    set_remove => serve_set_remove(pb::SetRemoveRequest) -> pb::SetChangeResponse;
-    set_members => serve_set_members(pb::SetMembersRequest) -> pb::SetMembersResponse;
-    scan => serve_scan(pb::ScanRequest) -> pb::ScanResponse;
+    get => serve_get(pb::GetRequest) -> pb::GetResponse, needs READ;
+    put => serve_put(pb::PutRequest) -> pb::PutResponse, needs WRITE;
+    delete => serve_delete(pb::DeleteRequest) -> pb::DeleteResponse, needs WRITE;
+    batch_get => serve_batch_get(pb::BatchGetRequest) -> pb::BatchGetResponse, needs READ;
+    batch_write => serve_batch_write(pb::BatchWriteRequest) -> pb::BatchWriteResponse, needs WRITE;
+    compare_and_swap => serve_compare_and_swap(pb::CompareAndSwapRequest) -> pb::CompareAndSwapResponse, needs READ_WRITE;
+    increment => serve_increment(pb::IncrementRequest) -> pb::IncrementResponse, needs WRITE;
+    append => serve_append(pb::AppendRequest) -> pb::AppendResponse, needs WRITE;
+    set_add => serve_set_add(pb::SetAddRequest) -> pb::SetChangeResponse, needs WRITE;
+    set_remove => serve_set_remove(pb::SetRemoveRequest) -> pb::SetChangeResponse, needs WRITE;
+    set_members => serve_set_members(pb::SetMembersRequest) -> pb::SetMembersResponse, needs READ;
+    scan => serve_scan(pb::ScanRequest) -> pb::ScanResponse, needs READ;
 }

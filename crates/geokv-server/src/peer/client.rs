@@ -10,7 +10,6 @@ use geokv_core::NodeId;
 use geokv_proto::v1::cluster_client::ClusterClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Endpoint;
 
 use crate::faults::net::FaultyChannel;
 use crate::faults::Faults;
@@ -32,25 +31,28 @@ pub struct Peers {
     conns: Mutex<BTreeMap<NodeId, Conn>>,
     timeout: Duration,
     faults: Arc<Faults>,
+    /// TLS with this node's certificate, checking each peer's; `None`: plaintext.
+    tls: Option<Arc<crate::security::NodeTls>>,
 }
 
 impl Peers {
-    pub fn new(timeout_ms: u64, faults: Arc<Faults>) -> Self {
-        Peers { conns: Mutex::new(BTreeMap::new()), timeout: Duration::from_millis(timeout_ms), faults }
+    pub fn new(timeout_ms: u64, faults: Arc<Faults>, tls: Option<Arc<crate::security::NodeTls>>) -> Self {
+        Peers { conns: Mutex::new(BTreeMap::new()), timeout: Duration::from_millis(timeout_ms), faults, tls }
     }
 
     fn with_conn<T>(&self, id: NodeId, addr: &str, f: impl FnOnce(&Conn) -> T) -> Option<T> {
         let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if conns.get(&id).is_none_or(|c| c.addr != addr) {
-            let ep = match Endpoint::from_shared(format!("http://{addr}")) {
-                Ok(ep) => ep.connect_timeout(self.timeout).tcp_nodelay(true),
+            // Lazy: connected on first use, reconnected after failures.
+            let channel = match crate::security::lazy_channel(addr, self.timeout, self.tls.as_ref(), Some(id))
+            {
+                Ok(channel) => channel,
                 Err(e) => {
                     tracing::warn!(peer = id, addr, error = %e, "unusable peer address");
                     return None;
                 }
             };
-            // Lazy: connected on first use, reconnected after failures.
-            let channel = FaultyChannel::new(ep.connect_lazy(), id, self.faults.clone());
+            let channel = FaultyChannel::new(channel, id, self.faults.clone());
             let propagate = crate::trace::Propagate::from_node(self.faults.node_id());
             let client = ClusterClient::with_interceptor(channel, propagate)
                 .max_decoding_message_size(512 * 1024 * 1024);

@@ -47,12 +47,18 @@ impl ClusterRpc for ClusterService {
         req: Request<tonic::Streaming<pb::ReplicationBatch>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         let replicator = self.replicator()?.clone();
+        // With TLS, the node whose certificate opened the stream: its batches must name it.
+        let sender =
+            req.extensions().get::<crate::security::gate::Caller>().and_then(|c| match &c.identity {
+                geokv_tls::Identity::Node { id, region } => Some((*id, region.clone())),
+                geokv_tls::Identity::Client { .. } => None,
+            });
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut expected_after = None;
             while let Ok(Some(batch)) = inbound.message().await {
-                let ack = replicator.receive(batch, &mut expected_after).await;
+                let ack = replicator.receive(batch, &mut expected_after, sender.as_ref()).await;
                 if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }

@@ -94,7 +94,7 @@ pub async fn start(cluster: Arc<Cluster>) -> Result<Vec<JoinHandle<()>>, String>
     let foca = Foca::new(me, foca_config(&cluster.cfg, cluster.view().peers().len() + 1), rng, PostcardCodec);
     let announce_every = Duration::from_millis(cluster.cfg.probe_interval_ms * 8);
     Ok(vec![
-        tokio::spawn(receive(socket.clone(), inputs.clone())),
+        tokio::spawn(receive(socket.clone(), inputs.clone(), cluster.node.tls().cloned())),
         tokio::spawn(schedule(timers_rx, inputs.clone())),
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(announce_every);
@@ -112,12 +112,29 @@ pub async fn start(cluster: Arc<Cluster>) -> Result<Vec<JoinHandle<()>>, String>
     ])
 }
 
-async fn receive(socket: Arc<UdpSocket>, inputs: mpsc::UnboundedSender<Input>) {
+/// Takes datagrams off the socket; with a gossip key, only those whose seal opens (others are
+/// dropped, counted and logged).
+async fn receive(
+    socket: Arc<UdpSocket>,
+    inputs: mpsc::UnboundedSender<Input>,
+    tls: Option<Arc<crate::security::NodeTls>>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match socket.recv_from(&mut buf).await {
-            Ok((len, _)) => {
-                if inputs.send(Input::Data(buf[..len].to_vec())).is_err() {
+            Ok((len, from)) => {
+                let data = match tls.as_ref().and_then(|t| t.gossip_key().map(|k| (t, k))) {
+                    None => &buf[..len],
+                    Some((tls, key)) => match key.open(&buf[..len]) {
+                        Some(data) => data,
+                        None => {
+                            tls.count_rejection_on("gossip", "bad_seal");
+                            tracing::warn!(%from, "gossip datagram dropped: not sealed with this deployment's gossip key");
+                            continue;
+                        }
+                    },
+                };
+                if inputs.send(Input::Data(data.to_vec())).is_err() {
                     return;
                 }
             }
@@ -203,6 +220,10 @@ async fn run(
             tracing::debug!(error = %e, "gossip input not taken");
         }
         while let Some((to, data)) = rt.to_send() {
+            let data = match cluster.node.tls().and_then(|t| t.gossip_key()) {
+                Some(key) => key.seal(&data),
+                None => data.to_vec(),
+            };
             match to.peer_addr.parse::<SocketAddr>() {
                 Ok(addr) => match cluster.node.faults().plan_datagram(to.id) {
                     Some(delay) if delay.is_zero() => send(&socket, to.id, &data, addr).await,

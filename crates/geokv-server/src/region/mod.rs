@@ -155,7 +155,11 @@ impl Cluster {
             me,
             region: spec.region.clone(),
             view: RwLock::new(Arc::new(view)),
-            peers: crate::peer::client::Peers::new(cfg.request_timeout_ms, node.faults().clone()),
+            peers: crate::peer::client::Peers::new(
+                cfg.request_timeout_ms,
+                node.faults().clone(),
+                node.tls().cloned(),
+            ),
             gossip: OnceLock::new(),
             replicator: OnceLock::new(),
             remote_rings: topology

@@ -184,11 +184,10 @@ impl Replicator {
             return Err("the region has no nodes".into());
         }
         lock(&dest.outbox).rewind();
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", target.1))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(self.cluster.cfg().request_timeout_ms))
-            .tcp_nodelay(true);
-        let mut client = pb::cluster_client::ClusterClient::new(ep.connect_lazy())
+        let timeout = Duration::from_millis(self.cluster.cfg().request_timeout_ms);
+        let node_tls = self.cluster.node().tls();
+        let channel = crate::security::lazy_channel(&target.1, timeout, node_tls, Some(target.0))?;
+        let mut client = pb::cluster_client::ClusterClient::new(channel)
             .max_decoding_message_size(512 * 1024 * 1024)
             .max_encoding_message_size(512 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<pb::ReplicationBatch>(WINDOW);
@@ -336,6 +335,7 @@ impl Replicator {
         &self,
         msg: pb::ReplicationBatch,
         expected_after: &mut Option<u64>,
+        sender: Option<&(NodeId, String)>,
     ) -> pb::ReplicationAck {
         let refuse =
             |error: String| pb::ReplicationAck { last_seq: msg.last_seq, ok: false, error, not_applied: 0 };
@@ -343,6 +343,19 @@ impl Replicator {
             Ok(b) => b,
             Err(e) => return refuse(e.to_string()),
         };
+        // A batch names its origin; over TLS that must be the node whose certificate sent it.
+        if let Some((id, region)) = sender {
+            if (batch.origin_node, batch.origin_region.as_str()) != (*id, region.as_str()) {
+                if let Some(tls) = self.cluster.node().tls() {
+                    tls.count_rejection_on("peer", "wrong_origin");
+                }
+                tracing::warn!(node = id, %region, origin = batch.origin_node, origin_region = %batch.origin_region, "replication batch refused: it names another origin than its sender");
+                return refuse(format!(
+                    "the batch claims to come from node {} of region {}, but node {id} of region {region} sent it",
+                    batch.origin_node, batch.origin_region
+                ));
+            }
+        }
         // The protocol's rules for a received batch (`geokv_protocol::xregion`): it follows
         // the previous one of its stream (checked first, before the clock moves) ...
         if let Err(f) = xregion::check_batch(*expected_after, batch.after_seq, Ok(())) {
