@@ -251,6 +251,16 @@ async fn only_the_nodes_of_the_topology_may_call_the_peer_port() {
         assert!(rejections(&cluster, 0, reason) >= before + 3, "{what}: counted under reason {reason}");
         assert_eq!(register(&good, b"guarded").await.as_deref(), Some(&b"v0"[..]), "{what} changed the key");
     }
+    // Gossip: a datagram not sealed with the deployment's gossip key is dropped and counted.
+    let before = rejections(&cluster, 0, "bad_seal");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"a forged gossip datagram claiming node 2 is down", cluster.peer_addrs[0]).unwrap();
+    let dropped = support::wait_until(Duration::from_secs(10), || async {
+        rejections(&cluster, 0, "bad_seal") > before
+    })
+    .await;
+    assert!(dropped, "an unsealed gossip datagram is dropped and counted");
+
     // The same merge from a node, claiming to be itself, goes through: the refusals above were
     // for the credentials, not the request.
     let mut req = tonic::Request::new(overwrite(&state));
