@@ -25,7 +25,7 @@ done
 tar -C "$ROOT" -c . | docker import \
   --change 'ENTRYPOINT ["/usr/local/bin/geokv"]' \
   --change 'WORKDIR /data' \
-  --change 'EXPOSE 7400 7500 9464' \
+  --change 'EXPOSE 7400/tcp 7500/tcp 7500/udp 9464/tcp' \
   - geokv:local >/dev/null
 echo "built geokv:local from $BIN"
 

@@ -133,6 +133,22 @@ impl ServerProcess {
         Client::connect_with(&self.endpoint(), &self.security).await.expect("connect to test server")
     }
 
+    /// Waits (at most `timeout`) for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

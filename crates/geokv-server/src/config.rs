@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub faults: FaultsConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// TLS on every port and mutual TLS between nodes (see docs/security.md). A node of a
     /// topology with more than one node refuses to start without it unless `insecure = true`.
     #[serde(default)]
@@ -67,6 +69,24 @@ pub struct FaultsConfig {
     /// Accept `InjectFaults` calls on the peer port (cut peers off, drop, delay and duplicate
     /// node-to-node messages, skew the HLC, slow the disk). Off: such calls are refused.
     pub enabled: bool,
+}
+
+/// The `[shutdown]` section: how a node drains on SIGTERM (see `RunningServer::drain`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest a drain may take, in milliseconds: in-flight requests, hint handoff and the
+    /// flush must fit; what does not is abandoned (acknowledged writes are in the WAL).
+    pub grace_period_ms: u64,
+    /// How long the node keeps serving after readiness goes off, so load balancers and
+    /// Kubernetes endpoints stop sending it requests before it refuses them, in milliseconds.
+    pub drain_delay_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_period_ms: 30_000, drain_delay_ms: 0 }
+    }
 }
 
 /// The `[metrics]` section: the HTTP endpoint with Prometheus metrics and the status page.
@@ -166,6 +186,7 @@ impl ServerConfig {
             replication: crate::ReplicationConfig::default(),
             metrics: MetricsConfig::default(),
             faults: FaultsConfig::default(),
+            shutdown: ShutdownConfig::default(),
             tls: None,
             insecure: false,
             auth: None,

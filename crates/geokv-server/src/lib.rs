@@ -37,7 +37,9 @@ mod xregion;
 pub use ops::metrics;
 
 pub use clock::{Clock, SystemClock};
-pub use config::{ClusterConfig, ConfigError, FaultsConfig, MetricsConfig, ServerConfig, SweeperConfig};
+pub use config::{
+    ClusterConfig, ConfigError, FaultsConfig, MetricsConfig, ServerConfig, ShutdownConfig, SweeperConfig,
+};
 pub use node::{Expect, Node, NodeError, ScanRequest, ScanResult};
 pub use region::Cluster;
 pub use runtime::{serve, RunningServer};

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use geokv_topology::Topology;
 
 use crate::api::kv::KvService;
+use crate::ops::health::Ready;
 use crate::region::ClusterService;
 use crate::security::gate::{Directory, GateLayer, Port};
 use crate::security::listen::incoming;
@@ -32,9 +33,12 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     pub cluster: Option<Arc<Cluster>>,
+    /// Whether the node should get client traffic (gRPC health, `/readyz`).
+    pub ready: Arc<Ready>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    shutdown: crate::config::ShutdownConfig,
 }
 
 impl RunningServer {
@@ -50,6 +54,46 @@ impl RunningServer {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Drains the node (on SIGTERM): readiness off at once, new requests refused after
+    /// `shutdown.drain_delay_ms` (so load balancers see the node leave), in-flight requests
+    /// finished, hints handed off to their nodes, memtables flushed; all within
+    /// `shutdown.grace_period_ms`, after which the rest is abandoned (the WAL keeps every
+    /// acknowledged write either way).
+    pub async fn drain(mut self) -> Result<(), String> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(self.shutdown.grace_period_ms);
+        self.ready.drain().await;
+        tracing::info!("draining: readiness off");
+        tokio::time::sleep(Duration::from_millis(self.shutdown.drain_delay_ms)).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = match tokio::time::timeout_at(deadline, &mut self.server).await {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        };
+        if let Some(cluster) = &self.cluster {
+            match tokio::time::timeout_at(deadline, crate::region::handoff::handoff_once(cluster)).await {
+                Ok(Ok(n)) => tracing::info!(delivered = n, "hints handed off"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "handing hints off failed; they stay on disk"),
+                Err(_) => tracing::warn!("handing hints off did not finish within the grace period"),
+            }
+        }
+        let node = self.node.clone();
+        if let Err(e) = crate::blocking::run(move || node.engine().flush()).await {
+            tracing::warn!(error = %e, "flush before exit failed; the WAL has every write");
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        tracing::info!(millis = started.elapsed().as_millis() as u64, "drained");
+        served
     }
 
     /// Serves until the server fails (or is shut down from elsewhere).
@@ -166,7 +210,8 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<KvServer<KvService>>().await;
+    let ready = Ready::new(health).await;
+    background.push(ready.spawn(cluster.clone()));
     let reflection_v1 = reflection().build_v1().map_err(|e| e.to_string())?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| e.to_string())?;
     let kv = KvServer::new(KvService::new(node.clone(), cluster.clone()))
@@ -201,8 +246,13 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let auth = cfg.auth.as_ref().map(|a| Arc::new(crate::security::auth::Authorizer::new(a)));
-            let (addr, task) =
-                crate::ops::metrics::http::serve(listener, node.clone(), cluster.clone(), auth)?;
+            let (addr, task) = crate::ops::metrics::http::serve(
+                listener,
+                node.clone(),
+                cluster.clone(),
+                auth,
+                ready.clone(),
+            )?;
             background.push(task);
             tracing::info!(%addr, "metrics and status page serving");
             Some(addr)
@@ -210,5 +260,16 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         None => None,
     };
     tracing::info!(node_id = cfg.node_id, %addr, data_dir = %cfg.data_dir.display(), "geokv node serving");
-    Ok(RunningServer { addr, peer_addr, metrics_addr, node, cluster, stop: Some(stop), server, background })
+    Ok(RunningServer {
+        addr,
+        peer_addr,
+        metrics_addr,
+        node,
+        cluster,
+        ready,
+        stop: Some(stop),
+        server,
+        background,
+        shutdown: cfg.shutdown.clone(),
+    })
 }

@@ -6,6 +6,7 @@ mod certs_cmd;
 mod client_cmd;
 mod demo;
 mod demo_cluster;
+mod health_cmd;
 mod output;
 mod residency_cmd;
 mod server_cmd;
@@ -107,6 +108,13 @@ enum Command {
     /// hints) and the region x region replication lag matrix with backlogs. Asks one node's
     /// peer address; `--watch` refreshes, `--json` for scripts.
     Status(status_cmd::StatusArgs),
+    /// Whether a node is ready for client traffic (gRPC health): exit status 0 when it is.
+    /// Needs no credentials (with TLS, only --ca).
+    Health {
+        /// The gRPC service to ask about ("" for the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Certificates for TLS: a deployment CA, one certificate per node of a topology (its id
     /// and region in the names), client certificates.
     Certs {
@@ -138,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             Command::Residency { command } => residency_cmd::run(command, cli.client.json).await,
             Command::Status(args) => status_cmd::run(args, cli.client.json).await,
             Command::Certs { command } => certs_cmd::run(command),
+            Command::Health { service } => health_cmd::run(&cli.client.endpoint, &service).await,
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }
     })

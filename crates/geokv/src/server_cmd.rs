@@ -73,8 +73,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     });
     wait_for_signal().await?;
-    tracing::info!("shutting down");
-    server.shutdown().await.map_err(anyhow::Error::msg)?;
+    tracing::info!("shutting down: draining");
+    server.drain().await.map_err(anyhow::Error::msg)?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The metrics port: `/metrics` (Prometheus text format), `/` (the status page: the
 //! deployment's nodes and lag matrix as plain HTML, refreshed every 5 s), `/status.json` (the
-//! same as JSON) and `/healthz`.
+//! same as JSON), `/healthz` (liveness: the process answers) and `/readyz` (readiness, see
+//! `ops::health`).
 //!
 //! With TLS (the node's `[tls]` section) the port speaks HTTPS with the node's certificate,
 //! and everything but `/healthz` needs a certificate of the deployment CA (Prometheus's
@@ -17,6 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::ops::health::{Readiness, Ready};
 use crate::security::auth::Authorizer;
 use crate::security::listen::{incoming, ConnInfo};
 use crate::security::NodeTls;
@@ -26,6 +28,7 @@ use crate::{Cluster, Node};
 struct Ctx {
     node: Arc<Node>,
     cluster: Option<Arc<Cluster>>,
+    ready: Arc<Ready>,
 }
 
 /// Binds the metrics address (before the node starts anything else, so a taken port fails
@@ -42,6 +45,7 @@ pub fn serve(
     node: Arc<Node>,
     cluster: Option<Arc<Cluster>>,
     auth: Option<Arc<Authorizer>>,
+    ready: Arc<Ready>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let tls = node.tls().cloned();
@@ -50,7 +54,8 @@ pub fn serve(
         .route("/", get(page))
         .route("/status.json", get(status_json))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Ctx { node, cluster });
+        .route("/readyz", get(readyz))
+        .with_state(Ctx { node, cluster, ready });
     let task = match tls {
         None => tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -102,7 +107,7 @@ impl Guard {
                 "this port takes only HTTPS: use https:// and trust the deployment CA\n".into(),
             ));
         }
-        if req.uri().path() == "/healthz" {
+        if matches!(req.uri().path(), "/healthz" | "/readyz") {
             return None;
         }
         let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -142,6 +147,17 @@ async fn admit(
             tracing::warn!(port = "metrics", reason, path = %req.uri().path(), "request refused");
             (code, message).into_response()
         }
+    }
+}
+
+/// 200 `ready` when the node should get client traffic, else 503 and why.
+async fn readyz(State(ctx): State<Ctx>) -> Response {
+    match ctx.ready.get() {
+        Readiness::Ready => "ready\n".into_response(),
+        Readiness::Starting(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("starting: {why}\n")).into_response()
+        }
+        Readiness::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
     }
 }
 
