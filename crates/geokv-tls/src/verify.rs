@@ -54,6 +54,43 @@ impl Verifier {
     }
 }
 
+/// A chain presented on a connection, verified once when the connection was accepted (chain
+/// verification costs a signature check per certificate: per request it would cost more than
+/// the request), with its leaf's expiry so a connection that outlives its certificate is
+/// refused from then on.
+#[derive(Clone, Debug)]
+pub struct Presented {
+    result: Result<Identity, Rejection>,
+    not_after: Option<std::time::SystemTime>,
+}
+
+impl Presented {
+    pub fn new(verifier: &Verifier, chain: &[CertificateDer<'static>]) -> Self {
+        let not_after = chain.first().and_then(|leaf| not_after(leaf));
+        Presented { result: verifier.verify(chain), not_after }
+    }
+
+    /// The verified identity, or why not (an expiry since the handshake included).
+    pub fn identity(&self) -> Result<Identity, Rejection> {
+        if self.result.is_ok() && self.not_after.is_some_and(|t| std::time::SystemTime::now() > t) {
+            return Err(Rejection {
+                reason: "expired",
+                message:
+                    "the certificate expired after this connection was opened; reconnect with a current one"
+                        .into(),
+            });
+        }
+        self.result.clone()
+    }
+}
+
+/// When a DER certificate stops being valid.
+fn not_after(der: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 fn rejection(e: &rustls::Error) -> Rejection {
     use CertificateError as C;
     let (reason, message) = match e {

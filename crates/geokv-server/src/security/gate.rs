@@ -198,7 +198,7 @@ fn denied(reason: &'static str, message: String) -> Refusal {
 
 impl GateLayer {
     /// Who may make this request, or why not.
-    fn admit<B>(&self, tls: &NodeTls, req: &http::Request<B>) -> Result<Option<Caller>, Refusal> {
+    fn admit<B>(&self, req: &http::Request<B>) -> Result<Option<Caller>, Refusal> {
         let port = self.port.label();
         let info = req.extensions().get::<ConnInfo>();
         if !info.is_some_and(|i| i.tls) {
@@ -219,7 +219,7 @@ impl GateLayer {
                 return Ok(Some(caller));
             }
         }
-        let Some(certs) = info.and_then(|i| i.certs.as_ref()) else {
+        let Some(presented) = info.and_then(|i| i.presented.as_ref()) else {
             return Err(unauthenticated(
                 "no_credentials",
                 match self.port {
@@ -228,7 +228,7 @@ impl GateLayer {
                 },
             ));
         };
-        let identity = tls.verifier().verify(certs).map_err(|r| unauthenticated(r.reason, r.message))?;
+        let identity = presented.identity().map_err(|r| unauthenticated(r.reason, r.message))?;
         if self.port == Port::Peer {
             self.check_node(&identity, req.headers())?;
         }
@@ -334,7 +334,7 @@ where
         let Some(tls) = self.layer.tls.clone() else {
             return Box::pin(self.inner.call(req));
         };
-        match self.layer.admit(&tls, &req) {
+        match self.layer.admit(&req) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     req.extensions_mut().insert(caller);

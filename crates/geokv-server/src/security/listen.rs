@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use geokv_tls::verify::Presented;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,19 +26,20 @@ const BACKLOG: usize = 1024;
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// One accepted connection.
+/// One accepted connection: plaintext, or TLS with the chain its caller presented, verified
+/// against the CA once, at accept.
 pub enum Conn {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream>>, Option<Arc<Presented>>),
 }
 
 /// What the gate knows of a connection: where it comes from, whether it is TLS, and the
-/// certificate chain its caller presented (not yet verified).
+/// certificate its caller presented, verified.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     pub tls: bool,
-    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub presented: Option<Arc<Presented>>,
 }
 
 impl Connected for Conn {
@@ -45,13 +47,9 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> ConnInfo {
         match self {
-            Conn::Plain(s) => ConnInfo { remote: s.peer_addr().ok(), tls: false, certs: None },
-            Conn::Tls(s) => {
-                let (tcp, session) = s.get_ref();
-                let certs = session
-                    .peer_certificates()
-                    .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>()));
-                ConnInfo { remote: tcp.peer_addr().ok(), tls: true, certs }
+            Conn::Plain(s) => ConnInfo { remote: s.peer_addr().ok(), tls: false, presented: None },
+            Conn::Tls(s, presented) => {
+                ConnInfo { remote: s.get_ref().0.peer_addr().ok(), tls: true, presented: presented.clone() }
             }
         }
     }
@@ -61,7 +59,7 @@ impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -70,21 +68,21 @@ impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -95,14 +93,14 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+            Conn::Tls(s, _) => s.is_write_vectored(),
         }
     }
 }
@@ -170,5 +168,10 @@ async fn accept(tcp: TcpStream, tls: &NodeTls, alpn: Alpn) -> io::Result<Conn> {
         return Ok(Conn::Plain(tcp));
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(alpn));
-    Ok(Conn::Tls(Box::new(acceptor.accept(tcp).await?)))
+    let stream = acceptor.accept(tcp).await?;
+    let presented = stream.get_ref().1.peer_certificates().map(|chain| {
+        let chain: Vec<CertificateDer<'static>> = chain.iter().map(|c| c.clone().into_owned()).collect();
+        Arc::new(Presented::new(&tls.verifier(), &chain))
+    });
+    Ok(Conn::Tls(Box::new(stream), presented))
 }

@@ -121,13 +121,13 @@ impl Guard {
                 )),
             };
         }
-        match info.and_then(|i| i.certs.as_ref()) {
+        match info.and_then(|i| i.presented.as_ref()) {
             None => Some((
                 StatusCode::UNAUTHORIZED,
                 "no_credentials",
                 "present a certificate of the deployment CA (Prometheus: tls_config cert_file and key_file) or a token\n".into(),
             )),
-            Some(chain) => match self.tls.verifier().verify(chain) {
+            Some(presented) => match presented.identity() {
                 Ok(_) => None,
                 Err(r) => Some((StatusCode::UNAUTHORIZED, r.reason, format!("{}\n", r.message))),
             },
