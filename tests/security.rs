@@ -439,7 +439,7 @@ async fn a_replication_batch_must_name_the_node_whose_certificate_sends_it() {
         deltas: vec![delta(state)],
     };
     let (payload, _) = batch.encode(3);
-    let msg = pb::ReplicationBatch { payload, last_seq: 1, residency_version: 0 };
+    let msg = pb::ReplicationBatch { payload, last_seq: 1, residency_version: 0, format: 1 };
     let channel =
         geokv_client::channel(&cluster.peer_addrs[1].to_string(), &cluster.peer_security(1)).await.unwrap();
     let mut as_eu = pb::cluster_client::ClusterClient::new(channel);

@@ -11,6 +11,16 @@ use serde::{Deserialize, Serialize};
 /// allocated).
 pub const MAX_BATCH_RAW_BYTES: usize = 64 * 1024 * 1024;
 
+/// The format of a batch's payload this build writes (`ReplicationBatch.format`): the postcard
+/// layout of [`Batch`] in one zstd frame. A batch without a format (0) is of format 1. A later
+/// format gets a new number, and receivers keep reading this one (tests/golden.rs).
+pub const BATCH_FORMAT: u32 = 1;
+
+/// Whether this build reads payloads of `format` (0: sent before formats were numbered, = 1).
+pub fn reads_format(format: u32) -> bool {
+    format <= BATCH_FORMAT
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
     pub key: Vec<u8>,

@@ -10,6 +10,6 @@ mod batch;
 mod lag;
 mod link;
 
-pub use batch::{Batch, BatchError, Delta, MAX_BATCH_RAW_BYTES};
+pub use batch::{reads_format, Batch, BatchError, Delta, BATCH_FORMAT, MAX_BATCH_RAW_BYTES};
 pub use lag::{LagReport, Outbox};
 pub use link::{default_delay_ms, Link, LinkParams, Plan};

@@ -140,6 +140,13 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<pb::CoordinateResponse>, Status> {
         let req = req.into_inner();
         let level = convert::level(req.consistency)?;
+        if req.format > crate::region::coordinator::COORDINATE_FORMAT {
+            return Err(Status::failed_precondition(format!(
+                "the forwarded operation is in format {}, newer than this node reads (up to {}): upgrade this node",
+                req.format,
+                crate::region::coordinator::COORDINATE_FORMAT
+            )));
+        }
         let op: Op = postcard::from_bytes(&req.op)
             .map_err(|e| Status::invalid_argument(format!("the forwarded operation does not decode: {e}")))?;
         let action = match (req.cas, op) {

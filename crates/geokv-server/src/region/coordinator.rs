@@ -460,10 +460,15 @@ fn respond(answer: &mut Option<oneshot::Sender<Answer>>, r: Answer) {
     }
 }
 
+/// The format of a forwarded operation (`CoordinateRequest.format`): `geokv_core::Op` in
+/// postcard (tests/golden.rs keeps its bytes). 0, from before formats were numbered, is 1.
+pub const COORDINATE_FORMAT: u32 = 1;
+
 fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::CoordinateRequest {
     let mut req = pb::CoordinateRequest {
         key: key.to_vec(),
         consistency: crate::api::convert::level_to_pb(level) as i32,
+        format: COORDINATE_FORMAT,
         ..Default::default()
     };
     match action.clone() {

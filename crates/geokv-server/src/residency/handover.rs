@@ -163,7 +163,12 @@ impl Cluster {
         }
         let messages: Vec<pb::ReplicationBatch> = batches
             .iter()
-            .map(|b| pb::ReplicationBatch { payload: b.encode(3).0, last_seq: b.last_seq, residency_version })
+            .map(|b| pb::ReplicationBatch {
+                payload: b.encode(3).0,
+                last_seq: b.last_seq,
+                residency_version,
+                format: geokv_replication::BATCH_FORMAT,
+            })
             .collect();
         let nodes: Vec<(u64, String)> =
             self.all_nodes().into_iter().filter(|(_, r, _)| r == region).map(|(id, _, a)| (id, a)).collect();

@@ -324,7 +324,12 @@ impl Replicator {
             wire.len() as u64,
         );
         if let Plan::DeliverAt(at) = plan {
-            let msg = pb::ReplicationBatch { payload: wire, last_seq: batch.last_seq, residency_version };
+            let msg = pb::ReplicationBatch {
+                payload: wire,
+                last_seq: batch.last_seq,
+                residency_version,
+                format: geokv_replication::BATCH_FORMAT,
+            };
             link.send((at, msg)).map_err(|_| "the link stopped".to_string())?;
         }
         Ok(())
@@ -339,6 +344,13 @@ impl Replicator {
     ) -> pb::ReplicationAck {
         let refuse =
             |error: String| pb::ReplicationAck { last_seq: msg.last_seq, ok: false, error, not_applied: 0 };
+        if !geokv_replication::reads_format(msg.format) {
+            return refuse(format!(
+                "the batch is in format {}, newer than this node reads (up to {}); it is kept and sent again once this region is upgraded",
+                msg.format,
+                geokv_replication::BATCH_FORMAT
+            ));
+        }
         let batch = match Batch::decode(&msg.payload) {
             Ok(b) => b,
             Err(e) => return refuse(e.to_string()),
