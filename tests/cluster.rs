@@ -241,3 +241,41 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
 fn member_health(cluster: &TestCluster, i: usize, id: u64) -> String {
     cluster.member_field(i, id, "health")
 }
+
+/// A region whose topology names every node by a DNS name (`localhost:PORT`), with TLS on: the
+/// nodes resolve each other's names when they connect (gossip, peer calls) and again after a
+/// restart; quorum writes and reads work, and a restarted node is found again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_whose_topology_names_nodes_by_host_name_serves_quorums_and_finds_a_restarted_node() {
+    let mut cluster = TestCluster::start_region_by_name(3, 3);
+    let topology = std::fs::read_to_string(cluster.dir.path().join("topology.toml")).unwrap();
+    assert!(topology.contains("client_addr = \"localhost:"), "{topology}");
+    let all_alive = |cluster: &TestCluster| {
+        (0..3).all(|i| {
+            (1..=3)
+                .filter(|&id| id != i as u64 + 1)
+                .all(|id| cluster.member_field(i, id, "health") == "alive")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || async { all_alive(&cluster) }).await,
+        "gossip finds every node by name"
+    );
+    let writer = cluster.client(0).await.with_consistency(proto::Consistency::Quorum);
+    for i in 0..50 {
+        writer.put(format!("named-{i}").as_bytes(), b"v", None).await.unwrap();
+    }
+    cluster.nodes[2].kill9();
+    cluster.nodes[2].restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || async { all_alive(&cluster) }).await,
+        "the restarted node is found again by name"
+    );
+    for i in 50..100 {
+        writer.put(format!("named-{i}").as_bytes(), b"v", None).await.unwrap();
+    }
+    let reader = cluster.client(2).await.with_consistency(proto::Consistency::All);
+    for i in 0..100 {
+        assert!(reader.get(format!("named-{i}").as_bytes()).await.unwrap().is_some(), "named-{i} at ALL");
+    }
+}

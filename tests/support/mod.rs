@@ -126,7 +126,13 @@ impl ServerProcess {
 
     pub fn endpoint(&self) -> String {
         let scheme = if self.security.ca.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
+        // A node whose topology address is a DNS name listens on every interface.
+        let addr = if self.addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
+        } else {
+            self.addr
+        };
+        format!("{scheme}://{addr}")
     }
 
     pub async fn client(&self) -> Client {
@@ -215,6 +221,8 @@ pub struct TestCluster {
     /// Whether the nodes run with TLS (certificates from `geokv_tls` in `certs_dir()`); else
     /// they run `insecure = true`.
     tls: bool,
+    /// The host the topology names every node by: `127.0.0.1`, or a DNS name (`localhost`).
+    host: &'static str,
 }
 
 /// The client principal whose certificate a TLS cluster's test clients present.
@@ -290,6 +298,24 @@ impl TestCluster {
         c.inject_faults(faults).await.map(tonic::Response::into_inner)
     }
 
+    /// One region of `n` nodes (replication factor `rf`) whose topology names every node by
+    /// the DNS name `localhost` (resolved when nodes connect), TLS on.
+    pub fn start_region_by_name(n: usize, rf: usize) -> TestCluster {
+        let extra = "[replication]\nemulate_wan = true\n";
+        with_retries("a region named by host name", || {
+            Self::try_start_regions_tls(
+                &[("eu-west", [-6.26, 53.35])],
+                n,
+                rf,
+                extra,
+                &[],
+                None,
+                true,
+                "localhost",
+            )
+        })
+    }
+
     /// [`TestCluster::start_regions_with_extra`] with TLS on every port and every link:
     /// certificates for every node and for [`TEST_CLIENT`] from a CA made for the test.
     pub fn start_regions_tls(
@@ -354,7 +380,7 @@ impl TestCluster {
     ) -> TestCluster {
         let extra = format!("[replication]\nemulate_wan = true\n{extra}");
         with_retries("the regions", || {
-            Self::try_start_regions_tls(regions, per_region, n, &extra, top, policy, tls)
+            Self::try_start_regions_tls(regions, per_region, n, &extra, top, policy, tls, "127.0.0.1")
         })
     }
 
@@ -385,7 +411,7 @@ impl TestCluster {
         top: &[(&str, &str)],
         policy: Option<&str>,
     ) -> Result<TestCluster, String> {
-        Self::try_start_regions_tls(regions, per_region, n, extra, top, policy, false)
+        Self::try_start_regions_tls(regions, per_region, n, extra, top, policy, false, "127.0.0.1")
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -397,6 +423,7 @@ impl TestCluster {
         top: &[(&str, &str)],
         policy: Option<&str>,
         tls: bool,
+        host: &'static str,
     ) -> Result<TestCluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = TestCluster {
@@ -412,6 +439,7 @@ impl TestCluster {
             // region): a peer answering probes late under that load is not dead.
             suspect_timeout_ms: if policy.is_some() { 3000 } else { 500 },
             tls,
+            host,
         };
         for (name, _) in regions {
             for _ in 0..per_region {
@@ -461,8 +489,10 @@ impl TestCluster {
         for (i, (client, peer)) in client_ports.iter().zip(&self.peer_addrs).enumerate() {
             let region = self.node_regions.get(i).map(String::as_str).unwrap_or(&self.regions[0].0);
             topology.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nregion = \"{region}\"\nclient_addr = \"127.0.0.1:{client}\"\npeer_addr = \"{peer}\"\n",
-                i + 1
+                "\n[[nodes]]\nid = {}\nregion = \"{region}\"\nclient_addr = \"{host}:{client}\"\npeer_addr = \"{host}:{}\"\n",
+                i + 1,
+                peer.port(),
+                host = self.host
             ));
         }
         std::fs::write(self.topology_path(), topology).unwrap();

@@ -71,8 +71,11 @@ impl TestCluster {
         let (ca, _) = layout::ca_in(&dir, "test CA", Validity::days(2)).unwrap();
         let topology = geokv_topology::Topology::load(&self.topology_path()).unwrap();
         for n in &topology.nodes {
-            let node =
-                layout::NodeEntry { id: n.id, region: n.region.clone(), hosts: vec!["127.0.0.1".into()] };
+            let node = layout::NodeEntry {
+                id: n.id,
+                region: n.region.clone(),
+                hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            };
             if !layout::node_paths(&dir, n.id).cert.exists() {
                 layout::write_node(&dir, &ca, &node, Validity::days(1)).unwrap();
             }

@@ -157,11 +157,12 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
                 )
             })?;
             directory = Directory::of(&topology);
-            let (client_addr, peer_addr) = (spec.client_addr, spec.peer_addr);
+            let (client_addr, peer_addr) = (spec.client_addr.clone(), spec.peer_addr.clone());
             let cluster = Cluster::new(node.clone(), &topology, cfg.cluster.clone())?;
-            let peer_listener = TcpListener::bind(spec.listen_addr(peer_addr))
+            let peer_listener = TcpListener::bind(spec.listen_addr(&peer_addr))
                 .await
                 .map_err(|e| format!("cannot listen on peer address {peer_addr}: {e}"))?;
+            let peer_bound = peer_listener.local_addr().map_err(|e| e.to_string())?;
             let peer_service =
                 geokv_proto::v1::cluster_server::ClusterServer::new(ClusterService::new(cluster.clone()))
                     .max_decoding_message_size(512 * 1024 * 1024)
@@ -201,7 +202,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             cluster.set_replicator(replicator.clone());
             background.extend(replicator.spawn());
             tracing::info!(region = cluster.region(), %peer_addr, "joined regional cluster");
-            (spec.listen_addr(client_addr), Some(cluster), Some(peer_addr))
+            (spec.listen_addr(&client_addr), Some(cluster), Some(peer_bound))
         }
     };
     let listener = TcpListener::bind(listen)

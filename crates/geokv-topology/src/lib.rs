@@ -8,12 +8,14 @@
 //! Does not own: node health (membership decides which nodes are up and passes that in), or
 //! anything that does I/O beyond reading the topology file.
 
+mod addr;
 mod fence;
 mod geo;
 mod residency;
 pub mod ring;
 mod topology;
 
+pub use addr::HostPort;
 pub use fence::{fence_contains, fence_polygon, FenceError};
 pub use geo::great_circle_km;
 pub use residency::{Allow, OnForeign, Policy, PolicyError, Rule};

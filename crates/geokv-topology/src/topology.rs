@@ -24,7 +24,7 @@ use geo_types::Point;
 use geokv_core::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::{great_circle_km, Ring};
+use crate::{great_circle_km, HostPort, Ring};
 
 const DEFAULT_VNODES: u32 = 256;
 
@@ -52,10 +52,11 @@ impl RegionSpec {
 pub struct NodeSpec {
     pub id: NodeId,
     pub region: String,
-    /// Address of the client gRPC API.
-    pub client_addr: SocketAddr,
-    /// Address of the node-to-node gRPC service.
-    pub peer_addr: SocketAddr,
+    /// Address of the client gRPC API: an IP address or a DNS name (resolved when a node or
+    /// client connects, and again on every reconnect), and a port.
+    pub client_addr: HostPort,
+    /// Address of the node-to-node gRPC service (and gossip, UDP, on the same port).
+    pub peer_addr: HostPort,
     /// The host other regions reach this node at, when it differs from the host of its
     /// addresses (a node with a private address in its region and a WAN-side one): nodes of
     /// other regions connect to `wan_host` with the same ports, and the node listens on all
@@ -66,29 +67,29 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// The node's client address as a node of `from_region` dials it.
-    pub fn client_addr_from(&self, from_region: &str) -> SocketAddr {
-        self.dialed_from(self.client_addr, from_region)
+    pub fn client_addr_from(&self, from_region: &str) -> HostPort {
+        self.dialed_from(&self.client_addr, from_region)
     }
 
     /// The node's peer address as a node of `from_region` dials it.
-    pub fn peer_addr_from(&self, from_region: &str) -> SocketAddr {
-        self.dialed_from(self.peer_addr, from_region)
+    pub fn peer_addr_from(&self, from_region: &str) -> HostPort {
+        self.dialed_from(&self.peer_addr, from_region)
     }
 
-    fn dialed_from(&self, addr: SocketAddr, from_region: &str) -> SocketAddr {
+    fn dialed_from(&self, addr: &HostPort, from_region: &str) -> HostPort {
         match self.wan_host {
-            Some(host) if from_region != self.region => SocketAddr::new(host, addr.port()),
-            _ => addr,
+            Some(host) if from_region != self.region => addr.with_host(host),
+            _ => addr.clone(),
         }
     }
 
     /// Where the node listens: its own address, or every interface at that port when it has
-    /// a separate WAN-side host.
-    pub fn listen_addr(&self, addr: SocketAddr) -> SocketAddr {
+    /// a separate WAN-side host or its address is a DNS name.
+    pub fn listen_addr(&self, addr: &HostPort) -> SocketAddr {
         match self.wan_host {
             Some(h) if h.is_ipv6() => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), addr.port()),
             Some(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()),
-            None => addr,
+            None => addr.listen(),
         }
     }
 }
@@ -218,8 +219,8 @@ impl Topology {
                     &format!("use one of: {}", names.iter().copied().collect::<Vec<_>>().join(", ")),
                 ));
             }
-            for a in [n.client_addr, n.peer_addr] {
-                if !addrs.insert(a) {
+            for a in [&n.client_addr, &n.peer_addr] {
+                if !addrs.insert(a.clone()) {
                     return Err(invalid(
                         format!("address {a} is used twice (node {})", n.id),
                         "give every node its own ports",
@@ -310,9 +311,9 @@ mod tests {
         assert_eq!(one.peer_addr_from("a").to_string(), "10.1.0.11:7500", "its own region: private address");
         assert_eq!(one.peer_addr_from("b").to_string(), "10.9.0.11:7500");
         assert_eq!(one.client_addr_from("b").to_string(), "10.9.0.11:7400");
-        assert_eq!(one.listen_addr(one.peer_addr).to_string(), "0.0.0.0:7500", "listens on every interface");
+        assert_eq!(one.listen_addr(&one.peer_addr).to_string(), "0.0.0.0:7500", "listens on every interface");
         assert_eq!(two.peer_addr_from("a"), two.peer_addr, "no wan_host: one address for all");
-        assert_eq!(two.listen_addr(two.client_addr), two.client_addr);
+        assert_eq!(two.listen_addr(&two.client_addr).to_string(), two.client_addr.to_string());
     }
 
     #[test]

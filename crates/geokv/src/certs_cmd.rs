@@ -63,19 +63,21 @@ pub enum CertsCommand {
     },
 }
 
-/// The hosts a node of `topology` is reached at: its client and peer addresses' IPs and its
-/// WAN host, and loopback (so the CLI on the node's own host can reach it at 127.0.0.1).
+/// The hosts a node of `topology` is reached at: its client and peer addresses' hosts (IP
+/// addresses or DNS names) and its WAN host, and loopback (so the CLI on the node's own host can reach it at 127.0.0.1).
 pub fn node_entries(topology: &Topology) -> Vec<NodeEntry> {
     topology
         .nodes
         .iter()
         .map(|n| {
             let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-            let candidates =
-                [Some(n.client_addr.ip()), Some(n.peer_addr.ip()), n.wan_host].into_iter().flatten();
-            for ip in candidates.filter(|ip| !ip.is_unspecified()) {
-                if !hosts.contains(&ip.to_string()) {
-                    hosts.push(ip.to_string());
+            let candidates = [n.client_addr.host().to_string(), n.peer_addr.host().to_string()]
+                .into_iter()
+                .chain(n.wan_host.map(|ip| ip.to_string()));
+            for host in candidates {
+                let unspecified = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+                if !unspecified && !hosts.contains(&host) {
+                    hosts.push(host);
                 }
             }
             NodeEntry { id: n.id, region: n.region.clone(), hosts }

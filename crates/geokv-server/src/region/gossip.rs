@@ -78,8 +78,10 @@ fn health_of(state: State) -> Health {
 /// Binds the gossip socket and starts the gossip tasks.
 pub async fn start(cluster: Arc<Cluster>) -> Result<Vec<JoinHandle<()>>, String> {
     let me = cluster.view().me().clone();
-    let addr: SocketAddr =
+    let hostport: geokv_topology::HostPort =
         me.peer_addr.parse().map_err(|e| format!("peer address {} of this node: {e}", me.peer_addr))?;
+    // A DNS name is not bound: the node listens on every interface at its port.
+    let addr = hostport.listen();
     let socket = Arc::new(
         UdpSocket::bind(addr)
             .await
@@ -193,6 +195,7 @@ async fn run(
     let overdue_after =
         Duration::from_millis(cluster.cfg.suspect_timeout_ms + 4 * cluster.cfg.probe_interval_ms);
     let mut suspicions = Suspicions::default();
+    let mut resolver = Resolver::default();
     while let Some(input) = rx.recv().await {
         let result = match input {
             Input::Data(data) => foca.handle_data(&data, &mut rt),
@@ -224,7 +227,8 @@ async fn run(
                 Some(key) => key.seal(&data),
                 None => data.to_vec(),
             };
-            match to.peer_addr.parse::<SocketAddr>() {
+            let family_v4 = socket.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+            match resolver.resolve(&to.peer_addr, family_v4).await {
                 Ok(addr) => match cluster.node.faults().plan_datagram(to.id) {
                     Some(delay) if delay.is_zero() => send(&socket, to.id, &data, addr).await,
                     Some(delay) => {
@@ -262,6 +266,37 @@ async fn run(
             on_notification(&cluster, note);
         }
         fold(&cluster, &foca);
+    }
+}
+
+/// Peer addresses as gossip sends to them: an IP address as it is, a DNS name resolved and
+/// kept for [`RESOLVED_FOR`] (then resolved again, so a node whose name moves is followed).
+#[derive(Default)]
+struct Resolver {
+    names: BTreeMap<String, (SocketAddr, Instant)>,
+}
+
+/// How long a resolved peer name is used before it is resolved again.
+const RESOLVED_FOR: Duration = Duration::from_secs(5);
+
+impl Resolver {
+    /// The address to send `addr` (HOST:PORT) to, of the socket's family (IPv4 or not).
+    async fn resolve(&mut self, addr: &str, v4: bool) -> Result<SocketAddr, String> {
+        if let Ok(a) = addr.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        if let Some((a, at)) = self.names.get(addr) {
+            if at.elapsed() < RESOLVED_FOR {
+                return Ok(*a);
+            }
+        }
+        let found = tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+        let chosen = found
+            .into_iter()
+            .find(|a| a.is_ipv4() == v4)
+            .ok_or_else(|| format!("{addr} resolves to no address of the gossip socket's family"))?;
+        self.names.insert(addr.to_owned(), (chosen, Instant::now()));
+        Ok(chosen)
     }
 }
 
