@@ -59,7 +59,7 @@ fn topology_invariants(t: &Topology) {
         }
     }
     for n in &t.nodes {
-        let _ = (n.client_addr_from("elsewhere"), n.peer_addr_from(&n.region), n.listen_addr(n.peer_addr));
+        let _ = (n.client_addr_from("elsewhere"), n.peer_addr_from(&n.region), n.listen_addr(&n.peer_addr));
     }
 }
 
