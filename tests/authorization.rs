@@ -94,6 +94,30 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     );
     let stranger = Client::connect_with(&endpoint, &stranger).await.unwrap();
     denied("a certificate with no roles", stranger.get(b"app/x").await.map(drop), "grants read");
+    // A client naming another principal in the header nodes forward with gains nothing: only
+    // a node certificate's request is taken as on behalf of someone.
+    let mut raw_reader = reader.raw();
+    let mut as_admin = tonic::Request::new(pb::PutRequest {
+        key: b"other/x".to_vec(),
+        value: b"evil".to_vec(),
+        ..Default::default()
+    });
+    as_admin.metadata_mut().insert("x-geokv-on-behalf-of", support::TEST_CLIENT.parse().unwrap());
+    let err = raw_reader.put(as_admin).await.expect_err("a client cannot act on behalf of another");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Tokens read the metrics port too; a bad one does not.
+    let metrics = |token: &str| {
+        let addr = cluster.nodes[us].metrics_addr.unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}"), &format!("https://{addr}/status.json")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(metrics(READER_TOKEN), "200");
+    assert_eq!(metrics("not-a-token"), "401");
     let unknown = Client::connect_with(&endpoint, &with_token("not-a-token")).await.unwrap();
     let err = unknown.get(b"app/x").await.expect_err("an unknown token");
     assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");

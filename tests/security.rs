@@ -125,6 +125,15 @@ async fn bad_client_credentials_are_refused_with_a_status_and_change_nothing() {
 /// it claims to be, and the status code, message fragment and metric reason it gets.
 type PeerCase<'a> = (&'a str, String, Security, Option<u64>, Code, &'a str, &'a str);
 
+/// A peer-port request naming, when `claim` is set, the node it comes from.
+fn claiming<T>(msg: T, claim: Option<u64>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(n) = claim {
+        req.metadata_mut().insert("x-geokv-from", n.to_string().parse().unwrap());
+    }
+    req
+}
+
 /// A peer-port call that would overwrite `guarded` with another key's newer state.
 fn overwrite(state: &[u8]) -> pb::MergeRequest {
     pb::MergeRequest { key: b"guarded".to_vec(), state: state.to_vec(), hint_for: None, ship: true }
@@ -221,31 +230,13 @@ async fn only_the_nodes_of_the_topology_may_call_the_peer_port() {
         let channel =
             geokv_client::channel(&endpoint, &security).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         let mut c = pb::cluster_client::ClusterClient::new(channel);
-        let claimed = |msg| {
-            let mut req = tonic::Request::new(msg);
-            if let Some(n) = claim {
-                req.metadata_mut().insert("x-geokv-from", n.to_string().parse().unwrap());
-            }
-            req
-        };
-        let err = c.merge(claimed(overwrite(&state))).await.expect_err(what);
+        let err = c.merge(claiming(overwrite(&state), claim)).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: {err:?}");
         assert!(err.message().contains(says), "{what}: the message says {says:?}: {}", err.message());
-        let fetch = tonic::Request::new(pb::FetchRequest { key: b"guarded".to_vec(), ..Default::default() });
-        let fetch = match claim {
-            Some(n) => {
-                let mut r = fetch;
-                r.metadata_mut().insert("x-geokv-from", n.to_string().parse().unwrap());
-                r
-            }
-            None => fetch,
-        };
-        let err = c.fetch(fetch).await.expect_err(what);
+        let fetch = pb::FetchRequest { key: b"guarded".to_vec(), ..Default::default() };
+        let err = c.fetch(claiming(fetch, claim)).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: reading a replica is refused too");
-        let mut link = tonic::Request::new(pb::SetLinkRequest { destination: "eu-west".into(), link: None });
-        if let Some(n) = claim {
-            link.metadata_mut().insert("x-geokv-from", n.to_string().parse().unwrap());
-        }
+        let link = claiming(pb::SetLinkRequest { destination: "eu-west".into(), link: None }, claim);
         let err = c.set_link(link).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: changing a link is refused too");
         assert!(rejections(&cluster, 0, reason) >= before + 3, "{what}: counted under reason {reason}");
@@ -263,8 +254,7 @@ async fn only_the_nodes_of_the_topology_may_call_the_peer_port() {
 
     // The same merge from a node, claiming to be itself, goes through: the refusals above were
     // for the credentials, not the request.
-    let mut req = tonic::Request::new(overwrite(&state));
-    req.metadata_mut().insert("x-geokv-from", "2".parse().unwrap());
+    let req = claiming(overwrite(&state), Some(2));
     let mut as_node_2 = pb::cluster_client::ClusterClient::new(
         geokv_client::channel(&peer, &cluster.peer_security(2)).await.unwrap(),
     );

@@ -219,6 +219,8 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
         .max_decoding_message_size(cfg.limits.max_request_bytes)
         .max_encoding_message_size(cfg.limits.max_response_bytes.saturating_mul(2));
 
+    // The `[auth]` grants, for the client port and the metrics port.
+    let auth = cfg.auth.as_ref().map(|a| Arc::new(crate::security::auth::Authorizer::new(a)));
     let (stop, stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .layer(crate::trace::RequestIdLayer { server: "client" })
@@ -227,7 +229,7 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
             node: cfg.node_id,
             tls: tls.clone(),
             directory: Arc::new(directory),
-            auth: cfg.auth.as_ref().map(|a| Arc::new(crate::security::auth::Authorizer::new(a))),
+            auth: auth.clone(),
         })
         .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
         .add_service(health_service)
@@ -246,7 +248,6 @@ pub async fn serve(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<RunningSe
     background.push(sweeper::spawn(node.clone(), Duration::from_millis(cfg.sweeper.interval_ms)));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
-            let auth = cfg.auth.as_ref().map(|a| Arc::new(crate::security::auth::Authorizer::new(a)));
             let (addr, task) = crate::ops::metrics::http::serve(
                 listener,
                 node.clone(),

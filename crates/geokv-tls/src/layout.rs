@@ -42,8 +42,7 @@ pub fn gossip_key_in(dir: &Path) -> Result<PathBuf, String> {
             .secure_random
             .fill(&mut key)
             .map_err(|_| "the OS gave no random bytes".to_string())?;
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        write_file(&path, &format!("{hex}\n"), true)?;
+        write_file(&path, &format!("{}\n", crate::hex(&key)), true)?;
     }
     Ok(path)
 }

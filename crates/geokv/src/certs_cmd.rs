@@ -111,7 +111,7 @@ pub fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    geokv_tls::hex(&bytes)
 }
 
 fn existing_ca(dir: &Path) -> anyhow::Result<geokv_tls::issue::Ca> {

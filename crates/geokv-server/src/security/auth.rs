@@ -72,19 +72,10 @@ pub struct PrincipalConfig {
 
 /// The SHA-256 of a token, hex: what `token_sha256` lists (`geokv certs token` prints both).
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    geokv_tls::hex(&Sha256::digest(token.as_bytes()))
 }
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
+use geokv_tls::unhex32 as unhex;
 
 impl AuthConfig {
     /// Checks names, references and hashes; the problem and the fix.
@@ -198,6 +189,28 @@ impl Authorizer {
             Err(Denied::Prefix)
         }
     }
+}
+
+/// What a request's `authorization` header proves: `None` without one, else the principal of
+/// its bearer token, or why it proves nothing (a message for the caller; never the token).
+pub fn token_principal(
+    auth: Option<&Authorizer>,
+    headers: &http::HeaderMap,
+) -> Option<Result<String, String>> {
+    let value = headers.get(http::header::AUTHORIZATION)?;
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Some(Err("the authorization header is not `Bearer <token>`".into()));
+    };
+    let Some(auth) = auth else {
+        return Some(Err(
+            "this node takes no tokens (its config has no [auth] section); present a client certificate instead".into(),
+        ));
+    };
+    Some(auth.principal_of_token(token).ok_or_else(|| {
+        "the token is not valid on this deployment (unknown, mistyped or revoked); ask its administrator for a current one"
+            .to_string()
+    }))
 }
 
 /// Why a principal may not.

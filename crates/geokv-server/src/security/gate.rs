@@ -25,7 +25,7 @@ use geokv_core::NodeId;
 use geokv_tls::Identity;
 use tonic::Status;
 
-use super::auth::{Access, Authorizer, Denied};
+use super::auth::{token_principal, Access, Authorizer, Denied};
 use super::listen::ConnInfo;
 use super::NodeTls;
 
@@ -246,30 +246,14 @@ impl GateLayer {
 
     /// The caller a bearer token proves, if the request carries one.
     fn token_caller(&self, headers: &http::HeaderMap) -> Result<Option<Caller>, Refusal> {
-        let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Ok(None) };
-        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(unauthenticated(
-                "bad_token",
-                "the authorization header is not `Bearer <token>`".into(),
-            ));
-        };
-        let Some(auth) = &self.auth else {
-            return Err(unauthenticated(
-                "bad_token",
-                format!("node {} takes no tokens (its config has no [auth] section); present a client certificate instead", self.node),
-            ));
-        };
-        match auth.principal_of_token(token) {
-            Some(name) => Ok(Some(Caller {
+        match token_principal(self.auth.as_deref(), headers) {
+            None => Ok(None),
+            Some(Err(message)) => Err(unauthenticated("bad_token", message)),
+            Some(Ok(name)) => Ok(Some(Caller {
                 identity: Identity::Client { name: name.clone() },
                 principal: Some(name),
-                auth: Some(auth.clone()),
+                auth: self.auth.clone(),
             })),
-            None => Err(unauthenticated(
-                "bad_token",
-                "the token is not valid on this deployment (unknown, mistyped or revoked); ask its administrator for a current one".into(),
-            )),
         }
     }
 

@@ -124,27 +124,12 @@ impl GossipKey {
             path: shown.clone(),
             message: e.to_string(),
         })?;
-        let text = text.trim();
-        let mut key = [0u8; 32];
-        let ok = text.len() == 64
-            && key.iter_mut().enumerate().all(|(i, b)| {
-                match u8::from_str_radix(&text[2 * i..2 * i + 2], 16) {
-                    Ok(v) => {
-                        *b = v;
-                        true
-                    }
-                    Err(_) => false,
-                }
-            });
-        if !ok {
-            return Err(TlsError::Invalid {
-                what: "gossip key",
-                path: shown,
-                message: "it is not 64 hex digits; use the gossip.key `geokv certs create` wrote, the same on every node"
-                    .into(),
-            });
-        }
-        Ok(GossipKey(key))
+        geokv_tls::unhex32(text.trim()).map(GossipKey).ok_or_else(|| TlsError::Invalid {
+            what: "gossip key",
+            path: shown,
+            message: "it is not 64 hex digits; use the gossip.key `geokv certs create` wrote, the same on every node"
+                .into(),
+        })
     }
 
     fn mac(&self, data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
@@ -170,12 +155,12 @@ impl GossipKey {
     }
 }
 
+/// The CA's settings around this node's certificate (`own`, which the resolvers read at each
+/// handshake and which the caller sets).
 fn load(cfg: &TlsConfig, own: &Arc<Reloadable>) -> Result<(Loaded, Arc<rustls::ClientConfig>), TlsError> {
-    let files = cfg.files();
-    let roots = geokv_tls::files::load_roots(&files.ca)?;
+    let roots = geokv_tls::files::load_roots(&cfg.ca)?;
     let subjects = roots.subjects();
     let verifier = Verifier::new(roots.clone()).map_err(TlsError::Other)?;
-    own.set(files.identity()?);
     let grpc =
         geokv_tls::server::server_config(own.clone(), subjects.clone(), &[b"h2"]).map_err(TlsError::Other)?;
     let http =
@@ -215,9 +200,9 @@ impl NodeTls {
     /// Reads the files again; new connections use what they hold, established ones (and the
     /// requests on them) carry on. On failure the node keeps what it had.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let before = self.own.get();
-        match load(&self.cfg, &self.own) {
-            Ok((loaded, client)) => {
+        match self.cfg.files().identity().and_then(|key| Ok((key, load(&self.cfg, &self.own)?))) {
+            Ok((key, (loaded, client))) => {
+                self.own.set(key);
                 *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
                 self.client.set(client);
                 *self.stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = stamps(&self.cfg);
@@ -225,7 +210,6 @@ impl NodeTls {
                 Ok(())
             }
             Err(e) => {
-                self.own.set(before);
                 tracing::error!(error = %e, "TLS reload failed; the node keeps its current certificate");
                 Err(e)
             }

@@ -110,16 +110,8 @@ impl Guard {
         if matches!(req.uri().path(), "/healthz" | "/readyz") {
             return None;
         }
-        let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if let Some(token) = token.and_then(|t| t.strip_prefix("Bearer ")) {
-            return match self.auth.as_ref().and_then(|a| a.principal_of_token(token.trim())) {
-                Some(_) => None,
-                None => Some((
-                    StatusCode::UNAUTHORIZED,
-                    "bad_token",
-                    "the token is not valid on this deployment\n".into(),
-                )),
-            };
+        if let Some(proved) = crate::security::auth::token_principal(self.auth.as_deref(), req.headers()) {
+            return proved.err().map(|why| (StatusCode::UNAUTHORIZED, "bad_token", format!("{why}\n")));
         }
         match info.and_then(|i| i.presented.as_ref()) {
             None => Some((
