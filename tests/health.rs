@@ -82,3 +82,75 @@ async fn a_node_is_ready_only_once_recovered_and_in_contact_and_stops_being_read
     let got = reader.get(b"in-flight").await.unwrap();
     assert!(got.is_some(), "the write acknowledged during the drain is in the region");
 }
+
+/// The bytes of a register entry.
+fn register(e: proto::Entry) -> Option<Vec<u8>> {
+    match e.value.and_then(|v| v.kind) {
+        Some(proto::value::Kind::Register(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// A client's load at QUORUM on a region (puts, each read back) while every node of the region
+/// is restarted in turn with SIGTERM: with a client that knows all three nodes
+/// (`geokv_client::Failover`), no request fails and every write reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_under_load_fails_no_quorum_request() {
+    let mut cluster = TestCluster::start_region(3, 3, "[shutdown]\ndrain_delay_ms = 300\n");
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.endpoint()).collect();
+    let client = geokv_client::Failover::connect(&endpoints, &cluster.nodes[0].security)
+        .unwrap()
+        .with_consistency(proto::Consistency::Quorum)
+        .with_patience(Duration::from_secs(20));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..3 {
+        let (client, stop) = (client.clone(), stop.clone());
+        load.spawn(async move {
+            let (mut done, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("roll:{worker}:{done}").into_bytes();
+                if let Err(e) = client.put(&key, &key, None).await {
+                    failed.push(format!("put {}: {e}", String::from_utf8_lossy(&key)));
+                    continue;
+                }
+                match client.get(&key).await {
+                    Ok(Some(e)) if register(e.clone()) == Some(key.clone()) => {}
+                    other => failed.push(format!("get {}: {other:?}", String::from_utf8_lossy(&key))),
+                }
+                done += 1;
+            }
+            (done, failed)
+        });
+    }
+    for i in 0..cluster.nodes.len() {
+        // Some load on the full region first, then node i+1 drains and exits, and comes back.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.nodes[i].signal("TERM");
+        let status =
+            cluster.nodes[i].wait_exit(Duration::from_secs(30)).expect("the node exits after its drain");
+        assert!(status.success(), "node {} drained and exited cleanly: {status:?}", i + 1);
+        cluster.nodes[i].restart();
+        assert!(
+            wait_until(Duration::from_secs(60), || async { serving(&cluster, i) }).await,
+            "node {} is ready again",
+            i + 1
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut done, mut failed) = (0, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (d, f) = r.unwrap();
+        done += d;
+        failed.extend(f);
+    }
+    eprintln!("rolling restart: {done} writes, each read back, {} failed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of the requests failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(done >= 100, "the load ran through the restarts ({done} writes)");
+}

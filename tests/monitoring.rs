@@ -239,6 +239,7 @@ async fn status_page_shows_the_deployment(cluster: &TestCluster) {
         "the cut pair is flagged:\n{html}"
     );
     assert!(!html.contains("<script") && !html.contains("src="), "no scripts or external assets");
+    assert!(html.contains(" UTC;"), "the gathering time is a date:\n{html}");
     let url = format!("http://{addr}/");
     let args = ["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url.as_str()];
     if let Some((ok, dom)) = run_tool("chromium-headless-shell", &args, "", "GEOKV_REQUIRE_CHROMIUM", repo())
@@ -248,6 +249,20 @@ async fn status_page_shows_the_deployment(cluster: &TestCluster) {
         assert_eq!(rows, 3, "the browser's DOM has a row per node:\n{dom}");
         assert_eq!(dom.matches("data-pair=").count(), 6, "and a cell per region pair");
         assert!(dom.contains("<table id=\"lag\">"));
+        // A lag plot per region pair, with the samples of the run so far; the map with every
+        // region and a link per pair, the cut one coloured bad.
+        assert_eq!(dom.matches("<svg class=\"lag-plot\"").count(), 6, "a plot per region pair:\n{dom}");
+        assert!(
+            !dom.contains("data-plot=\"eu-west&gt;ap-southeast\" data-points=\"0\""),
+            "the cut pair's plot has points:\n{dom}"
+        );
+        assert!(dom.contains("<svg id=\"map\""), "the map:\n{dom}");
+        assert_eq!(dom.matches("<g class=\"region\"").count(), 3, "every region on the map");
+        assert_eq!(dom.matches("data-link=").count(), 3, "a link per pair of regions");
+        assert!(
+            dom.contains("class=\"link bad\" data-link=\"eu-west|ap-southeast\""),
+            "the cut link is bad:\n{dom}"
+        );
     }
 }
 

@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".geokv.v1.ClusterStatusResponse", "#[derive(serde::Serialize)]")
         .type_attribute(".geokv.v1.NodeStatus", "#[derive(serde::Serialize)]")
         .type_attribute(".geokv.v1.LagCell", "#[derive(serde::Serialize)]")
+        .type_attribute(".geokv.v1.LagPoint", "#[derive(serde::Serialize)]")
+        .type_attribute(".geokv.v1.RegionPlace", "#[derive(serde::Serialize)]")
         .compile_protos(&files, &[root])?;
     Ok(())
 }

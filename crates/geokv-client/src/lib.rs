@@ -12,6 +12,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod failover;
+pub use failover::Failover;
 pub use geokv_proto::v1 as proto;
 use proto::kv_client::KvClient;
 use proto::Consistency;
@@ -163,8 +165,42 @@ impl Security {
 }
 
 /// A channel to `endpoint` (`host:port`, `http://host:port` or `https://host:port`) with
-/// `security`, connected before it is returned.
+/// `security`, connected before it is returned; every request on it has [`REQUEST_DEADLINE`].
 pub async fn channel(endpoint: &str, security: &Security) -> Result<Channel> {
+    channel_with_deadline(endpoint, security, REQUEST_DEADLINE).await
+}
+
+/// [`channel`] whose requests have `deadline` (operations that take long by nature: a
+/// node's backup checkpoint).
+pub async fn channel_with_deadline(
+    endpoint: &str,
+    security: &Security,
+    deadline: Duration,
+) -> Result<Channel> {
+    let (ep, tls, shown) = endpoint_of(endpoint, security, deadline)?;
+    let connected = match tls {
+        None => ep.connect().await,
+        Some(tls) => ep.connect_with_connector(tls.connector(security.server_name.clone())).await,
+    };
+    connected.map_err(|e| ClientError::Connect { endpoint: shown, message: describe(&e) })
+}
+
+/// A channel to `endpoint` that connects on its first request (and again after the
+/// connection breaks): a node that is down now is not an error until a request needs it.
+pub fn lazy_channel(endpoint: &str, security: &Security) -> Result<Channel> {
+    let (ep, tls, _) = endpoint_of(endpoint, security, REQUEST_DEADLINE)?;
+    Ok(match tls {
+        None => ep.connect_lazy(),
+        Some(tls) => ep.connect_with_connector_lazy(tls.connector(security.server_name.clone())),
+    })
+}
+
+/// The tonic endpoint for `endpoint`, its TLS settings, and how to name it in errors.
+fn endpoint_of(
+    endpoint: &str,
+    security: &Security,
+    deadline: Duration,
+) -> Result<(Endpoint, Option<std::sync::Arc<geokv_tls::client::ClientTls>>, String)> {
     let tls = security.client_tls()?;
     let bare = endpoint.trim_start_matches("http://").trim_start_matches("https://");
     if endpoint.starts_with("https://") && tls.is_none() {
@@ -177,13 +213,9 @@ pub async fn channel(endpoint: &str, security: &Security) -> Result<Channel> {
     let ep = Endpoint::from_shared(uri)
         .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), message: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(REQUEST_DEADLINE)
+        .timeout(deadline)
         .tcp_nodelay(true);
-    let connected = match tls {
-        None => ep.connect().await,
-        Some(tls) => ep.connect_with_connector(tls.connector(security.server_name.clone())).await,
-    };
-    connected.map_err(|e| ClientError::Connect { endpoint: shown, message: describe(&e) })
+    Ok((ep, tls, shown))
 }
 
 /// A client of the Admin service at `endpoint` (operating the deployment: status, links,
@@ -192,8 +224,17 @@ pub async fn admin(
     endpoint: &str,
     security: &Security,
 ) -> Result<proto::admin_client::AdminClient<Transport>> {
+    admin_with_deadline(endpoint, security, REQUEST_DEADLINE).await
+}
+
+/// [`admin`] whose requests have `deadline`.
+pub async fn admin_with_deadline(
+    endpoint: &str,
+    security: &Security,
+    deadline: Duration,
+) -> Result<proto::admin_client::AdminClient<Transport>> {
     let bearer = security.bearer()?;
-    let channel = channel(endpoint, security).await?;
+    let channel = channel_with_deadline(endpoint, security, deadline).await?;
     Ok(proto::admin_client::AdminClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(256 * 1024 * 1024))
 }
@@ -219,8 +260,13 @@ impl Client {
 
     /// Connects to `endpoint` with `security` (TLS when it names a CA).
     pub async fn connect_with(endpoint: &str, security: &Security) -> Result<Self> {
-        let bearer = security.bearer()?;
         let channel = channel(endpoint, security).await?;
+        Self::over(channel, security)
+    }
+
+    /// A client over `channel`, with `security`'s bearer token.
+    pub(crate) fn over(channel: Channel, security: &Security) -> Result<Self> {
+        let bearer = security.bearer()?;
         Ok(Client {
             inner: KvClient::with_interceptor(channel, bearer).max_decoding_message_size(256 * 1024 * 1024),
             consistency: Consistency::Unspecified,

@@ -12,6 +12,11 @@
 //!
 //! A brand-new cluster recovers the same way: its nodes start empty and their first exchanges
 //! (with empty peers) complete at once.
+//!
+//! A data directory restored from a backup is behind in the same way, and its whole region may
+//! have been restored to the same point, so its peers may be behind too: such a node also waits
+//! for an exchange with every node of the other regions' rings (the driver passes them in
+//! `ring`), which hold what the region shipped them and what they wrote since.
 
 use std::collections::BTreeSet;
 
@@ -61,7 +66,7 @@ pub fn vote(me: NodeId, waiting: Option<&[NodeId]>) -> Result<(), Failure> {
         Some(peers) => Err(Failure::refused(
             Kind::Unavailable,
             format!(
-                "node {me} started on an empty data directory and is recovering its keys from its peers (waiting for an anti-entropy exchange with nodes {peers:?}); it does not count toward read quorums until then"
+                "node {me} started on a new or restored data directory and is recovering its keys from its peers (waiting for an anti-entropy exchange with nodes {peers:?}); it does not count toward read quorums until then"
             ),
         )),
     }

@@ -31,9 +31,53 @@ pub struct LagReport {
     pub resends: u64,
 }
 
+/// The lag history keeps one point per step of this many ms (the worst lag sampled in it)...
+pub const HISTORY_STEP_MS: u64 = 10_000;
+/// ...over this window.
+pub const HISTORY_WINDOW_MS: u64 = 3_600_000;
+
+/// A pair's lag over the last [`HISTORY_WINDOW_MS`], for plots: one point per step of
+/// [`HISTORY_STEP_MS`] in which a sample was taken, the worst sample of the step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LagHistory {
+    /// (start of the step in unix ms, lag ms), oldest first.
+    points: VecDeque<(u64, u64)>,
+}
+
+impl LagHistory {
+    pub fn record(&mut self, now_ms: u64, lag_ms: u64) {
+        let step = now_ms - now_ms % HISTORY_STEP_MS;
+        match self.points.back_mut() {
+            Some((at, lag)) if *at == step => *lag = (*lag).max(lag_ms),
+            // A clock that went back: the sample joins the newest step.
+            Some((at, lag)) if *at > step => *lag = (*lag).max(lag_ms),
+            _ => self.points.push_back((step, lag_ms)),
+        }
+        while self.points.front().is_some_and(|(at, _)| at + HISTORY_WINDOW_MS <= step) {
+            self.points.pop_front();
+        }
+    }
+
+    /// The points, oldest first.
+    pub fn points(&self) -> Vec<(u64, u64)> {
+        self.points.iter().copied().collect()
+    }
+}
+
+/// The histories of several nodes of one origin as one: the worst lag of each step.
+pub fn worst_of(histories: impl IntoIterator<Item = Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
+    let mut steps = std::collections::BTreeMap::new();
+    for (at, lag) in histories.into_iter().flatten() {
+        let worst = steps.entry(at).or_insert(0);
+        *worst = lag.max(*worst);
+    }
+    steps.into_iter().collect()
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Outbox {
     in_flight: VecDeque<InFlight>,
+    history: LagHistory,
     report: LagReport,
     /// Stamp time of the oldest change past the last acknowledged batch that is not yet in
     /// a batch (a change waiting behind a cut link).
@@ -105,6 +149,16 @@ impl Outbox {
         self.in_flight.clear();
     }
 
+    /// Records the lag now in the history.
+    pub fn sample(&mut self, now_ms: u64) {
+        let lag = self.report(now_ms).oldest_unacked_ms;
+        self.history.record(now_ms, lag);
+    }
+
+    pub fn history(&self) -> &LagHistory {
+        &self.history
+    }
+
     pub fn report(&self, now_ms: u64) -> LagReport {
         let oldest = self.in_flight.iter().map(|b| b.oldest_ms).chain(self.waiting_since_ms).min();
         LagReport {
@@ -118,6 +172,19 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_keeps_the_worst_lag_of_each_step_over_the_last_hour() {
+        let mut h = LagHistory::default();
+        h.record(1_000, 5);
+        h.record(9_999, 40);
+        h.record(10_000, 7);
+        assert_eq!(h.points(), vec![(0, 40), (10_000, 7)]);
+        // An hour later the first step is gone, the second one stays until its hour is over.
+        h.record(HISTORY_WINDOW_MS + 5_000, 1);
+        assert_eq!(h.points(), vec![(10_000, 7), (HISTORY_WINDOW_MS, 1)]);
+        assert_eq!(worst_of([vec![(0, 3), (10, 9)], vec![(10, 4), (20, 1)]]), vec![(0, 3), (10, 9), (20, 1)]);
+    }
 
     #[test]
     fn lag_is_the_age_of_the_oldest_unacknowledged_change() {

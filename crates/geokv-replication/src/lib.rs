@@ -11,5 +11,5 @@ mod lag;
 mod link;
 
 pub use batch::{reads_format, Batch, BatchError, Delta, BATCH_FORMAT, MAX_BATCH_RAW_BYTES};
-pub use lag::{LagReport, Outbox};
+pub use lag::{worst_of, LagHistory, LagReport, Outbox, HISTORY_STEP_MS, HISTORY_WINDOW_MS};
 pub use link::{default_delay_ms, Link, LinkParams, Plan};

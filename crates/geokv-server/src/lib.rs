@@ -40,7 +40,9 @@ pub use clock::{Clock, SystemClock};
 pub use config::{
     ClusterConfig, ConfigError, FaultsConfig, MetricsConfig, ServerConfig, ShutdownConfig, SweeperConfig,
 };
-pub use node::{Expect, Node, NodeError, ScanRequest, ScanResult};
+pub use node::{prepare_restored, Expect, Node, NodeError, ScanRequest, ScanResult};
+pub use ops::backup::sha256_of as sha256_file;
+pub use ops::utc_date;
 pub use region::Cluster;
 pub use runtime::{serve, RunningServer};
 pub use security::TlsConfig;

@@ -17,8 +17,24 @@ pub type NodeError = StorageError;
 
 const PAGE_TOKEN_V1: u8 = 1;
 const DEFAULT_SCAN_LIMIT: usize = 100;
-/// Meta entry: 1 while the node recovers the keys of a new data directory, 0 after.
+/// Meta entry: set while the node recovers the keys of a new or restored data directory, 0 after.
 const RECOVERING_META: &str = "recovering";
+/// Values of the recovery mark: a new (empty) data directory, and one restored from a backup.
+const NEW_DIRECTORY: u8 = 1;
+const RESTORED: u8 = 2;
+
+/// Prepares a data directory just restored from a backup (`geokv restore`) for its node's next
+/// start: the node takes a new incarnation (it may have lost counter entries and set dots it
+/// wrote after the backup) and recovers before it votes in quorum reads, from its region's
+/// peers and from every node of the other regions (its whole region may have been restored to
+/// the same older point). Leftover checkpoints are removed.
+pub fn prepare_restored(data_dir: &std::path::Path, node_id: NodeId) -> Result<(), StorageError> {
+    let engine = Engine::open(data_dir, node_id, geokv_storage::StorageConfig::default())?;
+    engine.drop_checkpoints()?;
+    engine.put_meta(RECOVERING_META, &[RESTORED])?;
+    engine.renew_incarnation(0)?;
+    engine.flush()
+}
 
 /// The page token that resumes a scan after `last` (empty when the scan is complete).
 pub fn page_token(last: Option<Vec<u8>>) -> Vec<u8> {
@@ -115,7 +131,10 @@ impl Node {
             // A new data directory (or one from before incarnations): a new actor, and the
             // node recovers its keys from its peers before it votes in quorum reads (the
             // mark is saved first, so a crash in between cannot skip it).
-            engine.put_meta(RECOVERING_META, &[1])?;
+            // A directory restored from a backup keeps its stronger mark (`restored`).
+            if engine.get_meta(RECOVERING_META)?.as_deref() != Some(&[RESTORED][..]) {
+                engine.put_meta(RECOVERING_META, &[NEW_DIRECTORY])?;
+            }
             incarnation = Stamp::from_uhlc(&hlc.new_timestamp()).time;
             engine.renew_incarnation(incarnation)?;
         }
@@ -146,7 +165,13 @@ impl Node {
     /// Whether this node started on a new data directory and has not recovered its keys
     /// from its peers yet (see `geokv_protocol::recovery`); saved, so a restart keeps it.
     pub fn recovering(&self) -> Result<bool, StorageError> {
-        Ok(self.engine.get_meta(RECOVERING_META)?.is_some_and(|v| v == [1]))
+        Ok(self.engine.get_meta(RECOVERING_META)?.is_some_and(|v| v == [NEW_DIRECTORY] || v == [RESTORED]))
+    }
+
+    /// Whether this node's data directory was restored from a backup and it has not recovered
+    /// yet: it then also waits for the other regions (see `Cluster::recovery_waiting`).
+    pub fn restored(&self) -> Result<bool, StorageError> {
+        Ok(self.engine.get_meta(RECOVERING_META)?.is_some_and(|v| v == [RESTORED]))
     }
 
     /// Saves that this node has recovered its keys.

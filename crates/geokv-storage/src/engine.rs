@@ -797,6 +797,8 @@ impl Engine {
     }
 }
 
+mod checkpoint;
+pub use checkpoint::{Checkpoint, CHECKPOINTS_DIR};
 mod erase;
 pub use erase::EraseReport;
 mod hints;

@@ -32,6 +32,10 @@ pub enum StorageError {
     #[error("the state of key {key:?} sent by another node was refused: {reason}")]
     ClockDrift { key: String, reason: String },
 
+    /// A file outside RocksDB's own (a checkpoint folder) could not be read or written.
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+
     /// The operation itself was refused (wrong type, limits, ...).
     #[error(transparent)]
     Core(#[from] CoreError),

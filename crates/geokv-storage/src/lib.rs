@@ -32,7 +32,8 @@ pub mod store;
 pub use config::StorageConfig;
 #[cfg(feature = "engine")]
 pub use engine::{
-    Admission, CommitObserver, Engine, EraseReport, LogEntry, ScanPage, StampCheck, Stats, Update,
+    Admission, Checkpoint, CommitObserver, Engine, EraseReport, LogEntry, ScanPage, StampCheck, Stats,
+    Update, CHECKPOINTS_DIR,
 };
 #[cfg(feature = "engine")]
 pub use error::StorageError;

@@ -1,6 +1,7 @@
 //! The `geokv` binary: the server, the command-line client, and the demo.
 
 mod admin_conn;
+mod backup_cmd;
 mod bench;
 mod certs_cmd;
 mod client_cmd;
@@ -115,6 +116,14 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Backups of a running deployment: take one (consistent per node, while it serves,
+    /// incremental), list them, verify their files.
+    Backup {
+        #[command(subcommand)]
+        command: backup_cmd::BackupCommand,
+    },
+    /// Rebuild a stopped node's data directory from a backup (`geokv backup create`).
+    Restore(backup_cmd::RestoreArgs),
     /// Certificates for TLS: a deployment CA, one certificate per node of a topology (its id
     /// and region in the names), client certificates.
     Certs {
@@ -146,6 +155,8 @@ fn main() -> anyhow::Result<()> {
             Command::Residency { command } => residency_cmd::run(command, cli.client.json).await,
             Command::Status(args) => status_cmd::run(args, cli.client.json).await,
             Command::Certs { command } => certs_cmd::run(command),
+            Command::Backup { command } => backup_cmd::run(command, cli.client.json).await,
+            Command::Restore(args) => backup_cmd::restore(args, cli.client.json),
             Command::Health { service } => health_cmd::run(&cli.client.endpoint, &service).await,
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }

@@ -1,6 +1,7 @@
 //! The `geokv.v1.Admin` service: operating the deployment from the client port, with a client's
 //! credentials (the peer port serves only nodes). Each call is authorised (the `admin` grant;
-//! read on the key for ExplainResidency) and then served as the node-to-node service serves it.
+//! read on the key for ExplainResidency) and then served as the node-to-node service serves it;
+//! the backup calls are the Admin service's own (`ops/backup.rs`).
 
 use geokv_proto::v1 as pb;
 use pb::admin_server::Admin;
@@ -14,11 +15,16 @@ use crate::security::gate::authorize;
 pub struct AdminService {
     inner: ClusterService,
     node: std::sync::Arc<crate::Node>,
+    backups: crate::ops::backup::Backups,
 }
 
 impl AdminService {
     pub fn new(cluster: std::sync::Arc<crate::Cluster>) -> Self {
-        AdminService { node: cluster.node().clone(), inner: ClusterService::new(cluster) }
+        AdminService {
+            node: cluster.node().clone(),
+            backups: crate::ops::backup::Backups::new(cluster.clone()),
+            inner: ClusterService::new(cluster),
+        }
     }
 
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -48,6 +54,31 @@ macro_rules! as_admin {
                 let key = req.get_ref().key.clone();
                 authorize(req.extensions(), self.node.tls(), &[Access::Read], &[&key], None)?;
                 ClusterRpc::explain_residency(&self.inner, req).await
+            }
+
+            async fn backup_begin(
+                &self,
+                req: Request<pb::BackupBeginRequest>,
+            ) -> Result<Response<pb::BackupCheckpoint>, Status> {
+                self.admin(&req)?;
+                Ok(Response::new(self.backups.begin().await?))
+            }
+
+            async fn backup_read(
+                &self,
+                req: Request<pb::BackupReadRequest>,
+            ) -> Result<Response<pb::BackupChunk>, Status> {
+                self.admin(&req)?;
+                Ok(Response::new(self.backups.read(req.into_inner()).await?))
+            }
+
+            async fn backup_end(
+                &self,
+                req: Request<pb::BackupEndRequest>,
+            ) -> Result<Response<pb::BackupEndResponse>, Status> {
+                self.admin(&req)?;
+                self.backups.end(&req.get_ref().id).await?;
+                Ok(Response::new(pb::BackupEndResponse {}))
             }
         }
     };

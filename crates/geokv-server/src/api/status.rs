@@ -13,7 +13,9 @@ pub fn code_of(err: &StorageError) -> Code {
         | StorageError::ClockDrift { .. } => Code::FailedPrecondition,
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::Engine(_) => Code::Internal,
-        StorageError::Incompatible { .. } | StorageError::BatchFailed(_) => Code::Internal,
+        StorageError::Incompatible { .. } | StorageError::BatchFailed(_) | StorageError::Io { .. } => {
+            Code::Internal
+        }
     }
 }
 

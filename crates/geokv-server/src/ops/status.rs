@@ -51,6 +51,17 @@ impl Cluster {
             at_ms: self.node.now_ms(),
             nodes: node_rows(&answers),
             lags: lag_matrix(&regions, &answers),
+            places: self
+                .residency()
+                .topology()
+                .regions
+                .iter()
+                .map(|r| pb::RegionPlace {
+                    name: r.name.clone(),
+                    longitude: r.location[0],
+                    latitude: r.location[1],
+                })
+                .collect(),
             regions,
         }
     }
@@ -132,7 +143,9 @@ fn lag_matrix(regions: &[String], answers: &[Answer]) -> Vec<pb::LagCell> {
                 .filter(|a| &a.region == origin)
                 .filter_map(|a| a.figures.as_ref().ok())
                 .filter_map(|(_, r)| r.destinations.iter().find(|d| &d.destination == destination));
+            let mut histories = Vec::new();
             for d in reports {
+                histories.push(d.history.iter().map(|p| (p.at_ms, p.lag_ms)).collect());
                 cell.nodes_reporting += 1;
                 cell.nodes_connected += u32::from(d.connected);
                 cell.lag_ms = cell.lag_ms.max(d.oldest_unacked_ms);
@@ -145,6 +158,10 @@ fn lag_matrix(regions: &[String], answers: &[Answer]) -> Vec<pb::LagCell> {
                 cell.cut |= link.cut;
                 cell.link_delay_ms = cell.link_delay_ms.max(link.delay_ms);
             }
+            cell.history = geokv_replication::worst_of(histories)
+                .into_iter()
+                .map(|(at_ms, lag_ms)| pb::LagPoint { at_ms, lag_ms })
+                .collect();
             cells.push(cell);
         }
     }

@@ -54,6 +54,9 @@ pub struct Cluster {
     pub(crate) ae_lock: tokio::sync::Mutex<()>,
     /// Set while this node recovers the keys of a new data directory (`recovery.rs`).
     pub(crate) recovery: std::sync::Mutex<Option<geokv_protocol::Recovery>>,
+    /// Whether the data directory was restored from a backup (recovery then also waits for
+    /// the other regions).
+    pub(crate) restored: bool,
     /// Whether this node votes in quorum reads (false while it recovers).
     pub(crate) serving: tokio::sync::watch::Sender<bool>,
     pub(crate) me: NodeId,
@@ -149,8 +152,10 @@ impl Cluster {
             grace,
         );
         let recovering = node.recovering().map_err(|e| format!("cannot read the recovery mark: {e}"))?;
+        let restored = node.restored().map_err(|e| format!("cannot read the recovery mark: {e}"))?;
         let cluster = Arc::new(Cluster {
             recovery: std::sync::Mutex::new(recovering.then(geokv_protocol::Recovery::new)),
+            restored,
             serving: tokio::sync::watch::Sender::new(!recovering),
             me,
             region: spec.region.clone(),

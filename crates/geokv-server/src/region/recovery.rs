@@ -17,13 +17,17 @@ const RECOVERY_RETRY: Duration = Duration::from_millis(250);
 
 impl Cluster {
     /// The nodes of the region's ring (current and future) this node still has to complete an
-    /// exchange with; `None` when it is not recovering.
+    /// exchange with, and, for a data directory restored from a backup, the nodes of the other
+    /// regions' rings (the whole region may have gone back to the backup, so only they still
+    /// hold what it acknowledged since); `None` when it is not recovering.
     pub(crate) fn recovery_waiting(&self) -> Option<Vec<NodeId>> {
         let recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
         let r = recovery.as_ref()?;
         let view = self.view();
         let ring = view.owners().nodes().iter().chain(view.future_owners().nodes()).copied();
-        Some(r.waiting_for(self.me, ring))
+        let remote = self.remote_rings.values().flat_map(|(ring, _)| ring.nodes().iter().copied());
+        let remote = remote.filter(|_| self.restored);
+        Some(r.waiting_for(self.me, ring.chain(remote)))
     }
 
     /// Whether this node may vote in a quorum read (a client read, a write's first read, a
@@ -63,7 +67,9 @@ impl Cluster {
             Ok(Ok(())) => {
                 *self.recovery.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 self.serving.send_replace(true);
-                tracing::info!("recovered the keys of the new data directory from every peer; serving reads");
+                tracing::info!(
+                    "recovered the keys of the new or restored data directory from every peer; serving reads"
+                );
             }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot save the end of recovery; will retry"),
             Err(e) => tracing::error!(error = %e, "cannot save the end of recovery; will retry"),

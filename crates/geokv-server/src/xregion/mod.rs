@@ -155,9 +155,22 @@ impl Replicator {
         }))
     }
 
-    /// Starts one sender task per destination region.
+    /// Starts one sender task per destination region, and the task that samples each
+    /// destination's lag every second for its history (the status page's plots).
     pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.dests
+        let this = self.clone();
+        let sampler = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = this.cluster.node().now_ms();
+                for d in this.dests.values() {
+                    lock(&d.outbox).sample(now);
+                }
+            }
+        });
+        let senders = self
+            .dests
             .values()
             .map(|dest| {
                 let (this, dest) = (self.clone(), dest.clone());
@@ -174,7 +187,8 @@ impl Replicator {
                     }
                 }, span))
             })
-            .collect()
+            .collect::<Vec<_>>();
+        senders.into_iter().chain([sampler]).collect()
     }
 
     /// Streams batches to one node of `dest` until the stream fails.
@@ -452,10 +466,11 @@ impl Replicator {
             .dests
             .values()
             .map(|d| {
-                let r = {
+                let (r, history) = {
                     let mut o = lock(&d.outbox);
                     o.committed(committed);
-                    o.report(now)
+                    o.sample(now);
+                    (o.report(now), o.history().points())
                 };
                 let l = lock(&d.link).params;
                 pb::RegionLag {
@@ -473,6 +488,10 @@ impl Replicator {
                     backlog_bytes: self.backlog_bytes(r.acked_seq),
                     connected: d.connected.load(Ordering::Relaxed) && !l.cut,
                     last_delivery_ms: d.last_delivery_ms.load(Ordering::Relaxed),
+                    history: history
+                        .into_iter()
+                        .map(|(at_ms, lag_ms)| pb::LagPoint { at_ms, lag_ms })
+                        .collect(),
                     link: Some(pb::LinkSettings {
                         delay_ms: l.delay_ms,
                         jitter_ms: l.jitter_ms,

@@ -6,6 +6,7 @@
 //! backlog, gossip states, ring ownership, storage sizes, anti-entropy and residency counters)
 //! are read when Prometheus scrapes ([`collect`]). docs/operations.md lists every metric.
 
+mod charts;
 mod collect;
 pub mod hot;
 pub mod http;

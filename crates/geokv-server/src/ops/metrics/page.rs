@@ -1,12 +1,12 @@
-//! The status page: plain HTML with inline styles, no scripts or external assets; the
-//! browser reloads it every 5 seconds.
+//! The status page: plain HTML with inline styles and inline SVG pictures (`charts.rs`), no
+//! scripts or external assets; the browser reloads it every 5 seconds.
 
 use std::fmt::Write;
 
 use geokv_proto::v1 as pb;
 
 /// Lag under this is shown as healthy; over [`LAG_BAD_MS`] as bad.
-const LAG_WARN_MS: u64 = 1_000;
+pub(super) const LAG_WARN_MS: u64 = 1_000;
 const LAG_BAD_MS: u64 = 10_000;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
@@ -62,7 +62,7 @@ fn health_class(health: &str) -> &'static str {
 }
 
 /// The lag cell's class: bad when no origin node has a stream or the link is cut.
-fn lag_class(cell: &pb::LagCell) -> &'static str {
+pub(super) fn lag_class(cell: &pb::LagCell) -> &'static str {
     if cell.nodes_reporting == 0 {
         "na"
     } else if cell.cut || cell.nodes_connected == 0 || cell.lag_ms >= LAG_BAD_MS {
@@ -79,9 +79,9 @@ pub fn render(s: &pb::ClusterStatusResponse) -> String {
     let mut h = head("geokv status");
     let _ = write!(
         h,
-        "<h1>geokv status</h1>\n<p><small>gathered by node {} at unix ms {}; {} regions, {} nodes</small></p>\n",
+        "<h1>geokv status</h1>\n<p><small>gathered by node {} at {}; {} regions, {} nodes</small></p>\n",
         s.gathered_by,
-        s.at_ms,
+        crate::ops::utc_date(s.at_ms),
         s.regions.len(),
         s.nodes.len()
     );
@@ -155,7 +155,13 @@ unacknowledged change (worst origin node), backlog entries, last batch's deliver
         }
         h.push_str("</tr>\n");
     }
-    h.push_str("</table>\n<p><small><a href=\"/metrics\">metrics</a> · <a href=\"/status.json\">status.json</a></small></p>\n</body></html>\n");
+    h.push_str("</table>\n<h2>Lag over the last hour</h2>\n<div id=\"plots\">");
+    for c in &s.lags {
+        h.push_str(&super::charts::lag_plot(c, s.at_ms));
+    }
+    h.push_str("</div>\n<h2>Regions</h2>\n");
+    h.push_str(&super::charts::region_map(&s.places, &s.lags));
+    h.push_str("\n<p><small><a href=\"/metrics\">metrics</a> · <a href=\"/status.json\">status.json</a></small></p>\n</body></html>\n");
     h
 }
 
@@ -212,6 +218,10 @@ mod tests {
                 },
                 pb::LagCell { origin: "us<x>".into(), destination: "eu".into(), ..Default::default() },
             ],
+            places: vec![
+                pb::RegionPlace { name: "eu".into(), longitude: -6.0, latitude: 53.0 },
+                pb::RegionPlace { name: "us<x>".into(), longitude: -77.0, latitude: 39.0 },
+            ],
         };
         let page = render(&s);
         assert!(page.contains("<tr data-node=\"1\">") && page.contains("<tr data-node=\"2\">"));
@@ -219,6 +229,9 @@ mod tests {
         assert!(page.contains("&lt;refused&gt;"));
         assert!(page.contains("class=warn data-pair=\"eu>us&lt;x&gt;\" data-lag-ms=\"1500\""));
         assert!(page.contains("<td class=na>no answer</td>"));
+        assert_eq!(page.matches("<svg class=\"lag-plot\"").count(), 2, "a plot per pair");
+        assert!(page.contains("<svg id=\"map\"") && page.contains("data-link=\"eu|us&lt;x&gt;\""));
+        assert!(page.contains("1970-01-01 00:00:00 UTC"), "times are dates");
         assert!(
             !page.contains("<script") && !page.contains("http://") && !page.contains("https://"),
             "no external assets"

@@ -1,0 +1,196 @@
+//! A client over several nodes (those of one region, usually) that keeps working while nodes
+//! restart: a request goes to the node that answered last, and when that node cannot be
+//! reached, closes the connection under the request (it is shutting down), or is not serving
+//! (UNAVAILABLE: not enough replicas reachable from it), the request goes to the next node, then around again after a pause,
+//! until [`Failover::with_patience`] runs out.
+//!
+//! Only requests that may safely run twice are retried (reads, and writes whose repetition
+//! leaves the same state: put, delete, set add and remove, batches of those). An increment,
+//! an append or a compare-and-swap that failed that way may have been applied, so it is not
+//! sent again: its error goes back to the caller, who knows whether to repeat it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{proto, Client, ClientError, Result, Security};
+
+/// How long a request keeps trying other nodes by default.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(10);
+/// The pause after every node has failed once, before going around again.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+pub struct Failover {
+    nodes: std::sync::Arc<Vec<(String, Client)>>,
+    current: std::sync::Arc<AtomicUsize>,
+    patience: Duration,
+}
+
+/// Whether a failed request may go to another node: the node could not be reached, its
+/// connection closed under the request (a node shutting down: the request was refused or
+/// never sent), or it answered UNAVAILABLE.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Status(s) => {
+            let transport = std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
+            s.code() == tonic::Code::Unavailable || transport
+        }
+        _ => false,
+    }
+}
+
+impl Failover {
+    /// A client over `endpoints`, each with `security`; connections are made when needed, so
+    /// nodes that are down now are no error.
+    pub fn connect(endpoints: &[String], security: &Security) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Endpoint {
+                endpoint: String::new(),
+                message: "no endpoints given".into(),
+            });
+        }
+        let nodes = endpoints
+            .iter()
+            .map(|e| Ok((e.clone(), Client::over(crate::lazy_channel(e, security)?, security)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Failover {
+            nodes: std::sync::Arc::new(nodes),
+            current: Default::default(),
+            patience: DEFAULT_PATIENCE,
+        })
+    }
+
+    /// Every request sends `level`.
+    pub fn with_consistency(mut self, level: proto::Consistency) -> Self {
+        let nodes = self.nodes.iter().map(|(e, c)| (e.clone(), c.clone().with_consistency(level))).collect();
+        self.nodes = std::sync::Arc::new(nodes);
+        self
+    }
+
+    /// How long a request keeps trying other nodes.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// The endpoint requests go to now.
+    pub fn current(&self) -> &str {
+        &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].0
+    }
+
+    /// Runs `call` on the current node, and on the next ones while it fails in a way that may
+    /// be retried.
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + self.patience;
+        let n = self.nodes.len();
+        let first = self.current.load(Ordering::Relaxed);
+        for attempt in 0usize.. {
+            let i = (first + attempt) % n;
+            match call(self.nodes[i].1.clone()).await {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                    if (attempt + 1) % n == 0 {
+                        tokio::time::sleep(ROUND_PAUSE).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<proto::Entry>> {
+        self.run(|c| async move { c.get(key).await }).await
+    }
+
+    pub async fn batch_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<proto::Entry>>> {
+        self.run(|c| {
+            let keys = keys.clone();
+            async move { c.batch_get(keys).await }
+        })
+        .await
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<proto::PutResponse> {
+        self.run(|c| async move { c.put(key, value, ttl).await }).await
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<proto::DeleteResponse> {
+        self.run(|c| async move { c.delete(key).await }).await
+    }
+
+    pub async fn set_add(
+        &self,
+        key: &[u8],
+        members: Vec<Vec<u8>>,
+        ttl: Option<Duration>,
+    ) -> Result<proto::SetChangeResponse> {
+        self.run(|c| {
+            let members = members.clone();
+            async move { c.set_add(key, members, ttl).await }
+        })
+        .await
+    }
+
+    pub async fn set_remove(&self, key: &[u8], members: Vec<Vec<u8>>) -> Result<proto::SetChangeResponse> {
+        self.run(|c| {
+            let members = members.clone();
+            async move { c.set_remove(key, members).await }
+        })
+        .await
+    }
+
+    pub async fn set_members(&self, key: &[u8]) -> Result<proto::SetMembersResponse> {
+        self.run(|c| async move { c.set_members(key).await }).await
+    }
+
+    /// Increments once: not retried (see the module comment).
+    pub async fn increment(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<proto::IncrementResponse> {
+        let c = self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].1.clone();
+        c.increment(key, delta, ttl).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_and_connection_failures_are_retried() {
+        assert!(retryable(&ClientError::Status(tonic::Status::unavailable("draining"))));
+        assert!(retryable(&ClientError::Connect { endpoint: "x".into(), message: "refused".into() }));
+        assert!(!retryable(&ClientError::Status(tonic::Status::invalid_argument("bad key"))));
+        assert!(!retryable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_around_the_nodes_until_one_answers_or_patience_runs_out() {
+        // Nothing listens on these ports: every attempt fails to connect.
+        let ends: Vec<String> = (0..2)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("http://{}", l.local_addr().unwrap())
+            })
+            .collect();
+        let f =
+            Failover::connect(&ends, &Security::none()).unwrap().with_patience(Duration::from_millis(300));
+        let started = Instant::now();
+        let e = f.get(b"k").await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
+        assert!(Failover::connect(&[], &Security::none()).is_err());
+    }
+}
