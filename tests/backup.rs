@@ -341,6 +341,25 @@ async fn a_node_restored_from_an_older_backup_recovers_what_it_missed_and_bad_re
     assert!(!scratch.exists(), "a refused restore wrote {}", scratch.display());
     std::fs::write(&victim, &good).unwrap();
 
+    // A backup older than the tombstone grace period (24 h here) could bring deleted keys
+    // back: refused unless the operator accepts that.
+    let manifest = std::fs::read_dir(backups.join("backups"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("manifest.json");
+    let fresh = std::fs::read_to_string(&manifest).unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    let taken = old["nodes"][0]["taken_at_ms"].as_u64().unwrap();
+    old["nodes"][0]["taken_at_ms"] = (taken - 2 * 86_400_000).into();
+    std::fs::write(&manifest, old.to_string()).unwrap();
+    let (ok, _, err) = restore(2, &scratch, &backups);
+    assert!(!ok && err.contains("tombstone grace period"), "{err}");
+    assert!(!scratch.exists(), "a refused restore wrote {}", scratch.display());
+    std::fs::write(&manifest, fresh).unwrap();
+
     // Node 2 loses its disk and comes back from the older backup.
     wipe_and_restore(&mut cluster, 1, &backups);
     cluster.nodes[1].restart();

@@ -4,10 +4,11 @@
 //! (UNAVAILABLE: not enough replicas reachable from it), the request goes to the next node, then around again after a pause,
 //! until [`Failover::with_patience`] runs out.
 //!
-//! Only requests that may safely run twice are retried (reads, and writes whose repetition
-//! leaves the same state: put, delete, set add and remove, batches of those). An increment,
-//! an append or a compare-and-swap that failed that way may have been applied, so it is not
-//! sent again: its error goes back to the caller, who knows whether to repeat it.
+//! Reads are retried; so are puts, deletes and set adds and removes, at least once: a retry of
+//! one that was applied before its answer was lost applies it again, which leaves the same
+//! value unless another client wrote the key in between (then the retry wins). An increment is
+//! sent again only when its node refused the connection (it was never sent): one that failed
+//! later may have been applied, so its error goes back to the caller.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +39,24 @@ fn retryable(e: &ClientError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a request certainly never reached a node: its connection was refused.
+fn never_sent(e: &ClientError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        ClientError::Connect { .. } => return true,
+        ClientError::Status(s) => std::error::Error::source(s),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl Failover {
@@ -86,6 +105,15 @@ impl Failover {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        self.run_if(retryable, call).await
+    }
+
+    /// [`Failover::run`], retrying only the failures `may_retry` picks.
+    async fn run_if<T, F, Fut>(&self, may_retry: fn(&ClientError) -> bool, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + self.patience;
         let n = self.nodes.len();
         let first = self.current.load(Ordering::Relaxed);
@@ -96,7 +124,13 @@ impl Failover {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                Err(e) if retryable(&e) && !may_retry(&e) => {
+                    // The node is not usable: the next request starts at the next one.
+                    self.current.store((i + 1) % n, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Err(e) if may_retry(&e) && Instant::now() < deadline => {
+                    self.current.store((i + 1) % n, Ordering::Relaxed);
                     if (attempt + 1) % n == 0 {
                         tokio::time::sleep(ROUND_PAUSE).await;
                     }
@@ -152,15 +186,15 @@ impl Failover {
         self.run(|c| async move { c.set_members(key).await }).await
     }
 
-    /// Increments once: not retried (see the module comment).
+    /// Increments: sent to another node only when a node refused the connection (see the
+    /// module comment).
     pub async fn increment(
         &self,
         key: &[u8],
         delta: i64,
         ttl: Option<Duration>,
     ) -> Result<proto::IncrementResponse> {
-        let c = self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].1.clone();
-        c.increment(key, delta, ttl).await
+        self.run_if(never_sent, |c| async move { c.increment(key, delta, ttl).await }).await
     }
 }
 
@@ -192,5 +226,8 @@ mod tests {
         assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
         assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
         assert!(Failover::connect(&[], &Security::none()).is_err());
+        // An increment to nodes that refuse the connection was never sent: it may go around.
+        let e = f.increment(b"c", 1, None).await.unwrap_err();
+        assert!(never_sent(&e), "{e:?}");
     }
 }

@@ -40,7 +40,7 @@ pub use clock::{Clock, SystemClock};
 pub use config::{
     ClusterConfig, ConfigError, FaultsConfig, MetricsConfig, ServerConfig, ShutdownConfig, SweeperConfig,
 };
-pub use node::{prepare_restored, Expect, Node, NodeError, ScanRequest, ScanResult};
+pub use node::{prepare_restored, Expect, Node, NodeError, ScanRequest, ScanResult, RESTORE_MARKER};
 pub use ops::backup::sha256_of as sha256_file;
 pub use ops::utc_date;
 pub use region::Cluster;

@@ -23,15 +23,27 @@ const RECOVERING_META: &str = "recovering";
 const NEW_DIRECTORY: u8 = 1;
 const RESTORED: u8 = 2;
 
+/// A file `geokv restore` keeps in a data directory while it writes it: a node refuses to start
+/// on a directory that has it (a restore that did not finish).
+pub const RESTORE_MARKER: &str = "RESTORE_IN_PROGRESS";
+
 /// Prepares a data directory just restored from a backup (`geokv restore`) for its node's next
 /// start: the node takes a new incarnation (it may have lost counter entries and set dots it
 /// wrote after the backup) and recovers before it votes in quorum reads, from its region's
-/// peers and from every node of the other regions (its whole region may have been restored to
-/// the same older point). Leftover checkpoints are removed.
-pub fn prepare_restored(data_dir: &std::path::Path, node_id: NodeId) -> Result<(), StorageError> {
+/// peers and, unless `region_local`, from every node of the other regions too (its whole region
+/// may have been restored to the same older point). Hints and leftover checkpoints are dropped
+/// (what the hints carried, anti-entropy brings).
+pub fn prepare_restored(
+    data_dir: &std::path::Path,
+    node_id: NodeId,
+    region_local: bool,
+) -> Result<(), StorageError> {
     let engine = Engine::open(data_dir, node_id, geokv_storage::StorageConfig::default())?;
     engine.drop_checkpoints()?;
-    engine.put_meta(RECOVERING_META, &[RESTORED])?;
+    for target in engine.hint_targets()? {
+        engine.drop_hints_for(target)?;
+    }
+    engine.put_meta(RECOVERING_META, &[if region_local { NEW_DIRECTORY } else { RESTORED }])?;
     engine.renew_incarnation(0)?;
     engine.flush()
 }
@@ -89,6 +101,12 @@ pub struct Node {
 
 impl Node {
     pub fn open(cfg: &ServerConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
+        if cfg.data_dir.join(RESTORE_MARKER).exists() {
+            return Err(StorageError::Incompatible {
+                path: cfg.data_dir.display().to_string(),
+                reason: "a `geokv restore` into it did not finish; run the restore again".into(),
+            });
+        }
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StorageError::Incompatible {
             path: cfg.data_dir.display().to_string(),
             reason: format!("cannot create it: {e}"),
@@ -459,5 +477,32 @@ mod tests {
         let wiped = open(dir.path());
         assert!(wiped.recovering().unwrap());
         assert_ne!(wiped.actor(), actor);
+    }
+
+    #[test]
+    fn a_restored_directory_recovers_under_a_new_actor_and_a_half_restored_one_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path());
+        first.set_recovered().unwrap();
+        let actor = first.actor();
+        first.engine().put_hint(9, b"k", &geokv_core::Record::default()).unwrap();
+        drop(first);
+        prepare_restored(dir.path(), 1, false).unwrap();
+        let restored = open(dir.path());
+        assert!(restored.recovering().unwrap() && restored.restored().unwrap());
+        assert_ne!(restored.actor(), actor, "a restored directory writes as a new actor");
+        assert_eq!(restored.engine().hint_count(), 0, "its hints are dropped");
+        restored.set_recovered().unwrap();
+        drop(restored);
+        // Restored for its region only: recovering, but not waiting for other regions.
+        prepare_restored(dir.path(), 1, true).unwrap();
+        let local = open(dir.path());
+        assert!(local.recovering().unwrap() && !local.restored().unwrap());
+        drop(local);
+        std::fs::write(dir.path().join(RESTORE_MARKER), b"").unwrap();
+        let err = Node::open(&ServerConfig::new(1, dir.path().to_path_buf()), Arc::new(crate::SystemClock))
+            .err()
+            .expect("a directory a restore did not finish does not open");
+        assert!(err.to_string().contains("did not finish"), "{err}");
     }
 }

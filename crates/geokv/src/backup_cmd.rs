@@ -54,23 +54,6 @@ pub enum BackupCommand {
     },
 }
 
-/// `geokv restore`: one node's data directory from a backup.
-#[derive(clap::Args)]
-pub struct RestoreArgs {
-    /// The backup folder.
-    #[arg(long)]
-    from: PathBuf,
-    /// The backup (default: the latest that holds the node).
-    #[arg(long)]
-    id: Option<String>,
-    /// The node to restore.
-    #[arg(long)]
-    node: u64,
-    /// The node's data directory (its `data_dir`); must be missing or empty. Stop the node first.
-    #[arg(long)]
-    data_dir: PathBuf,
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Manifest {
     pub format: u32,
@@ -107,7 +90,32 @@ pub struct NodeBackup {
     pub residency_version: u64,
     pub residency_policy: String,
     pub layout_version: u32,
+    /// The node's tombstone grace period (0 in manifests written before it was recorded).
+    #[serde(default)]
+    pub tombstone_grace_secs: u64,
     pub files: Vec<FileEntry>,
+}
+
+impl NodeBackup {
+    /// Refuses names and hashes that are not a plain file name and 64 lowercase hex digits:
+    /// they become paths.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for f in &self.files {
+            let plain =
+                !f.name.is_empty() && f.name != "." && f.name != ".." && !f.name.contains(['/', '\\', '\0']);
+            let hex = f.sha256.len() == 64
+                && f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !plain || !hex {
+                bail!(
+                    "node {}: file {:?} with SHA-256 {:?} is not a plain file name and hash",
+                    self.node_id,
+                    f.name,
+                    f.sha256
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -132,7 +140,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn blob(dir: &Path, sha256: &str) -> PathBuf {
+pub fn blob(dir: &Path, sha256: &str) -> PathBuf {
     dir.join("files").join(sha256)
 }
 
@@ -207,28 +215,18 @@ async fn create(out: &Path, regions: &[String], nodes: &[u64], json: bool) -> an
             .await
             .with_context(|| format!("node {}: cannot take a checkpoint", n.node_id))?
             .into_inner();
-        let fetched = fetch_files(&mut admin, out, &cp, &mut manifest).await;
+        let node = node_backup(cp.clone());
+        let fetched = match node.check() {
+            Ok(()) => fetch_files(&mut admin, out, &cp, &mut manifest).await,
+            Err(e) => Err(e),
+        };
         // Released whatever happened (the node also drops it once idle).
         let _ = admin.backup_end(proto::BackupEndRequest { id: cp.id.clone() }).await;
         fetched.with_context(|| format!("node {}: backup {}", n.node_id, cp.id))?;
         if manifest.topology.is_empty() {
             manifest.topology = cp.topology.clone();
         }
-        manifest.nodes.push(NodeBackup {
-            node_id: cp.node_id,
-            region: cp.region,
-            hlc: cp.hlc,
-            taken_at_ms: cp.taken_at_ms,
-            log_high_water: cp.log_high_water,
-            residency_version: cp.residency_version,
-            residency_policy: cp.residency_policy,
-            layout_version: cp.layout_version,
-            files: cp
-                .files
-                .into_iter()
-                .map(|f| FileEntry { name: f.name, size: f.size, sha256: f.sha256 })
-                .collect(),
-        });
+        manifest.nodes.push(node);
     }
     manifest.finished_at_ms = now_ms();
     let dir = out.join("backups").join(&manifest.id);
@@ -255,8 +253,28 @@ async fn create(out: &Path, regions: &[String], nodes: &[u64], json: bool) -> an
     Ok(())
 }
 
+fn node_backup(cp: proto::BackupCheckpoint) -> NodeBackup {
+    NodeBackup {
+        node_id: cp.node_id,
+        region: cp.region,
+        hlc: cp.hlc,
+        taken_at_ms: cp.taken_at_ms,
+        log_high_water: cp.log_high_water,
+        residency_version: cp.residency_version,
+        residency_policy: cp.residency_policy,
+        layout_version: cp.layout_version,
+        tombstone_grace_secs: cp.tombstone_grace_secs,
+        files: cp
+            .files
+            .into_iter()
+            .map(|f| FileEntry { name: f.name, size: f.size, sha256: f.sha256 })
+            .collect(),
+    }
+}
+
 /// Fetches the files of a checkpoint the folder does not hold yet, each checked against its
-/// SHA-256 before it takes its place.
+/// SHA-256 before it takes its place. A file already in the folder is used again only if it
+/// still hashes to its name.
 async fn fetch_files(
     admin: &mut AdminClient<geokv_client::Transport>,
     out: &Path,
@@ -265,37 +283,49 @@ async fn fetch_files(
 ) -> anyhow::Result<()> {
     for f in &cp.files {
         let dest = blob(out, &f.sha256);
-        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == f.size) {
+        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == f.size)
+            && geokv_server::sha256_file(&dest).is_ok_and(|sum| sum == f.sha256)
+        {
             manifest.reused.files += 1;
             manifest.reused.bytes += f.size;
             continue;
         }
-        let tmp = out.join("files").join(format!(".{}.part", f.sha256));
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        let mut hasher = Sha256::new();
-        let mut offset = 0;
-        while offset < f.size {
-            let req =
-                proto::BackupReadRequest { id: cp.id.clone(), name: f.name.clone(), offset, length: CHUNK };
-            let chunk =
-                admin.backup_read(req).await.with_context(|| format!("reading {}", f.name))?.into_inner();
-            if chunk.data.is_empty() {
-                bail!("{} ended at {offset} of {} bytes", f.name, f.size);
-            }
-            hasher.update(&chunk.data);
-            file.write_all(&chunk.data)?;
-            offset += chunk.data.len() as u64;
-        }
-        file.sync_all()?;
-        let got = geokv_tls::hex(&hasher.finalize());
-        if got != f.sha256 {
+        let tmp = out.join("files").join(format!(".{}.{}.part", f.sha256, std::process::id()));
+        if let Err(e) = fetch_file(admin, cp, f, &tmp).await {
             let _ = std::fs::remove_file(&tmp);
-            bail!("{} arrived with SHA-256 {got}, not the {} the node computed", f.name, f.sha256);
+            return Err(e);
         }
         std::fs::rename(&tmp, &dest)?;
         manifest.fetched.files += 1;
         manifest.fetched.bytes += f.size;
+    }
+    Ok(())
+}
+
+/// Fetches one file of a checkpoint into `tmp`, checked against its SHA-256.
+async fn fetch_file(
+    admin: &mut AdminClient<geokv_client::Transport>,
+    cp: &proto::BackupCheckpoint,
+    f: &proto::BackupFile,
+    tmp: &Path,
+) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut hasher = Sha256::new();
+    let mut offset = 0;
+    while offset < f.size {
+        let req = proto::BackupReadRequest { id: cp.id.clone(), name: f.name.clone(), offset, length: CHUNK };
+        let chunk = admin.backup_read(req).await.with_context(|| format!("reading {}", f.name))?.into_inner();
+        if chunk.data.is_empty() {
+            bail!("{} ended at {offset} of {} bytes", f.name, f.size);
+        }
+        hasher.update(&chunk.data);
+        file.write_all(&chunk.data)?;
+        offset += chunk.data.len() as u64;
+    }
+    file.sync_all()?;
+    let got = geokv_tls::hex(&hasher.finalize());
+    if got != f.sha256 {
+        bail!("{} arrived with SHA-256 {got}, not the {} the node computed", f.name, f.sha256);
     }
     Ok(())
 }
@@ -331,21 +361,32 @@ pub fn manifests(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
     for entry in entries {
         let path = entry?.path().join("manifest.json");
         let Ok(bytes) = std::fs::read(&path) else { continue };
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a backup manifest", path.display()))?;
+        // A damaged, unknown or newer manifest does not hide the others: it is skipped, and said.
+        let m: Manifest = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("skipping {}: not a backup manifest ({e})", path.display());
+                continue;
+            }
+        };
         if m.format > MANIFEST_FORMAT {
-            bail!(
-                "{} has format {}; this geokv reads up to {MANIFEST_FORMAT}: use a newer geokv",
+            eprintln!(
+                "skipping {}: format {}, this geokv reads up to {MANIFEST_FORMAT} (use a newer geokv)",
                 path.display(),
                 m.format
             );
+            continue;
+        }
+        if let Err(e) = m.nodes.iter().try_for_each(NodeBackup::check) {
+            eprintln!("skipping {}: {e}", path.display());
+            continue;
         }
         out.insert((m.started_at_ms, m.id.clone()), m);
     }
     Ok(out.into_values().collect())
 }
 
-fn pick<'a>(all: &'a [Manifest], id: Option<&str>, dir: &Path) -> anyhow::Result<&'a Manifest> {
+pub fn pick<'a>(all: &'a [Manifest], id: Option<&str>, dir: &Path) -> anyhow::Result<&'a Manifest> {
     match id {
         Some(id) => {
             all.iter().find(|m| m.id == id).with_context(|| format!("{} has no backup {id}", dir.display()))
@@ -377,7 +418,7 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// The problems of one node's files in `dir`.
-fn check_files(dir: &Path, node: &NodeBackup) -> Vec<String> {
+pub fn check_files(dir: &Path, node: &NodeBackup) -> Vec<String> {
     let mut problems = Vec::new();
     for f in &node.files {
         let path = blob(dir, &f.sha256);
@@ -424,60 +465,6 @@ fn verify(dir: &Path, id: Option<&str>, json: bool) -> anyhow::Result<()> {
     }
     if !problems.is_empty() {
         bail!("backup {} is damaged: {} of {files} files missing or changed", m.id, problems.len());
-    }
-    Ok(())
-}
-
-pub fn restore(args: RestoreArgs, json: bool) -> anyhow::Result<()> {
-    let all = manifests(&args.from)?;
-    let m = match &args.id {
-        Some(_) => pick(&all, args.id.as_deref(), &args.from)?,
-        None => all
-            .iter()
-            .rev()
-            .find(|m| m.nodes.iter().any(|n| n.node_id == args.node))
-            .with_context(|| format!("no backup in {} holds node {}", args.from.display(), args.node))?,
-    };
-    let node = m
-        .nodes
-        .iter()
-        .find(|n| n.node_id == args.node)
-        .with_context(|| format!("backup {} does not hold node {}", m.id, args.node))?;
-    let problems = check_files(&args.from, node);
-    if !problems.is_empty() {
-        bail!("backup {} of node {} is damaged, nothing restored: {}", m.id, args.node, problems.join("; "));
-    }
-    let data = &args.data_dir;
-    if let Ok(mut entries) = std::fs::read_dir(data) {
-        if entries.next().is_some() {
-            bail!(
-                "{} is not empty: stop node {}, move its data directory away (or delete it), and run restore again",
-                data.display(),
-                args.node
-            );
-        }
-    }
-    std::fs::create_dir_all(data).with_context(|| format!("cannot make {}", data.display()))?;
-    for f in &node.files {
-        std::fs::copy(blob(&args.from, &f.sha256), data.join(&f.name))
-            .with_context(|| format!("cannot copy {} into {}", f.name, data.display()))?;
-    }
-    geokv_server::prepare_restored(data, args.node)
-        .with_context(|| format!("the restored data directory {} does not open", data.display()))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({ "id": m.id, "node": args.node, "data_dir": data, "files": node.files.len() })
-        );
-    } else {
-        println!(
-            "restored node {} ({}) from backup {} (taken {}) into {}. Start the node: it takes writes at once and serves reads after an anti-entropy exchange with every node of its region and of the other regions (the writes since the backup come back from them).",
-            args.node,
-            node.region,
-            m.id,
-            geokv_server::utc_date(node.taken_at_ms),
-            data.display()
-        );
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod demo_cluster;
 mod health_cmd;
 mod output;
 mod residency_cmd;
+mod restore_cmd;
 mod server_cmd;
 mod status_cmd;
 
@@ -123,7 +124,7 @@ enum Command {
         command: backup_cmd::BackupCommand,
     },
     /// Rebuild a stopped node's data directory from a backup (`geokv backup create`).
-    Restore(backup_cmd::RestoreArgs),
+    Restore(restore_cmd::RestoreArgs),
     /// Certificates for TLS: a deployment CA, one certificate per node of a topology (its id
     /// and region in the names), client certificates.
     Certs {
@@ -156,7 +157,7 @@ fn main() -> anyhow::Result<()> {
             Command::Status(args) => status_cmd::run(args, cli.client.json).await,
             Command::Certs { command } => certs_cmd::run(command),
             Command::Backup { command } => backup_cmd::run(command, cli.client.json).await,
-            Command::Restore(args) => backup_cmd::restore(args, cli.client.json),
+            Command::Restore(args) => restore_cmd::restore(args, cli.client.json),
             Command::Health { service } => health_cmd::run(&cli.client.endpoint, &service).await,
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
         }

@@ -3,7 +3,8 @@
 //! point, so the change log, the cursors and the data agree), described with each file's size
 //! and SHA-256 and the node's HLC, change-log high-water mark, residency policy and topology;
 //! read in chunks over the Admin service; released when the backup ends it, or after
-//! [`BACKUP_IDLE`] without a read (a backup tool that died), and at the next start.
+//! [`BACKUP_IDLE`] without a read (a backup tool that died: looked for every minute), and at
+//! the next start.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -26,65 +27,92 @@ pub const MAX_CHUNK: u32 = 1024 * 1024;
 /// What tells a file apart: inode, size, modification time (seconds, nanoseconds).
 type FileId = (u64, u64, i64, i64);
 
+/// At most this many checkpoints are open at once (each pins the files it links).
+pub const MAX_OPEN: usize = 4;
+/// How often idle and orphaned checkpoints are looked for.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
 /// The checkpoints open for backups on this node.
 pub struct Backups {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     cluster: Arc<Cluster>,
     open: Mutex<HashMap<String, Open>>,
     /// SHA-256 of SST files by inode, size and modification time: a checkpoint hard-links the
     /// live SST files, which never change, so a later backup hashes only the files that are
     /// new (a new file on a reused inode has another modification time).
-    hashes: Arc<Mutex<HashMap<FileId, String>>>,
+    hashes: Mutex<HashMap<FileId, String>>,
 }
 
 struct Open {
     dir: PathBuf,
-    sizes: HashMap<String, u64>,
+    /// The files and their sizes; `None` while the checkpoint is being made and hashed.
+    sizes: Option<HashMap<String, u64>>,
     last_used: Instant,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Backups {
-    /// The node's backups; checkpoints left by an earlier run are removed.
+    /// The node's backups; checkpoints left by an earlier run are removed, and from now on
+    /// those idle for [`BACKUP_IDLE`] are, every minute.
     pub fn new(cluster: Arc<Cluster>) -> Self {
         if let Err(e) = cluster.node().engine().drop_checkpoints() {
             tracing::warn!(error = %e, "cannot remove the checkpoints of an earlier run");
         }
-        Backups { cluster, open: Mutex::new(HashMap::new()), hashes: Arc::default() }
+        let inner = Arc::new(Inner { cluster, open: Mutex::default(), hashes: Mutex::default() });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EXPIRE_EVERY).await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.expire().await;
+            }
+        });
+        Backups { inner }
     }
 
-    /// Takes a checkpoint and describes it.
+    /// Takes a checkpoint and describes it. The checkpoint is registered before it is made,
+    /// so one whose caller went away (or that failed half-way) is removed all the same.
     pub async fn begin(&self) -> Result<pb::BackupCheckpoint, Status> {
-        self.expire().await;
-        let node = self.cluster.node().clone();
+        let inner = self.inner.clone();
+        let node = inner.cluster.node().clone();
         let hlc = node.hlc_now();
         let taken_at_ms = node.now_ms();
         let id = format!("{}-{hlc:x}", node.id());
-        let name = id.clone();
-        let hashes = self.hashes.clone();
-        let (cp, files) = crate::blocking::run(move || -> Result<_, Status> {
-            let cp = node.engine().checkpoint(&name).map_err(to_status)?;
-            let mut files = Vec::with_capacity(cp.files.len());
-            let mut seen = HashMap::new();
-            for (file, size) in &cp.files {
-                let path = cp.dir.join(file);
-                let sha256 = hashed(&hashes, &path, *size, &mut seen)
-                    .map_err(|e| Status::internal(format!("cannot read checkpoint file {file}: {e}")))?;
-                files.push(pb::BackupFile { name: file.clone(), size: *size, sha256 });
-            }
-            // Forget files no checkpoint links any more.
-            *hashes.lock().unwrap_or_else(PoisonError::into_inner) = seen;
-            Ok((cp, files))
-        })
-        .await??;
-        let installed = self.cluster.residency().installed();
-        let topology = toml::to_string(self.cluster.residency().topology())
+        let topology = toml::to_string(inner.cluster.residency().topology())
             .map_err(|e| Status::internal(format!("cannot write the topology out: {e}")))?;
-        let sizes = cp.files.iter().cloned().collect();
-        self.lock().insert(id.clone(), Open { dir: cp.dir.clone(), sizes, last_used: Instant::now() });
+        let installed = inner.cluster.residency().installed();
+        {
+            let mut open = lock(&inner.open);
+            if open.len() >= MAX_OPEN {
+                return Err(Status::resource_exhausted(format!(
+                    "{} backups are open on this node (at most {MAX_OPEN}); wait for one to end, or for idle ones to be dropped after {BACKUP_IDLE:?}",
+                    open.len()
+                )));
+            }
+            let dir = node.engine().path().join(geokv_storage::CHECKPOINTS_DIR).join(&id);
+            open.insert(id.clone(), Open { dir, sizes: None, last_used: Instant::now() });
+        }
+        let name = id.clone();
+        let made = crate::blocking::run(move || inner.make(&name)).await;
+        let (cp, files) = match made {
+            Ok(Ok(made)) => made,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                self.inner.forget(id).await;
+                return Err(e.into());
+            }
+        };
         tracing::info!(backup = %id, files = files.len(), "checkpoint taken for a backup");
         Ok(pb::BackupCheckpoint {
             id,
-            node_id: self.cluster.node().id(),
-            region: self.cluster.region.clone(),
+            node_id: node.id(),
+            region: self.inner.cluster.region.clone(),
             files,
             hlc,
             taken_at_ms,
@@ -93,15 +121,17 @@ impl Backups {
             residency_policy: installed.text.clone(),
             topology,
             layout_version: u32::from(cp.layout_version),
+            tombstone_grace_secs: node.engine().grace_ms() / 1000,
         })
     }
 
     /// Up to `length` bytes (at most [`MAX_CHUNK`]) of one file of an open checkpoint.
     pub async fn read(&self, req: pb::BackupReadRequest) -> Result<pb::BackupChunk, Status> {
         let (dir, size) = {
-            let mut open = self.lock();
+            let mut open = lock(&self.inner.open);
             let cp = open.get_mut(&req.id).ok_or_else(|| unknown(&req.id))?;
-            let size = *cp.sizes.get(&req.name).ok_or_else(|| {
+            let sizes = cp.sizes.as_ref().ok_or_else(|| unknown(&req.id))?;
+            let size = *sizes.get(&req.name).ok_or_else(|| {
                 Status::not_found(format!("backup {} has no file named {:?}", req.id, req.name))
             })?;
             cp.last_used = Instant::now();
@@ -129,42 +159,90 @@ impl Backups {
 
     /// Releases a checkpoint.
     pub async fn end(&self, id: &str) -> Result<(), Status> {
-        let known = self.lock().remove(id).is_some();
+        let known = lock(&self.inner.open).get(id).is_some_and(|o| o.sizes.is_some());
         if !known {
             return Err(unknown(id));
         }
-        self.drop_checkpoint(id.to_string()).await
+        self.inner.forget(id.to_string()).await;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Makes checkpoint `name` (registered already) and hashes its files; on failure it is
+    /// removed again.
+    fn make(&self, name: &str) -> Result<(geokv_storage::Checkpoint, Vec<pb::BackupFile>), Status> {
+        let engine = self.cluster.node().engine();
+        let made = engine.checkpoint(name).map_err(to_status).and_then(|cp| {
+            let mut files = Vec::with_capacity(cp.files.len());
+            let mut seen = HashMap::new();
+            for (file, size) in &cp.files {
+                let sha256 = hashed(&self.hashes, &cp.dir.join(file), *size, &mut seen)
+                    .map_err(|e| Status::internal(format!("cannot read checkpoint file {file}: {e}")))?;
+                files.push(pb::BackupFile { name: file.clone(), size: *size, sha256 });
+            }
+            // Forget files no checkpoint links any more.
+            *lock(&self.hashes) = seen;
+            Ok((cp, files))
+        });
+        let mut open = lock(&self.open);
+        match &made {
+            Ok((cp, _)) => {
+                if let Some(o) = open.get_mut(name) {
+                    o.sizes = Some(cp.files.iter().cloned().collect());
+                    o.last_used = Instant::now();
+                }
+            }
+            Err(_) => {
+                open.remove(name);
+                drop(open);
+                if let Err(e) = engine.drop_checkpoint(name) {
+                    tracing::warn!(error = %e, "cannot remove a failed checkpoint");
+                }
+            }
+        }
+        made
     }
 
-    /// Removes the checkpoints nobody read for [`BACKUP_IDLE`].
-    async fn expire(&self) {
-        let idle: Vec<String> = {
-            let mut open = self.lock();
-            let idle: Vec<String> = open
-                .iter()
-                .filter(|(_, o)| o.last_used.elapsed() > BACKUP_IDLE)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &idle {
-                open.remove(id);
-            }
-            idle
-        };
-        for id in idle {
-            tracing::warn!(backup = %id, "removing a checkpoint no backup read for {BACKUP_IDLE:?}");
-            if let Err(e) = self.drop_checkpoint(id).await {
-                tracing::warn!(error = %e, "cannot remove an idle checkpoint");
-            }
+    /// Removes checkpoint `id` (from the table and the disk).
+    async fn forget(&self, id: String) {
+        lock(&self.open).remove(&id);
+        let node = self.cluster.node().clone();
+        match crate::blocking::run(move || node.engine().drop_checkpoint(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove a checkpoint"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove a checkpoint"),
         }
     }
 
-    async fn drop_checkpoint(&self, id: String) -> Result<(), Status> {
-        let node = self.cluster.node().clone();
-        crate::blocking::run(move || node.engine().drop_checkpoint(&id)).await?.map_err(to_status)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Open>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Removes the checkpoints nobody read for [`BACKUP_IDLE`], and folders under the
+    /// checkpoints folder that no open backup names.
+    async fn expire(&self) {
+        let (idle, known): (Vec<String>, Vec<String>) = {
+            let open = lock(&self.open);
+            let idle = open
+                .iter()
+                .filter(|(_, o)| o.sizes.is_some() && o.last_used.elapsed() > BACKUP_IDLE)
+                .map(|(id, _)| id.clone())
+                .collect();
+            (idle, open.keys().cloned().collect())
+        };
+        for id in idle {
+            tracing::warn!(backup = %id, "removing a checkpoint no backup read for {BACKUP_IDLE:?}");
+            self.forget(id).await;
+        }
+        let root = self.cluster.node().engine().path().join(geokv_storage::CHECKPOINTS_DIR);
+        let orphans: Vec<String> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !known.contains(name))
+            .collect();
+        for name in orphans {
+            tracing::warn!(checkpoint = %name, "removing a checkpoint no backup holds");
+            self.forget(name).await;
+        }
     }
 }
 
