@@ -286,6 +286,19 @@ impl Node {
         Ok(self.engine.get(key)?.filter(|r| r.is_visible(now)))
     }
 
+    /// [`Node::get`] if memory alone can answer (no disk read, so it may run on an async
+    /// worker); `None` otherwise.
+    pub fn get_cached(&self, key: &[u8], now: u64) -> Option<Result<Option<Record>, NodeError>> {
+        if let Err(e) = self.limits.check_key(key) {
+            return Some(Err(e.into()));
+        }
+        match self.engine.get_cached(key) {
+            Ok(Some(found)) => Some(Ok(found.filter(|r| r.is_visible(now)))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Applies a client write. Returns what it did and the key's new state.
     pub fn write(&self, key: &[u8], op: &Op) -> Result<(OpOutcome, Record), NodeError> {
         self.limits.check_key(key)?;

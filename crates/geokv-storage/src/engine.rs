@@ -797,6 +797,7 @@ impl Engine {
     }
 }
 
+mod cached;
 mod checkpoint;
 pub use checkpoint::{Checkpoint, CHECKPOINTS_DIR};
 mod erase;

@@ -148,7 +148,11 @@ impl KvService {
     /// The key's state if visible at `now`, read at `level`.
     async fn read(&self, key: Vec<u8>, level: Level, now: u64) -> Result<Option<Record>, Status> {
         match &self.cluster {
-            None => self.run(move |n| n.get(&key, now)).await,
+            // Served in place when memory holds the answer; the disk is read on the blocking pool.
+            None => match self.node.get_cached(&key, now) {
+                Some(found) => found.map_err(to_status),
+                None => self.run(move |n| n.get(&key, now)).await,
+            },
             Some(cluster) => Ok(cluster.read(key, level).await?.filter(|r| r.is_visible(now))),
         }
     }
