@@ -130,7 +130,11 @@ impl ClusterRpc for ClusterService {
             self.cluster.vote().map_err(crate::api::status::failure_status)?;
         }
         let key = req.key;
-        let state = self.blocking(move |n| n.engine().get(&key)).await?;
+        // From memory in place when it can tell; from the disk on the blocking pool.
+        let state = match self.cluster.node().engine().get_cached(&key).map_err(to_status)? {
+            Some(found) => found,
+            None => self.blocking(move |n| n.engine().get(&key)).await?,
+        };
         Ok(Response::new(pb::FetchResponse { state: state.as_ref().map(encode).unwrap_or_default() }))
     }
 

@@ -397,6 +397,10 @@ impl Cluster {
     ) -> Result<Option<Record>, PeerError> {
         if node == self.me {
             self.vote().map_err(PeerError::Answered)?;
+            // From memory in place when it can tell; from the disk on the blocking pool.
+            if let Some(found) = self.node.engine().get_cached(&key).transpose() {
+                return found.map_err(|e| PeerError::from(CoordinatorError::from(e)));
+            }
             let n = self.node.clone();
             return blocking(move || n.engine().get(&key)).await.map_err(PeerError::from);
         }
