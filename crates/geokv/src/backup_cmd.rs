@@ -133,7 +133,8 @@ pub async fn run(cmd: BackupCommand, json: bool) -> anyhow::Result<()> {
     }
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in unix ms.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::backup_cmd::{blob, check_files, manifests, pick};
+use crate::backup_cmd::{blob, check_files, manifests, now_ms, pick};
 
 /// Restores within this share of the tombstone grace period only (the rest is margin for the
 /// time the node takes to catch up).
@@ -38,13 +38,6 @@ pub struct RestoreArgs {
     /// backup may come back (their tombstones are gone everywhere).
     #[arg(long)]
     accept_old_backup: bool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
