@@ -187,6 +187,54 @@ async fn counters_and_sets_written_through_different_coordinators_converge_exact
     wait_for_replicas(&cluster, &expected, Duration::from_secs(30)).await;
 }
 
+/// Writes coordinated at the same time send their states to each replica coalesced
+/// (`MergeMany`, and their first reads `FetchMany`): with the replicas' disks slow, 300 concurrent QUORUM writes through one node
+/// (puts to 100 keys and 200 increments of 10 counters) go out in far fewer calls, and every
+/// replica holds every write by the write path alone (no anti-entropy, no hints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_reach_every_replica_in_coalesced_calls() {
+    let cluster = TestCluster::start_region_without_repair(3, 3);
+    let slow = geokv_proto::v1::InjectFaultsRequest { disk_delay_ms: 30, ..Default::default() };
+    for i in [1, 2] {
+        cluster.inject_faults(i, slow.clone()).await.expect("a slow disk on the replicas");
+    }
+    let c = quorum(cluster.client(0).await);
+    let writes = (0..300u32).map(|i| {
+        let c = c.clone();
+        async move {
+            if i < 100 {
+                c.put(format!("p{i}").as_bytes(), format!("v{i}").as_bytes(), None).await.map(|_| ())
+            } else {
+                c.increment(format!("c{}", i % 10).as_bytes(), 1, None).await.map(|_| ())
+            }
+        }
+    });
+    for (i, r) in futures::future::join_all(writes).await.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    let mut expected: Vec<(Vec<u8>, View)> = (0..100)
+        .map(|i| (format!("p{i}").into_bytes(), View::Register(format!("v{i}").into_bytes())))
+        .collect();
+    expected.extend((0..10).map(|i| (format!("c{i}").into_bytes(), View::Counter(20))));
+    wait_for_replicas(&cluster, &expected, Duration::from_secs(30)).await;
+
+    let text = support::scrape_raw(cluster.nodes[0].metrics_addr.expect("metrics served")).await;
+    let items = |rpc, call| {
+        support::metric(&text, "geokv_peer_items_total", &[("rpc", rpc), ("call", call)]).unwrap_or(0.0)
+    };
+    let calls = |rpc| support::metric(&text, "geokv_peer_many_calls_total", &[("rpc", rpc)]).unwrap_or(0.0);
+    let (alone, coalesced) = (items("merge", "single"), items("merge", "many"));
+    assert!(alone + coalesced >= 600.0, "two replicas x 300 writes: {alone} + {coalesced}");
+    let merges = calls("merge");
+    assert!(
+        coalesced >= 300.0 && coalesced / merges >= 4.0,
+        "{coalesced} states coalesced in {merges} calls, {alone} alone"
+    );
+    // Each write's first read asks a replica for the key's state: fetches coalesce too.
+    assert!(items("fetch", "single") + items("fetch", "many") >= 300.0);
+    assert!(calls("fetch") > 0.0, "fetches coalesced");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_node_down() {
     use geokv_client::{op, ScanOptions};

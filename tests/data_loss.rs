@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use geokv_client::{proto, Client};
 use geokv_proto::v1 as pb;
-use support::{wait_until, TestCluster};
+use support::{scrape_raw, wait_until, TestCluster};
 
 fn quorum(c: Client) -> Client {
     c.with_consistency(proto::Consistency::Quorum)
@@ -206,15 +206,6 @@ async fn a_scan_lists_only_what_the_keys_home_replicas_hold() {
     }
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics port");
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text
-}
-
 /// Scenario 11: hot-key tracking counts only keys that passed validation and that the
 /// node's region may hold, so `/metrics` never exports a key name the residency policy keeps
 /// out of the region; and a refusal does not echo a huge key back in its message.
@@ -244,7 +235,7 @@ async fn hot_key_metrics_never_show_keys_the_region_may_not_hold_or_invalid_keys
     // The allowed key surfaces once its 10 s window closes: then the others would have too.
     let text = std::cell::RefCell::new(String::new());
     let shown = wait_until(Duration::from_secs(40), || async {
-        let t = scrape(metrics).await;
+        let t = scrape_raw(metrics).await;
         let found = t.contains("geokv_hot_key_requests_per_second{key=\"visible\"}");
         *text.borrow_mut() = t;
         found

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use geokv_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
-use support::{wait_until, ServerProcess, TestCluster, THREE_REGIONS};
+use support::{metric, wait_until, ServerProcess, TestCluster, THREE_REGIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GET `path` over HTTP/1.0; the status code and body.
@@ -36,16 +36,6 @@ async fn scrape(addr: SocketAddr) -> String {
     let (code, body) = http_get(addr, "/metrics").await;
     assert_eq!(code, 200, "{body}");
     body
-}
-
-/// The value of the sample `name` whose labels include every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        let matches = n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        matches.then(|| value.parse().ok()).flatten()
-    })
 }
 
 fn pair(to: &str) -> [(&str, &str); 2] {

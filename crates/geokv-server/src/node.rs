@@ -1,14 +1,16 @@
 //! A node's operations over its storage engine, stamped by its hybrid logical clock.
 //!
-//! Every method here is synchronous (RocksDB blocks); the gRPC layer runs them on tokio's
-//! blocking pool. Validation happens before anything is read, so bad input never touches
-//! stored data.
+//! Most methods here are synchronous (RocksDB blocks); the gRPC layer runs them on tokio's
+//! blocking pool. Client writes and replica merges on the request path go through the
+//! engine's writer thread instead ([`Node::write_async`], [`Node::merge_async`]: group
+//! commit, awaited without blocking). Validation happens before anything is read, so bad
+//! input never touches stored data.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use geokv_core::{apply_as, CoreError, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
-use geokv_storage::{Engine, StorageError, Update};
+use geokv_storage::{Engine, GroupCommit, StorageError, Update};
 
 use crate::{Clock, ServerConfig};
 
@@ -22,6 +24,25 @@ const RECOVERING_META: &str = "recovering";
 /// Values of the recovery mark: a new (empty) data directory, and one restored from a backup.
 const NEW_DIRECTORY: u8 = 1;
 const RESTORED: u8 = 2;
+
+/// A fresh stamp of `hlc` (node `id`'s clock) newer than `current`'s version.
+fn stamp_after(hlc: &uhlc::HLC, id: NodeId, current: Option<&Record>) -> Stamp {
+    let stamp = Stamp::from_uhlc(&hlc.new_timestamp());
+    match current.map(Record::version) {
+        Some(version) if stamp <= version => {
+            // The stored state is ahead of our clock (merged from a faster node): move the
+            // clock past it so our stamps stay monotonic per key.
+            if hlc.update_with_timestamp(&version.to_uhlc()).is_ok() {
+                let again = Stamp::from_uhlc(&hlc.new_timestamp());
+                if again > version {
+                    return again;
+                }
+            }
+            Stamp::new(version.time + 1, id)
+        }
+        _ => stamp,
+    }
+}
 
 /// A file `geokv restore` keeps in a data directory while it writes it: a node refuses to start
 /// on a directory that has it (a restore that did not finish).
@@ -86,7 +107,9 @@ pub struct ScanResult {
 
 pub struct Node {
     id: NodeId,
-    engine: Engine,
+    engine: Arc<Engine>,
+    /// The engine's writer thread (group commit).
+    commits: GroupCommit,
     hlc: Arc<uhlc::HLC>,
     /// The actor this node writes counter entries and set dots as (see `geokv_core::actor_id`).
     actor: std::sync::atomic::AtomicU64,
@@ -157,7 +180,13 @@ impl Node {
             engine.renew_incarnation(incarnation)?;
         }
         let actor = std::sync::atomic::AtomicU64::new(geokv_core::actor_id(cfg.node_id, incarnation));
+        let engine = Arc::new(engine);
+        let commits = GroupCommit::start(engine.clone()).map_err(|e| StorageError::Io {
+            path: cfg.data_dir.display().to_string(),
+            reason: format!("cannot start the storage writer thread: {e}"),
+        })?;
         Ok(Node {
+            commits,
             tls: std::sync::OnceLock::new(),
             actor,
             faults,
@@ -261,21 +290,7 @@ impl Node {
 
     /// A fresh HLC stamp newer than `current`'s version.
     pub(crate) fn stamp_after(&self, current: Option<&Record>) -> Stamp {
-        let stamp = Stamp::from_uhlc(&self.hlc.new_timestamp());
-        match current.map(Record::version) {
-            Some(version) if stamp <= version => {
-                // The stored state is ahead of our clock (merged from a faster node): move the
-                // clock past it so our stamps stay monotonic per key.
-                if self.hlc.update_with_timestamp(&version.to_uhlc()).is_ok() {
-                    let again = Stamp::from_uhlc(&self.hlc.new_timestamp());
-                    if again > version {
-                        return again;
-                    }
-                }
-                Stamp::new(version.time + 1, self.id)
-            }
-            _ => stamp,
-        }
+        stamp_after(&self.hlc, self.id, current)
     }
 
     /// The key's state if a client reading at `now` sees it (not absent, deleted or expired).
@@ -309,6 +324,30 @@ impl Node {
             let record = applied.record.clone();
             Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
         })
+    }
+
+    /// [`Node::write`] through the engine's writer thread: committed in a group with the other
+    /// writes and merges queued at the same time (one WAL sync), awaited without blocking.
+    pub async fn write_async(&self, key: Vec<u8>, op: Op) -> Result<(OpOutcome, Record), NodeError> {
+        self.limits.check_key(&key)?;
+        op.validate(&self.limits)?;
+        // The decision runs on the writer thread: it takes what it needs, not the node.
+        let (hlc, id, actor, clock, limits) =
+            (self.hlc.clone(), self.id, self.actor(), self.clock.clone(), self.limits.clone());
+        self.commits
+            .submit(key, move |current| {
+                let stamp = stamp_after(&hlc, id, current);
+                let applied = apply_as(current, &op, stamp, actor, clock.now_ms(), &limits)?;
+                let record = applied.record.clone();
+                Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
+            })
+            .await
+    }
+
+    /// [`Engine::merge_as`] through the engine's writer thread (see [`Node::write_async`]):
+    /// whether this node's state of `key` changed.
+    pub async fn merge_async(&self, key: Vec<u8>, state: Record, ship: bool) -> Result<bool, NodeError> {
+        self.commits.merge(key, state, ship).await
     }
 
     /// Applies many client writes, committed together in one `WriteBatch` (one WAL sync).

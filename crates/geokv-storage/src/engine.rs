@@ -451,6 +451,11 @@ impl Engine {
     /// Commits changes of several keys in one `WriteBatch` (one WAL write and sync), each with
     /// its TTL-index changes and change-log entry. Callers hold the keys' stripe locks.
     fn commit_all(&self, changes: &[Change<'_>], ship: bool) -> Result<(), StorageError> {
+        self.commit_each(changes, |_| ship)
+    }
+
+    /// [`Engine::commit_all`] with `ship(i)` saying whether change `i` is for the replicator.
+    fn commit_each(&self, changes: &[Change<'_>], ship: impl Fn(usize) -> bool) -> Result<(), StorageError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -480,7 +485,7 @@ impl Engine {
             }
             let seq = first_seq + i as u64;
             let bytes = (key.len() + encoded.len()) as u64;
-            let entry = LogEntry { seq, key: key.to_vec(), version: new.version(), ship, bytes };
+            let entry = LogEntry { seq, key: key.to_vec(), version: new.version(), ship: ship(i), bytes };
             batch.put_cf(
                 self.cf(CF_LOG),
                 log_key(seq),
@@ -802,6 +807,8 @@ mod checkpoint;
 pub use checkpoint::{Checkpoint, CHECKPOINTS_DIR};
 mod erase;
 pub use erase::EraseReport;
+mod group;
+pub use group::{GroupCommit, Pending};
 mod hints;
 mod meta;
 #[cfg(test)]

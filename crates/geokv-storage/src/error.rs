@@ -1,6 +1,6 @@
 use geokv_core::CoreError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// RocksDB failed (I/O error, full disk, ...).
     #[error("storage engine error: {0}")]

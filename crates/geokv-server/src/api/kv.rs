@@ -19,8 +19,9 @@ use crate::residency::Route;
 
 /// Keys of one BatchGet read at once.
 const BATCH_READ_PARALLELISM: usize = 32;
-/// Keys of one BatchWrite written at once (in a cluster).
-const BATCH_WRITE_PARALLELISM: usize = 8;
+/// Keys of one BatchWrite written at once (in a cluster): their first reads and replica sends
+/// go to each peer coalesced (`peer::coalesce`), their commits in groups.
+const BATCH_WRITE_PARALLELISM: usize = 32;
 
 pub struct KvService {
     node: Arc<Node>,
@@ -95,7 +96,7 @@ impl KvService {
 
     async fn write_record(&self, key: Vec<u8>, op: Op, level: Level) -> Result<(OpOutcome, Record), Status> {
         let Some(cluster) = &self.cluster else {
-            return self.run(move |n| n.write(&key, &op)).await;
+            return self.node.write_async(key, op).await.map_err(to_status);
         };
         // Refuse bad input here rather than after a network hop.
         let limits = self.node.limits();

@@ -11,6 +11,7 @@ use geokv_proto::v1::cluster_client::ClusterClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
 
+use super::coalesce::{CallCounters, Counters, Fetches, Kind, Merges, Queue};
 use crate::faults::net::FaultyChannel;
 use crate::faults::Faults;
 
@@ -25,6 +26,9 @@ struct Conn {
     addr: String,
     client: PeerClient,
     slots: Arc<Semaphore>,
+    /// State sends and fetches, coalesced (started on first use, from the runtime).
+    merges: std::sync::OnceLock<Queue<Merges>>,
+    fetches: std::sync::OnceLock<Queue<Fetches>>,
 }
 
 pub struct Peers {
@@ -33,11 +37,18 @@ pub struct Peers {
     faults: Arc<Faults>,
     /// TLS with this node's certificate, checking each peer's; `None`: plaintext.
     tls: Option<Arc<crate::security::NodeTls>>,
+    counters: CallCounters,
 }
 
 impl Peers {
-    pub fn new(timeout_ms: u64, faults: Arc<Faults>, tls: Option<Arc<crate::security::NodeTls>>) -> Self {
-        Peers { conns: Mutex::new(BTreeMap::new()), timeout: Duration::from_millis(timeout_ms), faults, tls }
+    pub fn new(
+        timeout_ms: u64,
+        faults: Arc<Faults>,
+        tls: Option<Arc<crate::security::NodeTls>>,
+        counters: CallCounters,
+    ) -> Self {
+        let timeout = Duration::from_millis(timeout_ms);
+        Peers { conns: Mutex::new(BTreeMap::new()), timeout, faults, tls, counters }
     }
 
     fn with_conn<T>(&self, id: NodeId, addr: &str, f: impl FnOnce(&Conn) -> T) -> Option<T> {
@@ -57,7 +68,16 @@ impl Peers {
             let client = ClusterClient::with_interceptor(channel, propagate)
                 .max_decoding_message_size(512 * 1024 * 1024);
             let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER));
-            conns.insert(id, Conn { addr: addr.to_owned(), client, slots });
+            conns.insert(
+                id,
+                Conn {
+                    addr: addr.to_owned(),
+                    client,
+                    slots,
+                    merges: Default::default(),
+                    fetches: Default::default(),
+                },
+            );
         }
         conns.get(&id).map(f)
     }
@@ -65,6 +85,22 @@ impl Peers {
     /// A client of node `id` at `addr`.
     pub fn client(&self, id: NodeId, addr: &str) -> Option<PeerClient> {
         self.with_conn(id, addr, |c| c.client.clone())
+    }
+
+    /// The queue of state sends to node `id` at `addr` (see [`super::coalesce`]). Call it
+    /// from the runtime: the first call starts the queue's task.
+    pub fn merge_queue(&self, id: NodeId, addr: &str) -> Option<Queue<Merges>> {
+        self.with_conn(id, addr, |c| c.merges.get_or_init(|| self.queue(c)).clone())
+    }
+
+    /// The queue of fetches from node `id` at `addr` (as [`Peers::merge_queue`]).
+    pub fn fetch_queue(&self, id: NodeId, addr: &str) -> Option<Queue<Fetches>> {
+        self.with_conn(id, addr, |c| c.fetches.get_or_init(|| self.queue(c)).clone())
+    }
+
+    fn queue<K: Kind>(&self, c: &Conn) -> Queue<K> {
+        let counters = Counters::of::<K>(&self.counters);
+        Queue::start(c.client.clone(), self.faults.clone(), self.timeout, counters)
     }
 
     /// A slot for one state send to `id`, waiting at most the request deadline.

@@ -22,6 +22,47 @@ impl ClusterService {
         ClusterService { cluster }
     }
 
+    /// One `Fetch`: this replica's state of a key.
+    async fn serve_fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, Status> {
+        if req.writer_hlc > 0 {
+            self.cluster.node().observe_remote_time(req.writer_hlc, 0).map_err(|e| {
+                Status::failed_precondition(format!(
+                    "the coordinating node's clock is beyond max_clock_drift_ms ahead of this replica's ({e}); it may not write until the clocks agree (check NTP)"
+                ))
+            })?;
+        }
+        if req.vote {
+            self.cluster.vote().map_err(crate::api::status::failure_status)?;
+        }
+        let key = req.key;
+        // From memory in place when it can tell; from the disk on the blocking pool.
+        let state = match self.cluster.node().engine().get_cached(&key).map_err(to_status)? {
+            Some(found) => found,
+            None => self.blocking(move |n| n.engine().get(&key)).await?,
+        };
+        Ok(pb::FetchResponse { state: state.as_ref().map(encode).unwrap_or_default() })
+    }
+
+    /// One `Merge`: the state merged here, or kept as a hint for the home replica it names.
+    async fn serve_merge(&self, req: pb::MergeRequest) -> Result<bool, Status> {
+        self.cluster
+            .node()
+            .limits()
+            .check_key(&req.key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rec = decode(&req.state)?;
+        let me = self.cluster.node().id();
+        match geokv_protocol::keep(me, req.hint_for) {
+            geokv_protocol::Keep::Hint(home) => {
+                self.blocking(move |n| n.engine().put_hint(home, &req.key, &rec).map(|_| true)).await
+            }
+            // Through the writer thread: grouped with the other merges and writes queued now.
+            geokv_protocol::Keep::Merge => {
+                self.cluster.node().merge_async(req.key, rec, req.ship).await.map_err(to_status)
+            }
+        }
+    }
+
     fn replicator(&self) -> Result<&std::sync::Arc<crate::xregion::Replicator>, Status> {
         self.cluster
             .replicator()
@@ -91,21 +132,29 @@ impl ClusterRpc for ClusterService {
     }
 
     async fn merge(&self, req: Request<pb::MergeRequest>) -> Result<Response<pb::MergeResponse>, Status> {
-        let req = req.into_inner();
-        self.cluster
-            .node()
-            .limits()
-            .check_key(&req.key)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let rec = decode(&req.state)?;
-        let me = self.cluster.node().id();
-        let changed = self
-            .blocking(move |n| match geokv_protocol::keep(me, req.hint_for) {
-                geokv_protocol::Keep::Hint(home) => n.engine().put_hint(home, &req.key, &rec).map(|_| true),
-                geokv_protocol::Keep::Merge => n.engine().merge_as(&req.key, &rec, req.ship),
-            })
-            .await?;
+        let changed = self.serve_merge(req.into_inner()).await?;
         Ok(Response::new(pb::MergeResponse { changed }))
+    }
+
+    async fn merge_many(
+        &self,
+        req: Request<pb::MergeManyRequest>,
+    ) -> Result<Response<pb::MergeManyResponse>, Status> {
+        // Served together: the merges land in the same commit group of the writer thread.
+        let served =
+            futures::future::join_all(req.into_inner().items.into_iter().map(|item| self.serve_merge(item)));
+        let results = served
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(changed) => pb::MergeItemResult { changed, ..Default::default() },
+                Err(status) => {
+                    let (code, message, failure) = crate::peer::coalesce::item_failure(&status);
+                    pb::MergeItemResult { changed: false, code, message, failure }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::MergeManyResponse { results }))
     }
 
     async fn inject_faults(
@@ -118,24 +167,27 @@ impl ClusterRpc for ClusterService {
     }
 
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
-        let req = req.into_inner();
-        if req.writer_hlc > 0 {
-            self.cluster.node().observe_remote_time(req.writer_hlc, 0).map_err(|e| {
-                Status::failed_precondition(format!(
-                    "the coordinating node's clock is beyond max_clock_drift_ms ahead of this replica's ({e}); it may not write until the clocks agree (check NTP)"
-                ))
-            })?;
-        }
-        if req.vote {
-            self.cluster.vote().map_err(crate::api::status::failure_status)?;
-        }
-        let key = req.key;
-        // From memory in place when it can tell; from the disk on the blocking pool.
-        let state = match self.cluster.node().engine().get_cached(&key).map_err(to_status)? {
-            Some(found) => found,
-            None => self.blocking(move |n| n.engine().get(&key)).await?,
-        };
-        Ok(Response::new(pb::FetchResponse { state: state.as_ref().map(encode).unwrap_or_default() }))
+        Ok(Response::new(self.serve_fetch(req.into_inner()).await?))
+    }
+
+    async fn fetch_many(
+        &self,
+        req: Request<pb::FetchManyRequest>,
+    ) -> Result<Response<pb::FetchManyResponse>, Status> {
+        let served =
+            futures::future::join_all(req.into_inner().items.into_iter().map(|item| self.serve_fetch(item)));
+        let results = served
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(resp) => pb::FetchItemResult { state: resp.state, ..Default::default() },
+                Err(status) => {
+                    let (code, message, failure) = crate::peer::coalesce::item_failure(&status);
+                    pb::FetchItemResult { state: Vec::new(), code, message, failure }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::FetchManyResponse { results }))
     }
 
     async fn coordinate(

@@ -134,9 +134,8 @@ impl Cluster {
             while let Some(cmd) = queue.pop_front() {
                 match cmd {
                     Command::MergeLocal { state } => {
-                        let (node, k) = (self.node.clone(), key.clone());
-                        if let Err(e) = blocking(move || node.engine().merge(&k, &state)).await {
-                            return respond(&mut answer, Err(e));
+                        if let Err(e) = self.node.merge_async(key.clone(), state, false).await {
+                            return respond(&mut answer, Err(e.into()));
                         }
                     }
                     Command::Apply => match self.apply(&key, action.clone()).await {
@@ -164,8 +163,12 @@ impl Cluster {
     /// Applies a client write to this node's state (stamped by this node's HLC).
     async fn apply(&self, key: &[u8], action: Action) -> Result<Applied, CoordinatorError> {
         let (node, k) = (self.node.clone(), key.to_vec());
+        if let Action::Op(op) = action {
+            let (out, rec) = node.write_async(k, op).await?;
+            return Ok(Applied::Written(out, rec));
+        }
         blocking(move || match action {
-            Action::Op(op) => node.write(&k, &op).map(|(out, rec)| Applied::Written(out, rec)),
+            Action::Op(_) => unreachable!("written above"),
             Action::Cas { expect, value, ttl_ms } => {
                 let now = node.now_ms();
                 let swapped = node.compare_and_swap(&k, expect, value, ttl_ms, now)?;
@@ -260,14 +263,14 @@ impl Cluster {
         let Some(_slot) = self.slot(target.node).await else {
             return Err(PeerError::NeverSent("too many sends in flight to this replica".into()));
         };
-        let Some(mut client) = self.client(target.node) else {
+        let Some(queue) = self.merge_queue(target.node) else {
             return Err(PeerError::Answered(Failure::refused(
                 geokv_protocol::Kind::Internal,
                 "unknown peer",
             )));
         };
-        let result = match tokio::time::timeout(self.peers.timeout(), self.send_merge(&mut client, req)).await
-        {
+        // Coalesced with the other states going to this replica now (`peer::coalesce`).
+        let result = match tokio::time::timeout(self.peers.timeout(), queue.call(req)).await {
             Ok(r) => r.map(|_| ()).map_err(peer_error),
             Err(_) => Err(PeerError::TimedOut("merge timed out".into())),
         };
@@ -404,13 +407,14 @@ impl Cluster {
             let n = self.node.clone();
             return blocking(move || n.engine().get(&key)).await.map_err(PeerError::from);
         }
-        let Some(mut client) = self.client(node) else {
+        let Some(queue) = self.fetch_queue(node) else {
             return Err(PeerError::NeverSent(format!("node {node} has no known address")));
         };
-        let call = client.fetch(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0), vote: true });
+        // Coalesced with the other fetches from this replica now (`peer::coalesce`).
+        let call = queue.call(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0), vote: true });
         let resp = match tokio::time::timeout(self.peers.timeout(), call).await {
             Err(_) => return Err(PeerError::TimedOut("fetch timed out".into())),
-            Ok(r) => r.map_err(peer_error)?.into_inner(),
+            Ok(r) => r.map_err(peer_error)?,
         };
         if resp.state.is_empty() {
             return Ok(None);
@@ -431,8 +435,7 @@ impl Cluster {
     /// Read repair: brings one replica up to the merged state.
     async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
         let changed = if node == self.me {
-            let n = self.node.clone();
-            blocking(move || n.engine().merge(&key, &merged)).await.unwrap_or_else(|e| {
+            self.node.merge_async(key, merged, false).await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "read repair could not merge the state here");
                 false
             })

@@ -19,6 +19,7 @@ pub(crate) mod moves;
 pub(crate) mod recovery;
 pub(crate) mod scan;
 
+use crate::peer::coalesce::{Fetches, Merges, Queue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -164,6 +165,7 @@ impl Cluster {
                 cfg.request_timeout_ms,
                 node.faults().clone(),
                 node.tls().cloned(),
+                crate::peer::coalesce::CallCounters::from(node.metrics()),
             ),
             gossip: OnceLock::new(),
             replicator: OnceLock::new(),
@@ -289,6 +291,18 @@ impl Cluster {
     pub(crate) fn client(&self, id: NodeId) -> Option<crate::peer::client::PeerClient> {
         let addr = self.view().info(id)?.peer_addr.clone();
         self.peers.client(id, &addr)
+    }
+
+    /// The coalescing queue of state sends to `id` (see [`crate::peer::coalesce`]).
+    pub(crate) fn merge_queue(&self, id: NodeId) -> Option<Queue<Merges>> {
+        let addr = self.view().info(id)?.peer_addr.clone();
+        self.peers.merge_queue(id, &addr)
+    }
+
+    /// The coalescing queue of fetches from `id`.
+    pub(crate) fn fetch_queue(&self, id: NodeId) -> Option<Queue<Fetches>> {
+        let addr = self.view().info(id)?.peer_addr.clone();
+        self.peers.fetch_queue(id, &addr)
     }
 
     /// A slot for one state send to `id` (see [`crate::peer::client::MAX_IN_FLIGHT_PER_PEER`]).

@@ -525,13 +525,19 @@ impl Cluster {
     ) -> Result<(), tonic::Status> {
         let home = self.view().home(&key);
         let state = if xregion::merges_here(home.contains(&self.node().id())) {
-            let (node, k) = (self.node().clone(), key.clone());
-            crate::blocking::run(move || {
-                node.engine().merge_as(&k, &rec, false)?;
-                Ok::<_, geokv_storage::StorageError>(node.engine().get(&k)?.unwrap_or(rec))
-            })
-            .await?
-            .map_err(crate::api::status::to_status)?
+            let node = self.node().clone();
+            // Through the writer thread (committed with whatever else is queued), then the
+            // merged state, from memory when it is there.
+            node.merge_async(key.clone(), rec.clone(), false).await.map_err(crate::api::status::to_status)?;
+            let merged = match node.engine().get_cached(&key) {
+                Ok(Some(found)) => Ok(found),
+                Ok(None) => {
+                    let k = key.clone();
+                    crate::blocking::run(move || node.engine().get(&k)).await?
+                }
+                Err(e) => Err(e),
+            };
+            merged.map_err(crate::api::status::to_status)?.unwrap_or(rec)
         } else {
             rec
         };
