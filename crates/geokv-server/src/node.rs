@@ -112,7 +112,7 @@ pub struct Node {
     commits: GroupCommit,
     hlc: Arc<uhlc::HLC>,
     /// The actor this node writes counter entries and set dots as (see `geokv_core::actor_id`).
-    actor: std::sync::atomic::AtomicU64,
+    actor: Arc<std::sync::atomic::AtomicU64>,
     limits: Limits,
     clock: Arc<dyn Clock>,
     pub(crate) sweep_batch: usize,
@@ -179,7 +179,8 @@ impl Node {
             incarnation = Stamp::from_uhlc(&hlc.new_timestamp()).time;
             engine.renew_incarnation(incarnation)?;
         }
-        let actor = std::sync::atomic::AtomicU64::new(geokv_core::actor_id(cfg.node_id, incarnation));
+        let actor =
+            Arc::new(std::sync::atomic::AtomicU64::new(geokv_core::actor_id(cfg.node_id, incarnation)));
         let engine = Arc::new(engine);
         let commits = GroupCommit::start(engine.clone()).map_err(|e| StorageError::Io {
             path: cfg.data_dir.display().to_string(),
@@ -333,10 +334,12 @@ impl Node {
         op.validate(&self.limits)?;
         // The decision runs on the writer thread: it takes what it needs, not the node.
         let (hlc, id, actor, clock, limits) =
-            (self.hlc.clone(), self.id, self.actor(), self.clock.clone(), self.limits.clone());
+            (self.hlc.clone(), self.id, self.actor.clone(), self.clock.clone(), self.limits.clone());
         self.commits
             .submit(key, move |current| {
                 let stamp = stamp_after(&hlc, id, current);
+                // The actor as of the decision (a renewal in between is seen, as in `write`).
+                let actor = actor.load(std::sync::atomic::Ordering::SeqCst);
                 let applied = apply_as(current, &op, stamp, actor, clock.now_ms(), &limits)?;
                 let record = applied.record.clone();
                 Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })

@@ -36,6 +36,11 @@ pub fn inherit<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     REQUEST_ID.scope(current().unwrap_or_default(), fut.instrument(tracing::Span::current()))
 }
 
+/// Runs `fut` as work for the request `id` (taken earlier with [`current`]), in no span.
+pub fn scoped<F: Future>(id: Option<String>, fut: F) -> impl Future<Output = F::Output> {
+    REQUEST_ID.scope(id.unwrap_or_default(), fut)
+}
+
 /// A fresh request id: 16 hex digits.
 fn fresh_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -23,8 +23,7 @@ use crate::faults::Faults;
 
 /// Calls in flight to one peer at most, per kind; items queue behind them and go in the next.
 const CALLS_IN_FLIGHT: usize = 4;
-/// Most items in one call, and most bytes of them (a call may pass it by one item).
-const MAX_ITEMS: usize = 128;
+/// Most bytes of items in one call (a call may pass it by one item).
 const MAX_BYTES: usize = 1 << 20;
 /// How long a peer that answered UNIMPLEMENTED gets single calls.
 const SINGLE_FOR: Duration = Duration::from_secs(60);
@@ -36,6 +35,8 @@ pub trait Kind: Send + Sync + 'static {
     type Resp: Send + 'static;
     /// The `rpc` label of its metrics.
     const RPC: &'static str;
+    /// Most items in one call.
+    const MAX_ITEMS: usize;
     fn bytes(req: &Self::Req) -> usize;
     fn one(client: PeerClient, req: Self::Req) -> BoxFuture<'static, Result<Self::Resp, Status>>;
     /// One answer per item, in order (a count that does not match is the peer's error).
@@ -58,6 +59,7 @@ impl Kind for Merges {
     type Req = pb::MergeRequest;
     type Resp = pb::MergeResponse;
     const RPC: &'static str = "merge";
+    const MAX_ITEMS: usize = 128;
     const DUPLICABLE: bool = true;
 
     fn bytes(req: &Self::Req) -> usize {
@@ -93,6 +95,9 @@ impl Kind for Fetches {
     type Req = pb::FetchRequest;
     type Resp = pb::FetchResponse;
     const RPC: &'static str = "fetch";
+    /// The answers carry states of up to `limits.max_record_bytes` each (16 MiB by default):
+    /// few per call keeps an answer far below the peer clients' 512 MiB message limit.
+    const MAX_ITEMS: usize = 16;
     const DUPLICABLE: bool = false;
 
     fn bytes(req: &Self::Req) -> usize {
@@ -173,6 +178,9 @@ impl Counters {
 struct Queued<K: Kind> {
     req: K::Req,
     done: oneshot::Sender<Result<K::Resp, Status>>,
+    /// The request id of the caller's request (sent with the call; a coalesced call carries
+    /// its first item's).
+    id: Option<String>,
 }
 
 /// The queue of one kind of call to one peer (see the module's documentation).
@@ -207,16 +215,27 @@ impl<K: Kind> Queue<K> {
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = calls.clone().acquire_owned().await else { return };
-                let Some(first) = rx.recv().await else { return };
+                // Items whose caller gave up (timed out, went away) are not sent.
+                let first = loop {
+                    match rx.recv().await {
+                        Some(q) if q.done.is_closed() => continue,
+                        Some(q) => break q,
+                        None => return,
+                    }
+                };
                 let mut bytes = K::bytes(&first.req);
                 let mut batch = vec![first];
-                while batch.len() < MAX_ITEMS && bytes < MAX_BYTES {
+                while batch.len() < K::MAX_ITEMS && bytes < MAX_BYTES {
                     let Ok(next) = rx.try_recv() else { break };
+                    if next.done.is_closed() {
+                        continue;
+                    }
                     bytes += K::bytes(&next.req);
                     batch.push(next);
                 }
                 let link = link.clone();
-                tokio::spawn(crate::trace::inherit(async move {
+                let id = batch[0].id.clone();
+                tokio::spawn(crate::trace::scoped(id, async move {
                     link.send::<K>(batch).await;
                     drop(permit);
                 }));
@@ -228,7 +247,7 @@ impl<K: Kind> Queue<K> {
     /// Makes one call; the peer's answer to it (or why there is none).
     pub async fn call(&self, req: K::Req) -> Result<K::Resp, Status> {
         let (done, answer) = oneshot::channel();
-        if self.tx.send(Queued { req, done }).is_err() {
+        if self.tx.send(Queued { req, done, id: crate::trace::current() }).is_err() {
             return Err(Status::unavailable("the call queue to this peer is closed"));
         }
         answer.await.unwrap_or_else(|_| Err(Status::unavailable("the call to this peer was abandoned")))
@@ -281,16 +300,21 @@ impl Link {
     /// second time, on its own (merges are idempotent: the duplicate must change nothing).
     async fn one_by_one<K: Kind>(&self, batch: Vec<Queued<K>>) {
         self.counters.alone.inc_by(batch.len() as u64);
-        let calls = batch.into_iter().map(|q| async move {
-            if K::DUPLICABLE && self.faults.duplicates() {
-                let (copy, client, deadline) = (q.req.clone(), self.client.clone(), self.timeout);
-                tokio::spawn(async move { drop(tokio::time::timeout(deadline, K::one(client, copy)).await) });
-            }
-            let answer = match tokio::time::timeout(self.timeout, K::one(self.client.clone(), q.req)).await {
-                Ok(r) => r,
-                Err(_) => Err(Status::deadline_exceeded(format!("{} timed out", K::RPC))),
-            };
-            let _ = q.done.send(answer);
+        let calls = batch.into_iter().map(|q| {
+            crate::trace::scoped(q.id.clone(), async move {
+                if K::DUPLICABLE && self.faults.duplicates() {
+                    let (copy, client, deadline) = (q.req.clone(), self.client.clone(), self.timeout);
+                    tokio::spawn(
+                        async move { drop(tokio::time::timeout(deadline, K::one(client, copy)).await) },
+                    );
+                }
+                let answer =
+                    match tokio::time::timeout(self.timeout, K::one(self.client.clone(), q.req)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Status::deadline_exceeded(format!("{} timed out", K::RPC))),
+                    };
+                let _ = q.done.send(answer);
+            })
         });
         futures::future::join_all(calls).await;
     }

@@ -71,8 +71,13 @@ impl<T> Pending<T> {
     }
 }
 
+/// The answer of a change whose group ended without answering it: a bug caught in the writer
+/// (the change may have been committed), or the node shutting down.
 fn writer_gone() -> StorageError {
-    StorageError::BatchFailed("the storage writer thread has stopped (the node is shutting down)".into())
+    StorageError::Io {
+        path: "storage writer".into(),
+        reason: "the change was not answered (the node is shutting down, or the writer failed); it may or may not be stored".into(),
+    }
 }
 
 impl GroupCommit {
@@ -89,7 +94,13 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
-                writer.commit_group(jobs);
+                // A bug in a group fails that group's callers (their answers are dropped: see
+                // `writer_gone`), not every later write of the node.
+                if catch_unwind(AssertUnwindSafe(|| writer.commit_group(jobs))).is_err() {
+                    tracing::error!(
+                        "committing a group of changes panicked; its callers were told it failed"
+                    );
+                }
             }
         })?;
         Ok(GroupCommit { engine, tx: Some(tx), thread: Some(thread) })
@@ -152,17 +163,20 @@ impl GroupCommit {
                     });
                     (record, finish)
                 }
+                // Answered with the group, like every other change: a refusal may rest on an
+                // earlier change of the same group, which must be committed first.
                 Err(e) => {
-                    let _ = tx.send(Err(e));
-                    (None, Box::new(|_| {}))
+                    let finish: Finish = Box::new(move |committed| {
+                        let _ = tx.send(Err(committed.err().unwrap_or(e)));
+                    });
+                    (None, finish)
                 }
             }
         });
         let job = Job { key, ship, merge, decide };
         if let Some(Err(mpsc::SendError(job))) = self.tx.as_ref().map(|tx| tx.send(job)) {
             // The thread is gone: answer the caller rather than leave it waiting.
-            let (_, finish) = (job.decide)(Err(writer_gone()));
-            finish(Err(writer_gone()));
+            (job.decide)(Err(writer_gone())).1(Err(writer_gone()));
         }
         Pending(rx)
     }
@@ -199,7 +213,7 @@ impl Engine {
         let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
         for job in jobs {
             if let Err(e) = self.admit(&job.key) {
-                let _ = (job.decide)(Err(e));
+                finishes.push((job.decide)(Err(e)).1);
                 continue;
             }
             let slot = slots.entry(job.key.clone()).or_insert_with(|| Slot {
@@ -240,7 +254,7 @@ impl Engine {
                     slot.ship |= job.ship;
                     finishes.push(finish);
                 }
-                Err(e) => finish(Err(e)),
+                Err(e) => finishes.push(Box::new(move |committed| finish(Err(committed.err().unwrap_or(e))))),
             }
         }
         let changes: Vec<Change<'_>> = order

@@ -62,7 +62,10 @@ fn changes_queued_during_a_commit_go_together_in_one_commit() {
 fn a_later_change_of_a_key_in_the_same_group_sees_the_earlier_one() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    e.set_commit_delay(Duration::from_millis(30));
+    let commits = Arc::new(Mutex::new(0usize));
+    let seen = commits.clone();
+    e.set_commit_observer(Arc::new(move |_| *lock(&seen) += 1));
+    e.set_commit_delay(Duration::from_millis(100));
     let group = GroupCommit::start(e.clone()).unwrap();
     let first = group.submit(b"warm".to_vec(), op_write(incr(1)));
     let put = group.submit(b"k".to_vec(), op_write(Op::Put { value: b"a".to_vec(), ttl_ms: None }));
@@ -71,6 +74,32 @@ fn a_later_change_of_a_key_in_the_same_group_sees_the_earlier_one() {
     let (put, append) = (put.wait().unwrap(), append.wait().unwrap());
     assert!(append.version() > put.version());
     assert_eq!(counter(&e, b"k"), Some(View::Register(b"ab".to_vec())));
+    // One change-log entry for the key: the put and the append were committed together.
+    let k_entries = e.log_since(0, 10).unwrap().iter().filter(|l| l.key == b"k").count();
+    assert_eq!(k_entries, 1, "the put and the append went in one group");
+    assert!(*lock(&commits) <= 2);
+}
+
+#[test]
+fn an_answer_waits_for_its_commit_and_a_failed_group_does_not_stop_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    e.set_commit_delay(Duration::from_millis(400));
+    let group = GroupCommit::start(e.clone()).unwrap();
+    let mut pending = group.submit(b"k".to_vec(), op_write(incr(1)));
+    std::thread::sleep(Duration::from_millis(150));
+    let early = futures::executor::block_on(futures::future::poll_immediate(&mut pending));
+    assert!(early.is_none(), "answered before its commit finished");
+    pending.wait().unwrap();
+    e.set_commit_delay(Duration::ZERO);
+    // A bug outside the decision (here the admission check panics) fails the group's callers.
+    e.set_admission(Arc::new(
+        |k: &[u8]| if k.starts_with(b"boom") { panic!("admission bug") } else { Ok(()) },
+    ));
+    let failed = group.submit(b"boom".to_vec(), op_write(incr(1))).wait().unwrap_err().to_string();
+    assert!(failed.contains("not answered"), "{failed}");
+    group.submit(b"k".to_vec(), op_write(incr(1))).wait().unwrap();
+    assert_eq!(counter(&e, b"k"), Some(View::Counter(2)), "the writer goes on");
 }
 
 #[test]
