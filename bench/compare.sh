@@ -5,14 +5,19 @@
 #
 # Starts redis-server (Debian's package, installed if missing) on a free loopback port without
 # persistence and runs redis-benchmark (SET/GET, 50 clients, 256-byte values, with and without
-# pipelining 16); then geokv in release mode: one node, one region of 3 nodes at QUORUM, and 3
+# pipelining 16), and again with `appendonly yes, appendfsync always` (SET: the
+# durability-matched peer of geokv's fsynced PUT); then geokv in release mode: one node
+# (closed loop, and PUT paced at PACED_RATE), the same node at SCALE_RECORDS keys (GET, PUT,
+# bytes on disk per key), one region of 3 nodes at QUORUM (closed loop, and PUT paced), and 3
 # regions of 3 nodes with emulated WAN links (writes in every region, replication on, lag
-# probes eu-west -> us-east), each driven by `geokv bench`; the one node (GET) and the region
-# (QUORUM PUT) run again with TLS on every port and link and a client certificate, compared
-# with their plaintext runs. Prints a table with geokv/Redis ratios and writes every figure as
-# JSON (default bench/results/latest.json).
+# probes eu-west -> us-east, deltas shipped per write and destination), each driven by
+# `geokv bench`; the one node (GET) and the region (QUORUM PUT) run again with TLS on every
+# port and link and a client certificate, compared with their plaintext runs. Each group's
+# nodes' resident memory is taken after its runs. Prints a table with geokv/Redis ratios and
+# writes every figure as JSON (default bench/results/latest.json).
 # Environment: DURATION (s per geokv run, default 10), CLIENTS (50), VALUE (256),
-# RECORDS (100000), CARGO_TARGET_DIR (default $HOME/.cache/geokv-target).
+# RECORDS (100000), SCALE_RECORDS (1000000), PACED_RATE (1000 writes/s), STEADY_RATE (300),
+# CARGO_TARGET_DIR (default $HOME/.cache/geokv-target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,7 +37,9 @@ CLIENTS=${CLIENTS:-50}
 VALUE=${VALUE:-256}
 RECORDS=${RECORDS:-100000}
 REDIS_N=${REDIS_N:-500000}
-if [ "$QUICK" = 1 ]; then DURATION=2; RECORDS=5000; REDIS_N=50000; fi
+SCALE_RECORDS=${SCALE_RECORDS:-1000000}
+PACED_RATE=${PACED_RATE:-1000}
+if [ "$QUICK" = 1 ]; then DURATION=2; RECORDS=5000; REDIS_N=50000; SCALE_RECORDS=20000; fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/geokv-target}"
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
@@ -80,6 +87,14 @@ PY
 redis_bench redis -n "$REDIS_N" -t set,get
 redis_bench redis_p16 -n $((REDIS_N * 4)) -t set,get -P 16
 redis-server --version | head -1 > "$WORK/redis.version"
+# The durability-matched peer: every write in the append-only file, fsynced before the answer.
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+mkdir -p "$WORK/redis-aof"
+redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always \
+  --dir "$WORK/redis-aof" --daemonize no --logfile "$WORK/redis-aof.log" &
+PIDS=($!)
+for _ in $(seq 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis_bench redis_aof -n $((REDIS_N / 5)) -t set
 
 # ---------------------------------------------------------------- geokv
 # start_node DIR CONFIG_TEXT: starts `geokv server`, waits for its address.
@@ -97,6 +112,20 @@ gbench() { # NAME ARGS...: geokv bench --json
   echo "   $name"
   record "$name" "$("$BIN" --json "$@" --value-size "$VALUE" --concurrency "$CLIENTS" --duration "$DURATION" --progress 0)"
 }
+# memory NAME: the resident memory (MB) of every geokv node running now (Redis is PIDS[0]).
+memory() {
+  local rss=()
+  for p in "${PIDS[@]:1}"; do
+    kill -0 "$p" 2>/dev/null && rss+=("$(( $(ps -o rss= -p "$p") / 1024 ))")
+  done
+  record "$1" "{\"rss_mb\": [$(IFS=,; echo "${rss[*]}")]}"
+}
+# disk NAME DIR KEYS: bytes on disk per key of a node's data directory, as it is after the runs
+# (SST files, the WAL and the change log included).
+disk() {
+  local bytes; bytes=$(du -sb "$2" | cut -f1)
+  record "$1" "{\"bytes\": $bytes, \"keys\": $3, \"bytes_per_key\": $((bytes / $3))}"
+}
 
 echo "== geokv, one node (storage.sync = true)"
 P=$(free_port)
@@ -107,6 +136,22 @@ E="http://127.0.0.1:$P"
 gbench single_get --endpoint "$E" bench --workload c --distribution uniform --records "$RECORDS"
 gbench single_put --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load
 gbench single_batch100 --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --batch 100
+gbench single_put_paced --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --rate "$PACED_RATE"
+disk single_disk "$WORK/single/data" "$RECORDS"
+memory single_memory
+kill "${PIDS[-1]}" 2>/dev/null || true
+
+echo "== geokv, one node at $SCALE_RECORDS keys"
+P=$(free_port)
+start_node "$WORK/scale" "node_id = 1
+listen = \"127.0.0.1:$P\"
+data_dir = \"$WORK/scale/data\""
+E="http://127.0.0.1:$P"
+gbench scale_get --endpoint "$E" bench --workload c --distribution uniform --records "$SCALE_RECORDS"
+gbench scale_put --endpoint "$E" bench --workload update --distribution uniform --records "$SCALE_RECORDS" --no-load
+disk scale_disk "$WORK/scale/data" "$SCALE_RECORDS"
+memory scale_memory
+kill "${PIDS[-1]}" 2>/dev/null || true
 
 # certs DIR TOPOLOGY: a CA, node certificates and the client certificate `bench` in DIR; sets
 # TLS_FLAGS (the client's --ca/--cert/--key).
@@ -183,6 +228,8 @@ EPS=$(join "${NODES[@]}")
 CLUSTER_RECORDS=$((RECORDS / 5))
 gbench region_get --consistency quorum bench --endpoints "$EPS" --workload c --distribution uniform --records "$CLUSTER_RECORDS"
 gbench region_put --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load
+gbench region_put_paced --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load --rate "$PACED_RATE"
+memory region_memory
 for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
 PIDS=("${PIDS[0]}")  # only Redis is left running
 
@@ -202,26 +249,29 @@ gbench regions_put --consistency quorum bench --endpoints "$EPS" --workload upda
 # Lag under a steady load the nine nodes sustain here, then at the issue's 5,000 writes/s.
 gbench regions_put_steady --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform \
   --records "$RECORDS" --no-load --rate "${STEADY_RATE:-300}" --lag-endpoint "${NODES[3]}" --repl-peers "$EU_PEERS"
-gbench regions_put_5k --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform \
-  --records "$RECORDS" --no-load --rate 5000 --lag-endpoint "${NODES[3]}" --repl-peers "$EU_PEERS"
+gbench regions_put_paced --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform \
+  --records "$RECORDS" --no-load --rate "$PACED_RATE" --lag-endpoint "${NODES[3]}" --repl-peers "$EU_PEERS"
+memory regions_memory
 LINK_MS=$("$BIN" --json repl-status --peer "${PEERS[0]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print([x for x in d["destinations"] if x["destination"]=="us-east"][0]["link"]["delay_ms"])')
 
 # ---------------------------------------------------------------- report
 mkdir -p "$(dirname "$OUT")"
-python3 - "$RESULTS" "$OUT" "$LINK_MS" "$(cat "$WORK/redis.version")" "$CLIENTS" "$VALUE" "$DURATION" <<'PY'
+python3 - "$RESULTS" "$OUT" "$LINK_MS" "$(cat "$WORK/redis.version")" "$CLIENTS" "$VALUE" "$DURATION" "$RECORDS" "$SCALE_RECORDS" "$PACED_RATE" <<'PY'
 import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1])]
 r = {x["name"]: x["result"] for x in rows}
 out_path, link_ms, redis_version, clients, value, duration = sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+records, scale, paced = int(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
 def op(name, kind):
     return next(o for o in r[name]["ops"] if o["op"] == kind)
 redis_get, redis_set = r["redis"]["GET"]["rps"], r["redis"]["SET"]["rps"]
 redis_set_p16 = r["redis_p16"]["SET"]["rps"]
+redis_aof = r["redis_aof"]["SET"]["rps"]
 table = []
 def add(system, workload, rps, p50, p99, p999, base, base_name):
     table.append({"system": system, "workload": workload, "ops_per_sec": rps, "p50_ms": p50, "p99_ms": p99,
                   "p999_ms": p999, "ratio": (rps / base) if base else None, "compared_with": base_name})
-for name, test, pipe in [("redis", "GET", ""), ("redis", "SET", ""), ("redis_p16", "GET", " -P 16"), ("redis_p16", "SET", " -P 16")]:
+for name, test, pipe in [("redis", "GET", ""), ("redis", "SET", ""), ("redis_p16", "GET", " -P 16"), ("redis_p16", "SET", " -P 16"), ("redis_aof", "SET", " (AOF fsync always)")]:
     x = r[name][test]
     add("redis", test + pipe, x["rps"], x["p50_ms"], x["p99_ms"], None, None, None)
 def g(system, workload, name, kind, base, base_name, keys=False):
@@ -229,21 +279,29 @@ def g(system, workload, name, kind, base, base_name, keys=False):
     rate = o["keys_per_sec"] if keys else o["ops_per_sec"]
     add(system, workload, rate, o["p50_ms"], o["p99_ms"], o["p999_ms"], base, base_name)
 g("geokv 1 node", "GET (read)", "single_get", "read", redis_get, "redis GET")
-g("geokv 1 node", "PUT (update, fsync)", "single_put", "update", redis_set, "redis SET")
+g("geokv 1 node", "PUT (update, fsync)", "single_put", "update", redis_aof, "redis SET AOF always")
 g("geokv 1 node", "BatchWrite x100, keys/s", "single_batch100", "update", redis_set_p16, "redis SET -P 16", keys=True)
+g("geokv 1 node", f"PUT paced at {paced}/s", "single_put_paced", "update", None, None)
+g(f"geokv 1 node, {scale:,} keys", "GET (read)", "scale_get", "read", op("single_get", "read")["ops_per_sec"], f"same at {records:,} keys")
+g(f"geokv 1 node, {scale:,} keys", "PUT (update, fsync)", "scale_put", "update", op("single_put", "update")["ops_per_sec"], f"same at {records:,} keys")
 g("geokv 3 nodes QUORUM", "GET (read)", "region_get", "read", redis_get, "redis GET")
 g("geokv 3 nodes QUORUM", "PUT (update)", "region_put", "update", redis_set, "redis SET")
+g("geokv 3 nodes QUORUM", f"PUT paced at {paced}/s", "region_put_paced", "update", None, None)
 single_get = op("single_get", "read")["ops_per_sec"]
 region_put = op("region_put", "update")["ops_per_sec"]
 g("geokv 1 node TLS", "GET (read)", "single_get_tls", "read", single_get, "geokv 1 node GET plaintext")
 g("geokv 3 nodes TLS", "QUORUM PUT (update)", "region_put_tls", "update", region_put, "geokv 3 nodes PUT plaintext")
 g("geokv 3 regions x 3", "PUT, writes local", "regions_put", "update", redis_set, "redis SET")
 g("geokv 3 regions x 3", "PUT paced (steady)", "regions_put_steady", "update", None, None)
-g("geokv 3 regions x 3", "PUT paced at 5,000/s", "regions_put_5k", "update", None, None)
-repl = {k: r[k].get("replication") for k in ["regions_put", "regions_put_steady", "regions_put_5k"]}
+g("geokv 3 regions x 3", f"PUT paced at {paced}/s", "regions_put_paced", "update", None, None)
+repl = {k: r[k].get("replication") for k in ["regions_put", "regions_put_steady", "regions_put_paced"]}
+memory = {k: r[k]["rss_mb"] for k in ["single_memory", "scale_memory", "region_memory", "regions_memory"]}
+disk = {k: r[k] for k in ["single_disk", "scale_disk"]}
 result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "redis": redis_version},
-          "settings": {"clients": int(clients), "value_bytes": int(value), "duration_s": float(duration)},
-          "table": table, "replication": repl, "wan_delay_eu_us_ms": link_ms, "raw": r}
+          "settings": {"clients": int(clients), "value_bytes": int(value), "duration_s": float(duration),
+                       "records": records, "scale_records": scale, "paced_rate": paced},
+          "table": table, "replication": repl, "memory_mb": memory, "disk": disk,
+          "wan_delay_eu_us_ms": link_ms, "raw": r}
 json.dump(result, open(out_path, "w"), indent=2)
 fmt = lambda v, f="{:.3f}": "" if v is None else f.format(v)
 print(f"\n{'system':<22} {'workload':<26} {'ops/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}  ratio")
@@ -254,6 +312,10 @@ for k, v in repl.items():
     if v:
         print(f"{k}: eu-west -> us-east lag p50 {v.get('lag_p50_ms', 0):.1f} ms, p99 {v.get('lag_p99_ms', 0):.1f} ms "
               f"(link {link_ms:.0f} ms one way; {v.get('lag_probes', 0)} probes, {v.get('lag_timeouts', 0)} unseen, {v.get('lag_probes_skipped', 0)} skipped while 4 were pending), "
-              f"{v.get('deltas_shipped_per_sec', 0):,.0f} deltas/s shipped by eu-west, compression {v.get('compression_ratio', 0):.2f}x")
+              f"{v.get('deltas_shipped_per_sec', 0):,.0f} deltas/s shipped by eu-west ({v.get('deltas_per_write_and_destination', 0):.2f} per write and destination), compression {v.get('compression_ratio', 0):.2f}x")
+for k, v in memory.items():
+    print(f"{k}: resident memory per node {', '.join(f'{m} MB' for m in v)}")
+for k, v in disk.items():
+    print(f"{k}: {v['bytes']:,} bytes on disk for {v['keys']:,} keys, {v['bytes_per_key']} bytes per key")
 print(f"\nJSON: {out_path}")
 PY

@@ -383,3 +383,82 @@ async fn cross_region_anti_entropy_repairs_what_the_log_never_shipped() {
         assert_eq!(register_at(&cluster, us, &key).await.as_deref(), Some(&b"x"[..]));
     }
 }
+
+/// The shipping figures of each node of `region` toward `to`: (deltas sent by both tails,
+/// keys the takeover tail found covered, keys it shipped, whether both tails acknowledged
+/// everything committed).
+async fn shipping_figures(cluster: &TestCluster, region: &str, to: &str) -> Vec<(u64, u64, u64, bool)> {
+    let mut out = Vec::new();
+    for i in (0..cluster.nodes.len()).filter(|&i| cluster.node_regions[i] == region) {
+        let Ok(mut c) = cluster.peer_client(i).await else { continue };
+        let Ok(s) = c.replication_status(pb::ReplicationStatusRequest {}).await else { continue };
+        let d = s.into_inner().destinations.into_iter().find(|d| d.destination == to).unwrap();
+        let caught_up = d.acked_seq >= d.committed_seq && d.takeover_acked_seq >= d.committed_seq;
+        out.push((d.deltas_sent, d.takeover_covered, d.takeover_shipped, caught_up));
+    }
+    out
+}
+
+/// One shipper per key: with every link up, a region of three replicas ships about one delta
+/// per write (the other two replicas find each state delivered by its shipper); with one
+/// replica's link cut while it stays up (so it remains the shipper of its keys but cannot
+/// deliver), the other replicas ship those keys themselves after the grace, and every write
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_write_is_shipped_once_and_a_shipper_that_cannot_deliver_is_taken_over() {
+    let cluster =
+        TestCluster::start_regions_with_extra(&THREE_REGIONS[..2], 3, 3, "takeover_grace_ms = 300\n", None);
+    let eu = quorum(cluster.client(1).await);
+    let us = cluster.client(3).await.with_consistency(proto::Consistency::One);
+    let arrived = |keys: Vec<Vec<u8>>| {
+        let us = us.clone();
+        async move {
+            // Well within cross-region anti-entropy's first round (60 s), which would repair
+            // what replication left out.
+            wait_until(Duration::from_secs(30), || async {
+                for k in &keys {
+                    if !matches!(us.get(k).await, Ok(Some(_))) {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await
+        }
+    };
+    let settled = || async {
+        wait_until(Duration::from_secs(30), || async {
+            let f = shipping_figures(&cluster, "eu-west", "us-east").await;
+            f.len() == 3 && f.iter().all(|n| n.3)
+        })
+        .await
+    };
+    // All links up: 200 writes, about 200 deltas.
+    let first: Vec<Vec<u8>> = (0..200).map(|i| format!("once-{i:03}").into_bytes()).collect();
+    for k in &first {
+        eu.put(k, k, None).await.unwrap();
+    }
+    assert!(arrived(first.clone()).await, "every write reached us-east");
+    assert!(settled().await, "both tails of every eu-west node caught up");
+    let f = shipping_figures(&cluster, "eu-west", "us-east").await;
+    let shipped: u64 = f.iter().map(|n| n.0).sum();
+    let covered: u64 = f.iter().map(|n| n.1).sum();
+    assert!((200..=240).contains(&shipped), "deltas shipped for 200 writes: {shipped} ({f:?})");
+    assert!(covered >= 400, "the other replicas found the states delivered: {covered} ({f:?})");
+
+    // Node 0's link cut, node 0 up: its keys must come from nodes 1 and 2.
+    let mut p0 = peer(&cluster, 0).await;
+    let status = p0.replication_status(pb::ReplicationStatusRequest {}).await.unwrap().into_inner();
+    let mut link = status.destinations[0].link.unwrap();
+    link.cut = true;
+    p0.set_link(pb::SetLinkRequest { destination: "us-east".into(), link: Some(link) }).await.unwrap();
+    let before: u64 = f.iter().map(|n| n.2).sum();
+    let second: Vec<Vec<u8>> = (0..200).map(|i| format!("taken-{i:03}").into_bytes()).collect();
+    for k in &second {
+        eu.put(k, k, None).await.unwrap();
+    }
+    assert!(arrived(second).await, "every write reached us-east though one shipper could not deliver");
+    let f = shipping_figures(&cluster, "eu-west", "us-east").await;
+    let taken_over: u64 = f.iter().map(|n| n.2).sum::<u64>() - before;
+    assert!(taken_over >= 20, "nodes 1 and 2 shipped node 0's keys themselves: {taken_over} ({f:?})");
+}

@@ -35,6 +35,7 @@ pub mod recovery;
 mod replicas;
 pub mod residency;
 pub mod scan;
+pub mod shipping;
 mod write;
 pub mod xregion;
 

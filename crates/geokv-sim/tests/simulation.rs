@@ -89,9 +89,10 @@ const RETRY_PROMISE_SEED: u64 = 204;
 /// seed 6 until the simulator ran handoff, anti-entropy and batches through the protocol crate,
 /// then seed 1 until clients scanned and sent batches, then 13 until nodes ran cross-region
 /// anti-entropy, then 6 until nodes joined and left, then 1 until clients wrote keys only one
-/// region may hold, then 6 until residency policies changed; each change redrew every
+/// region may hold, then 6 until residency policies changed, then 4 until one replica per key
+/// shipped it to other regions (with the others' takeover checks); each change redrew every
 /// schedule).
-const FORWARD_RETRY_SEED: u64 = 4;
+const FORWARD_RETRY_SEED: u64 = 16;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

@@ -455,8 +455,14 @@ pub async fn run(
                 after.1.saturating_sub(shipped_before.1),
                 after.2.saturating_sub(shipped_before.2),
             );
+        // Writes through the shipping nodes' endpoints (clients are spread evenly over the
+        // endpoints), each to be shipped once to every destination.
+        let writes: u64 = hist.iter().map(|h| h.len()).sum::<u64>() * args.repl_peers.len() as u64
+            / endpoints.len().max(1) as u64;
+        let per_write = deltas as f64 / (writes * after.3).max(1) as f64;
         replication.extend([
             ("deltas_shipped_per_sec".to_string(), json!(deltas as f64 / elapsed)),
+            ("deltas_per_write_and_destination".to_string(), json!(per_write)),
             ("raw_bytes".to_string(), json!(raw)),
             ("wire_bytes".to_string(), json!(wire)),
             ("compression_ratio".to_string(), json!(if wire > 0 { raw as f64 / wire as f64 } else { 0.0 })),
@@ -467,12 +473,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Deltas, raw bytes and wire bytes shipped so far by the nodes at `peers` (to all regions).
-async fn shipped(peers: &[String]) -> anyhow::Result<(u64, u64, u64)> {
-    let mut sum = (0, 0, 0);
+/// Deltas, raw bytes and wire bytes shipped so far by the nodes at `peers` (to all regions,
+/// by both tails), and the number of destination regions.
+async fn shipped(peers: &[String]) -> anyhow::Result<(u64, u64, u64, u64)> {
+    let mut sum = (0, 0, 0, 0);
     for peer in peers {
         let mut c = crate::admin_conn::AdminConn::open(Some(peer)).await?;
         let s = c.replication_status(proto::ReplicationStatusRequest {}).await?;
+        sum.3 = sum.3.max(s.destinations.len() as u64);
         for d in s.destinations {
             sum.0 += d.deltas_sent;
             sum.1 += d.raw_bytes;

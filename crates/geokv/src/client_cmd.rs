@@ -452,6 +452,8 @@ async fn repl_status(peer: Option<&str>, js: bool) -> anyhow::Result<()> {
                 "backlog_bytes": d.backlog_bytes, "acked_seq": d.acked_seq, "committed_seq": d.committed_seq,
                 "batches_sent": d.batches_sent, "deltas_sent": d.deltas_sent, "deltas_acked": d.deltas_acked,
                 "raw_bytes": d.raw_bytes, "wire_bytes": d.wire_bytes, "resends": d.resends,
+                "takeover_acked_seq": d.takeover_acked_seq, "takeover_covered": d.takeover_covered,
+                "takeover_shipped": d.takeover_shipped,
                 "link": d.link.as_ref().map(link_json) })
         })
         .collect();

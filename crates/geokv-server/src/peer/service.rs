@@ -108,6 +108,13 @@ impl ClusterRpc for ClusterService {
         Ok(Response::new(Box::pin(crate::xregion::ack_stream(rx))))
     }
 
+    async fn shipped(
+        &self,
+        req: Request<pb::ShippedRequest>,
+    ) -> Result<Response<pb::ShippedResponse>, Status> {
+        Ok(Response::new(self.replicator()?.shipped(req.into_inner())?))
+    }
+
     async fn replication_status(
         &self,
         _req: Request<pb::ReplicationStatusRequest>,

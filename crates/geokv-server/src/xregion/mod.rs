@@ -8,9 +8,15 @@
 //! marked `ship` (client writes of this region and their replication inside it; repairs and
 //! changes from other regions are not shipped again), stamps them with this node's HLC,
 //! compresses them, and streams them to a node of the destination over `Replicate`, up to
-//! [`WINDOW`] batches in flight. Every replica of a key ships it (receivers merge, so the
-//! copies are harmless): a write acknowledged at QUORUM reaches other regions even if any one
-//! replica dies right after. The emulated WAN link of the pair sits in front of the stream.
+//! [`WINDOW`] batches in flight. The emulated WAN link of the pair sits in front of the stream.
+//!
+//! **One shipper per key** (`geokv_protocol::shipping`). A node tails its log twice per
+//! destination. The primary stream ships at once the keys whose shipper this node is (the
+//! first of the key's home replicas that is up) and skips the others. The takeover stream
+//! (`takeover.rs`) looks at every shipped entry again once it is older than
+//! `takeover_grace_ms`: it asks each key's shipper whether the destination acknowledged the
+//! state this node holds, and ships whatever is not: a write acknowledged at QUORUM reaches
+//! other regions even if its shipper dies right after, with one delta per write normally.
 //!
 //! What goes in a batch and how a received one is taken in and acknowledged are the protocol's
 //! rules (`geokv_protocol::xregion`), shared with the simulator; this file runs them.
@@ -27,10 +33,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
+use geokv_cluster::Health;
 use geokv_cluster::Level;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
 use geokv_protocol::residency::change;
+use geokv_protocol::shipping::{self, Tail};
 use geokv_protocol::{xregion, Failure, Kind};
 use geokv_replication::{default_delay_ms, Batch, Delta, Link, LinkParams, Outbox, Plan};
 use geokv_topology::Topology;
@@ -41,6 +49,7 @@ use crate::region::{coordinator_decode as decode, coordinator_encode as encode};
 use crate::Cluster;
 
 mod status;
+mod takeover;
 
 /// Batches in flight to one destination.
 pub const WINDOW: usize = 8;
@@ -50,12 +59,22 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Deltas of one received batch applied at once.
 const APPLY_PARALLELISM: usize = 64;
 
+/// Keys whose acknowledged digest a node keeps per destination, to answer the takeover
+/// streams of the other replicas (about 80 MB at 1 M keys of 40 bytes; a forgotten key is
+/// only shipped twice).
+const ACKED_KEYS: usize = 1_000_000;
+
 /// The `[replication]` section of the server config.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplicationConfig {
     /// How often the change log is polled for new entries to ship, in milliseconds.
     pub interval_ms: u64,
+    /// How old a change must be before the takeover stream checks that its key's shipper
+    /// delivered it (and ships it from this node if not), in milliseconds: the longest a write
+    /// waits when its shipper dies right after the write. Twice the last delivery time to the
+    /// destination when that is longer.
+    pub takeover_grace_ms: u64,
     /// Emulate WAN links between regions (delay from the great-circle distance between the
     /// regions' locations), for tests and demos on one machine. Off in real deployments.
     pub emulate_wan: bool,
@@ -63,7 +82,35 @@ pub struct ReplicationConfig {
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
-        ReplicationConfig { interval_ms: 5, emulate_wan: false }
+        ReplicationConfig { interval_ms: 5, takeover_grace_ms: 1000, emulate_wan: false }
+    }
+}
+
+/// One tail's stream to a destination.
+struct TailStream {
+    outbox: Mutex<Outbox>,
+    /// Whether the stream is up now.
+    connected: std::sync::atomic::AtomicBool,
+    last_delivery_ms: AtomicU64,
+    /// The digests of the states of the batches in flight (by their last sequence number),
+    /// recorded in `Dest::acked` when acknowledged.
+    digests: Mutex<std::collections::VecDeque<(u64, Digests)>>,
+    /// The takeover tail's next entry is not settled before this time (ms): no log read until
+    /// then.
+    not_before_ms: AtomicU64,
+}
+
+type Digests = Vec<(Vec<u8>, u128)>;
+
+impl TailStream {
+    fn new(acked: u64) -> TailStream {
+        TailStream {
+            outbox: Mutex::new(Outbox::new(acked)),
+            connected: Default::default(),
+            last_delivery_ms: AtomicU64::new(0),
+            digests: Default::default(),
+            not_before_ms: AtomicU64::new(0),
+        }
     }
 }
 
@@ -72,10 +119,27 @@ struct Dest {
     /// Nodes of the destination region: (id, peer address), tried in turn.
     nodes: Vec<(NodeId, String)>,
     link: Mutex<Link>,
-    outbox: Mutex<Outbox>,
-    /// Whether a stream to the region is up now.
-    connected: std::sync::atomic::AtomicBool,
-    last_delivery_ms: AtomicU64,
+    primary: TailStream,
+    takeover: TailStream,
+    /// The states the destination acknowledged from this node, by digest (either stream).
+    acked: Mutex<shipping::Acked<u128>>,
+    /// Keys the takeover stream found delivered by their shipper, and keys it shipped itself.
+    takeover_covered: AtomicU64,
+    takeover_shipped: AtomicU64,
+}
+
+impl Dest {
+    fn stream(&self, tail: Tail) -> &TailStream {
+        match tail {
+            Tail::Primary => &self.primary,
+            Tail::Takeover => &self.takeover,
+        }
+    }
+}
+
+/// A state's digest, as compared between the replicas of a key.
+fn digest(state: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(state)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -93,10 +157,6 @@ pub struct Replicator {
     deltas_set_aside: AtomicU64,
     /// Draws for the link emulator's jitter and loss.
     rng: Mutex<rand010::rngs::SmallRng>,
-}
-
-fn cursor_name(region: &str) -> String {
-    format!("replication/{region}")
 }
 
 impl Replicator {
@@ -125,20 +185,31 @@ impl Replicator {
                     cut: false,
                 },
             };
-            // Saved at once (0 on a first start): the log is never trimmed past it, even before
-            // the destination has acknowledged anything.
+            // Saved at once (0 on a first start): the log is never trimmed past them, even
+            // before the destination has acknowledged anything. A node upgraded from a version
+            // where every replica shipped everything starts its takeover tail where its only
+            // tail was (everything before was shipped).
             let engine = cluster.node().engine();
-            let acked = engine.cursor(&cursor_name(&region.name)).map_err(|e| e.to_string())?;
-            engine.set_cursor(&cursor_name(&region.name), acked).map_err(|e| e.to_string())?;
+            let err = |e: geokv_storage::StorageError| e.to_string();
+            let (primary, takeover) =
+                (Tail::Primary.cursor_name(&region.name), Tail::Takeover.cursor_name(&region.name));
+            let saved = engine.cursors().map_err(err)?;
+            let at = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, seq)| *seq);
+            let acked = at(&primary).unwrap_or(0);
+            let takeover_acked = at(&takeover).unwrap_or(acked);
+            engine.set_cursor(&primary, acked).map_err(err)?;
+            engine.set_cursor(&takeover, takeover_acked).map_err(err)?;
             dests.insert(
                 region.name.clone(),
                 Arc::new(Dest {
                     region: region.name.clone(),
                     nodes,
                     link: Mutex::new(Link::new(params)),
-                    outbox: Mutex::new(Outbox::new(acked)),
-                    connected: Default::default(),
-                    last_delivery_ms: AtomicU64::new(0),
+                    primary: TailStream::new(acked),
+                    takeover: TailStream::new(takeover_acked),
+                    acked: Mutex::new(shipping::Acked::new(ACKED_KEYS)),
+                    takeover_covered: AtomicU64::new(0),
+                    takeover_shipped: AtomicU64::new(0),
                 }),
             );
         }
@@ -157,21 +228,23 @@ impl Replicator {
         }))
     }
 
-    /// Starts one sender task per destination region, and the task that samples each
-    /// destination's lag every second for its history (the status page's plots).
+    /// Starts two sender tasks per destination region (its primary and takeover tails), and
+    /// the task that samples each destination's lag every second for its history (the status
+    /// page's plots).
     pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let sampler = self.spawn_sampler();
         let senders = self
             .dests
             .values()
-            .map(|dest| {
+            .flat_map(|dest| Tail::BOTH.map(|tail| (dest, tail)))
+            .map(|(dest, tail)| {
                 let (this, dest) = (self.clone(), dest.clone());
-                let span = tracing::info_span!("replication", destination = %dest.region);
+                let span = tracing::info_span!("replication", destination = %dest.region, ?tail);
                 tokio::spawn(tracing::Instrument::instrument(async move {
                     let mut attempt = 0usize;
                     loop {
                         let target = dest.nodes[attempt % dest.nodes.len().max(1)].clone();
-                        if let Err(e) = this.stream_to(&dest, &target).await {
+                        if let Err(e) = this.stream_to(&dest, tail, &target).await {
                             tracing::debug!(region = %dest.region, node = target.0, error = %e, "replication stream ended");
                             attempt += 1;
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -183,13 +256,15 @@ impl Replicator {
         senders.into_iter().chain([sampler]).collect()
     }
 
-    /// Streams batches to one node of `dest` until the stream fails.
-    async fn stream_to(&self, dest: &Arc<Dest>, target: &(NodeId, String)) -> Result<(), String> {
+    /// Streams one tail's batches to one node of `dest` until the stream fails.
+    async fn stream_to(&self, dest: &Arc<Dest>, tail: Tail, target: &(NodeId, String)) -> Result<(), String> {
         if dest.nodes.is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             return Err("the region has no nodes".into());
         }
-        lock(&dest.outbox).rewind();
+        let stream = dest.stream(tail);
+        lock(&stream.outbox).rewind();
+        lock(&stream.digests).clear();
         let timeout = Duration::from_millis(self.cluster.cfg().request_timeout_ms);
         let node_tls = self.cluster.node().tls();
         let channel = crate::security::lazy_channel(&target.1, timeout, node_tls, Some(target.0))?;
@@ -198,7 +273,7 @@ impl Replicator {
             .max_encoding_message_size(512 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<pb::ReplicationBatch>(WINDOW);
         let mut acks = client.replicate(receiver_stream(rx)).await.map_err(|e| e.to_string())?.into_inner();
-        dest.connected.store(true, Ordering::Relaxed);
+        stream.connected.store(true, Ordering::Relaxed);
         // The link: batches wait here until their delivery time, in order.
         let (link_tx, mut link_rx) = mpsc::unbounded_channel::<(u64, pb::ReplicationBatch)>();
         let node = self.cluster.node().clone();
@@ -211,8 +286,8 @@ impl Replicator {
                 }
             }
         });
-        let result = self.pump(dest, &mut acks, &link_tx).await;
-        dest.connected.store(false, Ordering::Relaxed);
+        let result = self.pump(dest, tail, &mut acks, &link_tx).await;
+        stream.connected.store(false, Ordering::Relaxed);
         delivery.abort();
         result
     }
@@ -220,6 +295,7 @@ impl Replicator {
     async fn pump(
         &self,
         dest: &Arc<Dest>,
+        tail: Tail,
         acks: &mut tonic::Streaming<pb::ReplicationAck>,
         link: &mpsc::UnboundedSender<(u64, pb::ReplicationBatch)>,
     ) -> Result<(), String> {
@@ -231,8 +307,9 @@ impl Replicator {
             Duration::from_millis(apply + 2 * (link.delay_ms + link.jitter_ms))
         };
         let mut last_progress = Instant::now();
+        let stream = dest.stream(tail);
         loop {
-            let in_flight = lock(&dest.outbox).in_flight();
+            let in_flight = lock(&stream.outbox).in_flight();
             if in_flight > 0 && last_progress.elapsed() > ack_timeout {
                 return Err(format!("no acknowledgement within {ack_timeout:?}; resending from the cursor"));
             }
@@ -244,23 +321,37 @@ impl Replicator {
                     }
                     // Acknowledgements come in batch order; one for a later batch means the
                     // batch ahead of it was lost (the receiver cannot tell on a new stream).
-                    let expected = lock(&dest.outbox).expected_ack();
+                    let expected = lock(&stream.outbox).expected_ack();
                     if expected != Some(ack.last_seq) {
                         return Err(format!(
                             "acknowledgement for {} where {expected:?} was due: a batch was lost; resending from the cursor",
                             ack.last_seq
                         ));
                     }
-                    let (cursor, oldest) = lock(&dest.outbox).acked_batches(ack.last_seq);
+                    let (cursor, oldest) = lock(&stream.outbox).acked_batches(ack.last_seq);
                     last_progress = Instant::now();
+                    {
+                        // What the destination holds now, for the other replicas' takeover tails.
+                        let mut digests = lock(&stream.digests);
+                        let mut acked = lock(&dest.acked);
+                        while digests.front().is_some_and(|(last, _)| *last <= ack.last_seq) {
+                            for (key, d) in digests.pop_front().map(|(_, d)| d).unwrap_or_default() {
+                                acked.record(&key, d);
+                            }
+                        }
+                    }
                     if let Some(oldest) = oldest {
                         let took = self.cluster.node().now_ms().saturating_sub(oldest);
-                        dest.last_delivery_ms.store(took, Ordering::Relaxed);
-                        let metrics = self.cluster.node().metrics();
-                        metrics.delivered(self.cluster.region(), &dest.region, Duration::from_millis(took));
+                        stream.last_delivery_ms.store(took, Ordering::Relaxed);
+                        // The delivery time of writes is the primary tail's: the takeover tail
+                        // sends on purpose only after its grace.
+                        if tail == Tail::Primary {
+                            let metrics = self.cluster.node().metrics();
+                            metrics.delivered(self.cluster.region(), &dest.region, Duration::from_millis(took));
+                        }
                     }
                     let node = self.cluster.node().clone();
-                    let name = cursor_name(&dest.region);
+                    let name = tail.cursor_name(&dest.region);
                     crate::blocking::run(move || node.engine().set_cursor(&name, cursor))
                         .await?
                         .map_err(|e| e.to_string())?;
@@ -271,21 +362,24 @@ impl Replicator {
                         last_progress = Instant::now();
                     }
                     if in_flight < WINDOW {
-                        self.send_next(dest, link).await?;
+                        self.send_next(dest, tail, link).await?;
                     }
                 }
             }
         }
     }
 
-    /// Builds the next batch for `dest` and hands it to the link, if there is anything new.
+    /// Builds the next batch of one tail for `dest` and hands it to the link, if there is
+    /// anything new.
     async fn send_next(
         &self,
         dest: &Arc<Dest>,
+        tail: Tail,
         link: &mpsc::UnboundedSender<(u64, pb::ReplicationBatch)>,
     ) -> Result<(), String> {
-        let after = lock(&dest.outbox).next_seq();
-        lock(&dest.outbox).committed(self.cluster.node().engine().committed_seq());
+        let stream = dest.stream(tail);
+        let after = lock(&stream.outbox).next_seq();
+        lock(&stream.outbox).committed(self.cluster.node().engine().committed_seq());
         if lock(&dest.link).params.cut {
             // Nothing gets through: only note how old the oldest change waiting is.
             let node = self.cluster.node().clone();
@@ -293,19 +387,31 @@ impl Replicator {
                 .await?
                 .map_err(|e| e.to_string())?;
             if let Some(entry) = first.first() {
-                lock(&dest.outbox).waiting(entry.version.unix_millis());
+                lock(&stream.outbox).waiting(entry.version.unix_millis());
             }
             return Ok(());
         }
-        let node = self.cluster.node().clone();
-        let region = dest.region.clone();
-        let this_region = self.cluster.region().to_owned();
         // Only keys the destination may hold (under the policy in force now) go there.
         let residency = self.cluster.residency().clone();
         let residency_version = residency.version();
-        let keep = move |key: &[u8]| residency.allows(key, &region);
-        let built = crate::blocking::run(move || build_batch(&node, &this_region, after, keep)).await??;
-        let Some(mut batch) = built else { return Ok(()) };
+        let region = dest.region.clone();
+        let allowed = move |key: &[u8]| residency.allows(key, &region);
+        let built = match tail {
+            Tail::Primary => {
+                let node = self.cluster.node().clone();
+                let this_region = self.cluster.region().to_owned();
+                let ships = self.ships_here();
+                let keep = move |key: &[u8]| allowed(key) && ships(key);
+                crate::blocking::run(move || {
+                    let entries =
+                        node.engine().log_since(after, MAX_BATCH_ENTRIES).map_err(|e| e.to_string())?;
+                    build_batch(&node, &this_region, after, &entries, keep)
+                })
+                .await??
+            }
+            Tail::Takeover => self.takeover_batch(dest, after, allowed).await?,
+        };
+        let Some((mut batch, digests)) = built else { return Ok(()) };
         batch.hlc = self.cluster.node().hlc_now();
         let oldest = batch.deltas.iter().map(|d| geokv_core::Stamp::new(d.stamp, 0).unix_millis()).min();
         let now = self.cluster.node().now_ms();
@@ -317,18 +423,19 @@ impl Replicator {
         let plan = lock(&dest.link).plan(now, jitter, loss);
         if plan == Plan::Cut {
             if let Some(o) = oldest {
-                lock(&dest.outbox).waiting(o);
+                lock(&stream.outbox).waiting(o);
             }
             return Ok(());
         }
         let (wire, raw) = batch.encode(3);
-        lock(&dest.outbox).sent(
+        lock(&stream.outbox).sent(
             batch.last_seq,
             oldest.unwrap_or(now),
             batch.deltas.len() as u64,
             raw as u64,
             wire.len() as u64,
         );
+        lock(&stream.digests).push_back((batch.last_seq, digests));
         if let Plan::DeliverAt(at) = plan {
             let msg = pb::ReplicationBatch {
                 payload: wire,
@@ -339,6 +446,17 @@ impl Replicator {
             link.send((at, msg)).map_err(|_| "the link stopped".to_string())?;
         }
         Ok(())
+    }
+
+    /// Whether this node is the shipper of a key now (the first of its home replicas that is
+    /// up, by this node's view).
+    fn ships_here(&self) -> impl Fn(&[u8]) -> bool + Send + 'static {
+        let view = self.cluster.view();
+        let (me, now) = (self.cluster.node().id(), self.cluster.node().now_ms());
+        move |key: &[u8]| {
+            shipping::shipper(&view.home(key), |n| n == me || view.health(n, now) == Health::Alive)
+                == Some(me)
+        }
     }
 
     /// Applies one received batch; returns its acknowledgement.
@@ -470,37 +588,40 @@ impl Replicator {
     }
 }
 
-/// The next batch after change-log position `after`, by the protocol's rule
-/// (`geokv_protocol::xregion::next_batch`): the current state of every key changed by a
-/// shipped entry (once per key) the destination may hold, up to the size limits. `None` when
-/// the log has nothing new.
+/// The next batch from `entries` (the change log after position `after`), by the protocol's
+/// rule (`geokv_protocol::xregion::next_batch`): the current state of every key changed by a
+/// shipped entry (once per key) that `keep` takes, up to the size limits, with each state's
+/// digest (in the order of the batch's deltas). `None` when there are no entries.
 fn build_batch(
     node: &crate::Node,
     region: &str,
     after: u64,
+    entries: &[geokv_storage::LogEntry],
     keep: impl Fn(&[u8]) -> bool,
-) -> Result<Option<Batch>, String> {
-    let entries = node.engine().log_since(after, MAX_BATCH_ENTRIES).map_err(|e| e.to_string())?;
+) -> Result<Option<(Batch, Digests)>, String> {
     let listed = entries.iter().map(|e| xregion::Entry { seq: e.seq, key: &e.key, ship: e.ship });
-    let state_of = |key: &[u8]| -> Result<Option<(Delta, usize)>, String> {
+    let state_of = |key: &[u8]| -> Result<Option<((Delta, u128), usize)>, String> {
         let Some(rec) = node.engine().get(key).map_err(|e| e.to_string())? else { return Ok(None) };
         let state = encode(&rec);
         let size = state.len();
-        Ok(Some((Delta { stamp: rec.version().time, key: key.to_vec(), state }, size)))
+        let d = digest(&state);
+        Ok(Some(((Delta { stamp: rec.version().time, key: key.to_vec(), state }, d), size)))
     };
-    let Some(xregion::NextBatch { last_seq, states: deltas }) =
+    let Some(xregion::NextBatch { last_seq, states }) =
         xregion::next_batch(listed, keep, state_of, MAX_BATCH_BYTES)?
     else {
         return Ok(None);
     };
-    Ok(Some(Batch {
+    let (deltas, digests) = states.into_iter().map(|(key, (delta, d))| (delta, (key, d))).unzip();
+    let batch = Batch {
         origin_region: region.to_owned(),
         origin_node: node.id(),
         after_seq: after,
         last_seq,
         hlc: 0,
-        deltas: deltas.into_iter().map(|(_, d)| d).collect(),
-    }))
+        deltas,
+    };
+    Ok(Some((batch, digests)))
 }
 
 fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {

@@ -19,7 +19,7 @@ impl Replicator {
                 tick.tick().await;
                 let now = this.cluster.node().now_ms();
                 for d in this.dests.values() {
-                    lock(&d.outbox).sample(now);
+                    lock(&d.primary.outbox).sample(now);
                 }
             }
         })
@@ -33,11 +33,14 @@ impl Replicator {
             .values()
             .map(|d| {
                 let (r, history) = {
-                    let mut o = lock(&d.outbox);
+                    let mut o = lock(&d.primary.outbox);
                     o.committed(committed);
                     o.sample(now);
                     (o.report(now), o.history().points())
                 };
+                // The lag and backlog are the primary tail's (the takeover tail trails by its
+                // grace on purpose); what was sent counts both tails.
+                let t = lock(&d.takeover.outbox).report(now);
                 let l = lock(&d.link).params;
                 pb::RegionLag {
                     destination: d.region.clone(),
@@ -45,15 +48,18 @@ impl Replicator {
                     committed_seq: r.committed_seq,
                     oldest_unacked_ms: r.oldest_unacked_ms,
                     backlog_entries: r.backlog_entries,
-                    batches_sent: r.batches_sent,
-                    deltas_sent: r.deltas_sent,
-                    deltas_acked: r.deltas_acked,
-                    raw_bytes: r.raw_bytes,
-                    wire_bytes: r.wire_bytes,
-                    resends: r.resends,
+                    batches_sent: r.batches_sent + t.batches_sent,
+                    deltas_sent: r.deltas_sent + t.deltas_sent,
+                    deltas_acked: r.deltas_acked + t.deltas_acked,
+                    raw_bytes: r.raw_bytes + t.raw_bytes,
+                    wire_bytes: r.wire_bytes + t.wire_bytes,
+                    resends: r.resends + t.resends,
                     backlog_bytes: self.backlog_bytes(r.acked_seq),
-                    connected: d.connected.load(Ordering::Relaxed) && !l.cut,
-                    last_delivery_ms: d.last_delivery_ms.load(Ordering::Relaxed),
+                    connected: d.primary.connected.load(Ordering::Relaxed) && !l.cut,
+                    last_delivery_ms: d.primary.last_delivery_ms.load(Ordering::Relaxed),
+                    takeover_acked_seq: t.acked_seq,
+                    takeover_covered: d.takeover_covered.load(Ordering::Relaxed),
+                    takeover_shipped: d.takeover_shipped.load(Ordering::Relaxed),
                     history: history
                         .into_iter()
                         .map(|(at_ms, lag_ms)| pb::LagPoint { at_ms, lag_ms })

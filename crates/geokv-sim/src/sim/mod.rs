@@ -19,6 +19,7 @@ mod region;
 pub mod residency;
 pub mod scan;
 pub mod schedule;
+mod takeover;
 mod xregion;
 
 use std::collections::BTreeMap;

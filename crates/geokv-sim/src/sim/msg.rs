@@ -3,6 +3,7 @@
 
 use geokv_cluster::{Level, MemberInfo};
 use geokv_core::{NodeId, Record, Stamp};
+use geokv_protocol::shipping::Tail;
 use geokv_protocol::{Action, Applied, Failure};
 use rand::rngs::SmallRng;
 
@@ -138,8 +139,20 @@ pub enum Msg {
     },
     Batch(BatchMsg),
     BatchAck {
+        tail: Tail,
         last_seq: u64,
         ok: bool,
+    },
+    /// A takeover tail asks a key's shipper whether `region` acknowledged these states from it
+    /// (by digest).
+    ShippedAsk {
+        id: u64,
+        region: usize,
+        items: Vec<(Key, Vec<u8>)>,
+    },
+    ShippedIs {
+        id: u64,
+        covered: Vec<bool>,
     },
     /// Anti-entropy exchange `xid`: the Merkle summary of the keys the two share, please.
     AeSummary {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use geokv_cluster::{Health, MemberInfo, Membership, Status};
 use geokv_core::{NodeId, Record, Stamp};
+use geokv_protocol::shipping::{self, Tail};
 use geokv_protocol::{Failure, Kind, PeerError, Recovery};
 use geokv_storage::{MemStore, ReplicaStore};
 use geokv_topology::Ring;
@@ -32,6 +33,10 @@ pub const BATCH_TIMEOUT_MS: u64 = 2_000;
 pub const PING_EVERY_MS: u64 = 100;
 pub const HANDOFF_EVERY_MS: u64 = 200;
 pub const SHIP_EVERY_MS: u64 = 50;
+/// How old a change must be before the takeover tail checks it with its key's shipper.
+pub const TAKEOVER_GRACE_MS: u64 = 1_000;
+/// Keys whose acknowledged digest a node keeps per destination.
+pub(crate) const ACKED_KEYS: usize = 10_000;
 pub const ANTI_ENTROPY_EVERY_MS: u64 = 1_000;
 /// How often a node starts an exchange with a node of another region (the server's
 /// cross-region backstop for what the replicator missed).
@@ -105,10 +110,15 @@ pub struct Node {
     /// Hint deliveries under way: request id -> (home, key, state, sent at).
     pub(crate) handoffs: BTreeMap<u64, (NodeId, Key, Record, u64)>,
     pub(crate) batches: BTreeMap<u64, BatchJob>,
-    pub(crate) inflight: BTreeMap<usize, InFlight>,
+    pub(crate) inflight: BTreeMap<(usize, Tail), InFlight>,
     pub(crate) ship_target: BTreeMap<usize, usize>,
-    /// Streams of batches from other regions: sender -> (stream, where the next batch starts).
-    pub(crate) streams: BTreeMap<NodeId, (u64, u64)>,
+    /// Streams of batches from other regions: (sender, tail) -> (stream, where the next batch
+    /// starts).
+    pub(crate) streams: BTreeMap<(NodeId, Tail), (u64, u64)>,
+    /// Per destination region, the states it acknowledged from this node (by digest), and
+    /// the takeover page waiting for its shippers' answers.
+    pub(crate) acked: BTreeMap<usize, shipping::Acked<Vec<u8>>>,
+    pub(crate) asking: BTreeMap<usize, super::takeover::Asking>,
     // Faults.
     pub clock_offset_ms: i64,
     pub clock_drift_ppm: i64,
@@ -187,6 +197,8 @@ impl Node {
             inflight: BTreeMap::new(),
             ship_target: BTreeMap::new(),
             streams: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            asking: BTreeMap::new(),
             clock_offset_ms: 0,
             clock_drift_ppm: 0,
             disk_delay_ms: 0,
@@ -237,6 +249,8 @@ impl Node {
         self.batches.clear();
         self.inflight.clear();
         self.streams.clear();
+        self.acked.clear();
+        self.asking.clear();
         self.enforcement.run = None;
         for t in [
             Timer::Ping,
@@ -553,20 +567,13 @@ impl Node {
             Msg::StreamPage { id, start, joiner } => self.stream_page(from, id, start, joiner, ctx),
             Msg::StreamPageIs { id, items, next } => self.on_stream_page(id, items, next, ctx),
             Msg::Batch(batch) => self.receive_batch(from, batch, ctx),
-            Msg::BatchAck { last_seq, ok } => {
-                let region = match from {
-                    Addr::Node(p) => ctx.layout.region_of(p),
-                    Addr::Client(_) => return,
-                };
-                if self.inflight.get(&region).is_some_and(|f| f.last_seq == last_seq) {
-                    self.inflight.remove(&region);
-                    if ok {
-                        let _ = self.store.set_cursor(&Layout::region_name(region), last_seq);
-                    } else {
-                        *self.ship_target.entry(region).or_default() += 1;
-                    }
+            Msg::BatchAck { tail, last_seq, ok } => {
+                if let Addr::Node(p) = from {
+                    self.on_batch_ack(ctx.layout.region_of(p), tail, last_seq, ok);
                 }
             }
+            Msg::ShippedAsk { id, region, items } => self.on_shipped_ask(from, id, region, items, ctx),
+            Msg::ShippedIs { id, covered } => self.on_shipped_is(id, covered, ctx),
             Msg::PolicyAsk if ctx.bug == Some(Bug::NoPolicySync) => {}
             Msg::PolicyAsk => {
                 let (version, text) = self.policy_version();

@@ -109,6 +109,14 @@ fn replication(s: &geokv_proto::v1::ReplicationStatusResponse, m: &Metrics) {
         sync_counter(&m.repl_bytes.with_label_values(&[origin, destination, "wire"]), d.wire_bytes);
         sync_counter(&m.repl_deltas.with_label_values(&[origin, destination, "sent"]), d.deltas_sent);
         sync_counter(&m.repl_deltas.with_label_values(&[origin, destination, "acked"]), d.deltas_acked);
+        sync_counter(
+            &m.repl_takeover.with_label_values(&[origin, destination, "covered"]),
+            d.takeover_covered,
+        );
+        sync_counter(
+            &m.repl_takeover.with_label_values(&[origin, destination, "shipped"]),
+            d.takeover_shipped,
+        );
         sync_counter(&m.repl_batches_sent.with_label_values(&pair), d.batches_sent);
         sync_counter(&m.repl_resends.with_label_values(&pair), d.resends);
     }
