@@ -61,11 +61,12 @@ pub fn settled(stamps_ms: impl IntoIterator<Item = u64>, now_ms: u64, grace_ms: 
     stamps_ms.into_iter().take_while(|&t| t.saturating_add(grace_ms) <= now_ms).count()
 }
 
-/// How long the takeover stream waits before it looks at an entry: the configured grace, or
-/// twice the time the last delivery to the destination took if that is longer (a loaded or
-/// slow link must not turn every check into a duplicate).
-pub fn grace_ms(configured_ms: u64, last_delivery_ms: u64) -> u64 {
-    configured_ms.max(last_delivery_ms.saturating_mul(2))
+/// How long the takeover tail waits before it looks at an entry: the configured grace, or
+/// twice the round trip of the last batch to the destination (send to acknowledgement) if
+/// that is longer, so a loaded or slow link does not turn every check into a duplicate; never
+/// more than `max_ms` (unless configured so).
+pub fn grace_ms(configured_ms: u64, round_trip_ms: u64, max_ms: u64) -> u64 {
+    configured_ms.max(round_trip_ms.saturating_mul(2).min(max_ms))
 }
 
 /// Whether a replica's state of a key (`mine`) is known to be at the destination: the
@@ -166,8 +167,10 @@ mod tests {
         assert_eq!(settled([100, 200], 1000, 500), 2);
         assert_eq!(settled([600], 1000, 500), 0);
         assert_eq!(settled(Vec::<u64>::new(), 1000, 500), 0);
-        assert_eq!(grace_ms(2000, 300), 2000);
-        assert_eq!(grace_ms(2000, 1500), 3000);
+        assert_eq!(grace_ms(2000, 300, 30_000), 2000);
+        assert_eq!(grace_ms(2000, 1500, 30_000), 3000);
+        assert_eq!(grace_ms(2000, 3_600_000, 30_000), 30_000, "bounded");
+        assert_eq!(grace_ms(60_000, 0, 30_000), 60_000, "as configured");
     }
 
     #[test]

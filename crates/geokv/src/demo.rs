@@ -239,10 +239,11 @@ async fn tour(c: &Client) -> anyhow::Result<()> {
     println!("first swap succeeded: {}, second (stale version) succeeded: {}", ok.succeeded, stale.succeeded);
 
     step("TTL: a key that expires");
-    c.put(b"session", b"token", Some(Duration::from_millis(300))).await?;
+    // Two seconds: long enough to read it back on a loaded machine.
+    c.put(b"session", b"token", Some(Duration::from_secs(2))).await?;
     println!("{}", entry_human(&c.get(b"session").await?.context("session vanished")?));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    println!("after 400 ms: {:?}", c.get(b"session").await?.map(|_| "present").unwrap_or("absent"));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    println!("after 2.2 s: {:?}", c.get(b"session").await?.map(|_| "present").unwrap_or("absent"));
 
     step("scan: keys in order");
     let all = c.scan_all(&ScanOptions { limit: 2, ..Default::default() }).await?;

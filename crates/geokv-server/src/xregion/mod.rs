@@ -59,10 +59,16 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Deltas of one received batch applied at once.
 const APPLY_PARALLELISM: usize = 64;
 
-/// Keys whose acknowledged digest a node keeps per destination, to answer the takeover
-/// streams of the other replicas (about 80 MB at 1 M keys of 40 bytes; a forgotten key is
-/// only shipped twice).
-const ACKED_KEYS: usize = 1_000_000;
+/// Keys whose acknowledged digest a node keeps per destination, to answer the takeover tails
+/// of the other replicas: what was acknowledged within the grace at 10,000 writes/s, with
+/// room (about 200 bytes a key, 20 MB per destination; a forgotten key is only shipped twice).
+const ACKED_KEYS: usize = 100_000;
+/// The longest the takeover tail's grace grows to when deliveries are slow.
+const MAX_GRACE_MS: u64 = 30_000;
+/// How often the takeover tail reads the log when its next entry is not settled yet, and the
+/// entries it reads at once (it reads on at once while its pages come back full).
+const TAKEOVER_POLL_MS: u64 = 100;
+const TAKEOVER_PAGE: usize = 512;
 
 /// The `[replication]` section of the server config.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,15 +98,25 @@ struct TailStream {
     /// Whether the stream is up now.
     connected: std::sync::atomic::AtomicBool,
     last_delivery_ms: AtomicU64,
-    /// The digests of the states of the batches in flight (by their last sequence number),
-    /// recorded in `Dest::acked` when acknowledged.
-    digests: Mutex<std::collections::VecDeque<(u64, Digests)>>,
-    /// The takeover tail's next entry is not settled before this time (ms): no log read until
-    /// then.
+    /// Time from sending a batch to its acknowledgement, for the last acknowledged one.
+    round_trip_ms: AtomicU64,
+    /// The batches in flight, in order, with what to record once acknowledged.
+    sent: Mutex<std::collections::VecDeque<Sent>>,
+    /// The takeover tail reads the log again no earlier than this (ms).
     not_before_ms: AtomicU64,
 }
 
 type Digests = Vec<(Vec<u8>, u128)>;
+
+/// A batch in flight: its position, when it left, its states' digests (recorded in
+/// `Dest::acked` when acknowledged) and, for the takeover tail, how many keys it found
+/// covered and shipped (counted when acknowledged, so a resend does not count twice).
+struct Sent {
+    last_seq: u64,
+    at_ms: u64,
+    digests: Digests,
+    covered: u64,
+}
 
 impl TailStream {
     fn new(acked: u64) -> TailStream {
@@ -108,7 +124,8 @@ impl TailStream {
             outbox: Mutex::new(Outbox::new(acked)),
             connected: Default::default(),
             last_delivery_ms: AtomicU64::new(0),
-            digests: Default::default(),
+            round_trip_ms: AtomicU64::new(0),
+            sent: Default::default(),
             not_before_ms: AtomicU64::new(0),
         }
     }
@@ -264,7 +281,8 @@ impl Replicator {
         }
         let stream = dest.stream(tail);
         lock(&stream.outbox).rewind();
-        lock(&stream.digests).clear();
+        lock(&stream.sent).clear();
+        stream.not_before_ms.store(0, Ordering::Relaxed);
         let timeout = Duration::from_millis(self.cluster.cfg().request_timeout_ms);
         let node_tls = self.cluster.node().tls();
         let channel = crate::security::lazy_channel(&target.1, timeout, node_tls, Some(target.0))?;
@@ -330,25 +348,36 @@ impl Replicator {
                     }
                     let (cursor, oldest) = lock(&stream.outbox).acked_batches(ack.last_seq);
                     last_progress = Instant::now();
+                    let now = self.cluster.node().now_ms();
+                    let mut deltas = 0;
                     {
-                        // What the destination holds now, for the other replicas' takeover tails.
-                        let mut digests = lock(&stream.digests);
+                        // What the destination holds now, for the other replicas' takeover tails
+                        // (not when it set some states aside or dropped them: those are not
+                        // there, and the replicas that hold them may try again).
+                        let mut sent = lock(&stream.sent);
                         let mut acked = lock(&dest.acked);
-                        while digests.front().is_some_and(|(last, _)| *last <= ack.last_seq) {
-                            for (key, d) in digests.pop_front().map(|(_, d)| d).unwrap_or_default() {
-                                acked.record(&key, d);
+                        while sent.front().is_some_and(|b| b.last_seq <= ack.last_seq) {
+                            let b = sent.pop_front().expect("checked");
+                            stream.round_trip_ms.store(now.saturating_sub(b.at_ms), Ordering::Relaxed);
+                            deltas += b.digests.len();
+                            if tail == Tail::Takeover {
+                                dest.takeover_covered.fetch_add(b.covered, Ordering::Relaxed);
+                                dest.takeover_shipped.fetch_add(b.digests.len() as u64, Ordering::Relaxed);
+                            }
+                            if ack.not_applied == 0 {
+                                for (key, d) in b.digests {
+                                    acked.record(&key, d);
+                                }
                             }
                         }
                     }
-                    if let Some(oldest) = oldest {
-                        let took = self.cluster.node().now_ms().saturating_sub(oldest);
+                    // The delivery time of writes is the primary tail's batches with states in
+                    // them (the takeover tail sends on purpose only after its grace).
+                    if let (Some(oldest), true, Tail::Primary) = (oldest, deltas > 0, tail) {
+                        let took = now.saturating_sub(oldest);
                         stream.last_delivery_ms.store(took, Ordering::Relaxed);
-                        // The delivery time of writes is the primary tail's: the takeover tail
-                        // sends on purpose only after its grace.
-                        if tail == Tail::Primary {
-                            let metrics = self.cluster.node().metrics();
-                            metrics.delivered(self.cluster.region(), &dest.region, Duration::from_millis(took));
-                        }
+                        let metrics = self.cluster.node().metrics();
+                        metrics.delivered(self.cluster.region(), &dest.region, Duration::from_millis(took));
                     }
                     let node = self.cluster.node().clone();
                     let name = tail.cursor_name(&dest.region);
@@ -408,10 +437,11 @@ impl Replicator {
                     build_batch(&node, &this_region, after, &entries, keep)
                 })
                 .await??
+                .map(|(batch, digests)| (batch, digests, 0))
             }
             Tail::Takeover => self.takeover_batch(dest, after, allowed).await?,
         };
-        let Some((mut batch, digests)) = built else { return Ok(()) };
+        let Some((mut batch, digests, covered)) = built else { return Ok(()) };
         batch.hlc = self.cluster.node().hlc_now();
         let oldest = batch.deltas.iter().map(|d| geokv_core::Stamp::new(d.stamp, 0).unix_millis()).min();
         let now = self.cluster.node().now_ms();
@@ -435,7 +465,7 @@ impl Replicator {
             raw as u64,
             wire.len() as u64,
         );
-        lock(&stream.digests).push_back((batch.last_seq, digests));
+        lock(&stream.sent).push_back(Sent { last_seq: batch.last_seq, at_ms: now, digests, covered });
         if let Plan::DeliverAt(at) = plan {
             let msg = pb::ReplicationBatch {
                 payload: wire,

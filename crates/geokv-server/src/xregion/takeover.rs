@@ -12,7 +12,7 @@ use geokv_proto::v1 as pb;
 use geokv_protocol::shipping;
 use geokv_replication::Batch;
 
-use super::{build_batch, lock, Dest, Digests, Replicator, MAX_BATCH_ENTRIES};
+use super::{build_batch, lock, Dest, Digests, Replicator, MAX_GRACE_MS, TAKEOVER_PAGE, TAKEOVER_POLL_MS};
 
 impl Replicator {
     /// The takeover tail's next batch after `after`: the settled entries' keys that `allowed`
@@ -23,29 +23,40 @@ impl Replicator {
         dest: &Arc<Dest>,
         after: u64,
         allowed: impl Fn(&[u8]) -> bool + Send + 'static,
-    ) -> Result<Option<(Batch, Digests)>, String> {
-        let node = self.cluster.node().clone();
-        let this_region = self.cluster.region().to_owned();
-        let last_delivery = dest.primary.last_delivery_ms.load(Ordering::Relaxed);
-        let grace = shipping::grace_ms(self.cfg.takeover_grace_ms, last_delivery);
-        if self.cluster.node().now_ms() < dest.takeover.not_before_ms.load(Ordering::Relaxed) {
+    ) -> Result<Option<(Batch, Digests, u64)>, String> {
+        let now = self.cluster.node().now_ms();
+        if now < dest.takeover.not_before_ms.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let built = crate::blocking::run(move || {
-            let mut entries = node.engine().log_since(after, MAX_BATCH_ENTRIES).map_err(|e| e.to_string())?;
-            let now = node.now_ms();
+        let node = self.cluster.node().clone();
+        let this_region = self.cluster.region().to_owned();
+        let round_trip = dest.primary.round_trip_ms.load(Ordering::Relaxed);
+        let grace = shipping::grace_ms(self.cfg.takeover_grace_ms, round_trip, MAX_GRACE_MS);
+        let (built, wait) = crate::blocking::run(move || {
+            let mut entries = node.engine().log_since(after, TAKEOVER_PAGE).map_err(|e| e.to_string())?;
+            let full = entries.len() == TAKEOVER_PAGE;
             let n = shipping::settled(entries.iter().map(|e| e.version.unix_millis()), now, grace);
-            // The first entry left waits until its grace is over (the poll then skips the log).
-            let next = entries.get(n).map_or(0, |e| e.version.unix_millis().saturating_add(grace));
+            let young = entries.get(n).map(|e| e.version.unix_millis());
+            let last_settled = n.checked_sub(1).map(|i| entries[i].seq);
             entries.truncate(n);
-            build_batch(&node, &this_region, after, &entries, allowed).map(|b| (b, next))
+            let built = build_batch(&node, &this_region, after, &entries, allowed)?;
+            // Read on at once while there is more settled: a full page, or a batch that
+            // stopped at its size bound; else wait for the next entry to settle, and at least
+            // the poll interval (so settled entries go in pages, not one by one).
+            let more = built.as_ref().is_some_and(|(b, _)| Some(b.last_seq) != last_settled);
+            let wait = match young {
+                _ if more => 0,
+                Some(t) => t.saturating_add(grace).max(now + TAKEOVER_POLL_MS),
+                None if full => 0,
+                None => now + TAKEOVER_POLL_MS,
+            };
+            Ok::<_, String>((built, wait))
         })
         .await??;
-        let (built, next) = built;
-        dest.takeover.not_before_ms.store(next, Ordering::Relaxed);
+        dest.takeover.not_before_ms.store(wait, Ordering::Relaxed);
         let Some((mut batch, digests)) = built else { return Ok(None) };
         if batch.deltas.is_empty() {
-            return Ok(Some((batch, digests)));
+            return Ok(Some((batch, digests, 0)));
         }
         // Ask each key's shipper now: this node's own record, or the peer's.
         let view = self.cluster.view();
@@ -56,27 +67,30 @@ impl Replicator {
             let who = shipping::shipper(&view.home(&d.0), up);
             ((delta, d), who)
         }));
-        let (mut deltas, mut digests) = (Vec::new(), Vec::new());
-        for (who, items) in groups {
+        // The shippers are asked at once (one of them may be down without gossip knowing yet).
+        let answers = futures::future::join_all(groups.iter().map(|(who, items)| async move {
             let asked: Vec<(&[u8], &u128)> = items.iter().map(|(_, (k, d))| (k.as_slice(), d)).collect();
-            let covered = match who {
+            match *who {
                 Some(n) if n == me => lock(&dest.acked).answer(asked),
                 Some(n) => self.ask_shipper(n, &dest.region, &asked).await,
                 None => vec![false; items.len()],
-            };
+            }
+        }))
+        .await;
+        let (mut deltas, mut digests, mut covered_keys) = (Vec::new(), Vec::new(), 0);
+        for ((_, items), covered) in groups.into_iter().zip(answers) {
             for (item, covered) in items.into_iter().zip(covered.into_iter().chain(std::iter::repeat(false)))
             {
                 if covered {
-                    dest.takeover_covered.fetch_add(1, Ordering::Relaxed);
+                    covered_keys += 1;
                 } else {
                     deltas.push(item.0);
                     digests.push(item.1);
                 }
             }
         }
-        dest.takeover_shipped.fetch_add(deltas.len() as u64, Ordering::Relaxed);
         batch.deltas = deltas;
-        Ok(Some((batch, digests)))
+        Ok(Some((batch, digests, covered_keys)))
     }
 
     /// Asks node `shipper` whether `region` acknowledged these states from it; any failure

@@ -140,6 +140,8 @@ pub enum Msg {
     Batch(BatchMsg),
     BatchAck {
         tail: Tail,
+        /// The stream of the batch acknowledged.
+        stream: u64,
         last_seq: u64,
         ok: bool,
     },

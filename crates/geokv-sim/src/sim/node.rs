@@ -567,9 +567,9 @@ impl Node {
             Msg::StreamPage { id, start, joiner } => self.stream_page(from, id, start, joiner, ctx),
             Msg::StreamPageIs { id, items, next } => self.on_stream_page(id, items, next, ctx),
             Msg::Batch(batch) => self.receive_batch(from, batch, ctx),
-            Msg::BatchAck { tail, last_seq, ok } => {
+            Msg::BatchAck { tail, stream, last_seq, ok } => {
                 if let Addr::Node(p) = from {
-                    self.on_batch_ack(ctx.layout.region_of(p), tail, last_seq, ok);
+                    self.on_batch_ack(ctx.layout.region_of(p), tail, stream, last_seq, ok);
                 }
             }
             Msg::ShippedAsk { id, region, items } => self.on_shipped_ask(from, id, region, items, ctx),

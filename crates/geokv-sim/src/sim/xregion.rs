@@ -30,6 +30,8 @@ pub(crate) struct BatchJob {
 
 pub(crate) struct InFlight {
     pub(crate) last_seq: u64,
+    /// The stream it went on: an acknowledgement from an earlier stream is not for it.
+    stream: u64,
     sent_at: u64,
     /// The digests of the states it carries, recorded once acknowledged.
     digests: Vec<(Key, Vec<u8>)>,
@@ -37,8 +39,8 @@ pub(crate) struct InFlight {
 
 /// What a batch being applied answers when it is done.
 pub(crate) enum Reply {
-    /// A batch of the replicator's stream: its tail and last sequence number.
-    Stream(Tail, u64),
+    /// A batch of the replicator's stream: its tail, stream and last sequence number.
+    Stream(Tail, u64, u64),
     /// A residency handover: its id (acknowledged only if every state was applied).
     Handover(u64),
 }
@@ -160,13 +162,13 @@ impl Node {
             deltas,
         };
         ctx.send(Addr::Node(target), Msg::Batch(msg));
-        let flight = InFlight { last_seq: page.last_seq, sent_at: ctx.now, digests };
+        let flight = InFlight { last_seq: page.last_seq, stream: stream as u64, sent_at: ctx.now, digests };
         self.inflight.insert((region, tail), flight);
     }
 
     /// A batch of `tail` was answered by `region`.
-    pub(crate) fn on_batch_ack(&mut self, region: usize, tail: Tail, last_seq: u64, ok: bool) {
-        if !self.inflight.get(&(region, tail)).is_some_and(|f| f.last_seq == last_seq) {
+    pub(crate) fn on_batch_ack(&mut self, region: usize, tail: Tail, stream: u64, last_seq: u64, ok: bool) {
+        if !self.inflight.get(&(region, tail)).is_some_and(|f| (f.last_seq, f.stream) == (last_seq, stream)) {
             return;
         }
         let flight = self.inflight.remove(&(region, tail)).expect("checked");
@@ -193,15 +195,15 @@ impl Node {
             Ok(())
         };
         if check_batch(expected, batch.after_seq, clock_ok).is_err() {
-            return ctx.send(from, Msg::BatchAck { tail, last_seq, ok: false });
+            return ctx.send(from, Msg::BatchAck { tail, stream: batch.stream, last_seq, ok: false });
         }
         if change::on_sender_version(batch.residency_version, self.held().version).is_err() {
             // The sender holds a newer policy: fetch it before taking its deltas.
             ctx.send(from, Msg::PolicyAsk);
-            return ctx.send(from, Msg::BatchAck { tail, last_seq, ok: false });
+            return ctx.send(from, Msg::BatchAck { tail, stream: batch.stream, last_seq, ok: false });
         }
         self.streams.insert((origin, tail), (batch.stream, last_seq));
-        self.take_deltas(origin, Reply::Stream(tail, last_seq), batch.deltas, ctx);
+        self.take_deltas(origin, Reply::Stream(tail, batch.stream, last_seq), batch.deltas, ctx);
     }
 
     /// Applies the deltas of a batch or a handover from `origin`: each through the protocol's
@@ -269,13 +271,13 @@ impl Node {
         if job.pending == 0 {
             let job = self.batches.remove(&b).expect("present");
             match job.reply {
-                Reply::Stream(tail, last_seq) => {
+                Reply::Stream(tail, stream, last_seq) => {
                     let ok = job.tally.ack().is_ok();
                     if !ok {
                         // The stream's order no longer holds: the sender resends from its cursor.
                         self.streams.remove(&(job.from, tail));
                     }
-                    ctx.send(Addr::Node(job.from), Msg::BatchAck { tail, last_seq, ok });
+                    ctx.send(Addr::Node(job.from), Msg::BatchAck { tail, stream, last_seq, ok });
                 }
                 Reply::Handover(id) => {
                     // Handed over only if every state was applied here.
