@@ -630,7 +630,8 @@ fn build_batch(
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Option<(Batch, Digests)>, String> {
     let listed = entries.iter().map(|e| xregion::Entry { seq: e.seq, key: &e.key, ship: e.ship });
-    let state_of = |key: &[u8]| -> Result<Option<((Delta, u128), usize)>, String> {
+    type StateAndSize = ((Delta, u128), usize);
+    let state_of = |key: &[u8]| -> Result<Option<StateAndSize>, String> {
         let Some(rec) = node.engine().get(key).map_err(|e| e.to_string())? else { return Ok(None) };
         let state = encode(&rec);
         let size = state.len();

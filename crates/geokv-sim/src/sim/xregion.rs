@@ -168,7 +168,7 @@ impl Node {
 
     /// A batch of `tail` was answered by `region`.
     pub(crate) fn on_batch_ack(&mut self, region: usize, tail: Tail, stream: u64, last_seq: u64, ok: bool) {
-        if !self.inflight.get(&(region, tail)).is_some_and(|f| (f.last_seq, f.stream) == (last_seq, stream)) {
+        if self.inflight.get(&(region, tail)).is_none_or(|f| (f.last_seq, f.stream) != (last_seq, stream)) {
             return;
         }
         let flight = self.inflight.remove(&(region, tail)).expect("checked");
