@@ -431,8 +431,11 @@ pub async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut replication = serde_json::Map::new();
+    // Lag probes are writes too, through the first endpoint.
+    let mut probe_writes = 0;
     if let Some(probes) = probes {
         let (lag, timeouts, skipped) = probes.await?;
+        probe_writes = lag.len() + timeouts;
         let ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
         replication.extend([
             ("lag_probes".to_string(), json!(lag.len())),
@@ -458,7 +461,8 @@ pub async fn run(
         // Writes through the shipping nodes' endpoints (clients are spread evenly over the
         // endpoints), each to be shipped once to every destination.
         let writes: u64 = hist.iter().map(|h| h.len()).sum::<u64>() * args.repl_peers.len() as u64
-            / endpoints.len().max(1) as u64;
+            / endpoints.len().max(1) as u64
+            + probe_writes;
         let per_write = deltas as f64 / (writes * after.3).max(1) as f64;
         replication.extend([
             ("deltas_shipped_per_sec".to_string(), json!(deltas as f64 / elapsed)),
