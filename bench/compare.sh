@@ -127,12 +127,17 @@ disk() {
   record "$1" "{\"bytes\": $bytes, \"keys\": $3, \"bytes_per_key\": $((bytes / $3))}"
 }
 
+# start_single DIR: one plaintext node (default storage: sync = true) in DIR; sets E.
+start_single() {
+  local p; p=$(free_port)
+  start_node "$1" "node_id = 1
+listen = \"127.0.0.1:$p\"
+data_dir = \"$1/data\""
+  E="http://127.0.0.1:$p"
+}
+
 echo "== geokv, one node (storage.sync = true)"
-P=$(free_port)
-start_node "$WORK/single" "node_id = 1
-listen = \"127.0.0.1:$P\"
-data_dir = \"$WORK/single/data\""
-E="http://127.0.0.1:$P"
+start_single "$WORK/single"
 gbench single_get --endpoint "$E" bench --workload c --distribution uniform --records "$RECORDS"
 gbench single_put --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load
 gbench single_batch100 --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --batch 100
@@ -142,11 +147,7 @@ memory single_memory
 kill "${PIDS[-1]}" 2>/dev/null || true
 
 echo "== geokv, one node at $SCALE_RECORDS keys"
-P=$(free_port)
-start_node "$WORK/scale" "node_id = 1
-listen = \"127.0.0.1:$P\"
-data_dir = \"$WORK/scale/data\""
-E="http://127.0.0.1:$P"
+start_single "$WORK/scale"
 gbench scale_get --endpoint "$E" bench --workload c --distribution uniform --records "$SCALE_RECORDS"
 gbench scale_put --endpoint "$E" bench --workload update --distribution uniform --records "$SCALE_RECORDS" --no-load
 disk scale_disk "$WORK/scale/data" "$SCALE_RECORDS"

@@ -478,15 +478,20 @@ impl Replicator {
         Ok(())
     }
 
-    /// Whether this node is the shipper of a key now (the first of its home replicas that is
-    /// up, by this node's view).
-    fn ships_here(&self) -> impl Fn(&[u8]) -> bool + Send + 'static {
+    /// The shipper of a key now (the first of its home replicas that is up, by this node's
+    /// view), as of this call's view.
+    fn shipper_of(&self) -> impl Fn(&[u8]) -> Option<NodeId> + Send + 'static {
         let view = self.cluster.view();
         let (me, now) = (self.cluster.node().id(), self.cluster.node().now_ms());
         move |key: &[u8]| {
             shipping::shipper(&view.home(key), |n| n == me || view.health(n, now) == Health::Alive)
-                == Some(me)
         }
+    }
+
+    /// Whether this node is the shipper of a key now.
+    fn ships_here(&self) -> impl Fn(&[u8]) -> bool + Send + 'static {
+        let (shipper_of, me) = (self.shipper_of(), self.cluster.node().id());
+        move |key: &[u8]| shipper_of(key) == Some(me)
     }
 
     /// Applies one received batch; returns its acknowledgement.

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use geokv_cluster::Health;
 use geokv_core::NodeId;
 use geokv_proto::v1 as pb;
 use geokv_protocol::shipping;
@@ -59,12 +58,10 @@ impl Replicator {
             return Ok(Some((batch, digests, 0)));
         }
         // Ask each key's shipper now: this node's own record, or the peer's.
-        let view = self.cluster.view();
-        let (me, now) = (self.cluster.node().id(), self.cluster.node().now_ms());
-        let up = |n: NodeId| n == me || view.health(n, now) == Health::Alive;
+        let (shipper_of, me) = (self.shipper_of(), self.cluster.node().id());
         let items = batch.deltas.drain(..).zip(digests);
         let groups = shipping::by_shipper(items.map(|(delta, d)| {
-            let who = shipping::shipper(&view.home(&d.0), up);
+            let who = shipper_of(&d.0);
             ((delta, d), who)
         }));
         // The shippers are asked at once (one of them may be down without gossip knowing yet).
