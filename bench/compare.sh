@@ -8,13 +8,16 @@
 # pipelining 16), and again with `appendonly yes, appendfsync always` (SET: the
 # durability-matched peer of geokv's fsynced PUT); then geokv in release mode: one node
 # (closed loop, and PUT paced at PACED_RATE), the same node at SCALE_RECORDS keys (GET, PUT,
-# bytes on disk per key), one region of 3 nodes at QUORUM (closed loop, and PUT paced), and 3
+# bytes on disk per key), one region of 3 nodes at QUORUM (bulk load by BatchWrite, closed
+# loop, and PUT paced), and 3
 # regions of 3 nodes with emulated WAN links (writes in every region, replication on, lag
 # probes eu-west -> us-east, deltas shipped per write and destination), each driven by
 # `geokv bench`; the one node (GET) and the region (QUORUM PUT) run again with TLS on every
 # port and link and a client certificate, compared with their plaintext runs. Each group's
-# nodes' resident memory is taken after its runs. Prints a table with geokv/Redis ratios and
-# writes every figure as JSON (default bench/results/latest.json).
+# nodes' resident memory is taken after its runs, and each run's CPU time of the nodes (the
+# table's "cpu us/op": a cost per operation that a noisy machine changes less than ops/s).
+# Prints a table with geokv/Redis ratios and writes every figure as JSON (default
+# bench/results/latest.json).
 # Environment: DURATION (s per geokv run, default 10), CLIENTS (50), VALUE (256),
 # RECORDS (100000), SCALE_RECORDS (1000000), PACED_RATE (1000 writes/s), STEADY_RATE (300),
 # CARGO_TARGET_DIR (default $HOME/.cache/geokv-target).
@@ -107,10 +110,27 @@ start_node() {
   for _ in $(seq 600); do grep -q "geokv listening" "$dir/out" 2>/dev/null && return 0; sleep 0.1; done
   echo "node in $dir did not start:" >&2; cat "$dir/err" >&2; exit 1
 }
-gbench() { # NAME ARGS...: geokv bench --json
+# cpu_ticks: CPU time (user + system, clock ticks) used so far by the geokv nodes running now.
+cpu_ticks() {
+  local t=0 f
+  for p in "${PIDS[@]:1}"; do
+    f=$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null) || continue
+    t=$((t + ${f% *} + ${f#* }))
+  done
+  echo "$t"
+}
+# gbench NAME ARGS...: geokv bench --json, plus the CPU seconds the nodes used during it (load
+# phase included), so that a row's server cost per operation is known even when the machine is
+# noisy (server_cpu_s; the report divides it by the operations of rows without a load phase).
+gbench() {
   local name=$1; shift
   echo "   $name"
-  record "$name" "$("$BIN" --json "$@" --value-size "$VALUE" --concurrency "$CLIENTS" --duration "$DURATION" --progress 0)"
+  local before out after
+  before=$(cpu_ticks)
+  out=$("$BIN" --json "$@" --value-size "$VALUE" --concurrency "$CLIENTS" --duration "${DUR:-$DURATION}" --progress 0)
+  after=$(cpu_ticks)
+  record "$name" "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["server_cpu_s"]=int(sys.argv[2])/int(sys.argv[3]); print(json.dumps(d))' \
+    "$out" "$((after - before))" "$(getconf CLK_TCK)")"
 }
 # memory NAME: the resident memory (MB) of every geokv node running now (Redis is PIDS[0]).
 memory() {
@@ -138,7 +158,8 @@ data_dir = \"$1/data\""
 
 echo "== geokv, one node (storage.sync = true)"
 start_single "$WORK/single"
-gbench single_get --endpoint "$E" bench --workload c --distribution uniform --records "$RECORDS"
+DUR=1 gbench single_load --endpoint "$E" bench --workload c --distribution uniform --records "$RECORDS"
+gbench single_get --endpoint "$E" bench --workload c --distribution uniform --records "$RECORDS" --no-load
 gbench single_put --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load
 gbench single_batch100 --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --batch 100
 gbench single_put_paced --endpoint "$E" bench --workload update --distribution uniform --records "$RECORDS" --no-load --rate "$PACED_RATE"
@@ -225,9 +246,9 @@ join() { local IFS=,; echo "$*"; }
 echo "== geokv, one region of 3 nodes, QUORUM"
 start_regions "$WORK/region" "eu-west:-6.26:53.35"
 EPS=$(join "${NODES[@]}")
-# (A region's BatchWrite goes key by key through the coordinator: a smaller load phase.)
-CLUSTER_RECORDS=$((RECORDS / 5))
-gbench region_get --consistency quorum bench --endpoints "$EPS" --workload c --distribution uniform --records "$CLUSTER_RECORDS"
+# Bulk load through the region: BatchWrites of 100 keys at QUORUM, four at once per node.
+DUR=1 gbench region_load --consistency quorum bench --endpoints "$EPS" --workload c --distribution uniform --records "$RECORDS"
+gbench region_get --consistency quorum bench --endpoints "$EPS" --workload c --distribution uniform --records "$RECORDS" --no-load
 gbench region_put --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load
 gbench region_put_paced --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform --records "$RECORDS" --no-load --rate "$PACED_RATE"
 memory region_memory
@@ -269,22 +290,36 @@ redis_get, redis_set = r["redis"]["GET"]["rps"], r["redis"]["SET"]["rps"]
 redis_set_p16 = r["redis_p16"]["SET"]["rps"]
 redis_aof = r["redis_aof"]["SET"]["rps"]
 table = []
-def add(system, workload, rps, p50, p99, p999, base, base_name):
+def add(system, workload, rps, p50, p99, p999, base, base_name, cpu_us=None):
     table.append({"system": system, "workload": workload, "ops_per_sec": rps, "p50_ms": p50, "p99_ms": p99,
-                  "p999_ms": p999, "ratio": (rps / base) if base else None, "compared_with": base_name})
+                  "p999_ms": p999, "ratio": (rps / base) if base else None, "compared_with": base_name,
+                  "server_cpu_us_per_op": cpu_us})
+def cpu_per_op(name):
+    """The nodes' CPU microseconds per operation of a run without a load phase (all nodes
+    together: a region's figure is the cost of one operation to the whole region)."""
+    x = r[name]
+    if x.get("load_s") or "server_cpu_s" not in x:
+        return None
+    ops = sum(o["count"] for o in x["ops"])
+    return x["server_cpu_s"] * 1e6 / ops if ops else None
 for name, test, pipe in [("redis", "GET", ""), ("redis", "SET", ""), ("redis_p16", "GET", " -P 16"), ("redis_p16", "SET", " -P 16"), ("redis_aof", "SET", " (AOF fsync always)")]:
     x = r[name][test]
     add("redis", test + pipe, x["rps"], x["p50_ms"], x["p99_ms"], None, None, None)
 def g(system, workload, name, kind, base, base_name, keys=False):
     o = op(name, kind)
     rate = o["keys_per_sec"] if keys else o["ops_per_sec"]
-    add(system, workload, rate, o["p50_ms"], o["p99_ms"], o["p999_ms"], base, base_name)
+    cpu = cpu_per_op(name)
+    if keys and cpu:
+        cpu = cpu * o["ops_per_sec"] / o["keys_per_sec"]
+    add(system, workload, rate, o["p50_ms"], o["p99_ms"], o["p999_ms"], base, base_name, cpu)
 g("geokv 1 node", "GET (read)", "single_get", "read", redis_get, "redis GET")
 g("geokv 1 node", "PUT (update, fsync)", "single_put", "update", redis_aof, "redis SET AOF always")
 g("geokv 1 node", "BatchWrite x100, keys/s", "single_batch100", "update", redis_set_p16, "redis SET -P 16", keys=True)
 g("geokv 1 node", f"PUT paced at {paced}/s", "single_put_paced", "update", None, None)
 g(f"geokv 1 node, {scale:,} keys", "GET (read)", "scale_get", "read", op("single_get", "read")["ops_per_sec"], f"same at {records:,} keys")
 g(f"geokv 1 node, {scale:,} keys", "PUT (update, fsync)", "scale_put", "update", op("single_put", "update")["ops_per_sec"], f"same at {records:,} keys")
+load = r["region_load"]
+add("geokv 3 nodes QUORUM", "bulk load, BatchWrite x100, keys/s", load["records"] / load["load_s"], None, None, None, None, None)
 g("geokv 3 nodes QUORUM", "GET (read)", "region_get", "read", redis_get, "redis GET")
 g("geokv 3 nodes QUORUM", "PUT (update)", "region_put", "update", redis_set, "redis SET")
 g("geokv 3 nodes QUORUM", f"PUT paced at {paced}/s", "region_put_paced", "update", None, None)
@@ -305,10 +340,10 @@ result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "
           "wan_delay_eu_us_ms": link_ms, "raw": r}
 json.dump(result, open(out_path, "w"), indent=2)
 fmt = lambda v, f="{:.3f}": "" if v is None else f.format(v)
-print(f"\n{'system':<22} {'workload':<26} {'ops/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}  ratio")
+print(f"\n{'system':<22} {'workload':<26} {'ops/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu us/op':>9}  ratio")
 for t in table:
     ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}x {t['compared_with']}"
-    print(f"{t['system']:<22} {t['workload']:<26} {t['ops_per_sec']:>12,.0f} {fmt(t['p50_ms']):>8} {fmt(t['p99_ms']):>8} {fmt(t['p999_ms']):>9}  {ratio}")
+    print(f"{t['system']:<22} {t['workload']:<26} {t['ops_per_sec']:>12,.0f} {fmt(t['p50_ms']):>8} {fmt(t['p99_ms']):>8} {fmt(t['p999_ms']):>9} {fmt(t['server_cpu_us_per_op'], '{:.0f}'):>9}  {ratio}")
 for k, v in repl.items():
     if v:
         print(f"{k}: eu-west -> us-east lag p50 {v.get('lag_p50_ms', 0):.1f} ms, p99 {v.get('lag_p99_ms', 0):.1f} ms "

@@ -20,8 +20,9 @@ use crate::residency::Route;
 /// Keys of one BatchGet read at once.
 const BATCH_READ_PARALLELISM: usize = 32;
 /// Keys of one BatchWrite written at once (in a cluster): their first reads and replica sends
-/// go to each peer coalesced (`peer::coalesce`), their commits in groups.
-const BATCH_WRITE_PARALLELISM: usize = 32;
+/// go to each peer coalesced (`peer::coalesce`), their commits in groups. 128 rather than 32:
+/// a bulk load of 100-key batches through a region went from 16.2k to 17.4-18.3k keys/s.
+const BATCH_WRITE_PARALLELISM: usize = 128;
 
 pub struct KvService {
     node: Arc<Node>,
