@@ -96,6 +96,10 @@ enum Command {
         /// Directory for the nodes' data (default: a temporary directory removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Interleave the nine nodes' logs (INFO and up) with the tour; by default only their
+        /// errors are shown. RUST_LOG, when set, decides instead.
+        #[arg(long)]
+        logs: bool,
     },
     /// Closed-loop YCSB-style load against a node or a region; reports throughput and
     /// p50/p99/p99.9 latency per operation.
@@ -137,10 +141,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The demo's nodes run in this process: their logs would bury the tour.
+    let default_filter = match cli.command {
+        Command::Demo { logs: false, .. } => "error",
+        _ => "info,h2=warn,tower=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -149,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
-            Command::Demo { keep_running, data_dir } => demo::run(keep_running, data_dir).await,
+            Command::Demo { keep_running, data_dir, .. } => demo::run(keep_running, data_dir).await,
             Command::Bench(args) => {
                 bench::run(args, &cli.client.endpoint, cli.client.consistency, cli.client.json).await
             }
