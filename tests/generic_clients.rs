@@ -189,3 +189,108 @@ fn bench_smoke_run_reports_throughput_and_latency_without_errors() {
     let probes = j["replication"]["lag_probes"].as_u64().unwrap();
     assert!(probes >= 5 && j["replication"]["lag_timeouts"] == 0, "{j}");
 }
+
+/// Runs the CLI with `stdin`; (exit status, stdout bytes, stderr).
+fn cli_with_input(endpoint: &str, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("--endpoint")
+        .arg(endpoint)
+        .args(args)
+        .env_remove("GEOKV_CA")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run geokv CLI");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // Written from a thread: a large value fills the pipe before the CLI reads it all.
+    let writer = std::thread::spawn(move || input.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn the_cli_round_trips_binary_values_through_stdin_files_hex_and_base64() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), "");
+    let ep = s.endpoint();
+    let value: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&value);
+    // 1 MiB of random bytes, base64 on stdin, read back as base64.
+    let (code, _, err) = cli_with_input(&ep, &["--base64", "put", "bin"], b64.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli_with_input(&ep, &["--base64", "--output", "value", "get", "bin"], b"");
+    assert_eq!(code, 0, "{err}");
+    let back =
+        base64::engine::general_purpose::STANDARD.decode(String::from_utf8(out).unwrap().trim()).unwrap();
+    assert!(back == value, "the value read back differs");
+    // The raw bytes on stdin (`-`) and from a file, read back raw.
+    let (code, _, err) = cli_with_input(&ep, &["put", "raw", "-"], &value);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli_with_input(&ep, &["-o", "value", "get", "raw"], b"");
+    assert!(out == value, "raw stdin round trip differs");
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, &value[..1000]).unwrap();
+    let (code, _, err) = cli_with_input(&ep, &["put", "file", "--file", file.to_str().unwrap()], b"");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli_with_input(&ep, &["-o", "value", "get", "file"], b"");
+    assert_eq!(out, &value[..1000]);
+    // Binary keys and members in hex.
+    let (code, _, err) =
+        cli_with_input(&ep, &["--key-encoding", "hex", "--hex", "sadd", "00ff", "00", "ff"], b"");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) =
+        cli_with_input(&ep, &["--key-encoding", "base64", "--hex", "-o", "value", "get", "AP8="], b"");
+    assert_eq!(String::from_utf8(out).unwrap(), "00\nff\n");
+    // JSON keeps its rendering; a TTL takes humantime's units.
+    let (code, out, err) = cli_with_input(&ep, &["--json", "put", "t", "v", "--ttl", "1h30m"], b"");
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(j["ttl_remaining_ms"].as_u64().unwrap() > 5_000_000, "{j}");
+}
+
+#[test]
+fn cli_exit_statuses_tell_bad_input_from_refusal_conflict_unavailable_and_denial() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), "");
+    let ep = s.endpoint();
+    let batch = dir.path().join("ops.jsonl");
+    std::fs::write(
+        &batch,
+        "{\"op\":\"put\",\"key\":\"b\",\"value\":\"x\"}\n{\"op\":\"incr\",\"key\":\"b\",\"delta\":1}\n",
+    )
+    .unwrap();
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let tls = support::TestCluster::start_regions_tls(&support::THREE_REGIONS[..1], 1, 1, "", None);
+    let tls_ep = tls.nodes[0].endpoint().replace("https://", "http://");
+    let big_key = "k".repeat(5000);
+    let table: Vec<(i32, &str, Vec<&str>)> = vec![
+        (0, "success", vec!["put", "k", "v"]),
+        (0, "an absent key is an answer", vec!["get", "nothing"]),
+        (1, "some batch items failed", vec!["batch", "--file", batch.to_str().unwrap()]),
+        (2, "a flag the CLI does not know", vec!["put", "k", "v", "--bogus"]),
+        (2, "a value that is not base64", vec!["--base64", "put", "k", "!!!"]),
+        (2, "a key that is not hex", vec!["--key-encoding", "hex", "get", "xyz"]),
+        (2, "a timeout that is not a duration", vec!["--timeout", "soon", "get", "k"]),
+        (2, "an unreadable value file", vec!["put", "k", "--file", "/nonexistent/value"]),
+        (3, "a compare-and-swap that finds another version", vec!["cas", "k", "w", "--if-absent"]),
+        (4, "a wrong-type write", vec!["incr", "k"]),
+        (4, "a key over the limit", vec!["put", &big_key, "v"]),
+        (5, "no node at the endpoint", vec!["--endpoint", &dead, "get", "k"]),
+        (6, "plaintext to a TLS node", vec!["--endpoint", &tls_ep, "get", "k"]),
+    ];
+    let mut wrong = Vec::new();
+    for (want, what, args) in &table {
+        let (code, _, err) = cli_with_input(&ep, args, b"");
+        if code != *want {
+            wrong.push(format!("{what} ({args:?}): exit {code}, expected {want}; stderr: {err}"));
+        } else if *want != 0 {
+            assert!(err.starts_with("error: ") || *want == 2 || *want == 3, "{what}: {err}");
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -260,7 +260,16 @@ impl Client {
 
     /// Connects to `endpoint` with `security` (TLS when it names a CA).
     pub async fn connect_with(endpoint: &str, security: &Security) -> Result<Self> {
-        let channel = channel(endpoint, security).await?;
+        Self::connect_with_deadline(endpoint, security, REQUEST_DEADLINE).await
+    }
+
+    /// [`Client::connect_with`] whose requests fail with DEADLINE_EXCEEDED after `deadline`.
+    pub async fn connect_with_deadline(
+        endpoint: &str,
+        security: &Security,
+        deadline: Duration,
+    ) -> Result<Self> {
+        let channel = channel_with_deadline(endpoint, security, deadline).await?;
         Self::over(channel, security)
     }
 

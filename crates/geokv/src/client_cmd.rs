@@ -17,11 +17,15 @@ use crate::{ClientOpts, Level};
 pub enum ClientCommand {
     /// Read a key.
     Get { key: String },
-    /// Set a register.
+    /// Set a register. The value is the argument, or stdin when it is `-` or missing, or
+    /// --file's content (decoded with --hex / --base64).
     Put {
         key: String,
-        value: String,
-        /// Time to live: 500ms, 10s, 5m, 2h, 1d (plain numbers are milliseconds).
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Time to live: 500ms, 10s, 5m, 1h30m, 2d (plain numbers are milliseconds).
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
@@ -35,10 +39,12 @@ pub enum ClientCommand {
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
-    /// Append to a register.
+    /// Append to a register (the value as for `put`).
     Append {
         key: String,
-        value: String,
+        value: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
@@ -158,25 +164,9 @@ pub fn level_to_proto(level: Level) -> proto::Consistency {
     }
 }
 
-/// Parses 500ms, 10s, 5m, 2h, 1d, or a plain number of milliseconds.
+/// Parses a TTL: 500ms, 10s, 5m, 1h30m, 2d (humantime), or a plain number of milliseconds.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 =
-        num.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 10s, 5m, 2h or 1d"))?;
-    let ms = match unit {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        u => return Err(format!("unknown unit {u:?} in {s:?}; use ms, s, m, h or d")),
-    };
-    if ms == 0 {
-        return Err("a TTL must be positive".into());
-    }
-    Ok(Duration::from_millis(ms))
+    crate::cli_io::parse_duration(s)
 }
 
 fn parse_version(s: &str) -> anyhow::Result<proto::Version> {
@@ -217,18 +207,38 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let mut client = Client::connect_with(&opts.endpoint, &security()).await?;
+    let enc = opts.encoding();
+    let arg = |what: &str, s: &str| {
+        if matches!(what, "key" | "prefix" | "start key") {
+            opts.key_encoding.arg(what, s)
+        } else {
+            enc.arg(what, s)
+        }
+    };
+    // Local input first: a bad value is a usage error whether or not a node is up.
+    let value = match &cmd {
+        ClientCommand::Put { value, file, .. } | ClientCommand::Append { value, file, .. } => {
+            Some(crate::cli_io::value(enc, value.as_deref(), file.as_deref())?)
+        }
+        ClientCommand::Cas { value, .. } => Some(arg("value", value)?),
+        _ => None,
+    };
+    let mut client = Client::connect_with_deadline(&opts.endpoint, &security(), opts.timeout).await?;
     if let Some(level) = opts.consistency {
         client = client.with_consistency(level_to_proto(level));
     }
     let js = opts.json;
+    let decode_members =
+        |m: Vec<String>| m.iter().map(|m| arg("member", m)).collect::<anyhow::Result<Vec<_>>>();
     match cmd {
-        ClientCommand::Get { key } => match client.get(key.as_bytes()).await? {
+        ClientCommand::Get { key } => match client.get(&arg("key", &key)?).await? {
+            Some(e) if opts.output == crate::Output::Value && !js => print_value(enc, &e.value)?,
             Some(e) => print(js, entry_json(&e), entry_human(&e)),
             None => print(js, Json::Null, "(absent)".into()),
         },
-        ClientCommand::Put { key, value, ttl } => {
-            let r = client.put(key.as_bytes(), value.as_bytes(), ttl).await?;
+        ClientCommand::Put { key, ttl, .. } => {
+            let value = value.unwrap_or_default();
+            let r = client.put(&arg("key", &key)?, &value, ttl).await?;
             let j = json!({ "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
             print(
                 js,
@@ -237,34 +247,31 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             );
         }
         ClientCommand::Del { key } => {
-            let r = client.delete(key.as_bytes()).await?;
+            let r = client.delete(&arg("key", &key)?).await?;
             let human = if r.existed { "deleted" } else { "deleted (it did not exist)" };
             print(js, json!({ "existed": r.existed, "version": version_json(&r.version) }), human.into());
         }
         ClientCommand::Incr { key, delta, ttl } => {
-            let r = client.increment(key.as_bytes(), delta, ttl).await?;
+            let r = client.increment(&arg("key", &key)?, delta, ttl).await?;
             let j = json!({ "value": r.value, "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
             print(js, j, r.value.to_string());
         }
-        ClientCommand::Append { key, value, ttl } => {
-            let r = client.append(key.as_bytes(), value.as_bytes(), ttl).await?;
+        ClientCommand::Append { key, ttl, .. } => {
+            let value = value.unwrap_or_default();
+            let r = client.append(&arg("key", &key)?, &value, ttl).await?;
             let j = json!({ "length": r.length, "version": version_json(&r.version) });
             print(js, j, format!("length {}", r.length));
         }
         ClientCommand::Sadd { key, members, ttl } => {
-            let r = client
-                .set_add(key.as_bytes(), members.into_iter().map(String::into_bytes).collect(), ttl)
-                .await?;
+            let r = client.set_add(&arg("key", &key)?, decode_members(members)?, ttl).await?;
             set_change(js, r);
         }
         ClientCommand::Srem { key, members } => {
-            let r = client
-                .set_remove(key.as_bytes(), members.into_iter().map(String::into_bytes).collect())
-                .await?;
+            let r = client.set_remove(&arg("key", &key)?, decode_members(members)?).await?;
             set_change(js, r);
         }
         ClientCommand::Smembers { key } => {
-            let r = client.set_members(key.as_bytes()).await?;
+            let r = client.set_members(&arg("key", &key)?).await?;
             let j = json!({
                 "found": r.found,
                 "members": r.members.iter().map(|m| bytes_json(m)).collect::<Vec<_>>(),
@@ -278,8 +285,12 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             print(js, j, human);
         }
         ClientCommand::Scan { prefix, start, limit, keys_only, all, page_token } => {
-            let opts =
-                ScanOptions { prefix: prefix.into_bytes(), start_key: start.into_bytes(), limit, keys_only };
+            let opts = ScanOptions {
+                prefix: arg("prefix", &prefix)?,
+                start_key: arg("start key", &start)?,
+                limit,
+                keys_only,
+            };
             let (entries, next) = if all {
                 (client.scan_all(&opts).await?, Vec::new())
             } else {
@@ -299,9 +310,10 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
                 }
             }
         }
-        ClientCommand::Cas { key, value, expect_version, if_absent: _, ttl } => {
+        ClientCommand::Cas { key, expect_version, if_absent: _, ttl, .. } => {
             let expected = expect_version.as_deref().map(parse_version).transpose()?;
-            let r = client.compare_and_swap(key.as_bytes(), expected, value.as_bytes(), ttl).await?;
+            let value = value.unwrap_or_default();
+            let r = client.compare_and_swap(&arg("key", &key)?, expected, &value, ttl).await?;
             let j = json!({ "succeeded": r.succeeded, "current": r.current.as_ref().map(entry_json) });
             let human = match (&r.succeeded, &r.current) {
                 (true, Some(e)) => format!("OK (version {})", version_str(&e.version)),
@@ -311,7 +323,7 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             };
             print(js, j, human);
             if !r.succeeded {
-                std::process::exit(3);
+                std::process::exit(crate::cli_io::exit::CONFLICT);
             }
         }
         ClientCommand::Batch { file } => batch(&client, file, js).await?,
@@ -321,6 +333,29 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         | ClientCommand::ReplStatus { .. }
         | ClientCommand::Link { .. } => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+/// `--output value`: a register's bytes (exactly, or encoded), a counter's number, a set's
+/// members one per line.
+fn print_value(enc: crate::cli_io::Encoding, v: &Option<proto::Value>) -> anyhow::Result<()> {
+    use proto::value::Kind;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match v.as_ref().and_then(|v| v.kind.as_ref()) {
+        Some(Kind::Register(b)) => out.write_all(&enc.encode(b))?,
+        Some(Kind::Counter(n)) => writeln!(out, "{n}")?,
+        Some(Kind::Set(s)) => {
+            for m in &s.members {
+                out.write_all(&enc.encode(m))?;
+                if enc == crate::cli_io::Encoding::Raw {
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        None => {}
+    }
+    out.flush()?;
     Ok(())
 }
 

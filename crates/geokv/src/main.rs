@@ -4,6 +4,7 @@ mod admin_conn;
 mod backup_cmd;
 mod bench;
 mod certs_cmd;
+mod cli_io;
 mod client_cmd;
 mod demo;
 mod demo_cluster;
@@ -36,9 +37,27 @@ pub struct ClientOpts {
     /// Consistency level sent with the request.
     #[arg(long, global = true, value_enum)]
     pub consistency: Option<Level>,
-    /// Print JSON instead of human-readable output.
+    /// Print JSON instead of human-readable output (the same as --output json).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How to print answers: `human`, `json`, or `value` (`get` prints only the value: a
+    /// register's bytes exactly, or encoded with --hex / --base64; other commands as `human`).
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "human")]
+    pub output: Output,
+    /// Values and set members (on the command line, in stdin and in --file) are hex, and
+    /// `--output value` prints bytes as hex.
+    #[arg(long, global = true, conflicts_with = "base64")]
+    pub hex: bool,
+    /// The same in base64 (standard alphabet, padded).
+    #[arg(long, global = true)]
+    pub base64: bool,
+    /// How keys, scan prefixes and start keys are written: `raw` (the argument's bytes), `hex`
+    /// or `base64`.
+    #[arg(long, global = true, value_enum, default_value = "raw")]
+    pub key_encoding: cli_io::Encoding,
+    /// How long a client command waits for its answer: 500ms, 10s, 1m30s (humantime).
+    #[arg(long, global = true, env = "GEOKV_TIMEOUT", default_value = "30s", value_parser = cli_io::parse_duration)]
+    pub timeout: std::time::Duration,
     /// PEM file of the deployment CA: connect with TLS and trust the nodes it certified.
     // (Ids of their own: commands have arguments named `key`, and global flags share their
     // namespace.)
@@ -60,7 +79,23 @@ pub struct ClientOpts {
     pub token: Option<String>,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
+    Value,
+}
+
 impl ClientOpts {
+    /// How bytes are written in this command's input and `--output value`.
+    pub fn encoding(&self) -> cli_io::Encoding {
+        match (self.hex, self.base64) {
+            (true, _) => cli_io::Encoding::Hex,
+            (_, true) => cli_io::Encoding::Base64,
+            _ => cli_io::Encoding::Raw,
+        }
+    }
+
     /// The TLS settings; an empty value (`--ca ""`) counts as not given, so a flag can switch
     /// off what an environment variable set.
     pub fn security(&self) -> geokv_client::Security {
@@ -139,8 +174,25 @@ enum Command {
     Client(client_cmd::ClientCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // The error and its causes, except a gRPC status's own rendering (the client's error
+        // already says its code and message).
+        let mut message = e.to_string();
+        for cause in e.chain().skip(1).take_while(|c| !c.is::<tonic::Status>()) {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+        }
+        eprintln!("error: {message}");
+        std::process::exit(cli_io::exit_code(&e));
+    }
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if cli.client.output == Output::Json {
+        cli.client.json = true;
+    }
     // The demo's nodes run in this process: their logs would bury the tour.
     let default_filter = match cli.command {
         Command::Demo { logs: false, .. } => "error",
