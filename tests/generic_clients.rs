@@ -246,6 +246,9 @@ fn the_cli_round_trips_binary_values_through_stdin_files_hex_and_base64() {
     let (_, out, _) =
         cli_with_input(&ep, &["--key-encoding", "base64", "--hex", "-o", "value", "get", "AP8="], b"");
     assert_eq!(String::from_utf8(out).unwrap(), "00\nff\n");
+    // An absent key prints nothing with -o value.
+    let (code, out, err) = cli_with_input(&ep, &["-o", "value", "get", "nothing"], b"");
+    assert_eq!((code, out.len(), err.trim()), (0, 0, "(absent)"));
     // JSON keeps its rendering; a TTL takes humantime's units.
     let (code, out, err) = cli_with_input(&ep, &["--json", "put", "t", "v", "--ttl", "1h30m"], b"");
     assert_eq!(code, 0, "{err}");
@@ -264,7 +267,8 @@ fn cli_exit_statuses_tell_bad_input_from_refusal_conflict_unavailable_and_denial
         "{\"op\":\"put\",\"key\":\"b\",\"value\":\"x\"}\n{\"op\":\"incr\",\"key\":\"b\",\"delta\":1}\n",
     )
     .unwrap();
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    // Port 1: nothing listens there (a port picked free could be taken by a test's node).
+    let dead = "http://127.0.0.1:1".to_string();
     let tls = support::TestCluster::start_regions_tls(&support::THREE_REGIONS[..1], 1, 1, "", None);
     let tls_ep = tls.nodes[0].endpoint().replace("https://", "http://");
     let big_key = "k".repeat(5000);

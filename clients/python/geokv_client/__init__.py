@@ -92,13 +92,11 @@ class GeokvError(Exception):
         for k, v in (e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else ():
             if k == FAILURE_METADATA:
                 maybe_applied = v != "not-applied"
-        # grpcio says so when no connection could be made ("failed to connect to all
-        # addresses", "Connection refused"): the request never left this process.
-        debug = getattr(e, "debug_error_string", lambda: "")() or ""
-        text = f"{message} {debug}".lower()
+        # grpc-core says so in its own error string (not the server's message) when no
+        # connection could be made: the request never left this process.
+        debug = (getattr(e, "debug_error_string", lambda: "")() or "").lower()
         never_sent = code == grpc.StatusCode.UNAVAILABLE and maybe_applied is None and (
-            "failed to connect" in text or "connection refused" in text
-            or "dns resolution failed" in text)
+            "failed to connect to all addresses" in debug or "dns resolution failed" in debug)
         return cls(code, message, node, maybe_applied, never_sent)
 
 
@@ -181,6 +179,8 @@ class Client:
 
     consistency: "one", "quorum", "all" or None (the node's default).
     timeout: seconds a call may take, failover included.
+    attempt_timeout: seconds one node gets to answer a request that may be sent again (reads,
+    puts, ...) before the next node is tried; a hung node does not take the whole timeout.
     token: a bearer token of the deployment's `[auth]` section (send it over TLS only).
     root_certificates / certificate_chain / private_key: PEM bytes for TLS (the CA, and a
     client certificate for mutual TLS); TLS is used for `https://` endpoints or when any of
@@ -189,7 +189,7 @@ class Client:
     """
 
     def __init__(self, endpoints: Union[str, Sequence[str]], *, consistency: Optional[str] = None,
-                 timeout: float = 10.0, token: Optional[str] = None,
+                 timeout: float = 10.0, attempt_timeout: float = 5.0, token: Optional[str] = None,
                  root_certificates: Optional[bytes] = None, certificate_chain: Optional[bytes] = None,
                  private_key: Optional[bytes] = None, server_name: Optional[str] = None):
         if isinstance(endpoints, str):
@@ -198,15 +198,18 @@ class Client:
             raise ValueError("no endpoints given")
         if consistency not in _LEVELS:
             raise ValueError(f"consistency must be one of one, quorum, all or None, not {consistency!r}")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if timeout <= 0 or attempt_timeout <= 0:
+            raise ValueError("timeout and attempt_timeout must be positive")
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
         self._level = _LEVELS[consistency]
         self._timeout = timeout
+        self._attempt_timeout = attempt_timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._nodes = []
         for ep in endpoints:
             target, tls = _target(ep.strip())
-            if tls or root_certificates or certificate_chain:
+            if tls or root_certificates or certificate_chain or private_key:
                 creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
                 options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
                 channel = grpc.secure_channel(target, creds, options=options)
@@ -240,31 +243,43 @@ class Client:
         with self._lock:
             first = self._current
         attempt = 0
+        # Whether an earlier attempt may have reached a node (then the final error must not
+        # say "never sent", whatever the last attempt's failure).
+        maybe_reached = False
+        err: Optional[GeokvError] = None
         while True:
             i = (first + attempt) % n
             endpoint, _, stub = self._nodes[i]
             try:
                 left = deadline - time.monotonic()
+                if left <= 0.01 and err is not None:
+                    raise err
                 if left <= 0:
                     raise GeokvError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                     f"no node answered within {budget:g} s", endpoint)
-                answer = getattr(stub, method)(request, timeout=left, metadata=self._metadata)
+                                     f"no node answered within {budget:g} s", endpoint,
+                                     maybe_applied=True if maybe_reached else None)
+                this = min(left, self._attempt_timeout) if idempotent else left
+                answer = getattr(stub, method)(request, timeout=this, metadata=self._metadata)
                 with self._lock:
                     self._current = i
                 return answer
             except grpc.RpcError as e:
                 err = GeokvError._from_rpc(e, endpoint)
-            if not err.retryable:
+            timed_out = err.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            if not err.retryable and not (idempotent and timed_out):
                 raise err
             # This node is not usable now: the next request starts at the next one.
             with self._lock:
                 self._current = (i + 1) % n
+            maybe_reached = maybe_reached or not err.never_sent
+            if maybe_reached and err.maybe_applied is None:
+                err.never_sent = False
             safe = idempotent or err.never_sent or err.maybe_applied is False
+            if not safe or deadline - time.monotonic() < 0.01:
+                raise err
             attempt += 1
             if attempt % n == 0:
                 time.sleep(min(ROUND_PAUSE_S, max(0.0, deadline - time.monotonic())))
-            if not safe or deadline - time.monotonic() < 0.01:
-                raise err
 
     # ------------------------------------------------------------------ reads
 
@@ -293,7 +308,11 @@ class Client:
                                  page_token=token, keys_only=keys_only, consistency=self._level)
             r = self._call("Scan", req, idempotent=True)
             for e in r.entries:
-                yield Entry(e.key, None, Version._of(e.version), None) if keys_only else Entry._of(e)
+                if keys_only:
+                    ttl = e.ttl_remaining_ms if e.HasField("ttl_remaining_ms") else None
+                    yield Entry(e.key, None, Version._of(e.version), ttl)
+                else:
+                    yield Entry._of(e)
             token = r.next_page_token
             if not token:
                 return

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 import uuid
 
 import geokv_client as g
@@ -56,19 +57,24 @@ def worker(t: int) -> None:
 threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
 for th in threads:
     th.start()
-while True:
-    with lock:
-        if stats["puts"] >= 50:
-            start = stats["puts"]
-            break
-    threading.Event().wait(0.01)
+def wait_for(cond, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        with lock:
+            if cond():
+                return
+        if time.monotonic() > deadline:
+            done.set()
+            print(json.dumps({"timed_out": what, **stats}), flush=True)
+            os._exit(1)
+        time.sleep(0.01)
+
+
+wait_for(lambda: stats["puts"] >= 50, 60, "the first 50 puts")
+start = stats["puts"]
 print("ready", flush=True)
 # The test kills the first node now; go on for OPS more puts.
-while True:
-    with lock:
-        if stats["puts"] >= start + OPS or len(stats["put_errors"]) > 20:
-            break
-    threading.Event().wait(0.01)
+wait_for(lambda: stats["puts"] >= start + OPS or len(stats["put_errors"]) > 20, 120, f"{OPS} more puts")
 done.set()
 for th in threads:
     th.join()

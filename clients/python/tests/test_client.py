@@ -16,6 +16,7 @@ import grpc
 import geokv_client as g
 
 ENDPOINTS = [e for e in os.environ.get("GEOKV_ENDPOINTS", "").split(",") if e]
+# Port 1: nothing listens there.
 DEAD = os.environ.get("GEOKV_DEAD_ENDPOINT", "127.0.0.1:1")
 
 

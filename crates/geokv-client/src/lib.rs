@@ -212,7 +212,7 @@ fn endpoint_of(
     let shown = if tls.is_some() { format!("https://{bare}") } else { uri.clone() };
     let ep = Endpoint::from_shared(uri)
         .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), message: e.to_string() })?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(deadline.min(Duration::from_secs(5)))
         .timeout(deadline)
         .tcp_nodelay(true);
     Ok((ep, tls, shown))

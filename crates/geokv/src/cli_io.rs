@@ -87,7 +87,11 @@ pub fn value(enc: Encoding, arg: Option<&str>, file: Option<&Path>) -> anyhow::R
         (_, Some(path)) => {
             text = std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
         }
-        (_, None) => {
+        (arg, None) => {
+            use std::io::IsTerminal;
+            if arg.is_none() && std::io::stdin().is_terminal() {
+                return Err(usage("no value given: pass it as an argument, `-` for stdin, or --file PATH"));
+            }
             std::io::stdin().read_to_end(&mut text).map_err(|e| usage(format!("cannot read stdin: {e}")))?;
         }
     }
@@ -109,6 +113,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Set when a command sent a write that applies twice if sent twice (incr, append, cas, a
+/// batch): its failures in transit are [`exit::MAYBE_APPLIED`], not [`exit::UNAVAILABLE`].
+pub static UNREPEATABLE_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Exit statuses of the client commands (docs/api.md, "The command line").
 pub mod exit {
     /// The command did what it was asked.
@@ -128,6 +136,10 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 5;
     /// The credentials are missing or do not allow this.
     pub const DENIED: i32 = 6;
+    /// An increment, append, compare-and-swap or batch failed in transit (unavailable, deadline
+    /// passed) after it was sent: it may or may not have been applied, and sending it again
+    /// may apply it twice. Read the key before retrying.
+    pub const MAYBE_APPLIED: i32 = 7;
 }
 
 /// The exit status for a failed command.
@@ -140,14 +152,26 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return match e {
                 ClientError::Endpoint { .. } | ClientError::Tls(_) => exit::USAGE,
                 ClientError::Connect { .. } => exit::UNAVAILABLE,
-                ClientError::Status(s) => code_exit(s.code()),
+                ClientError::Status(s) => status_exit(s),
             };
         }
         if let Some(s) = cause.downcast_ref::<tonic::Status>() {
-            return code_exit(s.code());
+            return status_exit(s);
         }
     }
     exit::FAILED
+}
+
+fn status_exit(s: &tonic::Status) -> i32 {
+    let code = code_exit(s.code());
+    let not_applied = s.metadata().get("geokv-failure").is_some_and(|v| v.as_bytes() == b"not-applied");
+    if code == exit::UNAVAILABLE
+        && !not_applied
+        && UNREPEATABLE_SENT.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return exit::MAYBE_APPLIED;
+    }
+    code
 }
 
 fn code_exit(code: Code) -> i32 {
@@ -212,5 +236,18 @@ mod tests {
         let connect = ClientError::Connect { endpoint: "x".into(), message: "refused".into() };
         assert_eq!(exit_code(&anyhow::Error::from(connect).context("get")), exit::UNAVAILABLE);
         assert_eq!(exit_code(&anyhow::anyhow!("something else")), exit::FAILED);
+        // An increment lost in transit may have been applied; one the coordinator says it did
+        // not apply may be sent again.
+        UNREPEATABLE_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(status(Code::DeadlineExceeded), exit::MAYBE_APPLIED);
+        let mut refused = tonic::Status::unavailable("quorum not reached");
+        refused
+            .metadata_mut()
+            .insert("geokv-failure", tonic::metadata::MetadataValue::from_static("not-applied"));
+        assert_eq!(exit_code(&ClientError::Status(refused).into()), exit::UNAVAILABLE);
+        let connect = ClientError::Connect { endpoint: "x".into(), message: "refused".into() };
+        assert_eq!(exit_code(&connect.into()), exit::UNAVAILABLE);
+        assert_eq!(status(Code::FailedPrecondition), exit::REFUSED);
+        UNREPEATABLE_SENT.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -17,6 +17,13 @@ use crate::{ClientOpts, Level};
 pub enum ClientCommand {
     /// Read a key.
     Get { key: String },
+    /// Read several keys in one request (absent keys print as `(absent)`).
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// A key's remaining time to live: milliseconds, `none` (no TTL), or `(absent)`.
+    Ttl { key: String },
     /// Set a register. The value is the argument, or stdin when it is `-` or missing, or
     /// --file's content (decoded with --hex / --base64).
     Put {
@@ -224,6 +231,15 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         _ => None,
     };
     let mut client = Client::connect_with_deadline(&opts.endpoint, &security(), opts.timeout).await?;
+    if matches!(
+        cmd,
+        ClientCommand::Incr { .. }
+            | ClientCommand::Append { .. }
+            | ClientCommand::Cas { .. }
+            | ClientCommand::Batch { .. }
+    ) {
+        crate::cli_io::UNREPEATABLE_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(level) = opts.consistency {
         client = client.with_consistency(level_to_proto(level));
     }
@@ -234,6 +250,38 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         ClientCommand::Get { key } => match client.get(&arg("key", &key)?).await? {
             Some(e) if opts.output == crate::Output::Value && !js => print_value(enc, &e.value)?,
             Some(e) => print(js, entry_json(&e), entry_human(&e)),
+            // As etcdctl: nothing on stdout, so that `> file` does not store a marker.
+            None if opts.output == crate::Output::Value && !js => eprintln!("(absent)"),
+            None => print(js, Json::Null, "(absent)".into()),
+        },
+        ClientCommand::Mget { keys } => {
+            let keys = keys.iter().map(|k| arg("key", k)).collect::<anyhow::Result<Vec<_>>>()?;
+            let entries = client.batch_get(keys.clone()).await?;
+            if js {
+                let j: Vec<Json> = keys
+                    .iter()
+                    .zip(&entries)
+                    .map(|(k, e)| {
+                        e.as_ref()
+                            .map(entry_json)
+                            .unwrap_or_else(|| json!({ "key": bytes_json(k), "absent": true }))
+                    })
+                    .collect();
+                println!("{}", Json::Array(j));
+            } else {
+                for (k, e) in keys.iter().zip(&entries) {
+                    match e {
+                        Some(e) => println!("{}", entry_human(e)),
+                        None => println!("{} (absent)", bytes_human(k)),
+                    }
+                }
+            }
+        }
+        ClientCommand::Ttl { key } => match client.get(&arg("key", &key)?).await? {
+            Some(e) => {
+                let human = e.ttl_remaining_ms.map_or("none".to_string(), |ms| ms.to_string());
+                print(js, json!({ "ttl_remaining_ms": e.ttl_remaining_ms }), human);
+            }
             None => print(js, Json::Null, "(absent)".into()),
         },
         ClientCommand::Put { key, ttl, .. } => {

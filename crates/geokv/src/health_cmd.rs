@@ -1,6 +1,8 @@
 //! `geokv health`: asks a node's standard gRPC health service whether it is ready for client
 //! traffic (no credentials needed, TLS trust only), for container health checks and scripts.
-//! Exit status 0 when SERVING, 1 otherwise (the status or the error on stderr).
+//! Exit status 0 when SERVING, 1 when the node answers another status, and the CLI's statuses
+//! for errors (5 when it cannot be reached: docs/api.md, "The command line"), the status or
+//! the error on stderr.
 
 pub async fn run(endpoint: &str, service: &str) -> anyhow::Result<()> {
     let mut security = crate::client_cmd::security();

@@ -17,10 +17,15 @@ mod status_cmd;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "geokv", version, about = "geokv: a geo-distributed CRDT key-value store")]
+#[command(
+    name = "geokv",
+    version,
+    about = "geokv: a geo-distributed CRDT key-value store",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,8 +60,9 @@ pub struct ClientOpts {
     /// or `base64`.
     #[arg(long, global = true, value_enum, default_value = "raw")]
     pub key_encoding: cli_io::Encoding,
-    /// How long a client command waits for its answer: 500ms, 10s, 1m30s (humantime).
-    #[arg(long, global = true, env = "GEOKV_TIMEOUT", default_value = "30s", value_parser = cli_io::parse_duration)]
+    /// How long a data command (get, put, ...) waits for its answer, connecting included:
+    /// 500ms, 10s, 1m30s (humantime).
+    #[arg(long, global = true, default_value = "30s", value_parser = cli_io::parse_duration)]
     pub timeout: std::time::Duration,
     /// PEM file of the deployment CA: connect with TLS and trust the nodes it certified.
     // (Ids of their own: commands have arguments named `key`, and global flags share their
@@ -170,6 +176,12 @@ enum Command {
         #[command(subcommand)]
         command: certs_cmd::CertsCommand,
     },
+    /// Print a shell completion script: `source <(geokv completion bash)`, or save it where
+    /// your shell loads completions from.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -180,9 +192,23 @@ fn main() {
         // The error and its causes, except a gRPC status's own rendering (the client's error
         // already says its code and message).
         let mut message = e.to_string();
-        for cause in e.chain().skip(1).take_while(|c| !c.is::<tonic::Status>()) {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
+        let mut after_client_status = matches!(
+            e.downcast_ref::<geokv_client::ClientError>(),
+            Some(geokv_client::ClientError::Status(_))
+        );
+        for cause in e.chain().skip(1) {
+            match cause.downcast_ref::<tonic::Status>() {
+                Some(_) if after_client_status => {}
+                Some(s) => message.push_str(&format!(": {:?}: {}", s.code(), s.message())),
+                None => {
+                    message.push_str(": ");
+                    message.push_str(&cause.to_string());
+                }
+            }
+            after_client_status = matches!(
+                cause.downcast_ref::<geokv_client::ClientError>(),
+                Some(geokv_client::ClientError::Status(_))
+            );
         }
         eprintln!("error: {message}");
         std::process::exit(cli_io::exit_code(&e));
@@ -192,6 +218,14 @@ fn main() {
 fn run(mut cli: Cli) -> anyhow::Result<()> {
     if cli.client.output == Output::Json {
         cli.client.json = true;
+    }
+    if let Command::Completion { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "geokv", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        };
     }
     // The demo's nodes run in this process: their logs would bury the tour.
     let default_filter = match cli.command {
@@ -220,6 +254,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             Command::Restore(args) => restore_cmd::restore(args, cli.client.json),
             Command::Health { service } => health_cmd::run(&cli.client.endpoint, &service).await,
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
+            Command::Completion { .. } => unreachable!("printed before the runtime starts"),
         }
     })
 }
