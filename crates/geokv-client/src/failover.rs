@@ -7,8 +7,9 @@
 //! Reads are retried; so are puts, deletes and set adds and removes, at least once: a retry of
 //! one that was applied before its answer was lost applies it again, which leaves the same
 //! value unless another client wrote the key in between (then the retry wins). An increment is
-//! sent again only when its node refused the connection (it was never sent): one that failed
-//! later may have been applied, so its error goes back to the caller.
+//! sent again only when it certainly was not applied: its node refused the connection (it was
+//! never sent), or its coordinator answered `not-applied`. One that failed otherwise may have
+//! been applied, so its error goes back to the caller.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +40,17 @@ fn retryable(e: &ClientError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a failed increment was certainly not applied: it never reached a node, or its
+/// coordinator answered that nothing was written (`geokv-failure: not-applied`).
+fn not_applied(e: &ClientError) -> bool {
+    if let ClientError::Status(s) = e {
+        if s.metadata().get("geokv-failure").is_some_and(|v| v.as_bytes() == b"not-applied") {
+            return true;
+        }
+    }
+    never_sent(e)
 }
 
 /// Whether a request certainly never reached a node: its connection was refused.
@@ -194,7 +206,7 @@ impl Failover {
         delta: i64,
         ttl: Option<Duration>,
     ) -> Result<proto::IncrementResponse> {
-        self.run_if(never_sent, |c| async move { c.increment(key, delta, ttl).await }).await
+        self.run_if(not_applied, |c| async move { c.increment(key, delta, ttl).await }).await
     }
 }
 
@@ -208,6 +220,20 @@ mod tests {
         assert!(retryable(&ClientError::Connect { endpoint: "x".into(), message: "refused".into() }));
         assert!(!retryable(&ClientError::Status(tonic::Status::invalid_argument("bad key"))));
         assert!(!retryable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
+        // An increment whose coordinator wrote nothing may go to another node; one that failed
+        // after it may have been applied may not.
+        let mut refused =
+            tonic::Status::unavailable("quorum not reached: the read failed; nothing was written");
+        refused
+            .metadata_mut()
+            .insert("geokv-failure", tonic::metadata::MetadataValue::from_static("not-applied"));
+        assert!(not_applied(&ClientError::Status(refused)));
+        let mut maybe = tonic::Status::unavailable("quorum not reached: 1 acknowledged");
+        maybe
+            .metadata_mut()
+            .insert("geokv-failure", tonic::metadata::MetadataValue::from_static("maybe-applied"));
+        assert!(!not_applied(&ClientError::Status(maybe)));
+        assert!(!not_applied(&ClientError::Status(tonic::Status::unavailable("connection reset"))));
     }
 
     #[tokio::test]
