@@ -542,24 +542,33 @@ async fn repl_status(peer: Option<&str>, js: bool) -> anyhow::Result<()> {
         .collect();
     let j = json!({ "node_id": s.node_id, "region": s.region, "destinations": dests,
         "batches_received": s.batches_received, "deltas_applied": s.deltas_applied, "drift_rejections": s.drift_rejections });
-    let mut human = format!(
-        "node {} in {}: received {} batches, applied {} deltas, {} drift rejections\n{:<14} {:>8} {:>9} {:>11} {:>11} {:>11}  link\n",
-        s.node_id, s.region, s.batches_received, s.deltas_applied, s.drift_rejections,
-        "to", "lag ms", "backlog", "backlog B", "raw B", "wire B"
-    );
-    for d in &s.destinations {
+    let rows = s.destinations.iter().map(|d| {
         let link = d.link.unwrap_or_default();
         let link = if link.cut {
             "cut".to_string()
         } else {
             format!("{} ms ±{} loss {}", link.delay_ms, link.jitter_ms, link.loss)
         };
-        human.push_str(&format!(
-            "{:<14} {:>8} {:>9} {:>11} {:>11} {:>11}  {link}\n",
-            d.destination, d.oldest_unacked_ms, d.backlog_entries, d.backlog_bytes, d.raw_bytes, d.wire_bytes
-        ));
-    }
-    print(js, j, human.trim_end().to_string());
+        vec![
+            d.destination.clone(),
+            d.oldest_unacked_ms.to_string(),
+            d.backlog_entries.to_string(),
+            d.backlog_bytes.to_string(),
+            d.raw_bytes.to_string(),
+            d.wire_bytes.to_string(),
+            link,
+        ]
+    });
+    let human = format!(
+        "node {} in {}: received {} batches, applied {} deltas, {} drift rejections\n{}",
+        s.node_id,
+        s.region,
+        s.batches_received,
+        s.deltas_applied,
+        s.drift_rejections,
+        table(&["to", "lag ms", "backlog", "backlog B", "raw B", "wire B", "link"], rows, &[1, 2, 3, 4, 5])
+    );
+    print(js, j, human);
     Ok(())
 }
 

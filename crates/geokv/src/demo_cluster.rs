@@ -214,24 +214,21 @@ impl DemoCluster {
     pub async fn lag_table(&self) -> anyhow::Result<String> {
         let mut c = self.peer_client(&self.nodes[0]).await?;
         let status = c.cluster_status(proto::ClusterStatusRequest {}).await?.into_inner();
-        let mut out = format!(
-            "{:<14} {:<14} {:>8} {:>10} {:>10} {:>8} {:>12} {:>12}\n",
-            "from", "to", "lag ms", "backlog", "backlog B", "link ms", "raw B", "wire B"
-        );
-        for c in &status.lags {
+        let rows = status.lags.iter().map(|c| {
             let link = if c.cut { "cut".to_string() } else { c.link_delay_ms.to_string() };
-            out.push_str(&format!(
-                "{:<14} {:<14} {:>8} {:>10} {:>10} {link:>8} {:>12} {:>12}\n",
-                c.origin,
-                c.destination,
-                c.lag_ms,
-                c.backlog_entries,
-                c.backlog_bytes,
-                c.raw_bytes,
-                c.wire_bytes
-            ));
-        }
-        Ok(out)
+            vec![
+                c.origin.clone(),
+                c.destination.clone(),
+                c.lag_ms.to_string(),
+                c.backlog_entries.to_string(),
+                c.backlog_bytes.to_string(),
+                link,
+                c.raw_bytes.to_string(),
+                c.wire_bytes.to_string(),
+            ]
+        });
+        let header = ["from", "to", "lag ms", "backlog", "backlog B", "link ms", "raw B", "wire B"];
+        Ok(format!("{}\n", crate::output::table(&header, rows, &[2, 3, 4, 5, 6, 7])))
     }
 
     pub async fn shutdown(self) {

@@ -80,3 +80,39 @@ pub fn entry_human(e: &proto::Entry) -> String {
         ttl_human(e.ttl_remaining_ms)
     )
 }
+
+/// A table for a terminal (comfy-table: columns as wide as their widest cell, so long region
+/// names and addresses do not push the others out of line). `right`: the columns of numbers,
+/// aligned right.
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>, right: &[usize]) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    for &i in right {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    t.trim_fmt()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_columns_fit_their_widest_cell() {
+        let t = super::table(
+            &["region", "lag ms"],
+            vec![vec!["a-very-long-region-name-indeed".into(), "5".into()], vec!["eu".into(), "1234".into()]],
+            &[1],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        // The numbers end in the same column however long the region names are.
+        let ends: Vec<usize> = lines[1..].iter().map(|l| l.trim_end().len()).collect();
+        assert_eq!(ends[0], ends[1], "{t}");
+        assert!(lines[1].contains("a-very-long-region-name-indeed"));
+    }
+}

@@ -42,44 +42,36 @@ pub async fn run(args: StatusArgs, json: bool) -> anyhow::Result<()> {
 
 /// The two tables as text.
 pub fn render(s: &proto::ClusterStatusResponse) -> String {
-    let mut out = format!(
-        "{:<14} {:>5}  {:<12} {:<8} {:>8} {:>8} {:>10} {:>10} {:>7}  {}\n",
-        "region", "node", "health", "ring", "primary", "replica", "keys", "disk", "hints", "client / peer"
-    );
-    for n in &s.nodes {
+    let nodes = s.nodes.iter().map(|n| {
+        let mut row = vec![n.region.clone(), n.node_id.to_string(), n.health.clone(), n.status.clone()];
         if n.reachable {
-            out.push_str(&format!(
-                "{:<14} {:>5}  {:<12} {:<8} {:>7.1}% {:>7.1}% {:>10} {:>10} {:>7}  {} / {}\n",
-                n.region,
-                n.node_id,
-                n.health,
-                n.status,
-                n.ownership_primary * 100.0,
-                n.ownership_replica * 100.0,
-                n.estimated_keys,
+            row.extend([
+                format!("{:.1}%", n.ownership_primary * 100.0),
+                format!("{:.1}%", n.ownership_replica * 100.0),
+                n.estimated_keys.to_string(),
                 human_bytes(n.disk_bytes),
-                n.hints_pending,
-                n.client_addr,
-                n.peer_addr
-            ));
+                n.hints_pending.to_string(),
+                format!("{} / {}", n.client_addr, n.peer_addr),
+            ]);
         } else {
-            out.push_str(&format!(
-                "{:<14} {:>5}  {:<12} {:<8} not answering: {}\n",
-                n.region, n.node_id, n.health, n.status, n.error
-            ));
+            row.extend(["-", "-", "-", "-", "-"].map(String::from));
+            row.push(format!("not answering: {}", n.error));
         }
-    }
-    out.push_str("\nreplication lag ms (backlog entries), rows ship to columns\n");
-    out.push_str(&format!("{:<14}", "from \\ to"));
-    for r in &s.regions {
-        out.push_str(&format!(" {r:>22}"));
-    }
-    out.push('\n');
-    for origin in &s.regions {
-        out.push_str(&format!("{origin:<14}"));
+        row
+    });
+    let mut out = crate::output::table(
+        &["region", "node", "health", "ring", "primary", "replica", "keys", "disk", "hints", "client / peer"],
+        nodes,
+        &[1, 4, 5, 6, 7, 8],
+    );
+    out.push_str("\n\nreplication lag ms (backlog entries), rows ship to columns\n");
+    let mut header = vec!["from \\ to"];
+    header.extend(s.regions.iter().map(String::as_str));
+    let rows = s.regions.iter().map(|origin| {
+        let mut row = vec![origin.clone()];
         for dest in &s.regions {
             let cell = s.lags.iter().find(|c| &c.origin == origin && &c.destination == dest);
-            let text = match cell {
+            row.push(match cell {
                 None => "-".to_string(),
                 Some(c) if c.nodes_reporting == 0 => "no answer".to_string(),
                 Some(c) => {
@@ -92,10 +84,11 @@ pub fn render(s: &proto::ClusterStatusResponse) -> String {
                     };
                     format!("{} ({}){flag}", c.lag_ms, c.backlog_entries)
                 }
-            };
-            out.push_str(&format!(" {text:>22}"));
+            });
         }
-        out.push('\n');
-    }
-    out.trim_end().to_string()
+        row
+    });
+    let right: Vec<usize> = (1..=s.regions.len()).collect();
+    out.push_str(&crate::output::table(&header, rows, &right));
+    out
 }
