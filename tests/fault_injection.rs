@@ -1,7 +1,8 @@
 //! Runtime fault injection (`InjectFaults` on the peer port) against real `geokv` processes:
 //! refused unless the config enables it, validated, and each fault does what it says:
 //! partitions (both ways and one way) fail the cut-off side's quorum writes and heal, a clock
-//! offset or drift shows in the stamps of writes, a slow disk slows writes.
+//! offset or drift shows in the stamps of writes, a slow disk slows writes (and a per-call
+//! timeout bounds it, with failover to the next node).
 
 mod support;
 
@@ -330,4 +331,33 @@ async fn a_slow_disk_slows_every_write_until_cleared() {
     })
     .await;
     assert!(fast, "writes are fast again once the faults are cleared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_call_timeout_bounds_a_slow_node_and_failover_goes_past_it() {
+    let cluster = TestCluster::start_region(3, 3, FAULTS_ENABLED);
+    let c = quorum(cluster.client(0).await);
+    put_until_acked(&c, b"warm", b"up").await;
+    cluster
+        .inject_faults(0, pb::InjectFaultsRequest { disk_delay_ms: 5_000, ..Default::default() })
+        .await
+        .unwrap();
+    // The call's own deadline, not the channel's 30 s: node 1 commits nothing for 5 s.
+    let started = Instant::now();
+    let e = c.clone().with_timeout(Duration::from_millis(500)).put(b"slow", b"v", None).await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::DeadlineExceeded), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3), "the 500 ms deadline took {:?}", started.elapsed());
+    // A failover client starting at the slow node: its attempt ends at the deadline and the
+    // next node coordinates (its quorum is itself and node 3).
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|n| n.endpoint()).collect();
+    let f = geokv_client::Failover::connect(&endpoints, &geokv_client::Security::none())
+        .unwrap()
+        .with_consistency(proto::Consistency::Quorum)
+        .with_timeout(Duration::from_millis(1_000));
+    assert_eq!(f.current(), endpoints[0]);
+    let started = Instant::now();
+    f.put(b"past-the-slow-node", b"v", None).await.expect("the next node coordinates the put");
+    assert!(started.elapsed() < Duration::from_secs(4), "failover took {:?}", started.elapsed());
+    assert_ne!(f.current(), endpoints[0], "the next request starts at the node that answered");
+    cluster.inject_faults(0, pb::InjectFaultsRequest::default()).await.unwrap();
 }

@@ -42,6 +42,12 @@ fn retryable(e: &ClientError) -> bool {
     }
 }
 
+/// Whether a failed request that may run twice (a read, a put, a delete, a set change) goes
+/// to the next node: as [`retryable`], or its deadline passed (the node may hang).
+fn repeatable(e: &ClientError) -> bool {
+    retryable(e) || e.code() == Some(tonic::Code::DeadlineExceeded)
+}
+
 /// Whether a failed increment was certainly not applied: it never reached a node, or its
 /// coordinator answered that nothing was written (`geokv-failure: not-applied`).
 fn not_applied(e: &ClientError) -> bool {
@@ -100,6 +106,14 @@ impl Failover {
     }
 
     /// How long a request keeps trying other nodes.
+    /// Each attempt's deadline ([`Client::with_timeout`]): a node that hangs costs at most
+    /// this much before the next is tried (for requests that may be sent again).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        let nodes = self.nodes.iter().map(|(e, c)| (e.clone(), c.clone().with_timeout(timeout))).collect();
+        self.nodes = std::sync::Arc::new(nodes);
+        self
+    }
+
     pub fn with_patience(mut self, patience: Duration) -> Self {
         self.patience = patience;
         self
@@ -117,7 +131,7 @@ impl Failover {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.run_if(retryable, call).await
+        self.run_if(repeatable, call).await
     }
 
     /// [`Failover::run`], retrying only the failures `may_retry` picks.
@@ -220,6 +234,9 @@ mod tests {
         assert!(retryable(&ClientError::Connect { endpoint: "x".into(), message: "refused".into() }));
         assert!(!retryable(&ClientError::Status(tonic::Status::invalid_argument("bad key"))));
         assert!(!retryable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
+        // ... but a read or a put whose node did not answer in time goes to the next one.
+        assert!(repeatable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
+        assert!(!not_applied(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
         // An increment whose coordinator wrote nothing may go to another node; one that failed
         // after it may have been applied may not.
         let mut refused =

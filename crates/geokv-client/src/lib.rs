@@ -62,6 +62,8 @@ pub struct ScanOptions {
 pub struct Client {
     inner: KvClient<Transport>,
     consistency: Consistency,
+    /// The deadline of each call (`grpc-timeout`), if shorter than the channel's.
+    timeout: Option<Duration>,
 }
 
 /// A TTL in whole milliseconds, rounded up so that a sub-millisecond TTL is not sent as 0.
@@ -279,6 +281,7 @@ impl Client {
         Ok(Client {
             inner: KvClient::with_interceptor(channel, bearer).max_decoding_message_size(256 * 1024 * 1024),
             consistency: Consistency::Unspecified,
+            timeout: None,
         })
     }
 
@@ -286,6 +289,40 @@ impl Client {
     pub fn with_consistency(mut self, level: Consistency) -> Self {
         self.consistency = level;
         self
+    }
+
+    /// A client whose every call fails with DEADLINE_EXCEEDED when no answer came within
+    /// `timeout` (sent as `grpc-timeout`, so the node stops working on it too). Without it, a
+    /// call waits up to the channel's deadline ([`REQUEST_DEADLINE`] by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs `call` within this client's per-call deadline: DEADLINE_EXCEEDED when no answer
+    /// came in time (also when the node gave up first: tonic's server answers its own
+    /// `grpc-timeout` with CANCELLED).
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    ) -> std::result::Result<T, tonic::Status> {
+        let Some(t) = self.timeout else { return call.await };
+        match tokio::time::timeout(t, call).await {
+            Ok(Err(s)) if s.code() == tonic::Code::Cancelled => Err(tonic::Status::deadline_exceeded(
+                format!("no answer within {t:?} (the node gave up: {})", s.message()),
+            )),
+            Ok(answer) => answer,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {t:?}"))),
+        }
+    }
+
+    /// `message` as a request with this client's per-call deadline.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(t) = self.timeout {
+            r.set_timeout(t);
+        }
+        r
     }
 
     /// The generated stub, for requests this wrapper does not shape (tests of bad input).
@@ -299,7 +336,7 @@ impl Client {
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<proto::Entry>> {
         let req = proto::GetRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.raw().get(req).await?.into_inner().entry)
+        Ok(self.timed(self.raw().get(self.request(req))).await?.into_inner().entry)
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<proto::PutResponse> {
@@ -309,12 +346,12 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.raw().put(req).await?.into_inner())
+        Ok(self.timed(self.raw().put(self.request(req))).await?.into_inner())
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<proto::DeleteResponse> {
         let req = proto::DeleteRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.raw().delete(req).await?.into_inner())
+        Ok(self.timed(self.raw().delete(self.request(req))).await?.into_inner())
     }
 
     pub async fn increment(
@@ -325,7 +362,7 @@ impl Client {
     ) -> Result<proto::IncrementResponse> {
         let req =
             proto::IncrementRequest { key: key.to_vec(), delta, consistency: self.c(), ttl_ms: ttl_ms(ttl) };
-        Ok(self.raw().increment(req).await?.into_inner())
+        Ok(self.timed(self.raw().increment(self.request(req))).await?.into_inner())
     }
 
     pub async fn append(
@@ -340,7 +377,7 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.raw().append(req).await?.into_inner())
+        Ok(self.timed(self.raw().append(self.request(req))).await?.into_inner())
     }
 
     pub async fn set_add(
@@ -351,17 +388,17 @@ impl Client {
     ) -> Result<proto::SetChangeResponse> {
         let req =
             proto::SetAddRequest { key: key.to_vec(), members, consistency: self.c(), ttl_ms: ttl_ms(ttl) };
-        Ok(self.raw().set_add(req).await?.into_inner())
+        Ok(self.timed(self.raw().set_add(self.request(req))).await?.into_inner())
     }
 
     pub async fn set_remove(&self, key: &[u8], members: Vec<Vec<u8>>) -> Result<proto::SetChangeResponse> {
         let req = proto::SetRemoveRequest { key: key.to_vec(), members, consistency: self.c() };
-        Ok(self.raw().set_remove(req).await?.into_inner())
+        Ok(self.timed(self.raw().set_remove(self.request(req))).await?.into_inner())
     }
 
     pub async fn set_members(&self, key: &[u8]) -> Result<proto::SetMembersResponse> {
         let req = proto::SetMembersRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.raw().set_members(req).await?.into_inner())
+        Ok(self.timed(self.raw().set_members(self.request(req))).await?.into_inner())
     }
 
     /// Sets `key` to `value` if its version is `expected` (`None`: if it is absent).
@@ -384,17 +421,24 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.raw().compare_and_swap(req).await?.into_inner())
+        Ok(self.timed(self.raw().compare_and_swap(self.request(req))).await?.into_inner())
     }
 
     pub async fn batch_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<proto::Entry>>> {
         let req = proto::BatchGetRequest { keys, consistency: self.c() };
-        Ok(self.raw().batch_get(req).await?.into_inner().results.into_iter().map(|r| r.entry).collect())
+        Ok(self
+            .timed(self.raw().batch_get(self.request(req)))
+            .await?
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|r| r.entry)
+            .collect())
     }
 
     pub async fn batch_write(&self, ops: Vec<proto::WriteOp>) -> Result<Vec<proto::WriteResult>> {
         let req = proto::BatchWriteRequest { ops, consistency: self.c() };
-        Ok(self.raw().batch_write(req).await?.into_inner().results)
+        Ok(self.timed(self.raw().batch_write(self.request(req))).await?.into_inner().results)
     }
 
     /// One page of a scan; pass the returned token back to continue (empty: done).
@@ -407,7 +451,7 @@ impl Client {
             keys_only: opts.keys_only,
             consistency: self.c(),
         };
-        Ok(self.raw().scan(req).await?.into_inner())
+        Ok(self.timed(self.raw().scan(self.request(req))).await?.into_inner())
     }
 
     /// Every entry of a scan, following pages to the end.
