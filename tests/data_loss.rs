@@ -117,6 +117,8 @@ async fn a_wrong_type_write_through_a_replica_that_missed_the_key_is_refused_and
     assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
     let err = three.increment(b"reg", 1, None).await.expect_err("a counter op on a register");
     assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+    // The reason the region's coordinator gave, in a region of three.
+    assert_eq!(err.reason().as_deref(), Some("WRONG_TYPE"), "{err}");
     assert_eq!(register_at_all(&cluster, b"reg").await.as_deref(), Some(&b"keep-me"[..]));
 }
 

@@ -304,3 +304,22 @@ async fn consistency_levels_are_accepted_on_every_request() {
         cl.scan_page(&ScanOptions::default(), vec![]).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn errors_carry_a_stable_reason_in_the_domain_geokv_io() {
+    let (_d, _s, c) = server().await;
+    c.put(b"reg", b"x", None).await.unwrap();
+    c.increment(b"n", i64::MAX, None).await.unwrap();
+    fn reason<T: std::fmt::Debug>(r: Result<T, geokv_client::ClientError>) -> Option<String> {
+        r.unwrap_err().reason()
+    }
+    assert_eq!(reason(c.increment(b"reg", 1, None).await).as_deref(), Some("WRONG_TYPE"));
+    assert_eq!(reason(c.increment(b"n", 1, None).await).as_deref(), Some("COUNTER_OVERFLOW"));
+    assert_eq!(reason(c.put(&[b'k'; 65], b"v", None).await).as_deref(), Some("TOO_LARGE"));
+    assert_eq!(reason(c.put(b"", b"v", None).await).as_deref(), Some("INVALID_ARGUMENT"));
+    let many: Vec<Vec<u8>> = (0..101u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(reason(c.batch_get(many).await).as_deref(), Some("TOO_MANY"));
+    // A refusal suggests no retry.
+    let e = c.increment(b"reg", 1, None).await.unwrap_err();
+    assert_eq!(e.retry_after(), None);
+}

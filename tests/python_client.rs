@@ -21,7 +21,7 @@ fn client_dir() -> PathBuf {
 fn python() -> Option<String> {
     let py = std::env::var("GEOKV_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&py)
-        .args(["-c", "import grpc, grpc_tools, google.protobuf"])
+        .args(["-c", "import grpc, grpc_tools, grpc_status, google.protobuf"])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -29,9 +29,9 @@ fn python() -> Option<String> {
     if !ok {
         assert!(
             std::env::var("GEOKV_REQUIRE_GRPCIO").is_err(),
-            "GEOKV_REQUIRE_GRPCIO is set but {py} cannot import grpc and grpc_tools (pip install grpcio grpcio-tools)"
+            "GEOKV_REQUIRE_GRPCIO is set but {py} cannot import grpc, grpc_tools and grpc_status (pip install grpcio grpcio-tools grpcio-status)"
         );
-        eprintln!("SKIPPED: {py} lacks grpcio/grpcio-tools; set GEOKV_PYTHON or install them");
+        eprintln!("SKIPPED: {py} lacks grpcio/grpcio-tools/grpcio-status; set GEOKV_PYTHON or install them");
         return None;
     }
     Some(py)

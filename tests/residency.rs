@@ -296,6 +296,7 @@ async fn eu_only_keys_written_through_every_region_never_reach_other_regions_dis
     let err = via_us.put(&strict, b"no", None).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
     assert!(err.to_string().contains("eu-strict") && err.to_string().contains("eu-west"), "{err}");
+    assert_eq!(err.reason().as_deref(), Some("RESIDENCY_REFUSED"), "{err}");
     let err = via_ap.get(&strict).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
     let results = via_us

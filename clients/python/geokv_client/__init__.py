@@ -44,6 +44,30 @@ Bytes = Union[bytes, bytearray, memoryview, str]
 ROUND_PAUSE_S = 0.1
 #: Metadata on a coordinator's failure: whether the write may have been stored.
 FAILURE_METADATA = "geokv-failure"
+#: The domain of the `google.rpc.ErrorInfo` geokv's nodes send.
+ERROR_DOMAIN = "geokv.io"
+
+
+def _details(e: grpc.RpcError) -> tuple:
+    """(ErrorInfo reason, RetryInfo delay in seconds) of a failed call, from the richer error
+    model's `grpc-status-details-bin` (needs grpcio-status; (None, None) without it)."""
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+    except ImportError:
+        return None, None
+    try:
+        status = rpc_status.from_call(e)
+    except Exception:  # a malformed details trailer: no details
+        return None, None
+    reason = retry = None
+    for any_detail in status.details if status else ():
+        info, delay = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        if any_detail.Is(info.DESCRIPTOR) and any_detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            reason = info.reason
+        elif any_detail.Is(delay.DESCRIPTOR) and any_detail.Unpack(delay):
+            retry = delay.retry_delay.seconds + delay.retry_delay.nanos / 1e9
+    return reason, retry
 
 _LEVELS = {
     None: pb.CONSISTENCY_UNSPECIFIED,
@@ -66,18 +90,24 @@ class GeokvError(Exception):
 
     `code` is the gRPC status code (`grpc.StatusCode`), `message` the node's explanation,
     `node` the endpoint that answered (or could not be reached), `maybe_applied` whether a
-    write may have been stored anyway (True, False, or None when the node did not say), and
-    `never_sent` whether the request certainly did not reach a node.
+    write may have been stored anyway (True, False, or None when the node did not say),
+    `never_sent` whether the request certainly did not reach a node, `reason` the stable name
+    of the cause the node gave (`WRONG_TYPE`, `TOO_LARGE`, `QUORUM_NOT_REACHED`, ...: match
+    on it, not on messages; None when it gave none), and `retry_after` the seconds it
+    suggests waiting before a retry (or None).
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, node: str = "",
-                 maybe_applied: Optional[bool] = None, never_sent: bool = False):
+                 maybe_applied: Optional[bool] = None, never_sent: bool = False,
+                 reason: Optional[str] = None, retry_after: Optional[float] = None):
         super().__init__(f"{code.name}: {message}" + (f" (node {node})" if node else ""))
         self.code = code
         self.message = message
         self.node = node
         self.maybe_applied = maybe_applied
         self.never_sent = never_sent
+        self.reason = reason
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -97,7 +127,8 @@ class GeokvError(Exception):
         debug = (getattr(e, "debug_error_string", lambda: "")() or "").lower()
         never_sent = code == grpc.StatusCode.UNAVAILABLE and maybe_applied is None and (
             "failed to connect to all addresses" in debug or "dns resolution failed" in debug)
-        return cls(code, message, node, maybe_applied, never_sent)
+        reason, retry_after = _details(e)
+        return cls(code, message, node, maybe_applied, never_sent, reason, retry_after)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,6 +127,8 @@ class Errors(unittest.TestCase):
             self.db.increment(k, 1)
         e = cm.exception
         self.assertEqual(e.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertEqual(e.reason, "WRONG_TYPE")
+        self.assertIsNone(e.retry_after)
         self.assertIn("counter", e.message)
         self.assertFalse(e.retryable)
         self.assertIn(e.node, ENDPOINTS)
@@ -136,6 +138,7 @@ class Errors(unittest.TestCase):
         with self.assertRaises(g.GeokvError) as cm:
             self.db.put(b"k" * 100_000, b"v")
         self.assertEqual(cm.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(cm.exception.reason, "TOO_LARGE")
         self.assertIn("max_key_bytes", cm.exception.message)
 
     def test_bad_arguments_are_refused_before_sending(self):

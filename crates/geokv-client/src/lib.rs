@@ -32,6 +32,28 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The stable name of the cause a node gave (`google.rpc.ErrorInfo.reason` of domain
+    /// `geokv.io`: `WRONG_TYPE`, `TOO_LARGE`, `QUORUM_NOT_REACHED`, ...; docs/api.md, "Error
+    /// details"). Match on this rather than on messages.
+    pub fn reason(&self) -> Option<String> {
+        use tonic_types::StatusExt;
+        match self {
+            ClientError::Status(s) => {
+                s.get_details_error_info().filter(|i| i.domain == "geokv.io").map(|i| i.reason)
+            }
+            _ => None,
+        }
+    }
+
+    /// How long the node suggests waiting before trying again (`google.rpc.RetryInfo`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        use tonic_types::StatusExt;
+        match self {
+            ClientError::Status(s) => s.get_details_retry_info().and_then(|r| r.retry_delay),
+            _ => None,
+        }
+    }
+
     /// The gRPC status code, when the server answered.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {

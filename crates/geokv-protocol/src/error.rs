@@ -45,7 +45,38 @@ impl Kind {
             CoreError::StaleStamp { .. } => Kind::Aborted,
         }
     }
+
+    /// The stable name of a failure of this class that has none more precise (the `reason`
+    /// of the `google.rpc.ErrorInfo` clients receive).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kind::Unavailable => "UNAVAILABLE",
+            Kind::InvalidArgument => "INVALID_ARGUMENT",
+            Kind::FailedPrecondition => "FAILED_PRECONDITION",
+            Kind::DataLoss => "DATA_LOSS",
+            Kind::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Kind::OutOfRange => "OUT_OF_RANGE",
+            Kind::Aborted => "ABORTED",
+            Kind::Internal => "INTERNAL",
+            Kind::Other => "UNKNOWN",
+        }
+    }
 }
+
+/// The stable name of a refusal by the data model (docs/api.md, "Error details").
+pub fn core_reason(e: &CoreError) -> &'static str {
+    match e {
+        CoreError::InvalidArgument(_) => "INVALID_ARGUMENT",
+        CoreError::TooLarge { .. } => "TOO_LARGE",
+        CoreError::TooMany { .. } => "TOO_MANY",
+        CoreError::WrongType { .. } => "WRONG_TYPE",
+        CoreError::Overflow { .. } => "COUNTER_OVERFLOW",
+        CoreError::StaleStamp { .. } => "STALE_STAMP",
+    }
+}
+
+/// The reason of a failure for want of replicas.
+pub const QUORUM_NOT_REACHED: &str = "QUORUM_NOT_REACHED";
 
 /// Why a request failed, as the coordinator answers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,17 +86,35 @@ pub struct Failure {
     /// stored, so a client may safely retry even a write that must not run twice.
     pub maybe_applied: bool,
     pub message: String,
+    /// A stable name of the cause, more precise than `kind` (e.g. `WRONG_TYPE`), carried from
+    /// the node that decided it to the client; `None`: the kind's [`Kind::reason`].
+    pub reason: Option<String>,
 }
 
 impl Failure {
     /// Too few replicas took part; `detail` says which and how many.
     pub fn quorum(detail: impl fmt::Display, maybe_applied: bool) -> Failure {
-        Failure { kind: Kind::Unavailable, maybe_applied, message: format!("{QUORUM_FAILED}: {detail}") }
+        Failure {
+            kind: Kind::Unavailable,
+            maybe_applied,
+            message: format!("{QUORUM_FAILED}: {detail}"),
+            reason: Some(QUORUM_NOT_REACHED.into()),
+        }
     }
 
     /// A refusal that stored nothing.
     pub fn refused(kind: Kind, message: impl Into<String>) -> Failure {
-        Failure { kind, maybe_applied: false, message: message.into() }
+        Failure { kind, maybe_applied: false, message: message.into(), reason: None }
+    }
+
+    /// A refusal by the data model that stored nothing, with its reason.
+    pub fn refused_by(e: &CoreError, message: impl Into<String>) -> Failure {
+        Failure { reason: Some(core_reason(e).into()), ..Failure::refused(Kind::of(e), message) }
+    }
+
+    /// The stable name of the cause: the one given, else the kind's.
+    pub fn reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or(self.kind.reason())
     }
 
     /// The message without its [`QUORUM_FAILED`] prefix.

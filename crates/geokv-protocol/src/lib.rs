@@ -44,7 +44,7 @@ mod testing;
 
 pub use anti_entropy::{shared, AeCommand, Exchange, Outcome, DIGEST_BUCKETS_PER_CALL};
 pub use command::Command;
-pub use error::{Failure, Kind, PeerError, QUORUM_FAILED};
+pub use error::{core_reason, Failure, Kind, PeerError, QUORUM_FAILED, QUORUM_NOT_REACHED};
 pub use forward::{ForwardCommand, Forwarder};
 pub use handoff::{delivered, hint_plan, Delivered, HintPlan};
 pub use read::{ReadCommand, ReadCoordinator};

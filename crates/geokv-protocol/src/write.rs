@@ -135,7 +135,7 @@ impl ReplicateRound {
 
 #[derive(Debug)]
 enum Phase {
-    Reading(ReadCoordinator),
+    Reading(Box<ReadCoordinator>),
     Applying,
     Replicating(Box<(Applied, ReplicateRound)>),
     Done,
@@ -153,7 +153,7 @@ impl WriteCoordinator {
     /// Starts the write. `writer`: this node's HLC time (see [`ReadCoordinator::start`]).
     pub fn start(replicas: Replicas, level: Level, writer: u64) -> (WriteCoordinator, Vec<WriteCommand>) {
         let (read, cmds) = ReadCoordinator::start(&replicas, level, Some(writer));
-        let mut w = WriteCoordinator { replicas, level, phase: Phase::Reading(read) };
+        let mut w = WriteCoordinator { replicas, level, phase: Phase::Reading(Box::new(read)) };
         let out = w.after_read(cmds);
         (w, out)
     }

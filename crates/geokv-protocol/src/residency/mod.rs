@@ -48,7 +48,10 @@ pub fn residence(
     }
     let allowed = rule.allowed.iter().cloned().collect::<Vec<_>>().join(", ");
     let line = if rule.line > 0 { format!(" (line {})", rule.line) } else { String::new() };
-    let refuse = |message: String| Residence::Refused(Failure::refused(Kind::FailedPrecondition, message));
+    let refuse = |message: String| {
+        let refused = Failure::refused(Kind::FailedPrecondition, message);
+        Residence::Refused(Failure { reason: Some("RESIDENCY_REFUSED".into()), ..refused })
+    };
     if forwarded {
         return refuse(format!(
             "key {:?} was forwarded to region {region}, which may not hold it either: residency rule {:?}{line} of policy version {version} allows only {allowed}; the regions hold different policy versions, retry shortly",
@@ -95,7 +98,10 @@ mod tests {
         }
         // us-health rejects, naming the rule and where to send the request.
         let Residence::Refused(f) = at("eu-west", b"us:phi:7", false) else { panic!("expected a refusal") };
-        assert_eq!((f.kind, f.maybe_applied), (Kind::FailedPrecondition, false));
+        assert_eq!(
+            (f.kind, f.maybe_applied, f.reason()),
+            (Kind::FailedPrecondition, false, "RESIDENCY_REFUSED")
+        );
         assert!(
             f.message.contains("\"us-health\"")
                 && f.message.contains("send the request to a node of us-east")

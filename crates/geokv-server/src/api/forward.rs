@@ -98,6 +98,7 @@ impl Forwarder {
                             kind: Kind::Unavailable,
                             maybe_applied: true,
                             message: format!("the request forwarded to {addr} lost its connection ({m}); it may have been applied there, and it is not sent elsewhere because running it twice would apply it twice; the write may or may not have been applied"),
+                            reason: Some("FORWARD_INTERRUPTED".into()),
                         }));
                     }
                     maybe_applied = true;
@@ -113,6 +114,7 @@ impl Forwarder {
                 "no node of the regions allowed to hold the key could be reached to forward the request ({})",
                 last.unwrap_or_else(|| "no nodes".into())
             ),
+            reason: Some("ALLOWED_REGION_UNREACHABLE".into()),
         }))
     }
 }

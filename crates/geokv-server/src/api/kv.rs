@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::convert::{self, entry, level, write_meta, WriteMeta};
 use crate::api::forward::{is_forwarded, Forwarder};
-use crate::api::status::{invalid, to_status};
+use crate::api::status::{invalid, refused_by, to_status};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
 use crate::region::{Action, Applied, Cluster};
 use crate::residency::Route;
@@ -212,9 +212,9 @@ impl KvService {
         let req = req.into_inner();
         let level = level(req.consistency)?;
         let limits = self.node.limits().clone();
-        limits.check_batch("BatchGet keys", req.keys.len()).map_err(|e| invalid(e.to_string()))?;
+        limits.check_batch("BatchGet keys", req.keys.len()).map_err(|e| refused_by(&e, e.to_string()))?;
         for (i, key) in req.keys.iter().enumerate() {
-            limits.check_key(key).map_err(|e| invalid(format!("keys[{i}]: {e}")))?;
+            limits.check_key(key).map_err(|e| refused_by(&e, format!("keys[{i}]: {e}")))?;
         }
         // Keys another region serves are read there, one sub-request per destination.
         let mut results: Vec<Option<pb::GetResponse>> = vec![None; req.keys.len()];
@@ -277,7 +277,7 @@ impl KvService {
         self.node
             .limits()
             .check_batch("BatchWrite ops", req.ops.len())
-            .map_err(|e| invalid(e.to_string()))?;
+            .map_err(|e| refused_by(&e, e.to_string()))?;
         // Each item follows its key's residency rule: served here, forwarded (one sub-batch
         // per destination) or refused on its own.
         let mut settled: Vec<Option<pb::WriteResult>> = vec![None; req.ops.len()];
@@ -554,7 +554,10 @@ impl KvService {
 
 /// A refusal of one batch item, naming its position.
 fn item_status(s: &Status, field: &str, i: usize) -> Status {
-    Status::new(s.code(), format!("{field}[{i}]: {}", s.message()))
+    let reason = crate::api::status::reason_of(s)
+        .unwrap_or_else(|| crate::api::status::kind_of(s.code()).reason().into());
+    let message = format!("{field}[{i}]: {}", s.message());
+    crate::api::status::detailed(s.code(), message, &reason, s.metadata().clone())
 }
 
 /// A batch item's error result.

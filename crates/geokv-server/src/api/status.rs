@@ -1,9 +1,48 @@
 //! Maps node errors to gRPC status codes with messages a person can act on.
 
+use std::time::Duration;
+
 use geokv_core::CoreError;
-use geokv_protocol::{Failure, Kind, PeerError, QUORUM_FAILED};
+use geokv_protocol::{core_reason, Failure, Kind, PeerError, QUORUM_FAILED, QUORUM_NOT_REACHED};
 use geokv_storage::StorageError;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `domain` of every `google.rpc.ErrorInfo` a node sends.
+pub const ERROR_DOMAIN: &str = "geokv.io";
+/// The retry delay suggested (`google.rpc.RetryInfo`) with failures for want of replicas.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// A status with the richer error model's details: `ErrorInfo { reason, domain }` always,
+/// `RetryInfo` when retrying later may succeed, and `metadata` kept.
+pub fn detailed(code: Code, message: impl Into<String>, reason: &str, metadata: MetadataMap) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    if code == Code::Unavailable {
+        details.set_retry_info(Some(RETRY_AFTER));
+    }
+    Status::with_error_details_and_metadata(code, message, details, metadata)
+}
+
+/// The `ErrorInfo.reason` a status carries, if any.
+pub fn reason_of(s: &Status) -> Option<String> {
+    s.get_details_error_info().filter(|i| i.domain == ERROR_DOMAIN).map(|i| i.reason)
+}
+
+/// The stable name of a storage failure (docs/api.md, "Error details").
+fn storage_reason(err: &StorageError) -> &'static str {
+    match err {
+        StorageError::Core(core) => core_reason(core),
+        StorageError::RecordTooLarge { .. } => "RECORD_TOO_LARGE",
+        StorageError::NotAdmitted { .. } => "RESIDENCY_NOT_ADMITTED",
+        StorageError::ClockDrift { .. } => "CLOCK_DRIFT",
+        StorageError::Corrupt { .. } => "CORRUPT_STATE",
+        StorageError::Engine(_)
+        | StorageError::Incompatible { .. }
+        | StorageError::BatchFailed(_)
+        | StorageError::Io { .. } => "STORAGE_FAILED",
+    }
+}
 
 pub fn code_of(err: &StorageError) -> Code {
     match err {
@@ -31,11 +70,17 @@ pub fn to_status(err: StorageError) -> Status {
     if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
         tracing::error!(%code, %message, "request failed");
     }
-    Status::new(code, message)
+    detailed(code, message, storage_reason(&err), MetadataMap::new())
+}
+
+/// A request refused by the data model's limits before anything ran: INVALID_ARGUMENT with
+/// the refusal's own reason (`TOO_LARGE`, `TOO_MANY`, ...) and `message`.
+pub fn refused_by(e: &CoreError, message: impl Into<String>) -> Status {
+    detailed(Code::InvalidArgument, message, core_reason(e), MetadataMap::new())
 }
 
 pub fn invalid(message: impl Into<String>) -> Status {
-    Status::invalid_argument(message)
+    detailed(Code::InvalidArgument, message, "INVALID_ARGUMENT", MetadataMap::new())
 }
 
 impl From<crate::region::MoveError> for Status {
@@ -61,7 +106,9 @@ impl From<crate::region::CoordinatorError> for Status {
         let message = e.to_string();
         match e {
             CoordinatorError::Failed(f) => failure_status(f),
-            CoordinatorError::InvalidKey(_) => Status::invalid_argument(message),
+            CoordinatorError::InvalidKey(core) => {
+                detailed(Code::InvalidArgument, message, core_reason(&core), MetadataMap::new())
+            }
             CoordinatorError::Corrupt(_) => Status::data_loss(message),
             CoordinatorError::BadAnswer(_) | CoordinatorError::NoAnswer(_) => Status::internal(message),
             CoordinatorError::Storage(e) => to_status(e),
@@ -171,10 +218,11 @@ pub fn kind_of(code: Code) -> Kind {
 
 /// A coordinator's failure as the status a client (or a forwarding node) receives.
 pub fn failure_status(f: Failure) -> Status {
-    let mut s = Status::new(code_for(f.kind), f.message);
+    let mut metadata = MetadataMap::new();
     let applied = if f.maybe_applied { "maybe-applied" } else { "not-applied" };
-    s.metadata_mut().insert(FAILURE_METADATA, tonic::metadata::MetadataValue::from_static(applied));
-    s
+    metadata.insert(FAILURE_METADATA, tonic::metadata::MetadataValue::from_static(applied));
+    let reason = f.reason().to_string();
+    detailed(code_for(f.kind), f.message, &reason, metadata)
 }
 
 /// What a failed call to a peer means for the protocol: a coordinator's final answer (it
@@ -183,7 +231,12 @@ pub fn failure_status(f: Failure) -> Status {
 pub fn peer_error(s: Status) -> PeerError {
     if let Some(applied) = s.metadata().get(FAILURE_METADATA) {
         let maybe_applied = applied.as_bytes() != b"not-applied";
-        let f = Failure { kind: kind_of(s.code()), maybe_applied, message: s.message().to_string() };
+        let f = Failure {
+            kind: kind_of(s.code()),
+            maybe_applied,
+            message: s.message().to_string(),
+            reason: reason_of(&s),
+        };
         return PeerError::Answered(f);
     }
     let from_connection = std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>());
@@ -197,7 +250,12 @@ pub fn peer_error(s: Status) -> PeerError {
         // A coordinator of an earlier version (no metadata) that could not reach a quorum.
         Code::Unavailable if message.starts_with(QUORUM_FAILED) => {
             let maybe_applied = !message.ends_with("nothing was written");
-            PeerError::Answered(Failure { kind: Kind::Unavailable, maybe_applied, message })
+            PeerError::Answered(Failure {
+                kind: Kind::Unavailable,
+                maybe_applied,
+                message,
+                reason: Some(QUORUM_NOT_REACHED.into()),
+            })
         }
         Code::Unavailable | Code::Cancelled | Code::Unknown => PeerError::Transport(message),
         // Refusals before anything is stored; any other answer (an internal or storage
@@ -212,7 +270,8 @@ pub fn peer_error(s: Status) -> PeerError {
                     | Code::Aborted
                     | Code::NotFound
             );
-            PeerError::Answered(Failure { kind: kind_of(code), maybe_applied: !refused, message })
+            let reason = reason_of(&s);
+            PeerError::Answered(Failure { kind: kind_of(code), maybe_applied: !refused, message, reason })
         }
     }
 }
@@ -246,10 +305,37 @@ mod tests {
     #[test]
     fn a_coordinators_failure_survives_the_wire_with_its_promise() {
         for maybe_applied in [false, true] {
-            let f =
-                Failure { kind: Kind::Unavailable, maybe_applied, message: "quorum not reached: x".into() };
+            let f = Failure::quorum("x", maybe_applied);
             assert_eq!(peer_error(failure_status(f.clone())), PeerError::Answered(f));
         }
+    }
+
+    #[test]
+    fn every_error_carries_a_stable_reason_that_survives_a_forward() {
+        let info = |s: &Status| s.get_details_error_info().map(|i| (i.reason, i.domain));
+        let wrong = StorageError::Core(CoreError::WrongType {
+            op: "Increment",
+            expected: geokv_core::Kind::Counter,
+            actual: geokv_core::Kind::Register,
+        });
+        let s = to_status(wrong);
+        assert_eq!(info(&s), Some(("WRONG_TYPE".into(), ERROR_DOMAIN.into())));
+        assert!(s.get_details_retry_info().is_none());
+        // A coordinator's refusal read by a forwarding node and answered again keeps its reason.
+        let PeerError::Answered(f) = peer_error(s) else { panic!("an answer") };
+        assert_eq!(f.reason(), "WRONG_TYPE");
+        assert_eq!(info(&failure_status(f)).unwrap().0, "WRONG_TYPE");
+        // Too few replicas: a reason, the promise, and a delay to retry after.
+        let s = failure_status(Failure::quorum("1 of 2 acknowledged", false));
+        assert_eq!(info(&s).unwrap().0, QUORUM_NOT_REACHED);
+        assert_eq!(s.get_details_retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
+        assert_eq!(s.metadata().get(FAILURE_METADATA).unwrap(), "not-applied");
+        let big = StorageError::Core(CoreError::TooLarge { what: "key", actual: 9, limit: 4, setting: "x" });
+        assert_eq!(info(&to_status(big)).unwrap().0, "TOO_LARGE");
+        assert_eq!(info(&invalid("bad")).unwrap().0, "INVALID_ARGUMENT");
+        // A peer's status without details (an older node) falls back to its code's class.
+        let PeerError::Answered(f) = peer_error(Status::failed_precondition("old")) else { panic!() };
+        assert_eq!(f.reason(), "FAILED_PRECONDITION");
     }
 
     #[test]

@@ -354,6 +354,7 @@ impl Cluster {
                     kind: geokv_protocol::Kind::Internal,
                     maybe_applied: true,
                     message,
+                    reason: Some("BAD_ANSWER".into()),
                 })
             }),
         }

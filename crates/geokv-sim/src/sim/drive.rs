@@ -275,7 +275,7 @@ impl Node {
     ) -> Result<Applied, Failure> {
         let now_ms = self.physical_ms(now);
         let current = self.state(key);
-        let refused = |e: geokv_core::CoreError| Failure::refused(Kind::of(&e), format!("refused: {e}"));
+        let refused = |e: geokv_core::CoreError| Failure::refused_by(&e, format!("refused: {e}"));
         let stamp = self.stamp(now, current.as_ref().map(Record::version).unwrap_or_default());
         let actor = self.actor();
         let limits = Limits::default();
