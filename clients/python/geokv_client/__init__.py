@@ -65,7 +65,7 @@ def _details(e: grpc.RpcError) -> tuple:
         info, delay = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
         if any_detail.Is(info.DESCRIPTOR) and any_detail.Unpack(info) and info.domain == ERROR_DOMAIN:
             reason = info.reason
-        elif any_detail.Is(delay.DESCRIPTOR) and any_detail.Unpack(delay):
+        elif any_detail.Is(delay.DESCRIPTOR) and any_detail.Unpack(delay) and delay.HasField("retry_delay"):
             retry = delay.retry_delay.seconds + delay.retry_delay.nanos / 1e9
     return reason, retry
 

@@ -105,15 +105,16 @@ impl Failover {
         self
     }
 
-    /// How long a request keeps trying other nodes.
     /// Each attempt's deadline ([`Client::with_timeout`]): a node that hangs costs at most
-    /// this much before the next is tried (for requests that may be sent again).
+    /// this much before the next is tried (for requests that may be sent again). An increment
+    /// whose deadline passes fails with DEADLINE_EXCEEDED: it may have been applied.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         let nodes = self.nodes.iter().map(|(e, c)| (e.clone(), c.clone().with_timeout(timeout))).collect();
         self.nodes = std::sync::Arc::new(nodes);
         self
     }
 
+    /// How long a request keeps trying other nodes.
     pub fn with_patience(mut self, patience: Duration) -> Self {
         self.patience = patience;
         self

@@ -329,10 +329,20 @@ impl Client {
         call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     ) -> std::result::Result<T, tonic::Status> {
         let Some(t) = self.timeout else { return call.await };
+        let started = std::time::Instant::now();
         match tokio::time::timeout(t, call).await {
-            Ok(Err(s)) if s.code() == tonic::Code::Cancelled => Err(tonic::Status::deadline_exceeded(
-                format!("no answer within {t:?} (the node gave up: {})", s.message()),
-            )),
+            // tonic's answer to an expired grpc-timeout; any other cancellation is passed on.
+            Ok(Err(s))
+                if s.code() == tonic::Code::Cancelled
+                    && (s.message() == "Timeout expired" || started.elapsed() >= t.mul_f64(0.9)) =>
+            {
+                let mut late = tonic::Status::deadline_exceeded(format!(
+                    "no answer within {t:?} (the node gave up: {})",
+                    s.message()
+                ));
+                *late.metadata_mut() = s.metadata().clone();
+                Err(late)
+            }
             Ok(answer) => answer,
             Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {t:?}"))),
         }

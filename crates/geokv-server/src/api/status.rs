@@ -15,10 +15,12 @@ pub const ERROR_DOMAIN: &str = "geokv.io";
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// A status with the richer error model's details: `ErrorInfo { reason, domain }` always,
-/// `RetryInfo` when retrying later may succeed, and `metadata` kept.
+/// `RetryInfo` when retrying later may succeed (UNAVAILABLE, unless `metadata` says the write
+/// may have been applied: sending it again may apply it twice), and `metadata` kept.
 pub fn detailed(code: Code, message: impl Into<String>, reason: &str, metadata: MetadataMap) -> Status {
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
-    if code == Code::Unavailable {
+    let maybe_applied = metadata.get(FAILURE_METADATA).is_some_and(|v| v.as_bytes() == b"maybe-applied");
+    if code == Code::Unavailable && !maybe_applied {
         details.set_retry_info(Some(RETRY_AFTER));
     }
     Status::with_error_details_and_metadata(code, message, details, metadata)
@@ -109,7 +111,9 @@ impl From<crate::region::CoordinatorError> for Status {
             CoordinatorError::InvalidKey(core) => {
                 detailed(Code::InvalidArgument, message, core_reason(&core), MetadataMap::new())
             }
-            CoordinatorError::Corrupt(_) => Status::data_loss(message),
+            CoordinatorError::Corrupt(_) => {
+                detailed(Code::DataLoss, message, "CORRUPT_STATE", MetadataMap::new())
+            }
             CoordinatorError::BadAnswer(_) | CoordinatorError::NoAnswer(_) => Status::internal(message),
             CoordinatorError::Storage(e) => to_status(e),
             CoordinatorError::Task(e) => e.into(),
@@ -330,6 +334,14 @@ mod tests {
         assert_eq!(info(&s).unwrap().0, QUORUM_NOT_REACHED);
         assert_eq!(s.get_details_retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
         assert_eq!(s.metadata().get(FAILURE_METADATA).unwrap(), "not-applied");
+        // ... but no suggestion to retry a write that may have been applied.
+        let s = failure_status(Failure::quorum("1 of 2 acknowledged", true));
+        assert!(s.get_details_retry_info().is_none());
+        // A coalesced item's status keeps what the single call's had.
+        let (code, message, failure, details) = crate::peer::coalesce::item_failure(&s);
+        let again = crate::peer::coalesce::item_status(code, message, &failure, details);
+        assert_eq!(info(&again).unwrap().0, QUORUM_NOT_REACHED);
+        assert_eq!(again.metadata().get(FAILURE_METADATA).unwrap(), "maybe-applied");
         let big = StorageError::Core(CoreError::TooLarge { what: "key", actual: 9, limit: 4, setting: "x" });
         assert_eq!(info(&to_status(big)).unwrap().0, "TOO_LARGE");
         assert_eq!(info(&invalid("bad")).unwrap().0, "INVALID_ARGUMENT");

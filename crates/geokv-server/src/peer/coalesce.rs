@@ -81,7 +81,7 @@ impl Kind for Merges {
                 .into_iter()
                 .map(|r| match r.code {
                     0 => Ok(pb::MergeResponse { changed: r.changed }),
-                    code => Err(item_status(code, r.message, &r.failure)),
+                    code => Err(item_status(code, r.message, &r.failure, r.details)),
                 })
                 .collect())
         })
@@ -119,29 +119,31 @@ impl Kind for Fetches {
                 .into_iter()
                 .map(|r| match r.code {
                     0 => Ok(pb::FetchResponse { state: r.state }),
-                    code => Err(item_status(code, r.message, &r.failure)),
+                    code => Err(item_status(code, r.message, &r.failure, r.details)),
                 })
                 .collect())
         })
     }
 }
 
-/// The status the single call would have failed with (code, message, `geokv-failure`).
-pub fn item_status(code: i32, message: String, failure: &str) -> Status {
-    let mut status = Status::new(Code::from(code), message);
+/// The status the single call would have failed with (code, message, `geokv-failure`, and
+/// its error details).
+pub fn item_status(code: i32, message: String, failure: &str, details: Vec<u8>) -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
     if !failure.is_empty() {
         if let Ok(value) = failure.parse() {
-            status.metadata_mut().insert(crate::api::status::FAILURE_METADATA, value);
+            metadata.insert(crate::api::status::FAILURE_METADATA, value);
         }
     }
-    status
+    Status::with_details_and_metadata(Code::from(code), message, details.into(), metadata)
 }
 
-/// What a many call's item carries when the single call failed: (code, message, failure).
-pub fn item_failure(status: &Status) -> (i32, String, String) {
+/// What a many call's item carries when the single call failed: (code, message, failure,
+/// details).
+pub fn item_failure(status: &Status) -> (i32, String, String, Vec<u8>) {
     let failure = status.metadata().get(crate::api::status::FAILURE_METADATA);
     let failure = failure.and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    (status.code() as i32, status.message().to_owned(), failure)
+    (status.code() as i32, status.message().to_owned(), failure, status.details().to_vec())
 }
 
 /// The node's counters of coalesced calls (`geokv_peer_items_total`, ...).

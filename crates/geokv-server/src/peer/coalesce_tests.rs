@@ -25,13 +25,12 @@ impl NamedService for Peer {
 
 fn merge_one(req: &pb::MergeRequest) -> pb::MergeItemResult {
     if req.key == b"refused" {
-        let message = "refused here".to_string();
-        return pb::MergeItemResult {
-            code: Code::FailedPrecondition as i32,
-            message,
-            failure: "not-applied".into(),
-            changed: false,
-        };
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(crate::api::status::FAILURE_METADATA, "not-applied".parse().unwrap());
+        let status =
+            crate::api::status::detailed(Code::FailedPrecondition, "refused here", "WRONG_TYPE", metadata);
+        let (code, message, failure, details) = crate::peer::coalesce::item_failure(&status);
+        return pb::MergeItemResult { code, message, failure, details, changed: false };
     }
     pb::MergeItemResult { changed: true, ..Default::default() }
 }
@@ -66,7 +65,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Peer {
                         let one = merge_one(&r);
                         match one.code {
                             0 => Ok(pb::MergeResponse { changed: one.changed }),
-                            code => Err(item_status(code, one.message, &one.failure)),
+                            code => Err(item_status(code, one.message, &one.failure, one.details.clone())),
                         }
                     });
                     tonic::server::Grpc::new(tonic_prost::ProstCodec::default()).unary(serve, req).await
@@ -129,6 +128,8 @@ async fn send_many(queue: &Queue<Merges>) {
                 assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
                 let failure = status.metadata().get(crate::api::status::FAILURE_METADATA);
                 assert_eq!(failure.and_then(|v| v.to_str().ok()), Some("not-applied"));
+                // The reason, whether the state went alone or in a MergeMany.
+                assert_eq!(crate::api::status::reason_of(&status).as_deref(), Some("WRONG_TYPE"));
             }
             (_, answer) => assert!(answer.expect(&key).changed, "{key}"),
         }

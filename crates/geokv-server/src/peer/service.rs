@@ -26,9 +26,14 @@ impl ClusterService {
     async fn serve_fetch(&self, req: pb::FetchRequest) -> Result<pb::FetchResponse, Status> {
         if req.writer_hlc > 0 {
             self.cluster.node().observe_remote_time(req.writer_hlc, 0).map_err(|e| {
-                Status::failed_precondition(format!(
-                    "the coordinating node's clock is beyond max_clock_drift_ms ahead of this replica's ({e}); it may not write until the clocks agree (check NTP)"
-                ))
+                crate::api::status::detailed(
+                    tonic::Code::FailedPrecondition,
+                    format!(
+                        "the coordinating node's clock is beyond max_clock_drift_ms ahead of this replica's ({e}); it may not write until the clocks agree (check NTP)"
+                    ),
+                    "CLOCK_DRIFT",
+                    tonic::metadata::MetadataMap::new(),
+                )
             })?;
         }
         if req.vote {
@@ -156,8 +161,8 @@ impl ClusterRpc for ClusterService {
             .map(|r| match r {
                 Ok(changed) => pb::MergeItemResult { changed, ..Default::default() },
                 Err(status) => {
-                    let (code, message, failure) = crate::peer::coalesce::item_failure(&status);
-                    pb::MergeItemResult { changed: false, code, message, failure }
+                    let (code, message, failure, details) = crate::peer::coalesce::item_failure(&status);
+                    pb::MergeItemResult { changed: false, code, message, failure, details }
                 }
             })
             .collect();
@@ -189,8 +194,8 @@ impl ClusterRpc for ClusterService {
             .map(|r| match r {
                 Ok(resp) => pb::FetchItemResult { state: resp.state, ..Default::default() },
                 Err(status) => {
-                    let (code, message, failure) = crate::peer::coalesce::item_failure(&status);
-                    pb::FetchItemResult { state: Vec::new(), code, message, failure }
+                    let (code, message, failure, details) = crate::peer::coalesce::item_failure(&status);
+                    pb::FetchItemResult { state: Vec::new(), code, message, failure, details }
                 }
             })
             .collect();

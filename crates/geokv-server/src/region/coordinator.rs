@@ -425,10 +425,13 @@ impl Cluster {
         // neither served nor merged anywhere (it would win every LWW race).
         let v = rec.version();
         self.node.observe_remote_time(v.time, v.node).map_err(|e| {
-            PeerError::Answered(Failure::refused(
-                geokv_protocol::Kind::FailedPrecondition,
-                format!("node {node} holds a state of the key stamped beyond max_clock_drift_ms ahead of this node's clock ({e}); its answer is not used"),
-            ))
+            PeerError::Answered(Failure {
+                reason: Some("CLOCK_DRIFT".into()),
+                ..Failure::refused(
+                    geokv_protocol::Kind::FailedPrecondition,
+                    format!("node {node} holds a state of the key stamped beyond max_clock_drift_ms ahead of this node's clock ({e}); its answer is not used"),
+                )
+            })
         })?;
         Ok(Some(rec))
     }
