@@ -64,10 +64,22 @@ async fn a_node_is_ready_only_once_recovered_and_in_contact_and_stops_being_read
         .inject_faults(0, pb::InjectFaultsRequest { disk_delay_ms: 1500, ..Default::default() })
         .await
         .unwrap();
-    // At ALL the write waits for node 1's own (slowed) disk.
+    // At ALL the write waits for node 1's own (slowed) disk. One that answered within 300 ms
+    // was not held by the disk (its first read failed fast: a peer still suspected on a loaded
+    // machine): another is sent, until one is in flight.
     let client = cluster.client(0).await.with_consistency(proto::Consistency::All);
-    let write = tokio::spawn(async move { client.put(b"in-flight", b"kept", None).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut in_flight = None;
+    for _ in 0..20 {
+        let c = client.clone();
+        let write = tokio::spawn(async move { c.put(b"in-flight", b"kept", None).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !write.is_finished() {
+            in_flight = Some(write);
+            break;
+        }
+        eprintln!("the write answered before the slow disk held it: {:?}", write.await);
+    }
+    let write = in_flight.expect("a write held in flight by the slow disk");
     cluster.nodes[0].signal("TERM");
     let draining =
         wait_until(Duration::from_secs(5), || async { readyz(&cluster, 0) == (503, "draining".into()) })
