@@ -36,7 +36,7 @@ except ImportError as e:  # pragma: no cover - a setup error, said plainly
         "geokv_client's gRPC stubs are missing: run `python3 clients/python/generate.py` "
         "(needs grpcio-tools)") from e
 
-__all__ = ["Client", "GeokvError", "Entry", "Version", "SetChange", "Op", "pb"]
+__all__ = ["Client", "GeokvError", "Entry", "Version", "SetChange", "Change", "Op", "pb"]
 
 Bytes = Union[bytes, bytearray, memoryview, str]
 
@@ -163,6 +163,31 @@ class Entry:
             raise GeokvError(grpc.StatusCode.INTERNAL, f"an entry of key {e.key!r} has no value")
         ttl = e.ttl_remaining_ms if e.HasField("ttl_remaining_ms") else None
         return cls(e.key, value, Version._of(e.version), ttl)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One change a watch delivers: the key's value after it, or `deleted` (value None)."""
+    key: bytes
+    value: Union[bytes, int, frozenset, None]
+    deleted: bool
+    version: Optional[Version]
+    ttl_remaining_ms: Optional[int]
+
+    @classmethod
+    def _of(cls, e: "pb.WatchEvent") -> "Change":
+        value = None
+        if not e.deleted:
+            value = Entry._of(pb.Entry(key=e.key, value=e.value)).value
+        ttl = e.ttl_remaining_ms if e.HasField("ttl_remaining_ms") else None
+        return cls(e.key, value, e.deleted, Version._of(e.version), ttl)
+
+
+#: Codes with which a watch stream is not opened again: the error would come back.
+_FINAL_WATCH_CODES = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND,
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +438,47 @@ class Client:
             else:
                 out.append(res)
         return out
+
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(self, prefix: Bytes = b"", *, revision: Optional[bytes] = None,
+              patience: Optional[float] = None) -> Iterator[tuple[list[Change], bytes]]:
+        """Streams the changes of keys under `prefix`: yields (changes, revision) per response
+        (no changes in the first one, which says the watch is set up, nor in progress ones).
+        Pass a revision back to resume after it. When the stream's node goes away, the watch
+        opens again on the next node from the last revision, for up to `patience` seconds
+        (default: the client's timeout) without an answer; a revision whose changes are no
+        longer kept raises GeokvError with reason REVISION_TRIMMED (read again, watch from now).
+        """
+        patience = self._timeout if patience is None else patience
+        prefix = _b(prefix, "prefix") if prefix else b""
+        last = revision or b""
+        alive = time.monotonic()
+        n = len(self._nodes)
+        while True:
+            with self._lock:
+                i = self._current % n
+            endpoint, _, stub = self._nodes[i]
+            try:
+                stream = stub.Watch(pb.WatchRequest(prefix=prefix, revision=last), metadata=self._metadata)
+                for r in stream:
+                    if r.revision:
+                        last = r.revision
+                    alive = time.monotonic()
+                    yield [Change._of(e) for e in r.events], last
+                err = None
+            except grpc.RpcError as e:
+                err = GeokvError._from_rpc(e, endpoint)
+                if err.code in _FINAL_WATCH_CODES:
+                    raise err from None
+            with self._lock:
+                self._current = (i + 1) % n
+            if time.monotonic() - alive > patience:
+                raise err if err is not None else GeokvError(
+                    grpc.StatusCode.UNAVAILABLE, f"no node kept the watch open for {patience:g} s", endpoint)
+            if (i + 1) % n == 0:
+                time.sleep(ROUND_PAUSE_S)
 
 
 def _code(number: int) -> tuple:

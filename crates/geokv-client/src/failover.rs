@@ -120,6 +120,17 @@ impl Failover {
         self
     }
 
+    pub(crate) fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    /// The node requests go to now failed outside a request: the next request starts at the
+    /// next node.
+    pub(crate) fn skip_current(&self) {
+        let n = self.nodes.len();
+        let _ = self.current.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |i| Some((i + 1) % n));
+    }
+
     /// The endpoint requests go to now.
     pub fn current(&self) -> &str {
         &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()].0
@@ -136,7 +147,7 @@ impl Failover {
     }
 
     /// [`Failover::run`], retrying only the failures `may_retry` picks.
-    async fn run_if<T, F, Fut>(&self, may_retry: fn(&ClientError) -> bool, call: F) -> Result<T>
+    pub(crate) async fn run_if<T, F, Fut>(&self, may_retry: fn(&ClientError) -> bool, call: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

@@ -13,11 +13,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod failover;
+mod watch;
 pub use failover::Failover;
 pub use geokv_proto::v1 as proto;
 use proto::kv_client::KvClient;
 use proto::Consistency;
 use tonic::transport::{Channel, Endpoint};
+pub use watch::{FailoverWatcher, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

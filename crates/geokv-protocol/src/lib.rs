@@ -10,7 +10,8 @@
 //! becomes of the hints it keeps ([`hint_plan`], [`delivered`]), how two replicas find and
 //! exchange the keys they differ on ([`Exchange`], Merkle anti-entropy), what a cross-region
 //! batch carries and how a received one is taken in and acknowledged ([`xregion`]), when a
-//! replica that lost its data may vote in quorum reads again ([`recovery`]), the steps of
+//! replica that lost its data may vote in quorum reads again ([`recovery`]), how the change
+//! feeds of a region's nodes merge into one watch ([`watch`]), the steps of
 //! nodes joining and leaving a region and of cleanup ([`moves`]), and where a client request
 //! runs under the residency policy ([`residency`]).
 //!
@@ -36,6 +37,7 @@ mod replicas;
 pub mod residency;
 pub mod scan;
 pub mod shipping;
+pub mod watch;
 mod write;
 pub mod xregion;
 

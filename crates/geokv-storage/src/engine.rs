@@ -172,6 +172,8 @@ pub struct Engine {
     /// Injected slowness of every commit, in milliseconds (see [`Engine::set_commit_delay`]).
     commit_delay_ms: AtomicU64,
     path: std::path::PathBuf,
+    /// Held while the change log's id is made (see [`Engine::log_id`]).
+    log_id_lock: Mutex<()>,
 }
 
 /// Called with the duration of every commit of key changes (WAL write, and sync if on).
@@ -212,6 +214,7 @@ impl Engine {
             commit_observer: std::sync::OnceLock::new(),
             commit_delay_ms: AtomicU64::new(0),
             path: path.to_path_buf(),
+            log_id_lock: Mutex::new(()),
         };
         engine.check_identity(path, node_id)?;
         lock(&engine.seq).last = engine.last_logged_seq()?;
@@ -747,6 +750,7 @@ impl Engine {
         self.save_log_high_water()?;
         let mut b = WriteBatch::default();
         b.delete_range_cf(self.cf(CF_LOG), log_key(0), log_key(cut + 1));
+        b.put_cf(self.cf(CF_META), feed::META_LOG_TRIMMED, cut.max(self.log_trimmed_upto()?).to_be_bytes());
         self.db.write_opt(b, &self.wopts)?;
         Ok(cut)
     }
@@ -807,6 +811,8 @@ mod checkpoint;
 pub use checkpoint::{Checkpoint, CHECKPOINTS_DIR};
 mod erase;
 pub use erase::EraseReport;
+mod feed;
+pub use feed::LogStart;
 mod group;
 pub use group::{GroupCommit, Pending};
 mod hints;

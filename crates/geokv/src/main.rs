@@ -14,6 +14,7 @@ mod residency_cmd;
 mod restore_cmd;
 mod server_cmd;
 mod status_cmd;
+mod watch_cmd;
 
 use std::path::PathBuf;
 
@@ -182,6 +183,24 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Stream the changes of keys under a prefix as this region takes them in (writes made
+    /// here and in other regions), until interrupted or --count events. With --output json:
+    /// one object a line, the revision to resume from on the last event of each batch.
+    Watch {
+        /// Keys under this prefix (written as --key-encoding says); "" for every key.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Resume after this revision (base64, as printed) instead of from now.
+        #[arg(long)]
+        from: Option<String>,
+        /// Stop after this many events (the revision after them goes to stderr).
+        #[arg(long)]
+        count: Option<u64>,
+        /// More nodes of the region (comma-separated): when --endpoint's node goes away, the
+        /// watch goes on through the next one from where it was.
+        #[arg(long, value_delimiter = ',')]
+        also: Vec<String>,
+    },
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -253,6 +272,9 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             Command::Backup { command } => backup_cmd::run(command, cli.client.json).await,
             Command::Restore(args) => restore_cmd::restore(args, cli.client.json),
             Command::Health { service } => health_cmd::run(&cli.client.endpoint, &service).await,
+            Command::Watch { prefix, from, count, also } => {
+                watch_cmd::run(watch_cmd::WatchArgs { prefix, from, count, also }, &cli.client).await
+            }
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
             Command::Completion { .. } => unreachable!("printed before the runtime starts"),
         }

@@ -72,6 +72,18 @@ impl Observe for pb::ScanRequest {
     }
 }
 
+impl Observe for pb::WatchRequest {
+    fn consistency(&self) -> i32 {
+        pb::Consistency::Unspecified as i32
+    }
+    fn keys(&self) -> Vec<&[u8]> {
+        Vec::new()
+    }
+    fn prefix(&self) -> Option<&[u8]> {
+        Some(&self.prefix)
+    }
+}
+
 /// The consistency label of a request's raw level.
 fn level_label(raw: i32) -> &'static str {
     match pb::Consistency::try_from(raw) {
@@ -136,6 +148,22 @@ macro_rules! observed {
                     result
                 }
             )*
+
+            type WatchStream = crate::api::watch::WatchStream;
+
+            /// Counted when the stream is set up (its latency: until then).
+            async fn watch(
+                &self,
+                req: Request<pb::WatchRequest>,
+            ) -> Result<Response<Self::WatchStream>, Status> {
+                let started = Instant::now();
+                let result = match self.authorize(&req, READ) {
+                    Ok(principal) => acting_as(principal, self.serve_watch(req)).await,
+                    Err(refused) => Err(refused),
+                };
+                self.observe_end("watch", "default", started, &result);
+                result
+            }
         }
     };
 }

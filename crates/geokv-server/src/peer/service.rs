@@ -113,6 +113,27 @@ impl ClusterRpc for ClusterService {
         Ok(Response::new(Box::pin(crate::xregion::ack_stream(rx))))
     }
 
+    type FeedStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::FeedBatch, Status>> + Send + 'static>>;
+
+    async fn feed(&self, req: Request<pb::FeedRequest>) -> Result<Response<Self::FeedStream>, Status> {
+        let req = req.into_inner();
+        let start = match &req.after {
+            Some(p) => geokv_protocol::watch::FeedStart::After(super::feed::position_from_pb(p)),
+            None => geokv_protocol::watch::FeedStart::Now,
+        };
+        let mut batches = super::feed::open(self.cluster.node().clone(), req.prefix, start).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            while let Some(batch) = batches.recv().await {
+                if tx.send(batch.map(super::feed::batch_to_pb)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(crate::xregion::ack_stream(rx))))
+    }
+
     async fn shipped(
         &self,
         req: Request<pb::ShippedRequest>,

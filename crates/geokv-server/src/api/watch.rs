@@ -1,0 +1,393 @@
+//! The `Watch` RPC: the change feeds of the region's nodes (`crate::peer::feed`) merged into
+//! one stream of key changes. What to deliver and where each feed starts is decided by
+//! [`geokv_protocol::watch::WatchMerge`]; this file carries it out: it opens every node's feed
+//! (this node's in place, the others' over the peer RPC `Feed`), reopens a feed that ended
+//! from where the watch stands in it, drops keys this region may not hold, builds the events
+//! and encodes the revision.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use geokv_core::{NodeId, Stamp};
+use geokv_proto::v1 as pb;
+use geokv_protocol::watch::{FeedEntry, FeedStart, LogPosition, PendingChange, Revision, WatchMerge};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::api::convert::{value, version};
+use crate::api::kv::KvService;
+use crate::api::status::invalid;
+use crate::peer::feed::{self, FeedBatch, FeedItem};
+use crate::region::Cluster;
+use crate::Node;
+
+pub type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+/// How long a new watch waits for the region's nodes to open their feeds before it says it is
+/// set up without the ones that did not answer (they join when they do).
+const OPEN_WAIT: Duration = Duration::from_secs(2);
+/// How soon a feed that ended (its node went down) is opened again.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+/// A stream with no events says where it stands at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What the feeds tell the watch: a batch of node `.0`'s feed number `.1`, or its end.
+enum FeedMsg {
+    Batch(NodeId, u64, FeedBatch),
+    Ended(NodeId, u64, Status),
+}
+
+impl KvService {
+    pub(crate) async fn serve_watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = req.into_inner();
+        if !req.prefix.is_empty() {
+            self.node().limits().check_key(&req.prefix).map_err(|e| invalid(format!("prefix: {e}")))?;
+        }
+        let region = self.cluster().map(|c| c.region().to_owned()).unwrap_or_default();
+        let from =
+            if req.revision.is_empty() { None } else { Some(decode_revision(&req.revision, &region)?) };
+        let watch = Watch {
+            node: self.node().clone(),
+            cluster: self.cluster().cloned(),
+            region,
+            prefix: req.prefix,
+            merge: WatchMerge::new(from),
+            open: BTreeSet::new(),
+            feeds: BTreeMap::new(),
+            next_feed: 0,
+            reopen: BTreeMap::new(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(watch.run(tx));
+        Ok(Response::new(Box::pin(crate::xregion::ack_stream(rx))))
+    }
+}
+
+struct Watch {
+    node: Arc<Node>,
+    cluster: Option<Arc<Cluster>>,
+    region: String,
+    prefix: Vec<u8>,
+    merge: WatchMerge,
+    /// Nodes whose feed has opened and not ended.
+    open: BTreeSet<NodeId>,
+    /// The number of each node's current feed (messages of an older one are ignored).
+    feeds: BTreeMap<NodeId, u64>,
+    next_feed: u64,
+    /// Feeds to open again, and when.
+    reopen: BTreeMap<NodeId, Instant>,
+}
+
+type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+impl Watch {
+    /// The region's nodes (this one alone without a cluster).
+    fn nodes(&self) -> Vec<NodeId> {
+        let me = self.node.id();
+        match &self.cluster {
+            Some(c) => std::iter::once(me).chain(c.view().peers()).collect(),
+            None => vec![me],
+        }
+    }
+
+    async fn run(mut self, out: Out) {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut waiting_open: BTreeSet<NodeId> = self.nodes().into_iter().collect();
+        for id in waiting_open.clone() {
+            self.open_feed(id, &tx);
+        }
+        let set_up_by = Instant::now() + OPEN_WAIT;
+        let mut set_up = false;
+        let mut held: Vec<pb::WatchEvent> = Vec::new();
+        let mut moved = false;
+        let mut last_sent = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    match msg {
+                        FeedMsg::Batch(id, n, batch) if self.feeds.get(&id) == Some(&n) => {
+                            waiting_open.remove(&id);
+                            let events = self.on_batch(id, batch);
+                            moved = true;
+                            if !set_up {
+                                held.extend(events);
+                            } else if !events.is_empty() {
+                                if !self.send(&out, events).await {
+                                    return;
+                                }
+                                moved = false;
+                                last_sent = Instant::now();
+                            }
+                        }
+                        FeedMsg::Ended(id, n, status) if self.feeds.get(&id) == Some(&n) => {
+                            waiting_open.remove(&id);
+                            self.open.remove(&id);
+                            self.feeds.remove(&id);
+                            if status.code() == tonic::Code::OutOfRange {
+                                let _ = out.send(Err(status)).await;
+                                return;
+                            }
+                            tracing::debug!(node = id, error = %status, "watch: a feed ended; it is opened again");
+                            self.reopen.insert(id, Instant::now() + REOPEN_AFTER);
+                        }
+                        _ => {}
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let due: Vec<NodeId> = self.reopen.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+                    for id in due {
+                        self.reopen.remove(&id);
+                        self.open_feed(id, &tx);
+                    }
+                    // Nodes that joined the region since.
+                    for id in self.nodes() {
+                        if !self.feeds.contains_key(&id) && !self.reopen.contains_key(&id) {
+                            self.open_feed(id, &tx);
+                        }
+                    }
+                    if set_up && moved && last_sent.elapsed() >= PROGRESS_EVERY {
+                        if !self.send(&out, Vec::new()).await {
+                            return;
+                        }
+                        moved = false;
+                        last_sent = Instant::now();
+                    }
+                }
+                _ = out.closed() => return,
+            }
+            if !set_up && (waiting_open.is_empty() || Instant::now() >= set_up_by) {
+                // The first response: every change from here on is streamed.
+                set_up = true;
+                if !self.send(&out, Vec::new()).await {
+                    return;
+                }
+                if !held.is_empty() && !self.send(&out, std::mem::take(&mut held)).await {
+                    return;
+                }
+                moved = false;
+                last_sent = Instant::now();
+            }
+        }
+    }
+
+    /// Sends events with the revision after them; false when the client is gone.
+    async fn send(&self, out: &Out, events: Vec<pb::WatchEvent>) -> bool {
+        let revision = encode_revision(&self.region, &self.merge.revision());
+        out.send(Ok(pb::WatchResponse { events, revision })).await.is_ok()
+    }
+
+    /// Opens node `id`'s feed from where the watch stands in its log.
+    fn open_feed(&mut self, id: NodeId, tx: &mpsc::Sender<FeedMsg>) {
+        self.next_feed += 1;
+        let n = self.next_feed;
+        self.feeds.insert(id, n);
+        let start = self.merge.start(id);
+        let tx = tx.clone();
+        let prefix = self.prefix.clone();
+        if id == self.node.id() {
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                match feed::open(node, prefix, start).await {
+                    Ok(batches) => forward(id, n, Box::pin(crate::xregion::ack_stream(batches)), tx).await,
+                    Err(status) => {
+                        let _ = tx.send(FeedMsg::Ended(id, n, status)).await;
+                    }
+                }
+            });
+            return;
+        }
+        let cluster = self.cluster.clone().expect("peers only in a cluster");
+        tokio::spawn(async move {
+            match remote_feed(&cluster, id, prefix, start).await {
+                Ok(batches) => forward(id, n, batches, tx).await,
+                Err(status) => {
+                    let _ = tx.send(FeedMsg::Ended(id, n, status)).await;
+                }
+            }
+        });
+    }
+
+    /// Takes in a batch of node `id`'s feed; the events to deliver.
+    fn on_batch(&mut self, id: NodeId, batch: FeedBatch) -> Vec<pb::WatchEvent> {
+        if self.open.insert(id) && batch.items.is_empty() {
+            self.merge.opened(id, batch.position);
+            return Vec::new();
+        }
+        let entries: Vec<FeedEntry> = batch
+            .items
+            .iter()
+            .map(|i| FeedEntry {
+                key_hash: xxhash_rust::xxh3::xxh3_64(&i.key),
+                version: i.version,
+                digest: i.digest,
+            })
+            .collect();
+        let view = self.cluster.as_ref().map(|c| c.view());
+        let open = &self.open;
+        let items = &batch.items;
+        let chosen = self.merge.on_batch(id, batch.position.seq, &entries, |i| match &view {
+            Some(view) => view.home(&items[i].key).into_iter().filter(|n| open.contains(n)).collect(),
+            None => vec![id],
+        });
+        let now = self.node.now_ms();
+        let residency = self.cluster.as_ref().map(|c| c.residency().installed());
+        chosen
+            .into_iter()
+            .map(|i| &batch.items[i])
+            .filter(|i| residency.as_ref().is_none_or(|r| r.policy.allows(&i.key, &self.region)))
+            .map(|i| event(i, now))
+            .collect()
+    }
+}
+
+/// Passes a feed's batches on to the watch, then its end.
+async fn forward(
+    id: NodeId,
+    n: u64,
+    mut batches: impl futures::Stream<Item = Result<FeedBatch, Status>> + Unpin,
+    tx: mpsc::Sender<FeedMsg>,
+) {
+    use futures::StreamExt as _;
+    while let Some(batch) = batches.next().await {
+        let msg = match batch {
+            Ok(batch) => FeedMsg::Batch(id, n, batch),
+            Err(status) => FeedMsg::Ended(id, n, status),
+        };
+        let ended = matches!(msg, FeedMsg::Ended(..));
+        if tx.send(msg).await.is_err() || ended {
+            return;
+        }
+    }
+    let _ = tx.send(FeedMsg::Ended(id, n, Status::unavailable("the feed ended"))).await;
+}
+
+/// Node `id`'s feed over the peer RPC.
+async fn remote_feed(
+    cluster: &Cluster,
+    id: NodeId,
+    prefix: Vec<u8>,
+    start: FeedStart,
+) -> Result<Pin<Box<dyn futures::Stream<Item = Result<FeedBatch, Status>> + Send>>, Status> {
+    use futures::StreamExt as _;
+    let client =
+        cluster.client(id).ok_or_else(|| Status::unavailable(format!("node {id} has no known address")))?;
+    let after = match start {
+        FeedStart::Now => None,
+        FeedStart::After(p) => Some(feed::position_to_pb(p)),
+    };
+    let stream = client
+        .max_decoding_message_size(usize::MAX)
+        .feed(pb::FeedRequest { prefix, after })
+        .await?
+        .into_inner();
+    Ok(Box::pin(stream.map(|b| b.and_then(feed::batch_from_pb))))
+}
+
+fn event(item: &FeedItem, now_ms: u64) -> pb::WatchEvent {
+    let visible = item.state.as_ref().and_then(|rec| rec.view(now_ms).map(|v| (rec, v)));
+    match visible {
+        Some((rec, view)) => pb::WatchEvent {
+            key: item.key.clone(),
+            value: Some(value(view)),
+            version: Some(version(item.version)),
+            deleted: false,
+            ttl_remaining_ms: rec.ttl_remaining_ms(now_ms),
+        },
+        None => pb::WatchEvent {
+            key: item.key.clone(),
+            value: None,
+            version: Some(version(item.version)),
+            deleted: true,
+            ttl_remaining_ms: None,
+        },
+    }
+}
+
+fn encode_revision(region: &str, rev: &Revision) -> Vec<u8> {
+    pb::WatchRevision {
+        region: region.to_owned(),
+        positions: rev
+            .positions
+            .iter()
+            .map(|(&node_id, &p)| pb::watch_revision::Position {
+                node_id,
+                position: Some(feed::position_to_pb(p)),
+            })
+            .collect(),
+        pending: rev
+            .pending
+            .iter()
+            .map(|p| pb::watch_revision::Pending {
+                key_hash: p.key_hash,
+                version_hlc: p.version.time,
+                version_node: p.version.node,
+                digest: p.digest,
+                waiting: p.waiting.clone(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_revision(raw: &[u8], region: &str) -> Result<Revision, Status> {
+    let rev = pb::WatchRevision::decode(raw).map_err(|e| {
+        invalid(format!("revision: not a revision this service gave ({e}); pass the `revision` of a WatchResponse as it came"))
+    })?;
+    if rev.region != region {
+        return Err(invalid(format!(
+            "revision: made in region {:?}, this is region {region:?}; resume a watch in the region it ran in, or watch from now",
+            rev.region
+        )));
+    }
+    let mut positions = BTreeMap::new();
+    for p in rev.positions {
+        let position =
+            p.position.as_ref().map(feed::position_from_pb).unwrap_or(LogPosition { log_id: 0, seq: 0 });
+        positions.insert(p.node_id, position);
+    }
+    let pending = rev
+        .pending
+        .into_iter()
+        .map(|p| PendingChange {
+            key_hash: p.key_hash,
+            version: Stamp::new(p.version_hlc, p.version_node),
+            digest: p.digest,
+            waiting: p.waiting,
+        })
+        .collect();
+    Ok(Revision { positions, pending })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revision_round_trips_and_is_checked() {
+        let mut rev = Revision::default();
+        rev.positions.insert(3, LogPosition { log_id: 77, seq: 12 });
+        rev.pending.push(PendingChange {
+            key_hash: 5,
+            version: Stamp::new(9, 3),
+            digest: 4,
+            waiting: vec![1, 2],
+        });
+        let raw = encode_revision("eu-west", &rev);
+        assert_eq!(decode_revision(&raw, "eu-west").unwrap(), rev);
+        let other = decode_revision(&raw, "us-east").unwrap_err();
+        assert_eq!(other.code(), tonic::Code::InvalidArgument);
+        assert!(other.message().contains("eu-west"), "{}", other.message());
+        let garbage = decode_revision(b"\xff\xff\xff", "eu-west").unwrap_err();
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    }
+}
