@@ -316,9 +316,14 @@ async fn a_single_node_streams_every_kind_of_change_refuses_bad_revisions_and_sa
     let mut got = Collected::default();
     assert!(collect_until(&mut w, &mut got, Duration::from_secs(10), |c| !c.revision.is_empty()).await);
     let start = got.revision.clone();
+    // Each change is waited for before the next: a feed shows a key's newest state, so a
+    // put deleted before the feed read it would show only as the delete.
     c.put(b"k/reg", b"hello", Some(Duration::from_secs(3600))).await.unwrap();
+    assert!(collect_until(&mut w, &mut got, Duration::from_secs(10), |c| !c.events.is_empty()).await);
     c.increment(b"k/ctr", 5, None).await.unwrap();
+    assert!(collect_until(&mut w, &mut got, Duration::from_secs(10), |c| c.events.len() >= 2).await);
     c.set_add(b"k/set", vec![b"a".to_vec(), b"b".to_vec()], None).await.unwrap();
+    assert!(collect_until(&mut w, &mut got, Duration::from_secs(10), |c| c.events.len() >= 3).await);
     c.put(b"elsewhere", b"x", None).await.unwrap();
     c.delete(b"k/reg").await.unwrap();
     assert!(collect_until(&mut w, &mut got, Duration::from_secs(10), |c| c.events.len() >= 4).await);
@@ -349,6 +354,11 @@ async fn a_single_node_streams_every_kind_of_change_refuses_bad_revisions_and_sa
         Err(e) => e,
     };
     assert_eq!(bad.code(), Some(tonic::Code::InvalidArgument), "{bad}");
+    let other_prefix = match c.watch(b"other/", Some(got.revision.clone())).await {
+        Ok(mut w) => w.next().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(other_prefix.code(), Some(tonic::Code::InvalidArgument), "another prefix: {other_prefix}");
     let long =
         c.watch(&vec![b'p'; 100_000], None).await.err().expect("a prefix over the key limit is refused");
     assert_eq!(long.code(), Some(tonic::Code::InvalidArgument), "{long}");

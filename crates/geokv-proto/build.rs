@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Inside the crate, so that its package carries them (the repository's `proto/` links here).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let files = [
         root.join("geokv/v1/kv.proto"),

@@ -14,6 +14,11 @@ use std::time::Duration;
 
 mod failover;
 mod watch;
+
+/// The README's example, compiled as a doctest so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use failover::Failover;
 pub use geokv_proto::v1 as proto;
 use proto::kv_client::KvClient;

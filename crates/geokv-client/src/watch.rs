@@ -29,8 +29,8 @@ pub struct Watcher {
 
 impl Watcher {
     /// The next response: events (none in the first response, which says the watch is set up,
-    /// nor in progress responses) and the revision after them. `None`: the node ended the
-    /// stream (it is shutting down).
+    /// nor in progress responses) and the revision after them. A node that shuts down ends
+    /// the stream with UNAVAILABLE; `None`: the stream ended without a status.
     pub async fn next(&mut self) -> Result<Option<proto::WatchResponse>> {
         let response = self.stream.message().await?;
         if let Some(r) = &response {
@@ -101,7 +101,8 @@ impl Failover {
 impl FailoverWatcher {
     /// The next response (see [`Watcher::next`]); `None` never comes from a live deployment:
     /// a stream that ends is opened again. Fails when no node answered for the client's
-    /// patience, or with an error that would come again from any node.
+    /// patience, or with an error that would come again from any node. Cancel-safe: a call
+    /// dropped before it returns (in a `select!`, under a timeout) loses no response.
     pub async fn next(&mut self) -> Result<Option<proto::WatchResponse>> {
         loop {
             if self.current.is_none() {

@@ -66,6 +66,9 @@ pub fn prepare_restored(
     }
     engine.put_meta(RECOVERING_META, &[if region_local { NEW_DIRECTORY } else { RESTORED }])?;
     engine.renew_incarnation(0)?;
+    // The restored log goes back in time: a watch's position in the node's log before the
+    // restore must not be taken for one in this log.
+    engine.renew_log_id()?;
     engine.flush()
 }
 
@@ -120,6 +123,9 @@ pub struct Node {
     faults: Arc<crate::faults::Faults>,
     /// This node's TLS, when its config has a `[tls]` section (set once, at start).
     tls: std::sync::OnceLock<Arc<crate::security::NodeTls>>,
+    /// Set when the node stops serving (drain or shutdown): streams end so clients go on
+    /// elsewhere, instead of holding the shutdown until its grace period runs out.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -189,6 +195,7 @@ impl Node {
         Ok(Node {
             commits,
             tls: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             actor,
             faults,
             metrics,
@@ -245,6 +252,15 @@ impl Node {
     /// This node's TLS: `None` when it runs plaintext.
     pub(crate) fn tls(&self) -> Option<&Arc<crate::security::NodeTls>> {
         self.tls.get()
+    }
+
+    /// Whether the node is stopping (streams such as watches end).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_stopping(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn limits(&self) -> &Limits {

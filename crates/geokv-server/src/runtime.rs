@@ -44,6 +44,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting requests, lets in-flight ones finish, and stops background tasks.
     pub async fn shutdown(mut self) -> Result<(), String> {
+        self.node.set_stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -67,6 +68,8 @@ impl RunningServer {
         self.ready.drain().await;
         tracing::info!("draining: readiness off");
         tokio::time::sleep(Duration::from_millis(self.shutdown.drain_delay_ms)).await;
+        // Watches and feeds end now: their clients go on through other nodes.
+        self.node.set_stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -193,7 +193,8 @@ enum Command {
         /// Resume after this revision (base64, as printed) instead of from now.
         #[arg(long)]
         from: Option<String>,
-        /// Stop after this many events (the revision after them goes to stderr).
+        /// Stop after at least this many events, at the end of the batch that brings them (the
+        /// revision after it goes to stderr).
         #[arg(long)]
         count: Option<u64>,
         /// More nodes of the region (comma-separated): when --endpoint's node goes away, the

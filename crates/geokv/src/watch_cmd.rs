@@ -50,12 +50,13 @@ pub async fn run(args: WatchArgs, opts: &ClientOpts) -> anyhow::Result<()> {
                 println!("{}", event_human(e));
             }
             seen += 1;
-            if args.count.is_some_and(|n| seen >= n) {
-                if !json {
-                    eprintln!("revision {revision}");
-                }
-                return Ok(());
+        }
+        // Only at the end of a response: its revision covers all of its events.
+        if args.count.is_some_and(|n| seen >= n) {
+            if !json {
+                eprintln!("revision {revision}");
             }
+            return Ok(());
         }
     }
     Ok(())

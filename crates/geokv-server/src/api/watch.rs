@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use geokv_core::{NodeId, Stamp};
 use geokv_proto::v1 as pb;
-use geokv_protocol::watch::{FeedEntry, FeedStart, LogPosition, PendingChange, Revision, WatchMerge};
+use geokv_protocol::watch::{Deliver, FeedEntry, FeedStart, PendingChange, Revision, WatchMerge};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,17 +21,17 @@ use tonic::{Request, Response, Status};
 use crate::api::convert::{value, version};
 use crate::api::kv::KvService;
 use crate::api::status::invalid;
-use crate::peer::feed::{self, FeedBatch, FeedItem};
+use crate::peer::feed::{self, FeedBatch};
 use crate::region::Cluster;
 use crate::Node;
 
 pub type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
-/// How long a new watch waits for the region's nodes to open their feeds before it says it is
-/// set up without the ones that did not answer (they join when they do).
-const OPEN_WAIT: Duration = Duration::from_secs(2);
 /// How soon a feed that ended (its node went down) is opened again.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
+/// A feed that sends nothing (not even its once-a-second progress) for this long is taken for
+/// dead (a half-open connection) and opened again.
+const FEED_SILENCE: Duration = Duration::from_secs(5);
 /// A stream with no events says where it stands at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,8 +51,11 @@ impl KvService {
             self.node().limits().check_key(&req.prefix).map_err(|e| invalid(format!("prefix: {e}")))?;
         }
         let region = self.cluster().map(|c| c.region().to_owned()).unwrap_or_default();
-        let from =
-            if req.revision.is_empty() { None } else { Some(decode_revision(&req.revision, &region)?) };
+        let from = if req.revision.is_empty() {
+            None
+        } else {
+            Some(decode_revision(&req.revision, &region, &req.prefix)?)
+        };
         let watch = Watch {
             node: self.node().clone(),
             cluster: self.cluster().cloned(),
@@ -63,6 +66,7 @@ impl KvService {
             feeds: BTreeMap::new(),
             next_feed: 0,
             reopen: BTreeMap::new(),
+            quiet: BTreeSet::new(),
         };
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(watch.run(tx));
@@ -83,6 +87,8 @@ struct Watch {
     next_feed: u64,
     /// Feeds to open again, and when.
     reopen: BTreeMap<NodeId, Instant>,
+    /// Nodes whose feed ended and has not opened again (logged once per outage).
+    quiet: BTreeSet<NodeId>,
 }
 
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
@@ -99,13 +105,16 @@ impl Watch {
 
     async fn run(mut self, out: Out) {
         let (tx, mut rx) = mpsc::channel(64);
+        // The first response goes out once every node's feed has opened (its position is
+        // known) or failed to open (the node is down: it is read from when it comes back).
         let mut waiting_open: BTreeSet<NodeId> = self.nodes().into_iter().collect();
         for id in waiting_open.clone() {
             self.open_feed(id, &tx);
         }
-        let set_up_by = Instant::now() + OPEN_WAIT;
         let mut set_up = false;
-        let mut held: Vec<pb::WatchEvent> = Vec::new();
+        // Batches that came before the first response: taken in after it, so that its
+        // revision covers none of them.
+        let mut held: Vec<(NodeId, FeedBatch)> = Vec::new();
         let mut moved = false;
         let mut last_sent = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -116,11 +125,14 @@ impl Watch {
                     match msg {
                         FeedMsg::Batch(id, n, batch) if self.feeds.get(&id) == Some(&n) => {
                             waiting_open.remove(&id);
-                            let events = self.on_batch(id, batch);
+                            self.quiet.remove(&id);
                             moved = true;
-                            if !set_up {
-                                held.extend(events);
-                            } else if !events.is_empty() {
+                            if !set_up && self.open.contains(&id) {
+                                held.push((id, batch));
+                                continue;
+                            }
+                            let events = self.on_batch(id, batch);
+                            if !events.is_empty() {
                                 if !self.send(&out, events).await {
                                     return;
                                 }
@@ -132,17 +144,28 @@ impl Watch {
                             waiting_open.remove(&id);
                             self.open.remove(&id);
                             self.feeds.remove(&id);
+                            self.merge.closed(id);
                             if status.code() == tonic::Code::OutOfRange {
                                 let _ = out.send(Err(status)).await;
                                 return;
                             }
-                            tracing::debug!(node = id, error = %status, "watch: a feed ended; it is opened again");
+                            if self.quiet.insert(id) {
+                                tracing::warn!(node = id, error = %status, "watch: a node's change feed ended; it is opened again every second");
+                            } else {
+                                tracing::debug!(node = id, error = %status, "watch: a node's change feed failed to open again");
+                            }
                             self.reopen.insert(id, Instant::now() + REOPEN_AFTER);
                         }
                         _ => {}
                     }
                 }
                 _ = tick.tick() => {
+                    if self.node.stopping() {
+                        let _ = out.send(Err(Status::unavailable(
+                            "this node is shutting down; watch again on another node of the region from the last revision",
+                        ))).await;
+                        return;
+                    }
                     let now = Instant::now();
                     let due: Vec<NodeId> = self.reopen.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
                     for id in due {
@@ -165,14 +188,16 @@ impl Watch {
                 }
                 _ = out.closed() => return,
             }
-            if !set_up && (waiting_open.is_empty() || Instant::now() >= set_up_by) {
-                // The first response: every change from here on is streamed.
+            if !set_up && waiting_open.is_empty() {
                 set_up = true;
                 if !self.send(&out, Vec::new()).await {
                     return;
                 }
-                if !held.is_empty() && !self.send(&out, std::mem::take(&mut held)).await {
-                    return;
+                for (id, batch) in std::mem::take(&mut held) {
+                    let events = self.on_batch(id, batch);
+                    if !events.is_empty() && !self.send(&out, events).await {
+                        return;
+                    }
                 }
                 moved = false;
                 last_sent = Instant::now();
@@ -182,7 +207,7 @@ impl Watch {
 
     /// Sends events with the revision after them; false when the client is gone.
     async fn send(&self, out: &Out, events: Vec<pb::WatchEvent>) -> bool {
-        let revision = encode_revision(&self.region, &self.merge.revision());
+        let revision = encode_revision(&self.region, &self.prefix, &self.merge.revision());
         out.send(Ok(pb::WatchResponse { events, revision })).await.is_ok()
     }
 
@@ -223,29 +248,44 @@ impl Watch {
             self.merge.opened(id, batch.position);
             return Vec::new();
         }
-        let entries: Vec<FeedEntry> = batch
+        let entries: Vec<FeedEntry<'_>> = batch
             .items
             .iter()
             .map(|i| FeedEntry {
                 key_hash: xxhash_rust::xxh3::xxh3_64(&i.key),
                 version: i.version,
                 digest: i.digest,
+                state: i.state.as_ref(),
             })
             .collect();
         let view = self.cluster.as_ref().map(|c| c.view());
         let open = &self.open;
         let items = &batch.items;
-        let chosen = self.merge.on_batch(id, batch.position.seq, &entries, |i| match &view {
-            Some(view) => view.home(&items[i].key).into_iter().filter(|n| open.contains(n)).collect(),
-            None => vec![id],
-        });
+        let chosen = self.merge.on_batch(
+            id,
+            batch.position.seq,
+            &entries,
+            |i| match &view {
+                Some(view) => view.home(&items[i].key).into_iter().filter(|n| open.contains(n)).collect(),
+                None => vec![id],
+            },
+            feed::digest,
+        );
         let now = self.node.now_ms();
         let residency = self.cluster.as_ref().map(|c| c.residency().installed());
+        let allowed = |key: &[u8]| residency.as_ref().is_none_or(|r| r.policy.allows(key, &self.region));
         chosen
             .into_iter()
-            .map(|i| &batch.items[i])
-            .filter(|i| residency.as_ref().is_none_or(|r| r.policy.allows(&i.key, &self.region)))
-            .map(|i| event(i, now))
+            .filter_map(|d| match d {
+                Deliver::Entry(i) => {
+                    let item = &batch.items[i];
+                    allowed(&item.key).then(|| event(&item.key, item.state.as_ref(), item.version, now))
+                }
+                Deliver::Merged(i, state) => {
+                    let key = &batch.items[i].key;
+                    allowed(key).then(|| event(key, Some(&*state), state.version(), now))
+                }
+            })
             .collect()
     }
 }
@@ -258,7 +298,13 @@ async fn forward(
     tx: mpsc::Sender<FeedMsg>,
 ) {
     use futures::StreamExt as _;
-    while let Some(batch) = batches.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(FEED_SILENCE, batches.next()).await else {
+            let silent = Status::unavailable(format!("node {id}'s feed sent nothing for {FEED_SILENCE:?}"));
+            let _ = tx.send(FeedMsg::Ended(id, n, silent)).await;
+            return;
+        };
+        let Some(batch) = next else { break };
         let msg = match batch {
             Ok(batch) => FeedMsg::Batch(id, n, batch),
             Err(status) => FeedMsg::Ended(id, n, status),
@@ -285,37 +331,30 @@ async fn remote_feed(
         FeedStart::Now => None,
         FeedStart::After(p) => Some(feed::position_to_pb(p)),
     };
-    let stream = client
-        .max_decoding_message_size(usize::MAX)
-        .feed(pb::FeedRequest { prefix, after })
-        .await?
+    let mut client = client.max_decoding_message_size(usize::MAX);
+    let call = client.feed(pb::FeedRequest { prefix, after });
+    let stream = tokio::time::timeout(2 * cluster.peer_timeout(), call)
+        .await
+        .map_err(|_| Status::unavailable(format!("node {id} did not open its feed in time")))??
         .into_inner();
     Ok(Box::pin(stream.map(|b| b.and_then(feed::batch_from_pb))))
 }
 
-fn event(item: &FeedItem, now_ms: u64) -> pb::WatchEvent {
-    let visible = item.state.as_ref().and_then(|rec| rec.view(now_ms).map(|v| (rec, v)));
-    match visible {
-        Some((rec, view)) => pb::WatchEvent {
-            key: item.key.clone(),
-            value: Some(value(view)),
-            version: Some(version(item.version)),
-            deleted: false,
-            ttl_remaining_ms: rec.ttl_remaining_ms(now_ms),
-        },
-        None => pb::WatchEvent {
-            key: item.key.clone(),
-            value: None,
-            version: Some(version(item.version)),
-            deleted: true,
-            ttl_remaining_ms: None,
-        },
+fn event(key: &[u8], state: Option<&geokv_core::Record>, stamp: Stamp, now_ms: u64) -> pb::WatchEvent {
+    let visible = state.and_then(|rec| rec.view(now_ms).map(|v| (rec, v)));
+    pb::WatchEvent {
+        key: key.to_vec(),
+        deleted: visible.is_none(),
+        version: Some(version(stamp)),
+        ttl_remaining_ms: visible.as_ref().and_then(|(rec, _)| rec.ttl_remaining_ms(now_ms)),
+        value: visible.map(|(_, v)| value(v)),
     }
 }
 
-fn encode_revision(region: &str, rev: &Revision) -> Vec<u8> {
+fn encode_revision(region: &str, prefix: &[u8], rev: &Revision) -> Vec<u8> {
     pb::WatchRevision {
         region: region.to_owned(),
+        prefix: prefix.to_vec(),
         positions: rev
             .positions
             .iter()
@@ -339,7 +378,7 @@ fn encode_revision(region: &str, rev: &Revision) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn decode_revision(raw: &[u8], region: &str) -> Result<Revision, Status> {
+fn decode_revision(raw: &[u8], region: &str, prefix: &[u8]) -> Result<Revision, Status> {
     let rev = pb::WatchRevision::decode(raw).map_err(|e| {
         invalid(format!("revision: not a revision this service gave ({e}); pass the `revision` of a WatchResponse as it came"))
     })?;
@@ -349,10 +388,20 @@ fn decode_revision(raw: &[u8], region: &str) -> Result<Revision, Status> {
             rev.region
         )));
     }
+    if rev.prefix != prefix {
+        return Err(invalid(format!(
+            "revision: made by a watch of prefix {:?}, not {:?}; resume with the prefix it was made for",
+            String::from_utf8_lossy(&rev.prefix),
+            String::from_utf8_lossy(prefix)
+        )));
+    }
     let mut positions = BTreeMap::new();
     for p in rev.positions {
-        let position =
-            p.position.as_ref().map(feed::position_from_pb).unwrap_or(LogPosition { log_id: 0, seq: 0 });
+        let position = p.position.as_ref().map(feed::position_from_pb).ok_or_else(|| {
+            invalid(
+                "revision: a node's position is missing; pass the `revision` of a WatchResponse as it came",
+            )
+        })?;
         positions.insert(p.node_id, position);
     }
     let pending = rev
@@ -371,6 +420,7 @@ fn decode_revision(raw: &[u8], region: &str) -> Result<Revision, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use geokv_protocol::watch::LogPosition;
 
     #[test]
     fn a_revision_round_trips_and_is_checked() {
@@ -382,12 +432,14 @@ mod tests {
             digest: 4,
             waiting: vec![1, 2],
         });
-        let raw = encode_revision("eu-west", &rev);
-        assert_eq!(decode_revision(&raw, "eu-west").unwrap(), rev);
-        let other = decode_revision(&raw, "us-east").unwrap_err();
+        let raw = encode_revision("eu-west", b"p/", &rev);
+        assert_eq!(decode_revision(&raw, "eu-west", b"p/").unwrap(), rev);
+        let wider = decode_revision(&raw, "eu-west", b"").unwrap_err();
+        assert_eq!(wider.code(), tonic::Code::InvalidArgument, "another prefix");
+        let other = decode_revision(&raw, "us-east", b"p/").unwrap_err();
         assert_eq!(other.code(), tonic::Code::InvalidArgument);
         assert!(other.message().contains("eu-west"), "{}", other.message());
-        let garbage = decode_revision(b"\xff\xff\xff", "eu-west").unwrap_err();
+        let garbage = decode_revision(b"\xff\xff\xff", "eu-west", b"p/").unwrap_err();
         assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
     }
 }

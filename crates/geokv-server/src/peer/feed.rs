@@ -61,6 +61,11 @@ fn trimmed(node: NodeId, seq: u64, upto: u64) -> Status {
     )
 }
 
+/// The digest of a state, the same on every node for the same state.
+pub fn digest(state: &Record) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&codec::serialize(state))
+}
+
 /// Opens this node's feed. The first batch has no items and says where the feed starts.
 pub async fn open(
     node: Arc<Node>,
@@ -111,6 +116,10 @@ async fn run(
         if tx.is_closed() {
             return;
         }
+        if node.stopping() {
+            let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+            return;
+        }
         if node.engine().committed_seq() <= position.seq {
             if last_sent.elapsed() >= PROGRESS {
                 if tx.send(Ok(FeedBatch { position, items: Vec::new() })).await.is_err() {
@@ -148,7 +157,11 @@ async fn run(
 /// changed again since (a later entry carries the newer state).
 fn read_batch(node: &Node, prefix: &[u8], position: LogPosition) -> Result<FeedBatch, Status> {
     let engine = node.engine();
+    // Every entry up to here is committed: when the read finds nothing beyond some point below
+    // it (the numbers of a failed commit, entries erased), the feed moves past them.
+    let committed = engine.committed_seq();
     let entries = engine.log_since(position.seq, PAGE).map_err(to_status)?;
+    let read_all = entries.len() < PAGE;
     // Checked after the read: entries trimmed before it would be missing from it.
     let trimmed_upto = engine.log_trimmed_upto().map_err(to_status)?;
     if position.seq < trimmed_upto {
@@ -157,8 +170,10 @@ fn read_batch(node: &Node, prefix: &[u8], position: LogPosition) -> Result<FeedB
     let mut items = Vec::new();
     let mut bytes = 0;
     let mut upto = position.seq;
+    let mut stopped_early = false;
     for entry in entries {
         if bytes >= MAX_BATCH_BYTES {
+            stopped_early = true;
             break;
         }
         upto = entry.seq;
@@ -173,6 +188,9 @@ fn read_batch(node: &Node, prefix: &[u8], position: LogPosition) -> Result<FeedB
         bytes += entry.key.len() + serialized.len();
         let digest = xxhash_rust::xxh3::xxh3_64(&serialized);
         items.push(FeedItem { key: entry.key, state, version: entry.version, digest });
+    }
+    if read_all && !stopped_early {
+        upto = upto.max(committed);
     }
     Ok(FeedBatch { position: LogPosition { log_id: position.log_id, seq: upto }, items })
 }

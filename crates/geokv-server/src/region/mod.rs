@@ -287,6 +287,11 @@ impl Cluster {
         view.owners().ownership(self.me, view.n())
     }
 
+    /// The deadline of one call to a peer.
+    pub(crate) fn peer_timeout(&self) -> std::time::Duration {
+        self.peers.timeout()
+    }
+
     /// A client of node `id`, if the view knows its address.
     pub(crate) fn client(&self, id: NodeId) -> Option<crate::peer::client::PeerClient> {
         let addr = self.view().info(id)?.peer_addr.clone();

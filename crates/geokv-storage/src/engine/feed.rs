@@ -50,6 +50,17 @@ impl Engine {
         Ok(id)
     }
 
+    /// Gives the change log a new id: after a restore from a backup, whose log goes back in
+    /// time, positions in the log the node had before must not be taken for positions in it.
+    pub fn renew_log_id(&self) -> Result<(), StorageError> {
+        let _guard = lock(&self.log_id_lock);
+        let id = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_META), META_LOG_ID, id.to_be_bytes());
+        self.db.write_opt(b, &self.wopts)?;
+        Ok(())
+    }
+
     /// The sequence number the change log was trimmed up to (0: never trimmed).
     pub fn log_trimmed_upto(&self) -> Result<u64, StorageError> {
         let v = self.db.get_cf(self.cf(CF_META), META_LOG_TRIMMED)?;
@@ -108,5 +119,8 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let fresh = Engine::open(other.path(), 1, StorageConfig::default()).unwrap();
         assert_ne!(fresh.log_id().unwrap(), id, "a new data directory has a new log");
+        e.renew_log_id().unwrap();
+        assert_ne!(e.log_id().unwrap(), id, "a restored directory gets a new one");
+        assert_eq!(e.log_start(id, 3).unwrap(), LogStart::OtherLog);
     }
 }
