@@ -30,35 +30,36 @@ pub enum LogStart {
 impl Engine {
     /// The number naming this data directory's change log, made the first time it is asked for.
     pub fn log_id(&self) -> Result<u64, StorageError> {
-        let meta = self.cf(CF_META);
-        if let Some(v) = self.db.get_cf(meta, META_LOG_ID)? {
-            if let Ok(raw) = <[u8; 8]>::try_from(v.as_slice()) {
-                return Ok(u64::from_be_bytes(raw));
-            }
+        if let Some(id) = self.stored_log_id()? {
+            return Ok(id);
         }
         let _guard = lock(&self.log_id_lock);
-        if let Some(v) = self.db.get_cf(meta, META_LOG_ID)? {
-            if let Ok(raw) = <[u8; 8]>::try_from(v.as_slice()) {
-                return Ok(u64::from_be_bytes(raw));
-            }
+        match self.stored_log_id()? {
+            Some(id) => Ok(id),
+            None => self.write_new_log_id(),
         }
-        // RandomState is seeded from the operating system's randomness.
-        let id = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
-        let mut b = WriteBatch::default();
-        b.put_cf(meta, META_LOG_ID, id.to_be_bytes());
-        self.db.write_opt(b, &self.wopts)?;
-        Ok(id)
     }
 
     /// Gives the change log a new id: after a restore from a backup, whose log goes back in
     /// time, positions in the log the node had before must not be taken for positions in it.
     pub fn renew_log_id(&self) -> Result<(), StorageError> {
         let _guard = lock(&self.log_id_lock);
+        self.write_new_log_id().map(|_| ())
+    }
+
+    fn stored_log_id(&self) -> Result<Option<u64>, StorageError> {
+        let v = self.db.get_cf(self.cf(CF_META), META_LOG_ID)?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Saves a random log id (callers hold `log_id_lock`).
+    fn write_new_log_id(&self) -> Result<u64, StorageError> {
+        // RandomState is seeded from the operating system's randomness.
         let id = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_META), META_LOG_ID, id.to_be_bytes());
         self.db.write_opt(b, &self.wopts)?;
-        Ok(())
+        Ok(id)
     }
 
     /// The sequence number the change log was trimmed up to (0: never trimmed).
