@@ -190,10 +190,13 @@ async fn counters_and_sets_written_through_different_coordinators_converge_exact
 /// Writes coordinated at the same time send their states to each replica coalesced
 /// (`MergeMany`, and their first reads `FetchMany`): with the replicas' disks slow, 300 concurrent QUORUM writes through one node
 /// (puts to 100 keys and 200 increments of 10 counters) go out in far fewer calls, and every
-/// replica holds every write by the write path alone (no anti-entropy, no hints).
+/// replica holds every write by the write path alone (no anti-entropy, no hints). A replica
+/// answering probes late under this load is given 3 s before it is suspected dead (with the
+/// usual 500 ms, a CI run once saw both slow replicas declared down and 25 states kept as
+/// hints instead of sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_reach_every_replica_in_coalesced_calls() {
-    let cluster = TestCluster::start_region_without_repair(3, 3);
+    let cluster = TestCluster::start_region_without_repair_and(3, 3, "suspect_timeout_ms = 3000\n");
     let slow = geokv_proto::v1::InjectFaultsRequest { disk_delay_ms: 30, ..Default::default() };
     for i in [1, 2] {
         cluster.inject_faults(i, slow.clone()).await.expect("a slow disk on the replicas");

@@ -417,6 +417,9 @@ async fn run_op(c: Client, key: &[u8], action: &Action) -> Outcome {
         match action {
             Action::Put { value } => c.put(key, value, None).await.map(|r| ok(r.version)),
             Action::Increment { delta } => c.increment(key, *delta, None).await.map(|r| ok(r.version)),
+            Action::IncrementOnce { delta, id } => {
+                c.increment_once(key, *delta, None, id.to_be_bytes()).await.map(|r| ok(r.version))
+            }
             Action::SetAdd { member } => {
                 c.set_add(key, vec![member.clone()], None).await.map(|r| ok(r.version))
             }

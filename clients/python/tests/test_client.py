@@ -60,6 +60,22 @@ class Operations(unittest.TestCase):
         self.db.put(k.decode(), "värde")
         self.assertEqual(self.db.get(k).value, "värde".encode())
 
+    def test_an_increment_sent_again_with_its_request_id_counts_once(self):
+        c = key("once")
+        rid = g.new_request_id()
+        self.assertEqual(self.db.increment(c, 5, request_id=rid), 5)
+        self.assertEqual(self.db.increment(c, 5, request_id=rid), 5)
+        self.assertEqual(self.db.increment(c, 1), 6)
+        self.assertEqual(self.db.get(c).value, 6)
+        with self.assertRaises(g.GeokvError) as cm:
+            self.db.increment(c, 4, request_id=rid)
+        self.assertEqual(cm.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertEqual(cm.exception.reason, "REQUEST_ID_REUSED")
+        with self.assertRaises(ValueError):
+            self.db.increment(c, 1, request_id=b"short")
+        results = self.db.batch_write([g.Op.increment(c, 2, request_id=rid2) for rid2 in [g.new_request_id()] * 2])
+        self.assertEqual([r.increment.value for r in results], [8, 8])
+
     def test_counters_appends_and_sets(self):
         c, r, s = key("c"), key("r"), key("s")
         self.assertEqual(self.db.increment(c, 5), 5)

@@ -6,10 +6,9 @@
 //!
 //! Reads are retried; so are puts, deletes and set adds and removes, at least once: a retry of
 //! one that was applied before its answer was lost applies it again, which leaves the same
-//! value unless another client wrote the key in between (then the retry wins). An increment is
-//! sent again only when it certainly was not applied: its node refused the connection (it was
-//! never sent), or its coordinator answered `not-applied`. One that failed otherwise may have
-//! been applied, so its error goes back to the caller.
+//! value unless another client wrote the key in between (then the retry wins). An increment
+//! carries a request id chosen once for all its attempts ([`Client::increment_once`]), so it
+//! is retried like a put and counts once however many of its attempts were applied.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -48,35 +47,6 @@ fn repeatable(e: &ClientError) -> bool {
     retryable(e) || e.code() == Some(tonic::Code::DeadlineExceeded)
 }
 
-/// Whether a failed increment was certainly not applied: it never reached a node, or its
-/// coordinator answered that nothing was written (`geokv-failure: not-applied`).
-fn not_applied(e: &ClientError) -> bool {
-    if let ClientError::Status(s) = e {
-        if s.metadata().get("geokv-failure").is_some_and(|v| v.as_bytes() == b"not-applied") {
-            return true;
-        }
-    }
-    never_sent(e)
-}
-
-/// Whether a request certainly never reached a node: its connection was refused.
-fn never_sent(e: &ClientError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
-        ClientError::Connect { .. } => return true,
-        ClientError::Status(s) => std::error::Error::source(s),
-        _ => None,
-    };
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}
-
 impl Failover {
     /// A client over `endpoints`, each with `security`; connections are made when needed, so
     /// nodes that are down now are no error.
@@ -106,8 +76,8 @@ impl Failover {
     }
 
     /// Each attempt's deadline ([`Client::with_timeout`]): a node that hangs costs at most
-    /// this much before the next is tried (for requests that may be sent again). An increment
-    /// whose deadline passes fails with DEADLINE_EXCEEDED: it may have been applied.
+    /// this much before the next is tried (for requests that may be sent again, increments
+    /// included: their request id makes a second attempt count once).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         let nodes = self.nodes.iter().map(|(e, c)| (e.clone(), c.clone().with_timeout(timeout))).collect();
         self.nodes = std::sync::Arc::new(nodes);
@@ -224,15 +194,16 @@ impl Failover {
         self.run(|c| async move { c.set_members(key).await }).await
     }
 
-    /// Increments: sent to another node only when a node refused the connection (see the
-    /// module comment).
+    /// An increment with a new request id, retried on the other nodes like a put: it counts
+    /// once however many of its attempts were applied (see the module comment).
     pub async fn increment(
         &self,
         key: &[u8],
         delta: i64,
         ttl: Option<Duration>,
     ) -> Result<proto::IncrementResponse> {
-        self.run_if(not_applied, |c| async move { c.increment(key, delta, ttl).await }).await
+        let id = crate::new_request_id();
+        self.run(|c| async move { c.increment_once(key, delta, ttl, id).await }).await
     }
 }
 
@@ -248,21 +219,6 @@ mod tests {
         assert!(!retryable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
         // ... but a read or a put whose node did not answer in time goes to the next one.
         assert!(repeatable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
-        assert!(!not_applied(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
-        // An increment whose coordinator wrote nothing may go to another node; one that failed
-        // after it may have been applied may not.
-        let mut refused =
-            tonic::Status::unavailable("quorum not reached: the read failed; nothing was written");
-        refused
-            .metadata_mut()
-            .insert("geokv-failure", tonic::metadata::MetadataValue::from_static("not-applied"));
-        assert!(not_applied(&ClientError::Status(refused)));
-        let mut maybe = tonic::Status::unavailable("quorum not reached: 1 acknowledged");
-        maybe
-            .metadata_mut()
-            .insert("geokv-failure", tonic::metadata::MetadataValue::from_static("maybe-applied"));
-        assert!(!not_applied(&ClientError::Status(maybe)));
-        assert!(!not_applied(&ClientError::Status(tonic::Status::unavailable("connection reset"))));
     }
 
     #[tokio::test]
@@ -281,8 +237,10 @@ mod tests {
         assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
         assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
         assert!(Failover::connect(&[], &Security::none()).is_err());
-        // An increment to nodes that refuse the connection was never sent: it may go around.
+        // An increment (with its request id) goes around the same way.
+        let started = Instant::now();
         let e = f.increment(b"c", 1, None).await.unwrap_err();
-        assert!(never_sent(&e), "{e:?}");
+        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
     }
 }

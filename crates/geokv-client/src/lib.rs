@@ -72,6 +72,15 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// The id of one logical increment, the same in every attempt of it
+/// ([`Client::increment_once`]).
+pub type RequestId = [u8; 16];
+
+/// A new random request id (128 random bits: two clients never pick the same).
+pub fn new_request_id() -> RequestId {
+    rand::random::<u128>().to_be_bytes()
+}
+
 /// Every request fails with DEADLINE_EXCEEDED if no answer comes within this long (a safety
 /// net: servers bound their own work much more tightly).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
@@ -399,8 +408,50 @@ impl Client {
         delta: i64,
         ttl: Option<Duration>,
     ) -> Result<proto::IncrementResponse> {
-        let req =
-            proto::IncrementRequest { key: key.to_vec(), delta, consistency: self.c(), ttl_ms: ttl_ms(ttl) };
+        self.increment_request(key, delta, ttl, Vec::new()).await
+    }
+
+    /// An increment that counts once however many times it is sent: send it again with the
+    /// same `request_id` (from [`new_request_id`]) after an error that leaves its outcome
+    /// unknown, to this node or another, and all its attempts together count once, for 10
+    /// minutes after the first was applied. [`Failover::increment`] does this for you.
+    ///
+    /// ```no_run
+    /// # async fn example(client: geokv_client::Client) -> geokv_client::Result<()> {
+    /// let id = geokv_client::new_request_id();
+    /// let answer = match client.increment_once(b"visits", 1, None, id).await {
+    ///     Ok(answer) => answer,
+    ///     // Lost in transit: the same id again cannot count twice.
+    ///     Err(_) => client.increment_once(b"visits", 1, None, id).await?,
+    /// };
+    /// println!("visits = {}", answer.value);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn increment_once(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ttl: Option<Duration>,
+        request_id: RequestId,
+    ) -> Result<proto::IncrementResponse> {
+        self.increment_request(key, delta, ttl, request_id.to_vec()).await
+    }
+
+    async fn increment_request(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ttl: Option<Duration>,
+        request_id: Vec<u8>,
+    ) -> Result<proto::IncrementResponse> {
+        let req = proto::IncrementRequest {
+            key: key.to_vec(),
+            delta,
+            consistency: self.c(),
+            ttl_ms: ttl_ms(ttl),
+            request_id,
+        };
         Ok(self.timed(self.raw().increment(self.request(req))).await?.into_inner())
     }
 
@@ -524,7 +575,27 @@ pub mod op {
         w(Op::Delete(proto::BatchDelete { key: key.to_vec() }))
     }
     pub fn increment(key: &[u8], delta: i64, ttl: Option<Duration>) -> proto::WriteOp {
-        w(Op::Increment(proto::BatchIncrement { key: key.to_vec(), delta, ttl_ms: ttl_ms(ttl) }))
+        w(Op::Increment(proto::BatchIncrement {
+            key: key.to_vec(),
+            delta,
+            ttl_ms: ttl_ms(ttl),
+            request_id: Vec::new(),
+        }))
+    }
+    /// An increment that counts once however many times the batch is sent (see
+    /// [`crate::Client::increment_once`]).
+    pub fn increment_once(
+        key: &[u8],
+        delta: i64,
+        ttl: Option<Duration>,
+        request_id: crate::RequestId,
+    ) -> proto::WriteOp {
+        w(Op::Increment(proto::BatchIncrement {
+            key: key.to_vec(),
+            delta,
+            ttl_ms: ttl_ms(ttl),
+            request_id: request_id.to_vec(),
+        }))
     }
     pub fn append(key: &[u8], value: &[u8], ttl: Option<Duration>) -> proto::WriteOp {
         w(Op::Append(proto::BatchAppend { key: key.to_vec(), value: value.to_vec(), ttl_ms: ttl_ms(ttl) }))

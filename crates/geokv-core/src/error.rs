@@ -27,6 +27,13 @@ pub enum CoreError {
     #[error("counter would overflow: {current} + {delta} is outside the signed 64-bit range")]
     Overflow { current: i128, delta: i64 },
 
+    /// An idempotent increment's request id was already used for a different increment of
+    /// the key.
+    #[error(
+        "request id {id:032x} was already applied to this key as an increment by {then}, not {now}; use a new request id for a new increment"
+    )]
+    RequestReused { id: u128, then: i64, now: i64 },
+
     /// The stamp offered for an operation is not newer than the state it applies to (the
     /// caller's clock must be advanced past the record's version first).
     #[error("stamp {stamp} is not newer than the record version {version}")]

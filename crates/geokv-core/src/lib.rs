@@ -12,6 +12,10 @@ mod counter;
 mod crdt;
 mod error;
 mod limits;
+pub mod once;
+mod once_settle;
+#[cfg(test)]
+mod once_tests;
 mod op;
 mod orset;
 mod record;
@@ -23,9 +27,10 @@ pub use counter::{PnCounter, Totals};
 pub use crdt::Crdt;
 pub use error::CoreError;
 pub use limits::{Limits, MAX_RECORD_BYTES, RECORD_OVERHEAD};
+pub use once::{Once, Onces, RequestId, Settled};
 pub use op::{apply, apply_as, Applied, Op, OpOutcome};
 pub use orset::{Dot, OrSet};
-pub use record::{Kind, Record, RecordV1, View};
+pub use record::{Kind, Record, RecordV1, RecordV2, RecordV2Ref, View};
 pub use show::key_label;
 pub use stamp::Stamp;
 

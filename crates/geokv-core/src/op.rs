@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::once::RequestId;
 use crate::record::assign;
 use crate::{CoreError, Dot, Kind, Limits, Record, Stamp};
 
@@ -23,6 +24,10 @@ pub enum Op {
     SetAdd { members: Vec<Vec<u8>>, ttl_ms: Option<u64> },
     /// Remove members from a set.
     SetRemove { members: Vec<Vec<u8>> },
+    /// [`Op::Increment`] sent with a request id: every attempt of the request counts once
+    /// (see [`crate::once`]). An attempt that finds the id applied changes nothing and answers
+    /// with the counter as it is. (Last in the enum: earlier variants keep their encoding.)
+    IncrementOnce { delta: i64, ttl_ms: Option<u64>, id: RequestId },
 }
 
 impl Op {
@@ -32,7 +37,7 @@ impl Op {
             Op::Put { .. } => "Put",
             Op::Append { .. } => "Append",
             Op::Delete => "Delete",
-            Op::Increment { .. } => "Increment",
+            Op::Increment { .. } | Op::IncrementOnce { .. } => "Increment",
             Op::SetAdd { .. } => "SetAdd",
             Op::SetRemove { .. } => "SetRemove",
         }
@@ -42,7 +47,7 @@ impl Op {
     pub fn kind(&self) -> Option<Kind> {
         match self {
             Op::Put { .. } | Op::Append { .. } => Some(Kind::Register),
-            Op::Increment { .. } => Some(Kind::Counter),
+            Op::Increment { .. } | Op::IncrementOnce { .. } => Some(Kind::Counter),
             Op::SetAdd { .. } | Op::SetRemove { .. } => Some(Kind::Set),
             Op::Delete => None,
         }
@@ -53,6 +58,7 @@ impl Op {
             Op::Put { ttl_ms, .. }
             | Op::Append { ttl_ms, .. }
             | Op::Increment { ttl_ms, .. }
+            | Op::IncrementOnce { ttl_ms, .. }
             | Op::SetAdd { ttl_ms, .. } => *ttl_ms,
             Op::Delete | Op::SetRemove { .. } => None,
         }
@@ -65,7 +71,7 @@ impl Op {
             Op::Put { value, .. } => limits.check_value("value", value),
             Op::Append { value, .. } => limits.check_value("appended value", value),
             Op::SetAdd { members, .. } | Op::SetRemove { members } => limits.check_members(members),
-            Op::Delete | Op::Increment { .. } => Ok(()),
+            Op::Delete | Op::Increment { .. } | Op::IncrementOnce { .. } => Ok(()),
         }
     }
 }
@@ -118,6 +124,20 @@ pub fn apply_as(
     if current.is_some() && stamp <= rec.version() {
         return Err(CoreError::StaleStamp { stamp, version: rec.version() });
     }
+    if let Op::IncrementOnce { delta, id, .. } = op {
+        if let Some(seen) = rec.onces.get(*id) {
+            if seen.delta() != *delta {
+                return Err(CoreError::RequestReused { id: *id, then: seen.delta(), now: *delta });
+            }
+            // Applied before: nothing changes.
+            let value = if rec.is_visible(now_ms) && rec.kind.val == Kind::Counter {
+                rec.counter_value().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+            } else {
+                0
+            };
+            return Ok(Applied { record: rec, outcome: OpOutcome::Counter { value } });
+        }
+    }
     let visible = rec.is_visible(now_ms);
     if let Some(kind) = op.kind() {
         if visible && rec.kind.val != kind {
@@ -155,6 +175,17 @@ pub fn apply_as(
             }
             // A lifetime's counts live in epochs it started (never in an older entry).
             rec.counter.add(actor, *delta, stamp.time, rec.kind.marker.time);
+            rec.settle_onces(actor, stamp, now_ms);
+            OpOutcome::Counter { value: next as i64 }
+        }
+        Op::IncrementOnce { delta, id, .. } => {
+            let current = rec.counter_value();
+            let next = current + i128::from(*delta);
+            if next < i128::from(i64::MIN) || next > i128::from(i64::MAX) {
+                return Err(CoreError::Overflow { current, delta: *delta });
+            }
+            rec.onces.insert(*id, *delta, stamp.time, actor);
+            rec.settle_onces(actor, stamp, now_ms);
             OpOutcome::Counter { value: next as i64 }
         }
         Op::SetAdd { members, .. } => {
@@ -523,12 +554,18 @@ mod laws {
             (prop::collection::vec(member.clone(), 1..3), prop::option::of(1u64..50))
                 .prop_map(|(members, ttl_ms)| Op::SetAdd { members, ttl_ms }),
             prop::collection::vec(member, 1..3).prop_map(|members| Op::SetRemove { members }),
+            (0u128..4).prop_map(|id| Op::IncrementOnce { delta: id as i64 + 1, ttl_ms: None, id }),
         ]
     }
 
     fn step_strategy() -> impl Strategy<Value = Step> {
         prop_oneof![
-            3 => (0usize..3, op_strategy(), 0u64..100)
+            // Now and then far later: idempotent increments fold, and are forgotten.
+            3 => (0usize..3, op_strategy(), prop_oneof![
+                8 => 0u64..100,
+                1 => Just(crate::once::FOLD_AFTER_MS + 50),
+                1 => Just(crate::once::REMEMBER_MS + 50),
+            ])
                 .prop_map(|(replica, op, now_offset)| Step::Do { replica, op, now_offset }),
             1 => (0usize..3, 0usize..3).prop_map(|(into, from)| Step::Merge { into, from }),
         ]

@@ -5,6 +5,8 @@ use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::once::{merge_settled, Onces, Settled};
+
 use crate::{Crdt, OrSet, PnCounter, Stamp};
 
 /// The type a key holds. Fixed by the first write of a key's lifetime; once a key is deleted
@@ -47,6 +49,10 @@ pub enum View {
 /// - `counter` / `counter_base`: [`PnCounter`]s; the value is `counter - counter_base`; a delete copies the
 ///   observed counter into the base (an observed reset), so increments the deleter had not seen
 ///   survive it. `counter_base <= counter` pointwise is kept by merging the base into both.
+/// - `onces` / `onces_base` / `settled`: the counter's idempotent increments (those sent with
+///   a request id), kept by id so that every application of one request counts once, and the
+///   actors' watermarks of the ones that count no more ([`crate::once`]); the value adds
+///   `onces - onces_base`, and a delete copies them into the base as it copies the counter.
 /// - `set`: add-wins OR-set; a delete removes every observed member.
 /// - `expiry`: LWW deadline in Unix milliseconds, `None` for no TTL.
 /// - `horizon`: an HLC time before which the key's content is gone for good, merged by maximum:
@@ -65,6 +71,59 @@ pub struct Record {
     pub set: OrSet,
     pub expiry: LWWReg<Option<u64>, Stamp>,
     pub horizon: u64,
+    pub onces: Onces,
+    pub onces_base: Onces,
+    pub settled: Settled,
+}
+
+/// A record as format version 2 stores it (before `onces`): read with none. Also the layout
+/// a record without idempotent increments is still written in, so nodes of the previous
+/// version read it during a rolling upgrade.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordV2 {
+    pub kind: LWWReg<Kind, Stamp>,
+    pub live: LWWReg<bool, Stamp>,
+    pub register: LWWReg<Vec<u8>, Stamp>,
+    pub counter: PnCounter,
+    pub counter_base: PnCounter,
+    pub set: OrSet,
+    pub expiry: LWWReg<Option<u64>, Stamp>,
+    pub horizon: u64,
+}
+
+/// [`RecordV2`]'s layout, borrowed from a [`Record`] (serializes to the same bytes).
+#[derive(Serialize)]
+pub struct RecordV2Ref<'a> {
+    kind: &'a LWWReg<Kind, Stamp>,
+    live: &'a LWWReg<bool, Stamp>,
+    register: &'a LWWReg<Vec<u8>, Stamp>,
+    counter: &'a PnCounter,
+    counter_base: &'a PnCounter,
+    set: &'a OrSet,
+    expiry: &'a LWWReg<Option<u64>, Stamp>,
+    horizon: u64,
+}
+
+impl<'a> From<&'a Record> for RecordV2Ref<'a> {
+    fn from(r: &'a Record) -> Self {
+        RecordV2Ref {
+            kind: &r.kind,
+            live: &r.live,
+            register: &r.register,
+            counter: &r.counter,
+            counter_base: &r.counter_base,
+            set: &r.set,
+            expiry: &r.expiry,
+            horizon: r.horizon,
+        }
+    }
+}
+
+impl From<RecordV2> for Record {
+    fn from(v: RecordV2) -> Record {
+        let RecordV2 { kind, live, register, counter, counter_base, set, expiry, horizon } = v;
+        Record { kind, live, register, counter, counter_base, set, expiry, horizon, ..Record::default() }
+    }
 }
 
 /// A record as format version 1 stored it (before `horizon`): read with horizon 0.
@@ -82,7 +141,7 @@ pub struct RecordV1 {
 impl From<RecordV1> for Record {
     fn from(v: RecordV1) -> Record {
         let RecordV1 { kind, live, register, counter, counter_base, set, expiry } = v;
-        Record { kind, live, register, counter, counter_base, set, expiry, horizon: 0 }
+        Record { kind, live, register, counter, counter_base, set, expiry, ..Record::default() }
     }
 }
 
@@ -111,6 +170,9 @@ impl Crdt for Record {
         self.counter_base.merge(&other.counter_base);
         let base = self.counter_base.clone();
         self.counter.merge(&base);
+        self.onces.merge(&other.onces);
+        self.onces_base.merge(&other.onces_base);
+        merge_settled(&mut self.settled, &other.settled);
         self.set.merge(&other.set);
         self.horizon = self.horizon.max(other.horizon);
         self.forget_before_horizon();
@@ -129,7 +191,7 @@ impl Record {
     pub fn exists(&self) -> bool {
         match self.kind.val {
             Kind::Register => self.live.val,
-            Kind::Counter => self.live.val || self.counter != self.counter_base,
+            Kind::Counter => self.live.val || self.counter != self.counter_base || self.unobserved_onces(),
             Kind::Set => !self.set.is_empty(),
         }
     }
@@ -189,6 +251,9 @@ impl Record {
             && self.register.val.is_empty()
             && self.counter == PnCounter::default()
             && self.counter_base == PnCounter::default()
+            && self.onces.is_empty()
+            && self.onces_base.is_empty()
+            && self.settled.is_empty()
             && self.set.is_empty()
     }
 
@@ -197,6 +262,8 @@ impl Record {
         if self.horizon > 0 {
             self.counter.retain_from(self.horizon);
             self.counter_base.retain_from(self.horizon);
+            self.onces.retain_from(self.horizon);
+            self.onces_base.retain_from(self.horizon);
             self.set.retain_from(self.horizon);
         }
     }
@@ -217,7 +284,13 @@ impl Record {
 
     /// The counter's value (wide, so a merge of concurrent increments cannot overflow here).
     pub fn counter_value(&self) -> i128 {
-        self.counter.value() - self.counter_base.value()
+        self.counter.value() - self.counter_base.value() + self.onces_value()
+    }
+
+    /// Whether this record holds anything a format before version 3 cannot hold (idempotent
+    /// increments).
+    pub fn needs_v3(&self) -> bool {
+        !self.onces.is_empty() || !self.onces_base.is_empty() || !self.settled.is_empty()
     }
 
     /// What a client sees at `now_ms`: `None` for an absent, deleted or expired key.
@@ -240,6 +313,7 @@ impl Record {
         assign(&mut self.register, Vec::new(), stamp);
         assign(&mut self.expiry, None, stamp);
         self.counter_base = self.counter.clone();
+        self.onces_base = self.onces.clone();
         self.set.clear();
     }
 }

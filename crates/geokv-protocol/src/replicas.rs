@@ -105,10 +105,16 @@ pub fn route(action: &Action, replicas: &Replicas) -> Route {
     }
 }
 
-/// Whether running a write again gives the same result: a put, delete or set change does; an
-/// increment or append would count twice, and a compare-and-swap would find its own write.
+/// Whether running a write again gives the same result: a put, delete or set change does, and
+/// so does an increment with a request id (it counts once); a plain increment or an append
+/// would count twice, and a compare-and-swap would find its own write.
 pub fn repeatable(action: &Action) -> bool {
-    matches!(action, Action::Op(Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. }))
+    matches!(
+        action,
+        Action::Op(
+            Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. } | Op::IncrementOnce { .. }
+        )
+    )
 }
 
 /// Where a replica keeps a state it is sent.
@@ -216,6 +222,7 @@ mod tests {
     fn only_writes_that_may_run_twice_are_repeatable() {
         assert!(repeatable(&Action::Op(Op::Delete)));
         assert!(!repeatable(&Action::Op(Op::Increment { delta: 1, ttl_ms: None })));
+        assert!(repeatable(&Action::Op(Op::IncrementOnce { delta: 1, ttl_ms: None, id: 1 })));
         assert!(!repeatable(&Action::Op(Op::Append { value: b"x".to_vec(), ttl_ms: None })));
         let cas = Action::Cas { expect: Expect::Absent, value: Vec::new(), ttl_ms: None };
         assert!(!repeatable(&cas));

@@ -24,6 +24,9 @@ pub enum Action {
     Append { chunk: Vec<u8> },
     /// Add to a counter.
     Increment { delta: i64 },
+    /// Add to a counter with a request id: one attempt of it (a client sends the same again,
+    /// to another node, when an attempt's outcome is unknown; all its attempts count once).
+    IncrementOnce { delta: i64, id: u128 },
     /// Add one member to a set.
     SetAdd { member: Vec<u8> },
     /// Remove one member from a set.
@@ -60,10 +63,15 @@ impl Action {
             Action::Put { .. } | Action::Cas { .. } => Some(Family::Register),
             Action::Expiring { .. } => Some(Family::Expiring),
             Action::Append { .. } => Some(Family::Log),
-            Action::Increment { .. } => Some(Family::Counter),
+            Action::Increment { .. } | Action::IncrementOnce { .. } => Some(Family::Counter),
             Action::SetAdd { .. } | Action::SetRemove { .. } => Some(Family::Set),
             Action::Delete | Action::Read | Action::Scanned => None,
         }
+    }
+
+    /// An increment, with a request id or without.
+    pub fn is_increment(&self) -> bool {
+        matches!(self, Action::Increment { .. } | Action::IncrementOnce { .. })
     }
 
     /// The register value this write sets, if it sets one.

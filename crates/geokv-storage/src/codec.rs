@@ -1,7 +1,8 @@
 //! The on-disk encoding of a key's state.
 //!
 //! ```text
-//! byte 0      format version (2; 1 is still read)
+//! byte 0      format version (3, or 2 for a record without idempotent increments; 1 is
+//!             still read)
 //! byte 1      flags: bit 0 = payload is zstd-compressed
 //! bytes 2..6  CRC-32 (IEEE) of bytes 0..2 and the payload, little-endian
 //! bytes 6..   payload: postcard encoding of `geokv_core::Record`, maybe compressed
@@ -9,13 +10,17 @@
 //! ```
 //! Decoding dispatches on the version byte, so a later format adds a decoder and keeps this
 //! one. Version 1's payload is a record without `horizon` (`geokv_core::RecordV1`), read with
-//! horizon 0. A checksum mismatch is reported as corruption and the value is never
-//! served.
+//! horizon 0; version 2's a record without idempotent increments (`geokv_core::RecordV2`),
+//! read with none. A record that holds none is still written as version 2, byte for byte
+//! what the previous release wrote, so its nodes read it during a rolling upgrade and Merkle
+//! digests of such records agree across the two releases. A checksum mismatch is reported as
+//! corruption and the value is never served.
 
 use geokv_core::Record;
 
 pub const FORMAT_V1: u8 = 1;
 pub const FORMAT_V2: u8 = 2;
+pub const FORMAT_V3: u8 = 3;
 const FLAG_ZSTD: u8 = 1;
 const HEADER: usize = 6;
 /// Upper bound for a decompressed payload, against decompression bombs in corrupt input: a
@@ -27,7 +32,7 @@ const MAX_DECODED: usize = geokv_core::MAX_RECORD_BYTES;
 pub enum DecodeError {
     #[error("value is {0} bytes, shorter than the {HEADER}-byte header")]
     Truncated(usize),
-    #[error("unknown format version {0} (this build reads versions {FORMAT_V1} and {FORMAT_V2})")]
+    #[error("unknown format version {0} (this build reads versions {FORMAT_V1} to {FORMAT_V3})")]
     UnknownVersion(u8),
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
@@ -46,19 +51,33 @@ fn checksum(head: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The uncompressed payload of a record (what `limits.max_record_bytes` limits).
+/// The format version a record is written in: 2 unless it holds idempotent increments.
+pub fn format_of(record: &Record) -> u8 {
+    if record.needs_v3() {
+        FORMAT_V3
+    } else {
+        FORMAT_V2
+    }
+}
+
+/// The uncompressed payload of a record (what `limits.max_record_bytes` limits), in the
+/// layout of [`format_of`] it.
 pub fn serialize(record: &Record) -> Vec<u8> {
-    postcard::to_allocvec(record).expect("records always serialize")
+    if record.needs_v3() {
+        postcard::to_allocvec(record).expect("records always serialize")
+    } else {
+        postcard::to_allocvec(&geokv_core::RecordV2Ref::from(record)).expect("records always serialize")
+    }
 }
 
 /// Encodes a record; payloads of at least `compress_at` bytes are zstd-compressed when that
 /// makes them smaller.
 pub fn encode(record: &Record, compress_at: usize, level: i32) -> Vec<u8> {
-    encode_serialized(serialize(record), compress_at, level)
+    encode_serialized(serialize(record), format_of(record), compress_at, level)
 }
 
-/// Encodes a payload made by [`serialize`].
-pub fn encode_serialized(plain: Vec<u8>, compress_at: usize, level: i32) -> Vec<u8> {
+/// Encodes a payload made by [`serialize`] of a record whose [`format_of`] is `format`.
+pub fn encode_serialized(plain: Vec<u8>, format: u8, compress_at: usize, level: i32) -> Vec<u8> {
     let (flags, payload) = if plain.len() >= compress_at {
         match zstd::bulk::compress(&plain, level) {
             Ok(c) if c.len() < plain.len() => (FLAG_ZSTD, c),
@@ -67,7 +86,7 @@ pub fn encode_serialized(plain: Vec<u8>, compress_at: usize, level: i32) -> Vec<
     } else {
         (0, plain)
     };
-    let head = [FORMAT_V2, flags];
+    let head = [format, flags];
     let crc = checksum(&head, &payload);
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&head);
@@ -85,7 +104,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             let v1: geokv_core::RecordV1 = postcard_payload(bytes)?;
             Ok(v1.into())
         }
-        FORMAT_V2 => postcard_payload(bytes),
+        FORMAT_V2 => {
+            let v2: geokv_core::RecordV2 = postcard_payload(bytes)?;
+            Ok(v2.into())
+        }
+        FORMAT_V3 => postcard_payload(bytes),
         v => Err(DecodeError::UnknownVersion(v)),
     }
 }
@@ -223,6 +246,34 @@ mod tests {
         let bytes = [&head[..], &checksum(&head, &payload).to_le_bytes(), &payload].concat();
         let read = decode(&bytes).unwrap();
         assert_eq!(read, Record { horizon: 0, ..r });
+    }
+
+    #[test]
+    fn a_record_without_idempotent_increments_is_written_as_version_2_and_one_with_them_as_3() {
+        let r = sample(10);
+        let bytes = encode(&r, 1024, 3);
+        assert_eq!(bytes[0], FORMAT_V2);
+        // Byte for byte the previous release's payload: the record without the new fields.
+        let v2 = geokv_core::RecordV2 {
+            kind: r.kind.clone(),
+            live: r.live.clone(),
+            register: r.register.clone(),
+            counter: r.counter.clone(),
+            counter_base: r.counter_base.clone(),
+            set: r.set.clone(),
+            expiry: r.expiry.clone(),
+            horizon: r.horizon,
+        };
+        assert_eq!(&bytes[HEADER..], &postcard::to_allocvec(&v2).unwrap()[..]);
+        assert_eq!(decode(&bytes).unwrap(), r);
+
+        let op = Op::IncrementOnce { delta: 4, ttl_ms: None, id: 0xfeed };
+        let counted = apply(None, &op, Stamp::new(99, 3), 1_000, &Limits::default()).unwrap().record;
+        for compress_at in [1, 1024] {
+            let bytes = encode(&counted, compress_at, 3);
+            assert_eq!(bytes[0], FORMAT_V3);
+            assert_eq!(decode(&bytes).unwrap(), counted);
+        }
     }
 
     #[test]

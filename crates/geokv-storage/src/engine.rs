@@ -474,6 +474,7 @@ impl Engine {
         for (i, (key, old, new, plain)) in changes.iter().enumerate() {
             let encoded = codec::encode_serialized(
                 plain.clone(),
+                codec::format_of(new),
                 self.cfg.compression_threshold_bytes,
                 self.cfg.compression_level,
             );

@@ -45,6 +45,10 @@ pub enum ClientCommand {
         delta: i64,
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
+        /// 32 hex digits naming this increment: running the command again with the same id
+        /// (after exit status 7, say) counts once, for 10 minutes.
+        #[arg(long, value_parser = parse_request_id)]
+        request_id: Option<geokv_client::RequestId>,
     },
     /// Append to a register (the value as for `put`).
     Append {
@@ -176,6 +180,11 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     crate::cli_io::parse_duration(s)
 }
 
+fn parse_request_id(s: &str) -> Result<geokv_client::RequestId, String> {
+    let id = u128::from_str_radix(s, 16).ok().filter(|_| s.len() == 32);
+    id.map(u128::to_be_bytes).ok_or_else(|| format!("{s:?} is not 32 hex digits (16 bytes)"))
+}
+
 fn parse_version(s: &str) -> anyhow::Result<proto::Version> {
     let (hlc, node) = s.split_once(':').context("a version is written HLC:NODE, as `geokv get` prints it")?;
     Ok(proto::Version {
@@ -233,7 +242,7 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
     let mut client = Client::connect_with_deadline(&opts.endpoint, &security(), opts.timeout).await?;
     if matches!(
         cmd,
-        ClientCommand::Incr { .. }
+        ClientCommand::Incr { request_id: None, .. }
             | ClientCommand::Append { .. }
             | ClientCommand::Cas { .. }
             | ClientCommand::Batch { .. }
@@ -299,8 +308,12 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             let human = if r.existed { "deleted" } else { "deleted (it did not exist)" };
             print(js, json!({ "existed": r.existed, "version": version_json(&r.version) }), human.into());
         }
-        ClientCommand::Incr { key, delta, ttl } => {
-            let r = client.increment(&arg("key", &key)?, delta, ttl).await?;
+        ClientCommand::Incr { key, delta, ttl, request_id } => {
+            let key = arg("key", &key)?;
+            let r = match request_id {
+                Some(id) => client.increment_once(&key, delta, ttl, id).await?,
+                None => client.increment(&key, delta, ttl).await?,
+            };
             let j = json!({ "value": r.value, "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
             print(js, j, r.value.to_string());
         }

@@ -96,6 +96,26 @@ pub fn outcome(out: OpOutcome, rec: &Record, now_ms: u64) -> pb::write_result::O
     }
 }
 
+/// An increment as a core operation: with a request id (16 bytes), one whose attempts count
+/// once.
+pub fn increment_op(
+    delta: i64,
+    ttl_ms: Option<u64>,
+    request_id: &[u8],
+) -> Result<geokv_core::Op, geokv_core::CoreError> {
+    use geokv_core::Op;
+    if request_id.is_empty() {
+        return Ok(Op::Increment { delta, ttl_ms });
+    }
+    let id: [u8; 16] = request_id.try_into().map_err(|_| {
+        geokv_core::CoreError::InvalidArgument(format!(
+            "request_id is {} bytes; it must be 16 (a random UUID, say), or empty for an increment without retries",
+            request_id.len()
+        ))
+    })?;
+    Ok(Op::IncrementOnce { delta, ttl_ms, id: u128::from_be_bytes(id) })
+}
+
 /// A batch item as a key and a core operation.
 pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), geokv_core::CoreError> {
     use geokv_core::Op;
@@ -103,7 +123,7 @@ pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), geokv_core
     match op.op {
         Some(W::Put(p)) => Ok((p.key, Op::Put { value: p.value, ttl_ms: p.ttl_ms })),
         Some(W::Delete(d)) => Ok((d.key, Op::Delete)),
-        Some(W::Increment(i)) => Ok((i.key, Op::Increment { delta: i.delta, ttl_ms: i.ttl_ms })),
+        Some(W::Increment(i)) => Ok((i.key, increment_op(i.delta, i.ttl_ms, &i.request_id)?)),
         Some(W::Append(a)) => Ok((a.key, Op::Append { value: a.value, ttl_ms: a.ttl_ms })),
         Some(W::SetAdd(s)) => Ok((s.key, Op::SetAdd { members: s.members, ttl_ms: s.ttl_ms })),
         Some(W::SetRemove(s)) => Ok((s.key, Op::SetRemove { members: s.members })),

@@ -133,10 +133,16 @@ pub fn op_key(op: &pb::WriteOp) -> Option<&[u8]> {
 }
 
 /// Whether a batch write item may run twice with the same result (see
-/// `geokv_protocol::repeatable`): a put, delete or set change; not an increment or append.
+/// `geokv_protocol::repeatable`): a put, delete or set change, or an increment with a request
+/// id; not a plain increment or an append.
 pub fn repeatable_op(op: &pb::WriteOp) -> bool {
     use pb::write_op::Op as W;
-    matches!(op.op, Some(W::Put(_) | W::Delete(_) | W::SetAdd(_) | W::SetRemove(_)))
+    match &op.op {
+        Some(W::Put(_) | W::Delete(_) | W::SetAdd(_) | W::SetRemove(_)) => true,
+        // With a request id its attempts count once.
+        Some(W::Increment(i)) => !i.request_id.is_empty(),
+        _ => false,
+    }
 }
 
 /// One source of a scan's entries: its entries in key order, and the key its page stopped at

@@ -394,10 +394,14 @@ impl KvService {
         &self,
         req: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
-        route_key!(self, req, increment, false);
+        // With a request id, sending it again is safe: its attempts count once.
+        let once = !req.get_ref().request_id.is_empty();
+        route_key!(self, req, increment, once);
         let req = req.into_inner();
         let level = level(req.consistency)?;
-        match self.write(req.key, Op::Increment { delta: req.delta, ttl_ms: req.ttl_ms }, level).await? {
+        let op =
+            convert::increment_op(req.delta, req.ttl_ms, &req.request_id).map_err(|e| to_status(e.into()))?;
+        match self.write(req.key, op, level).await? {
             (OpOutcome::Counter { value }, m) => Ok(Response::new(pb::IncrementResponse {
                 value,
                 version: m.version,

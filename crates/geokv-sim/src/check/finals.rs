@@ -203,13 +203,30 @@ impl Rules<'_> {
             }
         };
         let (mut lo, mut hi) = (0i128, 0i128);
+        // The attempts of each increment with a request id, which together count once.
+        let mut once: std::collections::BTreeMap<u128, (i64, Vec<&Outcome>)> = Default::default();
         for e in self.writes {
-            let Action::Increment { delta } = e.action else { continue };
+            let delta = match e.action {
+                Action::Increment { delta } => delta,
+                Action::IncrementOnce { delta, id } => {
+                    once.entry(id).or_insert((delta, Vec::new())).1.push(&e.outcome);
+                    continue;
+                }
+                _ => continue,
+            };
             let d = i128::from(delta);
             match e.outcome {
                 Outcome::Ok { .. } => (lo, hi) = (lo + d, hi + d),
                 Outcome::Unknown(_) => (lo, hi) = (lo + d.min(0), hi + d.max(0)),
                 Outcome::Failed(_) => {}
+            }
+        }
+        for (delta, attempts) in once.values() {
+            let d = i128::from(*delta);
+            if attempts.iter().any(|o| matches!(o, Outcome::Ok { .. })) {
+                (lo, hi) = (lo + d, hi + d);
+            } else if attempts.iter().any(|o| matches!(o, Outcome::Unknown(_))) {
+                (lo, hi) = (lo + d.min(0), hi + d.max(0));
             }
         }
         if value < lo || value > hi {
@@ -218,7 +235,7 @@ impl Rules<'_> {
             ));
         }
         let increments: Vec<&Event> =
-            self.writes.iter().copied().filter(|e| matches!(e.action, Action::Increment { .. })).collect();
+            self.writes.iter().copied().filter(|e| e.action.is_increment()).collect();
         for w in self.writes.iter().filter(|e| e.action.family().is_some_and(|f| f != Family::Counter)) {
             let exists = increments.iter().any(|i| {
                 i.acked_write() && i.quorum && i.region == w.region && i.completed_ms < w.invoked_ms

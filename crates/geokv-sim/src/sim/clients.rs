@@ -2,8 +2,10 @@
 //! region, waits for the answer (or its own timeout), records the event and thinks a while.
 //!
 //! Keys by type: shared registers (Put, compare-and-swap on the version last read, Delete),
-//! shared counters (Increment; at QUORUM, once the region has an acknowledged QUORUM increment,
-//! now and then a write of the wrong type, which must be refused), shared sets (SetAdd),
+//! shared counters (Increment; from odd-numbered clients with a request id, sent again to
+//! another node while an attempt's outcome is unknown, as `geokv_client::Failover` does; at
+//! QUORUM, once the region has an acknowledged QUORUM increment, now and then a write of the
+//! wrong type, which must be refused), shared sets (SetAdd),
 //! shared keys written only with TTLs, and per region logs (Append) and sets with removes,
 //! written at QUORUM. Now and then a client scans one kind of key (one page, of a random
 //! size); each key the page covers is recorded as that key's read.
@@ -142,6 +144,13 @@ impl World {
                     Action::SetAdd { member }
                 }
             }
+            1 if c % 2 == 1 => {
+                // The request's unique name, hashed (FNV-1a): an id no other request has.
+                let id = unique.bytes().fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d_u128, |h, b| {
+                    (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b)
+                });
+                Action::IncrementOnce { delta: self.rng.gen_range(1..=5), id }
+            }
             1 => Action::Increment { delta: self.rng.gen_range(1..=5) },
             2 => Action::SetAdd { member },
             3 => Action::Expiring { value: unique.into_bytes(), ttl_ms: self.rng.gen_range(100..2_000) },
@@ -179,11 +188,7 @@ impl World {
     fn counter_exists(&self, key: &[u8], region: usize) -> bool {
         let name = Layout::region_name(region);
         self.history.iter().any(|e| {
-            e.key == key
-                && e.quorum
-                && e.region == name
-                && matches!(e.action, Action::Increment { .. })
-                && e.acked_write()
+            e.key == key && e.quorum && e.region == name && e.action.is_increment() && e.acked_write()
         })
     }
 
@@ -213,6 +218,7 @@ impl World {
             }
             Action::Append { chunk } => Op::Append { value: chunk, ttl_ms: None },
             Action::Increment { delta } => Op::Increment { delta, ttl_ms: None },
+            Action::IncrementOnce { delta, id } => Op::IncrementOnce { delta, ttl_ms: None, id },
             Action::SetAdd { member } => Op::SetAdd { members: vec![member], ttl_ms: None },
             Action::SetRemove { member } => Op::SetRemove { members: vec![member] },
         };
@@ -226,12 +232,17 @@ impl World {
         self.next_request += 1;
         let id = self.next_request;
         let (key, op, quorum) = self.next_op(c, id);
+        self.send_op(c, id, key, op, quorum);
+    }
+
+    /// Sends `op` (request `id`) from client `c` to a random node of its region.
+    fn send_op(&mut self, c: u32, id: u64, key: Vec<u8>, op: Asked, quorum: bool) {
         let req = self.request(&op);
         let level = if quorum { Level::Quorum } else { Level::One };
         let region = self.clients[c as usize].region;
         let node = self.cfg.layout.node(region, self.rng.gen_range(0..self.cfg.layout.nodes_per_region));
         self.clients[c as usize].pending =
-            Some(Pending { id, key: key.clone(), op, quorum, invoked: self.now });
+            Some(Pending { id, key: key.clone(), op, quorum, invoked: self.now, attempt: 1 });
         // A batch write runs a key's items one after another: its client waits longer.
         let items = match &req {
             Request::BatchWrite(items) => items.len() as u64,
@@ -315,6 +326,16 @@ impl World {
             Asked::Scan { .. } => Vec::new(),
         };
         let region = Layout::region_name(client.region);
+        // An increment with a request id whose outcome is unknown goes again, to another node
+        // (up to three attempts, while clients still run).
+        let again = match (&items[..], outcomes.first()) {
+            ([(key, a @ Action::IncrementOnce { .. })], Some(Outcome::Unknown(_)))
+                if p.attempt < 3 && self.now < self.cfg.fault_window_ms =>
+            {
+                Some((key.clone(), a.clone(), p.quorum, p.attempt + 1))
+            }
+            _ => None,
+        };
         for (i, (key, action)) in items.into_iter().enumerate() {
             let Some(outcome) = outcomes.get(i).or(outcomes.first()).cloned() else { break };
             self.history.push(Event {
@@ -327,6 +348,15 @@ impl World {
                 completed_ms: self.now,
                 outcome,
             });
+        }
+        if let Some((key, action, quorum, attempt)) = again {
+            self.next_request += 1;
+            let id = self.next_request;
+            self.send_op(c, id, key, Asked::One(action), quorum);
+            if let Some(p) = self.clients[c as usize].pending.as_mut() {
+                p.attempt = attempt;
+            }
+            return;
         }
         let think = self.rng.gen_range(5..60);
         self.at(self.now + think, Ev::ClientNext(c));

@@ -226,6 +226,8 @@ struct Pending {
     op: Asked,
     quorum: bool,
     invoked: u64,
+    /// Which attempt of the operation this is (increments with a request id go again).
+    attempt: u32,
 }
 
 struct Client {
