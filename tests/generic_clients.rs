@@ -35,6 +35,14 @@ fn cli_commands_round_trip_with_human_and_json_output() {
     assert_eq!(ok(&["append", "greeting", "!"]).trim(), "length 6");
     assert_eq!(ok(&["incr", "n", "5"]).trim(), "5");
     assert_eq!(ok(&["incr", "n", "-7"]).trim(), "-2");
+    // With a request id, running the same command again counts once.
+    let id = ["--request-id", "00112233445566778899aabbccddeeff"];
+    assert_eq!(ok(&["incr", "n", "3", id[0], id[1]]).trim(), "1");
+    assert_eq!(ok(&["incr", "n", "3", id[0], id[1]]).trim(), "1");
+    let (success, _, err) = cli(&ep, &["incr", "n", "4", id[0], id[1]]);
+    assert!(!success && err.contains("already applied"), "{err}");
+    let (success, _, err) = cli(&ep, &["incr", "n", "--request-id", "12ab"]);
+    assert!(!success && err.contains("32 hex digits"), "{err}");
     assert_eq!(ok(&["sadd", "s", "a", "b"]).trim(), "changed 2, size 2");
     assert_eq!(ok(&["srem", "s", "a"]).trim(), "changed 1, size 1");
     assert_eq!(ok(&["smembers", "s"]).trim(), "\"b\"");

@@ -401,12 +401,14 @@ class Client:
                   request_id: Optional[bytes] = None) -> int:
         """Adds `delta` to a counter; its new value. The increment carries `request_id` (a new
         random one by default; 16 bytes, `new_request_id()`), so its attempts, and later calls
-        with the same id within 10 minutes, count once."""
+        with the same id within 10 minutes, count once. `request_id=b""` sends none (for nodes
+        of a release before request ids): then it is sent again only when it certainly was not
+        applied."""
         rid = new_request_id() if request_id is None else bytes(request_id)
-        if len(rid) != 16:
-            raise ValueError(f"request_id is {len(rid)} bytes; it must be 16")
+        if len(rid) not in (0, 16):
+            raise ValueError(f"request_id is {len(rid)} bytes; it must be 16 (or empty for none)")
         r = self._call("Increment", pb.IncrementRequest(key=_b(key), delta=delta, consistency=self._level,
-                                                        ttl_ms=ttl_ms, request_id=rid), idempotent=True)
+                                                        ttl_ms=ttl_ms, request_id=rid), idempotent=bool(rid))
         return r.value
 
     def append(self, key: Bytes, value: Bytes, *, ttl_ms: Optional[int] = None) -> int:

@@ -37,11 +37,10 @@ impl PnCounter {
     /// the state) names the node's new entry when it needs one: when the node has no entry of
     /// epoch `floor` or later (the key's current lifetime began at `floor`), or its total would
     /// overflow.
-    /// Returns the epoch of the entry it added to (the current one when `delta` is 0).
-    pub fn add(&mut self, node: NodeId, delta: i64, fresh_epoch: u64, floor: u64) -> u64 {
+    pub fn add(&mut self, node: NodeId, delta: i64, fresh_epoch: u64, floor: u64) {
         let steps = delta.unsigned_abs();
         if steps == 0 {
-            return fresh_epoch;
+            return;
         }
         let current = self.entries.range((node, floor)..=(node, u64::MAX)).next_back().map(|(&k, &t)| (k, t));
         let (key, mut totals) = match current {
@@ -61,18 +60,6 @@ impl PnCounter {
             totals.n += steps;
         }
         self.entries.insert(key, totals);
-        key.1
-    }
-
-    /// Adds `delta` to the entry `(node, epoch)` (saturating: used where the entry is known to
-    /// stay below another state's).
-    pub fn add_at(&mut self, node: NodeId, epoch: u64, delta: i64) {
-        let t = self.entries.entry((node, epoch)).or_default();
-        if delta > 0 {
-            t.p = t.p.saturating_add(delta.unsigned_abs());
-        } else {
-            t.n = t.n.saturating_add(delta.unsigned_abs());
-        }
     }
 }
 

@@ -11,22 +11,34 @@
 //! attempt).
 //!
 //! Entries are not kept forever. Once its copy is [`FOLD_AFTER_MS`] old, the actor that
-//! applied an increment (the smallest one, when a race made two) moves its delta into its own
-//! counter entry and marks its copy folded (with that entry's epoch), in one state change: a
-//! state whose counter entry includes the delta holds the folded copy, and an increment with a
-//! folded copy counts nothing of its own. Each actor then keeps a watermark (`settled`,
-//! merged by maximum): its copies up to it count nothing in any state, so copies behind it may
-//! be dropped, and a stale copy arriving later (a replica that was down) is dead on arrival.
-//! An actor moves its watermark past a copy only when that changes no count: the increment is
-//! folded, or a delete observed it and it cancels out. Increments are forgotten once every
-//! copy is behind its actor's watermark and the newest is [`REMEMBER_MS`] old (or beyond the
-//! newest [`MAX_REMEMBERED`] of the key): a retry later than that counts again.
+//! applied an increment moves the delta into its own counter entry and marks its copy folded
+//! (with the fold's time), in one state change, the next time it writes the key: a state whose
+//! counter entry includes the delta holds the folded copy, and an increment with a folded copy
+//! counts nothing of its own. Two actors that each applied an attempt and folded their copy
+//! before seeing the other's hold the delta twice in their entries: the increment, with two
+//! folded copies, then counts minus its delta once (and is never forgotten). Each actor also keeps a watermark
+//! (`settled`, merged by maximum) that it moves only past copies whose settling changes no
+//! count (folded, or a request another actor folded): its copies behind it count nothing in any
+//! state, so a stale copy arriving later (from a replica that was down, or a hint) is dead on
+//! arrival. An increment whose every copy is behind its actor's watermark is forgotten
+//! [`REMEMBER_MS`] after its fold (or beyond the newest [`MAX_REMEMBERED`] of the key): a
+//! retry later than that counts again.
 //!
-//! Two attempts of one request applied by two nodes that never saw each other's copy may each
-//! be folded by its own node (the retry came over a minute after the first attempt, to a node
-//! the first had not reached): the counter entries then hold the delta twice, and the
-//! increment, now with two folded copies, counts minus its delta once, for good (it is never
-//! forgotten). What this assumes: a retry comes within [`REMEMBER_MS`] of its first attempt.
+//! A delete copies the increments it observed into the base (as it copies the counter): there
+//! they count by id, and so do the counter's copies of them, watermarks or not, so the pair
+//! cancels out. An observed increment is never folded after the delete. The pair is dropped
+//! from both sides once it is [`REMEMBER_MS`] old (since its copies or its fold) and counts
+//! the same on both: folded by the same actors before the delete, or applied by one actor only,
+//! the one dropping it, whose own state shows it never folded it. Property tests (`once_tests.rs`) check that this upkeep never
+//! changes the value of a state, alone or merged with any other, however stale.
+//!
+//! What this assumes: (1) a retry comes within [`REMEMBER_MS`] of its first attempt; (2) the
+//! states carrying two attempts of one request meet, and a delete reaches the increment's
+//! folder, within [`REMEMBER_MS`] of a fold (where a replica is cut off for longer, the
+//! increment may count twice, as a delete's tombstone purged after `tombstone_grace_secs` may
+//! let a value back); (3) an actor's own state holds every copy it made (states travel whole,
+//! and a node that may have lost some of its state writes as a new actor: see
+//! `crate::actor_id`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,18 +62,15 @@ pub struct Copy {
     /// The increment. Every attempt of a request carries the same (coordinators refuse a
     /// reused id with another delta); where copies differ, the largest counts.
     pub delta: i64,
-    /// HLC time of this application.
-    pub at: u64,
-    /// The epoch of the actor's counter entry the delta was folded into, once it was.
-    pub folded_into: Option<u64>,
-    /// HLC time of the fold.
+    /// HLC time at which the actor moved the delta into its own counter entry, once it did.
     pub folded_at: Option<u64>,
 }
 
-/// One idempotent increment: its applications by actor.
+/// One idempotent increment: its applications, by actor and HLC time (an actor may apply one
+/// request again after the key's lifetime that held its first copy ended).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Once {
-    pub copies: BTreeMap<NodeId, Copy>,
+    pub copies: BTreeMap<(NodeId, u64), Copy>,
 }
 
 impl Once {
@@ -72,31 +81,34 @@ impl Once {
 
     /// Whether an actor has folded it (its delta then counts in that actor's entry).
     pub fn folded(&self) -> bool {
-        self.copies.values().any(|c| c.folded_into.is_some())
+        self.copies.values().any(|c| c.folded_at.is_some())
     }
 
-    /// The actor that folds it: the smallest that applied it.
-    pub fn folder(&self) -> Option<NodeId> {
-        self.copies.keys().next().copied()
+    /// The actors whose copies are folded.
+    pub fn folders(&self) -> BTreeSet<NodeId> {
+        self.copies.iter().filter(|(_, c)| c.folded_at.is_some()).map(|((a, _), _)| *a).collect()
     }
 
     /// The time of its newest application or fold.
     fn newest(&self) -> u64 {
-        self.copies.values().map(|c| c.at.max(c.folded_at.unwrap_or(0))).max().unwrap_or(0)
+        self.copies.iter().map(|((_, at), c)| (*at).max(c.folded_at.unwrap_or(0))).max().unwrap_or(0)
     }
 }
 
 /// Per actor, the HLC time up to which its copies count nothing (see the module docs).
 pub type Settled = BTreeMap<NodeId, u64>;
 
-fn is_settled(settled: &Settled, actor: NodeId, c: &Copy) -> bool {
-    settled.get(&actor).is_some_and(|&w| c.at <= w)
+fn is_settled(settled: &Settled, (actor, at): &(NodeId, u64)) -> bool {
+    settled.get(actor).is_some_and(|w| at <= w)
 }
 
 /// The idempotent increments of a counter (or of its delete's base), by request id.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Onces {
     entries: BTreeMap<RequestId, Once>,
+    /// For a base: HLC time of the newest delete that made it (merged by maximum). A pair is
+    /// dropped only once that delete is old, so no older base still holds it otherwise.
+    pub since: u64,
 }
 
 impl Onces {
@@ -118,9 +130,7 @@ impl Onces {
 
     /// Whether `id` counts by its own delta here: held, and no copy folded or settled.
     pub fn live(&self, id: RequestId, settled: &Settled) -> bool {
-        self.entries
-            .get(&id)
-            .is_some_and(|o| !o.folded() && !o.copies.iter().any(|(a, c)| is_settled(settled, *a, c)))
+        self.entries.get(&id).is_some_and(|o| !o.folded() && !o.copies.keys().any(|k| is_settled(settled, k)))
     }
 
     /// What `id` counts here besides the counter entries: its delta while it is live; once
@@ -129,7 +139,7 @@ impl Onces {
     /// own: the counter entries then hold it twice).
     pub fn counts(&self, id: RequestId, settled: &Settled) -> i128 {
         let Some(o) = self.entries.get(&id) else { return 0 };
-        let folded = o.copies.values().filter(|c| c.folded_into.is_some()).count() as i128;
+        let folded = o.folders().len() as i128;
         if folded > 0 {
             -(folded - 1) * i128::from(o.delta())
         } else if self.live(id, settled) {
@@ -147,14 +157,15 @@ impl Onces {
     /// Records an application of request `id` by `actor` at HLC time `at`.
     pub fn insert(&mut self, id: RequestId, delta: i64, at: u64, actor: NodeId) {
         let copies = &mut self.entries.entry(id).or_default().copies;
-        copies.entry(actor).or_insert(Copy { delta, at, folded_into: None, folded_at: None });
+        copies.entry((actor, at)).or_insert(Copy { delta, folded_at: None });
     }
 
-    /// Marks `actor`'s copy of `id` folded into its entry of `epoch`, at HLC time `at`.
-    pub fn mark_folded(&mut self, id: RequestId, actor: NodeId, epoch: u64, at: u64) {
-        if let Some(c) = self.entries.get_mut(&id).and_then(|o| o.copies.get_mut(&actor)) {
-            c.folded_into = Some(epoch);
-            c.folded_at = Some(at);
+    /// Marks `actor`'s copies of `id` folded at HLC time `at`.
+    pub fn mark_folded(&mut self, id: RequestId, actor: NodeId, at: u64) {
+        if let Some(o) = self.entries.get_mut(&id) {
+            for (_, c) in o.copies.range_mut((actor, 0)..=(actor, u64::MAX)) {
+                c.folded_at = Some(at);
+            }
         }
     }
 
@@ -165,7 +176,7 @@ impl Onces {
 
     /// Whether every copy of `id` here is settled (or there is none).
     pub fn all_settled(&self, id: RequestId, settled: &Settled) -> bool {
-        self.entries.get(&id).is_none_or(|o| o.copies.iter().all(|(a, c)| is_settled(settled, *a, c)))
+        self.entries.get(&id).is_none_or(|o| o.copies.keys().all(|k| is_settled(settled, k)))
     }
 
     /// Settled increments that may be forgotten: newest copy made, and fold done, before
@@ -176,8 +187,7 @@ impl Onces {
             .iter()
             .filter(|(id, o)| {
                 // An increment folded twice keeps its correction: never forgotten.
-                self.all_settled(**id, settled)
-                    && o.copies.values().filter(|c| c.folded_into.is_some()).count() <= 1
+                self.all_settled(**id, settled) && o.folders().len() <= 1
             })
             .map(|(id, o)| (o.newest(), *id))
             .collect();
@@ -194,7 +204,7 @@ impl Onces {
     /// increments left without any.
     pub fn retain_from(&mut self, time: u64) {
         self.entries.retain(|_, o| {
-            o.copies.retain(|_, c| c.at >= time);
+            o.copies.retain(|(_, at), _| *at >= time);
             !o.copies.is_empty()
         });
     }
@@ -202,14 +212,13 @@ impl Onces {
 
 impl Crdt for Onces {
     fn merge(&mut self, other: &Self) {
+        self.since = self.since.max(other.since);
         for (id, o) in &other.entries {
             let mine = &mut self.entries.entry(*id).or_default().copies;
             for (actor, c) in &o.copies {
                 match mine.get_mut(actor) {
                     Some(m) => {
                         m.delta = m.delta.max(c.delta);
-                        m.at = m.at.min(c.at);
-                        m.folded_into = min_some(m.folded_into, c.folded_into);
                         m.folded_at = min_some(m.folded_at, c.folded_at);
                     }
                     None => {
@@ -253,7 +262,7 @@ mod tests {
         assert_eq!(ab, ba);
         let none = Settled::new();
         assert_eq!(ab.value(&none), 3);
-        assert_eq!(ab.get(7).unwrap().folder(), Some(1));
+        assert_eq!(ab.get(7).unwrap().copies.len(), 2);
         let again = ab.clone();
         ab.merge(&again);
         assert_eq!(ab, again);
@@ -268,7 +277,7 @@ mod tests {
         let none = Settled::new();
         assert_eq!(o.value(&none), 7);
         let mut folded = o.clone();
-        folded.mark_folded(1, 2, 99, 30);
+        folded.mark_folded(1, 2, 30);
         assert_eq!(folded.value(&none), 4);
         // A stale copy merged in changes nothing.
         let mut stale = Onces::default();
@@ -293,7 +302,7 @@ mod tests {
         right.merge(&c);
         right.retain_from(50);
         assert_eq!(left, right);
-        assert_eq!(right.get(1).unwrap().folder(), Some(3));
+        assert_eq!(right.get(1).unwrap().copies.keys().copied().collect::<Vec<_>>(), vec![(3, 90)]);
     }
 
     #[test]

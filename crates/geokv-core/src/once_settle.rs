@@ -48,24 +48,22 @@ impl Record {
         self.forget(actor, Stamp::ntp_from_millis(now_ms.saturating_sub(once::REMEMBER_MS)));
     }
 
-    /// Folds into `actor`'s counter entry the increments it is the folder of, whose copy it
-    /// made before `before`, that count by id and that no delete observed (those cancel out
-    /// with the base's copy instead).
+    /// Folds into `actor`'s counter entry the increments it applied before `before` that still
+    /// count by id and that no delete observed (those cancel out with the base's copy instead).
     fn fold(&mut self, actor: u64, stamp: Stamp, before: u64) {
         let due: Vec<(RequestId, i64)> = self
             .onces
             .iter()
             .filter(|(id, o)| {
-                o.folder() == Some(actor)
-                    && o.copies[&actor].at < before
+                o.copies.keys().any(|(a, at)| *a == actor && *at < before)
                     && self.onces_base.get(**id).is_none()
                     && self.onces.live(**id, &self.settled)
             })
             .map(|(id, o)| (*id, o.delta()))
             .collect();
         for (id, delta) in due {
-            let epoch = self.counter.add(actor, delta, stamp.time, self.kind.marker.time);
-            self.onces.mark_folded(id, actor, epoch, stamp.time);
+            self.counter.add(actor, delta, stamp.time, self.kind.marker.time);
+            self.onces.mark_folded(id, actor, stamp.time);
         }
     }
 
@@ -80,10 +78,8 @@ impl Record {
         next.insert(actor, before);
         let mut upto = before;
         for (id, o) in self.onces.iter() {
-            let Some(at) = o.copies.get(&actor).map(|c| c.at).filter(|&at| at > current && at <= before)
-            else {
-                continue;
-            };
+            let mine = o.copies.keys().filter(|(a, at)| *a == actor && *at > current && *at <= before);
+            let Some(at) = mine.map(|(_, at)| *at).min() else { continue };
             let marks = self.marks(*id);
             let after = if std::ptr::eq(marks, &NO_MARKS) { marks } else { &next };
             if self.onces.counts(*id, marks) != self.onces.counts(*id, after) {
@@ -95,33 +91,32 @@ impl Record {
         }
     }
 
-    /// Forgets the counter's increments whose every copy counts no more, once the newest is
-    /// older than `before` (or beyond the newest `MAX_REMEMBERED`); and, by their folder only
-    /// (whose own state shows it never folded them), the pairs a delete observed that cancel
-    /// out, from the counter and the base together.
+    /// Forgets the counter's increments whose every copy counts no more, once the newest copy
+    /// or fold is older than `before` (or beyond the newest `MAX_REMEMBERED`); and the pairs a
+    /// delete observed that count the same on both sides, from the counter and the base
+    /// together: folded by the same actors, or applied by `actor` alone, whose own state shows
+    /// it never folded them.
     fn forget(&mut self, actor: u64, before: u64) {
-        let mut gone: BTreeSet<RequestId> = self
-            .onces
-            .forgettable(&self.settled, before)
-            .into_iter()
-            .filter(|id| self.onces_base.get(*id).is_none())
-            .collect();
-        let pairs: Vec<RequestId> = self
+        let done: BTreeSet<RequestId> = self.onces.forgettable(&self.settled, before).into_iter().collect();
+        let base_done: BTreeSet<RequestId> =
+            self.onces_base.forgettable(&self.settled, before).into_iter().collect();
+        let mut gone: BTreeSet<RequestId> =
+            done.iter().copied().filter(|id| self.onces_base.get(*id).is_none()).collect();
+        let pairs: BTreeSet<RequestId> = self
             .onces
             .iter()
             .filter(|(id, o)| {
                 let Some(base) = self.onces_base.get(**id) else { return false };
-                o.folder() == Some(actor)
-                    && !o.folded()
-                    && !base.folded()
-                    && self.onces.all_settled(**id, &self.settled)
-                    && self.onces_base.all_settled(**id, &self.settled)
-                    && o.copies.values().chain(base.copies.values()).all(|c| c.at < before)
+                let same = if o.folded() || base.folded() {
+                    o.folders() == base.folders() && o.folders().len() == 1
+                } else {
+                    o.copies.keys().chain(base.copies.keys()).all(|(a, _)| *a == actor)
+                };
+                same && done.contains(id) && base_done.contains(id) && self.onces_base.since < before
             })
             .map(|(id, _)| *id)
             .collect();
         if !pairs.is_empty() {
-            let pairs: BTreeSet<RequestId> = pairs.into_iter().collect();
             self.onces_base.forget(&pairs);
             gone.extend(pairs);
         }

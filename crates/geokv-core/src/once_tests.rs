@@ -85,10 +85,11 @@ fn entries_fold_into_their_actor_after_a_minute_and_are_forgotten_after_the_wind
     let mut all = [a, b];
     exchange(&mut all);
     let [mut a, mut b] = all;
-    // b is not the smallest actor of request 7: it folds only its own request 8.
+    // Each actor folds its own copies: b folds request 7 (its copy) and 8; so does a, for 7,
+    // and the request, folded twice, counts once.
     let later = NOW + FOLD_AFTER_MS + 100;
     b.run(&Op::Increment { delta: 1, ttl_ms: None }, later).unwrap();
-    assert!(!b.rec.onces.get(7).unwrap().folded());
+    assert_eq!(b.rec.onces.get(7).unwrap().folders(), std::collections::BTreeSet::from([2]));
     assert!(b.rec.onces.get(8).unwrap().folded());
     a.run(&Op::Increment { delta: 1, ttl_ms: None }, later).unwrap();
     assert!(a.rec.onces.get(7).unwrap().folded());
@@ -96,11 +97,12 @@ fn entries_fold_into_their_actor_after_a_minute_and_are_forgotten_after_the_wind
     exchange(&mut all);
     assert_eq!(all.iter().map(|r| r.value(later)).collect::<Vec<_>>(), vec![Some(5); 2]);
     // Inside the window a retry is still recognised; once the window has passed since the
-    // folds, the ids are gone and the value stays.
+    // folds, request 8 is gone; request 7, folded by both, stays (with its correction), and
+    // the value stays.
     assert_eq!(all[0].run(&once(5, 7), later), Ok(OpOutcome::Counter { value: 5 }));
     let gone = later + REMEMBER_MS + 100;
     all[1].run(&Op::Increment { delta: 1, ttl_ms: None }, gone).unwrap();
-    assert!(all[1].rec.onces.is_empty(), "{:?}", all[1].rec.onces);
+    assert!(all[1].rec.onces.get(8).is_none() && all[1].rec.onces.len() == 1, "{:?}", all[1].rec.onces);
     exchange(&mut all);
     assert_eq!(all.iter().map(|r| r.value(gone)).collect::<Vec<_>>(), vec![Some(6); 2]);
 }
@@ -126,6 +128,45 @@ fn a_delete_resets_observed_idempotent_increments_and_keeps_unobserved_ones() {
     a.run(&Op::Increment { delta: 1, ttl_ms: None }, gone).unwrap();
     b.rec.merge(&a.rec);
     assert_eq!((a.value(gone), b.value(gone)), (Some(4), Some(4)));
+}
+
+#[test]
+fn ids_folded_before_a_delete_are_still_forgotten_from_both_sides() {
+    let mut a = Replica::new(1);
+    a.run(&once(5, 1), NOW).unwrap();
+    let fold = NOW + FOLD_AFTER_MS + 10;
+    a.run(&Op::Increment { delta: 1, ttl_ms: None }, fold).unwrap();
+    assert!(a.rec.onces.get(1).unwrap().folded());
+    a.run(&Op::Delete, fold + 1).unwrap();
+    assert!(a.rec.onces_base.get(1).is_some());
+    // The next write starts a new lifetime (the key was deleted), which keeps the pair for
+    // another window; the write after that drops it.
+    let restart = fold + REMEMBER_MS + 10;
+    a.run(&Op::Increment { delta: 2, ttl_ms: None }, restart).unwrap();
+    let gone = restart + REMEMBER_MS + 10;
+    a.run(&Op::Increment { delta: 1, ttl_ms: None }, gone).unwrap();
+    assert!(a.rec.onces.is_empty() && a.rec.onces_base.is_empty(), "{:?}", a.rec);
+    assert_eq!(a.value(gone), Some(3));
+}
+
+#[test]
+fn a_node_that_never_writes_again_does_not_hold_back_the_others() {
+    let (mut a, mut b) = (Replica::new(1), Replica::new(2));
+    a.run(&once(5, 1), NOW).unwrap();
+    b.run(&once(5, 1), NOW).unwrap();
+    a.rec.merge(&b.rec);
+    // Only a writes from now on: it folds its own copy, and its later requests are folded and
+    // forgotten in their turn although b's copy of request 1 is never folded.
+    let fold = NOW + FOLD_AFTER_MS + 10;
+    a.run(&once(2, 2), fold).unwrap();
+    assert!(a.rec.onces.get(1).unwrap().folded());
+    a.run(&Op::Increment { delta: 1, ttl_ms: None }, fold + FOLD_AFTER_MS + 10).unwrap();
+    assert!(a.rec.onces.get(2).unwrap().folded());
+    let gone = fold + FOLD_AFTER_MS + REMEMBER_MS + 100;
+    a.run(&Op::Increment { delta: 1, ttl_ms: None }, gone).unwrap();
+    assert!(a.rec.onces.get(2).is_none(), "request 2 is forgotten: {:?}", a.rec.onces);
+    a.rec.merge(&b.rec);
+    assert_eq!(a.value(gone), Some(9));
 }
 
 #[test]

@@ -290,7 +290,10 @@ impl Record {
     /// Whether this record holds anything a format before version 3 cannot hold (idempotent
     /// increments).
     pub fn needs_v3(&self) -> bool {
-        !self.onces.is_empty() || !self.onces_base.is_empty() || !self.settled.is_empty()
+        !self.onces.is_empty()
+            || !self.onces_base.is_empty()
+            || self.onces_base.since != 0
+            || !self.settled.is_empty()
     }
 
     /// What a client sees at `now_ms`: `None` for an absent, deleted or expired key.
@@ -314,6 +317,9 @@ impl Record {
         assign(&mut self.expiry, None, stamp);
         self.counter_base = self.counter.clone();
         self.onces_base = self.onces.clone();
+        if !self.onces.is_empty() {
+            self.onces_base.since = stamp.time;
+        }
         self.set.clear();
     }
 }

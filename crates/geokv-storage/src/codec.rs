@@ -1,8 +1,8 @@
 //! The on-disk encoding of a key's state.
 //!
 //! ```text
-//! byte 0      format version (3, or 2 for a record without idempotent increments; 1 is
-//!             still read)
+//! byte 0      format version (3, or 2 for a record that never held idempotent increments;
+//!             1 is still read)
 //! byte 1      flags: bit 0 = payload is zstd-compressed
 //! bytes 2..6  CRC-32 (IEEE) of bytes 0..2 and the payload, little-endian
 //! bytes 6..   payload: postcard encoding of `geokv_core::Record`, maybe compressed

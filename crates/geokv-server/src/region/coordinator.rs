@@ -64,7 +64,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CoordinatorError> {
 
 /// What a command carried out in the background reports back to its coordinator.
 enum Event {
-    Fetched(NodeId, Result<Option<Record>, PeerError>),
+    /// A replica's state (boxed: a record is far larger than the other events).
+    Fetched(NodeId, Box<Result<Option<Record>, PeerError>>),
     Sent(NodeId, Result<(), PeerError>),
 }
 
@@ -154,7 +155,7 @@ impl Cluster {
             }
             let Some(event) = rx.recv().await else { return };
             queue.extend(match event {
-                Event::Fetched(node, r) => machine.on_fetched(node, r),
+                Event::Fetched(node, r) => machine.on_fetched(node, *r),
                 Event::Sent(node, r) => machine.on_sent(node, r),
             });
         }
@@ -187,7 +188,7 @@ impl Cluster {
         let task = async move {
             match cmd {
                 Command::Fetch { node, writer } => {
-                    let _ = tx.send(Event::Fetched(node, this.fetch(node, key, writer).await));
+                    let _ = tx.send(Event::Fetched(node, Box::new(this.fetch(node, key, writer).await)));
                 }
                 Command::Repair { node, state } => this.repair(node, key, state).await,
                 Command::Send { target, state, ship } => {
@@ -379,6 +380,7 @@ impl Cluster {
             }
             match rx.recv().await {
                 Some(Event::Fetched(node, r)) => {
+                    let r = *r;
                     if let Err(PeerError::Answered(f)) = &r {
                         if f.kind == geokv_protocol::Kind::DataLoss {
                             tracing::warn!(node, key = %String::from_utf8_lossy(&key), "a replica holds a corrupt state; repairing it from the others");

@@ -114,6 +114,24 @@ fn counters_must_end_between_acknowledged_and_attempted() {
 }
 
 #[test]
+fn the_attempts_of_an_increment_with_a_request_id_count_once() {
+    let once = |d, id| Action::IncrementOnce { delta: d, id };
+    let h = vec![
+        // Request 1: unknown twice, then acknowledged: counts 5 exactly once.
+        ev("a", once(5, 1), (0, 1), Outcome::Unknown("t".into())),
+        ev("b", once(5, 1), (1, 2), Outcome::Unknown("t".into())),
+        ev("a", once(5, 1), (2, 3), ok(1, None)),
+        // Request 2: only unknown attempts: 0 or 3, once.
+        ev("a", once(3, 2), (0, 1), Outcome::Unknown("t".into())),
+        ev("b", once(3, 2), (1, 2), Outcome::Unknown("t".into())),
+    ];
+    for (value, pass) in [(5, true), (8, true), (10, false), (11, false), (4, false)] {
+        let f = finals(&[("a", Observed::Counter(value), 2), ("b", Observed::Counter(value), 2)]);
+        assert_eq!(check(&h, &f, &regions()).passed(), pass, "value {value}");
+    }
+}
+
+#[test]
 fn sets_keep_every_acknowledged_add_and_nothing_else() {
     let add = |m: &str| Action::SetAdd { member: m.into() };
     let set = |ms: &[&str]| Observed::Set(ms.iter().map(|m| m.as_bytes().to_vec()).collect());

@@ -24,7 +24,8 @@ pub(crate) enum Machine {
     Write(WriteCoordinator),
     Read(ReadCoordinator),
     Forward(Forwarder),
-    Replicate(ReplicateRound),
+    /// Boxed: a round holds a whole record.
+    Replicate(Box<ReplicateRound>),
 }
 
 /// What a job's coordinator answers.
@@ -152,7 +153,7 @@ impl Node {
         let (round, cmds) = ReplicateRound::start(&replicas, Level::Quorum, state, false);
         let cmds = cmds.into_iter().map(|c| c.map_answer(|()| Out::Replicated)).collect();
         let job = Job {
-            machine: Machine::Replicate(round),
+            machine: Machine::Replicate(Box::new(round)),
             key,
             action: None,
             level: Level::Quorum,
