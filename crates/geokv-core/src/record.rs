@@ -292,6 +292,7 @@ impl Record {
     pub fn needs_v3(&self) -> bool {
         !self.onces.is_empty()
             || !self.onces_base.is_empty()
+            || self.onces.since != 0
             || self.onces_base.since != 0
             || !self.settled.is_empty()
     }
