@@ -27,10 +27,11 @@
 //! A delete copies the increments it observed into the base (as it copies the counter): there
 //! they count by id, and so do the counter's copies of them, watermarks or not, so the pair
 //! cancels out. An observed increment is never folded after the delete. The pair is dropped
-//! from both sides once it is [`REMEMBER_MS`] old (since its copies or its fold) and counts
-//! the same on both: folded by the same actors before the delete, or applied by one actor only,
-//! the one dropping it, whose own state shows it never folded it. Property tests (`once_tests.rs`) check that this upkeep never
-//! changes the value of a state, alone or merged with any other, however stale.
+//! from both sides once it and the delete are [`REMEMBER_MS`] old and it counts the same on
+//! both: folded by the same one actor before the delete, or applied by one actor only, the one
+//! dropping it, whose own state shows it never folded it. Property tests (`once_tests.rs`)
+//! check that this upkeep never changes the value of a state, alone or merged with any other,
+//! however stale.
 //!
 //! What this assumes: (1) a retry comes within [`REMEMBER_MS`] of its first attempt; (2) the
 //! states carrying two attempts of one request meet, and a delete reaches the increment's
@@ -82,6 +83,20 @@ impl Once {
     /// Whether an actor has folded it (its delta then counts in that actor's entry).
     pub fn folded(&self) -> bool {
         self.copies.values().any(|c| c.folded_at.is_some())
+    }
+
+    /// How many actors folded it (copies are keyed by actor first, so a run of one actor's
+    /// copies is counted once; no allocation on the read path).
+    pub fn folded_actors(&self) -> usize {
+        let mut last = None;
+        let mut n = 0;
+        for ((actor, _), c) in &self.copies {
+            if c.folded_at.is_some() && last != Some(*actor) {
+                n += 1;
+                last = Some(*actor);
+            }
+        }
+        n
     }
 
     /// The actors whose copies are folded.
@@ -139,7 +154,7 @@ impl Onces {
     /// own: the counter entries then hold it twice).
     pub fn counts(&self, id: RequestId, settled: &Settled) -> i128 {
         let Some(o) = self.entries.get(&id) else { return 0 };
-        let folded = o.folders().len() as i128;
+        let folded = o.folded_actors() as i128;
         if folded > 0 {
             -(folded - 1) * i128::from(o.delta())
         } else if self.live(id, settled) {
@@ -187,7 +202,7 @@ impl Onces {
             .iter()
             .filter(|(id, o)| {
                 // An increment folded twice keeps its correction: never forgotten.
-                self.all_settled(**id, settled) && o.folders().len() <= 1
+                self.all_settled(**id, settled) && o.folded_actors() <= 1
             })
             .map(|(id, o)| (o.newest(), *id))
             .collect();
