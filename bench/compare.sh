@@ -274,7 +274,7 @@ gbench regions_put_steady --consistency quorum bench --endpoints "$EPS" --worklo
 gbench regions_put_paced --consistency quorum bench --endpoints "$EPS" --workload update --distribution uniform \
   --records "$RECORDS" --no-load --rate "$PACED_RATE" --lag-endpoint "${NODES[3]}" --repl-peers "$EU_PEERS"
 memory regions_memory
-LINK_MS=$("$BIN" --json repl-status --peer "${PEERS[0]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print([x for x in d["destinations"] if x["destination"]=="us-east"][0]["link"]["delay_ms"])')
+LINK_MS=$("$BIN" --json admin repl-status --peer "${PEERS[0]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); print([x for x in d["destinations"] if x["destination"]=="us-east"][0]["link"]["delay_ms"])')
 
 # ---------------------------------------------------------------- report
 mkdir -p "$(dirname "$OUT")"

@@ -63,8 +63,10 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     // What they do not grant is refused and changes nothing.
     let denied = |what: &str, r: Result<(), geokv_client::ClientError>, says: &str| {
         let err = r.expect_err(what);
-        assert_eq!(err.code(), Some(Code::PermissionDenied), "{what}: {err}");
+        assert_eq!(err.code(), Some(geokv_client::Code::PermissionDenied), "{what}: {err}");
         assert!(err.to_string().contains(says), "{what}: the message says {says:?}: {err}");
+        let reason = err.reason().unwrap_or_else(|| panic!("{what}: no ErrorInfo reason: {err:?}"));
+        assert!(["NOT_GRANTED", "NOT_ADMIN", "UNKNOWN_PRINCIPAL"].contains(&reason), "{what}: {reason}");
     };
     denied(
         "a read-only token writing",
@@ -96,7 +98,7 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     denied("a certificate with no roles", stranger.get(b"app/x").await.map(drop), "grants read");
     // A client naming another principal in the header nodes forward with gains nothing: only
     // a node certificate's request is taken as on behalf of someone.
-    let mut raw_reader = reader.raw();
+    let mut raw_reader = geokv_client::grpc::kv(&reader);
     let mut as_admin = tonic::Request::new(pb::PutRequest {
         key: b"other/x".to_vec(),
         value: b"evil".to_vec(),
@@ -120,8 +122,9 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     assert_eq!(metrics("not-a-token"), "401");
     let unknown = Client::connect_with(&endpoint, &with_token("not-a-token")).await.unwrap();
     let err = unknown.get(b"app/x").await.expect_err("an unknown token");
-    assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
+    assert_eq!(err.code(), Some(geokv_client::Code::Unauthenticated), "{err}");
     assert!(err.to_string().contains("token is not valid"), "{err}");
+    assert_eq!(err.reason(), Some("BAD_TOKEN"), "{err:?}");
     assert!(rejections(&cluster, us, "not_granted") >= 6);
     assert!(rejections(&cluster, us, "bad_token") >= 1);
     assert_eq!(register(&admin, b"app/x").await.as_deref(), Some(&b"v1"[..]));
@@ -141,7 +144,7 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     // eu-west's end on its own: a node certificate acting for a principal gets that principal's
     // grants, and acting for no one gets nothing.
     let as_node = cluster.peer_security(2);
-    let channel = geokv_client::channel(&cluster.nodes[eu].endpoint(), &as_node).await.unwrap();
+    let channel = geokv_client::grpc::channel(&cluster.nodes[eu].endpoint(), &as_node).await.unwrap();
     let mut raw = pb::kv_client::KvClient::new(channel);
     let put = |principal: Option<&str>| {
         let mut req = tonic::Request::new(pb::PutRequest {
@@ -167,7 +170,7 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
         destination: "eu-west".into(),
         link: Some(pb::LinkSettings { delay_ms: 0, jitter_ms: 0, loss: 0.0, cut }),
     };
-    let mut as_reader = geokv_client::admin(&endpoint, &with_token(READER_TOKEN)).await.unwrap();
+    let mut as_reader = geokv_client::grpc::admin(&endpoint, &with_token(READER_TOKEN)).await.unwrap();
     let err = as_reader.set_link(cut(true)).await.expect_err("the reader may not change links");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("admin = true"), "{}", err.message());
@@ -176,7 +179,7 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
         .await
         .expect_err("nor read the deployment status");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let mut as_admin = geokv_client::admin(&endpoint, &cluster.client_security()).await.unwrap();
+    let mut as_admin = geokv_client::grpc::admin(&endpoint, &cluster.client_security()).await.unwrap();
     let link = |s: pb::ReplicationStatusResponse| {
         s.destinations.iter().find(|d| d.destination == "eu-west").and_then(|d| d.link).map(|l| l.cut)
     };
@@ -188,7 +191,7 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     as_admin.set_link(cut(false)).await.unwrap();
     // The CLI reaches the Admin service the same way, with the client's certificate.
     let out = Command::new(BIN)
-        .args(["--json", "--endpoint", &endpoint, "repl-status"])
+        .args(["--json", "--endpoint", &endpoint, "admin", "repl-status"])
         .args(["--ca", &ca.display().to_string()])
         .args(["--cert", &cluster.client_security().cert.unwrap().display().to_string()])
         .args(["--key", &cluster.client_security().key.unwrap().display().to_string()])
@@ -196,7 +199,7 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(BIN)
-        .args(["--endpoint", &endpoint, "repl-status"])
+        .args(["--endpoint", &endpoint, "admin", "repl-status"])
         .args(["--ca", &ca.display().to_string()])
         .env("GEOKV_TOKEN", READER_TOKEN)
         .output()

@@ -278,7 +278,7 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
     // At ALL a scan refuses to answer with a node missing.
     let all = cluster.client(0).await.with_consistency(proto::Consistency::All);
     let err = all.scan_page(&ScanOptions::default(), vec![]).await.unwrap_err();
-    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert_eq!(err.code(), Some(geokv_client::Code::Unavailable), "{err}");
 
     // Operators see the lost node through `geokv peer-stats`.
     let seen_down = wait_until(Duration::from_secs(30), || async {
@@ -329,4 +329,40 @@ async fn a_region_whose_topology_names_nodes_by_host_name_serves_quorums_and_fin
     for i in 0..100 {
         assert!(reader.get(format!("named-{i}").as_bytes()).await.unwrap().is_some(), "named-{i} at ALL");
     }
+}
+
+/// A TTL change (Expire, Persist) sent through a replica that missed the key's write still
+/// finds the key (the coordinator reads a quorum first), and reaches every replica with the
+/// value kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_change_through_a_replica_that_missed_the_write_reaches_every_replica() {
+    let mut cluster = TestCluster::start_region(3, 3, "");
+    cluster.nodes[2].kill9();
+    let first = quorum(cluster.client(0).await);
+    first.put(b"session", b"token", Some(Duration::from_secs(3600))).await.unwrap();
+    first.increment(b"visits", 7, None).await.unwrap();
+    cluster.nodes[2].restart();
+    let late = quorum(cluster.client(2).await);
+    let persisted = late.expire(b"session", None).await.unwrap();
+    assert!(persisted.existed && persisted.ttl_remaining_ms.is_none(), "{persisted:?}");
+    let expiring = late.expire(b"visits", Some(Duration::from_secs(600))).await.unwrap();
+    assert!(expiring.existed && expiring.ttl_remaining_ms.is_some(), "{expiring:?}");
+    let settled = || async {
+        for i in 0..3 {
+            let Some(states) = cluster.replica_states(i, &[b"session", b"visits"]).await else {
+                return false;
+            };
+            let now = now_ms();
+            let [Some(session), Some(visits)] = [&states[0], &states[1]] else { return false };
+            if session.view(now) != Some(View::Register(b"token".to_vec()))
+                || session.ttl_remaining_ms(now).is_some()
+                || visits.view(now) != Some(View::Counter(7))
+                || !visits.ttl_remaining_ms(now).is_some_and(|t| t > 500_000)
+            {
+                return false;
+            }
+        }
+        true
+    };
+    assert!(wait_until(Duration::from_secs(30), settled).await, "every replica holds both changes");
 }

@@ -122,7 +122,7 @@ async fn a_partitioned_node_fails_quorum_writes_while_the_majority_writes_and_al
     for i in 0..5 {
         let key = format!("minority-{i}");
         let err = one.put(key.as_bytes(), b"m", None).await.unwrap_err();
-        assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+        assert_eq!(err.code(), Some(geokv_client::Code::Unavailable), "{err}");
         // The coordinator reads the key before it writes; that read fails, so nothing is
         // stored anywhere (the message says so).
         assert!(err.to_string().contains("nothing was written"), "{err}");
@@ -173,7 +173,7 @@ async fn a_one_way_cut_fails_the_cut_off_nodes_writes_and_its_peers_calls_are_se
     // Node 1 cannot send to 2 and 3; they can send to it.
     cluster.inject_faults(0, partition(&[2, 3])).await.unwrap();
     let err = one.put(b"from-one", b"x", None).await.unwrap_err();
-    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert_eq!(err.code(), Some(geokv_client::Code::Unavailable), "{err}");
     assert!(err.to_string().contains("nothing was written"), "{err}");
     put_until_acked(&two, b"from-two", b"y").await;
 
@@ -345,7 +345,7 @@ async fn a_per_call_timeout_bounds_a_slow_node_and_failover_goes_past_it() {
     // The call's own deadline, not the channel's 30 s: node 1 commits nothing for 5 s.
     let started = Instant::now();
     let e = c.clone().with_timeout(Duration::from_millis(500)).put(b"slow", b"v", None).await.unwrap_err();
-    assert_eq!(e.code(), Some(tonic::Code::DeadlineExceeded), "{e}");
+    assert_eq!(e.code(), Some(geokv_client::Code::DeadlineExceeded), "{e}");
     assert!(started.elapsed() < Duration::from_secs(3), "the 500 ms deadline took {:?}", started.elapsed());
     // A failover client starting at the slow node: its attempt ends at the deadline and the
     // next node coordinates (its quorum is itself and node 3).

@@ -335,7 +335,7 @@ fn observed(entry: Option<pb::Entry>) -> (Option<Stamp>, Observed) {
 
 /// A refusal before anything was written is certain; anything else may have been applied.
 fn outcome_of_error(e: &ClientError) -> Outcome {
-    use tonic::Code;
+    use geokv_client::Code;
     match e.code() {
         Some(
             Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::ResourceExhausted,

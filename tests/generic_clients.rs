@@ -76,6 +76,65 @@ fn cli_commands_round_trip_with_human_and_json_output() {
     assert!(!success && err.contains("cannot connect"), "{err}");
 }
 
+/// One addressing scheme: `--endpoints` (or `GEOKV_ENDPOINTS`) lists nodes, and a command goes
+/// to the first that answers; a write that must not run twice goes on only when it certainly
+/// reached no node.
+#[test]
+fn cli_endpoints_go_on_to_the_next_node_and_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(dir.path(), "");
+    let ep = s.endpoint();
+    // Port 1: nothing listens there.
+    let dead = "http://127.0.0.1:1";
+    let list = format!("{dead},{ep}");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.env_remove("GEOKV_ENDPOINTS").env_remove("GEOKV_ENDPOINT");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.args(args).output().expect("run geokv CLI");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    };
+    let ok = |env: &[(&str, &str)], args: &[&str]| {
+        let (code, out, err) = run(env, args);
+        assert_eq!(code, 0, "geokv {args:?} with {env:?}: {err}");
+        out
+    };
+    assert!(ok(&[], &["--endpoints", &list, "put", "k", "v"]).starts_with("OK"));
+    assert_eq!(ok(&[], &["--endpoints", &list, "append", "k", "w"]).trim(), "length 2");
+    assert_eq!(ok(&[], &["--endpoints", &list, "incr", "n", "2"]).trim(), "2");
+    let cas = ok(&[], &["--endpoints", &list, "cas", "fresh", "x", "--if-absent"]);
+    assert!(cas.starts_with("OK"), "{cas}");
+    let batch = dir.path().join("ops.jsonl");
+    std::fs::write(&batch, "{\"op\":\"append\",\"key\":\"k\",\"value\":\"z\"}\n").unwrap();
+    ok(&[], &["--endpoints", &list, "batch", "--file", batch.to_str().unwrap()]);
+    assert!(ok(&[("GEOKV_ENDPOINTS", &list)], &["get", "k"]).contains("\"vwz\""), "appended once each");
+    // The variable of earlier releases still works; a flag wins over the environment.
+    assert!(ok(&[("GEOKV_ENDPOINT", &ep)], &["get", "k"]).contains("\"vwz\""));
+    assert!(ok(&[("GEOKV_ENDPOINTS", dead)], &["--endpoints", &ep, "get", "k"]).contains("\"vwz\""));
+    // The node-level commands live under `admin`, apart from the data commands.
+    let help = ok(&[], &["admin", "--help"]);
+    for cmd in ["peer-stats", "leave", "cleanup", "repl-status", "link"] {
+        assert!(help.contains(cmd), "geokv admin --help lists {cmd}: {help}");
+    }
+    let (code, _, err) = run(&[], &["peer-stats"]);
+    assert_eq!(code, 2, "peer-stats is an admin command now: {err}");
+    // With no node up: exit 5, naming the node it could not reach.
+    let (code, _, err) = run(&[("GEOKV_ENDPOINTS", dead)], &["append", "k", "x"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("cannot connect to http://127.0.0.1:1"), "{err}");
+    // A batch item's error carries its reason.
+    std::fs::write(&batch, "{\"op\":\"incr\",\"key\":\"k\"}\n").unwrap();
+    let (code, out, _) =
+        run(&[], &["--endpoints", &ep, "--json", "batch", "--file", batch.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let item: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(item["error"]["reason"], "WRONG_TYPE", "{out}");
+    assert_eq!(item["error"]["code"], "FailedPrecondition", "{out}");
+}
+
 #[test]
 fn a_malformed_config_file_stops_the_server_with_the_field_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();

@@ -184,6 +184,18 @@ fn internal_requests_of_this_version_still_read() {
         postcard::from_bytes::<Vec<OpOutcome>>(&golden("outcomes-v1.postcard", &encoded)).unwrap(),
         outcomes
     );
+    // Expire and its outcome: variants after the others (whose encodings are pinned above).
+    let expire = (
+        Op::Expire { ttl_ms: Some(30_000) },
+        Op::Expire { ttl_ms: None },
+        OpOutcome::Expired { existed: true },
+    );
+    let encoded = postcard::to_allocvec(&expire).unwrap();
+    same("op-expire-v1.postcard", &encoded);
+    assert_eq!(
+        postcard::from_bytes::<(Op, Op, OpOutcome)>(&golden("op-expire-v1.postcard", &encoded)).unwrap(),
+        expire
+    );
     // Gossip identities (foca members, postcard).
     let member = geokv_cluster::MemberInfo {
         id: 3,

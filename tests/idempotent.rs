@@ -98,7 +98,7 @@ async fn a_retry_racing_its_first_attempt_counts_once_and_ids_are_checked() {
         first.clone().with_timeout(Duration::from_millis(300)).increment_once(b"raced", 5, None, id).await;
     assert_eq!(
         lost.as_ref().err().and_then(ClientError::code),
-        Some(tonic::Code::DeadlineExceeded),
+        Some(geokv_client::Code::DeadlineExceeded),
         "{lost:?}"
     );
     let second = cluster.client(1).await.with_consistency(proto::Consistency::Quorum);
@@ -111,8 +111,8 @@ async fn a_retry_racing_its_first_attempt_counts_once_and_ids_are_checked() {
 
     // The same id with another delta is refused, and so is an id that is not 16 bytes.
     let e = second.increment_once(b"raced", 4, None, id).await.unwrap_err();
-    assert_eq!(e.code(), Some(tonic::Code::FailedPrecondition), "{e}");
-    assert_eq!(e.reason().as_deref(), Some("REQUEST_ID_REUSED"), "{e}");
+    assert_eq!(e.code(), Some(geokv_client::Code::FailedPrecondition), "{e}");
+    assert_eq!(e.reason(), Some("REQUEST_ID_REUSED"), "{e}");
     let mut raw = proto::kv_client::KvClient::connect(cluster.nodes[1].endpoint()).await.unwrap();
     let bad = proto::IncrementRequest {
         key: b"raced".to_vec(),

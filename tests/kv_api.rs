@@ -6,10 +6,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use geokv_client::Code;
 use geokv_client::{op, proto, Client, ScanOptions};
 use proto::value::Kind;
 use support::{wait_until, ServerProcess};
-use tonic::Code;
 
 fn register(e: &Option<proto::Entry>) -> Option<Vec<u8>> {
     match e.as_ref()?.value.as_ref()?.kind.as_ref()? {
@@ -118,10 +118,10 @@ async fn compare_and_swap_succeeds_on_the_version_read_and_conflicts_otherwise()
     let absent = c.compare_and_swap(b"free", v, b"x", None).await.unwrap();
     assert!(!absent.succeeded && absent.current.is_none());
     // No condition at all is a client error.
-    let mut raw = c.raw();
+    let mut raw = geokv_client::grpc::kv(&c);
     let req =
         proto::CompareAndSwapRequest { key: b"lock".to_vec(), value: b"x".to_vec(), ..Default::default() };
-    assert_eq!(raw.compare_and_swap(req).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(raw.compare_and_swap(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -157,6 +157,44 @@ async fn ttl_expires_keys_and_reports_time_left() {
     assert_eq!(c.increment(b"tc", 0, None).await.unwrap().value, 1);
 }
 
+/// `Expire` gives a key of any type a TTL or takes it away (PERSIST), keeping its value; an
+/// absent key stays absent.
+#[tokio::test]
+async fn expire_and_persist_change_only_a_keys_ttl() {
+    let (_d, s, c) = server().await;
+    let minute = Some(Duration::from_secs(60));
+    assert!(!c.expire(b"e", minute).await.unwrap().existed);
+    assert_eq!(c.get(b"e").await.unwrap(), None, "an absent key stays absent");
+    c.set_add(b"e", vec![b"m".to_vec()], None).await.unwrap();
+    let r = c.expire(b"e", minute).await.unwrap();
+    assert!(r.existed && r.ttl_remaining_ms.is_some_and(|t| t <= 60_000), "{r:?}");
+    let got = c.get(b"e").await.unwrap().unwrap();
+    assert!(got.ttl_remaining_ms.is_some_and(|t| t > 50_000), "{got:?}");
+    assert_eq!(c.set_members(b"e").await.unwrap().members, vec![b"m".to_vec()]);
+    let r = c.expire(b"e", None).await.unwrap();
+    assert!(r.existed && r.ttl_remaining_ms.is_none(), "{r:?}");
+    // A put with a TTL, made to expire sooner, goes; the persisted set stays.
+    c.put(b"short", b"v", Some(Duration::from_secs(3600))).await.unwrap();
+    c.expire(b"short", Some(Duration::from_millis(300))).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async { c.get(b"short").await.unwrap().is_none() }).await,
+        "the key expires at its new deadline"
+    );
+    assert!(!c.expire(b"short", None).await.unwrap().existed, "an expired key is not brought back");
+    // In a batch too; a zero TTL is refused.
+    let r = c.batch_write(vec![op::put(b"b", b"v", None), op::expire(b"b", minute)]).await.unwrap();
+    assert!(matches!(&r[1].outcome, Some(proto::write_result::Outcome::Expire(e)) if e.existed), "{r:?}");
+    let (code, msg) = code(c.expire(b"e", Some(Duration::ZERO)).await);
+    assert_eq!(code, Code::InvalidArgument, "{msg}");
+    // What changed survives a restart.
+    let mut s = s;
+    s.restart();
+    let c = s.client().await;
+    assert_eq!(c.get(b"e").await.unwrap().unwrap().ttl_remaining_ms, None);
+    assert_eq!(c.get(b"short").await.unwrap(), None);
+    assert!(c.get(b"b").await.unwrap().unwrap().ttl_remaining_ms.is_some());
+}
+
 #[tokio::test]
 async fn batches_give_each_item_its_own_result() {
     let (_d, _s, c) = server().await;
@@ -175,7 +213,7 @@ async fn batches_give_each_item_its_own_result() {
     assert_eq!(results.len(), 8);
     use proto::write_result::Outcome;
     let err_code = |r: &proto::WriteResult| match &r.outcome {
-        Some(Outcome::Error(e)) => Some(Code::from(e.code)),
+        Some(Outcome::Error(e)) => Some(Code::from_i32(e.code)),
         _ => None,
     };
     assert_eq!(err_code(&results[0]), None);
@@ -236,15 +274,17 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
     expect(code(c.scan_page(&other_prefix, vec![1, b'a']).await), Code::InvalidArgument, &["prefix"]);
 
     // Unknown enum values and oversized messages, sent raw.
-    let mut raw = c.raw();
+    let mut raw = geokv_client::grpc::kv(&c);
     let req = proto::GetRequest { key: b"keep".to_vec(), consistency: 42 };
     let st = raw.get(req).await.unwrap_err();
-    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(st.code(), tonic::Code::InvalidArgument);
     assert!(st.message().contains("consistency 42"), "{}", st.message());
     let huge =
         proto::PutRequest { key: b"keep".to_vec(), value: vec![0; 2 * 1024 * 1024], ..Default::default() };
     let st = raw.put(huge).await.unwrap_err();
-    assert_eq!(st.code(), Code::OutOfRange, "{st:?}");
+    assert_eq!(st.code(), tonic::Code::OutOfRange, "{st:?}");
+    // The gRPC library's own refusal carries an ErrorInfo too (its code's name).
+    assert_eq!(geokv_client::grpc::status_of(&st).reason(), Some("OUT_OF_RANGE"), "{st:?}");
 
     assert_eq!(register(&c.get(b"keep").await.unwrap()), Some(b"safe".to_vec()), "stored data unharmed");
 }
@@ -311,7 +351,7 @@ async fn errors_carry_a_stable_reason_in_the_domain_geokv_io() {
     c.put(b"reg", b"x", None).await.unwrap();
     c.increment(b"n", i64::MAX, None).await.unwrap();
     fn reason<T: std::fmt::Debug>(r: Result<T, geokv_client::ClientError>) -> Option<String> {
-        r.unwrap_err().reason()
+        r.unwrap_err().reason().map(String::from)
     }
     assert_eq!(reason(c.increment(b"reg", 1, None).await).as_deref(), Some("WRONG_TYPE"));
     assert_eq!(reason(c.increment(b"n", 1, None).await).as_deref(), Some("COUNTER_OVERFLOW"));

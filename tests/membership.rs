@@ -89,7 +89,7 @@ async fn assert_all_readable(client: &Client, expected: &BTreeMap<Vec<u8>, Vec<u
                     match all.get(&k).await {
                         Ok(e) => break e,
                         Err(geokv_client::ClientError::Status(s))
-                            if s.code() == tonic::Code::Unavailable
+                            if s.code() == geokv_client::Code::Unavailable
                                 && std::time::Instant::now() < deadline =>
                         {
                             tokio::time::sleep(Duration::from_millis(50)).await
@@ -152,7 +152,7 @@ async fn a_node_joins_under_load_streams_in_its_ranges_and_loses_no_acknowledged
     let held_before = held_by(&cluster, 0, &not_mine).await;
     assert!(held_before > 0);
     let out = std::process::Command::new(support::BIN)
-        .args(["--json", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
+        .args(["--json", "admin", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
@@ -176,7 +176,7 @@ async fn a_node_leaves_under_load_and_every_key_keeps_its_replicas() {
     let writer = spawn_writer(client.clone(), "live-", stop.clone(), acked.clone());
     assert!(wait_until(Duration::from_secs(30), || async { acked.lock().unwrap().len() >= 100 }).await);
     let out = std::process::Command::new(support::BIN)
-        .args(["--json", "leave", "--peer", &cluster.peer_addrs[2].to_string()])
+        .args(["--json", "admin", "leave", "--peer", &cluster.peer_addrs[2].to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "leave: {}", String::from_utf8_lossy(&out.stderr));
@@ -209,7 +209,7 @@ async fn a_node_leaves_under_load_and_every_key_keeps_its_replicas() {
     assert_all_readable(&cluster.client(1).await, &expected).await;
     // Leaving below the replication factor is refused.
     let out = std::process::Command::new(support::BIN)
-        .args(["leave", "--peer", &cluster.peer_addrs[0].to_string()])
+        .args(["admin", "leave", "--peer", &cluster.peer_addrs[0].to_string()])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -241,7 +241,7 @@ async fn a_cleanup_keeps_the_copies_no_home_replica_took() {
     assert!(held > 0, "node 1 holds copies of keys it no longer replicates");
     let cleanup = || {
         std::process::Command::new(support::BIN)
-            .args(["--json", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
+            .args(["--json", "admin", "cleanup", "--peer", &cluster.peer_addrs[0].to_string()])
             .output()
             .unwrap()
     };

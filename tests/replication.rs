@@ -171,7 +171,7 @@ async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_
     cluster.nodes[0].kill9();
     // Through the CLI, as an operator would.
     let out = std::process::Command::new(support::BIN)
-        .args(["--json", "link", "--peer", &cluster.peer_addrs[1].to_string(), "--to", "us-east"])
+        .args(["--json", "admin", "link", "--peer", &cluster.peer_addrs[1].to_string(), "--to", "us-east"])
         .args(["--cut", "false", "--delay-ms", "5"])
         .output()
         .unwrap();
@@ -192,7 +192,7 @@ async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_
     assert!(arrived, "every acknowledged write reached us-east");
     let caught_up = wait_until(Duration::from_secs(30), || async {
         let out = std::process::Command::new(support::BIN)
-            .args(["--json", "repl-status", "--peer", &cluster.peer_addrs[1].to_string()])
+            .args(["--json", "admin", "repl-status", "--peer", &cluster.peer_addrs[1].to_string()])
             .output()
             .unwrap();
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -201,7 +201,16 @@ async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_
     .await;
     assert!(caught_up, "geokv repl-status shows the destination caught up");
     let out = std::process::Command::new(support::BIN)
-        .args(["link", "--peer", &cluster.peer_addrs[1].to_string(), "--to", "mars", "--cut", "true"])
+        .args([
+            "admin",
+            "link",
+            "--peer",
+            &cluster.peer_addrs[1].to_string(),
+            "--to",
+            "mars",
+            "--cut",
+            "true",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

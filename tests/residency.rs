@@ -294,11 +294,11 @@ async fn eu_only_keys_written_through_every_region_never_reach_other_regions_dis
     // Reject mode: refused outside the EU, with the rule and the allowed regions named.
     let strict = key("eu:strict:", 0);
     let err = via_us.put(&strict, b"no", None).await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(err.code(), Some(geokv_client::Code::FailedPrecondition), "{err}");
     assert!(err.to_string().contains("eu-strict") && err.to_string().contains("eu-west"), "{err}");
-    assert_eq!(err.reason().as_deref(), Some("RESIDENCY_REFUSED"), "{err}");
+    assert_eq!(err.reason(), Some("RESIDENCY_REFUSED"), "{err}");
     let err = via_ap.get(&strict).await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(err.code(), Some(geokv_client::Code::FailedPrecondition), "{err}");
     let results = via_us
         .batch_write(vec![op::put(&strict, b"no", None), op::put(&key("global:x:", 0), b"ok", None)])
         .await

@@ -63,10 +63,12 @@ async fn bad_client_credentials_are_refused_with_a_status_and_change_nothing() {
             .unwrap_or_else(|e| panic!("{what}: the connection itself is accepted, to be answered: {e}"));
         let c = c.with_consistency(proto::Consistency::One);
         let err = c.put(b"guarded", b"evil", None).await.expect_err(what);
-        assert_eq!(err.code(), Some(code), "{what}: {err}");
+        let code = Some(geokv_client::Code::from_i32(code as i32));
+        assert_eq!(err.code(), code, "{what}: {err}");
         assert!(err.to_string().contains(says), "{what}: the message says {says:?}: {err}");
+        assert_eq!(err.reason(), Some(reason.to_ascii_uppercase().as_str()), "{what}: the ErrorInfo reason");
         let err = c.get(b"guarded").await.expect_err(what);
-        assert_eq!(err.code(), Some(code), "{what}: a read is refused too: {err}");
+        assert_eq!(err.code(), code, "{what}: a read is refused too: {err}");
         assert!(rejections(&cluster, 0, reason) >= before + 2, "{what}: counted under reason {reason}");
         assert_eq!(register(&good, b"guarded").await.as_deref(), Some(&b"v0"[..]), "{what} changed the key");
     }
@@ -228,7 +230,7 @@ async fn only_the_nodes_of_the_topology_may_call_the_peer_port() {
     for (what, endpoint, security, claim, code, says, reason) in cases {
         let before = rejections(&cluster, 0, reason);
         let channel =
-            geokv_client::channel(&endpoint, &security).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            geokv_client::grpc::channel(&endpoint, &security).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         let mut c = pb::cluster_client::ClusterClient::new(channel);
         let err = c.merge(claiming(overwrite(&state), claim)).await.expect_err(what);
         assert_eq!(err.code(), code, "{what}: {err:?}");
@@ -256,7 +258,7 @@ async fn only_the_nodes_of_the_topology_may_call_the_peer_port() {
     // for the credentials, not the request.
     let req = claiming(overwrite(&state), Some(2));
     let mut as_node_2 = pb::cluster_client::ClusterClient::new(
-        geokv_client::channel(&peer, &cluster.peer_security(2)).await.unwrap(),
+        geokv_client::grpc::channel(&peer, &cluster.peer_security(2)).await.unwrap(),
     );
     as_node_2.merge(req).await.expect("node 2 may merge on node 1");
 }
@@ -345,7 +347,7 @@ async fn a_rotated_ca_and_node_certificate_take_effect_on_sighup_while_requests_
     );
     let c = Client::connect_with(&endpoint, &new_client).await.unwrap();
     let err = c.put(b"k", b"v", None).await.expect_err("a certificate of the next CA, before the rotation");
-    assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
+    assert_eq!(err.code(), Some(geokv_client::Code::Unauthenticated), "{err}");
 
     // Writes on an established connection all through the rotation.
     let writer = cluster.client(0).await;
@@ -430,8 +432,9 @@ async fn a_replication_batch_must_name_the_node_whose_certificate_sends_it() {
     };
     let (payload, _) = batch.encode(3);
     let msg = pb::ReplicationBatch { payload, last_seq: 1, residency_version: 0, format: 1 };
-    let channel =
-        geokv_client::channel(&cluster.peer_addrs[1].to_string(), &cluster.peer_security(1)).await.unwrap();
+    let channel = geokv_client::grpc::channel(&cluster.peer_addrs[1].to_string(), &cluster.peer_security(1))
+        .await
+        .unwrap();
     let mut as_eu = pb::cluster_client::ClusterClient::new(channel);
     let mut acks = as_eu.replicate(futures::stream::iter(vec![msg])).await.unwrap().into_inner();
     let ack = acks.message().await.unwrap().expect("an acknowledgement");

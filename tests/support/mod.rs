@@ -558,7 +558,7 @@ impl TestCluster {
     pub fn member_field(&self, i: usize, id: u64, field: &str) -> String {
         let peer = self.peer_addrs[i].to_string();
         let out = Command::new(BIN)
-            .args(["--json", "peer-stats", "--peer", &peer])
+            .args(["--json", "admin", "peer-stats", "--peer", &peer])
             .args(self.peer_cli_args(i))
             .output()
             .unwrap();

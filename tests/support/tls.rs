@@ -45,7 +45,8 @@ impl TestCluster {
     > {
         let as_node = if i == 0 { 2 } else { 1 };
         let channel =
-            geokv_client::channel(&self.peer_addrs[i].to_string(), &self.peer_security(as_node)).await?;
+            geokv_client::grpc::channel(&self.peer_addrs[i].to_string(), &self.peer_security(as_node))
+                .await?;
         Ok(geokv_proto::v1::cluster_client::ClusterClient::new(channel))
     }
 

@@ -233,6 +233,11 @@ class Op:
     def set_remove(key: Bytes, members: Iterable[Bytes]) -> "pb.WriteOp":
         return pb.WriteOp(set_remove=pb.BatchSetRemove(key=_b(key), members=[_b(m, "member") for m in members]))
 
+    @staticmethod
+    def expire(key: Bytes, ttl_ms: Optional[int]) -> "pb.WriteOp":
+        """A TTL for the key (None: no TTL), its value kept."""
+        return pb.WriteOp(expire=pb.BatchExpire(key=_b(key), ttl_ms=ttl_ms))
+
 
 def _target(endpoint: str) -> tuple[str, bool]:
     """host:port and whether TLS is asked for (https://)."""
@@ -397,6 +402,17 @@ class Client:
         r = self._call("Delete", pb.DeleteRequest(key=_b(key), consistency=self._level), idempotent=True)
         return r.existed
 
+    def expire(self, key: Bytes, ttl_ms: Optional[int]) -> bool:
+        """Gives the key (of any type) a TTL in milliseconds, or with None takes its TTL away,
+        keeping its value; whether the key existed (an absent key stays absent)."""
+        r = self._call("Expire", pb.ExpireRequest(key=_b(key), ttl_ms=ttl_ms, consistency=self._level),
+                       idempotent=True)
+        return r.existed
+
+    def persist(self, key: Bytes) -> bool:
+        """Takes the key's TTL away (`expire(key, None)`); whether the key existed."""
+        return self.expire(key, None)
+
     def increment(self, key: Bytes, delta: int = 1, *, ttl_ms: Optional[int] = None,
                   request_id: Optional[bytes] = None) -> int:
         """Adds `delta` to a counter; its new value. The increment carries `request_id` (a new
@@ -455,7 +471,10 @@ class Client:
         out = []
         for res in r.results:
             if res.WhichOneof("outcome") == "error":
-                out.append(GeokvError(grpc.StatusCode(_code(res.error.code)), res.error.message, self.current))
+                err = res.error
+                retry = err.retry_after_ms / 1000 if err.HasField("retry_after_ms") else None
+                out.append(GeokvError(grpc.StatusCode(_code(err.code)), err.message, self.current,
+                                      reason=err.reason or None, retry_after=retry))
             else:
                 out.append(res)
         return out

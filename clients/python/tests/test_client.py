@@ -55,6 +55,21 @@ class Operations(unittest.TestCase):
         self.assertIsNone(self.db.get(k))
         self.assertFalse(self.db.delete(k))
 
+    def test_expire_and_persist_change_only_the_ttl(self):
+        c = key("ttl-counter")
+        self.assertFalse(self.db.expire(c, 60_000), "an absent key stays absent")
+        self.assertIsNone(self.db.get(c))
+        self.db.increment(c, 4)
+        self.assertTrue(self.db.expire(c, 60_000))
+        e = self.db.get(c)
+        self.assertEqual(e.value, 4)
+        self.assertTrue(50_000 < e.ttl_remaining_ms <= 60_000, e.ttl_remaining_ms)
+        self.assertTrue(self.db.persist(c))
+        self.assertIsNone(self.db.get(c).ttl_remaining_ms)
+        [r] = self.db.batch_write([g.Op.expire(c, 30_000)])
+        self.assertTrue(r.expire.existed)
+        self.assertTrue(self.db.get(c).ttl_remaining_ms <= 30_000)
+
     def test_str_keys_and_values_are_utf8(self):
         k = key("ключ")
         self.db.put(k.decode(), "värde")
@@ -125,6 +140,7 @@ class Operations(unittest.TestCase):
         self.assertEqual(results[0].increment.value, 2)
         self.assertIsInstance(results[1], g.GeokvError)
         self.assertEqual(results[1].code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertEqual(results[1].reason, "WRONG_TYPE")
         self.assertEqual(results[2].set_change.size, 1)
 
 

@@ -4,16 +4,19 @@
 //! (UNAVAILABLE: not enough replicas reachable from it), the request goes to the next node, then around again after a pause,
 //! until [`Failover::with_patience`] runs out.
 //!
-//! Reads are retried; so are puts, deletes and set adds and removes, at least once: a retry of
+//! Reads are retried; so are puts, deletes, set adds and removes and TTL changes, at least once: a retry of
 //! one that was applied before its answer was lost applies it again, which leaves the same
 //! value unless another client wrote the key in between (then the retry wins). An increment
 //! carries a request id chosen once for all its attempts ([`Client::increment_once`]), so it
-//! is retried like a put and counts once however many of its attempts were applied.
+//! is retried like a put and counts once however many of its attempts were applied. Appends,
+//! compare-and-swaps and batches go to another node only when they were certainly not applied
+//! (connecting failed, or the coordinator said so): a second attempt of one that was applied
+//! would apply it again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{proto, Client, ClientError, Result, Security};
+use crate::{proto, Client, ClientError, Code, Result, Security};
 
 /// How long a request keeps trying other nodes by default.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(10);
@@ -33,10 +36,7 @@ pub struct Failover {
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. } => true,
-        ClientError::Status(s) => {
-            let transport = std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
-            s.code() == tonic::Code::Unavailable || transport
-        }
+        ClientError::Status(s) => s.code() == Code::Unavailable || s.connection_lost(),
         _ => false,
     }
 }
@@ -44,7 +44,14 @@ fn retryable(e: &ClientError) -> bool {
 /// Whether a failed request that may run twice (a read, a put, a delete, a set change) goes
 /// to the next node: as [`retryable`], or its deadline passed (the node may hang).
 fn repeatable(e: &ClientError) -> bool {
-    retryable(e) || e.code() == Some(tonic::Code::DeadlineExceeded)
+    retryable(e) || e.code() == Some(Code::DeadlineExceeded)
+}
+
+/// Whether a failed request that must not run twice (an append, a compare-and-swap, a batch)
+/// may go to the next node: only when it was certainly not applied (it reached no node, or its
+/// coordinator said nothing was written).
+fn not_applied(e: &ClientError) -> bool {
+    matches!(e, ClientError::Connect { .. }) || e.status().is_some_and(crate::Status::not_applied)
 }
 
 impl Failover {
@@ -59,7 +66,7 @@ impl Failover {
         }
         let nodes = endpoints
             .iter()
-            .map(|e| Ok((e.clone(), Client::over(crate::lazy_channel(e, security)?, security)?)))
+            .map(|e| Ok((e.clone(), Client::over(crate::grpc::lazy_channel(e, security)?, security)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Failover {
             nodes: std::sync::Arc::new(nodes),
@@ -84,7 +91,7 @@ impl Failover {
         self
     }
 
-    /// How long a request keeps trying other nodes.
+    /// How long a request keeps going around the nodes (each is tried at least once).
     pub fn with_patience(mut self, patience: Duration) -> Self {
         self.patience = patience;
         self
@@ -135,18 +142,30 @@ impl Failover {
                 Err(e) if retryable(&e) && !may_retry(&e) => {
                     // The node is not usable: the next request starts at the next one.
                     self.current.store((i + 1) % n, Ordering::Relaxed);
-                    return Err(e);
+                    return Err(self.named(i, e));
                 }
-                Err(e) if may_retry(&e) && Instant::now() < deadline => {
+                // Every node is tried once, then again while patience lasts.
+                Err(e) if may_retry(&e) && (attempt + 1 < n || Instant::now() < deadline) => {
                     self.current.store((i + 1) % n, Ordering::Relaxed);
                     if (attempt + 1) % n == 0 {
                         tokio::time::sleep(ROUND_PAUSE).await;
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.named(i, e)),
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// A failure to connect to node `i` (the channels connect when a request needs them) as
+    /// the error that names it.
+    fn named(&self, i: usize, e: ClientError) -> ClientError {
+        match &e {
+            ClientError::Status(s) if s.not_sent() => {
+                ClientError::Connect { endpoint: self.nodes[i].0.clone(), message: s.message().to_string() }
+            }
+            _ => e,
+        }
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<proto::Entry>> {
@@ -190,6 +209,11 @@ impl Failover {
         .await
     }
 
+    /// See [`Client::expire`]; sent again like a put.
+    pub async fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<proto::ExpireResponse> {
+        self.run(|c| async move { c.expire(key, ttl).await }).await
+    }
+
     pub async fn set_members(&self, key: &[u8]) -> Result<proto::SetMembersResponse> {
         self.run(|c| async move { c.set_members(key).await }).await
     }
@@ -202,8 +226,83 @@ impl Failover {
         delta: i64,
         ttl: Option<Duration>,
     ) -> Result<proto::IncrementResponse> {
-        let id = crate::new_request_id();
+        self.increment_once(key, delta, ttl, crate::new_request_id()).await
+    }
+
+    /// [`Client::increment_once`] with the caller's request id (to go on retrying after this
+    /// call gave up, with the same id).
+    pub async fn increment_once(
+        &self,
+        key: &[u8],
+        delta: i64,
+        ttl: Option<Duration>,
+        id: crate::RequestId,
+    ) -> Result<proto::IncrementResponse> {
         self.run(|c| async move { c.increment_once(key, delta, ttl, id).await }).await
+    }
+
+    /// An append, sent to another node only when it was certainly not applied (see
+    /// [`crate::Status::not_applied`]): a second attempt of one that was would append twice.
+    pub async fn append(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<proto::AppendResponse> {
+        self.run_if(not_applied, |c| async move { c.append(key, value, ttl).await }).await
+    }
+
+    /// A compare-and-swap, sent to another node only when it was certainly not applied (a
+    /// retry of one that was would find its own version and fail).
+    pub async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<proto::Version>,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<proto::CompareAndSwapResponse> {
+        self.run_if(not_applied, |c| {
+            let expected = expected.clone();
+            async move { c.compare_and_swap(key, expected, value, ttl).await }
+        })
+        .await
+    }
+
+    /// A batch, sent to another node only when it was certainly not applied (it may hold
+    /// appends and increments without ids).
+    pub async fn batch_write(&self, ops: Vec<proto::WriteOp>) -> Result<Vec<proto::WriteResult>> {
+        self.run_if(not_applied, |c| {
+            let ops = ops.clone();
+            async move { c.batch_write(ops).await }
+        })
+        .await
+    }
+
+    /// One page of a scan (see [`Client::scan_page`]); a page token works on any node.
+    pub async fn scan_page(
+        &self,
+        opts: &crate::ScanOptions,
+        page_token: Vec<u8>,
+    ) -> Result<proto::ScanResponse> {
+        self.run(|c| {
+            let token = page_token.clone();
+            async move { c.scan_page(opts, token).await }
+        })
+        .await
+    }
+
+    /// Every entry of a scan, following pages to the end, each page on any node.
+    pub async fn scan_all(&self, opts: &crate::ScanOptions) -> Result<Vec<proto::Entry>> {
+        let mut all = Vec::new();
+        let mut token = Vec::new();
+        loop {
+            let page = self.scan_page(opts, token).await?;
+            all.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
     }
 }
 
@@ -213,12 +312,15 @@ mod tests {
 
     #[test]
     fn only_unavailable_and_connection_failures_are_retried() {
-        assert!(retryable(&ClientError::Status(tonic::Status::unavailable("draining"))));
+        assert!(retryable(&ClientError::from_grpc(tonic::Status::unavailable("draining"))));
         assert!(retryable(&ClientError::Connect { endpoint: "x".into(), message: "refused".into() }));
-        assert!(!retryable(&ClientError::Status(tonic::Status::invalid_argument("bad key"))));
-        assert!(!retryable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
+        assert!(!retryable(&ClientError::from_grpc(tonic::Status::invalid_argument("bad key"))));
+        assert!(!retryable(&ClientError::from_grpc(tonic::Status::deadline_exceeded("slow"))));
+        // An append goes on only when it certainly reached no node.
+        assert!(not_applied(&ClientError::Connect { endpoint: "x".into(), message: "refused".into() }));
+        assert!(!not_applied(&ClientError::from_grpc(tonic::Status::unavailable("draining"))));
         // ... but a read or a put whose node did not answer in time goes to the next one.
-        assert!(repeatable(&ClientError::Status(tonic::Status::deadline_exceeded("slow"))));
+        assert!(repeatable(&ClientError::from_grpc(tonic::Status::deadline_exceeded("slow"))));
     }
 
     #[tokio::test]
@@ -234,13 +336,21 @@ mod tests {
             Failover::connect(&ends, &Security::none()).unwrap().with_patience(Duration::from_millis(300));
         let started = Instant::now();
         let e = f.get(b"k").await.unwrap_err();
-        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+        assert!(matches!(&e, ClientError::Connect { endpoint, .. } if ends.contains(endpoint)), "{e:?}");
         assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
         assert!(Failover::connect(&[], &Security::none()).is_err());
         // An increment (with its request id) goes around the same way.
         let started = Instant::now();
         let e = f.increment(b"c", 1, None).await.unwrap_err();
-        assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
         assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
+        // So does an append: connecting failed, so no node has it.
+        let started = Instant::now();
+        let e = f.append(b"a", b"x", None).await.unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "it kept trying for its patience");
+        // Without patience, each node is still tried once.
+        let f = f.with_patience(Duration::ZERO);
+        assert!(matches!(f.get(b"k").await.unwrap_err(), ClientError::Connect { .. }));
     }
 }

@@ -12,65 +12,23 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod error;
 mod failover;
+pub mod grpc;
 mod watch;
 
 /// The README's example, compiled as a doctest so it stays true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+pub use error::{ClientError, Code, FieldViolation, Result, Status, ERROR_DOMAIN};
 pub use failover::Failover;
 pub use geokv_proto::v1 as proto;
+use grpc::Transport;
 use proto::kv_client::KvClient;
 use proto::Consistency;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 pub use watch::{FailoverWatcher, Watcher};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid endpoint {endpoint:?}: {message}")]
-    Endpoint { endpoint: String, message: String },
-    #[error("cannot connect to {endpoint}: {message}")]
-    Connect { endpoint: String, message: String },
-    #[error("TLS settings: {0}")]
-    Tls(String),
-    #[error("{:?}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
-}
-
-impl ClientError {
-    /// The stable name of the cause a node gave (`google.rpc.ErrorInfo.reason` of domain
-    /// `geokv.io`: `WRONG_TYPE`, `TOO_LARGE`, `QUORUM_NOT_REACHED`, ...; docs/api.md, "Error
-    /// details"). Match on this rather than on messages.
-    pub fn reason(&self) -> Option<String> {
-        use tonic_types::StatusExt;
-        match self {
-            ClientError::Status(s) => {
-                s.get_details_error_info().filter(|i| i.domain == "geokv.io").map(|i| i.reason)
-            }
-            _ => None,
-        }
-    }
-
-    /// How long the node suggests waiting before trying again (`google.rpc.RetryInfo`).
-    pub fn retry_after(&self) -> Option<Duration> {
-        use tonic_types::StatusExt;
-        match self {
-            ClientError::Status(s) => s.get_details_retry_info().and_then(|r| r.retry_delay),
-            _ => None,
-        }
-    }
-
-    /// The gRPC status code, when the server answered.
-    pub fn code(&self) -> Option<tonic::Code> {
-        match self {
-            ClientError::Status(s) => Some(s.code()),
-            _ => None,
-        }
-    }
-}
-
-pub type Result<T> = std::result::Result<T, ClientError>;
 
 /// The id of one logical increment, the same in every attempt of it
 /// ([`Client::increment_once`]).
@@ -125,25 +83,6 @@ pub struct Security {
     pub token: Option<String>,
 }
 
-/// Adds the bearer token, if any, to every request.
-#[derive(Clone, Debug, Default)]
-pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut req: tonic::Request<()>,
-    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// The client's transport: a channel, with the bearer token on every request.
-pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
-
 impl Security {
     /// Plaintext.
     pub fn none() -> Self {
@@ -162,8 +101,8 @@ impl Security {
         self
     }
 
-    fn bearer(&self) -> Result<Bearer> {
-        let Some(token) = &self.token else { return Ok(Bearer(None)) };
+    fn bearer(&self) -> Result<grpc::Bearer> {
+        let Some(token) = &self.token else { return Ok(grpc::Bearer(None)) };
         if self.ca.is_none() {
             return Err(ClientError::Tls(
                 "a token is only sent over TLS: give the deployment CA too (--ca or GEOKV_CA)".into(),
@@ -172,7 +111,7 @@ impl Security {
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Tls("the token holds characters a header cannot carry".into()))?;
-        Ok(Bearer(Some(value)))
+        Ok(grpc::Bearer(Some(value)))
     }
 
     fn client_tls(&self) -> Result<Option<std::sync::Arc<geokv_tls::client::ClientTls>>> {
@@ -204,93 +143,6 @@ impl Security {
     }
 }
 
-/// A channel to `endpoint` (`host:port`, `http://host:port` or `https://host:port`) with
-/// `security`, connected before it is returned; every request on it has [`REQUEST_DEADLINE`].
-pub async fn channel(endpoint: &str, security: &Security) -> Result<Channel> {
-    channel_with_deadline(endpoint, security, REQUEST_DEADLINE).await
-}
-
-/// [`channel`] whose requests have `deadline` (operations that take long by nature: a
-/// node's backup checkpoint).
-pub async fn channel_with_deadline(
-    endpoint: &str,
-    security: &Security,
-    deadline: Duration,
-) -> Result<Channel> {
-    let (ep, tls, shown) = endpoint_of(endpoint, security, deadline)?;
-    let connected = match tls {
-        None => ep.connect().await,
-        Some(tls) => ep.connect_with_connector(tls.connector(security.server_name.clone())).await,
-    };
-    connected.map_err(|e| ClientError::Connect { endpoint: shown, message: describe(&e) })
-}
-
-/// A channel to `endpoint` that connects on its first request (and again after the
-/// connection breaks): a node that is down now is not an error until a request needs it.
-pub fn lazy_channel(endpoint: &str, security: &Security) -> Result<Channel> {
-    let (ep, tls, _) = endpoint_of(endpoint, security, REQUEST_DEADLINE)?;
-    Ok(match tls {
-        None => ep.connect_lazy(),
-        Some(tls) => ep.connect_with_connector_lazy(tls.connector(security.server_name.clone())),
-    })
-}
-
-/// The tonic endpoint for `endpoint`, its TLS settings, and how to name it in errors.
-fn endpoint_of(
-    endpoint: &str,
-    security: &Security,
-    deadline: Duration,
-) -> Result<(Endpoint, Option<std::sync::Arc<geokv_tls::client::ClientTls>>, String)> {
-    let tls = security.client_tls()?;
-    let bare = endpoint.trim_start_matches("http://").trim_start_matches("https://");
-    if endpoint.starts_with("https://") && tls.is_none() {
-        return Err(ClientError::Tls(format!(
-            "{endpoint} is a TLS endpoint: give the deployment CA (--ca or GEOKV_CA)"
-        )));
-    }
-    let uri = format!("http://{bare}");
-    let shown = if tls.is_some() { format!("https://{bare}") } else { uri.clone() };
-    let ep = Endpoint::from_shared(uri)
-        .map_err(|e| ClientError::Endpoint { endpoint: endpoint.into(), message: e.to_string() })?
-        .connect_timeout(deadline.min(Duration::from_secs(5)))
-        .timeout(deadline)
-        .tcp_nodelay(true);
-    Ok((ep, tls, shown))
-}
-
-/// A client of the Admin service at `endpoint` (operating the deployment: status, links,
-/// residency, leave, cleanup), with `security`'s credentials.
-pub async fn admin(
-    endpoint: &str,
-    security: &Security,
-) -> Result<proto::admin_client::AdminClient<Transport>> {
-    admin_with_deadline(endpoint, security, REQUEST_DEADLINE).await
-}
-
-/// [`admin`] whose requests have `deadline`.
-pub async fn admin_with_deadline(
-    endpoint: &str,
-    security: &Security,
-    deadline: Duration,
-) -> Result<proto::admin_client::AdminClient<Transport>> {
-    let bearer = security.bearer()?;
-    let channel = channel_with_deadline(endpoint, security, deadline).await?;
-    Ok(proto::admin_client::AdminClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(256 * 1024 * 1024))
-}
-
-/// A transport error with its causes, which say what failed (refused, bad certificate, ...).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 impl Client {
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:7400`; `http://` is added if missing),
     /// plaintext.
@@ -309,7 +161,7 @@ impl Client {
         security: &Security,
         deadline: Duration,
     ) -> Result<Self> {
-        let channel = channel_with_deadline(endpoint, security, deadline).await?;
+        let channel = grpc::channel_with_deadline(endpoint, security, deadline).await?;
         Self::over(channel, security)
     }
 
@@ -342,9 +194,11 @@ impl Client {
     /// `grpc-timeout` with CANCELLED).
     async fn timed<T>(
         &self,
-        call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
-    ) -> std::result::Result<T, tonic::Status> {
-        let Some(t) = self.timeout else { return call.await };
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        let Some(t) = self.timeout else {
+            return call.await.map(tonic::Response::into_inner).map_err(ClientError::from_grpc);
+        };
         let started = std::time::Instant::now();
         match tokio::time::timeout(t, call).await {
             // tonic's answer to an expired grpc-timeout; any other cancellation is passed on.
@@ -357,10 +211,13 @@ impl Client {
                     s.message()
                 ));
                 *late.metadata_mut() = s.metadata().clone();
-                Err(late)
+                Err(ClientError::from_grpc(late))
             }
-            Ok(answer) => answer,
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {t:?}"))),
+            Ok(answer) => answer.map(tonic::Response::into_inner).map_err(ClientError::from_grpc),
+            Err(_) => Err(ClientError::Status(Status::new(
+                Code::DeadlineExceeded,
+                format!("no answer within {t:?}"),
+            ))),
         }
     }
 
@@ -373,8 +230,8 @@ impl Client {
         r
     }
 
-    /// The generated stub, for requests this wrapper does not shape (tests of bad input).
-    pub fn raw(&self) -> KvClient<Transport> {
+    /// The generated stub ([`grpc::kv`]).
+    pub(crate) fn stub(&self) -> KvClient<Transport> {
         self.inner.clone()
     }
 
@@ -384,7 +241,7 @@ impl Client {
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<proto::Entry>> {
         let req = proto::GetRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.timed(self.raw().get(self.request(req))).await?.into_inner().entry)
+        Ok(self.timed(self.stub().get(self.request(req))).await?.entry)
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<proto::PutResponse> {
@@ -394,12 +251,12 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.timed(self.raw().put(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().put(self.request(req))).await?)
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<proto::DeleteResponse> {
         let req = proto::DeleteRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.timed(self.raw().delete(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().delete(self.request(req))).await?)
     }
 
     pub async fn increment(
@@ -452,7 +309,7 @@ impl Client {
             ttl_ms: ttl_ms(ttl),
             request_id,
         };
-        Ok(self.timed(self.raw().increment(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().increment(self.request(req))).await?)
     }
 
     pub async fn append(
@@ -467,7 +324,7 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.timed(self.raw().append(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().append(self.request(req))).await?)
     }
 
     pub async fn set_add(
@@ -478,17 +335,24 @@ impl Client {
     ) -> Result<proto::SetChangeResponse> {
         let req =
             proto::SetAddRequest { key: key.to_vec(), members, consistency: self.c(), ttl_ms: ttl_ms(ttl) };
-        Ok(self.timed(self.raw().set_add(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().set_add(self.request(req))).await?)
     }
 
     pub async fn set_remove(&self, key: &[u8], members: Vec<Vec<u8>>) -> Result<proto::SetChangeResponse> {
         let req = proto::SetRemoveRequest { key: key.to_vec(), members, consistency: self.c() };
-        Ok(self.timed(self.raw().set_remove(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().set_remove(self.request(req))).await?)
+    }
+
+    /// Gives `key` (of any type) a TTL, or with `None` takes its TTL away (Redis PERSIST),
+    /// keeping its value; `existed` is false, and nothing changes, when the key is absent.
+    pub async fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<proto::ExpireResponse> {
+        let req = proto::ExpireRequest { key: key.to_vec(), ttl_ms: ttl_ms(ttl), consistency: self.c() };
+        Ok(self.timed(self.stub().expire(self.request(req))).await?)
     }
 
     pub async fn set_members(&self, key: &[u8]) -> Result<proto::SetMembersResponse> {
         let req = proto::SetMembersRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.timed(self.raw().set_members(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().set_members(self.request(req))).await?)
     }
 
     /// Sets `key` to `value` if its version is `expected` (`None`: if it is absent).
@@ -511,15 +375,14 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.timed(self.raw().compare_and_swap(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().compare_and_swap(self.request(req))).await?)
     }
 
     pub async fn batch_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<proto::Entry>>> {
         let req = proto::BatchGetRequest { keys, consistency: self.c() };
         Ok(self
-            .timed(self.raw().batch_get(self.request(req)))
+            .timed(self.stub().batch_get(self.request(req)))
             .await?
-            .into_inner()
             .results
             .into_iter()
             .map(|r| r.entry)
@@ -528,7 +391,7 @@ impl Client {
 
     pub async fn batch_write(&self, ops: Vec<proto::WriteOp>) -> Result<Vec<proto::WriteResult>> {
         let req = proto::BatchWriteRequest { ops, consistency: self.c() };
-        Ok(self.timed(self.raw().batch_write(self.request(req))).await?.into_inner().results)
+        Ok(self.timed(self.stub().batch_write(self.request(req))).await?.results)
     }
 
     /// One page of a scan; pass the returned token back to continue (empty: done).
@@ -541,7 +404,7 @@ impl Client {
             keys_only: opts.keys_only,
             consistency: self.c(),
         };
-        Ok(self.timed(self.raw().scan(self.request(req))).await?.into_inner())
+        Ok(self.timed(self.stub().scan(self.request(req))).await?)
     }
 
     /// Every entry of a scan, following pages to the end.
@@ -605,5 +468,9 @@ pub mod op {
     }
     pub fn set_remove(key: &[u8], members: Vec<Vec<u8>>) -> proto::WriteOp {
         w(Op::SetRemove(proto::BatchSetRemove { key: key.to_vec(), members }))
+    }
+    /// A TTL for the key (`None`: no TTL), its value kept.
+    pub fn expire(key: &[u8], ttl: Option<Duration>) -> proto::WriteOp {
+        w(Op::Expire(proto::BatchExpire { key: key.to_vec(), ttl_ms: ttl_ms(ttl) }))
     }
 }

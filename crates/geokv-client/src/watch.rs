@@ -32,7 +32,7 @@ impl Watcher {
     /// nor in progress responses) and the revision after them. A node that shuts down ends
     /// the stream with UNAVAILABLE; `None`: the stream ended without a status.
     pub async fn next(&mut self) -> Result<Option<proto::WatchResponse>> {
-        let response = self.stream.message().await?;
+        let response = self.stream.message().await.map_err(ClientError::from_grpc)?;
         if let Some(r) = &response {
             if !r.revision.is_empty() {
                 self.revision = r.revision.clone();
@@ -54,7 +54,7 @@ impl Client {
     pub async fn watch(&self, prefix: &[u8], after: Option<Vec<u8>>) -> Result<Watcher> {
         let revision = after.unwrap_or_default();
         let req = proto::WatchRequest { prefix: prefix.to_vec(), revision: revision.clone() };
-        let stream = self.timed(self.inner.clone().watch(req)).await?.into_inner();
+        let stream = self.timed(self.inner.clone().watch(req)).await?;
         Ok(Watcher { stream, revision })
     }
 }
@@ -62,7 +62,7 @@ impl Client {
 /// Whether a failed watch stream may be opened again elsewhere: any failure but the ones that
 /// would fail again (bad input, a trimmed revision, missing grants).
 fn reopenable(e: &ClientError) -> bool {
-    use tonic::Code::*;
+    use crate::Code::*;
     match e {
         ClientError::Status(s) => !matches!(
             s.code(),
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_stream_is_opened_again_unless_the_error_would_come_back() {
-        let s = |st: tonic::Status| ClientError::Status(st);
+        let s = ClientError::from_grpc;
         assert!(reopenable(&s(tonic::Status::unavailable("gone"))));
         assert!(reopenable(&s(tonic::Status::unknown("h2 protocol error"))));
         assert!(reopenable(&s(tonic::Status::internal("stream reset"))));

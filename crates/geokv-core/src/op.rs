@@ -28,6 +28,10 @@ pub enum Op {
     /// (see [`crate::once`]). An attempt that finds the id applied changes nothing and answers
     /// with the counter as it is. (Last in the enum: earlier variants keep their encoding.)
     IncrementOnce { delta: i64, ttl_ms: Option<u64>, id: RequestId },
+    /// Give the key a TTL (`Some`) or take its TTL away (`None`, Redis PERSIST), keeping its
+    /// value, whatever its type. An absent key stays absent. (After `IncrementOnce`: earlier
+    /// variants keep their encoding.)
+    Expire { ttl_ms: Option<u64> },
 }
 
 impl Op {
@@ -40,16 +44,18 @@ impl Op {
             Op::Increment { .. } | Op::IncrementOnce { .. } => "Increment",
             Op::SetAdd { .. } => "SetAdd",
             Op::SetRemove { .. } => "SetRemove",
+            Op::Expire { .. } => "Expire",
         }
     }
 
-    /// The type of key this operation works on (`None` for Delete, which works on all).
+    /// The type of key this operation works on (`None` for Delete and Expire, which work on
+    /// all).
     pub fn kind(&self) -> Option<Kind> {
         match self {
             Op::Put { .. } | Op::Append { .. } => Some(Kind::Register),
             Op::Increment { .. } | Op::IncrementOnce { .. } => Some(Kind::Counter),
             Op::SetAdd { .. } | Op::SetRemove { .. } => Some(Kind::Set),
-            Op::Delete => None,
+            Op::Delete | Op::Expire { .. } => None,
         }
     }
 
@@ -59,7 +65,8 @@ impl Op {
             | Op::Append { ttl_ms, .. }
             | Op::Increment { ttl_ms, .. }
             | Op::IncrementOnce { ttl_ms, .. }
-            | Op::SetAdd { ttl_ms, .. } => *ttl_ms,
+            | Op::SetAdd { ttl_ms, .. }
+            | Op::Expire { ttl_ms } => *ttl_ms,
             Op::Delete | Op::SetRemove { .. } => None,
         }
     }
@@ -71,7 +78,7 @@ impl Op {
             Op::Put { value, .. } => limits.check_value("value", value),
             Op::Append { value, .. } => limits.check_value("appended value", value),
             Op::SetAdd { members, .. } | Op::SetRemove { members } => limits.check_members(members),
-            Op::Delete | Op::Increment { .. } | Op::IncrementOnce { .. } => Ok(()),
+            Op::Delete | Op::Increment { .. } | Op::IncrementOnce { .. } | Op::Expire { .. } => Ok(()),
         }
     }
 }
@@ -80,10 +87,23 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpOutcome {
     Put,
-    Deleted { existed: bool },
-    Appended { len: u64 },
-    Counter { value: i64 },
-    SetChanged { changed: u64, size: u64 },
+    Deleted {
+        existed: bool,
+    },
+    Appended {
+        len: u64,
+    },
+    Counter {
+        value: i64,
+    },
+    SetChanged {
+        changed: u64,
+        size: u64,
+    },
+    /// An Expire: whether the key existed (its TTL changed only then).
+    Expired {
+        existed: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -154,6 +174,14 @@ pub fn apply_as(
         Op::Delete => {
             rec.delete(stamp, now_ms);
             return Ok(Applied { record: rec, outcome: OpOutcome::Deleted { existed: visible } });
+        }
+        Op::Expire { ttl_ms } => {
+            // Only the deadline changes (its stamp orders it against concurrent TTL changes);
+            // an absent key is left as it is.
+            if visible {
+                assign(&mut rec.expiry, ttl_ms.map(|t| now_ms.saturating_add(t)), stamp);
+            }
+            return Ok(Applied { record: rec, outcome: OpOutcome::Expired { existed: visible } });
         }
         Op::Put { value, .. } => {
             assign(&mut rec.register, value.clone(), stamp);
@@ -481,6 +509,38 @@ mod tests {
         assert_eq!(r.view(), Some(View::Register(b"ab".to_vec())));
         r.run(put("c")).unwrap();
         assert_eq!(r.rec.as_ref().unwrap().ttl_remaining_ms(NOW), None);
+    }
+
+    #[test]
+    fn expire_sets_or_removes_a_ttl_on_any_type_and_leaves_absent_keys_absent() {
+        let ttl = |r: &Replica| r.rec.as_ref().unwrap().ttl_remaining_ms(NOW);
+        let mut a = Replica::new(1);
+        assert_eq!(a.run(Op::Expire { ttl_ms: Some(500) }).unwrap(), OpOutcome::Expired { existed: false });
+        assert_eq!(a.view(), None);
+        a.run(Op::Increment { delta: 3, ttl_ms: None }).unwrap();
+        assert_eq!(a.run(Op::Expire { ttl_ms: Some(500) }).unwrap(), OpOutcome::Expired { existed: true });
+        assert_eq!((ttl(&a), a.view()), (Some(500), Some(View::Counter(3))));
+        // A later write without a TTL keeps it (an increment); a persist takes it away.
+        a.run(Op::Increment { delta: 1, ttl_ms: None }).unwrap();
+        assert_eq!(ttl(&a), Some(500));
+        assert_eq!(a.run(Op::Expire { ttl_ms: None }).unwrap(), OpOutcome::Expired { existed: true });
+        assert_eq!((ttl(&a), a.view()), (None, Some(View::Counter(4))));
+        // Concurrent changes of the TTL: the later stamp wins on both replicas.
+        let mut b = Replica::new(2);
+        b.merge_from(&a);
+        a.run(Op::Expire { ttl_ms: Some(100) }).unwrap();
+        b.run(Op::Expire { ttl_ms: Some(900) }).unwrap();
+        a.merge_from(&b);
+        b.merge_from(&a);
+        assert_eq!((ttl(&a), ttl(&b)), (Some(900), Some(900)));
+        // An expired key is absent: an Expire does not bring it back.
+        let later = NOW + 1_000;
+        let stamp = Stamp::new(Stamp::ntp_from_millis(later), 1);
+        let gone =
+            apply(a.rec.as_ref(), &Op::Expire { ttl_ms: None }, stamp, later, &Limits::default()).unwrap();
+        assert_eq!(gone.outcome, OpOutcome::Expired { existed: false });
+        assert_eq!(gone.record.view(later), None);
+        assert!(Op::Expire { ttl_ms: Some(0) }.validate(&Limits::default()).is_err());
     }
 
     #[test]

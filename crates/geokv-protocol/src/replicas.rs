@@ -105,14 +105,19 @@ pub fn route(action: &Action, replicas: &Replicas) -> Route {
     }
 }
 
-/// Whether running a write again gives the same result: a put, delete or set change does, and
-/// so does an increment with a request id (it counts once); a plain increment or an append
-/// would count twice, and a compare-and-swap would find its own write.
+/// Whether running a write again gives the same result: a put, delete, set change or TTL
+/// change does, and so does an increment with a request id (it counts once); a plain increment
+/// or an append would count twice, and a compare-and-swap would find its own write.
 pub fn repeatable(action: &Action) -> bool {
     matches!(
         action,
         Action::Op(
-            Op::Put { .. } | Op::Delete | Op::SetAdd { .. } | Op::SetRemove { .. } | Op::IncrementOnce { .. }
+            Op::Put { .. }
+                | Op::Delete
+                | Op::SetAdd { .. }
+                | Op::SetRemove { .. }
+                | Op::IncrementOnce { .. }
+                | Op::Expire { .. }
         )
     )
 }

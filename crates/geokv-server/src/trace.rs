@@ -136,12 +136,16 @@ where
             tracing::info_span!("rpc", server = self.server, method = %req.uri().path(), request_id = %id);
         let fut = span.in_scope(|| self.inner.call(req));
         let header = http::HeaderValue::from_str(&id).ok();
+        let client_port = self.server == "client";
         Box::pin(
             REQUEST_ID
                 .scope(id, async move {
                     let mut resp = fut.await?;
                     if let Some(h) = header {
                         resp.headers_mut().insert(HEADER, h);
+                    }
+                    if client_port {
+                        crate::api::status::fill_details(resp.headers_mut());
                     }
                     Ok(resp)
                 })

@@ -11,7 +11,7 @@ use proto::cluster_client::ClusterClient;
 use crate::client_cmd::{endpoint, security};
 
 pub enum AdminConn {
-    Client(AdminClient<geokv_client::Transport>),
+    Client(AdminClient<geokv_client::grpc::Transport>),
     Peer(ClusterClient<tonic::transport::Channel>),
 }
 
@@ -22,7 +22,7 @@ impl AdminConn {
             Some(peer) => Ok(AdminConn::Peer(crate::client_cmd::peer_client(peer).await?)),
             None => {
                 let ep = endpoint();
-                let c = geokv_client::admin(&ep, &security())
+                let c = geokv_client::grpc::admin(&ep, &security())
                     .await
                     .with_context(|| format!("cannot connect to {ep}"))?;
                 Ok(AdminConn::Client(c))

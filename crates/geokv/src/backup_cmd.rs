@@ -184,12 +184,12 @@ async fn pick_nodes(regions: &[String], nodes: &[u64]) -> anyhow::Result<(String
 
 /// The Admin service of one node, at its client address (with TLS, checked against the name
 /// every node certificate carries unless --tls-server-name says otherwise).
-async fn node_admin(n: &proto::NodeStatus) -> anyhow::Result<AdminClient<geokv_client::Transport>> {
+async fn node_admin(n: &proto::NodeStatus) -> anyhow::Result<AdminClient<geokv_client::grpc::Transport>> {
     let mut sec = security();
     if sec.server_name.is_none() && sec.ca.is_some() {
         sec.server_name = Some(geokv_tls::names::node_dns(n.node_id));
     }
-    geokv_client::admin_with_deadline(&n.client_addr, &sec, BEGIN_DEADLINE)
+    geokv_client::grpc::admin_with_deadline(&n.client_addr, &sec, BEGIN_DEADLINE)
         .await
         .with_context(|| format!("cannot connect to node {} at {}", n.node_id, n.client_addr))
 }
@@ -277,7 +277,7 @@ fn node_backup(cp: proto::BackupCheckpoint) -> NodeBackup {
 /// SHA-256 before it takes its place. A file already in the folder is used again only if it
 /// still hashes to its name.
 async fn fetch_files(
-    admin: &mut AdminClient<geokv_client::Transport>,
+    admin: &mut AdminClient<geokv_client::grpc::Transport>,
     out: &Path,
     cp: &proto::BackupCheckpoint,
     manifest: &mut Manifest,
@@ -305,7 +305,7 @@ async fn fetch_files(
 
 /// Fetches one file of a checkpoint into `tmp`, checked against its SHA-256.
 async fn fetch_file(
-    admin: &mut AdminClient<geokv_client::Transport>,
+    admin: &mut AdminClient<geokv_client::grpc::Transport>,
     cp: &proto::BackupCheckpoint,
     f: &proto::BackupFile,
     tmp: &Path,

@@ -47,9 +47,6 @@ pub enum Distribution {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Endpoints to spread clients over (comma-separated); default: --endpoint.
-    #[arg(long, value_delimiter = ',')]
-    pub endpoints: Vec<String>,
     #[arg(long, value_enum, default_value = "a")]
     pub workload: Workload,
     /// Keys written in the load phase and chosen from in the run phase.
@@ -305,7 +302,9 @@ async fn load(
                     let mut retry = Vec::new();
                     for (&k, r) in pending.iter().zip(&results) {
                         if let Some(proto::write_result::Outcome::Error(e)) = &r.outcome {
-                            if e.code != tonic::Code::Unavailable as i32 || attempt >= 5 {
+                            if geokv_client::Code::from_i32(e.code) != geokv_client::Code::Unavailable
+                                || attempt >= 5
+                            {
                                 anyhow::bail!("load failed: {}", e.message);
                             }
                             retry.push(k);
@@ -329,7 +328,7 @@ async fn load(
 
 pub async fn run(
     args: BenchArgs,
-    default_endpoint: &str,
+    endpoints: Vec<String>,
     level: Option<Level>,
     json_out: bool,
 ) -> anyhow::Result<()> {
@@ -337,8 +336,6 @@ pub async fn run(
         args.records > 0 && args.concurrency > 0 && args.duration > 0.0,
         "records, concurrency and duration must be positive"
     );
-    let endpoints =
-        if args.endpoints.is_empty() { vec![default_endpoint.to_string()] } else { args.endpoints.clone() };
     // Connections are opened endpoint by endpoint, round robin, so client w uses endpoint
     // w % endpoints.
     let per_endpoint = match args.connections {

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use geokv_client::ClientError;
-use tonic::Code;
+use geokv_client::{ClientError, Code};
 
 /// How keys, values and members are written on the command line, in stdin and in files, and
 /// how `--output value` prints bytes.
@@ -153,18 +152,19 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 ClientError::Endpoint { .. } | ClientError::Tls(_) => exit::USAGE,
                 ClientError::Connect { .. } => exit::UNAVAILABLE,
                 ClientError::Status(s) => status_exit(s),
+                _ => exit::FAILED,
             };
         }
         if let Some(s) = cause.downcast_ref::<tonic::Status>() {
-            return status_exit(s);
+            return status_exit(&geokv_client::grpc::status_of(s));
         }
     }
     exit::FAILED
 }
 
-fn status_exit(s: &tonic::Status) -> i32 {
+fn status_exit(s: &geokv_client::Status) -> i32 {
     let code = code_exit(s.code());
-    let not_applied = s.metadata().get("geokv-failure").is_some_and(|v| v.as_bytes() == b"not-applied");
+    let not_applied = s.not_applied();
     if code == exit::UNAVAILABLE
         && !not_applied
         && UNREPEATABLE_SENT.load(std::sync::atomic::Ordering::Relaxed)
@@ -188,7 +188,7 @@ fn code_exit(code: Code) -> i32 {
             exit::UNAVAILABLE
         }
         Code::Unauthenticated | Code::PermissionDenied => exit::DENIED,
-        Code::Internal | Code::DataLoss | Code::Unknown => exit::FAILED,
+        _ => exit::FAILED,
     }
 }
 
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn every_status_code_has_an_exit_status() {
-        let status = |c| exit_code(&ClientError::Status(tonic::Status::new(c, "x")).into());
+        let status = |c| exit_code(&ClientError::Status(geokv_client::Status::new(c, "x")).into());
         assert_eq!(status(Code::FailedPrecondition), exit::REFUSED);
         assert_eq!(status(Code::InvalidArgument), exit::REFUSED);
         assert_eq!(status(Code::Unavailable), exit::UNAVAILABLE);
@@ -244,7 +244,7 @@ mod tests {
         refused
             .metadata_mut()
             .insert("geokv-failure", tonic::metadata::MetadataValue::from_static("not-applied"));
-        assert_eq!(exit_code(&ClientError::Status(refused).into()), exit::UNAVAILABLE);
+        assert_eq!(exit_code(&anyhow::Error::from(refused)), exit::UNAVAILABLE);
         let connect = ClientError::Connect { endpoint: "x".into(), message: "refused".into() };
         assert_eq!(exit_code(&connect.into()), exit::UNAVAILABLE);
         assert_eq!(status(Code::FailedPrecondition), exit::REFUSED);

@@ -1,4 +1,5 @@
-//! The client commands: one gRPC call each, printed for people or as JSON.
+//! The client commands: one gRPC call each (to the first of `--endpoints` that answers),
+//! printed for people or as JSON.
 
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
@@ -6,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use geokv_client::{op, proto, Client, ScanOptions};
+use geokv_client::{op, proto, Failover, ScanOptions};
 use serde_json::{json, Value as Json};
 
-use crate::admin_conn::AdminConn;
 use crate::output::*;
 use crate::{ClientOpts, Level};
 
@@ -24,6 +24,14 @@ pub enum ClientCommand {
     },
     /// A key's remaining time to live: milliseconds, `none` (no TTL), or `(absent)`.
     Ttl { key: String },
+    /// Give a key of any type a time to live (500ms, 10s, 5m, 1h30m, 2d), keeping its value.
+    Expire {
+        key: String,
+        #[arg(value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Take a key's time to live away: it no longer expires.
+    Persist { key: String },
     /// Set a register. The value is the argument, or stdin when it is `-` or missing, or
     /// --file's content (decoded with --hex / --base64).
     Put {
@@ -107,60 +115,9 @@ pub enum ClientCommand {
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
-    /// Show a cluster node's view: peers' health, anti-entropy, hints and read-repair counters.
-    /// Talks to the Admin service at --endpoint, or with --peer to the node's peer address.
-    PeerStats {
-        /// The node's peer address (its node-to-node service, which only a node certificate may
-        /// call with TLS); without it, the Admin service at --endpoint.
-        #[arg(long)]
-        peer: Option<String>,
-    },
-    /// Take a node off its region's ring: it streams its keys to their next owners, then
-    /// turns "left" (it can be stopped then).
-    Leave {
-        /// The node's peer address (its node-to-node service, which only a node certificate may
-        /// call with TLS); without it, the Admin service at --endpoint.
-        #[arg(long)]
-        peer: Option<String>,
-    },
-    /// Drop a node's copies of keys it no longer replicates, after joins and leaves have
-    /// finished.
-    Cleanup {
-        /// The node's peer address (its node-to-node service, which only a node certificate may
-        /// call with TLS); without it, the Admin service at --endpoint.
-        #[arg(long)]
-        peer: Option<String>,
-    },
-    /// Show a node's cross-region replication: per destination region the lag (age of the
-    /// oldest unacknowledged change), backlog, bytes before/after compression and link.
-    ReplStatus {
-        /// The node's peer address (its node-to-node service, which only a node certificate may
-        /// call with TLS); without it, the Admin service at --endpoint.
-        #[arg(long)]
-        peer: Option<String>,
-    },
-    /// Change the emulated WAN link from a node to another region (its other settings kept).
-    Link {
-        /// The node's peer address (its node-to-node service, which only a node certificate may
-        /// call with TLS); without it, the Admin service at --endpoint.
-        #[arg(long)]
-        peer: Option<String>,
-        /// Destination region.
-        #[arg(long)]
-        to: String,
-        #[arg(long)]
-        delay_ms: Option<u64>,
-        #[arg(long)]
-        jitter_ms: Option<u64>,
-        /// Probability that a batch is lost, 0 to 1.
-        #[arg(long)]
-        loss: Option<f64>,
-        /// Cut the link (`--cut true`) or heal it (`--cut false`).
-        #[arg(long)]
-        cut: Option<bool>,
-    },
     /// Apply many writes from JSON lines, e.g. {"op":"put","key":"k","value":"v","ttl_ms":1000}.
-    /// Ops: put, del, incr (delta), append, sadd / srem (members). Reads stdin without --file.
+    /// Ops: put, del, incr (delta), append, sadd / srem (members), expire (ttl_ms, or none to
+    /// persist). Reads stdin without --file.
     Batch {
         #[arg(long)]
         file: Option<PathBuf>,
@@ -212,17 +169,6 @@ pub(crate) fn print(json: bool, j: Json, human: String) {
 }
 
 pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
-    match &cmd {
-        ClientCommand::PeerStats { peer } => return peer_stats(peer.as_deref(), opts.json).await,
-        ClientCommand::Leave { peer } | ClientCommand::Cleanup { peer } => {
-            return move_cmd(peer.as_deref(), matches!(cmd, ClientCommand::Leave { .. }), opts.json).await
-        }
-        ClientCommand::ReplStatus { peer } => return repl_status(peer.as_deref(), opts.json).await,
-        ClientCommand::Link { peer, to, delay_ms, jitter_ms, loss, cut } => {
-            return set_link(peer.as_deref(), to, (*delay_ms, *jitter_ms, *loss, *cut), opts.json).await
-        }
-        _ => {}
-    }
     let enc = opts.encoding();
     let arg = |what: &str, s: &str| {
         if matches!(what, "key" | "prefix" | "start key") {
@@ -239,7 +185,11 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         ClientCommand::Cas { value, .. } => Some(arg("value", value)?),
         _ => None,
     };
-    let mut client = Client::connect_with_deadline(&opts.endpoint, &security(), opts.timeout).await?;
+    // Every node of --endpoints is tried once, in order, while the ones before it are down or
+    // draining (a write that must not run twice goes on only when it was certainly not applied).
+    let mut client = Failover::connect(&opts.endpoints(), &security())?
+        .with_timeout(opts.timeout)
+        .with_patience(Duration::ZERO);
     if matches!(
         cmd,
         ClientCommand::Incr { request_id: None, .. }
@@ -303,6 +253,8 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
                 format!("OK (version {}{})", version_str(&r.version), ttl_human(r.ttl_remaining_ms)),
             );
         }
+        ClientCommand::Expire { key, ttl } => expire(&client, &arg("key", &key)?, Some(ttl), js).await?,
+        ClientCommand::Persist { key } => expire(&client, &arg("key", &key)?, None, js).await?,
         ClientCommand::Del { key } => {
             let r = client.delete(&arg("key", &key)?).await?;
             let human = if r.existed { "deleted" } else { "deleted (it did not exist)" };
@@ -310,10 +262,21 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
         }
         ClientCommand::Incr { key, delta, ttl, request_id } => {
             let key = arg("key", &key)?;
-            let r = match request_id {
-                Some(id) => client.increment_once(&key, delta, ttl, id).await?,
-                None => client.increment(&key, delta, ttl).await?,
-            };
+            // Without --request-id, one of our own, named on failure: running the command
+            // again with it cannot count twice.
+            let given = request_id.is_some();
+            let id = request_id.unwrap_or_else(geokv_client::new_request_id);
+            let r = client.increment_once(&key, delta, ttl, id).await.map_err(|e| {
+                let unknown = e.status().is_some_and(|s| !s.not_applied());
+                let e = anyhow::Error::from(e);
+                if given || !unknown {
+                    return e;
+                }
+                let id = u128::from_be_bytes(id);
+                e.context(format!(
+                    "the increment may have been applied; `geokv incr ... --request-id {id:032x}` within 10 minutes counts it once either way"
+                ))
+            })?;
             let j = json!({ "value": r.value, "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
             print(js, j, r.value.to_string());
         }
@@ -388,11 +351,6 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             }
         }
         ClientCommand::Batch { file } => batch(&client, file, js).await?,
-        ClientCommand::PeerStats { .. }
-        | ClientCommand::Leave { .. }
-        | ClientCommand::Cleanup { .. }
-        | ClientCommand::ReplStatus { .. }
-        | ClientCommand::Link { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -417,6 +375,15 @@ fn print_value(enc: crate::cli_io::Encoding, v: &Option<proto::Value>) -> anyhow
         None => {}
     }
     out.flush()?;
+    Ok(())
+}
+
+/// `expire` and `persist`: an absent key is said so (exit status 0, as `get`).
+async fn expire(client: &Failover, key: &[u8], ttl: Option<Duration>, js: bool) -> anyhow::Result<()> {
+    let r = client.expire(key, ttl).await?;
+    let j = json!({ "existed": r.existed, "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
+    let human = if r.existed { format!("OK{}", ttl_human(r.ttl_remaining_ms)) } else { "(absent)".into() };
+    print(js, j, human);
     Ok(())
 }
 
@@ -460,11 +427,12 @@ pub fn batch_line(line: &str, n: usize) -> anyhow::Result<proto::WriteOp> {
         "append" => op::append(&s("key")?, &s("value")?, ttl),
         "sadd" => op::set_add(&s("key")?, members()?, ttl),
         "srem" => op::set_remove(&s("key")?, members()?),
-        other => bail!("line {n}: unknown op {other:?}; use put, del, incr, append, sadd or srem"),
+        "expire" => op::expire(&s("key")?, ttl),
+        other => bail!("line {n}: unknown op {other:?}; use put, del, incr, append, sadd, srem or expire"),
     })
 }
 
-async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Result<()> {
+async fn batch(client: &Failover, file: Option<PathBuf>, js: bool) -> anyhow::Result<()> {
     let text = match file {
         Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
         None => {
@@ -490,10 +458,11 @@ async fn batch(client: &Client, file: Option<PathBuf>, js: bool) -> anyhow::Resu
         let (j, human) = match &r.outcome {
             Some(Outcome::Error(e)) => {
                 failed += 1;
-                let code = tonic::Code::from(e.code);
+                let code = geokv_client::Code::from_i32(e.code);
                 (
-                    json!({ "error": { "code": format!("{code:?}"), "message": e.message } }),
-                    format!("{i}: ERROR {code:?}: {}", e.message),
+                    json!({ "error": { "code": format!("{code:?}"), "reason": e.reason, "message": e.message,
+                        "retry_after_ms": e.retry_after_ms } }),
+                    format!("{i}: ERROR {code:?} {}: {}", e.reason, e.message),
                 )
             }
             _ => (
@@ -528,127 +497,8 @@ pub(crate) fn endpoint() -> String {
 pub(crate) async fn peer_client(
     peer: &str,
 ) -> anyhow::Result<proto::cluster_client::ClusterClient<tonic::transport::Channel>> {
-    let channel = geokv_client::channel(peer, &security())
+    let channel = geokv_client::grpc::channel(peer, &security())
         .await
         .with_context(|| format!("cannot connect to {peer}"))?;
     Ok(proto::cluster_client::ClusterClient::new(channel))
-}
-
-fn link_json(l: &proto::LinkSettings) -> Json {
-    json!({ "delay_ms": l.delay_ms, "jitter_ms": l.jitter_ms, "loss": l.loss, "cut": l.cut })
-}
-
-async fn repl_status(peer: Option<&str>, js: bool) -> anyhow::Result<()> {
-    let s = AdminConn::open(peer).await?.replication_status(proto::ReplicationStatusRequest {}).await?;
-    let dests: Vec<Json> = s
-        .destinations
-        .iter()
-        .map(|d| {
-            json!({ "destination": d.destination, "lag_ms": d.oldest_unacked_ms, "backlog_entries": d.backlog_entries,
-                "backlog_bytes": d.backlog_bytes, "acked_seq": d.acked_seq, "committed_seq": d.committed_seq,
-                "batches_sent": d.batches_sent, "deltas_sent": d.deltas_sent, "deltas_acked": d.deltas_acked,
-                "raw_bytes": d.raw_bytes, "wire_bytes": d.wire_bytes, "resends": d.resends,
-                "takeover_acked_seq": d.takeover_acked_seq, "takeover_covered": d.takeover_covered,
-                "takeover_shipped": d.takeover_shipped,
-                "link": d.link.as_ref().map(link_json) })
-        })
-        .collect();
-    let j = json!({ "node_id": s.node_id, "region": s.region, "destinations": dests,
-        "batches_received": s.batches_received, "deltas_applied": s.deltas_applied, "drift_rejections": s.drift_rejections });
-    let rows = s.destinations.iter().map(|d| {
-        let link = d.link.unwrap_or_default();
-        let link = if link.cut {
-            "cut".to_string()
-        } else {
-            format!("{} ms ±{} loss {}", link.delay_ms, link.jitter_ms, link.loss)
-        };
-        vec![
-            d.destination.clone(),
-            d.oldest_unacked_ms.to_string(),
-            d.backlog_entries.to_string(),
-            d.backlog_bytes.to_string(),
-            d.raw_bytes.to_string(),
-            d.wire_bytes.to_string(),
-            link,
-        ]
-    });
-    let human = format!(
-        "node {} in {}: received {} batches, applied {} deltas, {} drift rejections\n{}",
-        s.node_id,
-        s.region,
-        s.batches_received,
-        s.deltas_applied,
-        s.drift_rejections,
-        table(&["to", "lag ms", "backlog", "backlog B", "raw B", "wire B", "link"], rows, &[1, 2, 3, 4, 5])
-    );
-    print(js, j, human);
-    Ok(())
-}
-
-async fn set_link(
-    peer: Option<&str>,
-    to: &str,
-    (delay_ms, jitter_ms, loss, cut): (Option<u64>, Option<u64>, Option<f64>, Option<bool>),
-    js: bool,
-) -> anyhow::Result<()> {
-    let mut c = AdminConn::open(peer).await?;
-    let status = c.replication_status(proto::ReplicationStatusRequest {}).await?;
-    let current = status.destinations.iter().find(|d| d.destination == to).with_context(|| {
-        let known: Vec<&str> = status.destinations.iter().map(|d| d.destination.as_str()).collect();
-        format!("node {} in {} replicates to {known:?}, not to {to:?}", status.node_id, status.region)
-    })?;
-    let mut link = current.link.unwrap_or_default();
-    link.delay_ms = delay_ms.unwrap_or(link.delay_ms);
-    link.jitter_ms = jitter_ms.unwrap_or(link.jitter_ms);
-    link.loss = loss.unwrap_or(link.loss);
-    link.cut = cut.unwrap_or(link.cut);
-    c.set_link(proto::SetLinkRequest { destination: to.to_string(), link: Some(link) }).await?;
-    print(js, link_json(&link), format!("link {} -> {to}: {}", status.region, link_json(&link)));
-    Ok(())
-}
-
-async fn move_cmd(peer: Option<&str>, leave: bool, js: bool) -> anyhow::Result<()> {
-    let mut c = AdminConn::open(peer).await?;
-    let r = if leave {
-        c.leave(proto::LeaveRequest {}).await?
-    } else {
-        c.cleanup(proto::CleanupRequest {}).await?
-    };
-    let verb = if leave { "streamed" } else { "dropped" };
-    let j = json!({ "keys": r.keys, "bytes": r.bytes, "status": r.status });
-    print(js, j, format!("{verb} {} keys ({} B); node is now {}", r.keys, r.bytes, r.status));
-    Ok(())
-}
-
-async fn peer_stats(peer: Option<&str>, js: bool) -> anyhow::Result<()> {
-    let s = AdminConn::open(peer).await?.stats(proto::StatsRequest {}).await?;
-    let members: Vec<Json> = s
-        .members
-        .iter()
-        .map(|m| {
-            json!({ "node_id": m.node_id, "health": m.health, "status": m.status, "region": m.region,
-                "client_addr": m.client_addr, "peer_addr": m.peer_addr, "version": m.version })
-        })
-        .collect();
-    let j = json!({
-        "node_id": s.node_id, "region": s.region, "members": members,
-        "anti_entropy": { "rounds": s.ae_rounds, "keys_compared": s.ae_keys_compared, "keys_repaired": s.ae_keys_repaired,
-            "state_bytes_sent": s.ae_state_bytes_sent, "state_bytes_received": s.ae_state_bytes_received, "summary_bytes": s.ae_summary_bytes },
-        "hints": { "pending": s.hints_pending, "delivered": s.hints_delivered },
-        "read_repairs": s.read_repairs,
-    });
-    let mut human = format!("node {} in region {}\n", s.node_id, s.region);
-    for m in &s.members {
-        human.push_str(&format!(
-            "  node {:>4}  {:<8} {:<8} {:<12} client {} peer {}\n",
-            m.node_id, m.health, m.status, m.region, m.client_addr, m.peer_addr
-        ));
-    }
-    human.push_str(&format!(
-        "anti-entropy: {} rounds, {} keys compared, {} repaired, {} B sent, {} B received\nhints: {} pending, {} delivered; read repairs: {}",
-        s.ae_rounds, s.ae_keys_compared, s.ae_keys_repaired, s.ae_state_bytes_sent, s.ae_state_bytes_received,
-        s.hints_pending, s.hints_delivered, s.read_repairs
-    ));
-    print(js, j, human);
-    Ok(())
 }

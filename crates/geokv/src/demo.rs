@@ -51,7 +51,7 @@ async fn security(cluster: &DemoCluster) -> anyhow::Result<()> {
     let node = cluster.in_region("eu-west").next().context("an eu-west node")?;
     let plain = Client::connect(&format!("http://{}", node.server.addr)).await?;
     match plain.get(b"greeting").await {
-        Err(e) if e.code() == Some(tonic::Code::Unauthenticated) => {
+        Err(e) if e.code() == Some(geokv_client::Code::Unauthenticated) => {
             println!("  a plaintext client is refused: Unauthenticated")
         }
         other => anyhow::bail!("a plaintext client was not refused: {other:?}"),
@@ -62,7 +62,7 @@ async fn security(cluster: &DemoCluster) -> anyhow::Result<()> {
     let read = viewer.get(b"greeting").await?.map(|e| entry_human(&e)).unwrap_or_default();
     println!("  the viewer's token reads greeting: {read}");
     match viewer.put(b"greeting", b"defaced", None).await {
-        Err(e) if e.code() == Some(tonic::Code::PermissionDenied) => {
+        Err(e) if e.code() == Some(geokv_client::Code::PermissionDenied) => {
             println!("  the viewer's put is refused: PermissionDenied")
         }
         other => anyhow::bail!("a read-only token was not refused a write: {other:?}"),

@@ -177,7 +177,7 @@ impl DemoCluster {
         &self,
         node: &DemoNode,
     ) -> anyhow::Result<ClusterClient<tonic::transport::Channel>> {
-        Ok(ClusterClient::new(geokv_client::channel(&node.peer_addr(), &self.peer_security()).await?))
+        Ok(ClusterClient::new(geokv_client::grpc::channel(&node.peer_addr(), &self.peer_security()).await?))
     }
 
     pub fn in_region(&self, region: &str) -> impl Iterator<Item = &DemoNode> {

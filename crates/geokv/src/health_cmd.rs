@@ -10,7 +10,7 @@ pub async fn run(endpoint: &str, service: &str) -> anyhow::Result<()> {
     security.cert = None;
     security.key = None;
     security.token = None;
-    let channel = geokv_client::channel(endpoint, &security).await?;
+    let channel = geokv_client::grpc::channel(endpoint, &security).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest { service: service.to_string() })

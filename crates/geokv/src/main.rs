@@ -1,5 +1,6 @@
 //! The `geokv` binary: the server, the command-line client, and the demo.
 
+mod admin_cmd;
 mod admin_conn;
 mod backup_cmd;
 mod bench;
@@ -37,9 +38,11 @@ struct Cli {
 /// Options shared by every client command.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ClientOpts {
-    /// gRPC endpoint of a geokv node.
-    #[arg(long, global = true, env = "GEOKV_ENDPOINT", default_value = "http://127.0.0.1:7400")]
-    pub endpoint: String,
+    /// gRPC endpoints of geokv nodes, comma-separated (those of one region, usually): a
+    /// command goes to the first that answers and on to the next when a node is down or
+    /// draining. Default: $GEOKV_ENDPOINTS, else $GEOKV_ENDPOINT, else http://127.0.0.1:7400.
+    #[arg(long = "endpoints", visible_alias = "endpoint", global = true, value_delimiter = ',', action = clap::ArgAction::Set)]
+    endpoints: Vec<String>,
     /// Consistency level sent with the request.
     #[arg(long, global = true, value_enum)]
     pub consistency: Option<Level>,
@@ -93,7 +96,34 @@ pub enum Output {
     Value,
 }
 
+/// Where client commands go when `--endpoints` is not given.
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+
 impl ClientOpts {
+    /// The nodes to talk to: `--endpoints`, else `GEOKV_ENDPOINTS` (comma-separated), else
+    /// `GEOKV_ENDPOINT` (one node, the variable of earlier releases), else the local default.
+    pub fn endpoints(&self) -> Vec<String> {
+        let listed = |text: &str| -> Vec<String> {
+            text.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect()
+        };
+        let given: Vec<String> = self.endpoints.iter().flat_map(|e| listed(e)).collect();
+        if !given.is_empty() {
+            return given;
+        }
+        for var in ["GEOKV_ENDPOINTS", "GEOKV_ENDPOINT"] {
+            let from_env = std::env::var(var).map(|v| listed(&v)).unwrap_or_default();
+            if !from_env.is_empty() {
+                return from_env;
+            }
+        }
+        vec![DEFAULT_ENDPOINT.to_string()]
+    }
+
+    /// The first of [`ClientOpts::endpoints`]: the node a command about one node asks.
+    pub fn endpoint(&self) -> String {
+        self.endpoints().swap_remove(0)
+    }
+
     /// How bytes are written in this command's input and `--output value`.
     pub fn encoding(&self) -> cli_io::Encoding {
         match (self.hex, self.base64) {
@@ -127,6 +157,25 @@ pub enum Level {
 
 #[derive(Subcommand)]
 enum Command {
+    // The data commands first, then the rest (running and operating nodes).
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
+    /// Stream the changes of keys under a prefix as this region takes them in (writes made
+    /// here and in other regions), until interrupted or --count events. With --output json:
+    /// one object a line, the revision to resume from on the last event of each batch. Goes
+    /// on through the next of --endpoints when its node goes away.
+    Watch {
+        /// Keys under this prefix (written as --key-encoding says); "" for every key.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Resume after this revision (base64, as printed) instead of from now.
+        #[arg(long)]
+        from: Option<String>,
+        /// Stop after at least this many events, at the end of the batch that brings them (the
+        /// revision after it goes to stderr).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Run a geokv node.
     Server(server_cmd::ServerArgs),
     /// Start three regions of three nodes (Dublin, Ashburn, Singapore) in this process on free
@@ -183,52 +232,25 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Stream the changes of keys under a prefix as this region takes them in (writes made
-    /// here and in other regions), until interrupted or --count events. With --output json:
-    /// one object a line, the revision to resume from on the last event of each batch.
-    Watch {
-        /// Keys under this prefix (written as --key-encoding says); "" for every key.
-        #[arg(default_value = "")]
-        prefix: String,
-        /// Resume after this revision (base64, as printed) instead of from now.
-        #[arg(long)]
-        from: Option<String>,
-        /// Stop after at least this many events, at the end of the batch that brings them (the
-        /// revision after it goes to stderr).
-        #[arg(long)]
-        count: Option<u64>,
-        /// More nodes of the region (comma-separated): when --endpoint's node goes away, the
-        /// watch goes on through the next one from where it was.
-        #[arg(long, value_delimiter = ',')]
-        also: Vec<String>,
+    /// Operate single nodes: their view of the cluster (peer-stats), leaving the ring,
+    /// cleanup, cross-region replication (repl-status) and its emulated links.
+    Admin {
+        #[command(subcommand)]
+        command: admin_cmd::AdminCommand,
     },
-    #[command(flatten)]
-    Client(client_cmd::ClientCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        // The error and its causes, except a gRPC status's own rendering (the client's error
-        // already says its code and message).
+        // The error and its causes (a status from the gRPC layer as its code and message).
         let mut message = e.to_string();
-        let mut after_client_status = matches!(
-            e.downcast_ref::<geokv_client::ClientError>(),
-            Some(geokv_client::ClientError::Status(_))
-        );
         for cause in e.chain().skip(1) {
+            message.push_str(": ");
             match cause.downcast_ref::<tonic::Status>() {
-                Some(_) if after_client_status => {}
-                Some(s) => message.push_str(&format!(": {:?}: {}", s.code(), s.message())),
-                None => {
-                    message.push_str(": ");
-                    message.push_str(&cause.to_string());
-                }
+                Some(s) => message.push_str(&geokv_client::grpc::status_of(s).to_string()),
+                None => message.push_str(&cause.to_string()),
             }
-            after_client_status = matches!(
-                cause.downcast_ref::<geokv_client::ClientError>(),
-                Some(geokv_client::ClientError::Status(_))
-            );
         }
         eprintln!("error: {message}");
         std::process::exit(cli_io::exit_code(&e));
@@ -258,25 +280,26 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    client_cmd::set_connection(cli.client.endpoint.clone(), cli.client.security());
+    client_cmd::set_connection(cli.client.endpoint(), cli.client.security());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Demo { keep_running, data_dir, .. } => demo::run(keep_running, data_dir).await,
             Command::Bench(args) => {
-                bench::run(args, &cli.client.endpoint, cli.client.consistency, cli.client.json).await
+                bench::run(args, cli.client.endpoints(), cli.client.consistency, cli.client.json).await
             }
             Command::Residency { command } => residency_cmd::run(command, cli.client.json).await,
             Command::Status(args) => status_cmd::run(args, cli.client.json).await,
             Command::Certs { command } => certs_cmd::run(command),
             Command::Backup { command } => backup_cmd::run(command, cli.client.json).await,
             Command::Restore(args) => restore_cmd::restore(args, cli.client.json),
-            Command::Health { service } => health_cmd::run(&cli.client.endpoint, &service).await,
-            Command::Watch { prefix, from, count, also } => {
-                watch_cmd::run(watch_cmd::WatchArgs { prefix, from, count, also }, &cli.client).await
+            Command::Health { service } => health_cmd::run(&cli.client.endpoint(), &service).await,
+            Command::Watch { prefix, from, count } => {
+                watch_cmd::run(watch_cmd::WatchArgs { prefix, from, count }, &cli.client).await
             }
             Command::Client(cmd) => client_cmd::run(cmd, cli.client).await,
+            Command::Admin { command } => admin_cmd::run(command, cli.client.json).await,
             Command::Completion { .. } => unreachable!("printed before the runtime starts"),
         }
     })

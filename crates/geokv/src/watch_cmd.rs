@@ -1,5 +1,5 @@
 //! `geokv watch`: streams the changes of keys under a prefix, going on through the next node
-//! of `--endpoint` / `--also` when its node goes away, from the last revision it got.
+//! of `--endpoints` when its node goes away, from the last revision it got.
 
 use base64::Engine as _;
 use geokv_client::{proto, Failover};
@@ -14,7 +14,6 @@ pub struct WatchArgs {
     pub prefix: String,
     pub from: Option<String>,
     pub count: Option<u64>,
-    pub also: Vec<String>,
 }
 
 pub async fn run(args: WatchArgs, opts: &ClientOpts) -> anyhow::Result<()> {
@@ -25,8 +24,7 @@ pub async fn run(args: WatchArgs, opts: &ClientOpts) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let endpoints: Vec<String> = std::iter::once(opts.endpoint.clone()).chain(args.also).collect();
-    let client = Failover::connect(&endpoints, &opts.security())?.with_timeout(opts.timeout);
+    let client = Failover::connect(&opts.endpoints(), &opts.security())?.with_timeout(opts.timeout);
     let mut watch = client.watch(&prefix, from);
     let mut seen = 0u64;
     let json = opts.json;

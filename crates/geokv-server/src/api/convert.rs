@@ -4,7 +4,7 @@ use geokv_core::{OpOutcome, Record, Stamp, View};
 use geokv_proto::v1 as pb;
 use tonic::Status;
 
-use crate::api::status::invalid;
+use crate::api::status::{code_reason, invalid, reason_of};
 
 pub fn version(s: Stamp) -> pb::Version {
     pb::Version { hlc: s.time, node_id: s.node }
@@ -93,6 +93,9 @@ pub fn outcome(out: OpOutcome, rec: &Record, now_ms: u64) -> pb::write_result::O
         OpOutcome::SetChanged { changed, size } => {
             Outcome::SetChange(pb::SetChangeResponse { changed, size, version, ttl_remaining_ms })
         }
+        OpOutcome::Expired { existed } => {
+            Outcome::Expire(pb::ExpireResponse { existed, version, ttl_remaining_ms })
+        }
     }
 }
 
@@ -127,8 +130,33 @@ pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), geokv_core
         Some(W::Append(a)) => Ok((a.key, Op::Append { value: a.value, ttl_ms: a.ttl_ms })),
         Some(W::SetAdd(s)) => Ok((s.key, Op::SetAdd { members: s.members, ttl_ms: s.ttl_ms })),
         Some(W::SetRemove(s)) => Ok((s.key, Op::SetRemove { members: s.members })),
+        Some(W::Expire(e)) => Ok((e.key, Op::Expire { ttl_ms: e.ttl_ms })),
         None => Err(geokv_core::CoreError::InvalidArgument(
-            "the op is empty; set one of put, delete, increment, append, set_add, set_remove".into(),
+            "the op is empty; set one of put, delete, increment, append, set_add, set_remove, expire".into(),
         )),
+    }
+}
+
+/// A refusal of one batch item, naming its position.
+pub fn item_status(s: &Status, field: &str, i: usize) -> Status {
+    let reason = reason_of(s).unwrap_or_else(|| code_reason(s.code()));
+    let message = format!("{field}[{i}]: {}", s.message());
+    crate::api::status::detailed(s.code(), message, &reason, s.metadata().clone())
+}
+
+/// A batch item's error result.
+pub fn item_error(s: &Status) -> pb::WriteResult {
+    pb::WriteResult {
+        version: None,
+        ttl_remaining_ms: None,
+        outcome: Some(pb::write_result::Outcome::Error(pb::ItemError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+            reason: reason_of(s).unwrap_or_else(|| code_reason(s.code())),
+            retry_after_ms: {
+                use tonic_types::StatusExt;
+                s.get_details_retry_info().and_then(|r| r.retry_delay).map(|d| d.as_millis() as u64)
+            },
+        })),
     }
 }

@@ -129,6 +129,7 @@ pub fn op_key(op: &pb::WriteOp) -> Option<&[u8]> {
         W::Append(a) => &a.key,
         W::SetAdd(s) => &s.key,
         W::SetRemove(s) => &s.key,
+        W::Expire(e) => &e.key,
     })
 }
 
@@ -138,7 +139,7 @@ pub fn op_key(op: &pb::WriteOp) -> Option<&[u8]> {
 pub fn repeatable_op(op: &pb::WriteOp) -> bool {
     use pb::write_op::Op as W;
     match &op.op {
-        Some(W::Put(_) | W::Delete(_) | W::SetAdd(_) | W::SetRemove(_)) => true,
+        Some(W::Put(_) | W::Delete(_) | W::SetAdd(_) | W::SetRemove(_) | W::Expire(_)) => true,
         // With a request id its attempts count once.
         Some(W::Increment(i)) => !i.request_id.is_empty(),
         _ => false,

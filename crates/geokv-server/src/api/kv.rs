@@ -10,7 +10,7 @@ use geokv_core::{Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::api::convert::{self, entry, level, write_meta, WriteMeta};
+use crate::api::convert::{self, entry, item_error, item_status, level, write_meta, WriteMeta};
 use crate::api::forward::{is_forwarded, Forwarder};
 use crate::api::status::{invalid, refused_by, to_status};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
@@ -449,6 +449,23 @@ impl KvService {
         set_change(self.write(req.key, Op::SetRemove { members: req.members }, level).await?)
     }
 
+    pub(crate) async fn serve_expire(
+        &self,
+        req: Request<pb::ExpireRequest>,
+    ) -> Result<Response<pb::ExpireResponse>, Status> {
+        route_key!(self, req, expire, true);
+        let req = req.into_inner();
+        let level = level(req.consistency)?;
+        match self.write(req.key, Op::Expire { ttl_ms: req.ttl_ms }, level).await? {
+            (OpOutcome::Expired { existed }, m) => Ok(Response::new(pb::ExpireResponse {
+                existed,
+                version: m.version,
+                ttl_remaining_ms: m.ttl_remaining_ms,
+            })),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
     pub(crate) async fn serve_set_members(
         &self,
         req: Request<pb::SetMembersRequest>,
@@ -553,26 +570,6 @@ impl KvService {
         }
         let (entries, next) = crate::api::forward::merge_pages(sources, limit);
         Ok(Response::new(pb::ScanResponse { entries, next_page_token: crate::node::page_token(next) }))
-    }
-}
-
-/// A refusal of one batch item, naming its position.
-fn item_status(s: &Status, field: &str, i: usize) -> Status {
-    let reason = crate::api::status::reason_of(s)
-        .unwrap_or_else(|| crate::api::status::kind_of(s.code()).reason().into());
-    let message = format!("{field}[{i}]: {}", s.message());
-    crate::api::status::detailed(s.code(), message, &reason, s.metadata().clone())
-}
-
-/// A batch item's error result.
-fn item_error(s: &Status) -> pb::WriteResult {
-    pb::WriteResult {
-        version: None,
-        ttl_remaining_ms: None,
-        outcome: Some(pb::write_result::Outcome::Error(pb::ItemError {
-            code: s.code() as i32,
-            message: s.message().to_string(),
-        })),
     }
 }
 

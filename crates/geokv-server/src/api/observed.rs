@@ -39,7 +39,8 @@ single_key!(
     pb::AppendRequest,
     pb::SetAddRequest,
     pb::SetRemoveRequest,
-    pb::SetMembersRequest
+    pb::SetMembersRequest,
+    pb::ExpireRequest
 );
 
 impl Observe for pb::BatchGetRequest {
@@ -186,5 +187,6 @@ observed! {
     set_add => serve_set_add(pb::SetAddRequest) -> pb::SetChangeResponse, needs WRITE;
     set_remove => serve_set_remove(pb::SetRemoveRequest) -> pb::SetChangeResponse, needs WRITE;
     set_members => serve_set_members(pb::SetMembersRequest) -> pb::SetMembersResponse, needs READ;
+    expire => serve_expire(pb::ExpireRequest) -> pb::ExpireResponse, needs WRITE;
     scan => serve_scan(pb::ScanRequest) -> pb::ScanResponse, needs READ;
 }

@@ -26,6 +26,42 @@ pub fn detailed(code: Code, message: impl Into<String>, reason: &str, metadata: 
     Status::with_error_details_and_metadata(code, message, details, metadata)
 }
 
+/// The reason of a failure with no more precise one: its code's name (`UNAVAILABLE`, ...).
+pub fn code_reason(code: Code) -> String {
+    let mut reason = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            reason.push('_');
+        }
+        reason.push(c.to_ascii_uppercase());
+    }
+    reason
+}
+
+/// A status whose reason is its code's name ([`code_reason`]).
+pub fn coded(code: Code, message: impl Into<String>) -> Status {
+    detailed(code, message, &code_reason(code), MetadataMap::new())
+}
+
+/// Gives an error response that carries no details (made by tonic itself, or by a handler
+/// that built a bare status) its code's reason, so that every error a client receives has an
+/// `ErrorInfo` (a status in the response headers: unary calls and streams that fail before
+/// their first message).
+pub fn fill_details(headers: &mut http::HeaderMap) {
+    const DETAILS: &str = "grpc-status-details-bin";
+    let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) else {
+        return;
+    };
+    let code = Code::from_i32(code);
+    if code == Code::Ok || headers.contains_key(DETAILS) {
+        return;
+    }
+    let with = coded(code, "").into_http::<()>();
+    if let Some(v) = with.headers().get(DETAILS) {
+        headers.insert(DETAILS, v.clone());
+    }
+}
+
 /// The `ErrorInfo.reason` a status carries, if any.
 pub fn reason_of(s: &Status) -> Option<String> {
     s.get_details_error_info().filter(|i| i.domain == ERROR_DOMAIN).map(|i| i.reason)
@@ -334,6 +370,7 @@ mod tests {
         assert_eq!(info(&s).unwrap().0, QUORUM_NOT_REACHED);
         assert_eq!(s.get_details_retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
         assert_eq!(s.metadata().get(FAILURE_METADATA).unwrap(), "not-applied");
+
         // ... but no suggestion to retry a write that may have been applied.
         let s = failure_status(Failure::quorum("1 of 2 acknowledged", true));
         assert!(s.get_details_retry_info().is_none());
@@ -348,6 +385,31 @@ mod tests {
         // A peer's status without details (an older node) falls back to its code's class.
         let PeerError::Answered(f) = peer_error(Status::failed_precondition("old")) else { panic!() };
         assert_eq!(f.reason(), "FAILED_PRECONDITION");
+    }
+
+    #[test]
+    fn an_error_response_without_details_gets_its_codes_reason() {
+        assert_eq!(code_reason(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_reason(Code::Unavailable), "UNAVAILABLE");
+        let mut headers = Status::resource_exhausted("too big").into_http::<()>().headers().clone();
+        fill_details(&mut headers);
+        let filled = Status::from_header_map(&headers).unwrap();
+        assert_eq!(filled.code(), Code::ResourceExhausted);
+        assert_eq!(reason_of(&filled).as_deref(), Some("RESOURCE_EXHAUSTED"));
+        // A status with details keeps them; a success gets none.
+        let mut headers = detailed(Code::Unavailable, "x", "QUORUM_NOT_REACHED", MetadataMap::new())
+            .into_http::<()>()
+            .headers()
+            .clone();
+        fill_details(&mut headers);
+        assert_eq!(
+            reason_of(&Status::from_header_map(&headers).unwrap()).as_deref(),
+            Some("QUORUM_NOT_REACHED")
+        );
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+        fill_details(&mut ok);
+        assert!(!ok.contains_key("grpc-status-details-bin"));
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Watch {
                 }
                 _ = tick.tick() => {
                     if self.node.stopping() {
-                        let _ = out.send(Err(Status::unavailable(
+                        let _ = out.send(Err(crate::api::status::coded(tonic::Code::Unavailable,
                             "this node is shutting down; watch again on another node of the region from the last revision",
                         ))).await;
                         return;
@@ -300,7 +300,10 @@ async fn forward(
     use futures::StreamExt as _;
     loop {
         let Ok(next) = tokio::time::timeout(FEED_SILENCE, batches.next()).await else {
-            let silent = Status::unavailable(format!("node {id}'s feed sent nothing for {FEED_SILENCE:?}"));
+            let silent = crate::api::status::coded(
+                tonic::Code::Unavailable,
+                format!("node {id}'s feed sent nothing for {FEED_SILENCE:?}"),
+            );
             let _ = tx.send(FeedMsg::Ended(id, n, silent)).await;
             return;
         };
@@ -314,7 +317,9 @@ async fn forward(
             return;
         }
     }
-    let _ = tx.send(FeedMsg::Ended(id, n, Status::unavailable("the feed ended"))).await;
+    let _ = tx
+        .send(FeedMsg::Ended(id, n, crate::api::status::coded(tonic::Code::Unavailable, "the feed ended")))
+        .await;
 }
 
 /// Node `id`'s feed over the peer RPC.
@@ -325,8 +330,9 @@ async fn remote_feed(
     start: FeedStart,
 ) -> Result<Pin<Box<dyn futures::Stream<Item = Result<FeedBatch, Status>> + Send>>, Status> {
     use futures::StreamExt as _;
-    let client =
-        cluster.client(id).ok_or_else(|| Status::unavailable(format!("node {id} has no known address")))?;
+    let client = cluster.client(id).ok_or_else(|| {
+        crate::api::status::coded(tonic::Code::Unavailable, format!("node {id} has no known address"))
+    })?;
     let after = match start {
         FeedStart::Now => None,
         FeedStart::After(p) => Some(feed::position_to_pb(p)),
@@ -335,7 +341,12 @@ async fn remote_feed(
     let call = client.feed(pb::FeedRequest { prefix, after });
     let stream = tokio::time::timeout(2 * cluster.peer_timeout(), call)
         .await
-        .map_err(|_| Status::unavailable(format!("node {id} did not open its feed in time")))??
+        .map_err(|_| {
+            crate::api::status::coded(
+                tonic::Code::Unavailable,
+                format!("node {id} did not open its feed in time"),
+            )
+        })??
         .into_inner();
     Ok(Box::pin(stream.map(|b| b.and_then(feed::batch_from_pb))))
 }

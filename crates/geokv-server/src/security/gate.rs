@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 
 use geokv_core::NodeId;
 use geokv_tls::Identity;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::auth::{token_principal, Access, Authorizer, Denied};
 use super::listen::ConnInfo;
@@ -77,7 +77,7 @@ pub fn authorize(
     let Some(caller) = extensions.get::<Caller>() else {
         return match tls {
             None => Ok(None),
-            Some(_) => Err(Status::unauthenticated("no verified caller")),
+            Some(_) => Err(refusal(Code::Unauthenticated, "no verified caller", "UNAUTHENTICATED")),
         };
     };
     for access in needs {
@@ -111,11 +111,17 @@ impl Caller {
         let Some(auth) = &self.auth else { return Ok(()) };
         let Some(principal) = &self.principal else {
             return match self.identity {
-                Identity::Node { .. } => Err(Status::permission_denied(format!(
-                    "{} made a client request without naming the client it acts for ({ON_BEHALF_HEADER})",
-                    self.identity
-                ))),
-                Identity::Client { .. } => Err(Status::permission_denied("no principal")),
+                Identity::Node { .. } => Err(refusal(
+                    Code::PermissionDenied,
+                    format!(
+                        "{} made a client request without naming the client it acts for ({ON_BEHALF_HEADER})",
+                        self.identity
+                    ),
+                    "NO_PRINCIPAL",
+                )),
+                Identity::Client { .. } => {
+                    Err(refusal(Code::PermissionDenied, "no principal", "NO_PRINCIPAL"))
+                }
             };
         };
         let result = match prefix {
@@ -123,6 +129,11 @@ impl Caller {
             None => auth.check(principal, access, keys),
         };
         result.map_err(|denied| {
+            let reason = match denied {
+                Denied::UnknownPrincipal => "UNKNOWN_PRINCIPAL",
+                Denied::NotAdmin => "NOT_ADMIN",
+                Denied::Key(_) | Denied::Prefix => "NOT_GRANTED",
+            };
             let what = match denied {
                 Denied::UnknownPrincipal => format!("principal {principal:?} is not in this node's [auth] principals; add it with its roles"),
                 Denied::NotAdmin => format!("principal {principal:?} has no role with admin = true; this call changes the deployment"),
@@ -137,7 +148,7 @@ impl Caller {
                     String::from_utf8_lossy(prefix.unwrap_or_default())
                 ),
             };
-            Status::permission_denied(what)
+            refusal(Code::PermissionDenied, what, reason)
         })
     }
 }
@@ -189,11 +200,16 @@ struct Refusal {
 }
 
 fn unauthenticated(reason: &'static str, message: String) -> Refusal {
-    Refusal { status: Status::unauthenticated(message), reason }
+    Refusal { status: refusal(Code::Unauthenticated, message, &reason.to_ascii_uppercase()), reason }
 }
 
 fn denied(reason: &'static str, message: String) -> Refusal {
-    Refusal { status: Status::permission_denied(message), reason }
+    Refusal { status: refusal(Code::PermissionDenied, message, &reason.to_ascii_uppercase()), reason }
+}
+
+/// A refusal's status, with its `ErrorInfo` reason (docs/api.md, "Error details").
+fn refusal(code: Code, message: impl Into<String>, reason: &str) -> Status {
+    crate::api::status::detailed(code, message, reason, tonic::metadata::MetadataMap::new())
 }
 
 impl GateLayer {
