@@ -280,7 +280,7 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
     let err = all.scan_page(&ScanOptions::default(), vec![]).await.unwrap_err();
     assert_eq!(err.code(), Some(geokv_client::Code::Unavailable), "{err}");
 
-    // Operators see the lost node through `geokv peer-stats`.
+    // Operators see the lost node through `geokv admin peer-stats`.
     let seen_down = wait_until(Duration::from_secs(30), || async {
         member_health(&cluster, 0, 2) != "alive" && member_health(&cluster, 0, 3) == "alive"
     })
@@ -288,7 +288,7 @@ async fn a_scan_merges_the_replicas_and_pages_without_gaps_or_repeats_with_a_nod
     assert!(seen_down, "peer-stats shows node 2 down and node 3 alive");
 }
 
-/// How node `i` (0-based) sees node `id`, asked through `geokv peer-stats --json`.
+/// How node `i` (0-based) sees node `id`, asked through `geokv admin peer-stats --json`.
 fn member_health(cluster: &TestCluster, i: usize, id: u64) -> String {
     cluster.member_field(i, id, "health")
 }
@@ -357,7 +357,7 @@ async fn a_ttl_change_through_a_replica_that_missed_the_write_reaches_every_repl
             if session.view(now) != Some(View::Register(b"token".to_vec()))
                 || session.ttl_remaining_ms(now).is_some()
                 || visits.view(now) != Some(View::Counter(7))
-                || !visits.ttl_remaining_ms(now).is_some_and(|t| t > 500_000)
+                || visits.ttl_remaining_ms(now).is_none_or(|t| t <= 500_000)
             {
                 return false;
             }

@@ -430,6 +430,9 @@ async fn run_op(c: Client, key: &[u8], action: &Action) -> Outcome {
                 c.put(key, value, Some(Duration::from_millis(*ttl_ms))).await.map(|r| ok(r.version))
             }
             Action::Delete => c.delete(key).await.map(|r| ok(r.version)),
+            Action::Expire { ttl_ms } => {
+                c.expire(key, ttl_ms.map(Duration::from_millis)).await.map(|r| ok(r.version))
+            }
             Action::Append { chunk } => c.append(key, chunk, None).await.map(|r| ok(r.version)),
             Action::Cas { value, expect } => {
                 let expected = expect.map(|s| pb::Version { hlc: s.time, node_id: s.node });

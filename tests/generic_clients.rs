@@ -125,6 +125,16 @@ fn cli_endpoints_go_on_to_the_next_node_and_come_from_the_environment() {
     let (code, _, err) = run(&[("GEOKV_ENDPOINTS", dead)], &["append", "k", "x"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("cannot connect to http://127.0.0.1:1"), "{err}");
+    // A command that changes one node refuses a list of several.
+    let (code, _, err) = run(&[], &["--endpoints", &list, "admin", "leave"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("changes one node"), "{err}");
+    // A batch line whose TTL is not milliseconds is refused before anything is sent (an
+    // `expire` without a TTL would persist the key).
+    std::fs::write(&batch, "{\"op\":\"expire\",\"key\":\"k\",\"ttl_ms\":\"10s\"}\n").unwrap();
+    let (code, _, err) = run(&[], &["--endpoints", &ep, "batch", "--file", batch.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ttl_ms"), "{err}");
     // A batch item's error carries its reason.
     std::fs::write(&batch, "{\"op\":\"incr\",\"key\":\"k\"}\n").unwrap();
     let (code, out, _) =

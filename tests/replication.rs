@@ -199,7 +199,7 @@ async fn a_write_acknowledged_in_its_region_reaches_the_others_when_a_node_dies_
         s["destinations"][0]["destination"] == "us-east" && s["destinations"][0]["lag_ms"] == 0
     })
     .await;
-    assert!(caught_up, "geokv repl-status shows the destination caught up");
+    assert!(caught_up, "geokv admin repl-status shows the destination caught up");
     let out = std::process::Command::new(support::BIN)
         .args([
             "admin",

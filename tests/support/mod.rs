@@ -554,7 +554,7 @@ impl TestCluster {
     }
 
     /// Field `field` of node `id` as node `i` (0-based) sees it, through
-    /// `geokv peer-stats --json` ("unknown" if the node does not answer or know it).
+    /// `geokv admin peer-stats --json` ("unknown" if the node does not answer or know it).
     pub fn member_field(&self, i: usize, id: u64, field: &str) -> String {
         let peer = self.peer_addrs[i].to_string();
         let out = Command::new(BIN)

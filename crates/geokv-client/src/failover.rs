@@ -129,30 +129,41 @@ impl Failover {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let deadline = Instant::now() + self.patience;
+        let deadline = Instant::now().checked_add(self.patience);
         let n = self.nodes.len();
         let first = self.current.load(Ordering::Relaxed);
+        // The last attempt whose outcome is unknown (it may have been applied): what the
+        // caller is told if the attempts after it fail otherwise (say, no node reachable), so
+        // that a write is never reported as certainly not applied when one attempt may have been.
+        let mut uncertain: Option<(usize, ClientError)> = None;
         for attempt in 0usize.. {
             let i = (first + attempt) % n;
-            match call(self.nodes[i].1.clone()).await {
+            let e = match call(self.nodes[i].1.clone()).await {
                 Ok(v) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(e) if retryable(&e) && !may_retry(&e) => {
-                    // The node is not usable: the next request starts at the next one.
-                    self.current.store((i + 1) % n, Ordering::Relaxed);
-                    return Err(self.named(i, e));
-                }
+                Err(e) => e,
+            };
+            let patient = deadline.is_none_or(|d| Instant::now() < d);
+            if retryable(&e) && !may_retry(&e) {
+                // The node is not usable: the next request starts at the next one.
+                self.current.store((i + 1) % n, Ordering::Relaxed);
+            } else if may_retry(&e) && (attempt + 1 < n || patient) {
                 // Every node is tried once, then again while patience lasts.
-                Err(e) if may_retry(&e) && (attempt + 1 < n || Instant::now() < deadline) => {
-                    self.current.store((i + 1) % n, Ordering::Relaxed);
-                    if (attempt + 1) % n == 0 {
-                        tokio::time::sleep(ROUND_PAUSE).await;
-                    }
+                self.current.store((i + 1) % n, Ordering::Relaxed);
+                if !not_applied(&e) {
+                    uncertain = Some((i, e));
                 }
-                Err(e) => return Err(self.named(i, e)),
+                if (attempt + 1) % n == 0 {
+                    tokio::time::sleep(ROUND_PAUSE).await;
+                }
+                continue;
             }
+            return Err(match uncertain {
+                Some((j, earlier)) if not_applied(&e) => self.named(j, earlier),
+                _ => self.named(i, e),
+            });
         }
         unreachable!("the loop returns")
     }
@@ -261,11 +272,7 @@ impl Failover {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<proto::CompareAndSwapResponse> {
-        self.run_if(not_applied, |c| {
-            let expected = expected.clone();
-            async move { c.compare_and_swap(key, expected, value, ttl).await }
-        })
-        .await
+        self.run_if(not_applied, |c| async move { c.compare_and_swap(key, expected, value, ttl).await }).await
     }
 
     /// A batch, sent to another node only when it was certainly not applied (it may hold
@@ -293,16 +300,7 @@ impl Failover {
 
     /// Every entry of a scan, following pages to the end, each page on any node.
     pub async fn scan_all(&self, opts: &crate::ScanOptions) -> Result<Vec<proto::Entry>> {
-        let mut all = Vec::new();
-        let mut token = Vec::new();
-        loop {
-            let page = self.scan_page(opts, token).await?;
-            all.extend(page.entries);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.next_page_token;
-        }
+        crate::every_page(|token| self.scan_page(opts, token)).await
     }
 }
 
@@ -321,6 +319,22 @@ mod tests {
         assert!(!not_applied(&ClientError::from_grpc(tonic::Status::unavailable("draining"))));
         // ... but a read or a put whose node did not answer in time goes to the next one.
         assert!(repeatable(&ClientError::from_grpc(tonic::Status::deadline_exceeded("slow"))));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_may_have_applied_is_what_the_caller_hears() {
+        // The first node takes the connection and never answers (the attempt's outcome is
+        // unknown); nothing listens at the second (certainly not applied there).
+        let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let ends = vec![format!("http://{}", hang.local_addr().unwrap()), format!("http://{dead}")];
+        let f = Failover::connect(&ends, &Security::none())
+            .unwrap()
+            .with_timeout(Duration::from_millis(300))
+            .with_patience(Duration::ZERO);
+        let e = f.increment(b"c", 1, None).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e:?}");
+        assert!(!e.status().unwrap().not_applied());
     }
 
     #[tokio::test]

@@ -251,12 +251,12 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.timed(self.stub().put(self.request(req))).await?)
+        self.timed(self.stub().put(self.request(req))).await
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<proto::DeleteResponse> {
         let req = proto::DeleteRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.timed(self.stub().delete(self.request(req))).await?)
+        self.timed(self.stub().delete(self.request(req))).await
     }
 
     pub async fn increment(
@@ -309,7 +309,7 @@ impl Client {
             ttl_ms: ttl_ms(ttl),
             request_id,
         };
-        Ok(self.timed(self.stub().increment(self.request(req))).await?)
+        self.timed(self.stub().increment(self.request(req))).await
     }
 
     pub async fn append(
@@ -324,7 +324,7 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.timed(self.stub().append(self.request(req))).await?)
+        self.timed(self.stub().append(self.request(req))).await
     }
 
     pub async fn set_add(
@@ -335,24 +335,24 @@ impl Client {
     ) -> Result<proto::SetChangeResponse> {
         let req =
             proto::SetAddRequest { key: key.to_vec(), members, consistency: self.c(), ttl_ms: ttl_ms(ttl) };
-        Ok(self.timed(self.stub().set_add(self.request(req))).await?)
+        self.timed(self.stub().set_add(self.request(req))).await
     }
 
     pub async fn set_remove(&self, key: &[u8], members: Vec<Vec<u8>>) -> Result<proto::SetChangeResponse> {
         let req = proto::SetRemoveRequest { key: key.to_vec(), members, consistency: self.c() };
-        Ok(self.timed(self.stub().set_remove(self.request(req))).await?)
+        self.timed(self.stub().set_remove(self.request(req))).await
     }
 
     /// Gives `key` (of any type) a TTL, or with `None` takes its TTL away (Redis PERSIST),
     /// keeping its value; `existed` is false, and nothing changes, when the key is absent.
     pub async fn expire(&self, key: &[u8], ttl: Option<Duration>) -> Result<proto::ExpireResponse> {
         let req = proto::ExpireRequest { key: key.to_vec(), ttl_ms: ttl_ms(ttl), consistency: self.c() };
-        Ok(self.timed(self.stub().expire(self.request(req))).await?)
+        self.timed(self.stub().expire(self.request(req))).await
     }
 
     pub async fn set_members(&self, key: &[u8]) -> Result<proto::SetMembersResponse> {
         let req = proto::SetMembersRequest { key: key.to_vec(), consistency: self.c() };
-        Ok(self.timed(self.stub().set_members(self.request(req))).await?)
+        self.timed(self.stub().set_members(self.request(req))).await
     }
 
     /// Sets `key` to `value` if its version is `expected` (`None`: if it is absent).
@@ -375,7 +375,7 @@ impl Client {
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
         };
-        Ok(self.timed(self.stub().compare_and_swap(self.request(req))).await?)
+        self.timed(self.stub().compare_and_swap(self.request(req))).await
     }
 
     pub async fn batch_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<proto::Entry>>> {
@@ -404,21 +404,31 @@ impl Client {
             keys_only: opts.keys_only,
             consistency: self.c(),
         };
-        Ok(self.timed(self.stub().scan(self.request(req))).await?)
+        self.timed(self.stub().scan(self.request(req))).await
     }
 
     /// Every entry of a scan, following pages to the end.
     pub async fn scan_all(&self, opts: &ScanOptions) -> Result<Vec<proto::Entry>> {
-        let mut all = Vec::new();
-        let mut token = Vec::new();
-        loop {
-            let page = self.scan_page(opts, token).await?;
-            all.extend(page.entries);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.next_page_token;
+        every_page(|token| self.scan_page(opts, token)).await
+    }
+}
+
+/// Every entry of a scan: `page(token)` for each page, from the first (empty token) until a
+/// page says it is the last.
+pub(crate) async fn every_page<F, Fut>(mut page: F) -> Result<Vec<proto::Entry>>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<proto::ScanResponse>>,
+{
+    let mut all = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let p = page(token).await?;
+        all.extend(p.entries);
+        if p.next_page_token.is_empty() {
+            return Ok(all);
         }
+        token = p.next_page_token;
     }
 }
 

@@ -116,7 +116,10 @@ impl FailoverWatcher {
                     })
                     .await;
                 match opened {
-                    Ok(w) => self.current = Some(w),
+                    Ok(w) => {
+                        self.current = Some(w);
+                        self.alive = Instant::now();
+                    }
                     Err(e) if reopenable(&e) && self.alive.elapsed() < self.client.patience() => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -133,16 +136,16 @@ impl FailoverWatcher {
                     self.alive = Instant::now();
                     return Ok(Some(r));
                 }
-                Ok(None) => self.failed(),
-                Err(e) if reopenable(&e) => self.failed(),
+                // A stream that ends (or fails) is opened again on the next node after a pause
+                // (patience counts from the last open or response).
+                Ok(None) => {}
+                Err(e) if reopenable(&e) => {}
                 Err(e) => return Err(e),
             }
+            self.current = None;
+            self.client.skip_current();
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    fn failed(&mut self) {
-        self.current = None;
-        self.client.skip_current();
     }
 
     /// The revision after the last response.

@@ -106,6 +106,14 @@ pub enum OpOutcome {
     },
 }
 
+impl OpOutcome {
+    /// Whether the operation left the key as it was, so that nothing is stored, logged or
+    /// sent to other replicas (an Expire of an absent key), and no version is answered.
+    pub fn changes_nothing(&self) -> bool {
+        matches!(self, OpOutcome::Expired { existed: false })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
     pub record: Record,

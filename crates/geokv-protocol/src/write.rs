@@ -175,10 +175,15 @@ impl WriteCoordinator {
         if !matches!(self.phase, Phase::Applying) {
             return Vec::new();
         }
-        let Applied::Written(_, rec) = &applied else {
+        // A refused swap, or an operation that changed nothing (stored nowhere): answered as is.
+        let Applied::Written(outcome, rec) = &applied else {
             self.phase = Phase::Done;
             return vec![Command::Respond(Ok(applied))];
         };
+        if outcome.changes_nothing() {
+            self.phase = Phase::Done;
+            return vec![Command::Respond(Ok(applied))];
+        }
         let (round, cmds) = ReplicateRound::start(&self.replicas, self.level, rec.clone(), true);
         self.phase = Phase::Replicating(Box::new((applied, round)));
         self.after_replicate(cmds)
@@ -369,6 +374,18 @@ mod tests {
         w.on_fetched(home[0], Ok(None));
         let cmds = w.on_applied(Applied::CasFailed(None));
         assert_eq!(cmds, vec![Command::Respond(Ok(Applied::CasFailed(None)))]);
+        assert!(w.done());
+    }
+
+    #[test]
+    fn an_expire_of_an_absent_key_answers_without_sending() {
+        let (key, home) = key_and_home();
+        let (mut w, _) = WriteCoordinator::start(replicas_at(home[0], &key, |_| true), Level::All, 1);
+        for n in home {
+            w.on_fetched(n, Ok(None));
+        }
+        let nothing = Applied::Written(OpOutcome::Expired { existed: false }, Record::default());
+        assert_eq!(w.on_applied(nothing.clone()), vec![Command::Respond(Ok(nothing))]);
         assert!(w.done());
     }
 }

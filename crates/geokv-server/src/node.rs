@@ -338,8 +338,7 @@ impl Node {
         self.engine.update(key, |current| {
             let stamp = self.stamp_after(current);
             let applied = apply_as(current, op, stamp, self.actor(), self.now_ms(), &self.limits)?;
-            let record = applied.record.clone();
-            Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
+            Ok(stored(applied))
         })
     }
 
@@ -357,8 +356,7 @@ impl Node {
                 // The actor as of the decision (a renewal in between is seen, as in `write`).
                 let actor = actor.load(std::sync::atomic::Ordering::SeqCst);
                 let applied = apply_as(current, &op, stamp, actor, clock.now_ms(), &limits)?;
-                let record = applied.record.clone();
-                Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
+                Ok(stored(applied))
             })
             .await
     }
@@ -398,8 +396,7 @@ impl Node {
         let applied = self.engine.update_many(&valid_keys, |i, current| {
             let stamp = self.stamp_after(current);
             let applied = apply_as(current, &valid_ops[i], stamp, self.actor(), self.now_ms(), &self.limits)?;
-            let record = applied.record.clone();
-            Ok(Update { record: Some(applied.record), out: (applied.outcome, record) })
+            Ok(stored(applied))
         });
         match applied {
             Ok(outs) => {
@@ -516,6 +513,14 @@ impl Node {
         start.push(0);
         Ok(start)
     }
+}
+
+/// What the engine stores for a client write, and what the write answers: the new state, or
+/// nothing when the operation changed nothing (an Expire of an absent key: no version, no
+/// change-log entry, nothing to replicate).
+fn stored(applied: geokv_core::Applied) -> Update<(OpOutcome, Record)> {
+    let record = (!applied.outcome.changes_nothing()).then(|| applied.record.clone());
+    Update { record, out: (applied.outcome, applied.record) }
 }
 
 #[cfg(test)]

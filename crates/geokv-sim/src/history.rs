@@ -31,6 +31,8 @@ pub enum Action {
     SetAdd { member: Vec<u8> },
     /// Remove one member from a set.
     SetRemove { member: Vec<u8> },
+    /// Change the key's TTL (`None`: take it away), keeping its value (an Expire).
+    Expire { ttl_ms: Option<u64> },
     /// Read the key.
     Read,
     /// The key as a scan answered it: a visible key with its version and value, or (version
@@ -65,8 +67,13 @@ impl Action {
             Action::Append { .. } => Some(Family::Log),
             Action::Increment { .. } | Action::IncrementOnce { .. } => Some(Family::Counter),
             Action::SetAdd { .. } | Action::SetRemove { .. } => Some(Family::Set),
-            Action::Delete | Action::Read | Action::Scanned => None,
+            Action::Delete | Action::Expire { .. } | Action::Read | Action::Scanned => None,
         }
+    }
+
+    /// A write that may end the key at a deadline: a put with a TTL, or an Expire with one.
+    pub fn sets_deadline(&self) -> bool {
+        matches!(self, Action::Expiring { .. } | Action::Expire { ttl_ms: Some(_) })
     }
 
     /// An increment, with a request id or without.

@@ -159,6 +159,23 @@ fn simulated_schedules_shard_0() {
     shard(0);
 }
 
+/// Schedules whose clients also change TTLs (Expire and Persist; `SimConfig::ttl_changes`):
+/// a TTL key whose deadline an Expire moved still ends absent, a Persist leaves a counter's
+/// count, and an Expire of an absent key writes nothing and answers no version.
+#[test]
+fn schedules_with_ttl_changes() {
+    let cfg = SimConfig { ttl_changes: true, ..SimConfig::default() };
+    let seeds = env_u64("GEOKV_SIM_SEEDS").unwrap_or(500).min(200);
+    let expires = (0..seeds)
+        .map(|seed| check_seed(seed, &cfg))
+        .map(|r| {
+            r.history.iter().filter(|e| matches!(e.action, geokv_sim::history::Action::Expire { .. })).count()
+        })
+        .sum::<usize>();
+    assert!(expires > seeds as usize, "{expires} Expires over {seeds} schedules");
+    println!("{seeds} schedules with TTL changes passed ({expires} Expires)");
+}
+
 #[test]
 fn simulated_schedules_shard_1() {
     shard(1);

@@ -68,6 +68,19 @@ pub enum AdminCommand {
 }
 
 pub async fn run(cmd: AdminCommand, js: bool) -> anyhow::Result<()> {
+    // A command that changes one node must name it: not the first of a list meant for
+    // failover (GEOKV_ENDPOINTS, say).
+    let changes = match &cmd {
+        AdminCommand::Leave { peer } | AdminCommand::Cleanup { peer } | AdminCommand::Link { peer, .. } => {
+            peer.is_none()
+        }
+        _ => false,
+    };
+    if changes && crate::client_cmd::endpoint_count() > 1 {
+        return Err(crate::cli_io::usage(
+            "this command changes one node: name it alone with --endpoints URL (or its peer address with --peer)",
+        ));
+    }
     match &cmd {
         AdminCommand::PeerStats { peer } => peer_stats(peer.as_deref(), js).await,
         AdminCommand::Leave { peer } | AdminCommand::Cleanup { peer } => {

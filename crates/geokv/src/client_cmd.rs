@@ -402,7 +402,14 @@ pub fn batch_line(line: &str, n: usize) -> anyhow::Result<proto::WriteOp> {
             .as_bytes()
             .to_vec())
     };
-    let ttl = v.get("ttl_ms").and_then(Json::as_u64).map(Duration::from_millis);
+    // A TTL that is there must be a number of milliseconds: an `expire` without one persists.
+    let ttl = match v.get("ttl_ms") {
+        None | Some(Json::Null) => None,
+        Some(t) => Some(Duration::from_millis(
+            t.as_u64()
+                .with_context(|| format!("line {n}: `ttl_ms` must be a whole number of milliseconds"))?,
+        )),
+    };
     let members = || -> anyhow::Result<Vec<Vec<u8>>> {
         let arr = v
             .get("members")
@@ -450,7 +457,9 @@ async fn batch(client: &Failover, file: Option<PathBuf>, js: bool) -> anyhow::Re
             Ok(l) => Some(batch_line(&l, i + 1)),
             Err(e) => Some(Err(e.into())),
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()
+        // A malformed line: nothing is sent (exit status 2).
+        .map_err(|e| crate::cli_io::usage(format!("{e:#}")))?;
     let results = client.batch_write(ops).await?;
     let mut failed = 0;
     for (i, r) in results.iter().enumerate() {
@@ -480,18 +489,24 @@ async fn batch(client: &Failover, file: Option<PathBuf>, js: bool) -> anyhow::Re
 
 /// The endpoint and TLS settings of this process's connections, from the global flags (set
 /// once in main).
-static CONNECTION: std::sync::OnceLock<(String, geokv_client::Security)> = std::sync::OnceLock::new();
+static CONNECTION: std::sync::OnceLock<(Vec<String>, geokv_client::Security)> = std::sync::OnceLock::new();
 
-pub(crate) fn set_connection(endpoint: String, security: geokv_client::Security) {
-    let _ = CONNECTION.set((endpoint, security));
+pub(crate) fn set_connection(endpoints: Vec<String>, security: geokv_client::Security) {
+    let _ = CONNECTION.set((endpoints, security));
+}
+
+/// How many nodes `--endpoints` names.
+pub(crate) fn endpoint_count() -> usize {
+    CONNECTION.get().map_or(0, |c| c.0.len())
 }
 
 pub(crate) fn security() -> geokv_client::Security {
     CONNECTION.get().map(|c| c.1.clone()).unwrap_or_default()
 }
 
+/// The first of `--endpoints`: the node a command about one node asks.
 pub(crate) fn endpoint() -> String {
-    CONNECTION.get().map(|c| c.0.clone()).unwrap_or_default()
+    CONNECTION.get().and_then(|c| c.0.first().cloned()).unwrap_or_default()
 }
 
 pub(crate) async fn peer_client(

@@ -40,7 +40,8 @@ struct Cli {
 pub struct ClientOpts {
     /// gRPC endpoints of geokv nodes, comma-separated (those of one region, usually): a
     /// command goes to the first that answers and on to the next when a node is down or
-    /// draining. Default: $GEOKV_ENDPOINTS, else $GEOKV_ENDPOINT, else http://127.0.0.1:7400.
+    /// draining. Given twice, the later list counts. Default: $GEOKV_ENDPOINTS, else
+    /// $GEOKV_ENDPOINT, else http://127.0.0.1:7400.
     #[arg(long = "endpoints", visible_alias = "endpoint", global = true, value_delimiter = ',', action = clap::ArgAction::Set)]
     endpoints: Vec<String>,
     /// Consistency level sent with the request.
@@ -280,7 +281,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    client_cmd::set_connection(cli.client.endpoint(), cli.client.security());
+    client_cmd::set_connection(cli.client.endpoints(), cli.client.security());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.command {

@@ -49,14 +49,16 @@ pub fn coded(code: Code, message: impl Into<String>) -> Status {
 /// their first message).
 pub fn fill_details(headers: &mut http::HeaderMap) {
     const DETAILS: &str = "grpc-status-details-bin";
-    let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) else {
-        return;
-    };
-    let code = Code::from_i32(code);
-    if code == Code::Ok || headers.contains_key(DETAILS) {
+    if headers.contains_key(DETAILS) {
         return;
     }
-    let with = coded(code, "").into_http::<()>();
+    // The details repeat the status's code and message (clients such as grpcio-status check
+    // that they match the headers').
+    let Some(status) = Status::from_header_map(headers) else { return };
+    if status.code() == Code::Ok {
+        return;
+    }
+    let with = coded(status.code(), status.message()).into_http::<()>();
     if let Some(v) = with.headers().get(DETAILS) {
         headers.insert(DETAILS, v.clone());
     }
@@ -396,6 +398,8 @@ mod tests {
         let filled = Status::from_header_map(&headers).unwrap();
         assert_eq!(filled.code(), Code::ResourceExhausted);
         assert_eq!(reason_of(&filled).as_deref(), Some("RESOURCE_EXHAUSTED"));
+        let inner = <tonic_types::pb::Status as prost::Message>::decode(filled.details()).unwrap();
+        assert_eq!((inner.code, inner.message.as_str()), (Code::ResourceExhausted as i32, "too big"));
         // A status with details keeps them; a success gets none.
         let mut headers = detailed(Code::Unavailable, "x", "QUORUM_NOT_REACHED", MetadataMap::new())
             .into_http::<()>()

@@ -7,14 +7,14 @@
 //! them, and turns `normal`: an owner that serves reads and counts toward quorums. A join
 //! interrupted by a crash resumes at the next start (the status is saved).
 //!
-//! **Leave** (`Leave` RPC, `geokv leave`): the node turns `leaving` (still an owner, while
+//! **Leave** (`Leave` RPC, `geokv admin leave`): the node turns `leaving` (still an owner, while
 //! writes also go to the nodes that will replace it), waits until its peers see it so, streams
 //! every key it holds to those nodes, then turns `left`.
 //!
 //! Writes that were in flight while a status change spread can miss the streamed copy; the
 //! first anti-entropy round after the move (started right away) repairs them.
 //!
-//! **Cleanup** (`Cleanup` RPC, `geokv cleanup`): once no move is in progress, hands each copy
+//! **Cleanup** (`Cleanup` RPC, `geokv admin cleanup`): once no move is in progress, hands each copy
 //! of a key this node no longer replicates to the key's home replicas, and drops it once they
 //! all took it.
 

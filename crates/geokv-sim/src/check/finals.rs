@@ -32,8 +32,7 @@ pub(super) fn check_final(key: &[u8], evs: &[&Event], fin: &ReplicaState, out: &
     // An expired key's marker is stamped at its deadline, a wall-clock time: when the writer's
     // HLC ran ahead of its wall clock (a clock that jumped back), the deadline, and so the
     // marker, can be older than the write's stamp. Its content is right (absent).
-    let expired_marker = fin.observed == Observed::Absent
-        && writes.iter().all(|e| matches!(e.action, Action::Expiring { .. }));
+    let expired_marker = fin.observed == Observed::Absent && writes.iter().all(|e| e.action.sets_deadline());
     if let (Some(newest), Some(v), false) = (newest_acked, fin.version, expired_marker) {
         if v < newest {
             out.push(format!(
@@ -45,7 +44,7 @@ pub(super) fn check_final(key: &[u8], evs: &[&Event], fin: &ReplicaState, out: &
     // A tombstone, an expired key or an emptied set is purged after its grace period.
     let purged = writes.iter().any(|e| {
         e.may_have_applied()
-            && matches!(e.action, Action::Delete | Action::Expiring { .. } | Action::SetRemove { .. })
+            && (matches!(e.action, Action::Delete | Action::SetRemove { .. }) || e.action.sets_deadline())
     });
     if newest_acked.is_some() && fin.version.is_none() && !purged {
         out.push(format!("key {}: acknowledged writes but no replica holds the key", show(key)));

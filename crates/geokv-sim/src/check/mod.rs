@@ -285,7 +285,7 @@ fn check_read_after_write(key: &[u8], evs: &[&Event], beyond_drift: bool, report
 /// 4096), so any such write that may have applied may hide the key.
 fn hidden(evs: &[&Event], r: &Event, needed: Stamp, beyond_drift: bool) -> bool {
     evs.iter().any(|e| {
-        matches!(e.action, Action::Delete | Action::Expiring { .. } | Action::SetRemove { .. })
+        (matches!(e.action, Action::Delete | Action::SetRemove { .. }) || e.action.sets_deadline())
             && e.may_have_applied()
             && e.invoked_ms < r.completed_ms
             && (beyond_drift || e.ok_version().is_none_or(|v| v >= needed))

@@ -224,3 +224,17 @@ fn an_expired_keys_marker_may_be_stamped_before_the_last_write() {
     let r = check(&h, &f, &regions());
     assert!(r.violations.iter().any(|v| v.contains("older than acknowledged")), "{r}");
 }
+
+#[test]
+fn a_deadline_moved_by_an_expire_still_ends_the_key() {
+    let h = vec![
+        ev("a", Action::Expiring { value: "x".into(), ttl_ms: 100 }, (0, 10), ok(9, None)),
+        ev("a", Action::Expire { ttl_ms: Some(500) }, (20, 30), ok(12, None)),
+    ];
+    let gone = finals(&[("a", Observed::Absent, 5), ("b", Observed::Absent, 5)]);
+    assert!(check(&h, &gone, &regions()).passed());
+    let x = || Observed::Register(b"x".to_vec());
+    let kept = finals(&[("a", x(), 12), ("b", x(), 12)]);
+    let r = check(&h, &kept, &regions());
+    assert!(r.violations.iter().any(|v| v.contains("after every deadline")), "{r}");
+}

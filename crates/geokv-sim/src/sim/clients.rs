@@ -144,6 +144,8 @@ impl World {
                     Action::SetAdd { member }
                 }
             }
+            // A counter's TTL taken away (it has none): its count must not change.
+            1 if self.cfg.ttl_changes && self.rng.gen_bool(0.05) => Action::Expire { ttl_ms: None },
             1 if c % 2 == 1 => {
                 // The request's unique name, hashed (FNV-1a): an id no other request has.
                 let id = unique.bytes().fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d_u128, |h, b| {
@@ -153,6 +155,10 @@ impl World {
             }
             1 => Action::Increment { delta: self.rng.gen_range(1..=5) },
             2 => Action::SetAdd { member },
+            // A TTL key's deadline moved by an Expire: it still ends absent.
+            3 if self.cfg.ttl_changes && self.rng.gen_bool(0.25) => {
+                Action::Expire { ttl_ms: Some(self.rng.gen_range(100..2_000)) }
+            }
             3 => Action::Expiring { value: unique.into_bytes(), ttl_ms: self.rng.gen_range(100..2_000) },
             4 => Action::Append { chunk: format!("{unique};").into_bytes() },
             _ if self.rng.gen_bool(0.6) => Action::SetAdd { member },
@@ -221,6 +227,7 @@ impl World {
             Action::IncrementOnce { delta, id } => Op::IncrementOnce { delta, ttl_ms: None, id },
             Action::SetAdd { member } => Op::SetAdd { members: vec![member], ttl_ms: None },
             Action::SetRemove { member } => Op::SetRemove { members: vec![member] },
+            Action::Expire { ttl_ms } => Op::Expire { ttl_ms: ttl_ms.and_then(ttl) },
         };
         Some(Write::Op(op))
     }

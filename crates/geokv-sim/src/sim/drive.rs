@@ -310,7 +310,11 @@ impl Node {
                 Applied::Written(OpOutcome::Put, a.record)
             }
         };
-        if let Applied::Written(_, rec) = &applied {
+        if let Applied::Written(out, rec) = &applied {
+            if out.changes_nothing() {
+                // Stored nowhere (the server's `Node::write` stores nothing either).
+                return Ok(applied);
+            }
             // Stored as the server's engine stores a client write: held to the size rule
             // (`geokv_storage::size`), refused whole if it grows the key past the limit.
             let new = rec.clone();
@@ -331,6 +335,7 @@ impl Node {
         let now_ms = self.physical_ms(ctx.now);
         let client_answer = |r: Result<Out, Failure>| {
             r.map(|out| match out {
+                Out::Applied(Applied::Written(out, _)) if out.changes_nothing() => (None, None),
                 Out::Applied(Applied::Written(_, rec)) => (Some(rec.version()), None),
                 Out::Applied(Applied::CasFailed(_)) | Out::Replicated => (None, None),
                 Out::Read(merged) => {

@@ -137,6 +137,10 @@ pub struct SimConfig {
     pub max_record_bytes: usize,
     /// Clients also write and read registers only one region may hold (`sim::residency`).
     pub residency: bool,
+    /// Clients also change TTLs (Expire): a TTL key's deadline moved, a counter's TTL taken
+    /// away. Off in the default schedules, which keep the action streams their regression
+    /// seeds were found with; `schedules_with_ttl_changes` runs them on.
+    pub ttl_changes: bool,
     pub bug: Option<Bug>,
 }
 
@@ -155,6 +159,7 @@ impl Default for SimConfig {
             local_sets: 2,
             max_record_bytes: MAX_RECORD_BYTES,
             residency: true,
+            ttl_changes: false,
             bug: None,
         }
     }
