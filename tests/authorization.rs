@@ -189,9 +189,10 @@ async fn tokens_and_roles_grant_what_they_say_at_both_ends_of_a_forward_and_noth
     let after = as_admin.replication_status(pb::ReplicationStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(link(after), Some(true));
     as_admin.set_link(cut(false)).await.unwrap();
-    // The CLI reaches the Admin service the same way, with the client's certificate.
+    // The CLI reaches the Admin service the same way, with the client's certificate (on the
+    // first of its endpoints that takes the connection: nothing listens on port 1).
     let out = Command::new(BIN)
-        .args(["--json", "--endpoint", &endpoint, "admin", "repl-status"])
+        .args(["--json", "--endpoints", &format!("https://127.0.0.1:1,{endpoint}"), "admin", "repl-status"])
         .args(["--ca", &ca.display().to_string()])
         .args(["--cert", &cluster.client_security().cert.unwrap().display().to_string()])
         .args(["--key", &cluster.client_security().key.unwrap().display().to_string()])

@@ -8,7 +8,7 @@ use geokv_client::proto;
 use proto::admin_client::AdminClient;
 use proto::cluster_client::ClusterClient;
 
-use crate::client_cmd::{endpoint, security};
+use crate::client_cmd::{endpoints, security};
 
 pub enum AdminConn {
     Client(AdminClient<geokv_client::grpc::Transport>),
@@ -16,18 +16,23 @@ pub enum AdminConn {
 }
 
 impl AdminConn {
-    /// The peer service at `peer` if given, else the Admin service at the global `--endpoint`.
+    /// The peer service at `peer` if given, else the Admin service at the first of
+    /// `--endpoints` that takes the connection (a node that is down is skipped; commands that
+    /// change one node refuse a list before they get here).
     pub async fn open(peer: Option<&str>) -> anyhow::Result<AdminConn> {
-        match peer {
-            Some(peer) => Ok(AdminConn::Peer(crate::client_cmd::peer_client(peer).await?)),
-            None => {
-                let ep = endpoint();
-                let c = geokv_client::grpc::admin(&ep, &security())
-                    .await
-                    .with_context(|| format!("cannot connect to {ep}"))?;
-                Ok(AdminConn::Client(c))
+        if let Some(peer) = peer {
+            return Ok(AdminConn::Peer(crate::client_cmd::peer_client(peer).await?));
+        }
+        let mut failed = None;
+        for ep in endpoints() {
+            match geokv_client::grpc::admin(&ep, &security()).await {
+                Ok(c) => return Ok(AdminConn::Client(c)),
+                Err(e @ geokv_client::ClientError::Connect { .. }) => failed = Some((ep, e)),
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("cannot connect to {ep}"))),
             }
         }
+        let (ep, e) = failed.context("no endpoint given")?;
+        Err(anyhow::Error::from(e).context(format!("cannot connect to {ep}")))
     }
 }
 

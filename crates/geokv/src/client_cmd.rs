@@ -504,9 +504,9 @@ pub(crate) fn security() -> geokv_client::Security {
     CONNECTION.get().map(|c| c.1.clone()).unwrap_or_default()
 }
 
-/// The first of `--endpoints`: the node a command about one node asks.
-pub(crate) fn endpoint() -> String {
-    CONNECTION.get().and_then(|c| c.0.first().cloned()).unwrap_or_default()
+/// `--endpoints`, in order.
+pub(crate) fn endpoints() -> Vec<String> {
+    CONNECTION.get().map(|c| c.0.clone()).unwrap_or_default()
 }
 
 pub(crate) async fn peer_client(

@@ -473,15 +473,35 @@ fn respond(answer: &mut Option<oneshot::Sender<Answer>>, r: Answer) {
     }
 }
 
-/// The format of a forwarded operation (`CoordinateRequest.format`): `geokv_core::Op` in
-/// postcard (tests/golden.rs keeps its bytes). 0, from before formats were numbered, is 1.
-pub const COORDINATE_FORMAT: u32 = 1;
+/// The newest format of a forwarded operation this node reads (`CoordinateRequest.format`):
+/// `geokv_core::Op` in postcard (tests/golden.rs keeps its bytes). 0, from before formats were
+/// numbered, is 1; 2 adds the operations after the first six (IncrementOnce, Expire).
+pub const COORDINATE_FORMAT: u32 = 2;
+
+/// The format a forwarded `op` needs: 1 for the first six operations, which every release
+/// reads, so that a node of the previous release refuses only what it cannot read, and says
+/// to upgrade it rather than that the operation does not decode.
+pub fn format_of(op: &geokv_core::Op) -> u32 {
+    use geokv_core::Op;
+    match op {
+        Op::Put { .. }
+        | Op::Append { .. }
+        | Op::Delete
+        | Op::Increment { .. }
+        | Op::SetAdd { .. }
+        | Op::SetRemove { .. } => 1,
+        Op::IncrementOnce { .. } | Op::Expire { .. } => 2,
+    }
+}
 
 fn coordinate_request(key: &[u8], action: &Action, level: Level) -> pb::CoordinateRequest {
     let mut req = pb::CoordinateRequest {
         key: key.to_vec(),
         consistency: crate::api::convert::level_to_pb(level) as i32,
-        format: COORDINATE_FORMAT,
+        format: match action {
+            Action::Op(op) => format_of(op),
+            Action::Cas { .. } => 1,
+        },
         ..Default::default()
     };
     match action.clone() {
@@ -507,4 +527,28 @@ fn decode_applied(resp: pb::CoordinateResponse) -> Result<Applied, CoordinatorEr
         .map_err(|e| CoordinatorError::BadAnswer(format!("an undecodable outcome: {e}")))?;
     let rec = state.ok_or_else(|| CoordinatorError::BadAnswer("no state for a write".into()))?;
     Ok(Applied::Written(outcome, rec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geokv_core::Op;
+
+    #[test]
+    fn a_forward_names_the_oldest_format_that_reads_its_operation() {
+        let first_six = [
+            Op::Put { value: vec![1], ttl_ms: None },
+            Op::Append { value: vec![1], ttl_ms: None },
+            Op::Delete,
+            Op::Increment { delta: 1, ttl_ms: None },
+            Op::SetAdd { members: vec![vec![1]], ttl_ms: None },
+            Op::SetRemove { members: vec![vec![1]] },
+        ];
+        assert!(first_six.iter().all(|op| format_of(op) == 1), "a node of the previous release reads these");
+        for newer in [Op::IncrementOnce { delta: 1, ttl_ms: None, id: 7 }, Op::Expire { ttl_ms: None }] {
+            assert_eq!(format_of(&newer), 2, "{newer:?}");
+            let req = coordinate_request(b"k", &Action::Op(newer), Level::Quorum);
+            assert!(req.format <= COORDINATE_FORMAT);
+        }
+    }
 }
