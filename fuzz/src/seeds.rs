@@ -32,6 +32,18 @@ fn record(ops: &[Op]) -> Record {
     rec.unwrap_or_default()
 }
 
+/// A key's state after each `(op, node, now_ms)` in turn: written by several nodes, with time
+/// jumps (a minute: idempotent increments fold).
+fn record_by(steps: &[(Op, u64, u64)]) -> Record {
+    let mut rec: Option<Record> = None;
+    for (i, (op, node, now_ms)) in steps.iter().enumerate() {
+        let t = (now_ms + i as u64) << 20;
+        let applied = apply(rec.as_ref(), op, Stamp::new(t, *node), *now_ms, &Limits::default());
+        rec = Some(applied.expect("seed operations apply").record);
+    }
+    rec.unwrap_or_default()
+}
+
 fn put(value: &[u8], ttl_ms: Option<u64>) -> Op {
     Op::Put { value: value.to_vec(), ttl_ms }
 }
@@ -42,8 +54,24 @@ fn members(names: &[&str]) -> Vec<Vec<u8>> {
 
 fn sample_records() -> Vec<(&'static str, Record)> {
     let incr = |delta| Op::Increment { delta, ttl_ms: None };
+    let once = |delta, id| Op::IncrementOnce { delta, ttl_ms: None, id };
+    let minute = 61_000;
     vec![
         ("empty", Record::default()),
+        // Idempotent increments (value format 3): copies by id from two nodes, then folded a
+        // minute later, then deleted with ids observed.
+        ("counter-once", record_by(&[(once(2, 11), 7, 1_000), (once(2, 11), 8, 1_001), (once(5, 12), 8, 1_002)])),
+        (
+            "counter-once-folded",
+            record_by(&[
+                (once(2, 11), 7, 1_000),
+                (once(3, 12), 8, 1_001),
+                (incr(1), 7, 1_000 + minute),
+                (incr(1), 8, 1_001 + minute),
+            ]),
+        ),
+        ("counter-once-deleted", record_by(&[(once(4, 13), 7, 1_000), (Op::Delete, 8, 1_001)])),
+        ("register-persisted", record(&[put(b"kept", Some(30_000)), Op::Expire { ttl_ms: None }])),
         ("register", record(&[put(b"hello", None)])),
         ("register-ttl", record(&[put(b"session", Some(30_000))])),
         ("register-large", record(&[put(&b"geokv ".repeat(400), None)])),
