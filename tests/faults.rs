@@ -3,7 +3,9 @@
 //! and between regions, both ways and one way), kills and restarts, pauses (SIGSTOP/SIGCONT),
 //! skews and drifts clocks, slows disks, and drops, delays and duplicates node-to-node
 //! messages. After each schedule every fault is healed, the replicas are left to converge, and
-//! the history and every replica's final state are checked (`geokv_sim::check`).
+//! the history and every replica's final state are checked (`geokv_sim::check`). Odd clients
+//! send their increments with request ids and send one again (to any node) while its outcome
+//! is unknown: all its attempts must count once.
 //!
 //! - `GEOKV_FAULT_ROUNDS=N`: schedules to run (default 20).
 //! - `GEOKV_FAULT_SEED=S`: run only the schedule of seed S (printed by every round).
@@ -376,37 +378,51 @@ async fn client_loop(
         let action = match (write, kind) {
             (false, _) => Action::Read,
             (true, 0) => Action::Put { value: format!("c{id}-{n}").into_bytes() },
+            // Odd clients send increments with request ids (and retry them below).
+            (true, 1) if id % 2 == 1 => Action::IncrementOnce {
+                delta: rng.gen_range(1..=5),
+                id: (u128::from(id) << 64) | u128::from(n),
+            },
             (true, 1) => Action::Increment { delta: rng.gen_range(1..=5) },
             (true, _) => Action::SetAdd { member: format!("m{}", rng.gen_range(0..16)).into_bytes() },
         };
-        let node = rng.gen_range(0..endpoints.len());
         let level = if quorum { pb::Consistency::Quorum } else { pb::Consistency::One };
-        let invoked = w.t0.elapsed().as_millis() as u64;
-        let outcome = match conns.get(&node) {
-            Some(c) => run_op(c.clone().with_consistency(level), &key, &action).await,
-            None => match tokio::time::timeout(OP_TIMEOUT, Client::connect(&endpoints[node])).await {
-                Ok(Ok(c)) => {
-                    conns.insert(node, c.clone());
-                    run_op(c.with_consistency(level), &key, &action).await
-                }
-                // Not connected: nothing was sent.
-                _ => Outcome::Failed(format!("cannot connect to {}", endpoints[node])),
-            },
-        };
-        if matches!(outcome, Outcome::Unknown(_)) {
-            conns.remove(&node);
+        // An increment with a request id whose outcome is unknown is sent again, to any node,
+        // up to three attempts: the checker counts its attempts once.
+        for attempt in 1..=3 {
+            let node = rng.gen_range(0..endpoints.len());
+            let invoked = w.t0.elapsed().as_millis() as u64;
+            let outcome = match conns.get(&node) {
+                Some(c) => run_op(c.clone().with_consistency(level), &key, &action).await,
+                None => match tokio::time::timeout(OP_TIMEOUT, Client::connect(&endpoints[node])).await {
+                    Ok(Ok(c)) => {
+                        conns.insert(node, c.clone());
+                        run_op(c.with_consistency(level), &key, &action).await
+                    }
+                    // Not connected: nothing was sent.
+                    _ => Outcome::Failed(format!("cannot connect to {}", endpoints[node])),
+                },
+            };
+            let unknown = matches!(outcome, Outcome::Unknown(_));
+            if unknown {
+                conns.remove(&node);
+            }
+            let completed = w.t0.elapsed().as_millis() as u64;
+            w.history.record(Event {
+                client: id,
+                region: REGIONS[region].0.to_string(),
+                key: key.clone(),
+                quorum,
+                action: action.clone(),
+                invoked_ms: invoked,
+                completed_ms: completed,
+                outcome,
+            });
+            let again = unknown && matches!(action, Action::IncrementOnce { .. });
+            if !again || attempt == 3 || w.stop.load(Ordering::Relaxed) {
+                break;
+            }
         }
-        let completed = w.t0.elapsed().as_millis() as u64;
-        w.history.record(Event {
-            client: id,
-            region: REGIONS[region].0.to_string(),
-            key,
-            quorum,
-            action,
-            invoked_ms: invoked,
-            completed_ms: completed,
-            outcome,
-        });
         tokio::time::sleep(Duration::from_millis(rng.gen_range(2..20))).await;
     }
 }
