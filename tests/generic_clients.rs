@@ -125,6 +125,18 @@ fn cli_endpoints_go_on_to_the_next_node_and_come_from_the_environment() {
     let (code, _, err) = run(&[("GEOKV_ENDPOINTS", dead)], &["append", "k", "x"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("cannot connect to http://127.0.0.1:1"), "{err}");
+    // An increment whose outcome is unknown (its node took the connection and never answered)
+    // exits 7 and names the request id it sent: run again with it, it counts once.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = format!("http://{}", hang.local_addr().unwrap());
+    let (code, _, err) = run(&[], &["--endpoints", &hung, "--timeout", "300ms", "incr", "once", "4"]);
+    assert_eq!(code, 7, "{err}");
+    let id = err.split("--request-id ").nth(1).map(|rest| rest[..32].to_string()).expect("the id is named");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{err}");
+    for _ in 0..2 {
+        assert_eq!(ok(&[], &["--endpoints", &ep, "incr", "once", "4", "--request-id", &id]).trim(), "4");
+    }
+    drop(hang);
     // A command that changes one node refuses a list of several.
     let (code, _, err) = run(&[], &["--endpoints", &list, "admin", "leave"]);
     assert_eq!(code, 2, "{err}");

@@ -25,6 +25,12 @@ fn code<T: std::fmt::Debug>(r: Result<T, geokv_client::ClientError>) -> (Code, S
     }
 }
 
+/// The request field a refusal names (`google.rpc.BadRequest`), if any.
+fn field<T: std::fmt::Debug>(r: Result<T, geokv_client::ClientError>) -> Option<String> {
+    let e = r.expect_err("a refusal");
+    e.status().and_then(|s| s.field_violations().first().map(|v| v.field.clone()))
+}
+
 async fn server() -> (tempfile::TempDir, ServerProcess, Client) {
     let dir = tempfile::tempdir().unwrap();
     let s = ServerProcess::start(dir.path(), "[sweeper]\ninterval_ms = 50\n[limits]\nmax_key_bytes = 64\nmax_value_bytes = 1024\nmax_batch_items = 100\nmax_request_bytes = 1048576\n");
@@ -258,6 +264,12 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
     expect(code(c.append(b"keep", &[0; 1021], None).await), Code::InvalidArgument, &["1025", "1024"]);
     expect(code(c.put(b"keep", b"v", Some(Duration::ZERO)).await), Code::InvalidArgument, &["ttl_ms"]);
     expect(code(c.set_add(b"s", vec![], None).await), Code::InvalidArgument, &["members"]);
+    // Refusals for a size or count name the field (google.rpc.BadRequest).
+    assert_eq!(field(c.put(&[b'k'; 65], b"v", None).await).as_deref(), Some("key"));
+    assert_eq!(field(c.put(b"keep", &[0; 1025], None).await).as_deref(), Some("value"));
+    assert_eq!(field(c.append(b"keep", &[0; 1021], None).await).as_deref(), Some("value"));
+    let many: Vec<Vec<u8>> = (0..101).map(|i: u32| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(field(c.batch_get(many).await).as_deref(), Some("keys"));
     let keys: Vec<Vec<u8>> = (0..101).map(|i: u32| i.to_be_bytes().to_vec()).collect();
     expect(code(c.batch_get(keys).await), Code::InvalidArgument, &["101", "100", "max_batch_items"]);
     let ops = (0..101).map(|_| op::put(b"x", b"y", None)).collect();

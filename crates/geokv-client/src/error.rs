@@ -48,6 +48,16 @@ impl ClientError {
         self.status().map(Status::code)
     }
 
+    /// Whether the call was certainly not applied: it never left this client (a bad endpoint,
+    /// TLS settings, no connection), or see [`Status::not_applied`]. Even a write that must not
+    /// run twice may be sent again then; after any other failure its outcome is unknown.
+    pub fn not_applied(&self) -> bool {
+        match self {
+            ClientError::Status(s) => s.not_applied(),
+            ClientError::Endpoint { .. } | ClientError::Connect { .. } | ClientError::Tls(_) => true,
+        }
+    }
+
     /// The status, when the call got as far as one.
     pub fn status(&self) -> Option<&Status> {
         match self {
@@ -131,9 +141,12 @@ pub struct Status {
     metadata: BTreeMap<String, String>,
     retry_after: Option<Duration>,
     violations: Vec<FieldViolation>,
-    connection_lost: bool,
+    /// The connection broke under the call (a transport error, not the node's answer).
+    broken: bool,
+    /// Connecting failed: the call never left this client.
     not_sent: bool,
-    not_applied: bool,
+    /// The coordinator said nothing was written (`geokv-failure: not-applied`).
+    said_not_applied: bool,
 }
 
 impl Status {
@@ -146,9 +159,9 @@ impl Status {
             metadata: BTreeMap::new(),
             retry_after: None,
             violations: Vec::new(),
-            connection_lost: false,
+            broken: false,
             not_sent: false,
-            not_applied: false,
+            said_not_applied: false,
         }
     }
 
@@ -165,8 +178,8 @@ impl Status {
         self.reason.as_deref()
     }
 
-    /// A value of the `ErrorInfo` metadata (e.g. `required` and `reached` of
-    /// `QUORUM_NOT_REACHED`, `limit` of `TOO_LARGE`; docs/api.md lists them).
+    /// A value of the `ErrorInfo` metadata (geokv's own reasons carry none yet: this reads what
+    /// a future node or a proxy may add).
     pub fn metadata(&self, name: &str) -> Option<&str> {
         self.metadata.get(name).map(String::as_str)
     }
@@ -176,7 +189,8 @@ impl Status {
         self.retry_after
     }
 
-    /// The request fields a node refused (`BadRequest`), for INVALID_ARGUMENT.
+    /// The request fields a node refused (`BadRequest`): a key, value or members over their
+    /// size or count limit (docs/api.md, "Error details").
     pub fn field_violations(&self) -> &[FieldViolation] {
         &self.violations
     }
@@ -184,7 +198,7 @@ impl Status {
     /// Whether the connection failed under the call (the node closed it, or it broke) rather
     /// than the node answering with this status.
     pub fn connection_lost(&self) -> bool {
-        self.connection_lost
+        self.broken || self.not_sent
     }
 
     /// Whether the call certainly never reached a node (connecting to it failed), so it was not
@@ -198,14 +212,13 @@ impl Status {
     /// nothing written). Such a write may be sent again even if it must not run twice; any
     /// other failure of a write leaves its outcome unknown.
     pub fn not_applied(&self) -> bool {
-        self.not_applied
+        self.not_sent || self.said_not_applied
     }
 
     pub(crate) fn from_grpc(s: &tonic::Status) -> Status {
         use tonic_types::StatusExt;
         let details = s.get_error_details();
         let info = details.error_info().filter(|i| i.domain == ERROR_DOMAIN);
-        let connection_lost = std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
         let mut not_sent = false;
         let mut cause = std::error::Error::source(s);
         while let Some(c) = cause {
@@ -230,10 +243,12 @@ impl Status {
                         .collect()
                 })
                 .unwrap_or_default(),
-            connection_lost: connection_lost || not_sent,
+            broken: std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>()),
             not_sent,
-            not_applied: not_sent
-                || s.metadata().get(FAILURE_METADATA).is_some_and(|v| v.as_bytes() == b"not-applied"),
+            said_not_applied: s
+                .metadata()
+                .get(FAILURE_METADATA)
+                .is_some_and(|v| v.as_bytes() == b"not-applied"),
         }
     }
 }

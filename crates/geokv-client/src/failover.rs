@@ -47,13 +47,6 @@ fn repeatable(e: &ClientError) -> bool {
     retryable(e) || e.code() == Some(Code::DeadlineExceeded)
 }
 
-/// Whether a failed request that must not run twice (an append, a compare-and-swap, a batch)
-/// may go to the next node: only when it was certainly not applied (it reached no node, or its
-/// coordinator said nothing was written).
-fn not_applied(e: &ClientError) -> bool {
-    matches!(e, ClientError::Connect { .. }) || e.status().is_some_and(crate::Status::not_applied)
-}
-
 impl Failover {
     /// A client over `endpoints`, each with `security`; connections are made when needed, so
     /// nodes that are down now are no error.
@@ -152,7 +145,7 @@ impl Failover {
             } else if may_retry(&e) && (attempt + 1 < n || patient) {
                 // Every node is tried once, then again while patience lasts.
                 self.current.store((i + 1) % n, Ordering::Relaxed);
-                if !not_applied(&e) {
+                if !e.not_applied() {
                     uncertain = Some((i, e));
                 }
                 if (attempt + 1) % n == 0 {
@@ -161,7 +154,7 @@ impl Failover {
                 continue;
             }
             return Err(match uncertain {
-                Some((j, earlier)) if not_applied(&e) => self.named(j, earlier),
+                Some((j, earlier)) if e.not_applied() => self.named(j, earlier),
                 _ => self.named(i, e),
             });
         }
@@ -260,7 +253,7 @@ impl Failover {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<proto::AppendResponse> {
-        self.run_if(not_applied, |c| async move { c.append(key, value, ttl).await }).await
+        self.run_if(ClientError::not_applied, |c| async move { c.append(key, value, ttl).await }).await
     }
 
     /// A compare-and-swap, sent to another node only when it was certainly not applied (a
@@ -272,13 +265,16 @@ impl Failover {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<proto::CompareAndSwapResponse> {
-        self.run_if(not_applied, |c| async move { c.compare_and_swap(key, expected, value, ttl).await }).await
+        self.run_if(ClientError::not_applied, |c| async move {
+            c.compare_and_swap(key, expected, value, ttl).await
+        })
+        .await
     }
 
     /// A batch, sent to another node only when it was certainly not applied (it may hold
     /// appends and increments without ids).
     pub async fn batch_write(&self, ops: Vec<proto::WriteOp>) -> Result<Vec<proto::WriteResult>> {
-        self.run_if(not_applied, |c| {
+        self.run_if(ClientError::not_applied, |c| {
             let ops = ops.clone();
             async move { c.batch_write(ops).await }
         })
@@ -315,8 +311,8 @@ mod tests {
         assert!(!retryable(&ClientError::from_grpc(tonic::Status::invalid_argument("bad key"))));
         assert!(!retryable(&ClientError::from_grpc(tonic::Status::deadline_exceeded("slow"))));
         // An append goes on only when it certainly reached no node.
-        assert!(not_applied(&ClientError::Connect { endpoint: "x".into(), message: "refused".into() }));
-        assert!(!not_applied(&ClientError::from_grpc(tonic::Status::unavailable("draining"))));
+        assert!(ClientError::Connect { endpoint: "x".into(), message: "refused".into() }.not_applied());
+        assert!(!ClientError::from_grpc(tonic::Status::unavailable("draining")).not_applied());
         // ... but a read or a put whose node did not answer in time goes to the next one.
         assert!(repeatable(&ClientError::from_grpc(tonic::Status::deadline_exceeded("slow"))));
     }
@@ -334,7 +330,7 @@ mod tests {
             .with_patience(Duration::ZERO);
         let e = f.increment(b"c", 1, None).await.unwrap_err();
         assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e:?}");
-        assert!(!e.status().unwrap().not_applied());
+        assert!(!e.not_applied());
     }
 
     #[tokio::test]

@@ -76,7 +76,7 @@ pub async fn run(cmd: AdminCommand, js: bool) -> anyhow::Result<()> {
         }
         _ => false,
     };
-    if changes && crate::client_cmd::endpoint_count() > 1 {
+    if changes && crate::client_cmd::endpoints().len() > 1 {
         return Err(crate::cli_io::usage(
             "this command changes one node: name it alone with --endpoints URL (or its peer address with --peer)",
         ));

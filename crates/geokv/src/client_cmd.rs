@@ -267,9 +267,9 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             let given = request_id.is_some();
             let id = request_id.unwrap_or_else(geokv_client::new_request_id);
             let r = client.increment_once(&key, delta, ttl, id).await.map_err(|e| {
-                let unknown = e.status().is_some_and(|s| !s.not_applied());
+                let applied_maybe = !e.not_applied();
                 let e = anyhow::Error::from(e);
-                if given || !unknown {
+                if given || !applied_maybe {
                     return e;
                 }
                 let id = u128::from_be_bytes(id);
@@ -493,11 +493,6 @@ static CONNECTION: std::sync::OnceLock<(Vec<String>, geokv_client::Security)> = 
 
 pub(crate) fn set_connection(endpoints: Vec<String>, security: geokv_client::Security) {
     let _ = CONNECTION.set((endpoints, security));
-}
-
-/// How many nodes `--endpoints` names.
-pub(crate) fn endpoint_count() -> usize {
-    CONNECTION.get().map_or(0, |c| c.0.len())
 }
 
 pub(crate) fn security() -> geokv_client::Security {

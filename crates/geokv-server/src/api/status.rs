@@ -110,13 +110,44 @@ pub fn to_status(err: StorageError) -> Status {
     if matches!(code, Code::Unavailable | Code::DataLoss | Code::Internal) {
         tracing::error!(%code, %message, "request failed");
     }
-    detailed(code, message, storage_reason(&err), MetadataMap::new())
+    let status = detailed(code, message, storage_reason(&err), MetadataMap::new());
+    match &err {
+        StorageError::Core(core) => with_field(status, core),
+        _ => status,
+    }
+}
+
+/// The request field a limit refusal is about (`BadRequest`): a key, value, members, batch
+/// keys or ops, or a scan limit over its size or count.
+fn field_of(e: &CoreError) -> Option<&'static str> {
+    let (CoreError::TooLarge { what, .. } | CoreError::TooMany { what, .. }) = e else { return None };
+    Some(match *what {
+        "value" | "appended value" | "value after append" => "value",
+        "set member" => "members",
+        "BatchGet keys" => "keys",
+        "BatchWrite ops" => "ops",
+        "scan limit" => "limit",
+        other => other,
+    })
+}
+
+/// `status` with a `BadRequest` naming the field `e` refused, if it names one.
+fn with_field(status: Status, e: &CoreError) -> Status {
+    let Some(field) = field_of(e) else { return status };
+    let mut details = status.get_error_details();
+    details.add_bad_request_violation(field, e.to_string());
+    Status::with_error_details_and_metadata(
+        status.code(),
+        status.message(),
+        details,
+        status.metadata().clone(),
+    )
 }
 
 /// A request refused by the data model's limits before anything ran: INVALID_ARGUMENT with
 /// the refusal's own reason (`TOO_LARGE`, `TOO_MANY`, ...) and `message`.
 pub fn refused_by(e: &CoreError, message: impl Into<String>) -> Status {
-    detailed(Code::InvalidArgument, message, core_reason(e), MetadataMap::new())
+    with_field(detailed(Code::InvalidArgument, message, core_reason(e), MetadataMap::new()), e)
 }
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -382,7 +413,11 @@ mod tests {
         assert_eq!(info(&again).unwrap().0, QUORUM_NOT_REACHED);
         assert_eq!(again.metadata().get(FAILURE_METADATA).unwrap(), "maybe-applied");
         let big = StorageError::Core(CoreError::TooLarge { what: "key", actual: 9, limit: 4, setting: "x" });
-        assert_eq!(info(&to_status(big)).unwrap().0, "TOO_LARGE");
+        let big = to_status(big);
+        assert_eq!(info(&big).unwrap().0, "TOO_LARGE");
+        let fields = big.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(fields[0].field, "key");
+        assert!(fields[0].description.contains("over the limit"), "{fields:?}");
         assert_eq!(info(&invalid("bad")).unwrap().0, "INVALID_ARGUMENT");
         // A peer's status without details (an older node) falls back to its code's class.
         let PeerError::Answered(f) = peer_error(Status::failed_precondition("old")) else { panic!() };
