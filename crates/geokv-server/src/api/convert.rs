@@ -73,22 +73,19 @@ pub struct WriteMeta {
     pub ttl_remaining_ms: Option<u64>,
 }
 
-pub fn write_meta(rec: &Record, now_ms: u64) -> WriteMeta {
-    WriteMeta { version: Some(version(rec.version())), ttl_remaining_ms: rec.ttl_remaining_ms(now_ms) }
-}
-
-/// [`write_meta`] of a write that did `out`: none for one that changed nothing.
-pub fn write_meta_of(out: &OpOutcome, rec: &Record, now_ms: u64) -> WriteMeta {
+/// The version and TTL a write that did `out` answers with: the key's new ones, or none for
+/// a write that changed nothing.
+pub fn write_meta(out: &OpOutcome, rec: &Record, now_ms: u64) -> WriteMeta {
     if out.changes_nothing() {
         return WriteMeta { version: None, ttl_remaining_ms: None };
     }
-    write_meta(rec, now_ms)
+    WriteMeta { version: Some(version(rec.version())), ttl_remaining_ms: rec.ttl_remaining_ms(now_ms) }
 }
 
 /// The batch-item form of a write outcome.
 pub fn outcome(out: OpOutcome, rec: &Record, now_ms: u64) -> pb::write_result::Outcome {
     use pb::write_result::Outcome;
-    let WriteMeta { version, ttl_remaining_ms } = write_meta_of(&out, rec, now_ms);
+    let WriteMeta { version, ttl_remaining_ms } = write_meta(&out, rec, now_ms);
     match out {
         OpOutcome::Put => Outcome::Put(pb::PutResponse { version, ttl_remaining_ms }),
         OpOutcome::Deleted { existed } => Outcome::Delete(pb::DeleteResponse { existed, version }),

@@ -10,7 +10,7 @@ use geokv_core::{Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::api::convert::{self, entry, item_error, item_status, level, write_meta_of, WriteMeta};
+use crate::api::convert::{self, entry, item_error, item_status, level, write_meta, WriteMeta};
 use crate::api::forward::{is_forwarded, Forwarder};
 use crate::api::status::{invalid, refused_by, to_status};
 use crate::node::{Expect, Node, NodeError, ScanRequest};
@@ -92,7 +92,7 @@ impl KvService {
     /// Applies one write at `level` and returns its outcome and the key's new version and TTL.
     async fn write(&self, key: Vec<u8>, op: Op, level: Level) -> Result<(OpOutcome, WriteMeta), Status> {
         let (out, rec) = self.write_record(key, op, level).await?;
-        let meta = write_meta_of(&out, &rec, self.node.now_ms());
+        let meta = write_meta(&out, &rec, self.node.now_ms());
         Ok((out, meta))
     }
 
@@ -335,7 +335,7 @@ impl KvService {
         for (slot, result) in local_slots.into_iter().zip(outcomes) {
             settled[slot] = Some(match result {
                 Ok((out, rec)) => {
-                    let WriteMeta { version, ttl_remaining_ms } = write_meta_of(&out, &rec, now);
+                    let WriteMeta { version, ttl_remaining_ms } = write_meta(&out, &rec, now);
                     pb::WriteResult {
                         version,
                         ttl_remaining_ms,
