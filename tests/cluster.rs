@@ -366,3 +366,59 @@ async fn a_ttl_change_through_a_replica_that_missed_the_write_reaches_every_repl
     };
     assert!(wait_until(Duration::from_secs(30), settled).await, "every replica holds both changes");
 }
+
+/// A QUORUM read asks R = 2 of the 3 replicas, not all three (the third answer used to be
+/// thrown away), and a replica that stops answering while its region still counts it healthy
+/// costs a read `cluster.speculative_retry_ms` (the spare replica is asked), not the peer
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_reads_ask_two_replicas_and_go_around_a_silent_one() {
+    // Gossip probes every 20 s: a stopped node stays healthy in the others' views for the test;
+    // the peer deadline (10 s) is what a read asking only the stopped node would wait.
+    let cluster = TestCluster::start_region_without_repair_and(
+        3,
+        3,
+        "request_timeout_ms = 10000\nprobe_interval_ms = 20000\nsuspect_timeout_ms = 60000\n",
+    );
+    let c = quorum(cluster.client(0).await);
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("spec-{i}").into_bytes()).collect();
+    for k in &keys {
+        c.put(k, k, None).await.unwrap_or_else(|e| panic!("put: {e}"));
+    }
+    let addr = cluster.nodes[0].metrics_addr.expect("metrics served");
+    let counted =
+        |text: &str, name: &str, labels: &[(&str, &str)]| support::metric(text, name, labels).unwrap_or(0.0);
+    let fetches = |text: &str| {
+        counted(text, "geokv_peer_items_total", &[("rpc", "fetch"), ("call", "single")])
+            + counted(text, "geokv_peer_items_total", &[("rpc", "fetch"), ("call", "many")])
+    };
+    let before = support::scrape_raw(addr).await;
+    for k in &keys {
+        assert_eq!(register(&c.get(k).await.unwrap_or_else(|e| panic!("get: {e}"))), Some(k.clone()));
+    }
+    let after = support::scrape_raw(addr).await;
+    let asked = fetches(&after) - fetches(&before);
+    assert!(
+        (40.0..=44.0).contains(&asked),
+        "40 QUORUM reads on node 1 asked other replicas {asked} times (one each, a spare when one fails)"
+    );
+
+    cluster.nodes[1].signal("STOP");
+    let spec = |text: &str| counted(text, "geokv_speculative_reads_total", &[]);
+    let mut slowest = Duration::ZERO;
+    for k in &keys {
+        let started = Instant::now();
+        let got = c.get(k).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(
+            register(&got.unwrap_or_else(|e| panic!("get with node 2 stopped: {e}"))),
+            Some(k.clone())
+        );
+    }
+    let end = support::scrape_raw(addr).await;
+    cluster.nodes[1].signal("CONT");
+    assert!(slowest < Duration::from_secs(3), "a read took {slowest:?} with node 2 stopped");
+    // About half the keys have node 2 as the replica node 1 asks after itself.
+    let speculated = spec(&end) - spec(&after);
+    assert!(speculated >= 5.0, "{speculated} reads asked the spare replica");
+}

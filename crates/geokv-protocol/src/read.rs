@@ -1,6 +1,13 @@
-//! A quorum read, coordinated: ask the healthy home replicas, merge the first R states (never
-//! "pick the newest": counters and sets need the merge), answer, and bring the replicas that
-//! were behind (or whose state was corrupt) up to the merge (read repair).
+//! A quorum read, coordinated: ask R of the healthy home replicas (this node first, then ring
+//! order), merge their states (never "pick the newest": counters and sets need the merge),
+//! answer, and bring the replicas that were behind (or whose state was corrupt) up to the
+//! merge (read repair).
+//!
+//! The other healthy home replicas are spares: one is asked as soon as an asked replica fails
+//! (an error, a refusal, a corrupt state), and all of them when the driver reports the asked
+//! ones slow ([`ReadCoordinator::on_slow`], a speculative retry as Cassandra's). Asking every
+//! healthy replica and keeping the first R answers would cost N - R fetches per read that are
+//! thrown away: a third of a QUORUM write's messages between replicas.
 
 use std::collections::BTreeSet;
 
@@ -20,6 +27,10 @@ pub struct ReadCoordinator {
     round: ReadRound,
     /// Replicas asked that have not answered.
     waiting: BTreeSet<NodeId>,
+    /// Healthy home replicas not asked yet, in the order they would be.
+    spare: Vec<NodeId>,
+    /// The coordinating writer's HLC time sent with every fetch (see [`ReadCoordinator::start`]).
+    writer: Option<u64>,
     /// A replica's own refusal: says more than "too few answered" if the read fails.
     refused: Option<Failure>,
     /// Replicas whose stored state failed its checksum: not counted toward the quorum (their
@@ -38,20 +49,25 @@ impl ReadCoordinator {
     ) -> (ReadCoordinator, Vec<ReadCommand>) {
         let n = replicas.n;
         let needed = level.required(n);
-        let candidates = replicas.healthy_home.clone();
+        // This node first (its own state costs no message), then ring order.
+        let mut candidates = replicas.healthy_home.clone();
+        if let Some(i) = candidates.iter().position(|&c| c == replicas.me) {
+            candidates[..=i].rotate_right(1);
+        }
         let mut read = ReadCoordinator {
             level,
             n,
             needed,
             round: ReadRound::new(candidates.clone(), needed),
-            waiting: candidates.iter().copied().collect(),
+            waiting: BTreeSet::new(),
+            spare: Vec::new(),
+            writer,
             refused: None,
             corrupt: Vec::new(),
             answered: false,
         };
         if candidates.len() < needed {
             read.answered = true;
-            read.waiting.clear();
             let failure = Failure::quorum(
                 format!(
                     "a {} read needs {needed} of {n} replicas, {} are reachable",
@@ -62,11 +78,30 @@ impl ReadCoordinator {
             );
             return (read, vec![Command::Respond(Err(failure))]);
         }
+        read.spare = candidates.split_off(needed);
+        read.waiting = candidates.iter().copied().collect();
         let fetches = candidates.into_iter().map(|node| Command::Fetch { node, writer }).collect();
         (read, fetches)
     }
 
-    /// One replica's answer (this node's own included).
+    /// The replicas asked have not all answered within the driver's patience (well short of
+    /// the deadline): every spare is asked too, and the first R answers still make the read.
+    pub fn on_slow(&mut self) -> Vec<ReadCommand> {
+        if self.answered {
+            return Vec::new();
+        }
+        let spare = std::mem::take(&mut self.spare);
+        self.waiting.extend(spare.iter().copied());
+        let writer = self.writer;
+        spare.into_iter().map(|node| Command::Fetch { node, writer }).collect()
+    }
+
+    /// Whether some healthy home replica has not been asked yet.
+    pub fn has_spare(&self) -> bool {
+        !self.spare.is_empty()
+    }
+
+    /// One replica's answer (this node's own included); a failure asks a spare in its place.
     pub fn on_fetched(
         &mut self,
         node: NodeId,
@@ -75,6 +110,7 @@ impl ReadCoordinator {
         if !self.waiting.remove(&node) {
             return Vec::new();
         }
+        let mut out = Vec::new();
         match answer {
             Ok(state) => {
                 self.round.answer(node, state);
@@ -87,14 +123,21 @@ impl ReadCoordinator {
                     self.refused = Some(f);
                 }
                 self.round.fail(node);
+                if !self.answered && !self.spare.is_empty() {
+                    let next = self.spare.remove(0);
+                    self.waiting.insert(next);
+                    out.push(Command::Fetch { node: next, writer: self.writer });
+                }
             }
         }
-        self.settle()
+        out.extend(self.settle());
+        out
     }
 
-    /// The deadline passed: replicas that have not answered count as failed.
+    /// The deadline passed: replicas that have not answered, and those never asked, count as
+    /// failed.
     pub fn on_timeout(&mut self) -> Vec<ReadCommand> {
-        for node in std::mem::take(&mut self.waiting) {
+        for node in std::mem::take(&mut self.waiting).into_iter().chain(std::mem::take(&mut self.spare)) {
             self.round.fail(node);
         }
         self.settle()
@@ -148,12 +191,51 @@ mod tests {
     use crate::testing::{counter, key_and_home, replicas_at};
 
     #[test]
-    fn a_quorum_read_asks_every_healthy_home_replica() {
+    fn a_quorum_read_asks_itself_and_the_next_replica_and_keeps_the_third_spare() {
         let (key, home) = key_and_home();
-        let r = replicas_at(home[0], &key, |_| true);
-        let (_, cmds) = ReadCoordinator::start(&r, Level::Quorum, Some(7));
+        let r = replicas_at(home[1], &key, |_| true);
+        let (mut read, cmds) = ReadCoordinator::start(&r, Level::Quorum, Some(7));
+        let fetch = |node| Command::Fetch { node, writer: Some(7) };
+        assert_eq!(cmds, vec![fetch(home[1]), fetch(home[0])]);
+        assert!(read.has_spare());
+        // Slow: the spare is asked too, once; the first two answers make the read.
+        assert_eq!(read.on_slow(), vec![fetch(home[2])]);
+        assert!(read.on_slow().is_empty());
+        assert!(!read.has_spare());
+        assert!(read.on_fetched(home[2], Ok(None)).is_empty());
+        assert_eq!(read.on_fetched(home[0], Ok(None)), vec![Command::Respond(Ok(None))]);
+        assert!(!read.done(), "home[1] has not answered");
+        assert!(read.on_fetched(home[1], Ok(None)).is_empty());
+        assert!(read.done());
+    }
+
+    #[test]
+    fn a_failed_replica_is_replaced_by_the_spare_at_once() {
+        let (key, home) = key_and_home();
+        let (mut read, _) =
+            ReadCoordinator::start(&replicas_at(home[0], &key, |_| true), Level::Quorum, None);
+        let cmds = read.on_fetched(home[1], Err(PeerError::NeverSent("refused".into())));
+        assert_eq!(cmds, vec![Command::Fetch { node: home[2], writer: None }]);
+        read.on_fetched(home[0], Ok(None));
+        assert_eq!(read.on_fetched(home[2], Ok(None)), vec![Command::Respond(Ok(None))]);
+        assert!(read.done());
+    }
+
+    #[test]
+    fn one_and_all_ask_one_and_every_replica() {
+        let (key, home) = key_and_home();
+        let r = replicas_at(home[2], &key, |_| true);
+        let (_, one) = ReadCoordinator::start(&r, Level::One, None);
+        assert_eq!(one, vec![Command::Fetch { node: home[2], writer: None }]);
+        let (read, all) = ReadCoordinator::start(&r, Level::All, None);
+        assert_eq!(all.len(), 3);
+        assert!(!read.has_spare());
+        // A coordinator that is not a home replica asks in ring order.
+        let outsider = (1..=4).find(|id| !home.contains(id)).expect("a node that is not a home replica");
+        let r = replicas_at(outsider, &key, |_| true);
+        let (_, cmds) = ReadCoordinator::start(&r, Level::Quorum, None);
         let asked: Vec<ReadCommand> =
-            home.iter().map(|&node| Command::Fetch { node, writer: Some(7) }).collect();
+            r.healthy_home[..2].iter().map(|&node| Command::Fetch { node, writer: None }).collect();
         assert_eq!(cmds, asked);
     }
 
@@ -188,7 +270,7 @@ mod tests {
                 Command::Respond(Ok(Some(merged))),
             ]
         );
-        // The third answer comes late: nothing more to do.
+        // The third replica was never asked: an answer from it changes nothing.
         assert!(read.on_fetched(home[2], Ok(None)).is_empty());
         assert!(read.done());
     }
@@ -201,7 +283,10 @@ mod tests {
         let rec = counter(home[0], 1);
         read.on_fetched(home[0], Ok(Some(rec.clone())));
         let corrupt = PeerError::Answered(Failure::refused(Kind::DataLoss, "checksum"));
-        assert!(read.on_fetched(home[1], Err(corrupt)).is_empty());
+        assert_eq!(
+            read.on_fetched(home[1], Err(corrupt)),
+            vec![Command::Fetch { node: home[2], writer: None }]
+        );
         let cmds = read.on_fetched(home[2], Ok(Some(rec.clone())));
         assert_eq!(
             cmds,
@@ -225,7 +310,8 @@ mod tests {
         let (mut read, _) =
             ReadCoordinator::start(&replicas_at(home[0], &key, |_| true), Level::Quorum, None);
         read.on_fetched(home[0], Ok(None));
-        read.on_fetched(home[1], Err(PeerError::Transport("reset".into())));
+        let cmds = read.on_fetched(home[1], Err(PeerError::Transport("reset".into())));
+        assert_eq!(cmds, vec![Command::Fetch { node: home[2], writer: None }]);
         let cmds = read.on_timeout();
         let [Command::Respond(Err(f))] = &cmds[..] else { panic!("{cmds:?}") };
         assert!(f.message.starts_with("quorum not reached: a QUORUM read needs 2 of 3"), "{f}");

@@ -4,9 +4,10 @@
 //!    wrong-type write is refused), its value (Append, CAS), its members (SetRemove), its
 //!    observed counter (Delete), and the outcome reported. This replica may have missed writes
 //!    a quorum acknowledged (it was unreachable, or wiped), so it reads the key at the
-//!    request's level and merges what it finds: with R + W > N every write acknowledged at
-//!    QUORUM is seen by a write at QUORUM, and the new state carries it. If the read cannot
-//!    reach its level, nothing is written.
+//!    request's level (from R replicas, this one first, with spares asked when one fails or
+//!    is slow: [`ReadCoordinator`]) and merges what it finds: with R + W > N every write
+//!    acknowledged at QUORUM is seen by a write at QUORUM, and the new state carries it. If
+//!    the read cannot reach its level, nothing is written.
 //! 2. **Apply here**, so this node's HLC and its counter/set identity stamp the write.
 //! 3. **Fan out** the resulting full state ([`ReplicateRound`]) to the other targets (healthy
 //!    home replicas, stand-ins holding hints for the unhealthy ones, nodes taking the key
@@ -169,6 +170,20 @@ impl WriteCoordinator {
         self.after_read(cmds)
     }
 
+    /// The first read's replicas are slow to answer: ask the spare ones too (see
+    /// [`ReadCoordinator::on_slow`]).
+    pub fn on_slow(&mut self) -> Vec<WriteCommand> {
+        let Phase::Reading(read) = &mut self.phase else { return Vec::new() };
+        let cmds = read.on_slow();
+        self.after_read(cmds)
+    }
+
+    /// Whether the write still waits for its first read with replicas left to ask: the driver
+    /// calls [`WriteCoordinator::on_slow`] when that read is slow.
+    pub fn may_speculate(&self) -> bool {
+        matches!(&self.phase, Phase::Reading(read) if read.has_spare())
+    }
+
     /// The result of [`Command::Apply`]. (A write the store refused is answered by the
     /// driver with the store's error: nothing was stored.)
     pub fn on_applied(&mut self, applied: Applied) -> Vec<WriteCommand> {
@@ -284,8 +299,10 @@ mod tests {
         let (key, home) = key_and_home();
         let r = replicas_at(home[0], &key, |_| true);
         let (mut w, cmds) = WriteCoordinator::start(r, Level::Quorum, 42);
-        assert_eq!(cmds.len(), 3, "{cmds:?}");
+        // R = 2: this replica and the next; the third is a spare.
+        assert_eq!(cmds.len(), 2, "{cmds:?}");
         assert!(cmds.iter().all(|c| matches!(c, Command::Fetch { writer: Some(42), .. })));
+        assert!(w.may_speculate());
         let old = counter(home[1], 5);
         assert!(w.on_fetched(home[0], Ok(None)).is_empty());
         let cmds = w.on_fetched(home[1], Ok(Some(old.clone())));
@@ -314,7 +331,9 @@ mod tests {
         let r = replicas_at(home[0], &key, |_| true);
         let (mut w, _) = WriteCoordinator::start(r, Level::Quorum, 1);
         w.on_fetched(home[0], Ok(None));
-        w.on_fetched(home[1], Err(PeerError::TimedOut("slow".into())));
+        let spare = w.on_fetched(home[1], Err(PeerError::TimedOut("slow".into())));
+        assert_eq!(spare, vec![Command::Fetch { node: home[2], writer: Some(1) }]);
+        assert!(!w.may_speculate(), "every replica was asked");
         let cmds = w.on_fetched(home[2], Err(PeerError::Transport("reset".into())));
         let [Command::Respond(Err(f))] = &cmds[..] else { panic!("{cmds:?}") };
         assert!(!f.maybe_applied);

@@ -104,6 +104,11 @@ pub struct MetricsConfig {
 pub struct ClusterConfig {
     /// Deadline of one node-to-node call, in milliseconds.
     pub request_timeout_ms: u64,
+    /// A quorum read (and a write's first read) asks R replicas; if they have not all answered
+    /// after this many milliseconds, the other healthy home replicas are asked too (a
+    /// speculative retry). A replica that fails is replaced at once whatever this says. 0 asks
+    /// every healthy home replica from the start (more messages, no wait on a slow replica).
+    pub speculative_retry_ms: u64,
     /// SWIM probe period of the gossip membership protocol, in milliseconds: each period a
     /// node probes one peer over UDP (on its peer address); a probe unanswered within half the
     /// period goes through other peers, and a peer that fails both is suspect. Suspect peers
@@ -125,6 +130,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             request_timeout_ms: 2000,
+            speculative_retry_ms: 50,
             probe_interval_ms: 250,
             suspect_timeout_ms: 2000,
             handoff_interval_ms: 500,

@@ -90,9 +90,9 @@ const RETRY_PROMISE_SEED: u64 = 204;
 /// then seed 1 until clients scanned and sent batches, then 13 until nodes ran cross-region
 /// anti-entropy, then 6 until nodes joined and left, then 1 until clients wrote keys only one
 /// region may hold, then 6 until residency policies changed, then 4 until one replica per key
-/// shipped it to other regions (with the others' takeover checks); each change redrew every
-/// schedule).
-const FORWARD_RETRY_SEED: u64 = 16;
+/// shipped it to other regions (with the others' takeover checks), then 16 until a read asked
+/// R replicas instead of every healthy one; each change redrew every schedule).
+const FORWARD_RETRY_SEED: u64 = 46;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

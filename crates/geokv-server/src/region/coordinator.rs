@@ -110,7 +110,10 @@ impl Cluster {
         action: Action,
         level: Level,
     ) -> Result<Applied, CoordinatorError> {
-        let (machine, cmds) = WriteCoordinator::start(replicas, level, self.node.hlc_now());
+        let (mut machine, mut cmds) = WriteCoordinator::start(replicas, level, self.node.hlc_now());
+        if self.cfg().speculative_retry_ms == 0 {
+            cmds.extend(machine.on_slow());
+        }
         let (answer_tx, answer_rx) = oneshot::channel();
         let this = self.clone();
         tokio::spawn(crate::trace::inherit(async move {
@@ -131,6 +134,8 @@ impl Cluster {
         let mut answer = Some(answer);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut queue: VecDeque<Command<Applied>> = cmds.into();
+        let slow = self.speculation();
+        tokio::pin!(slow);
         loop {
             while let Some(cmd) = queue.pop_front() {
                 match cmd {
@@ -153,7 +158,15 @@ impl Cluster {
             if machine.done() {
                 return;
             }
-            let Some(event) = rx.recv().await else { return };
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = &mut slow, if machine.may_speculate() => {
+                    self.node.metrics().speculative_reads.inc();
+                    queue.extend(machine.on_slow());
+                    continue;
+                }
+            };
+            let Some(event) = event else { return };
             queue.extend(match event {
                 Event::Fetched(node, r) => machine.on_fetched(node, *r),
                 Event::Sent(node, r) => machine.on_sent(node, r),
@@ -368,9 +381,14 @@ impl Cluster {
         level: Level,
     ) -> Result<Option<Record>, CoordinatorError> {
         self.node.limits().check_key(&key).map_err(CoordinatorError::InvalidKey)?;
-        let (mut machine, cmds) = ReadCoordinator::start(&self.replicas(&key), level, None);
+        let (mut machine, mut cmds) = ReadCoordinator::start(&self.replicas(&key), level, None);
+        if self.cfg().speculative_retry_ms == 0 {
+            cmds.extend(machine.on_slow());
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut queue: VecDeque<Command<Option<Record>>> = cmds.into();
+        let slow = self.speculation();
+        tokio::pin!(slow);
         loop {
             while let Some(cmd) = queue.pop_front() {
                 match cmd {
@@ -378,7 +396,15 @@ impl Cluster {
                     other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
                 }
             }
-            match rx.recv().await {
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = &mut slow, if machine.has_spare() => {
+                    self.node.metrics().speculative_reads.inc();
+                    queue.extend(machine.on_slow());
+                    continue;
+                }
+            };
+            match event {
                 Some(Event::Fetched(node, r)) => {
                     let r = *r;
                     if let Err(PeerError::Answered(f)) = &r {
@@ -392,6 +418,11 @@ impl Cluster {
                 None => return Err(CoordinatorError::NoAnswer("read")),
             }
         }
+    }
+
+    /// When a read's replicas count as slow and its spares are asked (`speculative_retry_ms`).
+    fn speculation(&self) -> tokio::time::Sleep {
+        tokio::time::sleep(std::time::Duration::from_millis(self.cfg().speculative_retry_ms))
     }
 
     /// One replica's state of a key.

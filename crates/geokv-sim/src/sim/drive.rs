@@ -15,7 +15,7 @@ use geokv_protocol::{
 };
 use geokv_storage::ReplicaStore;
 
-use super::node::{Ctx, Key, Msg, Node, Timer, REQUEST_TIMEOUT_MS};
+use super::node::{Ctx, Key, Msg, Node, Timer, REQUEST_TIMEOUT_MS, SPECULATE_MS};
 use super::{Addr, Bug};
 use crate::history::Observed;
 
@@ -41,6 +41,8 @@ pub(crate) enum Input {
     Sent(NodeId, Result<(), PeerError>),
     Called(NodeId, Result<Applied, PeerError>),
     Timeout,
+    /// The replicas a read asked are slow: ask the spare ones.
+    Slow,
 }
 
 /// Who waits for a job's answer.
@@ -83,6 +85,8 @@ impl Machine {
             (Machine::Write(w), Input::Timeout) => out(w.on_timeout(), Out::Applied),
             (Machine::Read(r), Input::Fetched(n, a)) => out(r.on_fetched(n, a), Out::Read),
             (Machine::Read(r), Input::Timeout) => out(r.on_timeout(), Out::Read),
+            (Machine::Write(w), Input::Slow) => out(w.on_slow(), Out::Applied),
+            (Machine::Read(r), Input::Slow) => out(r.on_slow(), Out::Read),
             (Machine::Forward(f), Input::Called(n, r)) => out(f.on_called(n, r), Out::Applied),
             (Machine::Forward(f), Input::Timeout) => match f.calling() {
                 Some(n) => out(f.on_called(n, Err(PeerError::TimedOut("no answer".into()))), Out::Applied),
@@ -165,6 +169,9 @@ impl Node {
     fn launch(&mut self, job: Job, cmds: Vec<Command<Out>>, deadline: u64, ctx: &mut Ctx) {
         let id = self.next();
         ctx.timers.push((ctx.now + deadline, Timer::Deadline(id)));
+        if matches!(job.machine, Machine::Read(_) | Machine::Write(_)) {
+            ctx.timers.push((ctx.now + SPECULATE_MS, Timer::Slow(id)));
+        }
         self.drive(id, job, cmds, ctx);
     }
 

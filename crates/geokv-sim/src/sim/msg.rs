@@ -209,6 +209,9 @@ pub enum Timer {
     Residency,
     /// A request this node coordinates or forwarded has waited its deadline.
     Deadline(u64),
+    /// A read (or a write's first read) this node coordinates has waited
+    /// [`super::node::SPECULATE_MS`]: its spare replicas are asked.
+    Slow(u64),
 }
 
 /// What a handler produced: messages (with extra delay, e.g. a slow disk) and timers.

@@ -28,6 +28,9 @@ pub const MAX_DRIFT_MS: u64 = 500;
 pub const SUSPECT_MS: u64 = 500;
 /// How long a coordinator waits for the replicas of one request.
 pub const REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// How long a coordinator waits for the replicas a read asked before asking the spare ones
+/// (the server's `cluster.speculative_retry_ms`).
+pub const SPECULATE_MS: u64 = 20;
 /// How long a replicator waits for a batch's acknowledgement before resending from the cursor.
 pub const BATCH_TIMEOUT_MS: u64 = 2_000;
 pub const PING_EVERY_MS: u64 = 100;
@@ -447,6 +450,7 @@ impl Node {
                     self.feed(id, Input::Timeout, ctx)
                 }
             }
+            Timer::Slow(id) => self.feed(id, Input::Slow, ctx),
         }
     }
 

@@ -52,6 +52,8 @@ pub struct Metrics {
     /// Items of coalescable peer calls, by rpc (`merge`, `fetch`) and call (`single`, `many`).
     pub peer_items: IntCounterVec,
     pub peer_many_calls: IntCounterVec,
+    /// Reads whose replicas were slow, so the spare home replicas were asked too.
+    pub speculative_reads: IntCounter,
     pub faults_injected: IntCounterVec,
     pub faults_active: IntGauge,
     pub auth_rejected: IntCounterVec,
@@ -127,6 +129,7 @@ impl Metrics {
             commit_seconds: reg(&r, Histogram::with_opts(hist("geokv_storage_commit_seconds", "Time to commit one WriteBatch of key changes to RocksDB, including the WAL sync when storage.sync is on.", LATENCY_BUCKETS))),
             peer_items: reg(&r, IntCounterVec::new(opts("geokv_peer_items_total", "Replica states this node sent its region's peers (rpc=merge) and states it asked them for (rpc=fetch) for requests it coordinated, by call: single (one per call) or many (coalesced into a MergeMany or FetchMany call)."), &["rpc", "call"])),
             peer_many_calls: reg(&r, IntCounterVec::new(opts("geokv_peer_many_calls_total", "MergeMany (rpc=merge) and FetchMany (rpc=fetch) calls this node made; items with call=many over this is the average number of items per call."), &["rpc"])),
+            speculative_reads: reg(&r, IntCounter::with_opts(opts("geokv_speculative_reads_total", "Quorum reads (and writes' first reads) this node coordinated whose replicas had not all answered within cluster.speculative_retry_ms, so the key's other healthy home replicas were asked too."))),
             auth_rejected: reg(&r, IntCounterVec::new(opts("geokv_auth_rejected_total", "Requests and connections this node refused for their credentials, by port (client, peer; any: a failed TLS handshake) and reason (plaintext, no_credentials, unknown_ca, expired, not_yet_valid, no_identity, client_on_peer_port, wrong_node, wrong_region, unknown_node, handshake, ...)."), &["port", "reason"])),
             faults_injected: reg(&r, IntCounterVec::new(opts("geokv_faults_injected_total", "Faults injected into node-to-node traffic (test clusters only), by kind: calls refused to an unreachable peer (unreachable), calls lost before sending (request_lost) or after the peer served them (response_lost), answers to an unreachable caller replaced (inbound_response_lost), replica state sends sent twice (duplicated), gossip datagrams lost (datagram_lost)."), &["kind"])),
             faults_active: reg(&r, IntGauge::with_opts(opts("geokv_faults_active", "1 while faults injected by InjectFaults are in force on this node (test clusters only), else 0."))),
