@@ -4,8 +4,8 @@
 //! skews and drifts clocks, slows disks, and drops, delays and duplicates node-to-node
 //! messages. After each schedule every fault is healed, the replicas are left to converge, and
 //! the history and every replica's final state are checked (`geokv_sim::check`). Odd clients
-//! send their increments with request ids and send one again (to any node) while its outcome
-//! is unknown: all its attempts must count once.
+//! send their increments and appends with request ids and send one again (to any node) while
+//! its outcome is unknown: all its attempts must apply once.
 //!
 //! - `GEOKV_FAULT_ROUNDS=N`: schedules to run (default 20).
 //! - `GEOKV_FAULT_SEED=S`: run only the schedule of seed S (printed by every round).
@@ -366,11 +366,12 @@ async fn client_loop(
     let mut n = 0u64;
     while !w.stop.load(Ordering::Relaxed) {
         n += 1;
-        let kind = rng.gen_range(0..3);
+        let kind = rng.gen_range(0..4);
         let key = match kind {
             0 => format!("{prefix}reg-{}", rng.gen_range(0..4)),
             1 => format!("{prefix}ctr-{}", rng.gen_range(0..2)),
-            _ => format!("{prefix}set-{}", rng.gen_range(0..2)),
+            2 => format!("{prefix}set-{}", rng.gen_range(0..2)),
+            _ => format!("{prefix}log-{}", rng.gen_range(0..2)),
         }
         .into_bytes();
         let write = rng.gen_bool(0.4);
@@ -384,11 +385,17 @@ async fn client_loop(
                 id: (u128::from(id) << 64) | u128::from(n),
             },
             (true, 1) => Action::Increment { delta: rng.gen_range(1..=5) },
+            // So do they appends (chunks unique to the request, as the log rules need).
+            (true, 3) if id % 2 == 1 => Action::AppendOnce {
+                chunk: format!("c{id}-{n};").into_bytes(),
+                id: (u128::from(id) << 64) | u128::from(n),
+            },
+            (true, 3) => Action::Append { chunk: format!("c{id}-{n};").into_bytes() },
             (true, _) => Action::SetAdd { member: format!("m{}", rng.gen_range(0..16)).into_bytes() },
         };
         let level = if quorum { pb::Consistency::Quorum } else { pb::Consistency::One };
-        // An increment with a request id whose outcome is unknown is sent again, to any node,
-        // up to three attempts: the checker counts its attempts once.
+        // An increment or append with a request id whose outcome is unknown is sent again, to
+        // any node, up to three attempts: the checker counts its attempts once.
         for attempt in 1..=3 {
             let node = rng.gen_range(0..endpoints.len());
             let invoked = w.t0.elapsed().as_millis() as u64;
@@ -418,7 +425,7 @@ async fn client_loop(
                 completed_ms: completed,
                 outcome,
             });
-            let again = unknown && matches!(action, Action::IncrementOnce { .. });
+            let again = unknown && matches!(action, Action::IncrementOnce { .. } | Action::AppendOnce { .. });
             if !again || attempt == 3 || w.stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -450,6 +457,9 @@ async fn run_op(c: Client, key: &[u8], action: &Action) -> Outcome {
                 c.expire(key, ttl_ms.map(Duration::from_millis)).await.map(|r| ok(r.version))
             }
             Action::Append { chunk } => c.append(key, chunk, None).await.map(|r| ok(r.version)),
+            Action::AppendOnce { chunk, id } => {
+                c.append_once(key, chunk, None, id.to_be_bytes()).await.map(|r| ok(r.version))
+            }
             Action::Cas { value, expect } => {
                 let expected = expect.map(|s| pb::Version { hlc: s.time, node_id: s.node });
                 c.compare_and_swap(key, expected, value, None).await.map(|r| match (r.succeeded, r.current) {

@@ -136,6 +136,14 @@ fn cli_endpoints_go_on_to_the_next_node_and_come_from_the_environment() {
     for _ in 0..2 {
         assert_eq!(ok(&[], &["--endpoints", &ep, "incr", "once", "4", "--request-id", &id]).trim(), "4");
     }
+    // So does an append: run again with its id, it appends once.
+    let (code, _, err) = run(&[], &["--endpoints", &hung, "--timeout", "300ms", "append", "journal", "a;"]);
+    assert_eq!(code, 7, "{err}");
+    let id = err.split("--request-id ").nth(1).map(|rest| rest[..32].to_string()).expect("the id is named");
+    for _ in 0..2 {
+        let out = ok(&[], &["--endpoints", &ep, "append", "journal", "a;", "--request-id", &id]);
+        assert_eq!(out.trim(), "length 2");
+    }
     drop(hang);
     // A command that changes one node refuses a list of several.
     let (code, _, err) = run(&[], &["--endpoints", &list, "admin", "leave"]);

@@ -212,3 +212,36 @@ fn internal_requests_of_this_version_still_read() {
         member
     );
 }
+
+/// A register with idempotent appends is format 4 (`appends` after the version 3 layout),
+/// which a record without them is never written as; the operation is pinned too.
+#[test]
+fn records_with_idempotent_appends_are_version_4() {
+    let at = |ms_before: u64, node: u64| Stamp::new(Stamp::ntp_from_millis(NOW - ms_before), node);
+    let run = |rec: Option<&Record>, op: Op, stamp: Stamp, ms_before: u64| {
+        apply_as(rec, &op, stamp, stamp.node, NOW - ms_before, &Limits::default()).unwrap().record
+    };
+    let first = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+    let one =
+        run(None, Op::AppendOnce { value: b"a;".to_vec(), ttl_ms: None, id: first }, at(2_000, 1), 2_000);
+    let two = run(
+        Some(&one),
+        Op::AppendOnce { value: b"b;".to_vec(), ttl_ms: Some(60_000), id: 2 },
+        at(1_000, 2),
+        1_000,
+    );
+    let rec = run(Some(&two), Op::Append { value: b"c;".to_vec(), ttl_ms: None }, at(0, 1), 0);
+    assert_eq!(rec.register.val, b"a;b;c;");
+    assert!(rec.appends.get(first).is_some() && rec.appends.get(2).is_some());
+    let plain = codec::encode(&rec, usize::MAX, 3);
+    assert_eq!(plain[0], codec::FORMAT_V4);
+    same("record-v4-register-appends.bin", &plain);
+    assert_eq!(codec::decode(&golden("record-v4-register-appends.bin", &plain)).unwrap(), rec);
+    let compressed = codec::encode(&rec, 0, 3);
+    let stored = golden("record-v4-register-appends-zstd.bin", &compressed);
+    assert_eq!(codec::decode(&stored).unwrap(), rec, "compressed");
+    let op = Op::AppendOnce { value: b"tail".to_vec(), ttl_ms: Some(5), id: first };
+    let encoded = postcard::to_allocvec(&op).unwrap();
+    same("op-append-once-v1.postcard", &encoded);
+    assert_eq!(postcard::from_bytes::<Op>(&golden("op-append-once-v1.postcard", &encoded)).unwrap(), op);
+}

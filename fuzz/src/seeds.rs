@@ -76,6 +76,15 @@ fn sample_records() -> Vec<(&'static str, Record)> {
         ("register-ttl", record(&[put(b"session", Some(30_000))])),
         ("register-large", record(&[put(&b"geokv ".repeat(400), None)])),
         ("appended", record(&[put(b"a", None), Op::Append { value: b"bc".to_vec(), ttl_ms: Some(5) }])),
+        // Idempotent appends (value format 4): two ids remembered next to the register.
+        (
+            "appended-once",
+            record(&[
+                put(b"a", None),
+                Op::AppendOnce { value: b"b;".to_vec(), ttl_ms: None, id: 21 },
+                Op::AppendOnce { value: b"c;".to_vec(), ttl_ms: Some(5), id: 22 },
+            ]),
+        ),
         ("tombstone", record(&[put(b"gone", None), Op::Delete])),
         ("counter", record(&[incr(5), incr(-2), incr(i64::MIN + 3)])),
         ("counter-reset", record(&[incr(3), Op::Delete, incr(1)])),

@@ -91,6 +91,25 @@ class Operations(unittest.TestCase):
         results = self.db.batch_write([g.Op.increment(c, 2, request_id=rid2) for rid2 in [g.new_request_id()] * 2])
         self.assertEqual([r.increment.value for r in results], [8, 8])
 
+    def test_an_append_sent_again_with_its_request_id_applies_once(self):
+        r = key("append-once")
+        rid = g.new_request_id()
+        self.assertEqual(self.db.append(r, b"a;", request_id=rid), 2)
+        self.assertEqual(self.db.append(r, b"a;", request_id=rid), 2)
+        self.assertEqual(self.db.append(r, b"b;"), 4)
+        self.assertEqual(self.db.append(r, b"a;", request_id=rid), 4)
+        self.assertEqual(self.db.get(r).value, b"a;b;")
+        with self.assertRaises(g.GeokvError) as cm:
+            self.db.append(r, b"c;", request_id=rid)
+        self.assertEqual(cm.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertEqual(cm.exception.reason, "REQUEST_ID_REUSED")
+        with self.assertRaises(ValueError):
+            self.db.append(r, b"x", request_id=b"short")
+        rid2 = g.new_request_id()
+        results = self.db.batch_write([g.Op.append(r, b"d;", request_id=rid2)] * 2)
+        self.assertEqual([x.append.length for x in results], [6, 6])
+        self.assertEqual(self.db.get(r).value, b"a;b;d;")
+
     def test_counters_appends_and_sets(self):
         c, r, s = key("c"), key("r"), key("s")
         self.assertEqual(self.db.increment(c, 5), 5)

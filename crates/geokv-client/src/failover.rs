@@ -7,11 +7,12 @@
 //! Reads are retried; so are puts, deletes, set adds and removes and TTL changes, at least once: a retry of
 //! one that was applied before its answer was lost applies it again, which leaves the same
 //! value unless another client wrote the key in between (then the retry wins). An increment
-//! carries a request id chosen once for all its attempts ([`Client::increment_once`]), so it
-//! is retried like a put and counts once however many of its attempts were applied. Appends,
-//! compare-and-swaps and batches go to another node only when they were certainly not applied
-//! (connecting failed, or the coordinator said so): a second attempt of one that was applied
-//! would apply it again.
+//! or an append carries a request id chosen once for all its attempts
+//! ([`Client::increment_once`], [`Client::append_once`]), so it is retried like a put and
+//! applies once however many of its attempts were applied; so is a batch whose every item may
+//! run twice. Compare-and-swaps, and batches with an increment or append without an id, go to
+//! another node only when they were certainly not applied (connecting failed, or the
+//! coordinator said so): a second attempt of one that was applied would apply it again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +39,18 @@ fn retryable(e: &ClientError) -> bool {
         ClientError::Connect { .. } => true,
         ClientError::Status(s) => s.code() == Code::Unavailable || s.connection_lost(),
         _ => false,
+    }
+}
+
+/// Whether a batch item gives the same result when it runs twice (increments and appends
+/// count once with a request id).
+fn repeatable_item(op: &proto::WriteOp) -> bool {
+    use proto::write_op::Op;
+    match &op.op {
+        Some(Op::Put(_) | Op::Delete(_) | Op::SetAdd(_) | Op::SetRemove(_) | Op::Expire(_)) => true,
+        Some(Op::Increment(i)) => !i.request_id.is_empty(),
+        Some(Op::Append(a)) => !a.request_id.is_empty(),
+        None => false,
     }
 }
 
@@ -245,15 +258,27 @@ impl Failover {
         self.run(|c| async move { c.increment_once(key, delta, ttl, id).await }).await
     }
 
-    /// An append, sent to another node only when it was certainly not applied (see
-    /// [`crate::Status::not_applied`]): a second attempt of one that was would append twice.
+    /// An append with a new request id, retried on the other nodes like a put: its bytes are
+    /// appended once however many of its attempts were applied.
     pub async fn append(
         &self,
         key: &[u8],
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<proto::AppendResponse> {
-        self.run_if(ClientError::not_applied, |c| async move { c.append(key, value, ttl).await }).await
+        self.append_once(key, value, ttl, crate::new_request_id()).await
+    }
+
+    /// [`Client::append_once`] with the caller's request id (to go on retrying after this call
+    /// gave up, with the same id).
+    pub async fn append_once(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        id: crate::RequestId,
+    ) -> Result<proto::AppendResponse> {
+        self.run(|c| async move { c.append_once(key, value, ttl, id).await }).await
     }
 
     /// A compare-and-swap, sent to another node only when it was certainly not applied (a
@@ -271,14 +296,19 @@ impl Failover {
         .await
     }
 
-    /// A batch, sent to another node only when it was certainly not applied (it may hold
-    /// appends and increments without ids).
+    /// A batch, retried on the other nodes like a put when every item may run twice (its
+    /// increments and appends carry request ids), else sent to another node
+    /// only when it was certainly not applied.
     pub async fn batch_write(&self, ops: Vec<proto::WriteOp>) -> Result<Vec<proto::WriteResult>> {
-        self.run_if(ClientError::not_applied, |c| {
+        let call = |c: Client| {
             let ops = ops.clone();
             async move { c.batch_write(ops).await }
-        })
-        .await
+        };
+        if ops.iter().all(repeatable_item) {
+            self.run(call).await
+        } else {
+            self.run_if(ClientError::not_applied, call).await
+        }
     }
 
     /// One page of a scan (see [`Client::scan_page`]); a page token works on any node.

@@ -30,8 +30,8 @@ use proto::Consistency;
 use tonic::transport::Channel;
 pub use watch::{FailoverWatcher, Watcher};
 
-/// The id of one logical increment, the same in every attempt of it
-/// ([`Client::increment_once`]).
+/// The id of one logical increment or append, the same in every attempt of it
+/// ([`Client::increment_once`], [`Client::append_once`]).
 pub type RequestId = [u8; 16];
 
 /// A new random request id (128 random bits: two clients never pick the same).
@@ -312,17 +312,45 @@ impl Client {
         self.timed(self.stub().increment(self.request(req))).await
     }
 
+    /// Appends `value` to a register. Sent again after a lost answer it may append twice:
+    /// [`Client::append_once`] may not.
     pub async fn append(
         &self,
         key: &[u8],
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<proto::AppendResponse> {
+        self.append_request(key, value, ttl, Vec::new()).await
+    }
+
+    /// An append applied once however many times it is sent: send it again with the same
+    /// `request_id` (from [`new_request_id`]) after an error that leaves its outcome unknown,
+    /// to this node or another, and its bytes are appended once, for 10 minutes after it was
+    /// applied (an attempt that finds it applied answers with the register's length as it is).
+    /// The same id with other bytes is refused. [`Failover::append`] does this for you.
+    pub async fn append_once(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        request_id: RequestId,
+    ) -> Result<proto::AppendResponse> {
+        self.append_request(key, value, ttl, request_id.to_vec()).await
+    }
+
+    async fn append_request(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        request_id: Vec<u8>,
+    ) -> Result<proto::AppendResponse> {
         let req = proto::AppendRequest {
             key: key.to_vec(),
             value: value.to_vec(),
             consistency: self.c(),
             ttl_ms: ttl_ms(ttl),
+            request_id,
         };
         self.timed(self.stub().append(self.request(req))).await
     }
@@ -471,7 +499,27 @@ pub mod op {
         }))
     }
     pub fn append(key: &[u8], value: &[u8], ttl: Option<Duration>) -> proto::WriteOp {
-        w(Op::Append(proto::BatchAppend { key: key.to_vec(), value: value.to_vec(), ttl_ms: ttl_ms(ttl) }))
+        w(Op::Append(proto::BatchAppend {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms: ttl_ms(ttl),
+            request_id: Vec::new(),
+        }))
+    }
+    /// An append applied once however many times the batch is sent (see
+    /// [`crate::Client::append_once`]).
+    pub fn append_once(
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        request_id: crate::RequestId,
+    ) -> proto::WriteOp {
+        w(Op::Append(proto::BatchAppend {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms: ttl_ms(ttl),
+            request_id: request_id.to_vec(),
+        }))
     }
     pub fn set_add(key: &[u8], members: Vec<Vec<u8>>, ttl: Option<Duration>) -> proto::WriteOp {
         w(Op::SetAdd(proto::BatchSetAdd { key: key.to_vec(), members, ttl_ms: ttl_ms(ttl) }))

@@ -34,6 +34,13 @@ pub enum CoreError {
     )]
     RequestReused { id: u128, then: i64, now: i64 },
 
+    /// An idempotent append's request id was already used for an append of other bytes to
+    /// the key.
+    #[error(
+        "request id {id:032x} was already applied to this key as an append of other bytes; use a new request id for a new append"
+    )]
+    AppendReused { id: u128 },
+
     /// The stamp offered for an operation is not newer than the state it applies to (the
     /// caller's clock must be advanced past the record's version first).
     #[error("stamp {stamp} is not newer than the record version {version}")]

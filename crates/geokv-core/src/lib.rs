@@ -7,6 +7,7 @@
 //! Does not own: storage, networking, clocks. Everything here is a pure function of its inputs
 //! (time is passed in), so it is tested without disks or sockets.
 
+pub mod append_once;
 mod cas;
 mod counter;
 mod crdt;
@@ -22,6 +23,7 @@ mod record;
 mod show;
 mod stamp;
 
+pub use append_once::AppendIds;
 pub use cas::{cas_holds, Expect};
 pub use counter::{PnCounter, Totals};
 pub use crdt::Crdt;
@@ -30,7 +32,7 @@ pub use limits::{Limits, MAX_RECORD_BYTES, RECORD_OVERHEAD};
 pub use once::{Once, Onces, RequestId, Settled};
 pub use op::{apply, apply_as, Applied, Op, OpOutcome};
 pub use orset::{Dot, OrSet};
-pub use record::{Kind, Record, RecordV1, RecordV2, RecordV2Ref, View};
+pub use record::{Kind, Record, RecordV1, RecordV2, RecordV2Ref, RecordV3, RecordV3Ref, View};
 pub use show::key_label;
 pub use stamp::Stamp;
 

@@ -25,6 +25,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(members, ttl_ms)| Op::SetAdd { members, ttl_ms }),
         prop::collection::vec(member, 1..3).prop_map(|members| Op::SetRemove { members }),
         (0u128..4).prop_map(|id| Op::IncrementOnce { delta: id as i64 + 1, ttl_ms: None, id }),
+        (0u128..4).prop_map(|id| Op::AppendOnce { value: vec![id as u8], ttl_ms: None, id }),
         prop::option::of(1u64..50).prop_map(|ttl_ms| Op::Expire { ttl_ms }),
     ]
 }

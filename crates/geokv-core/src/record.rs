@@ -5,6 +5,7 @@ use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::append_once::AppendIds;
 use crate::once::{merge_settled, Onces, Settled};
 
 use crate::{Crdt, OrSet, PnCounter, Stamp};
@@ -61,6 +62,8 @@ pub enum View {
 ///   replica still holds (its sweeper is behind, or it was down across the purge) cannot come
 ///   back into a new lifetime another replica started. The sweeper keeps a small marker
 ///   carrying it when it purges an expired key (see [`Record::expired_marker`]).
+/// - `appends`: the request ids of the register's idempotent appends, so that an append is
+///   applied once however often it is sent ([`crate::append_once`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub kind: LWWReg<Kind, Stamp>,
@@ -74,6 +77,91 @@ pub struct Record {
     pub onces: Onces,
     pub onces_base: Onces,
     pub settled: Settled,
+    pub appends: AppendIds,
+}
+
+/// A record as format version 3 stores it (before `appends`): read with none. Also the layout
+/// a record without idempotent appends is still written in, so nodes of the previous version
+/// read it during a rolling upgrade.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordV3 {
+    pub kind: LWWReg<Kind, Stamp>,
+    pub live: LWWReg<bool, Stamp>,
+    pub register: LWWReg<Vec<u8>, Stamp>,
+    pub counter: PnCounter,
+    pub counter_base: PnCounter,
+    pub set: OrSet,
+    pub expiry: LWWReg<Option<u64>, Stamp>,
+    pub horizon: u64,
+    pub onces: Onces,
+    pub onces_base: Onces,
+    pub settled: Settled,
+}
+
+/// [`RecordV3`]'s layout, borrowed from a [`Record`] (serializes to the same bytes).
+#[derive(Serialize)]
+pub struct RecordV3Ref<'a> {
+    kind: &'a LWWReg<Kind, Stamp>,
+    live: &'a LWWReg<bool, Stamp>,
+    register: &'a LWWReg<Vec<u8>, Stamp>,
+    counter: &'a PnCounter,
+    counter_base: &'a PnCounter,
+    set: &'a OrSet,
+    expiry: &'a LWWReg<Option<u64>, Stamp>,
+    horizon: u64,
+    onces: &'a Onces,
+    onces_base: &'a Onces,
+    settled: &'a Settled,
+}
+
+impl<'a> From<&'a Record> for RecordV3Ref<'a> {
+    fn from(r: &'a Record) -> Self {
+        RecordV3Ref {
+            kind: &r.kind,
+            live: &r.live,
+            register: &r.register,
+            counter: &r.counter,
+            counter_base: &r.counter_base,
+            set: &r.set,
+            expiry: &r.expiry,
+            horizon: r.horizon,
+            onces: &r.onces,
+            onces_base: &r.onces_base,
+            settled: &r.settled,
+        }
+    }
+}
+
+impl From<RecordV3> for Record {
+    fn from(v: RecordV3) -> Record {
+        let RecordV3 {
+            kind,
+            live,
+            register,
+            counter,
+            counter_base,
+            set,
+            expiry,
+            horizon,
+            onces,
+            onces_base,
+            settled,
+        } = v;
+        Record {
+            kind,
+            live,
+            register,
+            counter,
+            counter_base,
+            set,
+            expiry,
+            horizon,
+            onces,
+            onces_base,
+            settled,
+            appends: AppendIds::default(),
+        }
+    }
 }
 
 /// A record as format version 2 stores it (before `onces`): read with none. Also the layout
@@ -173,6 +261,7 @@ impl Crdt for Record {
         self.onces.merge(&other.onces);
         self.onces_base.merge(&other.onces_base);
         merge_settled(&mut self.settled, &other.settled);
+        self.appends.merge(&other.appends);
         self.set.merge(&other.set);
         self.horizon = self.horizon.max(other.horizon);
         self.forget_before_horizon();
@@ -254,6 +343,7 @@ impl Record {
             && self.onces.is_empty()
             && self.onces_base.is_empty()
             && self.settled.is_empty()
+            && self.appends.is_empty()
             && self.set.is_empty()
     }
 
@@ -295,6 +385,12 @@ impl Record {
             || self.onces.since != 0
             || self.onces_base.since != 0
             || !self.settled.is_empty()
+    }
+
+    /// Whether this record holds anything a format before version 4 cannot hold (idempotent
+    /// appends).
+    pub fn needs_v4(&self) -> bool {
+        !self.appends.is_empty()
     }
 
     /// What a client sees at `now_ms`: `None` for an absent, deleted or expired key.

@@ -40,7 +40,9 @@ impl Kind {
             CoreError::InvalidArgument(_) | CoreError::TooLarge { .. } | CoreError::TooMany { .. } => {
                 Kind::InvalidArgument
             }
-            CoreError::WrongType { .. } | CoreError::RequestReused { .. } => Kind::FailedPrecondition,
+            CoreError::WrongType { .. }
+            | CoreError::RequestReused { .. }
+            | CoreError::AppendReused { .. } => Kind::FailedPrecondition,
             CoreError::Overflow { .. } => Kind::OutOfRange,
             CoreError::StaleStamp { .. } => Kind::Aborted,
         }
@@ -72,7 +74,7 @@ pub fn core_reason(e: &CoreError) -> &'static str {
         CoreError::WrongType { .. } => "WRONG_TYPE",
         CoreError::Overflow { .. } => "COUNTER_OVERFLOW",
         CoreError::StaleStamp { .. } => "STALE_STAMP",
-        CoreError::RequestReused { .. } => "REQUEST_ID_REUSED",
+        CoreError::RequestReused { .. } | CoreError::AppendReused { .. } => "REQUEST_ID_REUSED",
     }
 }
 

@@ -106,8 +106,8 @@ pub fn route(action: &Action, replicas: &Replicas) -> Route {
 }
 
 /// Whether running a write again gives the same result: a put, delete, set change or TTL
-/// change does, and so does an increment with a request id (it counts once); a plain increment
-/// or an append would count twice, and a compare-and-swap would find its own write.
+/// change does, and so does an increment or an append with a request id (it applies once); a
+/// plain increment or append would apply twice, and a compare-and-swap would find its own write.
 pub fn repeatable(action: &Action) -> bool {
     matches!(
         action,
@@ -117,6 +117,7 @@ pub fn repeatable(action: &Action) -> bool {
                 | Op::SetAdd { .. }
                 | Op::SetRemove { .. }
                 | Op::IncrementOnce { .. }
+                | Op::AppendOnce { .. }
                 | Op::Expire { .. }
         )
     )
@@ -228,6 +229,7 @@ mod tests {
         assert!(repeatable(&Action::Op(Op::Delete)));
         assert!(!repeatable(&Action::Op(Op::Increment { delta: 1, ttl_ms: None })));
         assert!(repeatable(&Action::Op(Op::IncrementOnce { delta: 1, ttl_ms: None, id: 1 })));
+        assert!(repeatable(&Action::Op(Op::AppendOnce { value: b"x".to_vec(), ttl_ms: None, id: 1 })));
         assert!(!repeatable(&Action::Op(Op::Append { value: b"x".to_vec(), ttl_ms: None })));
         let cas = Action::Cas { expect: Expect::Absent, value: Vec::new(), ttl_ms: None };
         assert!(!repeatable(&cas));

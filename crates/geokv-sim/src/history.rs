@@ -22,6 +22,9 @@ pub enum Action {
     Cas { value: Vec<u8>, expect: Option<Stamp> },
     /// Append a chunk (ending in `;`) to a register.
     Append { chunk: Vec<u8> },
+    /// Append a chunk with a request id: one attempt of it (a client sends the same again, to
+    /// another node, when an attempt's outcome is unknown; the chunk is appended once).
+    AppendOnce { chunk: Vec<u8>, id: u128 },
     /// Add to a counter.
     Increment { delta: i64 },
     /// Add to a counter with a request id: one attempt of it (a client sends the same again,
@@ -64,7 +67,7 @@ impl Action {
         match self {
             Action::Put { .. } | Action::Cas { .. } => Some(Family::Register),
             Action::Expiring { .. } => Some(Family::Expiring),
-            Action::Append { .. } => Some(Family::Log),
+            Action::Append { .. } | Action::AppendOnce { .. } => Some(Family::Log),
             Action::Increment { .. } | Action::IncrementOnce { .. } => Some(Family::Counter),
             Action::SetAdd { .. } | Action::SetRemove { .. } => Some(Family::Set),
             Action::Delete | Action::Expire { .. } | Action::Read | Action::Scanned => None,
@@ -79,6 +82,14 @@ impl Action {
     /// An increment, with a request id or without.
     pub fn is_increment(&self) -> bool {
         matches!(self, Action::Increment { .. } | Action::IncrementOnce { .. })
+    }
+
+    /// The chunk this write appends, with a request id or without.
+    pub fn chunk(&self) -> Option<&[u8]> {
+        match self {
+            Action::Append { chunk } | Action::AppendOnce { chunk, .. } => Some(chunk),
+            _ => None,
+        }
     }
 
     /// The register value this write sets, if it sets one.

@@ -176,6 +176,35 @@ fn schedules_with_ttl_changes() {
     println!("{seeds} schedules with TTL changes passed ({expires} Expires)");
 }
 
+/// Schedules whose clients append with request ids and send an append whose outcome is
+/// unknown again, to another node (`SimConfig::append_ids`): each chunk ends in its log at most
+/// once however many of its attempts were applied, and an acknowledged retry keeps its chunk
+/// as its first attempt would have. Without the ids (a planted bug) the retries append twice.
+#[test]
+fn schedules_with_idempotent_appends() {
+    use geokv_sim::history::Action;
+    let cfg = SimConfig { append_ids: true, ..SimConfig::default() };
+    let seeds = env_u64("GEOKV_SIM_SEEDS").unwrap_or(500).min(200);
+    let mut retried = 0;
+    for seed in 0..seeds {
+        let r = check_seed(seed, &cfg);
+        let mut attempts = std::collections::BTreeMap::new();
+        for e in &r.history {
+            if let Action::AppendOnce { id, .. } = e.action {
+                *attempts.entry(id).or_insert(0) += 1;
+            }
+        }
+        retried += attempts.values().filter(|&&n| n > 1).count();
+    }
+    assert!(retried > 0, "no append was sent again over {seeds} schedules");
+    println!("{seeds} schedules with idempotent appends passed ({retried} appends sent again)");
+    let buggy = SimConfig { bug: Some(Bug::AppendIdDropped), ..cfg };
+    let caught = (0..200)
+        .find(|&seed| run(seed, &buggy).report.violations.iter().any(|v| v.contains("applied twice")));
+    assert!(caught.is_some(), "appends retried without their ids went unnoticed");
+    println!("AppendIdDropped caught by seed {}", caught.unwrap_or_default());
+}
+
 #[test]
 fn simulated_schedules_shard_1() {
     shard(1);

@@ -1,7 +1,8 @@
 //! The on-disk encoding of a key's state.
 //!
 //! ```text
-//! byte 0      format version (3, or 2 for a record that never held idempotent increments;
+//! byte 0      format version (4 for a record that holds idempotent appends, 3 for one that
+//!             holds idempotent increments and no appends, 2 for one that never held either;
 //!             1 is still read)
 //! byte 1      flags: bit 0 = payload is zstd-compressed
 //! bytes 2..6  CRC-32 (IEEE) of bytes 0..2 and the payload, little-endian
@@ -11,9 +12,10 @@
 //! Decoding dispatches on the version byte, so a later format adds a decoder and keeps this
 //! one. Version 1's payload is a record without `horizon` (`geokv_core::RecordV1`), read with
 //! horizon 0; version 2's a record without idempotent increments (`geokv_core::RecordV2`),
-//! read with none. A record that holds none is still written as version 2, byte for byte
-//! what the previous release wrote, so its nodes read it during a rolling upgrade and Merkle
-//! digests of such records agree across the two releases. A checksum mismatch is reported as
+//! read with none; version 3's a record without idempotent appends (`geokv_core::RecordV3`).
+//! A record is written in the oldest version that holds it, byte for byte what the previous
+//! releases wrote, so their nodes read it during a rolling upgrade and Merkle digests of such
+//! records agree across the releases. A checksum mismatch is reported as
 //! corruption and the value is never served.
 
 use geokv_core::Record;
@@ -21,6 +23,7 @@ use geokv_core::Record;
 pub const FORMAT_V1: u8 = 1;
 pub const FORMAT_V2: u8 = 2;
 pub const FORMAT_V3: u8 = 3;
+pub const FORMAT_V4: u8 = 4;
 const FLAG_ZSTD: u8 = 1;
 const HEADER: usize = 6;
 /// Upper bound for a decompressed payload, against decompression bombs in corrupt input: a
@@ -32,7 +35,7 @@ const MAX_DECODED: usize = geokv_core::MAX_RECORD_BYTES;
 pub enum DecodeError {
     #[error("value is {0} bytes, shorter than the {HEADER}-byte header")]
     Truncated(usize),
-    #[error("unknown format version {0} (this build reads versions {FORMAT_V1} to {FORMAT_V3})")]
+    #[error("unknown format version {0} (this build reads versions {FORMAT_V1} to {FORMAT_V4})")]
     UnknownVersion(u8),
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
@@ -51,9 +54,12 @@ fn checksum(head: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The format version a record is written in: 2 unless it holds idempotent increments.
+/// The format version a record is written in: 2 unless it holds idempotent increments (3) or
+/// appends (4).
 pub fn format_of(record: &Record) -> u8 {
-    if record.needs_v3() {
+    if record.needs_v4() {
+        FORMAT_V4
+    } else if record.needs_v3() {
         FORMAT_V3
     } else {
         FORMAT_V2
@@ -63,8 +69,10 @@ pub fn format_of(record: &Record) -> u8 {
 /// The uncompressed payload of a record (what `limits.max_record_bytes` limits), in the
 /// layout of [`format_of`] it.
 pub fn serialize(record: &Record) -> Vec<u8> {
-    if record.needs_v3() {
+    if record.needs_v4() {
         postcard::to_allocvec(record).expect("records always serialize")
+    } else if record.needs_v3() {
+        postcard::to_allocvec(&geokv_core::RecordV3Ref::from(record)).expect("records always serialize")
     } else {
         postcard::to_allocvec(&geokv_core::RecordV2Ref::from(record)).expect("records always serialize")
     }
@@ -108,7 +116,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             let v2: geokv_core::RecordV2 = postcard_payload(bytes)?;
             Ok(v2.into())
         }
-        FORMAT_V3 => postcard_payload(bytes),
+        FORMAT_V3 => {
+            let v3: geokv_core::RecordV3 = postcard_payload(bytes)?;
+            Ok(v3.into())
+        }
+        FORMAT_V4 => postcard_payload(bytes),
         v => Err(DecodeError::UnknownVersion(v)),
     }
 }
@@ -273,6 +285,36 @@ mod tests {
             let bytes = encode(&counted, compress_at, 3);
             assert_eq!(bytes[0], FORMAT_V3);
             assert_eq!(decode(&bytes).unwrap(), counted);
+        }
+    }
+
+    #[test]
+    fn a_record_with_idempotent_appends_is_written_as_version_4_and_one_without_as_before() {
+        let op = Op::IncrementOnce { delta: 4, ttl_ms: None, id: 0xfeed };
+        let counted = apply(None, &op, Stamp::new(99, 3), 1_000, &Limits::default()).unwrap().record;
+        // Byte for byte the previous release's version 3 payload: no appends field.
+        let v3 = geokv_core::RecordV3 {
+            kind: counted.kind.clone(),
+            live: counted.live.clone(),
+            register: counted.register.clone(),
+            counter: counted.counter.clone(),
+            counter_base: counted.counter_base.clone(),
+            set: counted.set.clone(),
+            expiry: counted.expiry.clone(),
+            horizon: counted.horizon,
+            onces: counted.onces.clone(),
+            onces_base: counted.onces_base.clone(),
+            settled: counted.settled.clone(),
+        };
+        assert_eq!(&encode(&counted, 1024, 3)[HEADER..], &postcard::to_allocvec(&v3).unwrap()[..]);
+
+        let op = Op::AppendOnce { value: b"tail".to_vec(), ttl_ms: None, id: 0xbeef };
+        let appended = apply(None, &op, Stamp::new(99, 3), 1_000, &Limits::default()).unwrap().record;
+        assert!(!appended.appends.is_empty());
+        for compress_at in [1, 1024] {
+            let bytes = encode(&appended, compress_at, 3);
+            assert_eq!(bytes[0], FORMAT_V4);
+            assert_eq!(decode(&bytes).unwrap(), appended);
         }
     }
 

@@ -66,6 +66,10 @@ pub enum ClientCommand {
         file: Option<PathBuf>,
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
+        /// 32 hex digits naming this append: running the command again with the same id
+        /// (after exit status 7, say) appends once, for 10 minutes.
+        #[arg(long, value_parser = parse_request_id)]
+        request_id: Option<geokv_client::RequestId>,
     },
     /// Add members to a set.
     Sadd {
@@ -137,6 +141,25 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     crate::cli_io::parse_duration(s)
 }
 
+/// The error of an increment or append sent with request id `id`; when the command chose the
+/// id and the write may have been applied, it names the id to run the command again with.
+fn name_request_id(
+    e: geokv_client::ClientError,
+    given: bool,
+    command: &str,
+    id: geokv_client::RequestId,
+) -> anyhow::Error {
+    let applied_maybe = !e.not_applied();
+    let e = anyhow::Error::from(e);
+    if given || !applied_maybe {
+        return e;
+    }
+    let id = u128::from_be_bytes(id);
+    e.context(format!(
+        "the {command} may have been applied; `geokv {command} ... --request-id {id:032x}` within 10 minutes applies it once either way"
+    ))
+}
+
 fn parse_request_id(s: &str) -> Result<geokv_client::RequestId, String> {
     let id = u128::from_str_radix(s, 16).ok().filter(|_| s.len() == 32);
     id.map(u128::to_be_bytes).ok_or_else(|| format!("{s:?} is not 32 hex digits (16 bytes)"))
@@ -193,7 +216,7 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
     if matches!(
         cmd,
         ClientCommand::Incr { request_id: None, .. }
-            | ClientCommand::Append { .. }
+            | ClientCommand::Append { request_id: None, .. }
             | ClientCommand::Cas { .. }
             | ClientCommand::Batch { .. }
     ) {
@@ -264,25 +287,22 @@ pub async fn run(cmd: ClientCommand, opts: ClientOpts) -> anyhow::Result<()> {
             let key = arg("key", &key)?;
             // Without --request-id, one of our own, named on failure: running the command
             // again with it cannot count twice.
-            let given = request_id.is_some();
             let id = request_id.unwrap_or_else(geokv_client::new_request_id);
-            let r = client.increment_once(&key, delta, ttl, id).await.map_err(|e| {
-                let applied_maybe = !e.not_applied();
-                let e = anyhow::Error::from(e);
-                if given || !applied_maybe {
-                    return e;
-                }
-                let id = u128::from_be_bytes(id);
-                e.context(format!(
-                    "the increment may have been applied; `geokv incr ... --request-id {id:032x}` within 10 minutes counts it once either way"
-                ))
-            })?;
+            let r = client
+                .increment_once(&key, delta, ttl, id)
+                .await
+                .map_err(|e| name_request_id(e, request_id.is_some(), "incr", id))?;
             let j = json!({ "value": r.value, "version": version_json(&r.version), "ttl_remaining_ms": r.ttl_remaining_ms });
             print(js, j, r.value.to_string());
         }
-        ClientCommand::Append { key, ttl, .. } => {
+        ClientCommand::Append { key, ttl, request_id, .. } => {
             let value = value.unwrap_or_default();
-            let r = client.append(&arg("key", &key)?, &value, ttl).await?;
+            // As for incr: an id of our own, named when the outcome is unknown.
+            let id = request_id.unwrap_or_else(geokv_client::new_request_id);
+            let r = client
+                .append_once(&arg("key", &key)?, &value, ttl, id)
+                .await
+                .map_err(|e| name_request_id(e, request_id.is_some(), "append", id))?;
             let j = json!({ "length": r.length, "version": version_json(&r.version) });
             print(js, j, format!("length {}", r.length));
         }

@@ -112,16 +112,38 @@ pub fn increment_op(
     request_id: &[u8],
 ) -> Result<geokv_core::Op, geokv_core::CoreError> {
     use geokv_core::Op;
+    Ok(match request_id_of(request_id, "an increment")? {
+        None => Op::Increment { delta, ttl_ms },
+        Some(id) => Op::IncrementOnce { delta, ttl_ms, id },
+    })
+}
+
+/// An append as a core operation: with a request id (16 bytes), one applied once however
+/// many times it is sent.
+pub fn append_op(
+    value: Vec<u8>,
+    ttl_ms: Option<u64>,
+    request_id: &[u8],
+) -> Result<geokv_core::Op, geokv_core::CoreError> {
+    use geokv_core::Op;
+    Ok(match request_id_of(request_id, "an append")? {
+        None => Op::Append { value, ttl_ms },
+        Some(id) => Op::AppendOnce { value, ttl_ms, id },
+    })
+}
+
+/// A request id: none when empty, else exactly 16 bytes.
+fn request_id_of(request_id: &[u8], what: &str) -> Result<Option<u128>, geokv_core::CoreError> {
     if request_id.is_empty() {
-        return Ok(Op::Increment { delta, ttl_ms });
+        return Ok(None);
     }
     let id: [u8; 16] = request_id.try_into().map_err(|_| {
         geokv_core::CoreError::InvalidArgument(format!(
-            "request_id is {} bytes; it must be 16 (a random UUID, say), or empty for an increment without retries",
+            "request_id is {} bytes; it must be 16 (a random UUID, say), or empty for {what} without retries",
             request_id.len()
         ))
     })?;
-    Ok(Op::IncrementOnce { delta, ttl_ms, id: u128::from_be_bytes(id) })
+    Ok(Some(u128::from_be_bytes(id)))
 }
 
 /// A batch item as a key and a core operation.
@@ -132,7 +154,7 @@ pub fn batch_op(op: pb::WriteOp) -> Result<(Vec<u8>, geokv_core::Op), geokv_core
         Some(W::Put(p)) => Ok((p.key, Op::Put { value: p.value, ttl_ms: p.ttl_ms })),
         Some(W::Delete(d)) => Ok((d.key, Op::Delete)),
         Some(W::Increment(i)) => Ok((i.key, increment_op(i.delta, i.ttl_ms, &i.request_id)?)),
-        Some(W::Append(a)) => Ok((a.key, Op::Append { value: a.value, ttl_ms: a.ttl_ms })),
+        Some(W::Append(a)) => Ok((a.key, append_op(a.value, a.ttl_ms, &a.request_id)?)),
         Some(W::SetAdd(s)) => Ok((s.key, Op::SetAdd { members: s.members, ttl_ms: s.ttl_ms })),
         Some(W::SetRemove(s)) => Ok((s.key, Op::SetRemove { members: s.members })),
         Some(W::Expire(e)) => Ok((e.key, Op::Expire { ttl_ms: e.ttl_ms })),

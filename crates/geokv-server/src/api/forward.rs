@@ -134,14 +134,15 @@ pub fn op_key(op: &pb::WriteOp) -> Option<&[u8]> {
 }
 
 /// Whether a batch write item may run twice with the same result (see
-/// `geokv_protocol::repeatable`): a put, delete or set change, or an increment with a request
-/// id; not a plain increment or an append.
+/// `geokv_protocol::repeatable`): a put, delete or set change, or an increment or append with
+/// a request id; not a plain increment or append.
 pub fn repeatable_op(op: &pb::WriteOp) -> bool {
     use pb::write_op::Op as W;
     match &op.op {
         Some(W::Put(_) | W::Delete(_) | W::SetAdd(_) | W::SetRemove(_) | W::Expire(_)) => true,
-        // With a request id its attempts count once.
+        // With a request id its attempts apply once.
         Some(W::Increment(i)) => !i.request_id.is_empty(),
+        Some(W::Append(a)) => !a.request_id.is_empty(),
         _ => false,
     }
 }

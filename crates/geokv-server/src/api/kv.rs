@@ -416,10 +416,14 @@ impl KvService {
         &self,
         req: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        route_key!(self, req, append, false);
+        // With a request id, sending it again is safe: it applies once.
+        let once = !req.get_ref().request_id.is_empty();
+        route_key!(self, req, append, once);
         let req = req.into_inner();
         let level = level(req.consistency)?;
-        match self.write(req.key, Op::Append { value: req.value, ttl_ms: req.ttl_ms }, level).await? {
+        let op =
+            convert::append_op(req.value, req.ttl_ms, &req.request_id).map_err(|e| to_status(e.into()))?;
+        match self.write(req.key, op, level).await? {
             (OpOutcome::Appended { len }, m) => Ok(Response::new(pb::AppendResponse {
                 length: len,
                 version: m.version,

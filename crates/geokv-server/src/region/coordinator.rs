@@ -158,13 +158,9 @@ impl Cluster {
             if machine.done() {
                 return;
             }
-            let event = tokio::select! {
-                event = rx.recv() => event,
-                () = &mut slow, if machine.may_speculate() => {
-                    self.node.metrics().speculative_reads.inc();
-                    queue.extend(machine.on_slow());
-                    continue;
-                }
+            let Some(event) = self.next_or_slow(&mut rx, slow.as_mut(), machine.may_speculate()).await else {
+                queue.extend(machine.on_slow());
+                continue;
             };
             let Some(event) = event else { return };
             queue.extend(match event {
@@ -396,13 +392,9 @@ impl Cluster {
                     other => self.carry_out(other.map_answer(|_| ()), &key, &tx),
                 }
             }
-            let event = tokio::select! {
-                event = rx.recv() => event,
-                () = &mut slow, if machine.has_spare() => {
-                    self.node.metrics().speculative_reads.inc();
-                    queue.extend(machine.on_slow());
-                    continue;
-                }
+            let Some(event) = self.next_or_slow(&mut rx, slow.as_mut(), machine.has_spare()).await else {
+                queue.extend(machine.on_slow());
+                continue;
             };
             match event {
                 Some(Event::Fetched(node, r)) => {
@@ -423,6 +415,24 @@ impl Cluster {
     /// When a read's replicas count as slow and its spares are asked (`speculative_retry_ms`).
     fn speculation(&self) -> tokio::time::Sleep {
         tokio::time::sleep(std::time::Duration::from_millis(self.cfg().speculative_retry_ms))
+    }
+
+    /// The next event of a coordinator's commands (`None` inside: every sender is gone), or
+    /// `None` when `slow` fires first while the read `may_speculate`: the caller asks its
+    /// spares (counted in `geokv_speculative_reads_total`).
+    async fn next_or_slow(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        slow: std::pin::Pin<&mut tokio::time::Sleep>,
+        may_speculate: bool,
+    ) -> Option<Option<Event>> {
+        tokio::select! {
+            event = rx.recv() => Some(event),
+            () = slow, if may_speculate => {
+                self.node.metrics().speculative_reads.inc();
+                None
+            }
+        }
     }
 
     /// One replica's state of a key.
@@ -506,8 +516,9 @@ fn respond(answer: &mut Option<oneshot::Sender<Answer>>, r: Answer) {
 
 /// The newest format of a forwarded operation this node reads (`CoordinateRequest.format`):
 /// `geokv_core::Op` in postcard (tests/golden.rs keeps its bytes). 0, from before formats were
-/// numbered, is 1; 2 adds the operations after the first six (IncrementOnce, Expire).
-pub const COORDINATE_FORMAT: u32 = 2;
+/// numbered, is 1; 2 adds the operations after the first six (IncrementOnce, Expire); 3 adds
+/// AppendOnce.
+pub const COORDINATE_FORMAT: u32 = 3;
 
 /// The format a forwarded `op` needs: 1 for the first six operations, which every release
 /// reads, so that a node of the previous release refuses only what it cannot read, and says
@@ -522,6 +533,7 @@ pub fn format_of(op: &geokv_core::Op) -> u32 {
         | Op::SetAdd { .. }
         | Op::SetRemove { .. } => 1,
         Op::IncrementOnce { .. } | Op::Expire { .. } => 2,
+        Op::AppendOnce { .. } => 3,
     }
 }
 
@@ -581,5 +593,9 @@ mod tests {
             let req = coordinate_request(b"k", &Action::Op(newer), Level::Quorum);
             assert!(req.format <= COORDINATE_FORMAT);
         }
+        let append_once = Op::AppendOnce { value: vec![1], ttl_ms: None, id: 7 };
+        assert_eq!(format_of(&append_once), 3);
+        let req = coordinate_request(b"k", &Action::Op(append_once), Level::Quorum);
+        assert_eq!(req.format, COORDINATE_FORMAT);
     }
 }

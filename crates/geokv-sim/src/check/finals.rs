@@ -9,9 +9,11 @@
 //!   a key an acknowledged write set ends absent only if a delete may have applied;
 //! - **expiring registers** (every write has a TTL): absent everywhere once every deadline
 //!   passed;
-//! - **logs** (Append): each chunk at most once (an append is never applied twice), each one
-//!   some append may have added; an acknowledged QUORUM append survives when no other append
-//!   could race it (two appends that both read the same value keep only one of them);
+//! - **logs** (Append): each chunk at most once (an append is never applied twice, however
+//!   many attempts of one with a request id were), each one some append may have added; an
+//!   acknowledged QUORUM append survives when no other append could race it (two appends that
+//!   both read the same value keep only one of them; a retried append races what its first
+//!   attempt raced);
 //! - **counters**: the value lies within [acknowledged, acknowledged + unknown] increments; a
 //!   write of another type at QUORUM after an acknowledged QUORUM increment in the same region
 //!   is refused;
@@ -135,30 +137,33 @@ impl Rules<'_> {
             if !seen.insert(c) {
                 self.violation(format!("chunk {} was applied twice", show(c)));
             }
-            let appended = self
-                .writes
-                .iter()
-                .any(|e| e.may_have_applied() && e.action == Action::Append { chunk: c.clone() });
+            let appended =
+                self.writes.iter().any(|e| e.may_have_applied() && e.action.chunk() == Some(&c[..]));
             if !appended {
                 self.violation(format!("chunk {} was never appended", show(c)));
             }
         }
         self.batch_order(&chunks);
         let appends: Vec<&Event> =
-            self.writes.iter().copied().filter(|e| matches!(e.action, Action::Append { .. })).collect();
+            self.writes.iter().copied().filter(|e| e.action.chunk().is_some()).collect();
         for a in appends.iter().filter(|a| a.acked_write() && a.quorum) {
-            let Action::Append { chunk } = &a.action else { continue };
+            let Some(chunk) = a.action.chunk() else { continue };
+            // The request began with its first attempt (chunks are unique to a request).
+            let began =
+                appends.iter().filter(|b| b.action.chunk() == Some(chunk)).map(|b| b.invoked_ms).min();
+            let began = began.unwrap_or(a.invoked_ms);
             // Another append that may have applied races `a` unless it was acknowledged at
             // QUORUM in `a`'s region before `a` began (then `a` read it) or began there at
-            // QUORUM after `a` was acknowledged (then it read `a`).
+            // QUORUM after `a` was acknowledged (then it read `a`). Attempts of one request do
+            // not race each other.
             let ordered = |b: &&Event| {
-                std::ptr::eq(*b, *a)
+                b.action.chunk() == Some(chunk)
                     || !b.may_have_applied()
                     || b.quorum
                         && b.region == a.region
-                        && (b.acked_write() && b.completed_ms < a.invoked_ms || b.invoked_ms > a.completed_ms)
+                        && (b.acked_write() && b.completed_ms < began || b.invoked_ms > a.completed_ms)
             };
-            if appends.iter().all(ordered) && !seen.contains(chunk) {
+            if appends.iter().all(ordered) && !seen.contains(&chunk.to_vec()) {
                 self.violation(format!(
                     "acknowledged append of {} is lost, and no append raced it",
                     show(chunk)
@@ -177,10 +182,7 @@ impl Rules<'_> {
         };
         for (p, c) in chunks.iter().enumerate() {
             let Some((batch, i)) = item(c) else { continue };
-            let acked = self
-                .writes
-                .iter()
-                .any(|e| e.acked_write() && e.action == Action::Append { chunk: c.clone() });
+            let acked = self.writes.iter().any(|e| e.acked_write() && e.action.chunk() == Some(&c[..]));
             let later_first = chunks[..p].iter().find(|d| item(d).is_some_and(|(b, j)| b == batch && j > i));
             if let (true, Some(d)) = (acked, later_first) {
                 self.violation(format!(

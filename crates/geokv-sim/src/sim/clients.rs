@@ -6,8 +6,9 @@
 //! another node while an attempt's outcome is unknown, as `geokv_client::Failover` does; at
 //! QUORUM, once the region has an acknowledged QUORUM increment, now and then a write of the
 //! wrong type, which must be refused), shared sets (SetAdd),
-//! shared keys written only with TTLs, and per region logs (Append) and sets with removes,
-//! written at QUORUM. Now and then a client scans one kind of key (one page, of a random
+//! shared keys written only with TTLs, and per region logs (Append; under
+//! `SimConfig::append_ids`, from odd-numbered clients with a request id, sent again like an
+//! increment's) and sets with removes, written at QUORUM. Now and then a client scans one kind of key (one page, of a random
 //! size); each key the page covers is recorded as that key's read.
 //! Values, chunks and members are unique where a rule must tell writes apart.
 
@@ -23,6 +24,13 @@ use crate::history::{Action, Event, Outcome};
 /// Kinds of keys: registers, counters, sets, keys written with TTLs, and the region's own logs
 /// and sets.
 const KINDS: usize = 6;
+
+/// A request's id: its unique name, hashed (FNV-1a), an id no other request has.
+fn request_id(unique: &str) -> u128 {
+    unique.bytes().fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d_u128, |h, b| {
+        (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b)
+    })
+}
 
 /// The start of every key of `kind` (logs and local sets: of `region`'s).
 fn prefix(kind: usize, region: usize) -> String {
@@ -147,11 +155,7 @@ impl World {
             // A counter's TTL taken away (it has none): its count must not change.
             1 if self.cfg.ttl_changes && self.rng.gen_bool(0.05) => Action::Expire { ttl_ms: None },
             1 if c % 2 == 1 => {
-                // The request's unique name, hashed (FNV-1a): an id no other request has.
-                let id = unique.bytes().fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d_u128, |h, b| {
-                    (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b)
-                });
-                Action::IncrementOnce { delta: self.rng.gen_range(1..=5), id }
+                Action::IncrementOnce { delta: self.rng.gen_range(1..=5), id: request_id(&unique) }
             }
             1 => Action::Increment { delta: self.rng.gen_range(1..=5) },
             2 => Action::SetAdd { member },
@@ -160,6 +164,9 @@ impl World {
                 Action::Expire { ttl_ms: Some(self.rng.gen_range(100..2_000)) }
             }
             3 => Action::Expiring { value: unique.into_bytes(), ttl_ms: self.rng.gen_range(100..2_000) },
+            4 if self.cfg.append_ids && c % 2 == 1 => {
+                Action::AppendOnce { chunk: format!("{unique};").into_bytes(), id: request_id(&unique) }
+            }
             4 => Action::Append { chunk: format!("{unique};").into_bytes() },
             _ if self.rng.gen_bool(0.6) => Action::SetAdd { member },
             _ => Action::SetRemove { member },
@@ -223,6 +230,10 @@ impl World {
                 return Some(Write::Cas { expect, value, ttl_ms: None });
             }
             Action::Append { chunk } => Op::Append { value: chunk, ttl_ms: None },
+            Action::AppendOnce { chunk, .. } if self.cfg.bug == Some(Bug::AppendIdDropped) => {
+                Op::Append { value: chunk, ttl_ms: None }
+            }
+            Action::AppendOnce { chunk, id } => Op::AppendOnce { value: chunk, ttl_ms: None, id },
             Action::Increment { delta } => Op::Increment { delta, ttl_ms: None },
             Action::IncrementOnce { delta, id } => Op::IncrementOnce { delta, ttl_ms: None, id },
             Action::SetAdd { member } => Op::SetAdd { members: vec![member], ttl_ms: None },
@@ -333,12 +344,13 @@ impl World {
             Asked::Scan { .. } => Vec::new(),
         };
         let region = Layout::region_name(client.region);
-        // An increment with a request id whose outcome is unknown goes again, to another node
-        // (up to three attempts, while clients still run).
+        // An increment or append with a request id whose outcome is unknown goes again, to
+        // another node (up to three attempts, while clients still run).
         let again = match (&items[..], outcomes.first()) {
-            ([(key, a @ Action::IncrementOnce { .. })], Some(Outcome::Unknown(_)))
-                if p.attempt < 3 && self.now < self.cfg.fault_window_ms =>
-            {
+            (
+                [(key, a @ (Action::IncrementOnce { .. } | Action::AppendOnce { .. }))],
+                Some(Outcome::Unknown(_)),
+            ) if p.attempt < 3 && self.now < self.cfg.fault_window_ms => {
                 Some((key.clone(), a.clone(), p.quorum, p.attempt + 1))
             }
             _ => None,

@@ -114,6 +114,8 @@ pub enum Bug {
     /// A merge of replica states over `max_record_bytes` is not stored (the replica keeps its
     /// own state), as a store that held merges to the client writes' limit would do.
     OversizedMergeDropped,
+    /// An append sent with a request id goes without it: its retries append it again.
+    AppendIdDropped,
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +143,11 @@ pub struct SimConfig {
     /// away. Off in the default schedules, which keep the action streams their regression
     /// seeds were found with; `schedules_with_ttl_changes` runs them on.
     pub ttl_changes: bool,
+    /// Odd-numbered clients append to the region's logs with request ids, and send an append
+    /// whose outcome is unknown again to another node (as they do increments). Off in the
+    /// default schedules for the same reason as `ttl_changes`;
+    /// `schedules_with_idempotent_appends` runs them on.
+    pub append_ids: bool,
     pub bug: Option<Bug>,
 }
 
@@ -160,6 +167,7 @@ impl Default for SimConfig {
             max_record_bytes: MAX_RECORD_BYTES,
             residency: true,
             ttl_changes: false,
+            append_ids: false,
             bug: None,
         }
     }
