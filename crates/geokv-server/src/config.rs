@@ -109,6 +109,11 @@ pub struct ClusterConfig {
     /// speculative retry). A replica that fails is replaced at once whatever this says. 0 asks
     /// every healthy home replica from the start (more messages, no wait on a slow replica).
     pub speculative_retry_ms: u64,
+    /// Calls of one kind (replica state sends, fetches) in flight to one peer at most: what
+    /// comes while they are all in flight goes together in the next call (`MergeMany`,
+    /// `FetchMany`). Fewer: more items per call and less CPU per request, at the cost of a
+    /// wait behind the calls in flight.
+    pub peer_calls_in_flight: usize,
     /// SWIM probe period of the gossip membership protocol, in milliseconds: each period a
     /// node probes one peer over UDP (on its peer address); a probe unanswered within half the
     /// period goes through other peers, and a peer that fails both is suspect. Suspect peers
@@ -131,6 +136,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             request_timeout_ms: 2000,
             speculative_retry_ms: 50,
+            peer_calls_in_flight: crate::peer::coalesce::CALLS_IN_FLIGHT,
             probe_interval_ms: 250,
             suspect_timeout_ms: 2000,
             handoff_interval_ms: 500,
@@ -272,6 +278,13 @@ impl ServerConfig {
                 "use positive milliseconds",
             ));
         }
+        if !(1..=256).contains(&c.peer_calls_in_flight) {
+            return Err(invalid(
+                "cluster.peer_calls_in_flight",
+                format!("is {}", c.peer_calls_in_flight),
+                "use 1 to 256",
+            ));
+        }
         if c.probe_interval_ms < 10 || c.suspect_timeout_ms < c.probe_interval_ms {
             return Err(invalid(
                 "cluster.suspect_timeout_ms",
@@ -367,6 +380,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("c.toml") && err.contains("bogus"), "{err}");
+        let err = ServerConfig::parse(
+            "node_id = 1\ndata_dir = \"d\"\n[cluster]\npeer_calls_in_flight = 0\n",
+            "d.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("peer_calls_in_flight") && err.contains("1 to 256"), "{err}");
         let err =
             ServerConfig::parse("node_id = 1\ndata_dir = \"d\"\n[limits]\nmax_key_bytes = 0\n", "d.toml")
                 .unwrap_err()

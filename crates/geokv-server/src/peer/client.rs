@@ -34,6 +34,8 @@ struct Conn {
 pub struct Peers {
     conns: Mutex<BTreeMap<NodeId, Conn>>,
     timeout: Duration,
+    /// Calls of one kind in flight to one peer (`cluster.peer_calls_in_flight`).
+    calls_in_flight: usize,
     faults: Arc<Faults>,
     /// TLS with this node's certificate, checking each peer's; `None`: plaintext.
     tls: Option<Arc<crate::security::NodeTls>>,
@@ -43,12 +45,13 @@ pub struct Peers {
 impl Peers {
     pub fn new(
         timeout_ms: u64,
+        calls_in_flight: usize,
         faults: Arc<Faults>,
         tls: Option<Arc<crate::security::NodeTls>>,
         counters: CallCounters,
     ) -> Self {
         let timeout = Duration::from_millis(timeout_ms);
-        Peers { conns: Mutex::new(BTreeMap::new()), timeout, faults, tls, counters }
+        Peers { conns: Mutex::new(BTreeMap::new()), timeout, calls_in_flight, faults, tls, counters }
     }
 
     fn with_conn<T>(&self, id: NodeId, addr: &str, f: impl FnOnce(&Conn) -> T) -> Option<T> {
@@ -100,7 +103,7 @@ impl Peers {
 
     fn queue<K: Kind>(&self, c: &Conn) -> Queue<K> {
         let counters = Counters::of::<K>(&self.counters);
-        Queue::start(c.client.clone(), self.faults.clone(), self.timeout, counters)
+        Queue::start(c.client.clone(), self.faults.clone(), self.timeout, self.calls_in_flight, counters)
     }
 
     /// A slot for one state send to `id`, waiting at most the request deadline.

@@ -21,8 +21,9 @@ use tonic::{Code, Status};
 use super::client::PeerClient;
 use crate::faults::Faults;
 
-/// Calls in flight to one peer at most, per kind; items queue behind them and go in the next.
-const CALLS_IN_FLIGHT: usize = 4;
+/// Calls in flight to one peer at most, per kind, by default (`cluster.peer_calls_in_flight`);
+/// items queue behind them and go in the next.
+pub const CALLS_IN_FLIGHT: usize = 4;
 /// Most bytes of items in one call (a call may pass it by one item).
 const MAX_BYTES: usize = 1 << 20;
 /// How long a peer that answered UNIMPLEMENTED gets single calls.
@@ -209,11 +210,17 @@ struct Link {
 
 impl<K: Kind> Queue<K> {
     /// Starts the queue's task (on the current tokio runtime) for the peer `client` calls.
-    pub fn start(client: PeerClient, faults: Arc<Faults>, timeout: Duration, counters: Counters) -> Self {
+    pub fn start(
+        client: PeerClient,
+        faults: Arc<Faults>,
+        timeout: Duration,
+        in_flight: usize,
+        counters: Counters,
+    ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued<K>>();
         let (single_until_ms, epoch) = (AtomicU64::new(0), Instant::now());
         let link = Arc::new(Link { client, faults, timeout, counters, single_until_ms, epoch });
-        let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+        let calls = Arc::new(Semaphore::new(in_flight.max(1)));
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = calls.clone().acquire_owned().await else { return };

@@ -107,7 +107,7 @@ async fn queue_to(peer: Peer) -> (Queue<Merges>, crate::ops::metrics::Metrics) {
         crate::trace::Propagate::from_node(1),
     );
     let counters = Counters::of::<Merges>(&CallCounters::from(&metrics));
-    let queue = Queue::start(client, faults, Duration::from_secs(10), counters);
+    let queue = Queue::start(client, faults, Duration::from_secs(10), super::CALLS_IN_FLIGHT, counters);
     (queue, metrics)
 }
 

@@ -163,6 +163,7 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             peers: crate::peer::client::Peers::new(
                 cfg.request_timeout_ms,
+                cfg.peer_calls_in_flight,
                 node.faults().clone(),
                 node.tls().cloned(),
                 crate::peer::coalesce::CallCounters::from(node.metrics()),
