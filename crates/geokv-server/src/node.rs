@@ -9,10 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use geokv_core::{apply_as, CoreError, Limits, NodeId, Op, OpOutcome, Record, Stamp, View};
-use geokv_storage::{Engine, GroupCommit, StorageError, Update};
+use geokv_core::{CoreError, Limits, NodeId, Record, Stamp, View};
+use geokv_storage::{Engine, GroupCommit, StorageError};
 
 use crate::{Clock, ServerConfig};
+
+mod writes;
+pub use writes::LocalWrite;
 
 /// Errors of node operations: storage failures and refused operations alike.
 pub type NodeError = StorageError;
@@ -331,113 +334,6 @@ impl Node {
         }
     }
 
-    /// Applies a client write. Returns what it did and the key's new state.
-    pub fn write(&self, key: &[u8], op: &Op) -> Result<(OpOutcome, Record), NodeError> {
-        self.limits.check_key(key)?;
-        op.validate(&self.limits)?;
-        self.engine.update(key, |current| {
-            let stamp = self.stamp_after(current);
-            let applied = apply_as(current, op, stamp, self.actor(), self.now_ms(), &self.limits)?;
-            Ok(stored(applied))
-        })
-    }
-
-    /// [`Node::write`] through the engine's writer thread: committed in a group with the other
-    /// writes and merges queued at the same time (one WAL sync), awaited without blocking.
-    pub async fn write_async(&self, key: Vec<u8>, op: Op) -> Result<(OpOutcome, Record), NodeError> {
-        self.limits.check_key(&key)?;
-        op.validate(&self.limits)?;
-        // The decision runs on the writer thread: it takes what it needs, not the node.
-        let (hlc, id, actor, clock, limits) =
-            (self.hlc.clone(), self.id, self.actor.clone(), self.clock.clone(), self.limits.clone());
-        self.commits
-            .submit(key, move |current| {
-                let stamp = stamp_after(&hlc, id, current);
-                // The actor as of the decision (a renewal in between is seen, as in `write`).
-                let actor = actor.load(std::sync::atomic::Ordering::SeqCst);
-                let applied = apply_as(current, &op, stamp, actor, clock.now_ms(), &limits)?;
-                Ok(stored(applied))
-            })
-            .await
-    }
-
-    /// [`Engine::merge_as`] through the engine's writer thread (see [`Node::write_async`]):
-    /// whether this node's state of `key` changed.
-    pub async fn merge_async(&self, key: Vec<u8>, state: Record, ship: bool) -> Result<bool, NodeError> {
-        self.commits.merge(key, state, ship).await
-    }
-
-    /// Applies many client writes, committed together in one `WriteBatch` (one WAL sync).
-    /// Each item succeeds or fails on its own; invalid items touch nothing.
-    /// Items that did not even parse come in as errors and keep their place in the answer.
-    pub fn write_batch(
-        &self,
-        items: Vec<Result<(Vec<u8>, Op), CoreError>>,
-    ) -> Vec<Result<(OpOutcome, Record), NodeError>> {
-        let mut results: Vec<Option<Result<(OpOutcome, Record), NodeError>>> =
-            Vec::with_capacity(items.len());
-        let mut valid_keys = Vec::new();
-        let mut valid_ops = Vec::new();
-        let mut slots = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let checked = item.and_then(|(key, op)| {
-                self.limits.check_key(&key).and_then(|_| op.validate(&self.limits)).map(|_| (key, op))
-            });
-            match checked {
-                Ok((key, op)) => {
-                    valid_keys.push(key);
-                    valid_ops.push(op);
-                    slots.push(i);
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(Err(e.into()))),
-            }
-        }
-        let applied = self.engine.update_many(&valid_keys, |i, current| {
-            let stamp = self.stamp_after(current);
-            let applied = apply_as(current, &valid_ops[i], stamp, self.actor(), self.now_ms(), &self.limits)?;
-            Ok(stored(applied))
-        });
-        match applied {
-            Ok(outs) => {
-                for (slot, out) in slots.into_iter().zip(outs) {
-                    results[slot] = Some(out);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for slot in slots {
-                    results[slot] = Some(Err(StorageError::BatchFailed(message.clone())));
-                }
-            }
-        }
-        results.into_iter().map(|r| r.expect("every item has a result")).collect()
-    }
-
-    /// Sets a register if `expect` holds at `now`. Returns whether it swapped, and the key's
-    /// state after a swap or the mismatching state (None if absent) after a conflict.
-    pub fn compare_and_swap(
-        &self,
-        key: &[u8],
-        expect: Expect,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-        now: u64,
-    ) -> Result<(bool, Option<Record>), NodeError> {
-        self.limits.check_key(key)?;
-        let op = Op::Put { value, ttl_ms };
-        op.validate(&self.limits)?;
-        self.engine.update(key, |current| {
-            let (holds, visible) = geokv_core::cas_holds(current, expect, now)?;
-            if !holds {
-                return Ok(Update { record: None, out: (false, visible.cloned()) });
-            }
-            let applied = apply_as(current, &op, self.stamp_after(current), self.actor(), now, &self.limits)?;
-            let record = applied.record.clone();
-            Ok(Update { record: Some(applied.record), out: (true, Some(record)) })
-        })
-    }
-
     /// One page of live keys in byte order.
     pub fn scan(&self, req: &ScanRequest) -> Result<ScanResult, NodeError> {
         let (start, limit) = self.scan_bounds(req)?;
@@ -513,14 +409,6 @@ impl Node {
         start.push(0);
         Ok(start)
     }
-}
-
-/// What the engine stores for a client write, and what the write answers: the new state, or
-/// nothing when the operation changed nothing (an Expire of an absent key: no version, no
-/// change-log entry, nothing to replicate).
-fn stored(applied: geokv_core::Applied) -> Update<(OpOutcome, Record)> {
-    let record = (!applied.outcome.changes_nothing()).then(|| applied.record.clone());
-    Update { record, out: (applied.outcome, applied.record) }
 }
 
 #[cfg(test)]

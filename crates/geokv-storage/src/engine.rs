@@ -352,7 +352,9 @@ impl Engine {
         let _ = self.stamp_check.set(check);
     }
 
-    pub(crate) fn check_stamps(&self, key: &[u8], incoming: &Record) -> Result<(), StorageError> {
+    /// Refuses a state from elsewhere stamped beyond what the stamp check allows (a clock
+    /// running too far ahead: see [`Engine::set_stamp_check`]); merges ask it first.
+    pub fn check_stamps(&self, key: &[u8], incoming: &Record) -> Result<(), StorageError> {
         match self.stamp_check.get() {
             Some(check) => check(incoming).map_err(|reason| StorageError::ClockDrift {
                 key: String::from_utf8_lossy(key).into_owned(),
@@ -815,7 +817,7 @@ pub use erase::EraseReport;
 mod feed;
 pub use feed::LogStart;
 mod group;
-pub use group::{GroupCommit, Pending};
+pub use group::{Batch, GroupCommit, Pending};
 mod hints;
 mod meta;
 #[cfg(test)]

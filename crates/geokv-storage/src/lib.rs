@@ -32,8 +32,8 @@ pub mod store;
 pub use config::StorageConfig;
 #[cfg(feature = "engine")]
 pub use engine::{
-    Admission, Checkpoint, CommitObserver, Engine, EraseReport, GroupCommit, LogEntry, LogStart, Pending,
-    ScanPage, StampCheck, Stats, Update, CHECKPOINTS_DIR,
+    Admission, Batch, Checkpoint, CommitObserver, Engine, EraseReport, GroupCommit, LogEntry, LogStart,
+    Pending, ScanPage, StampCheck, Stats, Update, CHECKPOINTS_DIR,
 };
 #[cfg(feature = "engine")]
 pub use error::StorageError;

@@ -19,10 +19,6 @@ use crate::residency::Route;
 
 /// Keys of one BatchGet read at once.
 const BATCH_READ_PARALLELISM: usize = 32;
-/// Keys of one BatchWrite written at once (in a cluster): their first reads and replica sends
-/// go to each peer coalesced (`peer::coalesce`), their commits in groups. 128 rather than 32:
-/// a bulk load of 100-key batches through a region went from 16.2k to 17.4-18.3k keys/s.
-const BATCH_WRITE_PARALLELISM: usize = 128;
 
 pub struct KvService {
     node: Arc<Node>,
@@ -111,17 +107,23 @@ impl KvService {
         }
     }
 
-    /// Writes batch items through the cluster: items of different keys concurrently (up to
-    /// [`BATCH_WRITE_PARALLELISM`] keys at once), items of one key one after another, in order.
+    /// Writes batch items through the cluster, coordinated per replica
+    /// ([`crate::region::Cluster::write_keys`]): items of one key one after another, in order.
     async fn write_items(
         &self,
+        cluster: &Arc<Cluster>,
         items: Vec<Result<(Vec<u8>, Op), geokv_core::CoreError>>,
         level: Level,
     ) -> Vec<Result<(OpOutcome, Record), Status>> {
         let mut out: Vec<Option<Result<(OpOutcome, Record), Status>>> = Vec::with_capacity(items.len());
         let mut valid = Vec::new();
+        let limits = self.node.limits();
         for (i, item) in items.into_iter().enumerate() {
-            match item {
+            // Bad input is refused here rather than after a network hop.
+            let checked = item.and_then(|(key, op)| {
+                limits.check_key(&key).and_then(|_| op.validate(limits)).map(|_| (key, op))
+            });
+            match checked {
                 Ok((key, op)) => {
                     valid.push((key, (i, op)));
                     out.push(None);
@@ -129,23 +131,29 @@ impl KvService {
                 Err(e) => out.push(Some(Err(to_status(e.into())))),
             }
         }
-        // A key's items one after another, in order; keys concurrently (`geokv_protocol::batch`).
+        // A key's items one after another, in order (`geokv_protocol::batch`).
         let by_key = geokv_protocol::batch::by_key(valid);
-        let mut writes = futures::stream::iter(by_key.into_iter().map(|(key, ops)| async move {
-            let mut done = Vec::with_capacity(ops.len());
-            for (_, (i, op)) in ops {
-                done.push((i, self.write_record(key.clone(), op, level).await));
-            }
-            done
-        }))
-        .buffer_unordered(BATCH_WRITE_PARALLELISM);
-        while let Some(done) = futures::StreamExt::next(&mut writes).await {
-            for (i, result) in done {
-                out[i] = Some(result);
+        let slots: Vec<Vec<usize>> =
+            by_key.iter().map(|(_, ops)| ops.iter().map(|(_, (i, _))| *i).collect()).collect();
+        let keys = by_key
+            .into_iter()
+            .map(|(key, ops)| (key, ops.into_iter().map(|(_, (_, op))| op).collect()))
+            .collect();
+        let answers = cluster.write_keys(keys, level).await;
+        for (slots, answers) in slots.into_iter().zip(answers) {
+            for (i, answer) in slots.into_iter().zip(answers) {
+                out[i] = Some(match answer {
+                    Ok(Applied::Written(out, rec)) => Ok((out, rec)),
+                    Ok(Applied::CasFailed(_)) => {
+                        Err(Status::internal("a plain write came back as a failed compare-and-swap"))
+                    }
+                    Err(e) => Err(e.into()),
+                });
             }
         }
-        drop(writes);
-        out.into_iter().map(|r| r.expect("every item has a result")).collect()
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Status::internal("a batch item got no answer"))))
+            .collect()
     }
 
     /// The key's state if visible at `now`, read at `level`.
@@ -329,7 +337,7 @@ impl KvService {
                 let written = self.run(move |n| Ok(n.write_batch(items))).await?;
                 written.into_iter().map(|r| r.map_err(to_status)).collect()
             }
-            Some(_) => self.write_items(items, level).await,
+            Some(cluster) => self.write_items(cluster, items, level).await,
         };
         let now = self.node.now_ms();
         for (slot, result) in local_slots.into_iter().zip(outcomes) {

@@ -106,10 +106,12 @@ impl Peers {
         Queue::start(c.client.clone(), self.faults.clone(), self.timeout, self.calls_in_flight, counters)
     }
 
-    /// A slot for one state send to `id`, waiting at most the request deadline.
-    pub async fn slot(&self, id: NodeId, addr: &str) -> Option<OwnedSemaphorePermit> {
+    /// Slots for `n` state sends to `id` going together (at most all of them), waiting at
+    /// most the request deadline.
+    pub async fn slots(&self, id: NodeId, addr: &str, n: usize) -> Option<OwnedSemaphorePermit> {
         let sem = self.with_conn(id, addr, |c| c.slots.clone())?;
-        tokio::time::timeout(self.timeout, sem.acquire_owned()).await.ok()?.ok()
+        let n = n.clamp(1, MAX_IN_FLIGHT_PER_PEER) as u32;
+        tokio::time::timeout(self.timeout, sem.acquire_many_owned(n)).await.ok()?.ok()
     }
 
     pub fn timeout(&self) -> Duration {

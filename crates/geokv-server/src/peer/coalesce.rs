@@ -9,6 +9,7 @@
 //! answers UNIMPLEMENTED: the items go again one by one, and the queue makes single calls to
 //! that peer for a minute before it tries again.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,7 +189,8 @@ struct Queued<K: Kind> {
 
 /// The queue of one kind of call to one peer (see the module's documentation).
 pub struct Queue<K: Kind> {
-    tx: mpsc::UnboundedSender<Queued<K>>,
+    /// Items sent together ([`Queue::call_all`]) arrive together, so they go in the same calls.
+    tx: mpsc::UnboundedSender<Vec<Queued<K>>>,
 }
 
 impl<K: Kind> Clone for Queue<K> {
@@ -217,25 +219,39 @@ impl<K: Kind> Queue<K> {
         in_flight: usize,
         counters: Counters,
     ) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Queued<K>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Queued<K>>>();
         let (single_until_ms, epoch) = (AtomicU64::new(0), Instant::now());
         let link = Arc::new(Link { client, faults, timeout, counters, single_until_ms, epoch });
         let calls = Arc::new(Semaphore::new(in_flight.max(1)));
         tokio::spawn(async move {
+            // Items received and not yet sent, oldest first.
+            let mut waiting: VecDeque<Queued<K>> = VecDeque::new();
             loop {
                 let Ok(permit) = calls.clone().acquire_owned().await else { return };
                 // Items whose caller gave up (timed out, went away) are not sent.
                 let first = loop {
-                    match rx.recv().await {
+                    match waiting.pop_front() {
                         Some(q) if q.done.is_closed() => continue,
                         Some(q) => break q,
-                        None => return,
+                        None => match rx.recv().await {
+                            Some(items) => waiting.extend(items),
+                            None => return,
+                        },
                     }
                 };
                 let mut bytes = K::bytes(&first.req);
                 let mut batch = vec![first];
                 while batch.len() < K::MAX_ITEMS && bytes < MAX_BYTES {
-                    let Ok(next) = rx.try_recv() else { break };
+                    let next = match waiting.pop_front() {
+                        Some(q) => q,
+                        None => match rx.try_recv() {
+                            Ok(items) => {
+                                waiting.extend(items);
+                                continue;
+                            }
+                            Err(_) => break,
+                        },
+                    };
                     if next.done.is_closed() {
                         continue;
                     }
@@ -255,11 +271,28 @@ impl<K: Kind> Queue<K> {
 
     /// Makes one call; the peer's answer to it (or why there is none).
     pub async fn call(&self, req: K::Req) -> Result<K::Resp, Status> {
-        let (done, answer) = oneshot::channel();
-        if self.tx.send(Queued { req, done, id: crate::trace::current() }).is_err() {
-            return Err(Status::unavailable("the call queue to this peer is closed"));
-        }
-        answer.await.unwrap_or_else(|_| Err(Status::unavailable("the call to this peer was abandoned")))
+        self.call_all(vec![req]).await.pop().expect("one answer per item")
+    }
+
+    /// Makes calls queued together: they go in as few many calls as their sizes allow, never
+    /// split by other callers' items. The peer's answers (or why there are none), in order.
+    pub async fn call_all(&self, reqs: Vec<K::Req>) -> Vec<Result<K::Resp, Status>> {
+        let id = crate::trace::current();
+        let (items, answers): (Vec<_>, Vec<_>) = reqs
+            .into_iter()
+            .map(|req| {
+                let (done, answer) = oneshot::channel();
+                (Queued { req, done, id: id.clone() }, answer)
+            })
+            .unzip();
+        let closed = self.tx.send(items).is_err();
+        let answers = answers.into_iter().map(|answer| async move {
+            if closed {
+                return Err(Status::unavailable("the call queue to this peer is closed"));
+            }
+            answer.await.unwrap_or_else(|_| Err(Status::unavailable("the call to this peer was abandoned")))
+        });
+        futures::future::join_all(answers).await
     }
 }
 

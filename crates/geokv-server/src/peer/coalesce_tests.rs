@@ -164,3 +164,24 @@ async fn a_peer_of_an_older_version_gets_every_state_one_by_one() {
     assert_eq!(peer.merges.load(Ordering::SeqCst), 400);
     assert_eq!(metrics.peer_items.with_label_values(&["merge", "single"]).get(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_queued_together_go_in_the_fewest_calls_with_answers_in_order() {
+    let peer = Peer { knows_many: true, ..Default::default() };
+    let (queue, metrics) = queue_to(peer.clone()).await;
+    // 300 states at once: 128 per MergeMany, so 3 calls, none alone.
+    let keys: Vec<String> =
+        (0..300).map(|i| if i == 150 { "refused".to_string() } else { format!("k{i}") }).collect();
+    let answers = queue.call_all(keys.iter().map(|k| state(k)).collect()).await;
+    assert_eq!(answers.len(), 300);
+    for (key, answer) in keys.iter().zip(answers) {
+        match answer {
+            Err(status) => assert_eq!((key.as_str(), status.code()), ("refused", Code::FailedPrecondition)),
+            Ok(resp) => assert!(resp.changed && key != "refused", "{key}"),
+        }
+    }
+    assert_eq!(peer.merges.load(Ordering::SeqCst), 0, "no state went alone");
+    assert_eq!(peer.many_states.load(Ordering::SeqCst), 300);
+    assert_eq!(metrics.peer_many_calls.with_label_values(&["merge"]).get(), 3);
+    assert!(queue.call_all(Vec::new()).await.is_empty());
+}

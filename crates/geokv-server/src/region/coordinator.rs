@@ -24,6 +24,7 @@ use tonic::Status;
 use super::Cluster;
 use crate::api::status::peer_error;
 use crate::blocking::TaskFailed;
+use crate::node::LocalWrite;
 
 pub use geokv_protocol::{Action, Applied};
 
@@ -134,17 +135,15 @@ impl Cluster {
         let mut answer = Some(answer);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut queue: VecDeque<Command<Applied>> = cmds.into();
+        // What the first read found: merged here in the commit that applies the write.
+        let mut base = None;
         let slow = self.speculation();
         tokio::pin!(slow);
         loop {
             while let Some(cmd) = queue.pop_front() {
                 match cmd {
-                    Command::MergeLocal { state } => {
-                        if let Err(e) = self.node.merge_async(key.clone(), state, false).await {
-                            return respond(&mut answer, Err(e.into()));
-                        }
-                    }
-                    Command::Apply => match self.apply(&key, action.clone()).await {
+                    Command::MergeLocal { state } => base = Some(state),
+                    Command::Apply => match self.apply(&key, action.clone(), base.take()).await {
                         Ok(applied) => queue.extend(machine.on_applied(applied)),
                         // The store refused the write: nothing was stored.
                         Err(e) => return respond(&mut answer, Err(e)),
@@ -170,12 +169,21 @@ impl Cluster {
         }
     }
 
-    /// Applies a client write to this node's state (stamped by this node's HLC).
-    async fn apply(&self, key: &[u8], action: Action) -> Result<Applied, CoordinatorError> {
+    /// Applies a client write to this node's state merged with `base` (the state its first
+    /// read found), stamped by this node's HLC.
+    async fn apply(
+        &self,
+        key: &[u8],
+        action: Action,
+        base: Option<Record>,
+    ) -> Result<Applied, CoordinatorError> {
         let (node, k) = (self.node.clone(), key.to_vec());
         if let Action::Op(op) = action {
-            let (out, rec) = node.write_async(k, op).await?;
+            let (out, rec) = node.write_on(LocalWrite { key: k, base, op }).await?;
             return Ok(Applied::Written(out, rec));
+        }
+        if let Some(state) = base {
+            node.merge_async(k.clone(), state, false).await?;
         }
         blocking(move || match action {
             Action::Op(_) => unreachable!("written above"),
@@ -261,7 +269,7 @@ impl Cluster {
     }
 
     /// Sends a state to one target.
-    async fn send_state(
+    pub(super) async fn send_state(
         &self,
         target: Target,
         key: &[u8],
@@ -306,7 +314,7 @@ impl Cluster {
         client.merge(req).await
     }
 
-    async fn keep_hint(&self, home: NodeId, key: &[u8], rec: &Record) {
+    pub(super) async fn keep_hint(&self, home: NodeId, key: &[u8], rec: &Record) {
         let (node, key, rec) = (self.node.clone(), key.to_vec(), rec.clone());
         if let Err(e) = blocking(move || node.engine().put_hint(home, &key, &rec)).await {
             tracing::error!(home, error = %e, "could not keep a hint; anti-entropy must repair this replica");
@@ -413,7 +421,7 @@ impl Cluster {
     }
 
     /// When a read's replicas count as slow and its spares are asked (`speculative_retry_ms`).
-    fn speculation(&self) -> tokio::time::Sleep {
+    pub(super) fn speculation(&self) -> tokio::time::Sleep {
         tokio::time::sleep(std::time::Duration::from_millis(self.cfg().speculative_retry_ms))
     }
 
@@ -436,7 +444,7 @@ impl Cluster {
     }
 
     /// One replica's state of a key.
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         node: NodeId,
         key: Vec<u8>,
@@ -456,10 +464,14 @@ impl Cluster {
         };
         // Coalesced with the other fetches from this replica now (`peer::coalesce`).
         let call = queue.call(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0), vote: true });
-        let resp = match tokio::time::timeout(self.peers.timeout(), call).await {
-            Err(_) => return Err(PeerError::TimedOut("fetch timed out".into())),
-            Ok(r) => r.map_err(peer_error)?,
-        };
+        match tokio::time::timeout(self.peers.timeout(), call).await {
+            Err(_) => Err(PeerError::TimedOut("fetch timed out".into())),
+            Ok(r) => self.fetched(node, r.map_err(peer_error)?),
+        }
+    }
+
+    /// A replica's answer to a fetch: its state, if it may be used.
+    pub(super) fn fetched(&self, node: NodeId, resp: pb::FetchResponse) -> Result<Option<Record>, PeerError> {
         if resp.state.is_empty() {
             return Ok(None);
         }
@@ -480,7 +492,7 @@ impl Cluster {
     }
 
     /// Read repair: brings one replica up to the merged state.
-    async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
+    pub(super) async fn repair(&self, node: NodeId, key: Vec<u8>, merged: Record) {
         let changed = if node == self.me {
             self.node.merge_async(key, merged, false).await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "read repair could not merge the state here");

@@ -12,6 +12,7 @@
 //! (other regions), `crate::residency`, `crate::ops`.
 
 pub(crate) mod anti_entropy;
+pub(crate) mod batch;
 pub(crate) mod coordinator;
 pub(crate) mod gossip;
 pub(crate) mod handoff;
@@ -313,8 +314,13 @@ impl Cluster {
 
     /// A slot for one state send to `id` (see [`crate::peer::client::MAX_IN_FLIGHT_PER_PEER`]).
     pub(crate) async fn slot(&self, id: NodeId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots(id, 1).await
+    }
+
+    /// Slots for `n` state sends to `id` going together.
+    pub(crate) async fn slots(&self, id: NodeId, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let addr = self.view().info(id)?.peer_addr.clone();
-        self.peers.slot(id, &addr).await
+        self.peers.slots(id, &addr, n).await
     }
 
     /// Starts gossip, hinted handoff, anti-entropy, and the join if this node is joining.

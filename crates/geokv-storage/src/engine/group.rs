@@ -46,7 +46,8 @@ struct Job {
 /// thread finish what is queued and waits for it.
 pub struct GroupCommit {
     engine: Arc<Engine>,
-    tx: Option<mpsc::Sender<Job>>,
+    /// Jobs handed over together (a [`Batch`]) arrive together, so they go in one group.
+    tx: Option<mpsc::Sender<Vec<Job>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -83,14 +84,14 @@ fn writer_gone() -> StorageError {
 impl GroupCommit {
     /// Starts the writer thread of `engine`.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Vec<Job>>();
         let writer = engine.clone();
         let thread = std::thread::Builder::new().name("geokv-commit".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut jobs = vec![first];
+            while let Ok(mut jobs) = rx.recv() {
+                // A batch is never split; a group may pass MAX_GROUP by its last batch.
                 while jobs.len() < MAX_GROUP {
                     match rx.try_recv() {
-                        Ok(job) => jobs.push(job),
+                        Ok(more) => jobs.extend(more),
                         Err(_) => break,
                     }
                 }
@@ -118,13 +119,60 @@ impl GroupCommit {
         key: Vec<u8>,
         f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError> + Send + 'static,
     ) -> Pending<T> {
-        self.queue(key, true, false, f)
+        let mut batch = self.batch();
+        let pending = batch.submit(key, f);
+        batch.commit();
+        pending
     }
 
     /// [`Engine::merge_as`] through the writer thread: merges a replica's state of `key`;
     /// resolves to whether this node's state changed.
     pub fn merge(&self, key: Vec<u8>, incoming: Record, ship: bool) -> Pending<bool> {
-        if let Err(e) = self.engine.check_stamps(&key, &incoming) {
+        let mut batch = self.batch();
+        let pending = batch.merge(key, incoming, ship);
+        batch.commit();
+        pending
+    }
+
+    /// Changes to hand the writer together ([`Batch::commit`]): they are committed in one
+    /// group, in the order they were added (a later change of a key sees the earlier one).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { commits: self, jobs: Vec::new() }
+    }
+
+    /// Hands jobs to the writer thread; if it is gone, answers their callers.
+    fn send(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Some(Err(mpsc::SendError(jobs))) = self.tx.as_ref().map(|tx| tx.send(jobs)) {
+            for job in jobs {
+                (job.decide)(Err(writer_gone())).1(Err(writer_gone()));
+            }
+        }
+    }
+}
+
+/// Changes handed to the writer together: see [`GroupCommit::batch`]. Nothing is queued until
+/// [`Batch::commit`] (a batch dropped uncommitted answers its callers that the writer is gone).
+pub struct Batch<'a> {
+    commits: &'a GroupCommit,
+    jobs: Vec<Job>,
+}
+
+impl Batch<'_> {
+    /// [`GroupCommit::submit`], in this batch.
+    pub fn submit<T: Send + 'static>(
+        &mut self,
+        key: Vec<u8>,
+        f: impl FnOnce(Option<&Record>) -> Result<Update<T>, CoreError> + Send + 'static,
+    ) -> Pending<T> {
+        self.queue(key, true, false, f)
+    }
+
+    /// [`GroupCommit::merge`], in this batch.
+    pub fn merge(&mut self, key: Vec<u8>, incoming: Record, ship: bool) -> Pending<bool> {
+        if let Err(e) = self.commits.engine.check_stamps(&key, &incoming) {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Err(e));
             return Pending(rx);
@@ -143,8 +191,13 @@ impl GroupCommit {
         })
     }
 
+    /// Hands the batch's changes to the writer, to be committed in one group.
+    pub fn commit(mut self) {
+        self.commits.send(std::mem::take(&mut self.jobs));
+    }
+
     fn queue<T: Send + 'static>(
-        &self,
+        &mut self,
         key: Vec<u8>,
         ship: bool,
         merge: bool,
@@ -173,11 +226,7 @@ impl GroupCommit {
                 }
             }
         });
-        let job = Job { key, ship, merge, decide };
-        if let Some(Err(mpsc::SendError(job))) = self.tx.as_ref().map(|tx| tx.send(job)) {
-            // The thread is gone: answer the caller rather than leave it waiting.
-            (job.decide)(Err(writer_gone())).1(Err(writer_gone()));
-        }
+        self.jobs.push(Job { key, ship, merge, decide });
         Pending(rx)
     }
 }

@@ -25,6 +25,14 @@ fn incr(by: i64) -> Op {
     Op::Increment { delta: by, ttl_ms: None }
 }
 
+/// The number of commits `e` makes from now on.
+fn count_commits(e: &Engine) -> Arc<Mutex<usize>> {
+    let commits = Arc::new(Mutex::new(0usize));
+    let seen = commits.clone();
+    e.set_commit_observer(Arc::new(move |_| *lock(&seen) += 1));
+    commits
+}
+
 fn counter(e: &Engine, key: &[u8]) -> Option<View> {
     e.get(key).unwrap().and_then(|r| r.view(NOW))
 }
@@ -35,9 +43,7 @@ fn counter(e: &Engine, key: &[u8]) -> Option<View> {
 fn changes_queued_during_a_commit_go_together_in_one_commit() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    let commits = Arc::new(Mutex::new(0usize));
-    let seen = commits.clone();
-    e.set_commit_observer(Arc::new(move |_| *lock(&seen) += 1));
+    let commits = count_commits(&e);
     e.set_commit_delay(Duration::from_millis(30));
     let group = GroupCommit::start(e.clone()).unwrap();
     let pending: Vec<_> =
@@ -62,9 +68,7 @@ fn changes_queued_during_a_commit_go_together_in_one_commit() {
 fn a_later_change_of_a_key_in_the_same_group_sees_the_earlier_one() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    let commits = Arc::new(Mutex::new(0usize));
-    let seen = commits.clone();
-    e.set_commit_observer(Arc::new(move |_| *lock(&seen) += 1));
+    let commits = count_commits(&e);
     e.set_commit_delay(Duration::from_millis(100));
     let group = GroupCommit::start(e.clone()).unwrap();
     let first = group.submit(b"warm".to_vec(), op_write(incr(1)));
@@ -173,4 +177,30 @@ fn a_change_is_durable_when_answered_and_a_stopped_writer_answers_with_an_error(
     drop(group.tx.take());
     let err = group.submit(b"late".to_vec(), op_write(incr(1))).wait().unwrap_err().to_string();
     assert!(err.contains("shutting down"), "{err}");
+}
+
+/// A batch's changes reach the writer together: one group, however fast the writer is.
+#[test]
+fn a_batch_is_committed_in_one_group_in_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let commits = count_commits(&e);
+    let group = GroupCommit::start(e.clone()).unwrap();
+    for round in 1..=5 {
+        let mut batch = group.batch();
+        let pending: Vec<_> =
+            (0..100).map(|i| batch.submit(format!("k{}", i % 20).into_bytes(), op_write(incr(1)))).collect();
+        batch.commit();
+        for p in pending {
+            p.wait().unwrap();
+        }
+        assert_eq!(*lock(&commits), round, "a batch of 100 changes took more than one commit");
+    }
+    assert_eq!(counter(&e, b"k3"), Some(View::Counter(25)), "every change of the batch counted, in order");
+    // A batch dropped before its commit answers its callers rather than leave them waiting.
+    let mut dropped = group.batch();
+    let never = dropped.submit(b"k1".to_vec(), op_write(incr(1)));
+    drop(dropped);
+    assert!(never.wait().is_err());
+    assert_eq!(counter(&e, b"k1"), Some(View::Counter(25)));
 }
