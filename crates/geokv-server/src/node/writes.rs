@@ -5,7 +5,7 @@
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use geokv_core::{apply_as, CoreError, Crdt, Expect, Op, OpOutcome, Record};
-use geokv_storage::{StorageError, Update};
+use geokv_storage::{Pending, StorageError, Update};
 
 use super::{stamp_after, Node, NodeError};
 
@@ -97,6 +97,15 @@ impl Node {
     /// whether this node's state of `key` changed.
     pub async fn merge_async(&self, key: Vec<u8>, state: Record, ship: bool) -> Result<bool, NodeError> {
         self.commits.merge(key, state, ship).await
+    }
+
+    /// Replica states `(key, state, ship)` merged through the writer thread together, in one
+    /// group (a `MergeMany`): whether each changed this node's state.
+    pub fn merge_all(&self, states: Vec<(Vec<u8>, Record, bool)>) -> Vec<Pending<bool>> {
+        let mut batch = self.commits.batch();
+        let answers = states.into_iter().map(|(key, state, ship)| batch.merge(key, state, ship)).collect();
+        batch.commit();
+        answers
     }
 
     /// Applies many client writes, committed together in one `WriteBatch` (one WAL sync).

@@ -50,6 +50,17 @@ impl ClusterService {
 
     /// One `Merge`: the state merged here, or kept as a hint for the home replica it names.
     async fn serve_merge(&self, req: pb::MergeRequest) -> Result<bool, Status> {
+        match self.admit_merge(req)? {
+            Kept::Hint(home, key, rec) => self.keep_hint(home, key, rec).await,
+            // Through the writer thread: grouped with the other merges and writes queued now.
+            Kept::Merge(key, rec, ship) => {
+                self.cluster.node().merge_async(key, rec, ship).await.map_err(to_status)
+            }
+        }
+    }
+
+    /// A `Merge`'s key and state checked, and where it goes.
+    fn admit_merge(&self, req: pb::MergeRequest) -> Result<Kept, Status> {
         self.cluster
             .node()
             .limits()
@@ -57,15 +68,14 @@ impl ClusterService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let rec = decode(&req.state)?;
         let me = self.cluster.node().id();
-        match geokv_protocol::keep(me, req.hint_for) {
-            geokv_protocol::Keep::Hint(home) => {
-                self.blocking(move |n| n.engine().put_hint(home, &req.key, &rec).map(|_| true)).await
-            }
-            // Through the writer thread: grouped with the other merges and writes queued now.
-            geokv_protocol::Keep::Merge => {
-                self.cluster.node().merge_async(req.key, rec, req.ship).await.map_err(to_status)
-            }
-        }
+        Ok(match geokv_protocol::keep(me, req.hint_for) {
+            geokv_protocol::Keep::Hint(home) => Kept::Hint(home, req.key, rec),
+            geokv_protocol::Keep::Merge => Kept::Merge(req.key, rec, req.ship),
+        })
+    }
+
+    async fn keep_hint(&self, home: u64, key: Vec<u8>, rec: geokv_core::Record) -> Result<bool, Status> {
+        self.blocking(move |n| n.engine().put_hint(home, &key, &rec).map(|_| true)).await
     }
 
     fn replicator(&self) -> Result<&std::sync::Arc<crate::xregion::Replicator>, Status> {
@@ -173,13 +183,35 @@ impl ClusterRpc for ClusterService {
         &self,
         req: Request<pb::MergeManyRequest>,
     ) -> Result<Response<pb::MergeManyResponse>, Status> {
-        // Served together: the merges land in the same commit group of the writer thread.
-        let served =
-            futures::future::join_all(req.into_inner().items.into_iter().map(|item| self.serve_merge(item)));
-        let results = served
-            .await
+        // The merges handed to the writer thread together: one commit group.
+        let mut results: Vec<Option<Result<bool, Status>>> = Vec::new();
+        let (mut merges, mut merged, mut hints) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, item) in req.into_inner().items.into_iter().enumerate() {
+            results.push(None);
+            match self.admit_merge(item) {
+                Err(status) => results[i] = Some(Err(status)),
+                Ok(Kept::Merge(key, rec, ship)) => {
+                    merges.push((key, rec, ship));
+                    merged.push(i);
+                }
+                Ok(Kept::Hint(home, key, rec)) => hints.push((i, self.keep_hint(home, key, rec))),
+            }
+        }
+        let pending = self.cluster.node().merge_all(merges);
+        let (merges, hints) = futures::future::join(
+            futures::future::join_all(pending),
+            futures::future::join_all(hints.into_iter().map(|(i, kept)| async move { (i, kept.await) })),
+        )
+        .await;
+        for (i, r) in merged.into_iter().zip(merges) {
+            results[i] = Some(r.map_err(to_status));
+        }
+        for (i, r) in hints {
+            results[i] = Some(r);
+        }
+        let results = results
             .into_iter()
-            .map(|r| match r {
+            .map(|r| match r.expect("every item has a result") {
                 Ok(changed) => pb::MergeItemResult { changed, ..Default::default() },
                 Err(status) => {
                     let (code, message, failure, details) = crate::peer::coalesce::item_failure(&status);
@@ -409,4 +441,12 @@ impl ClusterRpc for ClusterService {
         self.cluster.anti_entropy_round().await;
         Ok(Response::new(self.cluster.stats().await))
     }
+}
+
+/// Where a replica state sent to this node goes.
+enum Kept {
+    /// Kept as a hint for home replica `.0`.
+    Hint(geokv_core::NodeId, Vec<u8>, geokv_core::Record),
+    /// Merged here; `.2`: logged for the cross-region replicator.
+    Merge(Vec<u8>, geokv_core::Record, bool),
 }
