@@ -7,14 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use geokv_core::{CoreError, Crdt, NodeId, Record, Stamp};
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::keys::{log_key, parse_ttl_key, ttl_key, DueEntry, TtlTag};
-use crate::purge::{self, Purge};
+use crate::keys::{log_key, ttl_key, TtlTag};
+use crate::purge;
 use crate::{StorageConfig, StorageError};
 
 const CF_DATA: &str = "data";
@@ -65,80 +63,6 @@ pub struct LogEntry {
     pub ship: bool,
     /// Size of the key and its stored state after the change, in bytes (for backlog figures).
     pub bytes: u64,
-}
-
-/// A page of a scan: live entries in key order, and where the next page starts.
-pub struct ScanPage {
-    pub items: Vec<(Vec<u8>, Record)>,
-    /// `Some(k)`: more keys may follow; the next page starts strictly after `k` (the last key
-    /// returned, or the last one examined when the page stopped stepping over dead keys).
-    pub resume_after: Option<Vec<u8>>,
-}
-
-/// Builds a scan page from a store's entries in key order from the page's first key (an
-/// entry's state is `None` once its key no longer starts with `prefix`): at most `limit`
-/// entries and about `max_bytes` of response (always at least one entry). `size` says how big
-/// an entry's response is, or `None` to skip it (tombstones, expired keys, keys a caller
-/// refuses); a page stops after stepping over `MAX_SKIPPED_PER_PAGE` skipped keys. Shared by
-/// the RocksDB engine and the in-memory store.
-pub(crate) fn page(
-    entries: impl Iterator<Item = Result<(Vec<u8>, Option<Record>), StorageError>>,
-    prefix: &[u8],
-    limit: usize,
-    max_bytes: usize,
-    size: impl Fn(&[u8], &Record) -> Option<usize>,
-) -> Result<ScanPage, StorageError> {
-    let mut items: Vec<(Vec<u8>, Record)> = Vec::new();
-    let mut bytes = 0usize;
-    let mut skipped = 0usize;
-    for entry in entries {
-        let (k, rec) = entry?;
-        let Some(rec) = rec.filter(|_| k.starts_with(prefix)) else { break };
-        let Some(entry_bytes) = size(&k, &rec) else {
-            skipped += 1;
-            if skipped >= MAX_SKIPPED_PER_PAGE {
-                return Ok(ScanPage { items, resume_after: Some(k) });
-            }
-            continue;
-        };
-        bytes = bytes.saturating_add(entry_bytes);
-        if items.len() == limit || (!items.is_empty() && bytes > max_bytes) {
-            let last = items.last().map(|(k, _)| k.clone());
-            return Ok(ScanPage { items, resume_after: last });
-        }
-        items.push((k, rec));
-    }
-    Ok(ScanPage { items, resume_after: None })
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    pub writes: u64,
-    pub corrupt_reads: u64,
-    /// Corrupt stored states replaced by a replica's state (read repair, anti-entropy, hints).
-    pub corrupt_replaced: u64,
-    /// Merges stored although the merged state is over `max_record_bytes` (each replica's
-    /// state was within it; refusing the merge would leave the replicas apart for good).
-    pub oversized_merges: u64,
-    pub last_seq: u64,
-    pub estimated_keys: u64,
-    pub live_data_bytes: u64,
-    /// SST files of every column family.
-    pub sst_bytes: u64,
-    pub memtable_bytes: u64,
-    /// RocksDB's estimate of the bytes compaction still has to rewrite.
-    pub pending_compaction_bytes: u64,
-    pub running_compactions: u64,
-    /// Every file in the data directory (SSTs, WAL, MANIFEST, logs).
-    pub disk_bytes: u64,
-}
-
-const ALL_CFS: [&str; 5] = [CF_DATA, CF_TTL, CF_LOG, CF_META, CF_HINTS];
-
-/// Bytes of the files directly in `dir` (RocksDB keeps its files in one directory).
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 /// One key's change in a commit: key, old state, new state, new state's uncompressed payload.
@@ -608,186 +532,6 @@ impl Engine {
         })
     }
 
-    /// Live entries from `start` (inclusive) whose keys begin with `prefix`: at most `limit`
-    /// entries and about `max_bytes` of response (always at least one entry). `size` says how
-    /// big an entry's response is, or `None` to skip it (tombstones, expired keys); a page
-    /// stops after stepping over `MAX_SKIPPED_PER_PAGE` skipped keys.
-    pub fn scan(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        limit: usize,
-        max_bytes: usize,
-        size: impl Fn(&[u8], &Record) -> Option<usize>,
-    ) -> Result<ScanPage, StorageError> {
-        let from = if start < prefix { prefix } else { start };
-        let iter = self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::From(from, Direction::Forward));
-        let entries = iter.map(|item| {
-            let (k, v) = item?;
-            let rec = if k.starts_with(prefix) { Some(self.decode(&k, &v)?) } else { None };
-            Ok((k.into_vec(), rec))
-        });
-        page(entries, prefix, limit, max_bytes, size)
-    }
-
-    /// Calls `f` with every stored key and state, in key order (tombstones included).
-    pub fn for_each(&self, mut f: impl FnMut(&[u8], &Record)) -> Result<(), StorageError> {
-        for item in self.db.iterator_cf(self.cf(CF_DATA), IteratorMode::Start) {
-            let (k, v) = item?;
-            // A corrupt state is stepped over (counted and logged by `decode`): it cannot be
-            // summarised or streamed, and it must not stop the walk over every other key.
-            // Anti-entropy then sees the key as missing here and brings the replicas' state.
-            if let Ok(rec) = self.decode(&k, &v) {
-                f(&k, &rec);
-            }
-        }
-        Ok(())
-    }
-
-    /// TTL-index entries due at `now_ms`, oldest first, at most `max`.
-    pub fn due_ttl(&self, now_ms: u64, max: usize) -> Result<Vec<DueEntry>, StorageError> {
-        let mut due = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_TTL), IteratorMode::Start) {
-            let (k, _) = item?;
-            match parse_ttl_key(&k) {
-                Some(e) if e.deadline_ms <= now_ms => due.push(e),
-                Some(_) => break,
-                None => tracing::warn!(len = k.len(), "malformed TTL index key skipped"),
-            }
-            if due.len() >= max {
-                break;
-            }
-        }
-        Ok(due)
-    }
-
-    /// Drops a TTL-index entry that needs no more work.
-    pub fn drop_ttl_entry(&self, entry: &DueEntry) -> Result<(), StorageError> {
-        let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_TTL), ttl_key(entry.deadline_ms, entry.tag, &entry.key));
-        Ok(self.db.write_opt(b, &self.wopts)?)
-    }
-
-    /// Removes `key` for good if its purge deadline (see `purge_deadline`) has passed by
-    /// `now_ms`. If the deadline moved later (the key was written again, or the grace period
-    /// was raised), the index entry is put back at the new deadline. Returns whether it purged.
-    pub fn purge_if_due(&self, key: &[u8], now_ms: u64) -> Result<bool, StorageError> {
-        let _guard = lock(self.stripe(key));
-        let Some(rec) = self.get(key)? else { return Ok(false) };
-        let mut b = WriteBatch::default();
-        match purge::plan(&rec, now_ms, self.grace_ms(), || self.unshipped_since_ms())? {
-            None => Ok(false),
-            Some(Purge::NotDue(deadline)) => {
-                b.put_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key), []);
-                self.db.write_opt(b, &self.wopts)?;
-                Ok(false)
-            }
-            Some(Purge::WaitForTailers) => {
-                // The change may not have reached every tailer (another region) yet: purging
-                // it now could lose a delete there. Try again later.
-                b.put_cf(self.cf(CF_TTL), ttl_key(now_ms + PURGE_RETRY_MS, TtlTag::Purge, key), []);
-                self.db.write_opt(b, &self.wopts)?;
-                Ok(false)
-            }
-            Some(Purge::Marker(marker)) => {
-                // An expired key leaves a marker of its deadline for one more grace period: a
-                // replica still holding the expired state cannot bring it back into a new
-                // lifetime.
-                let plain = codec::serialize(&marker);
-                self.commit_all(&[(key, Some(&rec), &*marker, plain)], false)?;
-                Ok(true)
-            }
-            Some(Purge::Remove) => {
-                let deadline = purge::deadline(&rec, self.grace_ms()).unwrap_or(now_ms);
-                b.delete_cf(self.cf(CF_DATA), key);
-                b.delete_cf(self.cf(CF_TTL), ttl_key(deadline, TtlTag::Purge, key));
-                self.db.write_opt(b, &self.wopts)?;
-                Ok(true)
-            }
-        }
-    }
-
-    /// HLC time (ms) of the oldest change-log entry some tailer has not consumed yet, if any.
-    fn unshipped_since_ms(&self) -> Result<Option<u64>, StorageError> {
-        let Some(floor) = self.cursors()?.into_iter().map(|(_, seq)| seq).min() else { return Ok(None) };
-        Ok(self.log_since(floor, 1)?.first().map(|e| e.version.unix_millis()))
-    }
-
-    /// Highest sequence number below which every change-log entry is committed.
-    pub fn committed_seq(&self) -> u64 {
-        let s = lock(&self.seq);
-        s.in_flight.first().map(|first| first - 1).unwrap_or(s.last)
-    }
-
-    /// Change-log entries after `after` up to the committed sequence number, at most `max`.
-    pub fn log_since(&self, after: u64, max: usize) -> Result<Vec<LogEntry>, StorageError> {
-        let upto = self.committed_seq();
-        let start = log_key(after.saturating_add(1));
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward)) {
-            let (_, v) = item?;
-            let entry: LogEntry = postcard::from_bytes(&v)
-                .map_err(|e| StorageError::Corrupt { key: "<change log>".into(), reason: e.to_string() })?;
-            if entry.seq > upto || out.len() >= max {
-                break;
-            }
-            out.push(entry);
-        }
-        Ok(out)
-    }
-
-    /// Trims the change log to the configured number of newest entries, but never past a
-    /// tailer's cursor (see [`Engine::set_cursor`]): a tailer that fell behind finds its
-    /// backlog on disk. Returns the sequence number trimmed up to (0: nothing).
-    pub fn trim_log(&self) -> Result<u64, StorageError> {
-        let last = self.committed_seq();
-        let keep = self.cfg.changelog_retention_entries;
-        if last <= keep {
-            return Ok(0);
-        }
-        let floor = self.cursors()?.into_iter().map(|(_, seq)| seq).min().unwrap_or(u64::MAX);
-        let cut = (last - keep).min(floor);
-        if cut == 0 {
-            return Ok(0);
-        }
-        self.save_log_high_water()?;
-        let mut b = WriteBatch::default();
-        b.delete_range_cf(self.cf(CF_LOG), log_key(0), log_key(cut + 1));
-        b.put_cf(self.cf(CF_META), feed::META_LOG_TRIMMED, cut.max(self.log_trimmed_upto()?).to_be_bytes());
-        self.db.write_opt(b, &self.wopts)?;
-        Ok(cut)
-    }
-
-    pub fn stats(&self) -> Stats {
-        let prop =
-            |name: &str| self.db.property_int_value_cf(self.cf(CF_DATA), name).ok().flatten().unwrap_or(0);
-        let all = |name: &str| -> u64 {
-            ALL_CFS
-                .iter()
-                .filter_map(|cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten())
-                .sum()
-        };
-        Stats {
-            writes: self.writes.load(Ordering::Relaxed),
-            corrupt_reads: self.corrupt_reads.load(Ordering::Relaxed),
-            corrupt_replaced: self.corrupt_replaced.load(Ordering::Relaxed),
-            oversized_merges: self.oversized_merges.load(Ordering::Relaxed),
-            last_seq: self.committed_seq(),
-            estimated_keys: prop("rocksdb.estimate-num-keys"),
-            live_data_bytes: prop("rocksdb.estimate-live-data-size"),
-            sst_bytes: all("rocksdb.total-sst-files-size"),
-            memtable_bytes: all("rocksdb.cur-size-all-mem-tables"),
-            pending_compaction_bytes: all("rocksdb.estimate-pending-compaction-bytes"),
-            running_compactions: self
-                .db
-                .property_int_value("rocksdb.num-running-compactions")
-                .ok()
-                .flatten()
-                .unwrap_or(0),
-            disk_bytes: dir_bytes(&self.path),
-        }
-    }
-
     /// Flushes memtables to SST files (the WAL already makes writes durable).
     pub fn flush(&self) -> Result<(), StorageError> {
         for cf in [CF_DATA, CF_TTL, CF_LOG, CF_HINTS] {
@@ -811,6 +555,13 @@ impl Engine {
 
 mod cached;
 mod checkpoint;
+mod log;
+mod scan;
+pub(crate) use scan::page;
+pub use scan::ScanPage;
+mod stats;
+pub use stats::Stats;
+mod ttl;
 pub use checkpoint::{Checkpoint, CHECKPOINTS_DIR};
 mod erase;
 pub use erase::EraseReport;

@@ -201,3 +201,7 @@ fn with_base(current: Option<&Record>, base: Option<Record>) -> Option<(Record, 
         None => (base, true),
     })
 }
+
+#[cfg(test)]
+#[path = "writes_tests.rs"]
+mod tests;

@@ -269,11 +269,6 @@ impl<K: Kind> Queue<K> {
         Queue { tx }
     }
 
-    /// Makes one call; the peer's answer to it (or why there is none).
-    pub async fn call(&self, req: K::Req) -> Result<K::Resp, Status> {
-        self.call_all(vec![req]).await.pop().expect("one answer per item")
-    }
-
     /// Makes calls queued together: they go in as few many calls as their sizes allow, never
     /// split by other callers' items. The peer's answers (or why there are none), in order.
     pub async fn call_all(&self, reqs: Vec<K::Req>) -> Vec<Result<K::Resp, Status>> {

@@ -120,7 +120,7 @@ async fn send_many(queue: &Queue<Merges>) {
     let sends = (0..200).map(|i| {
         let key = if i == 100 { "refused".to_string() } else { format!("k{i}") };
         let queue = queue.clone();
-        async move { (key.clone(), queue.call(state(&key)).await) }
+        async move { (key.clone(), queue.call_all(vec![state(&key)]).await.pop().expect("one answer")) }
     });
     for (key, answer) in futures::future::join_all(sends).await {
         match (key.as_str(), answer) {

@@ -19,12 +19,11 @@ use geokv_cluster::Level;
 use geokv_core::{NodeId, Op, OpOutcome, Record};
 use geokv_proto::v1 as pb;
 use geokv_protocol::{route, Action, Applied, Command, PeerError, Route, WriteCoordinator};
-use geokv_topology::Target;
 use tokio::sync::oneshot;
 
-use super::coordinator::{blocking, encode, CoordinatorError};
+use super::coordinator::CoordinatorError;
+use super::replica_io::merge_request;
 use super::Cluster;
-use crate::api::status::peer_error;
 use crate::node::{LocalWrite, NodeError};
 
 /// One write's answer.
@@ -220,7 +219,7 @@ impl Cluster {
         pending: &mut FuturesUnordered<BoxFuture<'static, Events>>,
     ) {
         let mut fetches: BTreeMap<NodeId, Vec<(usize, Option<u64>)>> = BTreeMap::new();
-        let mut sends: BTreeMap<NodeId, Vec<(usize, Target, Record, bool)>> = BTreeMap::new();
+        let mut sends: BTreeMap<NodeId, Vec<(usize, pb::MergeRequest)>> = BTreeMap::new();
         while let Some((i, cmd)) = queue.pop_front() {
             let w = &mut writes[i];
             match cmd {
@@ -231,7 +230,8 @@ impl Cluster {
                     ready.push(i);
                 }
                 Command::Send { target, state, ship } => {
-                    sends.entry(target.node).or_default().push((i, target, state, ship))
+                    let req = merge_request(&target, w.key.clone(), &state, ship);
+                    sends.entry(target.node).or_default().push((i, req))
                 }
                 // Durable before the write is answered.
                 Command::KeepHint { home, state } => self.keep_hint(home, &w.key, &state).await,
@@ -269,114 +269,21 @@ impl Cluster {
             pending.push(self.clone().fetch_all(node, keys).boxed());
         }
         for (node, items) in sends {
-            let items = items
-                .into_iter()
-                .map(|(i, target, state, ship)| (i, target, writes[i].key.clone(), state, ship))
-                .collect();
             pending.push(self.clone().send_all(node, items).boxed());
         }
     }
 
-    /// The states of keys on one replica (this node's from memory or disk, a peer's in as few
-    /// `FetchMany` calls as their sizes allow).
+    /// The states of keys on one replica (`Cluster::fetch_many`), as the writes' events.
     async fn fetch_all(self: Arc<Self>, node: NodeId, keys: Vec<(usize, Vec<u8>, Option<u64>)>) -> Events {
-        let fetched = |r: Result<Option<Record>, PeerError>| Event::Fetched(node, r);
-        if node == self.me {
-            let mut out = Vec::with_capacity(keys.len());
-            let mut from_disk = Vec::new();
-            for (i, key, writer) in keys {
-                // The vote and the memory in place; what memory cannot tell, on the blocking pool.
-                match self.vote() {
-                    Err(f) => out.push((i, fetched(Err(PeerError::Answered(f))))),
-                    Ok(()) => match self.node.engine().get_cached(&key).transpose() {
-                        Some(found) => {
-                            out.push((i, fetched(found.map_err(|e| CoordinatorError::from(e).into()))))
-                        }
-                        None => from_disk.push((i, key, writer)),
-                    },
-                }
-            }
-            if !from_disk.is_empty() {
-                let n = self.node.clone();
-                let keys: Vec<Vec<u8>> = from_disk.iter().map(|(_, k, _)| k.clone()).collect();
-                let read =
-                    blocking(move || keys.iter().map(|k| n.engine().get(k)).collect::<Result<Vec<_>, _>>());
-                match read.await {
-                    Ok(states) => {
-                        out.extend(from_disk.into_iter().zip(states).map(|((i, ..), s)| (i, fetched(Ok(s)))))
-                    }
-                    Err(e) => {
-                        let e = PeerError::from(e);
-                        out.extend(from_disk.into_iter().map(|(i, ..)| (i, fetched(Err(e.clone())))));
-                    }
-                }
-            }
-            return out;
-        }
-        let Some(queue) = self.fetch_queue(node) else {
-            let e = PeerError::NeverSent(format!("node {node} has no known address"));
-            return keys.into_iter().map(|(i, ..)| (i, fetched(Err(e.clone())))).collect();
-        };
-        let (slots, reqs): (Vec<usize>, Vec<pb::FetchRequest>) = keys
-            .into_iter()
-            .map(|(i, key, writer)| {
-                (i, pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0), vote: true })
-            })
-            .unzip();
-        // Together, so they go in the same calls (`peer::coalesce`).
-        match tokio::time::timeout(self.peers.timeout(), queue.call_all(reqs)).await {
-            Err(_) => {
-                let e = PeerError::TimedOut("fetch timed out".into());
-                slots.into_iter().map(|i| (i, fetched(Err(e.clone())))).collect()
-            }
-            Ok(answers) => slots
-                .into_iter()
-                .zip(answers)
-                .map(|(i, r)| (i, fetched(r.map_err(peer_error).and_then(|resp| self.fetched(node, resp)))))
-                .collect(),
-        }
+        let (slots, keys): (Vec<usize>, Vec<_>) = keys.into_iter().map(|(i, key, w)| (i, (key, w))).unzip();
+        let states = self.fetch_many(node, keys).await;
+        slots.into_iter().zip(states).map(|(i, r)| (i, Event::Fetched(node, r))).collect()
     }
 
-    /// New states of keys to one target, in as few `MergeMany` calls as their sizes allow.
-    async fn send_all(
-        self: Arc<Self>,
-        node: NodeId,
-        items: Vec<(usize, Target, Vec<u8>, Record, bool)>,
-    ) -> Events {
-        let sent = |r: Result<(), PeerError>| Event::Sent(node, r);
-        let fail = |items: Vec<(usize, Target, Vec<u8>, Record, bool)>, e: PeerError| -> Events {
-            items.into_iter().map(|(i, ..)| (i, sent(Err(e.clone())))).collect()
-        };
-        // Backpressure: a replica with too many sends in flight gets hints instead.
-        let Some(_slots) = self.slots(node, items.len()).await else {
-            return fail(items, PeerError::NeverSent("too many sends in flight to this replica".into()));
-        };
-        let Some(queue) = self.merge_queue(node) else {
-            let f = geokv_protocol::Failure::refused(geokv_protocol::Kind::Internal, "unknown peer");
-            return fail(items, PeerError::Answered(f));
-        };
-        let (slots, reqs): (Vec<usize>, Vec<pb::MergeRequest>) = items
-            .into_iter()
-            .map(|(i, target, key, state, ship)| {
-                (i, pb::MergeRequest { key, state: encode(&state), hint_for: target.hint_for, ship })
-            })
-            .unzip();
-        match tokio::time::timeout(self.peers.timeout(), queue.call_all(reqs)).await {
-            Err(_) => slots
-                .into_iter()
-                .map(|i| (i, sent(Err(PeerError::TimedOut("merge timed out".into())))))
-                .collect(),
-            Ok(answers) => slots
-                .into_iter()
-                .zip(answers)
-                .map(|(i, r)| {
-                    let r = r.map(|_| ()).map_err(peer_error);
-                    if let Err(PeerError::Answered(f)) = &r {
-                        tracing::warn!(node, error = %f, "replica refused a state");
-                    }
-                    (i, sent(r))
-                })
-                .collect(),
-        }
+    /// New states of keys to one replica (`Cluster::send_many`), as the writes' events.
+    async fn send_all(self: Arc<Self>, node: NodeId, items: Vec<(usize, pb::MergeRequest)>) -> Events {
+        let (slots, reqs): (Vec<usize>, Vec<_>) = items.into_iter().unzip();
+        let sent = self.send_many(node, reqs).await;
+        slots.into_iter().zip(sent).map(|(i, r)| (i, Event::Sent(node, r))).collect()
     }
 }

@@ -17,7 +17,6 @@ use geokv_protocol::{
     WriteCoordinator,
 };
 use geokv_storage::{codec, StorageError};
-use geokv_topology::Target;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -268,36 +267,6 @@ impl Cluster {
         }
     }
 
-    /// Sends a state to one target.
-    pub(super) async fn send_state(
-        &self,
-        target: Target,
-        key: &[u8],
-        rec: &Record,
-        ship: bool,
-    ) -> Result<(), PeerError> {
-        let req = pb::MergeRequest { key: key.to_vec(), state: encode(rec), hint_for: target.hint_for, ship };
-        // Backpressure: a replica with too many sends in flight gets a hint instead.
-        let Some(_slot) = self.slot(target.node).await else {
-            return Err(PeerError::NeverSent("too many sends in flight to this replica".into()));
-        };
-        let Some(queue) = self.merge_queue(target.node) else {
-            return Err(PeerError::Answered(Failure::refused(
-                geokv_protocol::Kind::Internal,
-                "unknown peer",
-            )));
-        };
-        // Coalesced with the other states going to this replica now (`peer::coalesce`).
-        let result = match tokio::time::timeout(self.peers.timeout(), queue.call(req)).await {
-            Ok(r) => r.map(|_| ()).map_err(peer_error),
-            Err(_) => Err(PeerError::TimedOut("merge timed out".into())),
-        };
-        if let Err(PeerError::Answered(f)) = &result {
-            tracing::warn!(node = target.node, error = %f, "replica refused a state");
-        }
-        result
-    }
-
     /// Sends a replica state (`Merge`) to a peer. With injected faults it may go out a second
     /// time, on its own (merges are idempotent: the duplicate must change nothing).
     pub(crate) async fn send_merge(
@@ -441,54 +410,6 @@ impl Cluster {
                 None
             }
         }
-    }
-
-    /// One replica's state of a key.
-    pub(super) async fn fetch(
-        &self,
-        node: NodeId,
-        key: Vec<u8>,
-        writer: Option<u64>,
-    ) -> Result<Option<Record>, PeerError> {
-        if node == self.me {
-            self.vote().map_err(PeerError::Answered)?;
-            // From memory in place when it can tell; from the disk on the blocking pool.
-            if let Some(found) = self.node.engine().get_cached(&key).transpose() {
-                return found.map_err(|e| PeerError::from(CoordinatorError::from(e)));
-            }
-            let n = self.node.clone();
-            return blocking(move || n.engine().get(&key)).await.map_err(PeerError::from);
-        }
-        let Some(queue) = self.fetch_queue(node) else {
-            return Err(PeerError::NeverSent(format!("node {node} has no known address")));
-        };
-        // Coalesced with the other fetches from this replica now (`peer::coalesce`).
-        let call = queue.call(pb::FetchRequest { key, writer_hlc: writer.unwrap_or(0), vote: true });
-        match tokio::time::timeout(self.peers.timeout(), call).await {
-            Err(_) => Err(PeerError::TimedOut("fetch timed out".into())),
-            Ok(r) => self.fetched(node, r.map_err(peer_error)?),
-        }
-    }
-
-    /// A replica's answer to a fetch: its state, if it may be used.
-    pub(super) fn fetched(&self, node: NodeId, resp: pb::FetchResponse) -> Result<Option<Record>, PeerError> {
-        if resp.state.is_empty() {
-            return Ok(None);
-        }
-        let rec = decode(&resp.state).map_err(PeerError::from)?;
-        // A replica whose clock ran ahead may hold stamps from the future: such a state is
-        // neither served nor merged anywhere (it would win every LWW race).
-        let v = rec.version();
-        self.node.observe_remote_time(v.time, v.node).map_err(|e| {
-            PeerError::Answered(Failure {
-                reason: Some("CLOCK_DRIFT".into()),
-                ..Failure::refused(
-                    geokv_protocol::Kind::FailedPrecondition,
-                    format!("node {node} holds a state of the key stamped beyond max_clock_drift_ms ahead of this node's clock ({e}); its answer is not used"),
-                )
-            })
-        })?;
-        Ok(Some(rec))
     }
 
     /// Read repair: brings one replica up to the merged state.

@@ -18,6 +18,7 @@ pub(crate) mod gossip;
 pub(crate) mod handoff;
 pub(crate) mod moves;
 pub(crate) mod recovery;
+mod replica_io;
 pub(crate) mod scan;
 
 use crate::peer::coalesce::{Fetches, Merges, Queue};
@@ -312,12 +313,8 @@ impl Cluster {
         self.peers.fetch_queue(id, &addr)
     }
 
-    /// A slot for one state send to `id` (see [`crate::peer::client::MAX_IN_FLIGHT_PER_PEER`]).
-    pub(crate) async fn slot(&self, id: NodeId) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.slots(id, 1).await
-    }
-
-    /// Slots for `n` state sends to `id` going together.
+    /// Slots for `n` state sends to `id` going together (see
+    /// [`crate::peer::client::MAX_IN_FLIGHT_PER_PEER`]).
     pub(crate) async fn slots(&self, id: NodeId, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let addr = self.view().info(id)?.peer_addr.clone();
         self.peers.slots(id, &addr, n).await

@@ -1,4 +1,5 @@
 use super::*;
+use crate::keys::DueEntry;
 use geokv_core::{apply, Limits, Op, View};
 
 const NOW: u64 = 1_700_000_000_000;
