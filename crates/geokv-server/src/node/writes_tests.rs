@@ -30,8 +30,9 @@ fn value(node: &Node, key: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// A `MergeMany`'s states are one commit on the replica (one WAL sync), not one each. 600
-/// states: more than the writer thread takes in one group when they come one by one (512).
+/// Replica states handed over together (`Node::merge_all`, which serves a `MergeMany`) are
+/// one commit (one WAL sync), not one each. 600 states: more than the writer thread takes in
+/// one group when they come one by one (512).
 #[tokio::test]
 async fn a_replicas_merges_handed_over_together_are_one_commit() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@ use crate::faults::Faults;
 
 /// Calls in flight to one peer at most, per kind, by default (`cluster.peer_calls_in_flight`);
 /// items queue behind them and go in the next.
-pub const CALLS_IN_FLIGHT: usize = 4;
+pub const CALLS_IN_FLIGHT: usize = 1;
 /// Most bytes of items in one call (a call may pass it by one item).
 const MAX_BYTES: usize = 1 << 20;
 /// How long a peer that answered UNIMPLEMENTED gets single calls.

@@ -1,6 +1,8 @@
 //! The region driver: a node's part in its regional cluster. `Cluster` holds the membership
 //! view and runs the protocol's machines (`geokv-protocol`) over the peer client: quorum
-//! writes and reads (`coordinator.rs`), hinted handoff (`handoff.rs`), Merkle anti-entropy
+//! writes and reads (`coordinator.rs`), a BatchWrite's writes coordinated together
+//! (`batch.rs`), a coordinator's fetches from and state sends to one replica
+//! (`replica_io.rs`), hinted handoff (`handoff.rs`), Merkle anti-entropy
 //! (`anti_entropy.rs`), membership by gossip (`gossip.rs`), joins, leaves and cleanup
 //! (`moves.rs`), recovering the keys of a new data directory (`recovery.rs`), and the
 //! cluster-wide scan (`scan.rs`).

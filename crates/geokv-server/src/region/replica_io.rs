@@ -54,8 +54,9 @@ impl Cluster {
         }
     }
 
-    /// This node's own states of keys, as a replica's vote in a quorum read: memory in place
-    /// when it can tell, the rest from the disk in one task on the blocking pool.
+    /// This node's own states of keys, as a replica's vote in a quorum read (the vote is taken
+    /// once for the keys asked together): memory in place when it can tell, the rest from the
+    /// disk in one task on the blocking pool.
     async fn fetch_here(&self, keys: Vec<(Vec<u8>, Option<u64>)>) -> Vec<Fetched> {
         if let Err(f) = self.vote() {
             return vec![Err(PeerError::Answered(f)); keys.len()];
