@@ -73,19 +73,19 @@ impl Cluster {
             }
         }
         if !from_disk.is_empty() {
+            let (slots, keys): (Vec<usize>, Vec<Vec<u8>>) = from_disk.into_iter().unzip();
             let n = self.node.clone();
-            let keys: Vec<Vec<u8>> = from_disk.iter().map(|(_, k)| k.clone()).collect();
             let read =
                 blocking(move || keys.iter().map(|k| n.engine().get(k)).collect::<Result<Vec<_>, _>>());
             match read.await {
                 Ok(states) => {
-                    for ((i, _), state) in from_disk.into_iter().zip(states) {
+                    for (i, state) in slots.into_iter().zip(states) {
                         out[i] = Some(Ok(state));
                     }
                 }
                 Err(e) => {
                     let e = PeerError::from(e);
-                    for (i, _) in from_disk {
+                    for i in slots {
                         out[i] = Some(Err(e.clone()));
                     }
                 }
